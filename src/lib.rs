@@ -1,0 +1,18 @@
+//! stackdemo: the visit counter of the Docker Swarm tutorial, made production-grade.
+//!
+//! `GET /` counts a visit and answers `Hello World! I have been seen N times.`; the count
+//! lives in Redis (key `hits`, as the original app keeps it) or in an embedded database.
+
+pub mod config;
+pub mod counter;
+pub mod healthcheck;
+pub mod page;
+pub mod routes;
+pub mod server;
+pub mod shutdown;
+pub mod startup;
+pub mod state;
+pub mod stats;
+pub mod store;
+pub mod telemetry;
+pub mod verify;

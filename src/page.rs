@@ -1,0 +1,109 @@
+//! The page a browser gets from `GET /`: the count, who served it, and a live view of the
+//! replicas. One self-contained document from the binary, no external assets, so it works
+//! offline; without JavaScript it still shows the count.
+
+use axum::{
+    http::{HeaderValue, header},
+    response::{IntoResponse, Response},
+};
+
+const TEMPLATE: &str = include_str!("page.html");
+
+const CSP: &str = "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; \
+                   connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+
+/// True when the `Accept` header ranks HTML above plain text. Clients that send `*/*` or
+/// nothing (curl, scripts) keep the tutorial's plain text.
+pub fn prefers_html(accept: Option<&HeaderValue>) -> bool {
+    let Some(accept) = accept.and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let (mut html, mut text) = (None::<f32>, None::<f32>);
+    let mut any = 0.0_f32;
+    for item in accept.split(',') {
+        let mut parts = item.split(';').map(str::trim);
+        let media = parts.next().unwrap_or("").to_ascii_lowercase();
+        let quality = parts
+            .filter_map(|p| p.strip_prefix("q=").and_then(|q| q.parse::<f32>().ok()))
+            .next()
+            .unwrap_or(1.0);
+        match media.as_str() {
+            "text/html" | "application/xhtml+xml" => html = Some(html.unwrap_or(0.0).max(quality)),
+            "text/plain" => text = Some(quality),
+            "text/*" | "*/*" => any = any.max(quality),
+            _ => {}
+        }
+    }
+    // HTML must be named explicitly; a wildcard alone means "whatever you have".
+    match html {
+        Some(q) if q > 0.0 => q >= text.unwrap_or(any),
+        _ => false,
+    }
+}
+
+/// Renders the page for visit number `count`.
+pub fn render(count: u64, replica: &str, version: &str) -> Response {
+    let body = TEMPLATE
+        .replace("{{count}}", &count.to_string())
+        .replace("{{version}}", &escape(version))
+        // Last, so that nothing inside a replica name is taken for a placeholder.
+        .replace("{{replica}}", &escape(replica));
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CONTENT_SECURITY_POLICY, CSP),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// Escapes text for HTML element content and quoted attribute values.
+pub fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn accept(value: &str) -> bool {
+        prefers_html(Some(&HeaderValue::from_str(value).unwrap()))
+    }
+
+    #[test]
+    fn browsers_get_html() {
+        assert!(accept(
+            "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,*/*;q=0.8"
+        ));
+        assert!(accept("application/xhtml+xml"));
+    }
+
+    #[test]
+    fn curl_and_plain_clients_keep_text() {
+        assert!(!prefers_html(None));
+        assert!(!accept("*/*"));
+        assert!(!accept("text/plain"));
+        assert!(!accept("text/plain, text/html;q=0.5"));
+        assert!(!accept("text/html;q=0"));
+        assert!(!accept("application/json"));
+    }
+
+    #[test]
+    fn markup_in_names_is_escaped() {
+        assert_eq!(escape(r#"<img src=x onerror="a('b')">&"#),
+            "&lt;img src=x onerror=&quot;a(&#39;b&#39;)&quot;&gt;&amp;");
+    }
+}

@@ -1,0 +1,109 @@
+//! The HTTP interface: which path goes to which handler, and the layers around them.
+
+mod error;
+mod health;
+mod metrics;
+mod stats;
+mod visit;
+
+use std::time::Duration;
+
+use axum::{
+    Router,
+    error_handling::HandleErrorLayer,
+    extract::{MatchedPath, Request},
+    http::{HeaderName, HeaderValue, StatusCode, header},
+    middleware,
+    response::IntoResponse,
+    routing::get,
+};
+use tower::ServiceBuilder;
+use tower_http::{
+    limit::RequestBodyLimitLayer, set_header::SetResponseHeaderLayer, trace::TraceLayer,
+};
+use tracing::Span;
+
+pub use self::{error::ApiError, metrics::install_recorder};
+use crate::state::AppState;
+
+/// Requests with a larger body are refused with 413; no route takes a body.
+pub const MAX_BODY_BYTES: usize = 16 * 1024;
+
+/// Builds the router. Tests call this directly and drive it without a socket.
+pub fn router(state: AppState, request_timeout: Duration) -> Router {
+    let served_by = header_value(&state.replica);
+    let version = header_value(&state.version);
+    let replica = state.replica.clone();
+    Router::new()
+        .route("/", get(visit::visit).head(visit::head))
+        .route("/healthz", get(health::live))
+        .route("/readyz", get(health::ready))
+        .route("/metrics", get(metrics::render))
+        .route("/api/stats", get(stats::stats))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(
+            ServiceBuilder::new()
+                .layer(
+                    TraceLayer::new_for_http()
+                        .make_span_with(move |request: &Request| request_span(request, &replica))
+                        .on_request(())
+                        .on_response(log_response)
+                        .on_failure(()),
+                )
+                .layer(middleware::from_fn(metrics::track))
+                .layer(SetResponseHeaderLayer::overriding(
+                    HeaderName::from_static("x-served-by"),
+                    served_by,
+                ))
+                .layer(SetResponseHeaderLayer::overriding(
+                    HeaderName::from_static("x-app-version"),
+                    version,
+                ))
+                .layer(SetResponseHeaderLayer::overriding(
+                    header::CACHE_CONTROL,
+                    HeaderValue::from_static("no-store"),
+                ))
+                .layer(HandleErrorLayer::new(|_: tower::BoxError| async {
+                    ApiError::Unavailable("request timed out")
+                }))
+                .timeout(request_timeout)
+                .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES)),
+        )
+        .with_state(state)
+}
+
+fn header_value(text: &str) -> HeaderValue {
+    // Settings are checked to hold no control characters, so this cannot fail in practice.
+    HeaderValue::from_bytes(text.as_bytes()).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+}
+
+async fn not_found() -> impl IntoResponse {
+    (StatusCode::NOT_FOUND, "Not Found\n")
+}
+
+async fn method_not_allowed() -> impl IntoResponse {
+    (StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed\n")
+}
+
+fn request_span(request: &Request, replica: &str) -> Span {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", MatchedPath::as_str);
+    tracing::info_span!(
+        "request",
+        method = %request.method(),
+        path = %request.uri().path(),
+        route,
+        replica,
+    )
+}
+
+fn log_response(response: &axum::response::Response, latency: Duration, _span: &Span) {
+    tracing::info!(
+        status = response.status().as_u16(),
+        latency_us = latency.as_micros() as u64,
+        "request served"
+    );
+}

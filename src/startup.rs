@@ -1,0 +1,163 @@
+//! Putting the service together: open the store, bind the listener, start the background
+//! tasks, serve until told to stop, then wind everything down in order.
+
+use std::{future::Future, io, net::SocketAddr, sync::Arc, time::Duration};
+
+use tokio::{net::TcpListener, task::JoinHandle};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    config::{ConfigError, Settings},
+    counter::{BatchOptions, VisitCounter},
+    routes::{self, install_recorder},
+    server::{self, ServeOptions},
+    state::AppState,
+    stats::{STATS_TTL, StatsCache},
+    store::{EmbeddedStore, RedisStore, Store, redis::RedisOptions},
+};
+
+/// How often a replica announces that it is alive.
+const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Why the service could not start.
+#[derive(Debug)]
+pub enum StartupError {
+    /// A setting cannot be used (exit code 2).
+    Config(ConfigError),
+    /// The listen address cannot be bound.
+    Listen(SocketAddr, io::Error),
+}
+
+impl std::fmt::Display for StartupError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartupError::Config(e) => e.fmt(f),
+            StartupError::Listen(addr, e) => write!(f, "cannot listen on {addr}: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for StartupError {}
+
+/// A service that is bound and ready to run.
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+    request_timeout: Duration,
+    serve_options: ServeOptions,
+    batcher: JoinHandle<()>,
+    background: CancellationToken,
+    heartbeat: JoinHandle<()>,
+}
+
+impl Application {
+    /// Opens the store and binds the listen address (port 0 picks a free port).
+    pub async fn build(settings: &Settings) -> Result<Self, StartupError> {
+        settings.validate().map_err(StartupError::Config)?;
+        let replica = settings.replica_name();
+        let store = Arc::new(open_store(settings, &replica).map_err(StartupError::Config)?);
+        let listener = TcpListener::bind(settings.listen)
+            .await
+            .map_err(|e| StartupError::Listen(settings.listen, e))?;
+
+        let (counter, batcher) =
+            VisitCounter::start(store.clone(), BatchOptions::new(settings.store_timeout));
+        let background = CancellationToken::new();
+        let heartbeat = tokio::spawn(heartbeat(store.clone(), settings.store_timeout, background.clone()));
+        let state = AppState {
+            counter,
+            store,
+            stats: Arc::new(StatsCache::new(STATS_TTL)),
+            metrics: install_recorder(),
+            replica: replica.into(),
+            version: settings.app_version.as_str().into(),
+            store_timeout: settings.store_timeout,
+        };
+        Ok(Self {
+            listener,
+            state,
+            request_timeout: settings.request_timeout,
+            serve_options: ServeOptions {
+                header_read_timeout: settings.header_read_timeout,
+                shutdown_timeout: settings.shutdown_timeout,
+                max_connections: settings.max_connections as usize,
+            },
+            batcher,
+            background,
+            heartbeat,
+        })
+    }
+
+    /// The bound address, with the real port when port 0 was asked for.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("a bound listener has an address")
+    }
+
+    /// Serves until `shutdown` resolves, then stops accepting, lets in-flight requests
+    /// finish (up to the shutdown timeout) and stops the background tasks.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send) -> io::Result<()> {
+        let Self { listener, state, request_timeout, serve_options, batcher, background, heartbeat } = self;
+        let store = state.store.clone();
+        let store_timeout = state.store_timeout;
+        tracing::info!(
+            address = %listener.local_addr()?,
+            store = store.kind(),
+            replica = %state.replica,
+            version = %state.version,
+            "listening"
+        );
+        let router = routes::router(state, request_timeout);
+        let result = server::serve(listener, router, serve_options, shutdown).await;
+
+        // The router (and with it every sender of the visit queue) is gone now, so the
+        // batcher drains what is queued and ends.
+        background.cancel();
+        let _ = heartbeat.await;
+        let _ = tokio::time::timeout(store_timeout * 2, batcher).await;
+        if let Err(error) = store.depart(store_timeout).await {
+            tracing::debug!(cause = error.detail(), "could not remove the heartbeat");
+        }
+        tracing::info!("stopped");
+        result
+    }
+}
+
+fn open_store(settings: &Settings, replica: &str) -> Result<Store, ConfigError> {
+    match &settings.redis_url {
+        Some(url) => {
+            let password = settings.redis_password()?;
+            let store = RedisStore::new(RedisOptions {
+                url: url.clone(),
+                password,
+                counter_key: settings.counter_key.clone(),
+                replica: replica.to_owned(),
+                version: settings.app_version.clone(),
+                timeout: settings.store_timeout,
+            })
+            .map_err(|e| ConfigError::new("REDIS_URL", e.detail().to_owned()))?;
+            Ok(Store::Redis(store))
+        }
+        None => EmbeddedStore::open(
+            &settings.data_dir,
+            &settings.counter_key,
+            replica,
+            &settings.app_version,
+        )
+        .map(Store::Embedded)
+        .map_err(|e| ConfigError::new("STACKDEMO_DATA_DIR", e.detail().to_owned())),
+    }
+}
+
+async fn heartbeat(store: Arc<Store>, timeout: Duration, stop: CancellationToken) {
+    let mut ticks = tokio::time::interval(HEARTBEAT_INTERVAL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            () = stop.cancelled() => return,
+        }
+        if let Err(error) = store.heartbeat(timeout).await {
+            tracing::debug!(cause = error.detail(), "heartbeat failed");
+        }
+    }
+}

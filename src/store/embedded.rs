@@ -1,0 +1,134 @@
+//! The embedded store: a redb database in the data folder, so `cargo run` needs nothing
+//! installed. Each batch of visits is one durable (fsynced) transaction: a visit answered
+//! 200 survives `kill -9`. The file is locked by the process that opens it, so this store
+//! serves exactly one replica; a stack of replicas needs Redis.
+
+use std::{path::Path, sync::Arc};
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+
+use super::{ReplicaStats, Snapshot, StoreError, StoreErrorKind};
+
+const TOTALS: TableDefinition<&str, u64> = TableDefinition::new("totals");
+const REPLICA_VISITS: TableDefinition<&str, u64> = TableDefinition::new("replica_visits");
+
+const FILE_NAME: &str = "stackdemo.redb";
+
+pub struct EmbeddedStore {
+    db: Arc<Database>,
+    counter_key: Arc<str>,
+    replica: Arc<str>,
+    version: String,
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates) the database in `dir`. Fails when the folder cannot be used or
+    /// another process holds the database.
+    pub fn open(
+        dir: &Path,
+        counter_key: &str,
+        replica: &str,
+        version: &str,
+    ) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            StoreError::new(StoreErrorKind::Failed, format!("cannot create {}: {e}", dir.display()))
+        })?;
+        let path = dir.join(FILE_NAME);
+        let db = Database::create(&path).map_err(|e| {
+            StoreError::new(StoreErrorKind::Failed, format!("cannot open {}: {e}", path.display()))
+        })?;
+        // Create the tables up front so that readers never meet a missing table.
+        let txn = db.begin_write().map_err(failed)?;
+        txn.open_table(TOTALS).map_err(failed)?;
+        txn.open_table(REPLICA_VISITS).map_err(failed)?;
+        txn.commit().map_err(failed)?;
+        Ok(Self {
+            db: Arc::new(db),
+            counter_key: counter_key.into(),
+            replica: replica.into(),
+            version: version.to_owned(),
+        })
+    }
+
+    pub async fn add_visits(&self, count: u64) -> Result<u64, StoreError> {
+        let db = self.db.clone();
+        let key = self.counter_key.clone();
+        let replica = self.replica.clone();
+        blocking(move || {
+            let txn = db.begin_write().map_err(failed)?;
+            let total = {
+                let mut totals = txn.open_table(TOTALS).map_err(failed)?;
+                let current = totals.get(&*key).map_err(failed)?.map_or(0, |v| v.value());
+                let total = current.checked_add(count).ok_or_else(overflow)?;
+                totals.insert(&*key, total).map_err(failed)?;
+                let mut shares = txn.open_table(REPLICA_VISITS).map_err(failed)?;
+                let mine = shares.get(&*replica).map_err(failed)?.map_or(0, |v| v.value());
+                shares.insert(&*replica, mine.saturating_add(count)).map_err(failed)?;
+                total
+            };
+            // The default durability is Immediate: commit returns after the data is on disk.
+            txn.commit().map_err(failed)?;
+            Ok(total)
+        })
+        .await
+    }
+
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let db = self.db.clone();
+        blocking(move || db.begin_read().map(drop).map_err(failed)).await
+    }
+
+    pub async fn snapshot(&self) -> Result<Snapshot, StoreError> {
+        let db = self.db.clone();
+        let key = self.counter_key.clone();
+        let replica = self.replica.clone();
+        let version = self.version.clone();
+        blocking(move || {
+            let txn = db.begin_read().map_err(failed)?;
+            let totals = txn.open_table(TOTALS).map_err(failed)?;
+            let total = totals.get(&*key).map_err(failed)?.map_or(0, |v| v.value());
+            let shares = txn.open_table(REPLICA_VISITS).map_err(failed)?;
+            let mut replicas = Vec::new();
+            let mut seen_self = false;
+            for entry in shares.iter().map_err(failed)? {
+                let (name, visits) = entry.map_err(failed)?;
+                let name = name.value().to_owned();
+                let is_self = name == *replica;
+                seen_self |= is_self;
+                replicas.push(ReplicaStats {
+                    alive: is_self,
+                    version: is_self.then(|| version.clone()),
+                    name,
+                    visits: visits.value(),
+                });
+            }
+            if !seen_self {
+                replicas.push(ReplicaStats {
+                    name: replica.to_string(),
+                    visits: 0,
+                    alive: true,
+                    version: Some(version),
+                });
+                replicas.sort_by(|a, b| a.name.cmp(&b.name));
+            }
+            Ok(Snapshot { total, replicas })
+        })
+        .await
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .unwrap_or_else(|e| Err(StoreError::new(StoreErrorKind::Failed, e.to_string())))
+}
+
+fn failed(error: impl std::fmt::Display) -> StoreError {
+    StoreError::new(StoreErrorKind::Failed, error.to_string())
+}
+
+fn overflow() -> StoreError {
+    StoreError::new(StoreErrorKind::Failed, "the counter is at its maximum")
+}

@@ -1,0 +1,215 @@
+//! Redis: the total under the tutorial's key (`hits`, INCR semantics), so a deployment of
+//! the original app carries on counting, and beside it a hash of visits per replica and a
+//! sorted set of replica heartbeats.
+//!
+//! One multiplexed connection serves all requests. It is opened lazily and re-opened with
+//! backoff, so the service starts and reports not-ready while Redis is still coming up.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use redis::{
+    Client, IntoConnectionInfo, RedisError, Script,
+    aio::{ConnectionManager, ConnectionManagerConfig},
+    io::tcp::{TcpSettings, socket2::TcpKeepalive},
+};
+
+use super::{ALIVE_WINDOW, ReplicaStats, Snapshot, StoreError, StoreErrorKind};
+
+/// Adds ARGV[1] visits to the total and to this replica's share, atomically.
+const ADD_VISITS: &str = r"
+local total = redis.call('INCRBY', KEYS[1], ARGV[1])
+redis.call('HINCRBY', KEYS[2], ARGV[2], ARGV[1])
+return total
+";
+
+/// Records this replica as alive at the server's clock, so replicas on hosts with skewed
+/// clocks agree, and forgets replicas silent for a day.
+const HEARTBEAT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 86400000)
+return now
+";
+
+/// Everything needed to reach Redis.
+pub struct RedisOptions {
+    pub url: String,
+    pub password: Option<String>,
+    pub counter_key: String,
+    pub replica: String,
+    pub version: String,
+    /// Bound on connecting and on each command.
+    pub timeout: Duration,
+}
+
+pub struct RedisStore {
+    connection: ConnectionManager,
+    keys: Keys,
+    replica: String,
+    version: String,
+    add_visits: Script,
+    heartbeat: Script,
+}
+
+struct Keys {
+    total: String,
+    replicas: String,
+    heartbeats: String,
+    versions: String,
+}
+
+impl RedisStore {
+    /// Prepares the connection without waiting for Redis to answer.
+    pub fn new(options: RedisOptions) -> Result<Self, StoreError> {
+        let mut info = options
+            .url
+            .as_str()
+            .into_connection_info()
+            .map_err(|e| StoreError::new(StoreErrorKind::Failed, e.to_string()))?;
+        if let Some(password) = &options.password {
+            let redis = info.redis_settings().clone().set_password(password);
+            info = info.set_redis_settings(redis);
+        }
+        // Keepalive probes keep the idle connection known to every middlebox (Swarm's IPVS
+        // drops connections idle for 900 s) and detect a vanished peer.
+        let keepalive = TcpKeepalive::new()
+            .with_time(Duration::from_secs(60))
+            .with_interval(Duration::from_secs(10))
+            .with_retries(3);
+        info = info.set_tcp_settings(
+            TcpSettings::default().set_nodelay(true).set_keepalive(keepalive),
+        );
+        let client = Client::open(info).map_err(classify)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(options.timeout))
+            .set_response_timeout(Some(options.timeout))
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_millis(500))
+            .set_number_of_retries(4);
+        let connection =
+            ConnectionManager::new_lazy_with_config(client, config).map_err(classify)?;
+        let key = options.counter_key;
+        Ok(Self {
+            connection,
+            keys: Keys {
+                replicas: format!("{key}:replicas"),
+                heartbeats: format!("{key}:heartbeats"),
+                versions: format!("{key}:versions"),
+                total: key,
+            },
+            replica: options.replica,
+            version: options.version,
+            add_visits: Script::new(ADD_VISITS),
+            heartbeat: Script::new(HEARTBEAT),
+        })
+    }
+
+    pub async fn add_visits(&self, count: u64) -> Result<u64, StoreError> {
+        let mut connection = self.connection.clone();
+        self.add_visits
+            .key(&self.keys.total)
+            .key(&self.keys.replicas)
+            .arg(count)
+            .arg(&self.replica)
+            .invoke_async(&mut connection)
+            .await
+            .map_err(classify)
+    }
+
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let mut connection = self.connection.clone();
+        redis::cmd("PING")
+            .query_async::<()>(&mut connection)
+            .await
+            .map_err(classify)
+    }
+
+    pub async fn heartbeat(&self) -> Result<(), StoreError> {
+        let mut connection = self.connection.clone();
+        self.heartbeat
+            .key(&self.keys.heartbeats)
+            .key(&self.keys.versions)
+            .arg(&self.replica)
+            .arg(&self.version)
+            .invoke_async::<i64>(&mut connection)
+            .await
+            .map(drop)
+            .map_err(classify)
+    }
+
+    pub async fn depart(&self) -> Result<(), StoreError> {
+        let mut connection = self.connection.clone();
+        redis::cmd("ZREM")
+            .arg(&self.keys.heartbeats)
+            .arg(&self.replica)
+            .query_async::<()>(&mut connection)
+            .await
+            .map_err(classify)
+    }
+
+    pub async fn snapshot(&self) -> Result<Snapshot, StoreError> {
+        let mut connection = self.connection.clone();
+        type Reply = (
+            Option<u64>,
+            BTreeMap<String, u64>,
+            Vec<(String, i64)>,
+            BTreeMap<String, String>,
+            (i64, i64),
+        );
+        let (total, visits, heartbeats, versions, (secs, micros)): Reply = redis::pipe()
+            .get(&self.keys.total)
+            .hgetall(&self.keys.replicas)
+            .cmd("ZRANGE")
+            .arg(&self.keys.heartbeats)
+            .arg(0)
+            .arg(-1)
+            .arg("WITHSCORES")
+            .hgetall(&self.keys.versions)
+            .cmd("TIME")
+            .query_async(&mut connection)
+            .await
+            .map_err(classify)?;
+        let now_ms = secs * 1000 + micros / 1000;
+        let window = ALIVE_WINDOW.as_millis() as i64;
+        let alive: BTreeMap<String, bool> = heartbeats
+            .into_iter()
+            .map(|(name, at)| (name, now_ms - at <= window))
+            .collect();
+        let mut names: Vec<&String> = visits.keys().chain(alive.keys()).collect();
+        names.sort();
+        names.dedup();
+        let replicas = names
+            .into_iter()
+            .map(|name| ReplicaStats {
+                name: name.clone(),
+                visits: visits.get(name).copied().unwrap_or(0),
+                alive: alive.get(name).copied().unwrap_or(false),
+                version: versions.get(name).cloned(),
+            })
+            .collect();
+        Ok(Snapshot { total: total.unwrap_or(0), replicas })
+    }
+}
+
+/// Sorts a Redis error into what a client may be told; the full text stays in the detail.
+fn classify(error: RedisError) -> StoreError {
+    let kind = match error.code() {
+        Some("LOADING") => StoreErrorKind::Loading,
+        Some("MISCONF" | "READONLY" | "MASTERDOWN") => StoreErrorKind::ReadOnly,
+        Some("NOAUTH" | "WRONGPASS" | "NOPERM") => StoreErrorKind::Auth,
+        Some("OOM") => StoreErrorKind::OutOfMemory,
+        Some("BUSY") => StoreErrorKind::Busy,
+        _ if error.kind() == redis::ErrorKind::AuthenticationFailed => StoreErrorKind::Auth,
+        _ if error.is_timeout() => StoreErrorKind::Timeout,
+        _ if error.is_io_error()
+            || error.is_connection_refusal()
+            || error.is_connection_dropped() =>
+        {
+            StoreErrorKind::Unreachable
+        }
+        _ => StoreErrorKind::Failed,
+    };
+    StoreError::new(kind, error.to_string())
+}

@@ -1,0 +1,26 @@
+//! Logging: JSON lines for containers (`docker service logs`), readable text for a
+//! terminal. The level comes from `RUST_LOG` (default `info`).
+
+use std::io::IsTerminal;
+
+use tracing_subscriber::{EnvFilter, fmt, prelude::*};
+
+use crate::config::LogFormat;
+
+/// Installs the global subscriber. Safe to call more than once; later calls do nothing.
+pub fn init(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = match format {
+        LogFormat::Json => true,
+        LogFormat::Text => false,
+        LogFormat::Auto => !std::io::stdout().is_terminal(),
+    };
+    let registry = tracing_subscriber::registry().with(filter);
+    let _ = if json {
+        registry
+            .with(fmt::layer().json().flatten_event(true).with_current_span(true).with_span_list(false))
+            .try_init()
+    } else {
+        registry.with(fmt::layer()).try_init()
+    };
+}

@@ -1,0 +1,158 @@
+//! `stackdemo verify`: the tutorial's checks as a tool. It sends visits to a deployment and
+//! reports failures, latency, which replicas and versions answered, and whether the
+//! counter kept its promises: no number handed out twice, and every client seeing its
+//! numbers increase.
+
+mod report;
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+
+pub use self::report::{Outcome, Report, Sample};
+use crate::config::parse_duration;
+
+#[derive(Debug, Clone, Args)]
+pub struct VerifyArgs {
+    /// URL to visit, e.g. http://localhost:8000/
+    #[arg(long)]
+    pub url: reqwest::Url,
+
+    /// Visits to send in all (default 1000 unless --duration is given).
+    #[arg(long, conflicts_with = "duration", value_parser = clap::value_parser!(u64).range(1..))]
+    pub requests: Option<u64>,
+
+    /// Send visits for this long instead (e.g. 30s).
+    #[arg(long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+
+    /// Clients sending at the same time, each on its own connection.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub concurrency: u64,
+
+    /// Per-request timeout.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub timeout: Duration,
+
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+enum Limit {
+    Requests(u64),
+    Until(Instant),
+}
+
+/// Runs the visits and gathers the report.
+pub async fn run(args: &VerifyArgs) -> Report {
+    let limit = match (args.requests, args.duration) {
+        (_, Some(duration)) => Limit::Until(Instant::now() + duration),
+        (Some(n), None) => Limit::Requests(n),
+        (None, None) => Limit::Requests(1000),
+    };
+    let progress = match &limit {
+        Limit::Requests(n) => ProgressBar::new(*n),
+        Limit::Until(_) => ProgressBar::new_spinner(),
+    };
+    progress.set_style(
+        ProgressStyle::with_template("{spinner} {pos}/{len} visits {wide_bar} {elapsed_precise}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    if args.json {
+        progress.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let limit = Arc::new(limit);
+    let issued = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut clients = Vec::new();
+    for client_id in 0..args.concurrency {
+        let limit = limit.clone();
+        let issued = issued.clone();
+        let progress = progress.clone();
+        let url = args.url.clone();
+        let timeout = args.timeout;
+        clients.push(tokio::spawn(async move {
+            // One connection per client, as separate users would have.
+            let http = reqwest::Client::builder()
+                .timeout(timeout)
+                .pool_max_idle_per_host(1)
+                .no_proxy()
+                .build()
+                .expect("a client without TLS or proxies always builds");
+            let mut samples = Vec::new();
+            loop {
+                let more = match &*limit {
+                    Limit::Requests(n) => issued.fetch_add(1, Ordering::Relaxed) < *n,
+                    Limit::Until(end) => Instant::now() < *end,
+                };
+                if !more {
+                    break;
+                }
+                samples.push(visit(&http, &url, client_id).await);
+                progress.inc(1);
+            }
+            samples
+        }));
+    }
+    let mut samples = Vec::new();
+    for client in clients {
+        samples.extend(client.await.unwrap_or_default());
+    }
+    progress.finish_and_clear();
+    Report::from_samples(samples, started.elapsed())
+}
+
+async fn visit(http: &reqwest::Client, url: &reqwest::Url, client: u64) -> Sample {
+    let started = Instant::now();
+    let outcome = match http.get(url.clone()).header("accept", "text/plain").send().await {
+        Err(error) if error.is_timeout() => Outcome::Failed("timeout".into()),
+        Err(error) if error.is_connect() => Outcome::Failed("connect".into()),
+        Err(_) => Outcome::Failed("connection".into()),
+        Ok(response) => {
+            let status = response.status();
+            let header = |name: &str| {
+                response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned)
+            };
+            let replica = header("x-served-by");
+            let version = header("x-app-version");
+            match response.text().await {
+                Err(_) => Outcome::Failed("body".into()),
+                Ok(_) if !status.is_success() => Outcome::Failed(format!("http {}", status.as_u16())),
+                Ok(body) => match parse_count(&body) {
+                    Some(count) => Outcome::Counted { count, replica, version },
+                    None => Outcome::Failed("unexpected body".into()),
+                },
+            }
+        }
+    };
+    Sample { client, latency: started.elapsed(), outcome }
+}
+
+/// Reads N from `Hello World! I have been seen N times.`
+pub fn parse_count(body: &str) -> Option<u64> {
+    body.trim_end()
+        .strip_prefix("Hello World! I have been seen ")?
+        .strip_suffix(" times.")?
+        .parse()
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_count;
+
+    #[test]
+    fn counts_are_read_from_the_tutorial_text() {
+        assert_eq!(parse_count("Hello World! I have been seen 42 times.\n"), Some(42));
+        assert_eq!(parse_count("Hello World! I have been seen x times.\n"), None);
+        assert_eq!(parse_count("<html>"), None);
+    }
+}
