@@ -48,7 +48,12 @@ pub enum LogFormat {
 #[derive(Clone, Args)]
 pub struct Settings {
     /// Address and port to listen on.
-    #[arg(long, env = "STACKDEMO_LISTEN", default_value = "0.0.0.0:8000", global = true)]
+    #[arg(
+        long,
+        env = "STACKDEMO_LISTEN",
+        default_value = "0.0.0.0:8000",
+        global = true
+    )]
     pub listen: SocketAddr,
 
     /// Redis URL (redis://host:port/db). Unset: the embedded store in --data-dir.
@@ -60,7 +65,12 @@ pub struct Settings {
     pub redis_password_file: Option<PathBuf>,
 
     /// Folder of the embedded store. Used when no Redis URL is set.
-    #[arg(long, env = "STACKDEMO_DATA_DIR", default_value = "./data", global = true)]
+    #[arg(
+        long,
+        env = "STACKDEMO_DATA_DIR",
+        default_value = "./data",
+        global = true
+    )]
     pub data_dir: PathBuf,
 
     /// Name of the counter key (Redis) or record (embedded store).
@@ -78,7 +88,13 @@ pub struct Settings {
     pub app_version: String,
 
     /// Log format.
-    #[arg(long, env = "STACKDEMO_LOG_FORMAT", value_enum, default_value = "auto", global = true)]
+    #[arg(
+        long,
+        env = "STACKDEMO_LOG_FORMAT",
+        value_enum,
+        default_value = "auto",
+        global = true
+    )]
     pub log_format: LogFormat,
 
     /// How long shutdown waits for in-flight requests (e.g. 10s, 500ms).
@@ -110,10 +126,12 @@ pub struct Settings {
 impl Settings {
     /// Checks that settings agree with each other. The error names the setting.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.store_timeout >= self.request_timeout {
+        // A visit may wait for the batch ahead of it and then for its own: both must end
+        // before the request timeout, or a visit could be answered 503 and still be counted.
+        if self.store_timeout * 2 >= self.request_timeout {
             return Err(ConfigError::new(
                 "STACKDEMO_STORE_TIMEOUT",
-                "must be shorter than STACKDEMO_REQUEST_TIMEOUT",
+                "must be less than half of STACKDEMO_REQUEST_TIMEOUT",
             ));
         }
         if self.redis_password_file.is_some() && self.redis_url.is_none() {
@@ -123,7 +141,10 @@ impl Settings {
             ));
         }
         if self.shutdown_timeout.is_zero() {
-            return Err(ConfigError::new("STACKDEMO_SHUTDOWN_TIMEOUT", "must be above zero"));
+            return Err(ConfigError::new(
+                "STACKDEMO_SHUTDOWN_TIMEOUT",
+                "must be above zero",
+            ));
         }
         Ok(())
     }
@@ -134,11 +155,17 @@ impl Settings {
             return Ok(None);
         };
         let text = std::fs::read_to_string(path).map_err(|e| {
-            ConfigError::new("REDIS_PASSWORD_FILE", format!("cannot read {}: {e}", path.display()))
+            ConfigError::new(
+                "REDIS_PASSWORD_FILE",
+                format!("cannot read {}: {e}", path.display()),
+            )
         })?;
         let password = text.trim_end_matches(['\r', '\n']);
         if password.is_empty() {
-            return Err(ConfigError::new("REDIS_PASSWORD_FILE", format!("{} is empty", path.display())));
+            return Err(ConfigError::new(
+                "REDIS_PASSWORD_FILE",
+                format!("{} is empty", path.display()),
+            ));
         }
         Ok(Some(password.to_owned()))
     }
@@ -147,7 +174,11 @@ impl Settings {
     pub fn replica_name(&self) -> String {
         self.replica.clone().unwrap_or_else(|| {
             let host = gethostname::gethostname().to_string_lossy().into_owned();
-            if host.is_empty() { "stackdemo".to_owned() } else { host }
+            if host.is_empty() {
+                "stackdemo".to_owned()
+            } else {
+                host
+            }
         })
     }
 }
@@ -193,7 +224,10 @@ pub struct ConfigError {
 
 impl ConfigError {
     pub fn new(setting: &'static str, reason: impl Into<String>) -> Self {
-        Self { setting, reason: reason.into() }
+        Self {
+            setting,
+            reason: reason.into(),
+        }
     }
 }
 
@@ -208,7 +242,9 @@ impl std::error::Error for ConfigError {}
 /// Parses durations such as `10s`, `500ms`, `2m` or a bare number of seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
     let value: f64 = number
         .parse()
@@ -219,7 +255,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "m" => value * 60.0,
         _ => return Err(format!("unknown unit '{unit}' (use ms, s or m)")),
     };
-    if !seconds.is_finite() || seconds < 0.0 || seconds > 86_400.0 {
+    if !seconds.is_finite() || !(0.0..=86_400.0).contains(&seconds) {
         return Err(format!("'{text}' is out of range"));
     }
     Ok(Duration::from_secs_f64(seconds))
@@ -269,7 +305,10 @@ mod tests {
 
     #[test]
     fn redacted_urls_hide_the_password() {
-        assert_eq!(redact_url("redis://:secret@redis:6379/0"), "redis://***@redis:6379/0");
+        assert_eq!(
+            redact_url("redis://:secret@redis:6379/0"),
+            "redis://***@redis:6379/0"
+        );
         assert_eq!(redact_url("redis://redis:6379"), "redis://redis:6379");
     }
 

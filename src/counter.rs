@@ -58,7 +58,11 @@ pub struct BatchOptions {
 
 impl BatchOptions {
     pub fn new(timeout: Duration) -> Self {
-        Self { max_batch: 4096, max_queue: 16_384, timeout }
+        Self {
+            max_batch: 4096,
+            max_queue: 16_384,
+            timeout,
+        }
     }
 }
 
@@ -85,7 +89,10 @@ impl VisitCounter {
     /// Counts one visit and returns its number once the store has confirmed it.
     pub async fn visit(&self) -> Result<u64, VisitError> {
         let (reply, answer) = oneshot::channel();
-        let visit = Visit { arrived: Instant::now(), reply };
+        let visit = Visit {
+            arrived: Instant::now(),
+            reply,
+        };
         self.queue.try_send(visit).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => VisitError::Overloaded,
             mpsc::error::TrySendError::Closed(_) => VisitError::Closed,
@@ -106,8 +113,9 @@ async fn commit<L: VisitLog>(log: &L, batch: &mut Vec<Visit>, timeout: Duration)
     // A client that hung up is not counted; one that waited too long is told so and not
     // counted either, so the answer stays within a bound even behind a slow batch.
     batch.retain(|visit| !visit.reply.is_closed());
-    let (fresh, stale): (Vec<Visit>, Vec<Visit>) =
-        batch.drain(..).partition(|visit| visit.arrived.elapsed() < timeout);
+    let (fresh, stale): (Vec<Visit>, Vec<Visit>) = batch
+        .drain(..)
+        .partition(|visit| visit.arrived.elapsed() < timeout);
     for visit in stale {
         let _ = visit.reply.send(Err(VisitError::Expired));
     }
@@ -134,13 +142,192 @@ async fn commit<L: VisitLog>(log: &L, batch: &mut Vec<Visit>, timeout: Duration)
             // broken write may still have reached the store; that cannot be told apart here,
             // so it is logged and counted as in doubt.
             counter!("stackdemo_store_errors_total", "reason" => error.reason()).increment(1);
-            if matches!(error.kind(), crate::store::StoreErrorKind::Timeout) {
+            if error.in_doubt() {
                 counter!("stackdemo_visits_in_doubt_total").increment(count);
             }
-            tracing::warn!(visits = count, reason = error.reason(), cause = error.detail(), "store write failed");
+            tracing::warn!(
+                visits = count,
+                reason = error.reason(),
+                cause = error.detail(),
+                "store write failed"
+            );
             for visit in fresh {
                 let _ = visit.reply.send(Err(VisitError::Store(error.clone())));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        collections::BTreeSet,
+        sync::{
+            Mutex,
+            atomic::{AtomicU64, Ordering},
+        },
+    };
+
+    use super::*;
+    use crate::store::StoreErrorKind;
+
+    /// An in-memory log that fails some writes (deterministically pseudo-random) and takes
+    /// a little time per write, so that batches form.
+    struct FlakyLog {
+        total: Mutex<u64>,
+        calls: AtomicU64,
+        fail_one_in: u64,
+        delay: Duration,
+    }
+
+    impl FlakyLog {
+        fn new(fail_one_in: u64, delay: Duration) -> Arc<Self> {
+            Arc::new(Self {
+                total: Mutex::new(0),
+                calls: AtomicU64::new(0),
+                fail_one_in,
+                delay,
+            })
+        }
+    }
+
+    impl VisitLog for FlakyLog {
+        async fn add_visits(&self, count: u64) -> Result<u64, StoreError> {
+            let call = self.calls.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(self.delay).await;
+            // xorshift of the call number: failures spread without a pattern in time.
+            let mut x = call.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            if self.fail_one_in > 0 && x.is_multiple_of(self.fail_one_in) {
+                return Err(StoreError::new(StoreErrorKind::Unreachable, "injected"));
+            }
+            let mut total = self.total.lock().unwrap();
+            *total += count;
+            Ok(*total)
+        }
+    }
+
+    async fn hammer(counter: &VisitCounter, tasks: usize, each: usize) -> (Vec<Vec<u64>>, u64) {
+        let mut handles = Vec::new();
+        for _ in 0..tasks {
+            let counter = counter.clone();
+            handles.push(tokio::spawn(async move {
+                let (mut ok, mut failed) = (Vec::new(), 0u64);
+                for _ in 0..each {
+                    match counter.visit().await {
+                        Ok(n) => ok.push(n),
+                        Err(_) => failed += 1,
+                    }
+                }
+                (ok, failed)
+            }));
+        }
+        let (mut per_task, mut failed) = (Vec::new(), 0);
+        for handle in handles {
+            let (ok, f) = handle.await.unwrap();
+            per_task.push(ok);
+            failed += f;
+        }
+        (per_task, failed)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn under_concurrency_and_failures_numbers_are_distinct_contiguous_and_all_confirmed() {
+        for (fail_one_in, delay_us) in [(0, 0), (3, 50), (7, 200), (2, 0)] {
+            let log = FlakyLog::new(fail_one_in, Duration::from_micros(delay_us));
+            let (counter, task) =
+                VisitCounter::start(log.clone(), BatchOptions::new(Duration::from_secs(2)));
+
+            let (per_task, failed) = hammer(&counter, 64, 50).await;
+            drop(counter);
+            task.await.unwrap();
+
+            let mut all = BTreeSet::new();
+            for seen in &per_task {
+                assert!(
+                    seen.windows(2).all(|w| w[0] < w[1]),
+                    "a client's numbers went down"
+                );
+                for n in seen {
+                    assert!(all.insert(*n), "number {n} handed out twice");
+                }
+            }
+            let total = *log.total.lock().unwrap();
+            assert_eq!(
+                all.len() as u64,
+                total,
+                "every confirmed visit was handed out, nothing else"
+            );
+            assert_eq!(all, (1..=total).collect(), "numbers are contiguous");
+            assert_eq!(
+                total + failed,
+                64 * 50,
+                "each visit either counted or refused"
+            );
+            if fail_one_in > 0 {
+                assert!(failed > 0, "failures were injected");
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_visits_are_coalesced_into_fewer_writes() {
+        let log = FlakyLog::new(0, Duration::from_millis(2));
+        let (counter, _task) =
+            VisitCounter::start(log.clone(), BatchOptions::new(Duration::from_secs(2)));
+
+        hammer(&counter, 100, 10).await;
+
+        let writes = log.calls.load(Ordering::Relaxed);
+        assert_eq!(*log.total.lock().unwrap(), 1000);
+        assert!(writes < 200, "1000 visits took {writes} writes");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn visits_stuck_behind_a_slow_store_are_refused_and_not_counted() {
+        let log = FlakyLog::new(0, Duration::from_millis(300));
+        let (counter, _task) =
+            VisitCounter::start(log.clone(), BatchOptions::new(Duration::from_millis(100)));
+
+        let (per_task, failed) = hammer(&counter, 8, 3).await;
+
+        let acknowledged: usize = per_task.iter().map(Vec::len).sum();
+        assert_eq!(acknowledged, 0, "no write finished within the timeout");
+        assert_eq!(failed, 24);
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_turns_visits_away_at_once() {
+        let log = FlakyLog::new(0, Duration::from_millis(200));
+        let options = BatchOptions {
+            max_batch: 1,
+            max_queue: 1,
+            timeout: Duration::from_secs(1),
+        };
+        let (counter, _task) = VisitCounter::start(log.clone(), options);
+
+        let mut pending = Vec::new();
+        for _ in 0..8 {
+            let counter = counter.clone();
+            pending.push(tokio::spawn(async move { counter.visit().await }));
+        }
+        let (mut counted, mut overloaded) = (0, 0);
+        for visit in pending {
+            match visit.await.unwrap() {
+                Ok(_) => counted += 1,
+                Err(VisitError::Overloaded) => overloaded += 1,
+                Err(other) => panic!("unexpected {other:?}"),
+            }
+        }
+
+        assert!(overloaded > 0, "visits beyond the queue bound are refused");
+        assert_eq!(
+            counted,
+            *log.total.lock().unwrap(),
+            "refused visits were not counted"
+        );
+        assert_eq!(counted + overloaded, 8);
     }
 }

@@ -26,7 +26,11 @@ pub async fn check(listen: SocketAddr) -> Result<(), String> {
         .no_proxy()
         .build()
         .map_err(|e| e.to_string())?;
-    let response = client.get(&url).send().await.map_err(|e| format!("{url}: {e}"))?;
+    let response = client
+        .get(&url)
+        .send()
+        .await
+        .map_err(|e| format!("{url}: {e}"))?;
     let status = response.status();
     if status.is_success() {
         Ok(())
@@ -42,8 +46,17 @@ mod tests {
 
     #[test]
     fn wildcard_addresses_are_probed_on_loopback() {
-        assert_eq!(probe_address("0.0.0.0:8000".parse().unwrap()), "127.0.0.1:8000".parse().unwrap());
-        assert_eq!(probe_address("[::]:80".parse().unwrap()), "[::1]:80".parse().unwrap());
-        assert_eq!(probe_address("10.1.2.3:9".parse().unwrap()), "10.1.2.3:9".parse().unwrap());
+        assert_eq!(
+            probe_address("0.0.0.0:8000".parse().unwrap()),
+            "127.0.0.1:8000".parse().unwrap()
+        );
+        assert_eq!(
+            probe_address("[::]:80".parse().unwrap()),
+            "[::1]:80".parse().unwrap()
+        );
+        assert_eq!(
+            probe_address("10.1.2.3:9".parse().unwrap()),
+            "10.1.2.3:9".parse().unwrap()
+        );
     }
 }

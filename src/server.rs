@@ -59,10 +59,13 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(
-            router.clone().map_request(|request: hyper::Request<Incoming>| request.map(axum::body::Body::new)),
-        );
-        let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
+        let service =
+            TowerToHyperService::new(router.clone().map_request(
+                |request: hyper::Request<Incoming>| request.map(axum::body::Body::new),
+            ));
+        let connection = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
             if let Err(error) = connection.await {
@@ -78,7 +81,10 @@ pub async fn serve(
         deadline_ms = options.shutdown_timeout.as_millis() as u64,
         "stopped accepting; finishing in-flight requests"
     );
-    if tokio::time::timeout(options.shutdown_timeout, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(options.shutdown_timeout, graceful.shutdown())
+        .await
+        .is_err()
+    {
         tracing::warn!("shutdown deadline reached; closing the remaining connections");
     }
     Ok(())

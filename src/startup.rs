@@ -63,7 +63,11 @@ impl Application {
         let (counter, batcher) =
             VisitCounter::start(store.clone(), BatchOptions::new(settings.store_timeout));
         let background = CancellationToken::new();
-        let heartbeat = tokio::spawn(heartbeat(store.clone(), settings.store_timeout, background.clone()));
+        let heartbeat = tokio::spawn(heartbeat(
+            store.clone(),
+            settings.store_timeout,
+            background.clone(),
+        ));
         let state = AppState {
             counter,
             store,
@@ -90,13 +94,23 @@ impl Application {
 
     /// The bound address, with the real port when port 0 was asked for.
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr().expect("a bound listener has an address")
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
     }
 
     /// Serves until `shutdown` resolves, then stops accepting, lets in-flight requests
     /// finish (up to the shutdown timeout) and stops the background tasks.
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send) -> io::Result<()> {
-        let Self { listener, state, request_timeout, serve_options, batcher, background, heartbeat } = self;
+        let Self {
+            listener,
+            state,
+            request_timeout,
+            serve_options,
+            batcher,
+            background,
+            heartbeat,
+        } = self;
         let store = state.store.clone();
         let store_timeout = state.store_timeout;
         tracing::info!(
@@ -135,7 +149,7 @@ fn open_store(settings: &Settings, replica: &str) -> Result<Store, ConfigError> 
                 timeout: settings.store_timeout,
             })
             .map_err(|e| ConfigError::new("REDIS_URL", e.detail().to_owned()))?;
-            Ok(Store::Redis(store))
+            Ok(Store::Redis(Box::new(store)))
         }
         None => EmbeddedStore::open(
             &settings.data_dir,

@@ -20,7 +20,10 @@ pub struct StatsCache {
 
 impl StatsCache {
     pub fn new(ttl: Duration) -> Self {
-        Self { ttl, last: Mutex::new(None) }
+        Self {
+            ttl,
+            last: Mutex::new(None),
+        }
     }
 
     /// A snapshot at most `ttl` old. Concurrent callers wait on the one read in progress

@@ -14,7 +14,10 @@ pub async fn live() -> &'static str {
 pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
     let store = state.store.kind();
     match state.store.ping(state.store_timeout).await {
-        Ok(()) => (StatusCode::OK, Json(json!({ "status": "ready", "store": store }))),
+        Ok(()) => (
+            StatusCode::OK,
+            Json(json!({ "status": "ready", "store": store })),
+        ),
         Err(error) => {
             tracing::debug!(cause = error.detail(), "not ready");
             (

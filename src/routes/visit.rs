@@ -10,7 +10,10 @@ use axum::{
 use super::ApiError;
 use crate::{page, state::AppState};
 
-pub async fn visit(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+pub async fn visit(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     let html = page::prefers_html(headers.get(header::ACCEPT));
     let number = state
         .counter

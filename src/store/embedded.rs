@@ -31,11 +31,17 @@ impl EmbeddedStore {
         version: &str,
     ) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| {
-            StoreError::new(StoreErrorKind::Failed, format!("cannot create {}: {e}", dir.display()))
+            StoreError::new(
+                StoreErrorKind::Failed,
+                format!("cannot create {}: {e}", dir.display()),
+            )
         })?;
         let path = dir.join(FILE_NAME);
         let db = Database::create(&path).map_err(|e| {
-            StoreError::new(StoreErrorKind::Failed, format!("cannot open {}: {e}", path.display()))
+            StoreError::new(
+                StoreErrorKind::Failed,
+                format!("cannot open {}: {e}", path.display()),
+            )
         })?;
         // Create the tables up front so that readers never meet a missing table.
         let txn = db.begin_write().map_err(failed)?;
@@ -62,8 +68,13 @@ impl EmbeddedStore {
                 let total = current.checked_add(count).ok_or_else(overflow)?;
                 totals.insert(&*key, total).map_err(failed)?;
                 let mut shares = txn.open_table(REPLICA_VISITS).map_err(failed)?;
-                let mine = shares.get(&*replica).map_err(failed)?.map_or(0, |v| v.value());
-                shares.insert(&*replica, mine.saturating_add(count)).map_err(failed)?;
+                let mine = shares
+                    .get(&*replica)
+                    .map_err(failed)?
+                    .map_or(0, |v| v.value());
+                shares
+                    .insert(&*replica, mine.saturating_add(count))
+                    .map_err(failed)?;
                 total
             };
             // The default durability is Immediate: commit returns after the data is on disk.

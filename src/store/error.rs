@@ -20,15 +20,36 @@ pub enum StoreErrorKind {
 pub struct StoreError {
     kind: StoreErrorKind,
     detail: String,
+    in_doubt: bool,
 }
 
 impl StoreError {
     pub fn new(kind: StoreErrorKind, detail: impl Into<String>) -> Self {
-        Self { kind, detail: detail.into() }
+        Self {
+            kind,
+            detail: detail.into(),
+            in_doubt: false,
+        }
     }
 
+    /// A call that got no answer: it may or may not have taken effect.
     pub fn timeout() -> Self {
-        Self::new(StoreErrorKind::Timeout, "no answer within the store timeout")
+        Self::new(
+            StoreErrorKind::Timeout,
+            "no answer within the store timeout",
+        )
+        .with_doubt()
+    }
+
+    /// Marks the error as one after which the write may have been applied anyway
+    /// (timeout, connection dropped while waiting for the reply).
+    pub fn with_doubt(mut self) -> Self {
+        self.in_doubt = true;
+        self
+    }
+
+    pub fn in_doubt(&self) -> bool {
+        self.in_doubt
     }
 
     pub fn kind(&self) -> StoreErrorKind {

@@ -4,6 +4,7 @@
 //! replicas are alive. Every call is bounded by the store timeout, so a store that hangs
 //! turns into a fast 503 instead of a hung request.
 
+mod backoff;
 mod embedded;
 mod error;
 pub mod redis;
@@ -47,7 +48,7 @@ pub trait VisitLog: Send + Sync + 'static {
 
 /// The store chosen by configuration.
 pub enum Store {
-    Redis(RedisStore),
+    Redis(Box<RedisStore>),
     Embedded(EmbeddedStore),
 }
 

@@ -5,7 +5,7 @@
 //! One multiplexed connection serves all requests. It is opened lazily and re-opened with
 //! backoff, so the service starts and reports not-ready while Redis is still coming up.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{collections::BTreeMap, future::Future, time::Duration};
 
 use redis::{
     Client, IntoConnectionInfo, RedisError, Script,
@@ -13,7 +13,7 @@ use redis::{
     io::tcp::{TcpSettings, socket2::TcpKeepalive},
 };
 
-use super::{ALIVE_WINDOW, ReplicaStats, Snapshot, StoreError, StoreErrorKind};
+use super::{ALIVE_WINDOW, ReplicaStats, Snapshot, StoreError, StoreErrorKind, backoff::Backoff};
 
 /// Adds ARGV[1] visits to the total and to this replica's share, atomically.
 const ADD_VISITS: &str = r"
@@ -51,6 +51,7 @@ pub struct RedisStore {
     version: String,
     add_visits: Script,
     heartbeat: Script,
+    backoff: Backoff,
 }
 
 struct Keys {
@@ -79,15 +80,17 @@ impl RedisStore {
             .with_interval(Duration::from_secs(10))
             .with_retries(3);
         info = info.set_tcp_settings(
-            TcpSettings::default().set_nodelay(true).set_keepalive(keepalive),
+            TcpSettings::default()
+                .set_nodelay(true)
+                .set_keepalive(keepalive),
         );
         let client = Client::open(info).map_err(classify)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(options.timeout))
             .set_response_timeout(Some(options.timeout))
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_millis(500))
-            .set_number_of_retries(4);
+            // One attempt per reconnect: `Backoff` spaces the attempts and lets calls fail
+            // fast meanwhile, instead of queueing behind a retry loop.
+            .set_number_of_retries(0);
         let connection =
             ConnectionManager::new_lazy_with_config(client, config).map_err(classify)?;
         let key = options.counter_key;
@@ -103,50 +106,55 @@ impl RedisStore {
             version: options.version,
             add_visits: Script::new(ADD_VISITS),
             heartbeat: Script::new(HEARTBEAT),
+            backoff: Backoff::new(),
         })
+    }
+
+    /// Runs `call` unless the backoff says Redis is down, and records how it went.
+    async fn guarded<T>(
+        &self,
+        call: impl Future<Output = Result<T, RedisError>>,
+    ) -> Result<T, StoreError> {
+        self.backoff.check()?;
+        let result = call.await.map_err(classify);
+        self.backoff.record(&result);
+        result
     }
 
     pub async fn add_visits(&self, count: u64) -> Result<u64, StoreError> {
         let mut connection = self.connection.clone();
-        self.add_visits
-            .key(&self.keys.total)
+        let mut invocation = self.add_visits.key(&self.keys.total);
+        invocation
             .key(&self.keys.replicas)
             .arg(count)
-            .arg(&self.replica)
-            .invoke_async(&mut connection)
-            .await
-            .map_err(classify)
+            .arg(&self.replica);
+        self.guarded(invocation.invoke_async(&mut connection)).await
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {
         let mut connection = self.connection.clone();
-        redis::cmd("PING")
-            .query_async::<()>(&mut connection)
+        self.guarded(redis::cmd("PING").query_async::<()>(&mut connection))
             .await
-            .map_err(classify)
     }
 
     pub async fn heartbeat(&self) -> Result<(), StoreError> {
         let mut connection = self.connection.clone();
-        self.heartbeat
-            .key(&self.keys.heartbeats)
+        let mut invocation = self.heartbeat.key(&self.keys.heartbeats);
+        invocation
             .key(&self.keys.versions)
             .arg(&self.replica)
-            .arg(&self.version)
-            .invoke_async::<i64>(&mut connection)
+            .arg(&self.version);
+        self.guarded(invocation.invoke_async::<i64>(&mut connection))
             .await
             .map(drop)
-            .map_err(classify)
     }
 
     pub async fn depart(&self) -> Result<(), StoreError> {
         let mut connection = self.connection.clone();
-        redis::cmd("ZREM")
-            .arg(&self.keys.heartbeats)
-            .arg(&self.replica)
-            .query_async::<()>(&mut connection)
+        let mut command = redis::cmd("ZREM");
+        command.arg(&self.keys.heartbeats).arg(&self.replica);
+        self.guarded(command.query_async::<()>(&mut connection))
             .await
-            .map_err(classify)
     }
 
     pub async fn snapshot(&self) -> Result<Snapshot, StoreError> {
@@ -158,7 +166,8 @@ impl RedisStore {
             BTreeMap<String, String>,
             (i64, i64),
         );
-        let (total, visits, heartbeats, versions, (secs, micros)): Reply = redis::pipe()
+        let mut pipeline = redis::pipe();
+        pipeline
             .get(&self.keys.total)
             .hgetall(&self.keys.replicas)
             .cmd("ZRANGE")
@@ -167,10 +176,9 @@ impl RedisStore {
             .arg(-1)
             .arg("WITHSCORES")
             .hgetall(&self.keys.versions)
-            .cmd("TIME")
-            .query_async(&mut connection)
-            .await
-            .map_err(classify)?;
+            .cmd("TIME");
+        let (total, visits, heartbeats, versions, (secs, micros)): Reply =
+            self.guarded(pipeline.query_async(&mut connection)).await?;
         let now_ms = secs * 1000 + micros / 1000;
         let window = ALIVE_WINDOW.as_millis() as i64;
         let alive: BTreeMap<String, bool> = heartbeats
@@ -189,7 +197,10 @@ impl RedisStore {
                 version: versions.get(name).cloned(),
             })
             .collect();
-        Ok(Snapshot { total: total.unwrap_or(0), replicas })
+        Ok(Snapshot {
+            total: total.unwrap_or(0),
+            replicas,
+        })
     }
 }
 
@@ -211,5 +222,10 @@ fn classify(error: RedisError) -> StoreError {
         }
         _ => StoreErrorKind::Failed,
     };
-    StoreError::new(kind, error.to_string())
+    let error_text = error.to_string();
+    if error.is_timeout() || error.is_connection_dropped() {
+        StoreError::new(kind, error_text).with_doubt()
+    } else {
+        StoreError::new(kind, error_text)
+    }
 }

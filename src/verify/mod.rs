@@ -112,28 +112,47 @@ pub async fn run(args: &VerifyArgs) -> Report {
 
 async fn visit(http: &reqwest::Client, url: &reqwest::Url, client: u64) -> Sample {
     let started = Instant::now();
-    let outcome = match http.get(url.clone()).header("accept", "text/plain").send().await {
+    let outcome = match http
+        .get(url.clone())
+        .header("accept", "text/plain")
+        .send()
+        .await
+    {
         Err(error) if error.is_timeout() => Outcome::Failed("timeout".into()),
         Err(error) if error.is_connect() => Outcome::Failed("connect".into()),
         Err(_) => Outcome::Failed("connection".into()),
         Ok(response) => {
             let status = response.status();
             let header = |name: &str| {
-                response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned)
+                response
+                    .headers()
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned)
             };
             let replica = header("x-served-by");
             let version = header("x-app-version");
             match response.text().await {
                 Err(_) => Outcome::Failed("body".into()),
-                Ok(_) if !status.is_success() => Outcome::Failed(format!("http {}", status.as_u16())),
+                Ok(_) if !status.is_success() => {
+                    Outcome::Failed(format!("http {}", status.as_u16()))
+                }
                 Ok(body) => match parse_count(&body) {
-                    Some(count) => Outcome::Counted { count, replica, version },
+                    Some(count) => Outcome::Counted {
+                        count,
+                        replica,
+                        version,
+                    },
                     None => Outcome::Failed("unexpected body".into()),
                 },
             }
         }
     };
-    Sample { client, latency: started.elapsed(), outcome }
+    Sample {
+        client,
+        latency: started.elapsed(),
+        outcome,
+    }
 }
 
 /// Reads N from `Hello World! I have been seen N times.`
@@ -151,8 +170,14 @@ mod tests {
 
     #[test]
     fn counts_are_read_from_the_tutorial_text() {
-        assert_eq!(parse_count("Hello World! I have been seen 42 times.\n"), Some(42));
-        assert_eq!(parse_count("Hello World! I have been seen x times.\n"), None);
+        assert_eq!(
+            parse_count("Hello World! I have been seen 42 times.\n"),
+            Some(42)
+        );
+        assert_eq!(
+            parse_count("Hello World! I have been seen x times.\n"),
+            None
+        );
         assert_eq!(parse_count("<html>"), None);
     }
 }

@@ -18,7 +18,11 @@ pub struct Sample {
 
 #[derive(Debug, Clone)]
 pub enum Outcome {
-    Counted { count: u64, replica: Option<String>, version: Option<String> },
+    Counted {
+        count: u64,
+        replica: Option<String>,
+        version: Option<String>,
+    },
     Failed(String),
 }
 
@@ -76,7 +80,11 @@ impl Report {
                     report.failed += 1;
                     *report.failures.entry(kind.clone()).or_default() += 1;
                 }
-                Outcome::Counted { count, replica, version } => {
+                Outcome::Counted {
+                    count,
+                    replica,
+                    version,
+                } => {
                     report.succeeded += 1;
                     let name = replica.clone().unwrap_or_else(|| "(none)".into());
                     *report.per_replica.entry(name).or_default() += 1;
@@ -92,8 +100,10 @@ impl Report {
                     {
                         report.out_of_order += 1;
                     }
-                    report.lowest_count = Some(report.lowest_count.map_or(*count, |l| l.min(*count)));
-                    report.highest_count = Some(report.highest_count.map_or(*count, |h| h.max(*count)));
+                    report.lowest_count =
+                        Some(report.lowest_count.map_or(*count, |l| l.min(*count)));
+                    report.highest_count =
+                        Some(report.highest_count.map_or(*count, |h| h.max(*count)));
                 }
             }
         }
@@ -102,7 +112,10 @@ impl Report {
 
     /// True when every visit succeeded and the counter's invariants held.
     pub fn passed(&self) -> bool {
-        self.requests > 0 && self.failed == 0 && self.duplicate_counts == 0 && self.out_of_order == 0
+        self.requests > 0
+            && self.failed == 0
+            && self.duplicate_counts == 0
+            && self.out_of_order == 0
     }
 }
 
@@ -147,7 +160,11 @@ impl fmt::Display for Report {
         }
         writeln!(f, "duplicates: {}", self.duplicate_counts)?;
         writeln!(f, "out of order per client: {}", self.out_of_order)?;
-        write!(f, "verdict:    {}", if self.passed() { "PASS" } else { "FAIL" })
+        write!(
+            f,
+            "verdict:    {}",
+            if self.passed() { "PASS" } else { "FAIL" }
+        )
     }
 }
 
@@ -159,33 +176,46 @@ mod tests {
         Sample {
             client,
             latency: Duration::from_millis(1),
-            outcome: Outcome::Counted { count, replica: Some("a".into()), version: Some("1".into()) },
+            outcome: Outcome::Counted {
+                count,
+                replica: Some("a".into()),
+                version: Some("1".into()),
+            },
         }
     }
 
     #[test]
     fn distinct_increasing_counts_pass() {
-        let report = Report::from_samples(vec![counted(0, 1), counted(1, 2), counted(0, 3)], Duration::from_secs(1));
+        let report = Report::from_samples(
+            vec![counted(0, 1), counted(1, 2), counted(0, 3)],
+            Duration::from_secs(1),
+        );
         assert!(report.passed(), "{report}");
     }
 
     #[test]
     fn a_count_seen_twice_fails() {
-        let report = Report::from_samples(vec![counted(0, 1), counted(1, 1)], Duration::from_secs(1));
+        let report =
+            Report::from_samples(vec![counted(0, 1), counted(1, 1)], Duration::from_secs(1));
         assert_eq!(report.duplicate_counts, 1);
         assert!(!report.passed());
     }
 
     #[test]
     fn a_client_seeing_its_count_go_down_fails() {
-        let report = Report::from_samples(vec![counted(0, 5), counted(0, 4)], Duration::from_secs(1));
+        let report =
+            Report::from_samples(vec![counted(0, 5), counted(0, 4)], Duration::from_secs(1));
         assert_eq!(report.out_of_order, 1);
         assert!(!report.passed());
     }
 
     #[test]
     fn any_failure_fails() {
-        let failed = Sample { client: 0, latency: Duration::ZERO, outcome: Outcome::Failed("http 503".into()) };
+        let failed = Sample {
+            client: 0,
+            latency: Duration::ZERO,
+            outcome: Outcome::Failed("http 503".into()),
+        };
         let report = Report::from_samples(vec![counted(0, 1), failed], Duration::from_secs(1));
         assert_eq!(report.failures.get("http 503"), Some(&1));
         assert!(!report.passed());

@@ -1,0 +1,128 @@
+//! The page in a real headless Chromium: the scripts run, the DOM shows the count, who
+//! served it and the replicas at work, and a screenshot is taken.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Output, Stdio},
+};
+
+use crate::helpers::{RedisServer, TestApp};
+
+fn chromium() -> PathBuf {
+    let path = std::env::var_os("CHROMIUM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "chromium".into());
+    match Command::new(&path)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+    {
+        Ok(status) if status.success() => path,
+        _ => panic!(
+            "Chromium is needed by this test and was not found. Install it with \
+             `apt-get install -y chromium` (or set CHROMIUM to its path)."
+        ),
+    }
+}
+
+/// Runs headless Chromium on `url` with the given extra flags (flags from
+/// shared/ENVIRONMENT.md: without the background-networking ones it stalls here).
+fn headless(url: &str, extra: &[&str]) -> Output {
+    let profile = tempfile::tempdir().unwrap();
+    Command::new(chromium())
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--enable-logging=stderr",
+            "--v=0",
+            "--virtual-time-budget=3000",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .args(extra)
+        .arg(url)
+        .stdin(Stdio::null())
+        .output()
+        .expect("chromium runs")
+}
+
+fn screenshot_path() -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    dir.join("page.png")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_page_shows_the_count_the_replica_and_the_live_view() {
+    let redis = RedisServer::start();
+    let web1 = TestApp::spawn_on_redis(&redis.url(), &["--replica", "web.1<script>"]).await;
+    let web2 = TestApp::spawn_on_redis(&redis.url(), &["--replica", "web.2"]).await;
+    for _ in 0..4 {
+        web1.client.visit().await;
+    }
+    web2.client.visit().await;
+    let url = format!("{}/", web1.client.base);
+
+    let dumped = {
+        let url = url.clone();
+        tokio::task::spawn_blocking(move || headless(&url, &["--dump-dom"]))
+            .await
+            .unwrap()
+    };
+
+    let dom = String::from_utf8_lossy(&dumped.stdout);
+    let log = String::from_utf8_lossy(&dumped.stderr);
+    assert!(dumped.status.success(), "chromium failed: {log}");
+    assert!(
+        dom.contains(r#"id="count">6</strong>"#),
+        "the page counted visit 6:\n{dom}"
+    );
+    assert!(
+        dom.contains(r#"id="served-by">web.1&lt;script&gt;</code>"#),
+        "served-by, escaped:\n{dom}"
+    );
+    assert!(
+        dom.contains(r#"data-live="ok""#),
+        "the live view loaded /api/stats:\n{dom}"
+    );
+    assert!(
+        dom.contains(r#"data-replica="web.2""#),
+        "the other replica is listed:\n{dom}"
+    );
+    assert!(
+        dom.contains("6 visits in all; 2 of 2 replicas alive now."),
+        "summary:\n{dom}"
+    );
+    assert!(!log.contains("Uncaught"), "JavaScript errors:\n{log}");
+    assert_eq!(
+        web2.client.visit().await,
+        7,
+        "the live view's polling counted no visit"
+    );
+
+    let shot = screenshot_path();
+    let _ = std::fs::remove_file(&shot);
+    let taken = tokio::task::spawn_blocking(move || {
+        headless(
+            &url,
+            &[
+                &format!("--screenshot={}", shot.display()),
+                "--window-size=1280,800",
+            ],
+        )
+    })
+    .await
+    .unwrap();
+    assert!(
+        taken.status.success(),
+        "{}",
+        String::from_utf8_lossy(&taken.stderr)
+    );
+    let png = std::fs::read(screenshot_path()).expect("a screenshot was written");
+    assert!(png.starts_with(b"\x89PNG"), "the screenshot is a PNG");
+}

@@ -1,0 +1,86 @@
+//! One typed client for the service. Calls that name a status assert it.
+
+use std::{net::SocketAddr, time::Duration};
+
+use reqwest::{Response, StatusCode};
+use serde_json::Value;
+
+#[derive(Clone)]
+pub struct TestClient {
+    pub base: String,
+    http: reqwest::Client,
+}
+
+impl TestClient {
+    pub fn new(address: SocketAddr) -> Self {
+        Self::with_base(format!("http://{address}"))
+    }
+
+    pub fn with_base(base: String) -> Self {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .no_proxy()
+            .build()
+            .expect("a client");
+        Self { base, http }
+    }
+
+    pub async fn get(&self, path: &str) -> Response {
+        self.http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .expect("the service answers")
+    }
+
+    pub async fn request(&self, method: reqwest::Method, path: &str) -> Response {
+        self.http
+            .request(method, format!("{}{path}", self.base))
+            .send()
+            .await
+            .expect("the service answers")
+    }
+
+    /// `GET /`, asserting 200, returning the number in the body.
+    pub async fn visit(&self) -> u64 {
+        let response = self.get("/").await;
+        assert_eq!(response.status(), StatusCode::OK, "GET / should succeed");
+        let body = response.text().await.expect("a body");
+        parse_count(&body).unwrap_or_else(|| panic!("unexpected body {body:?}"))
+    }
+
+    /// `GET /` returning the status and, on success, the count.
+    pub async fn try_visit(&self) -> (StatusCode, Option<u64>, String) {
+        let response = self.get("/").await;
+        let status = response.status();
+        let body = response.text().await.unwrap_or_default();
+        (status, parse_count(&body), body)
+    }
+
+    /// `GET /api/stats`, asserting 200.
+    pub async fn stats(&self) -> Value {
+        let response = self.get("/api/stats").await;
+        assert_eq!(
+            response.status(),
+            StatusCode::OK,
+            "GET /api/stats should succeed"
+        );
+        response.json().await.expect("JSON")
+    }
+
+    /// The total as the service reports it (not a visit).
+    pub async fn total(&self) -> u64 {
+        self.stats().await["total"].as_u64().expect("a total")
+    }
+
+    pub async fn ready_status(&self) -> StatusCode {
+        match self.http.get(format!("{}/readyz", self.base)).send().await {
+            Ok(response) => response.status(),
+            Err(_) => StatusCode::BAD_GATEWAY,
+        }
+    }
+}
+
+pub fn parse_count(body: &str) -> Option<u64> {
+    stackdemo::verify::parse_count(body)
+}

@@ -1,0 +1,141 @@
+//! A real redis-server on a free loopback port with its own folder, stopped on drop.
+
+use std::{
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use tempfile::TempDir;
+
+pub struct RedisServer {
+    pub port: u16,
+    dir: TempDir,
+    password: Option<String>,
+    child: Option<Child>,
+}
+
+fn binary() -> PathBuf {
+    let path = std::env::var_os("REDIS_SERVER")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "redis-server".into());
+    match Command::new(&path)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status()
+    {
+        Ok(status) if status.success() => path,
+        _ => panic!(
+            "redis-server is needed by these tests and was not found. \
+             Install it with `apt-get install -y redis-server` (or set REDIS_SERVER to its path)."
+        ),
+    }
+}
+
+impl RedisServer {
+    /// Starts redis-server with AOF on (fsync always) and waits until it answers.
+    pub fn start() -> Self {
+        Self::start_with_password(None)
+    }
+
+    pub fn start_with_password(password: Option<&str>) -> Self {
+        let mut server = Self {
+            port: super::free_port(),
+            dir: tempfile::tempdir().expect("a temporary folder"),
+            password: password.map(str::to_owned),
+            child: None,
+        };
+        server.launch();
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    fn launch(&mut self) {
+        let mut command = Command::new(binary());
+        command
+            .arg("--port")
+            .arg(self.port.to_string())
+            .arg("--bind")
+            .arg("127.0.0.1")
+            .arg("--dir")
+            .arg(self.dir.path())
+            .arg("--save")
+            .arg("")
+            .arg("--appendonly")
+            .arg("yes")
+            .arg("--appendfsync")
+            .arg("always")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if let Some(password) = &self.password {
+            command.arg("--requirepass").arg(password);
+        }
+        self.child = Some(command.spawn().expect("redis-server starts"));
+        let start = Instant::now();
+        while self.query(&["PING"]).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "redis-server did not answer within 10 s"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Sends one command on a fresh connection and returns the reply.
+    pub fn query(&self, args: &[&str]) -> redis::RedisResult<redis::Value> {
+        let mut info = redis::IntoConnectionInfo::into_connection_info(self.url())?;
+        if let Some(password) = &self.password {
+            let settings = info.redis_settings().clone().set_password(password);
+            info = info.set_redis_settings(settings);
+        }
+        let client = redis::Client::open(info)?;
+        let mut connection = client.get_connection_with_timeout(Duration::from_secs(1))?;
+        let mut command = redis::cmd(args[0]);
+        for arg in &args[1..] {
+            command.arg(*arg);
+        }
+        command.query(&mut connection)
+    }
+
+    /// The integer under `key`, 0 when missing.
+    pub fn get_u64(&self, key: &str) -> u64 {
+        match self.query(&["GET", key]).expect("GET answers") {
+            redis::Value::Nil => 0,
+            value => redis::from_redis_value::<u64>(value).expect("an integer"),
+        }
+    }
+
+    /// Sets a key, as a deployment of the original app would have left it.
+    pub fn set(&self, key: &str, value: &str) {
+        self.query(&["SET", key, value]).expect("SET answers");
+    }
+
+    /// Stops the server with SIGKILL and waits for it to be gone.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port and folder (AOF replays the data).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.launch();
+    }
+
+    /// Starts the server again after `kill`.
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "redis-server is still running");
+        self.launch();
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -1,0 +1,10 @@
+//! Integration tests: the real service against a real redis-server or the embedded store.
+
+mod helpers;
+
+mod browser;
+mod config_errors;
+mod embedded;
+mod lifecycle;
+mod redis_faults;
+mod visits;
