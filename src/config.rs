@@ -82,7 +82,7 @@ pub struct Settings {
     #[arg(long, env = "STACKDEMO_REPLICA", global = true, value_parser = parse_replica)]
     pub replica: Option<String>,
 
-    /// Version reported in X-App-Version and /api/stats.
+    /// Version reported in X-App-Version and /api/stats. Empty: the built-in version.
     #[arg(long, env = "STACKDEMO_VERSION", default_value = env!("CARGO_PKG_VERSION"),
           global = true, value_parser = parse_version)]
     pub app_version: String,
@@ -283,8 +283,11 @@ fn parse_replica(text: &str) -> Result<String, String> {
 }
 
 fn parse_version(text: &str) -> Result<String, String> {
-    if text.is_empty() || text.len() > 64 || !text.chars().all(|c| c.is_ascii_graphic()) {
-        return Err("must be 1 to 64 visible ASCII characters".into());
+    if text.is_empty() {
+        return Ok(env!("CARGO_PKG_VERSION").to_owned());
+    }
+    if text.len() > 64 || !text.chars().all(|c| c.is_ascii_graphic()) {
+        return Err("must be at most 64 visible ASCII characters".into());
     }
     Ok(text.to_owned())
 }

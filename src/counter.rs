@@ -14,7 +14,7 @@ use std::{
 
 use metrics::{counter, gauge, histogram};
 use tokio::{
-    sync::{mpsc, oneshot},
+    sync::{Semaphore, mpsc, oneshot},
     task::JoinHandle,
 };
 
@@ -52,6 +52,9 @@ pub struct BatchOptions {
     pub max_batch: usize,
     /// Visits waiting at most; more are answered `Overloaded` at once.
     pub max_queue: usize,
+    /// Store writes under way at once. More than one lets a batch start while the previous
+    /// one is still on the wire, which halves the wait of a visit behind it.
+    pub max_in_flight: usize,
     /// Bound on one store write, and on how long a visit may wait for its batch to start.
     pub timeout: Duration,
 }
@@ -61,6 +64,7 @@ impl BatchOptions {
         Self {
             max_batch: 4096,
             max_queue: 16_384,
+            max_in_flight: 1,
             timeout,
         }
     }
@@ -102,11 +106,26 @@ impl VisitCounter {
 }
 
 async fn run<L: VisitLog>(log: Arc<L>, mut incoming: mpsc::Receiver<Visit>, options: BatchOptions) {
-    let mut batch = Vec::with_capacity(options.max_batch);
-    while incoming.recv_many(&mut batch, options.max_batch).await > 0 {
-        commit(&*log, &mut batch, options.timeout).await;
-        batch.clear();
+    let slots = Arc::new(Semaphore::new(options.max_in_flight.max(1)));
+    loop {
+        // Take a slot first: visits arriving meanwhile gather into the next batch.
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            break;
+        };
+        let mut batch = Vec::with_capacity(64);
+        if incoming.recv_many(&mut batch, options.max_batch).await == 0 {
+            break;
+        }
+        let log = log.clone();
+        tokio::spawn(async move {
+            commit(&*log, &mut batch, options.timeout).await;
+            drop(slot);
+        });
     }
+    // Wait for the writes still under way.
+    let _ = slots
+        .acquire_many(options.max_in_flight.max(1) as u32)
+        .await;
 }
 
 async fn commit<L: VisitLog>(log: &L, batch: &mut Vec<Visit>, timeout: Duration) {
@@ -235,10 +254,12 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn under_concurrency_and_failures_numbers_are_distinct_contiguous_and_all_confirmed() {
-        for (fail_one_in, delay_us) in [(0, 0), (3, 50), (7, 200), (2, 0)] {
+        let cases = [(0, 0, 1), (3, 50, 1), (7, 200, 2), (2, 0, 2), (5, 100, 3)];
+        for (fail_one_in, delay_us, in_flight) in cases {
             let log = FlakyLog::new(fail_one_in, Duration::from_micros(delay_us));
-            let (counter, task) =
-                VisitCounter::start(log.clone(), BatchOptions::new(Duration::from_secs(2)));
+            let mut options = BatchOptions::new(Duration::from_secs(2));
+            options.max_in_flight = in_flight;
+            let (counter, task) = VisitCounter::start(log.clone(), options);
 
             let (per_task, failed) = hammer(&counter, 64, 50).await;
             drop(counter);
@@ -304,6 +325,7 @@ mod tests {
         let options = BatchOptions {
             max_batch: 1,
             max_queue: 1,
+            max_in_flight: 1,
             timeout: Duration::from_secs(1),
         };
         let (counter, _task) = VisitCounter::start(log.clone(), options);

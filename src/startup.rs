@@ -3,6 +3,7 @@
 
 use std::{future::Future, io, net::SocketAddr, sync::Arc, time::Duration};
 
+use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 
@@ -11,13 +12,22 @@ use crate::{
     counter::{BatchOptions, VisitCounter},
     routes::{self, install_recorder},
     server::{self, ServeOptions},
-    state::AppState,
+    state::{AppState, Shared},
     stats::{STATS_TTL, StatsCache},
     store::{EmbeddedStore, RedisStore, Store, redis::RedisOptions},
 };
 
 /// How often a replica announces that it is alive.
 const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Batches under way at once against Redis (see `batch_options`).
+const REDIS_BATCHES_IN_FLIGHT: usize = 2;
+
+/// Batches under way at once against the embedded store (see `batch_options`).
+const EMBEDDED_BATCHES_IN_FLIGHT: usize = 2;
+
+/// How often histogram samples are folded into buckets.
+const METRICS_UPKEEP_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Why the service could not start.
 #[derive(Debug)]
@@ -48,6 +58,7 @@ pub struct Application {
     batcher: JoinHandle<()>,
     background: CancellationToken,
     heartbeat: JoinHandle<()>,
+    upkeep: JoinHandle<()>,
 }
 
 impl Application {
@@ -61,22 +72,24 @@ impl Application {
             .map_err(|e| StartupError::Listen(settings.listen, e))?;
 
         let (counter, batcher) =
-            VisitCounter::start(store.clone(), BatchOptions::new(settings.store_timeout));
+            VisitCounter::start(store.clone(), batch_options(&store, settings.store_timeout));
         let background = CancellationToken::new();
         let heartbeat = tokio::spawn(heartbeat(
             store.clone(),
             settings.store_timeout,
             background.clone(),
         ));
-        let state = AppState {
+        let metrics = install_recorder();
+        let upkeep = tokio::spawn(metrics_upkeep(metrics.clone(), background.clone()));
+        let state = AppState::new(Shared {
             counter,
             store,
-            stats: Arc::new(StatsCache::new(STATS_TTL)),
-            metrics: install_recorder(),
-            replica: replica.into(),
-            version: settings.app_version.as_str().into(),
+            stats: StatsCache::new(STATS_TTL),
+            metrics,
+            replica,
+            version: settings.app_version.clone(),
             store_timeout: settings.store_timeout,
-        };
+        });
         Ok(Self {
             listener,
             state,
@@ -89,6 +102,7 @@ impl Application {
             batcher,
             background,
             heartbeat,
+            upkeep,
         })
     }
 
@@ -110,6 +124,7 @@ impl Application {
             batcher,
             background,
             heartbeat,
+            upkeep,
         } = self;
         let store = state.store.clone();
         let store_timeout = state.store_timeout;
@@ -127,6 +142,7 @@ impl Application {
         // batcher drains what is queued and ends.
         background.cancel();
         let _ = heartbeat.await;
+        let _ = upkeep.await;
         let _ = tokio::time::timeout(store_timeout * 2, batcher).await;
         if let Err(error) = store.depart(store_timeout).await {
             tracing::debug!(cause = error.detail(), "could not remove the heartbeat");
@@ -134,6 +150,19 @@ impl Application {
         tracing::info!("stopped");
         result
     }
+}
+
+/// A second batch may be formed and sent while the first is under way. Redis answers
+/// them in the order they were sent on the one connection; the embedded store runs one
+/// write transaction at a time, so the second waits on the lock, ready to start the
+/// moment the first commit is on disk instead of after a round through the scheduler.
+fn batch_options(store: &Store, timeout: Duration) -> BatchOptions {
+    let mut options = BatchOptions::new(timeout);
+    options.max_in_flight = match store {
+        Store::Redis(_) => REDIS_BATCHES_IN_FLIGHT,
+        Store::Embedded(_) => EMBEDDED_BATCHES_IN_FLIGHT,
+    };
+    options
 }
 
 fn open_store(settings: &Settings, replica: &str) -> Result<Store, ConfigError> {
@@ -159,6 +188,18 @@ fn open_store(settings: &Settings, replica: &str) -> Result<Store, ConfigError> 
         )
         .map(Store::Embedded)
         .map_err(|e| ConfigError::new("STACKDEMO_DATA_DIR", e.detail().to_owned())),
+    }
+}
+
+/// Folds recorded histogram samples into their buckets. Without it the samples of an
+/// unscraped histogram would pile up in memory.
+async fn metrics_upkeep(handle: PrometheusHandle, stop: CancellationToken) {
+    let mut ticks = tokio::time::interval(METRICS_UPKEEP_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => handle.run_upkeep(),
+            () = stop.cancelled() => return,
+        }
     }
 }
 

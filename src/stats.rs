@@ -1,10 +1,7 @@
 //! A short-lived cache of the store's snapshot, so that many open pages polling
 //! `/api/stats` cost the store one read per interval, not one per poll.
 
-use std::{
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use tokio::sync::Mutex;
 
@@ -28,7 +25,7 @@ impl StatsCache {
 
     /// A snapshot at most `ttl` old. Concurrent callers wait on the one read in progress
     /// (the lock is held across it) rather than each reading the store.
-    pub async fn get(&self, store: &Arc<Store>, timeout: Duration) -> Result<Snapshot, StoreError> {
+    pub async fn get(&self, store: &Store, timeout: Duration) -> Result<Snapshot, StoreError> {
         let mut last = self.last.lock().await;
         if let Some((at, snapshot)) = last.as_ref()
             && at.elapsed() < self.ttl

@@ -33,7 +33,7 @@ pub const MAX_BODY_BYTES: usize = 16 * 1024;
 pub fn router(state: AppState, request_timeout: Duration) -> Router {
     let served_by = header_value(&state.replica);
     let version = header_value(&state.version);
-    let replica = state.replica.clone();
+    let replica: std::sync::Arc<str> = state.replica.as_str().into();
     Router::new()
         .route("/", get(visit::visit).head(visit::head))
         .route("/healthz", get(health::live))

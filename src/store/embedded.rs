@@ -9,8 +9,10 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::{ReplicaStats, Snapshot, StoreError, StoreErrorKind};
 
-const TOTALS: TableDefinition<&str, u64> = TableDefinition::new("totals");
-const REPLICA_VISITS: TableDefinition<&str, u64> = TableDefinition::new("replica_visits");
+/// One table, so that a commit touches as few pages as possible: `(key, "")` holds the
+/// total under the counter key, `(key, replica)` that replica's share.
+const COUNTS: TableDefinition<(&str, &str), u64> = TableDefinition::new("counts");
+const TOTAL: &str = "";
 
 const FILE_NAME: &str = "stackdemo.redb";
 
@@ -45,8 +47,7 @@ impl EmbeddedStore {
         })?;
         // Create the tables up front so that readers never meet a missing table.
         let txn = db.begin_write().map_err(failed)?;
-        txn.open_table(TOTALS).map_err(failed)?;
-        txn.open_table(REPLICA_VISITS).map_err(failed)?;
+        txn.open_table(COUNTS).map_err(failed)?;
         txn.commit().map_err(failed)?;
         Ok(Self {
             db: Arc::new(db),
@@ -63,18 +64,19 @@ impl EmbeddedStore {
         blocking(move || {
             let txn = db.begin_write().map_err(failed)?;
             let total = {
-                let mut totals = txn.open_table(TOTALS).map_err(failed)?;
-                let current = totals.get(&*key).map_err(failed)?.map_or(0, |v| v.value());
-                let total = current.checked_add(count).ok_or_else(overflow)?;
-                totals.insert(&*key, total).map_err(failed)?;
-                let mut shares = txn.open_table(REPLICA_VISITS).map_err(failed)?;
-                let mine = shares
-                    .get(&*replica)
-                    .map_err(failed)?
-                    .map_or(0, |v| v.value());
-                shares
-                    .insert(&*replica, mine.saturating_add(count))
-                    .map_err(failed)?;
+                let mut counts = txn.open_table(COUNTS).map_err(failed)?;
+                let read = |counts: &redb::Table<(&str, &str), u64>, field: &str| {
+                    counts
+                        .get((&*key, field))
+                        .map(|v| v.map_or(0, |v| v.value()))
+                        .map_err(failed)
+                };
+                let total = read(&counts, TOTAL)?
+                    .checked_add(count)
+                    .ok_or_else(overflow)?;
+                let mine = read(&counts, &replica)?.saturating_add(count);
+                counts.insert((&*key, TOTAL), total).map_err(failed)?;
+                counts.insert((&*key, &*replica), mine).map_err(failed)?;
                 total
             };
             // The default durability is Immediate: commit returns after the data is on disk.
@@ -96,14 +98,21 @@ impl EmbeddedStore {
         let version = self.version.clone();
         blocking(move || {
             let txn = db.begin_read().map_err(failed)?;
-            let totals = txn.open_table(TOTALS).map_err(failed)?;
-            let total = totals.get(&*key).map_err(failed)?.map_or(0, |v| v.value());
-            let shares = txn.open_table(REPLICA_VISITS).map_err(failed)?;
+            let counts = txn.open_table(COUNTS).map_err(failed)?;
+            let mut total = 0;
             let mut replicas = Vec::new();
             let mut seen_self = false;
-            for entry in shares.iter().map_err(failed)? {
-                let (name, visits) = entry.map_err(failed)?;
-                let name = name.value().to_owned();
+            for entry in counts.range((&*key, TOTAL)..).map_err(failed)? {
+                let (k, visits) = entry.map_err(failed)?;
+                let (owner, name) = k.value();
+                if owner != &*key {
+                    break;
+                }
+                if name == TOTAL {
+                    total = visits.value();
+                    continue;
+                }
+                let name = name.to_owned();
                 let is_self = name == *replica;
                 seen_self |= is_self;
                 replicas.push(ReplicaStats {

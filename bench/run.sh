@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Throughput benchmark: `GET /` (counts a visit) against `GET /healthz` (touches no store)
+# of the same release binary, with Redis and with the embedded store, measured side by
+# side with wrk on loopback. Prints requests/s, the ratio, p99 latency and peak RSS.
+#
+#   bench/run.sh                      # 3 rounds of 5 s per path, 64 connections, 2 threads
+#   ROUNDS=5 DURATION=10s bench/run.sh
+#
+# The two paths are measured in alternating rounds and each figure is the median over the
+# rounds, so that a passing disturbance on a small machine does not decide the ratio.
+#
+# A benchmark, not a test: it reports numbers and fails only if something does not run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-5s}
+ROUNDS=${ROUNDS:-3}
+CONNECTIONS=${CONNECTIONS:-64}
+THREADS=${THREADS:-2}
+BIN=${BIN:-target/release/stackdemo}
+
+for tool in wrk redis-server; do
+  command -v "$tool" >/dev/null || { echo "bench needs $tool: apt-get install -y $tool" >&2; exit 1; }
+done
+[ -n "${BIN_PREBUILT:-}" ] || cargo build --release --locked --quiet
+
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_http() { for _ in $(seq 1 200); do curl -fs "http://127.0.0.1:$1/readyz" >/dev/null && return 0; sleep 0.05; done; echo "service on $1 not ready" >&2; exit 1; }
+
+redis_port=$(free_port)
+mkdir -p "$work/redis"
+redis-server --port "$redis_port" --bind 127.0.0.1 --dir "$work/redis" --save "" \
+  --appendonly yes --appendfsync everysec >/dev/null 2>&1 &
+pids+=($!)
+for _ in $(seq 1 100); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.05; done
+
+# Runs wrk on a path; prints "requests_per_s p99_ms".
+measure() {
+  local out
+  out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "http://127.0.0.1:$1$2")
+  local rps p99
+  rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
+  p99=$(awk '$1=="99%" {v=$2; if (v ~ /us$/) {sub(/us$/,"",v); v=v/1000} else if (v ~ /ms$/) {sub(/ms$/,"",v)} else if (v ~ /s$/) {sub(/s$/,"",v); v=v*1000}; print v}' <<<"$out")
+  local errors
+  errors=$(awk '/Non-2xx|Socket errors/ {print}' <<<"$out")
+  [ -z "$errors" ] || echo "  wrk reported: $errors" >&2
+  echo "$rps $p99"
+}
+
+median() { printf '%s\n' "$@" | sort -g | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
+
+run_store() {
+  local name=$1; shift
+  local port; port=$(free_port)
+  RUST_LOG=${RUST_LOG:-info} "$BIN" --listen "127.0.0.1:$port" --log-format json "$@" >/dev/null 2>&1 &
+  local pid=$!
+  pids+=("$pid")
+  wait_http "$port"
+  wrk -t"$THREADS" -c"$CONNECTIONS" -d2s "http://127.0.0.1:$port/" >/dev/null   # warm-up
+  local noop=() visit=() noop_p=() visit_p=() rps p99
+  for _ in $(seq 1 "$ROUNDS"); do
+    read -r rps p99 < <(measure "$port" /healthz); noop+=("$rps"); noop_p+=("$p99")
+    read -r rps p99 < <(measure "$port" /); visit+=("$rps"); visit_p+=("$p99")
+  done
+  local noop_rps visit_rps noop_p99 visit_p99
+  noop_rps=$(median "${noop[@]}"); visit_rps=$(median "${visit[@]}")
+  noop_p99=$(median "${noop_p[@]}"); visit_p99=$(median "${visit_p[@]}")
+  local rss_kb; rss_kb=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status")
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+  awk -v n="$name" -v a="$noop_rps" -v b="$visit_rps" -v pa="$noop_p99" -v pb="$visit_p99" -v r="$rss_kb" \
+    'BEGIN { printf "%-9s %12.0f %12.0f %7.2f %12.2f %12.2f %9.1f\n", n, a, b, b/a, pa, pb, r/1024 }'
+}
+
+echo "wrk -t$THREADS -c$CONNECTIONS, $ROUNDS rounds of $DURATION per path, medians; on $(nproc) cores ($(uname -m)), $(date -u +%Y-%m-%d)"
+printf "%-9s %12s %12s %7s %12s %12s %9s\n" store "healthz/s" "visit/s" ratio "healthz p99" "visit p99" "RSS MB"
+run_store redis --redis-url "redis://127.0.0.1:$redis_port/0"
+run_store embedded --data-dir "$work/data"
+echo "(p99 in ms; RSS is the peak resident set of the service process)"
