@@ -8,7 +8,7 @@ mod report;
 use std::{
     sync::{
         Arc,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -29,7 +29,8 @@ pub struct VerifyArgs {
     #[arg(long, conflicts_with = "duration", value_parser = clap::value_parser!(u64).range(1..))]
     pub requests: Option<u64>,
 
-    /// Send visits for this long instead (e.g. 30s).
+    /// Send visits for this long instead (e.g. 30s). Ctrl-C or SIGTERM stops a run early
+    /// and still prints the report.
     #[arg(long, value_parser = parse_duration)]
     pub duration: Option<Duration>,
 
@@ -71,11 +72,21 @@ pub async fn run(args: &VerifyArgs) -> Report {
     }
     let limit = Arc::new(limit);
     let issued = Arc::new(AtomicU64::new(0));
+    // Ctrl-C or SIGTERM ends the run early; the report covers what was sent.
+    let stop = Arc::new(AtomicBool::new(false));
+    let stopper = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            crate::shutdown::signal().await;
+            stop.store(true, Ordering::Relaxed);
+        })
+    };
     let started = Instant::now();
     let mut clients = Vec::new();
     for client_id in 0..args.concurrency {
         let limit = limit.clone();
         let issued = issued.clone();
+        let stop = stop.clone();
         let progress = progress.clone();
         let url = args.url.clone();
         let timeout = args.timeout;
@@ -89,10 +100,11 @@ pub async fn run(args: &VerifyArgs) -> Report {
                 .expect("a client without TLS or proxies always builds");
             let mut samples = Vec::new();
             loop {
-                let more = match &*limit {
-                    Limit::Requests(n) => issued.fetch_add(1, Ordering::Relaxed) < *n,
-                    Limit::Until(end) => Instant::now() < *end,
-                };
+                let more = !stop.load(Ordering::Relaxed)
+                    && match &*limit {
+                        Limit::Requests(n) => issued.fetch_add(1, Ordering::Relaxed) < *n,
+                        Limit::Until(end) => Instant::now() < *end,
+                    };
                 if !more {
                     break;
                 }
@@ -106,6 +118,7 @@ pub async fn run(args: &VerifyArgs) -> Report {
     for client in clients {
         samples.extend(client.await.unwrap_or_default());
     }
+    stopper.abort();
     progress.finish_and_clear();
     Report::from_samples(samples, started.elapsed())
 }

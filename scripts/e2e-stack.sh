@@ -1,0 +1,280 @@
+#!/usr/bin/env bash
+# End-to-end test of the image and the stack on a real single-node Docker Swarm.
+#
+#   scripts/e2e-stack.sh                 # STACK_NAME=stackdemo-e2e by default
+#   STACK_NAME=demo STACK_KEEP=1 scripts/e2e-stack.sh   # leave the stack deployed
+#
+# Works on a fresh Debian machine as root: installs docker.io and debootstrap when
+# missing, starts dockerd when none answers, initialises the swarm when inactive. Nothing
+# can be pulled here, so it builds its base images locally (scripts/base-images.sh).
+#
+# This kernel has no IPVS, so the routing mesh (localhost:8000) and service virtual IPs
+# do not route; the stack is reached through the HAProxy edge (published in host mode on
+# EDGE_PORT) and through client containers attached to the overlay network. Every claim
+# is checked and the script stops at the first one that does not hold.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+STACK=${STACK_NAME:-stackdemo-e2e}
+KEEP=${STACK_KEEP:-0}
+export EDGE_PORT=${EDGE_PORT:-8080}
+EDGE=http://127.0.0.1:$EDGE_PORT/
+SECRET=${STACK}_redis_password
+WORK=$(mktemp -d /var/tmp/stackdemo-e2e.XXXXXX)
+SUMMARY=()
+
+log() { printf '[e2e %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
+fail() { log "FAIL: $*"; exit 1; }
+pass() { log "ok: $*"; }
+note() { SUMMARY+=("$*"); log "measured: $*"; }
+
+cleanup() {
+  local status=$?
+  if [ "$status" -ne 0 ] && [ -n "${DOCKER:-}" ]; then
+    log "diagnostics:"
+    $DOCKER stack ps "$STACK" --no-trunc 2>/dev/null | head -30 || true
+    $DOCKER service logs --tail 20 "${STACK}_web" 2>/dev/null | tail -20 || true
+  fi
+  for pid in $(jobs -p); do kill "$pid" 2>/dev/null || true; done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+# --- the machine ------------------------------------------------------------------------
+
+need=()
+command -v dockerd >/dev/null || need+=(docker.io)
+command -v debootstrap >/dev/null || need+=(debootstrap)
+command -v python3 >/dev/null || need+=(python3)
+command -v curl >/dev/null || need+=(curl)
+if [ ${#need[@]} -gt 0 ]; then
+  log "installing ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+# The engine's own client: it matches the daemon and builds with BuildKit without buildx.
+DOCKER=docker
+[ -x /usr/bin/docker ] && DOCKER=/usr/bin/docker
+export DOCKER_BUILDKIT=1
+
+if ! $DOCKER info >/dev/null 2>&1; then
+  log "starting dockerd"
+  nohup dockerd >/var/log/dockerd.log 2>&1 &
+  for _ in $(seq 1 60); do $DOCKER info >/dev/null 2>&1 && break; sleep 1; done
+  $DOCKER info >/dev/null 2>&1 || fail "dockerd did not start (see /var/log/dockerd.log)"
+fi
+if [ "$($DOCKER info --format '{{.Swarm.LocalNodeState}}')" != active ]; then
+  log "docker swarm init"
+  $DOCKER swarm init --advertise-addr 127.0.0.1 >/dev/null
+fi
+
+# --- images -----------------------------------------------------------------------------
+
+scripts/base-images.sh
+export REDIS_IMAGE=stackdemo-local/redis:7
+export HAPROXY_IMAGE=stackdemo-local/haproxy:2.6
+build() {
+  local version=$1
+  log "docker build stackdemo:$version"
+  local started=$SECONDS
+  $DOCKER build --quiet \
+    --build-arg RUST_IMAGE=stackdemo-local/rust:bookworm \
+    --build-arg VERSION="$version" \
+    --build-arg REVISION="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" \
+    --secret id=cacert,src=/etc/ssl/certs/ca-certificates.crt \
+    -t "stackdemo:$version" . >/dev/null
+  log "built stackdemo:$version in $((SECONDS - started)) s"
+}
+build v1
+build v2
+size=$($DOCKER image inspect stackdemo:v1 --format '{{.Size}}')
+[ "$size" -le $((30 * 1024 * 1024)) ] || fail "image is $size bytes, over 30 MB"
+user=$($DOCKER image inspect stackdemo:v1 --format '{{.Config.User}}')
+[ "$user" = "10001:10001" ] || fail "image runs as '$user', not the non-root 10001"
+note "image size $((size / 1024 / 1024)) MB ($size bytes), user $user"
+
+# The image's static binary runs on the host too: it is the verify client.
+VERIFY=$WORK/stackdemo
+cid=$($DOCKER create stackdemo:v1)
+$DOCKER cp "$cid:/stackdemo" "$VERIFY" >/dev/null
+$DOCKER rm "$cid" >/dev/null
+
+# --- deploy -----------------------------------------------------------------------------
+
+if $DOCKER stack ls --format '{{.Name}}' | grep -qx "$STACK"; then
+  log "removing the stack left from an earlier run"
+  $DOCKER stack rm "$STACK" >/dev/null
+  for _ in $(seq 1 60); do
+    [ -z "$($DOCKER network ls -q --filter "label=com.docker.stack.namespace=$STACK")" ] && break
+    sleep 1
+  done
+fi
+if ! $DOCKER secret inspect "$SECRET" >/dev/null 2>&1; then
+  head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' | $DOCKER secret create "$SECRET" - >/dev/null
+fi
+export REDIS_PASSWORD_SECRET=$SECRET
+export STACKDEMO_IMAGE=stackdemo:v1
+log "docker stack deploy -c docker-compose.yml -c deploy/edge.yml $STACK"
+$DOCKER stack deploy -c docker-compose.yml -c deploy/edge.yml "$STACK" >/dev/null
+
+# healthy SERVICE: how many of its containers are running and healthy.
+healthy() {
+  $DOCKER ps -q --filter "label=com.docker.swarm.service.name=${STACK}_$1" \
+    --filter health=healthy | wc -l
+}
+# wait_healthy SERVICE N SECONDS
+wait_healthy() {
+  local deadline=$((SECONDS + $3))
+  while [ "$(healthy "$1")" -ne "$2" ] ||
+        [ "$($DOCKER service ls --filter "name=${STACK}_$1" --format '{{.Replicas}}')" != "$2/$2" ]; do
+    [ $SECONDS -lt $deadline ] || fail "$1 did not reach $2 healthy replicas within $3 s"
+    sleep 1
+  done
+}
+# verify ARGS...: runs verify against the edge, JSON report on stdout.
+verify() { "$VERIFY" verify --url "$EDGE" --json "$@"; }
+# field FILE EXPRESSION: evaluates a Python expression over the report `r`.
+field() { python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print($2)" "$1"; }
+# wait_replicas N: until the edge spreads visits over N replicas.
+wait_replicas() {
+  local deadline=$((SECONDS + 30))
+  while true; do
+    verify --requests 60 --concurrency 4 >"$WORK/probe.json" || true
+    [ "$(field "$WORK/probe.json" 'len(r["per_replica"])')" -eq "$1" ] &&
+      [ "$(field "$WORK/probe.json" 'r["failed"]')" -eq 0 ] && return 0
+    [ $SECONDS -lt $deadline ] || fail "the edge did not reach $1 replicas: $(cat "$WORK/probe.json")"
+    sleep 1
+  done
+}
+
+started=$SECONDS
+wait_healthy redis 1 120
+wait_healthy web 3 120
+pass "redis 1/1 and web 3/3 healthy after $((SECONDS - started)) s"
+wait_replicas 3
+
+# --- counting across replicas -----------------------------------------------------------
+
+verify --requests 600 --concurrency 6 >"$WORK/count.json" || fail "verify: $(cat "$WORK/count.json")"
+[ "$(field "$WORK/count.json" 'len(r["per_replica"])')" -eq 3 ] || fail "not every replica served"
+[ "$(field "$WORK/count.json" 'r["duplicate_counts"]')" -eq 0 ] || fail "duplicate counts"
+pass "600 visits over 3 replicas, no duplicate count: $(field "$WORK/count.json" 'dict(r["per_replica"])')"
+
+# --- service discovery by name, from a client on the overlay network --------------------
+
+NET=${STACK}_webnet
+tasks=$($DOCKER run --rm --network "$NET" "$REDIS_IMAGE" getent ahostsv4 tasks.web | awk '{print $1}' | sort -u | wc -l)
+[ "$tasks" -eq 3 ] || fail "tasks.web resolved to $tasks addresses, not 3"
+direct=$($DOCKER run --rm --network "$NET" --entrypoint /stackdemo stackdemo:v1 \
+  verify --url http://tasks.web:8000/ --requests 30 --concurrency 3 --json)
+[ "$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["failed"])' "$direct")" -eq 0 ] ||
+  fail "a client on $NET could not count through tasks.web: $direct"
+noauth=$($DOCKER run --rm --network "$NET" "$REDIS_IMAGE" redis-cli -h redis GET hits 2>&1 || true)
+case "$noauth" in *NOAUTH*) ;; *) fail "redis answered without a password: $noauth" ;; esac
+pass "tasks.web resolves to 3 tasks, redis resolves by name and requires its password"
+
+# --- high availability: a web container removed under load ------------------------------
+
+verify --duration 40s --concurrency 4 >"$WORK/ha.json" &
+load=$!
+sleep 3
+victim=$($DOCKER ps -q --filter "label=com.docker.swarm.service.name=${STACK}_web" | head -1)
+removed=$SECONDS
+$DOCKER rm -f "$victim" >/dev/null
+while [ "$(healthy web)" -lt 3 ] || $DOCKER ps -q --filter "label=com.docker.swarm.service.name=${STACK}_web" | grep -q "^$victim"; do
+  [ $((SECONDS - removed)) -lt 90 ] || fail "the removed replica was not replaced within 90 s"
+  sleep 1
+done
+replaced=$((SECONDS - removed))
+kill -TERM "$load"
+wait "$load" || true
+[ "$(field "$WORK/ha.json" 'r["failed"]')" -eq 0 ] || fail "requests failed while a replica was removed: $(cat "$WORK/ha.json")"
+[ "$(field "$WORK/ha.json" 'r["duplicate_counts"]')" -eq 0 ] || fail "duplicate counts"
+note "replica removed with docker rm -f: replaced and healthy in $replaced s; $(field "$WORK/ha.json" 'r["requests"]') visits meanwhile, 0 failed"
+
+# --- scaling ----------------------------------------------------------------------------
+
+$DOCKER service scale "${STACK}_web=5" >/dev/null
+wait_healthy web 5 120
+wait_replicas 5
+pass "scaled to 5: the edge spreads visits over 5 replicas"
+$DOCKER service scale "${STACK}_web=3" >/dev/null
+wait_healthy web 3 120
+wait_replicas 3
+pass "scaled back to 3"
+
+# --- rolling update under load, then rollback -------------------------------------------
+
+verify --duration 300s --concurrency 4 >"$WORK/update.json" &
+load=$!
+updating=$SECONDS
+$DOCKER service update --quiet --image stackdemo:v2 "${STACK}_web" >/dev/null ||
+  fail "docker service update to v2 did not complete"
+update_time=$((SECONDS - updating))
+kill -TERM "$load"
+wait "$load" || true
+failed=$(field "$WORK/update.json" 'r["failed"]')
+[ "$failed" -eq 0 ] || fail "$failed requests failed during the rolling update: $(cat "$WORK/update.json")"
+[ "$(field "$WORK/update.json" 'r["duplicate_counts"]')" -eq 0 ] || fail "duplicate counts during the update"
+wait_healthy web 3 60
+verify --requests 120 --concurrency 4 >"$WORK/v2.json"
+[ "$(field "$WORK/v2.json" '",".join(r["per_version"])')" = v2 ] || fail "not every replica is v2: $(cat "$WORK/v2.json")"
+note "rolling update v1 -> v2 took $update_time s; $(field "$WORK/update.json" 'r["requests"]') visits meanwhile, $failed failed, versions seen $(field "$WORK/update.json" 'dict(r["per_version"])')"
+
+$DOCKER service rollback --quiet "${STACK}_web" >/dev/null || fail "docker service rollback did not complete"
+wait_healthy web 3 120
+verify --requests 120 --concurrency 4 >"$WORK/v1.json"
+[ "$(field "$WORK/v1.json" '",".join(r["per_version"])')" = v1 ] || fail "rollback left versions $(cat "$WORK/v1.json")"
+pass "rollback: every replica serves v1 again"
+
+# --- Redis killed: Swarm restarts it, the count carries on ------------------------------
+
+verify --requests 1 --concurrency 1 >"$WORK/before.json"
+before=$(field "$WORK/before.json" 'r["highest_count"]')
+redis_old=$($DOCKER ps -q --filter "label=com.docker.swarm.service.name=${STACK}_redis")
+killed=$SECONDS
+$DOCKER kill --signal KILL "$redis_old" >/dev/null
+while [ "$(healthy redis)" -ne 1 ] || $DOCKER ps -q --filter "label=com.docker.swarm.service.name=${STACK}_redis" | grep -q "^$redis_old"; do
+  [ $((SECONDS - killed)) -lt 120 ] || fail "redis was not restarted within 120 s"
+  sleep 1
+done
+wait_replicas 3
+redis_back=$((SECONDS - killed))
+verify --requests 1 --concurrency 1 >"$WORK/after.json"
+after=$(field "$WORK/after.json" 'r["highest_count"]')
+[ "$after" -eq $((before + 1)) ] || fail "count went from $before to $after across the Redis kill"
+note "redis killed with SIGKILL: serving again after $redis_back s; count went on from $before to $after"
+
+# --- logs -------------------------------------------------------------------------------
+
+$DOCKER service logs --raw --tail 40 "${STACK}_web" >"$WORK/logs.txt" 2>&1
+python3 - "$WORK/logs.txt" <<'PY' || fail "docker service logs lines are not all JSON"
+import json, sys
+lines = [l for l in open(sys.argv[1]) if l.strip()]
+assert lines, "no log lines"
+for line in lines:
+    event = json.loads(line)
+    assert "message" in event and "level" in event, line
+print(f"{len(lines)} lines, all JSON")
+PY
+pass "docker service logs: one JSON object per line"
+
+# --- cleanup ----------------------------------------------------------------------------
+
+if [ "$KEEP" = 1 ]; then
+  log "STACK_KEEP=1: leaving $STACK deployed (edge on $EDGE)"
+else
+  $DOCKER stack rm "$STACK" >/dev/null
+  deadline=$((SECONDS + 90))
+  until [ -z "$($DOCKER service ls -q --filter "label=com.docker.stack.namespace=$STACK")" ] &&
+        [ -z "$($DOCKER network ls -q --filter "label=com.docker.stack.namespace=$STACK")" ]; do
+    [ $SECONDS -lt $deadline ] || fail "docker stack rm left services or networks behind"
+    sleep 1
+  done
+  pass "docker stack rm left no service or network of $STACK"
+fi
+
+log "summary:"
+for line in "${SUMMARY[@]}"; do log "  $line"; done
+echo "e2e-stack: 1 passed, 0 failed"
