@@ -33,7 +33,7 @@ cleanup() {
   if [ "$status" -ne 0 ] && [ -n "${DOCKER:-}" ]; then
     log "diagnostics:"
     $DOCKER stack ps "$STACK" --no-trunc 2>/dev/null | head -30 || true
-    $DOCKER service logs --tail 20 "${STACK}_web" 2>/dev/null | tail -20 || true
+    $DOCKER service logs --tail 5 "${STACK}_web" 2>/dev/null | cut -c1-300 || true
   fi
   for pid in $(jobs -p); do kill "$pid" 2>/dev/null || true; done
   rm -rf "$WORK"
@@ -176,7 +176,8 @@ pass "tasks.web resolves to 3 tasks, redis resolves by name and requires its pas
 
 # --- high availability: a web container removed under load ------------------------------
 
-verify --duration 40s --concurrency 4 >"$WORK/ha.json" &
+# Run directly, not through the function, so that $! is verify itself and TERM reaches it.
+"$VERIFY" verify --url "$EDGE" --json --duration 120s --concurrency 4 >"$WORK/ha.json" &
 load=$!
 sleep 3
 victim=$($DOCKER ps -q --filter "label=com.docker.swarm.service.name=${STACK}_web" | head -1)
@@ -206,7 +207,7 @@ pass "scaled back to 3"
 
 # --- rolling update under load, then rollback -------------------------------------------
 
-verify --duration 300s --concurrency 4 >"$WORK/update.json" &
+"$VERIFY" verify --url "$EDGE" --json --duration 300s --concurrency 4 >"$WORK/update.json" &
 load=$!
 updating=$SECONDS
 $DOCKER service update --quiet --image stackdemo:v2 "${STACK}_web" >/dev/null ||
