@@ -143,10 +143,12 @@ async fn commit<L: VisitLog>(log: &L, batch: &mut Vec<Visit>, timeout: Duration)
     }
     let count = fresh.len() as u64;
     histogram!("stackdemo_visit_batch_size").record(count as f64);
+    let started = Instant::now();
     let result = match tokio::time::timeout(timeout, log.add_visits(count)).await {
         Ok(result) => result,
         Err(_) => Err(StoreError::timeout()),
     };
+    histogram!("stackdemo_store_write_seconds").record(started.elapsed().as_secs_f64());
     match result {
         Ok(total) => {
             counter!("stackdemo_visits_total").increment(count);

@@ -62,10 +62,14 @@ async fn the_page_shows_the_count_the_replica_and_the_live_view() {
     let redis = RedisServer::start();
     let web1 = TestApp::spawn_on_redis(&redis.url(), &["--replica", "web.1<script>"]).await;
     let web2 = TestApp::spawn_on_redis(&redis.url(), &["--replica", "web.2"]).await;
-    for _ in 0..4 {
+    let mut web3 = TestApp::spawn_on_redis(&redis.url(), &["--replica", "web.3"]).await;
+    for _ in 0..3 {
         web1.client.visit().await;
     }
     web2.client.visit().await;
+    web3.client.visit().await;
+    // A replica that stopped stays in the totals but is shown as gone.
+    web3.stop().await;
     let url = format!("{}/", web1.client.base);
 
     let dumped = {
@@ -95,8 +99,12 @@ async fn the_page_shows_the_count_the_replica_and_the_live_view() {
         "the other replica is listed:\n{dom}"
     );
     assert!(
-        dom.contains("6 visits in all; 2 of 2 replicas alive now."),
+        dom.contains("6 visits in all; 2 of 3 replicas alive now."),
         "summary:\n{dom}"
+    );
+    assert!(
+        dom.contains("1 visits (17%), v0.1.0, gone"),
+        "the stopped replica is listed as gone:\n{dom}"
     );
     assert!(!log.contains("Uncaught"), "JavaScript errors:\n{log}");
     assert_eq!(
