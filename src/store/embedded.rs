@@ -1,9 +1,20 @@
 //! The embedded store: a redb database in the data folder, so `cargo run` needs nothing
-//! installed. Each batch of visits is one durable (fsynced) transaction: a visit answered
-//! 200 survives `kill -9`. The file is locked by the process that opens it, so this store
+//! installed. Each write is one durable (fsynced) transaction: a visit answered 200
+//! survives `kill -9`. The file is locked by the process that opens it, so this store
 //! serves exactly one replica; a stack of replicas needs Redis.
+//!
+//! Writes go to one thread that owns the write path. It takes every write request waiting
+//! when a commit ends and makes them one transaction (group commit), so the disk sees one
+//! fsync however many batches arrived meanwhile, and no commit waits on the async runtime's
+//! scheduler to be handed the next one.
 
-use std::{path::Path, sync::Arc};
+use std::{
+    path::Path,
+    sync::{Arc, mpsc},
+    thread,
+};
+
+use tokio::sync::oneshot;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
@@ -18,6 +29,10 @@ const FILE_NAME: &str = "stackdemo.redb";
 
 pub struct EmbeddedStore {
     db: Arc<Database>,
+    /// Taken and dropped first on drop, which ends the writer thread; then it is joined,
+    /// so that the database file is closed when the store is gone.
+    writer: Option<mpsc::Sender<Write>>,
+    writer_thread: Option<thread::JoinHandle<()>>,
     counter_key: Arc<str>,
     replica: Arc<str>,
     version: String,
@@ -49,8 +64,19 @@ impl EmbeddedStore {
         let txn = db.begin_write().map_err(failed)?;
         txn.open_table(COUNTS).map_err(failed)?;
         txn.commit().map_err(failed)?;
+        let db = Arc::new(db);
+        let (writer, requests) = mpsc::channel();
+        let writer_db = db.clone();
+        let key: Arc<str> = counter_key.into();
+        let share: Arc<str> = replica.into();
+        let writer_thread = thread::Builder::new()
+            .name("stackdemo-writer".into())
+            .spawn(move || write_loop(&writer_db, &key, &share, &requests))
+            .map_err(failed)?;
         Ok(Self {
-            db: Arc::new(db),
+            db,
+            writer: Some(writer),
+            writer_thread: Some(writer_thread),
             counter_key: counter_key.into(),
             replica: replica.into(),
             version: version.to_owned(),
@@ -58,32 +84,18 @@ impl EmbeddedStore {
     }
 
     pub async fn add_visits(&self, count: u64) -> Result<u64, StoreError> {
-        let db = self.db.clone();
-        let key = self.counter_key.clone();
-        let replica = self.replica.clone();
-        blocking(move || {
-            let txn = db.begin_write().map_err(failed)?;
-            let total = {
-                let mut counts = txn.open_table(COUNTS).map_err(failed)?;
-                let read = |counts: &redb::Table<(&str, &str), u64>, field: &str| {
-                    counts
-                        .get((&*key, field))
-                        .map(|v| v.map_or(0, |v| v.value()))
-                        .map_err(failed)
-                };
-                let total = read(&counts, TOTAL)?
-                    .checked_add(count)
-                    .ok_or_else(overflow)?;
-                let mine = read(&counts, &replica)?.saturating_add(count);
-                counts.insert((&*key, TOTAL), total).map_err(failed)?;
-                counts.insert((&*key, &*replica), mine).map_err(failed)?;
-                total
-            };
-            // The default durability is Immediate: commit returns after the data is on disk.
-            txn.commit().map_err(failed)?;
-            Ok(total)
+        let (reply, answer) = oneshot::channel();
+        self.writer
+            .as_ref()
+            .ok_or_else(|| StoreError::new(StoreErrorKind::Failed, "the store is closed"))?
+            .send(Write { count, reply })
+            .map_err(|_| StoreError::new(StoreErrorKind::Failed, "the writer thread ended"))?;
+        answer.await.unwrap_or_else(|_| {
+            Err(StoreError::new(
+                StoreErrorKind::Failed,
+                "the writer thread ended",
+            ))
         })
-        .await
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {
@@ -135,6 +147,69 @@ impl EmbeddedStore {
         })
         .await
     }
+}
+
+impl Drop for EmbeddedStore {
+    fn drop(&mut self) {
+        drop(self.writer.take());
+        if let Some(thread) = self.writer_thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// One request to add `count` visits; answered with the total after them.
+struct Write {
+    count: u64,
+    reply: oneshot::Sender<Result<u64, StoreError>>,
+}
+
+/// The writer thread: until the store is dropped, commit everything waiting as one
+/// transaction and answer each request with its own part of the new range.
+fn write_loop(db: &Database, key: &str, replica: &str, requests: &mpsc::Receiver<Write>) {
+    while let Ok(first) = requests.recv() {
+        let mut writes = vec![first];
+        writes.extend(requests.try_iter());
+        let count: u64 = writes.iter().map(|w| w.count).sum();
+        match commit(db, key, replica, count) {
+            Ok(total) => {
+                let mut end = total - count;
+                for write in writes {
+                    end += write.count;
+                    let _ = write.reply.send(Ok(end));
+                }
+            }
+            Err(error) => {
+                for write in writes {
+                    let _ = write.reply.send(Err(error.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// Adds `count` to the total and to this replica's share in one durable transaction.
+fn commit(db: &Database, key: &str, replica: &str, count: u64) -> Result<u64, StoreError> {
+    let txn = db.begin_write().map_err(failed)?;
+    let total = {
+        let mut counts = txn.open_table(COUNTS).map_err(failed)?;
+        let read = |counts: &redb::Table<(&str, &str), u64>, field: &str| {
+            counts
+                .get((key, field))
+                .map(|v| v.map_or(0, |v| v.value()))
+                .map_err(failed)
+        };
+        let total = read(&counts, TOTAL)?
+            .checked_add(count)
+            .ok_or_else(overflow)?;
+        let mine = read(&counts, replica)?.saturating_add(count);
+        counts.insert((key, TOTAL), total).map_err(failed)?;
+        counts.insert((key, replica), mine).map_err(failed)?;
+        total
+    };
+    // The default durability is Immediate: commit returns after the data is on disk.
+    txn.commit().map_err(failed)?;
+    Ok(total)
 }
 
 async fn blocking<T: Send + 'static>(
