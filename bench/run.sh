@@ -31,6 +31,18 @@ trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_http() { for _ in $(seq 1 200); do curl -fs "http://127.0.0.1:$1/readyz" >/dev/null && return 0; sleep 0.05; done; echo "service on $1 not ready" >&2; exit 1; }
+# Milliseconds from starting the binary to the first 200 from /readyz (polled without pause).
+startup_ms() {
+  local port; port=$(free_port)
+  local dir; dir=$(mktemp -d "$work/startup.XXXX")
+  local start; start=$(date +%s%N)
+  "$BIN" --listen "127.0.0.1:$port" --data-dir "$dir" --log-format json >/dev/null 2>&1 &
+  local pid=$!
+  until curl -fs "http://127.0.0.1:$port/readyz" >/dev/null 2>&1; do :; done
+  local end; end=$(date +%s%N)
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+  echo $(((end - start) / 1000000))
+}
 
 redis_port=$(free_port)
 mkdir -p "$work/redis"
@@ -81,3 +93,4 @@ printf "%-9s %12s %12s %7s %12s %12s %9s\n" store "healthz/s" "visit/s" ratio "h
 run_store redis --redis-url "redis://127.0.0.1:$redis_port/0"
 run_store embedded --data-dir "$work/data"
 echo "(p99 in ms; RSS is the peak resident set of the service process)"
+echo "start to ready, embedded store: $(startup_ms) ms, $(startup_ms) ms, $(startup_ms) ms"

@@ -11,7 +11,10 @@ use axum::{
 use metrics::{counter, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::state::AppState;
+use crate::{
+    state::AppState,
+    store::{StoreError, StoreErrorKind},
+};
 
 /// The process-wide recorder. Installed once; later calls return the same handle, so
 /// several apps in one test process share it.
@@ -45,6 +48,14 @@ pub fn install_recorder() -> PrometheusHandle {
             // Fails only if another recorder is installed already; then ours stays unused
             // and the page shows what the handle has.
             let _ = metrics::set_global_recorder(recorder);
+            // Series that exist from the start, so that a dashboard or an alert on a rate
+            // sees zero rather than nothing.
+            for kind in StoreErrorKind::ALL {
+                let reason = StoreError::new(kind, "").reason();
+                counter!("stackdemo_store_errors_total", "reason" => reason).absolute(0);
+            }
+            counter!("stackdemo_visits_total").absolute(0);
+            counter!("stackdemo_visits_in_doubt_total").absolute(0);
             handle
         })
         .clone()

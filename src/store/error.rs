@@ -15,6 +15,20 @@ pub enum StoreErrorKind {
     Failed,
 }
 
+impl StoreErrorKind {
+    /// Every kind, so that metrics can show each at zero before it first happens.
+    pub const ALL: [StoreErrorKind; 8] = [
+        StoreErrorKind::Unreachable,
+        StoreErrorKind::Timeout,
+        StoreErrorKind::Loading,
+        StoreErrorKind::ReadOnly,
+        StoreErrorKind::Auth,
+        StoreErrorKind::OutOfMemory,
+        StoreErrorKind::Busy,
+        StoreErrorKind::Failed,
+    ];
+}
+
 /// A store failure: a kind whose reason is safe to send, and a detail that only goes to logs.
 #[derive(Debug, Clone)]
 pub struct StoreError {

@@ -248,3 +248,38 @@ async fn killing_redis_under_load_loses_no_acknowledged_visit_and_repeats_no_num
         acknowledged.len()
     );
 }
+
+/// Calls of one command that Redis has served so far, from `INFO commandstats`.
+fn command_calls(redis: &RedisServer, command: &str) -> u64 {
+    let info: String =
+        redis::from_redis_value(redis.query(&["INFO", "commandstats"]).unwrap()).unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("cmdstat_{command}:calls=")))
+        .map_or(0, |rest| rest.split(',').next().unwrap().parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn many_pages_polling_stats_cost_the_store_few_reads() {
+    let redis = RedisServer::start();
+    let app = TestApp::spawn_on_redis(&redis.url(), &[]).await;
+    app.client.visit().await;
+    let before = command_calls(&redis, "zrange");
+
+    let mut polls = Vec::new();
+    for _ in 0..100 {
+        let client = app.client.clone();
+        polls.push(tokio::spawn(async move {
+            client.stats().await["total"].as_u64()
+        }));
+    }
+    for poll in polls {
+        assert_eq!(poll.await.unwrap(), Some(1));
+    }
+
+    let reads = command_calls(&redis, "zrange") - before;
+    assert!(
+        reads <= 2,
+        "100 concurrent polls read the store {reads} times"
+    );
+    assert_eq!(app.client.visit().await, 2, "polling counted no visit");
+}

@@ -220,6 +220,10 @@ async fn metrics_report_requests_and_the_count(backend: Backend) {
         "{text}"
     );
     assert!(text.contains("stackdemo_count "), "{text}");
+    assert!(
+        text.contains(r#"stackdemo_store_errors_total{reason="counter store unreachable"}"#),
+        "store errors are reported, at zero until they happen:\n{text}"
+    );
     assert_eq!(app.client.visit().await, 2);
 }
 
