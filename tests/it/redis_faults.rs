@@ -47,16 +47,7 @@ async fn the_service_starts_without_redis_and_recovers_when_it_appears() {
     assert_eq!(body, "Service Unavailable: counter store unreachable\n");
 
     redis.start_again();
-    let client = app.client.clone();
-    wait_until(
-        "readiness after Redis starts",
-        Duration::from_secs(3),
-        || {
-            let client = client.clone();
-            async move { client.ready_status().await == StatusCode::OK }
-        },
-    )
-    .await;
+    app.client.wait_ready(Duration::from_secs(3)).await;
 
     assert_eq!(
         app.client.visit().await,
@@ -92,16 +83,7 @@ async fn redis_going_away_gives_fast_503s_and_recovery_loses_and_invents_nothing
 
     redis.start_again();
     let back = Instant::now();
-    let client = app.client.clone();
-    wait_until(
-        "a successful visit after Redis returns",
-        Duration::from_secs(2),
-        || {
-            let client = client.clone();
-            async move { client.ready_status().await == StatusCode::OK }
-        },
-    )
-    .await;
+    app.client.wait_ready(Duration::from_secs(2)).await;
     assert!(back.elapsed() < Duration::from_secs(2));
 
     assert_eq!(
@@ -121,16 +103,7 @@ async fn counts_survive_a_redis_restart_with_aof() {
     }
 
     redis.restart();
-    let client = app.client.clone();
-    wait_until(
-        "readiness after the restart",
-        Duration::from_secs(3),
-        || {
-            let client = client.clone();
-            async move { client.ready_status().await == StatusCode::OK }
-        },
-    )
-    .await;
+    app.client.wait_ready(Duration::from_secs(3)).await;
 
     assert_eq!(app.client.visit().await, 11);
 }

@@ -73,6 +73,14 @@ impl TestClient {
         self.stats().await["total"].as_u64().expect("a total")
     }
 
+    /// Waits until `/readyz` answers 200, at most `limit`.
+    pub async fn wait_ready(&self, limit: Duration) {
+        super::wait_until("readiness", limit, || async {
+            self.ready_status().await == StatusCode::OK
+        })
+        .await;
+    }
+
     pub async fn ready_status(&self) -> StatusCode {
         match self.http.get(format!("{}/readyz", self.base)).send().await {
             Ok(response) => response.status(),
