@@ -262,10 +262,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 fn parse_redis_url(text: &str) -> Result<String, String> {
-    let info = redis::IntoConnectionInfo::into_connection_info(text)
-        .map_err(|_| "expected redis://[:password@]host[:port][/db]".to_owned())?;
-    let _ = info;
-    Ok(text.to_owned())
+    redis::IntoConnectionInfo::into_connection_info(text)
+        .map(|_| text.to_owned())
+        .map_err(|_| "expected redis://[:password@]host[:port][/db]".to_owned())
 }
 
 fn parse_counter_key(text: &str) -> Result<String, String> {

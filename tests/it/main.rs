@@ -7,4 +7,5 @@ mod config_errors;
 mod embedded;
 mod lifecycle;
 mod redis_faults;
+mod verify_tool;
 mod visits;
