@@ -5,6 +5,7 @@
 #
 #   bench/run.sh                      # 3 rounds of 5 s per path, 64 connections, 2 threads
 #   ROUNDS=5 DURATION=10s bench/run.sh
+#   STORES=redis bench/run.sh            # one store only
 #
 # The two paths are measured in alternating rounds and each figure is the median over the
 # rounds, so that a passing disturbance on a small machine does not decide the ratio.
@@ -15,6 +16,7 @@ cd "$(dirname "$0")/.."
 
 DURATION=${DURATION:-5s}
 ROUNDS=${ROUNDS:-3}
+STORES=${STORES:-redis embedded}
 CONNECTIONS=${CONNECTIONS:-64}
 THREADS=${THREADS:-2}
 BIN=${BIN:-target/release/stackdemo}
@@ -90,7 +92,12 @@ run_store() {
 
 echo "wrk -t$THREADS -c$CONNECTIONS, $ROUNDS rounds of $DURATION per path, medians; on $(nproc) cores ($(uname -m)), $(date -u +%Y-%m-%d)"
 printf "%-9s %12s %12s %7s %12s %12s %9s\n" store "healthz/s" "visit/s" ratio "healthz p99" "visit p99" "RSS MB"
-run_store redis --redis-url "redis://127.0.0.1:$redis_port/0"
-run_store embedded --data-dir "$work/data"
+for store in $STORES; do
+  case $store in
+    redis) run_store redis --redis-url "redis://127.0.0.1:$redis_port/0" ;;
+    embedded) run_store embedded --data-dir "$work/data" ;;
+    *) echo "unknown store $store (redis, embedded)" >&2; exit 2 ;;
+  esac
+done
 echo "(p99 in ms; RSS is the peak resident set of the service process)"
 echo "start to ready, embedded store: $(startup_ms) ms, $(startup_ms) ms, $(startup_ms) ms"
