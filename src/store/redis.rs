@@ -5,7 +5,12 @@
 //! One multiplexed connection serves all requests. It is opened lazily and re-opened with
 //! backoff, so the service starts and reports not-ready while Redis is still coming up.
 
-use std::{collections::BTreeMap, future::Future, time::Duration};
+use std::{
+    collections::BTreeMap,
+    future::Future,
+    sync::atomic::{AtomicI64, Ordering},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
 use redis::{
     Client, IntoConnectionInfo, RedisError, Script,
@@ -15,8 +20,19 @@ use redis::{
 
 use super::{ALIVE_WINDOW, ReplicaStats, Snapshot, StoreError, StoreErrorKind, backoff::Backoff};
 
-/// Adds ARGV[1] visits to the total and to this replica's share, atomically.
+/// Adds ARGV[1] visits to the total and to this replica's share, atomically — unless the
+/// command reached Redis after ARGV[3], a deadline on Redis's own clock. A write held up
+/// (a paused Redis, a stalled network) until its visits were answered 503 is then refused
+/// instead of counting them late.
 const ADD_VISITS: &str = r"
+local deadline = tonumber(ARGV[3])
+if deadline > 0 then
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  if now > deadline then
+    return redis.error_reply('EXPIRED write reached Redis after its deadline')
+  end
+end
 local total = redis.call('INCRBY', KEYS[1], ARGV[1])
 redis.call('HINCRBY', KEYS[2], ARGV[2], ARGV[1])
 return total
@@ -52,6 +68,13 @@ pub struct RedisStore {
     add_visits: Script,
     heartbeat: Script,
     backoff: Backoff,
+    /// How long after sending a write Redis may still apply it: half the store timeout,
+    /// so that any write applied is answered before the caller gives up on it.
+    write_deadline: Duration,
+    /// Redis's clock minus ours, in ms, measured by each heartbeat; `i64::MIN` until the
+    /// first one. Deadlines are set on Redis's clock, so clock skew between hosts does not
+    /// matter.
+    clock_offset_ms: AtomicI64,
 }
 
 struct Keys {
@@ -107,6 +130,8 @@ impl RedisStore {
             add_visits: Script::new(ADD_VISITS),
             heartbeat: Script::new(HEARTBEAT),
             backoff: Backoff::new(),
+            write_deadline: options.timeout / 2,
+            clock_offset_ms: AtomicI64::new(i64::MIN),
         })
     }
 
@@ -123,11 +148,19 @@ impl RedisStore {
 
     pub async fn add_visits(&self, count: u64) -> Result<u64, StoreError> {
         let mut connection = self.connection.clone();
+        let offset = self.clock_offset_ms.load(Ordering::Relaxed);
+        // Without a clock reading yet (the first moments after start), no deadline.
+        let deadline = if offset == i64::MIN {
+            0
+        } else {
+            now_ms() + offset + self.write_deadline.as_millis() as i64
+        };
         let mut invocation = self.add_visits.key(&self.keys.total);
         invocation
             .key(&self.keys.replicas)
             .arg(count)
-            .arg(&self.replica);
+            .arg(&self.replica)
+            .arg(deadline);
         self.guarded(invocation.invoke_async(&mut connection)).await
     }
 
@@ -144,9 +177,15 @@ impl RedisStore {
             .key(&self.keys.versions)
             .arg(&self.replica)
             .arg(&self.version);
-        self.guarded(invocation.invoke_async::<i64>(&mut connection))
-            .await
-            .map(drop)
+        let sent = now_ms();
+        let redis_now = self
+            .guarded(invocation.invoke_async::<i64>(&mut connection))
+            .await?;
+        // Redis read its clock about halfway through the round trip.
+        let midway = sent + (now_ms() - sent) / 2;
+        self.clock_offset_ms
+            .store(redis_now - midway, Ordering::Relaxed);
+        Ok(())
     }
 
     pub async fn depart(&self) -> Result<(), StoreError> {
@@ -204,6 +243,12 @@ impl RedisStore {
     }
 }
 
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
 /// Sorts a Redis error into what a client may be told; the full text stays in the detail.
 fn classify(error: RedisError) -> StoreError {
     let kind = match error.code() {
@@ -212,6 +257,8 @@ fn classify(error: RedisError) -> StoreError {
         Some("NOAUTH" | "WRONGPASS" | "NOPERM") => StoreErrorKind::Auth,
         Some("OOM") => StoreErrorKind::OutOfMemory,
         Some("BUSY") => StoreErrorKind::Busy,
+        // Refused by our own deadline check: certainly not applied.
+        Some("EXPIRED") => return StoreError::new(StoreErrorKind::Timeout, error.to_string()),
         _ if error.kind() == redis::ErrorKind::AuthenticationFailed => StoreErrorKind::Auth,
         _ if error.is_timeout() => StoreErrorKind::Timeout,
         _ if error.is_io_error()

@@ -31,8 +31,9 @@ async fn sigterm_lets_an_in_flight_visit_finish_and_exits_0() {
         "8s",
     ])
     .await;
-    // Hold writes in Redis so that the visit is still waiting for its answer.
-    redis.query(&["CLIENT", "PAUSE", "1500", "WRITE"]).unwrap();
+    // Hold writes in Redis so that the visit is still waiting for its answer (for less than
+    // the write deadline, half the store timeout, after which Redis would refuse it).
+    redis.query(&["CLIENT", "PAUSE", "800", "WRITE"]).unwrap();
     let client = service.client.clone();
     let visit = tokio::spawn(async move { client.try_visit().await });
     wait_until(

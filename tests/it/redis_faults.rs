@@ -256,3 +256,42 @@ async fn many_pages_polling_stats_cost_the_store_few_reads() {
     );
     assert_eq!(app.client.visit().await, 2, "polling counted no visit");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hung_redis_gives_fast_503s_that_are_not_counted_when_it_wakes() {
+    let redis = RedisServer::start();
+    let app = TestApp::spawn_on_redis(&redis.url(), &[]).await;
+    // The first heartbeat reads Redis's clock; the replica shows alive once it is done.
+    let client = app.client.clone();
+    wait_until("the first heartbeat", Duration::from_secs(3), || {
+        let client = client.clone();
+        async move { client.stats().await["replicas"][0]["alive"] == true }
+    })
+    .await;
+    for expected in 1..=3 {
+        assert_eq!(app.client.visit().await, expected);
+    }
+
+    redis.pause();
+    for _ in 0..3 {
+        let started = Instant::now();
+        let (status, count, _) = app.client.try_visit().await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(count, None);
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "a 503 took {:?}",
+            started.elapsed()
+        );
+    }
+    // Redis now holds the refused writes in its socket buffer; waking up, it runs them.
+    redis.resume();
+    app.client.wait_ready(Duration::from_secs(3)).await;
+
+    assert_eq!(
+        app.client.visit().await,
+        4,
+        "visits answered 503 were counted when Redis woke"
+    );
+    assert_eq!(redis.get_u64("hits"), 4);
+}
