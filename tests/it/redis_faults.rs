@@ -8,7 +8,19 @@ use std::{
 
 use reqwest::StatusCode;
 
-use crate::helpers::{RedisServer, TestApp, wait_until};
+use crate::helpers::{RedisServer, TestApp, TestClient, wait_until};
+
+/// Sends `n` visits, each of which must be refused with 503 in under a second.
+async fn assert_fast_503s(client: &TestClient, n: usize) {
+    for _ in 0..n {
+        let started = Instant::now();
+        let (status, count, _) = client.try_visit().await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(count, None);
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(1), "a 503 took {took:?}");
+    }
+}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn counting_carries_on_from_the_original_apps_hits_key() {
@@ -65,17 +77,7 @@ async fn redis_going_away_gives_fast_503s_and_recovery_loses_and_invents_nothing
     }
 
     redis.kill();
-    for _ in 0..5 {
-        let started = Instant::now();
-        let (status, count, _) = app.client.try_visit().await;
-        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(count, None);
-        assert!(
-            started.elapsed() < Duration::from_secs(1),
-            "a 503 took {:?}",
-            started.elapsed()
-        );
-    }
+    assert_fast_503s(&app.client, 5).await;
     assert_eq!(
         app.client.ready_status().await,
         StatusCode::SERVICE_UNAVAILABLE
@@ -273,17 +275,7 @@ async fn a_hung_redis_gives_fast_503s_that_are_not_counted_when_it_wakes() {
     }
 
     redis.pause();
-    for _ in 0..3 {
-        let started = Instant::now();
-        let (status, count, _) = app.client.try_visit().await;
-        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(count, None);
-        assert!(
-            started.elapsed() < Duration::from_secs(1),
-            "a 503 took {:?}",
-            started.elapsed()
-        );
-    }
+    assert_fast_503s(&app.client, 3).await;
     // Redis now holds the refused writes in its socket buffer; waking up, it runs them.
     redis.resume();
     app.client.wait_ready(Duration::from_secs(3)).await;
