@@ -167,3 +167,39 @@ async fn healthcheck_exits_0_when_ready_and_1_when_not() {
     );
     assert_eq!(nothing.status.code(), Some(1));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connections_beyond_the_bound_wait_until_one_closes() {
+    let app = TestApp::spawn_with(Backend::Embedded, &["--max-connections", "2"]).await;
+    let open = |address| {
+        let mut stream = TcpStream::connect(address).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        stream
+    };
+    let request = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+    let mut buffer = [0u8; 512];
+    // Two keep-alive connections take both slots.
+    let mut first = open(app.address);
+    first.write_all(request).unwrap();
+    assert!(first.read(&mut buffer).unwrap() > 0);
+    let mut second = open(app.address);
+    second.write_all(request).unwrap();
+    assert!(second.read(&mut buffer).unwrap() > 0);
+
+    // A third is accepted by the kernel but not served while both are open.
+    let mut third = open(app.address);
+    third.write_all(request).unwrap();
+    third
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    assert!(third.read(&mut buffer).is_err(), "served beyond the bound");
+
+    drop(first);
+    third
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let n = third.read(&mut buffer).unwrap();
+    assert!(String::from_utf8_lossy(&buffer[..n]).starts_with("HTTP/1.1 200"));
+}
