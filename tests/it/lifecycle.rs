@@ -172,7 +172,7 @@ async fn healthcheck_exits_0_when_ready_and_1_when_not() {
 async fn connections_beyond_the_bound_wait_until_one_closes() {
     let app = TestApp::spawn_with(Backend::Embedded, &["--max-connections", "2"]).await;
     let open = |address| {
-        let mut stream = TcpStream::connect(address).unwrap();
+        let stream = TcpStream::connect(address).unwrap();
         stream
             .set_read_timeout(Some(Duration::from_secs(5)))
             .unwrap();
