@@ -8,7 +8,10 @@
 //! it, and a visit answered with an error was never part of a confirmed batch.
 
 use std::{
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -107,6 +110,8 @@ impl VisitCounter {
 
 async fn run<L: VisitLog>(log: Arc<L>, mut incoming: mpsc::Receiver<Visit>, options: BatchOptions) {
     let slots = Arc::new(Semaphore::new(options.max_in_flight.max(1)));
+    // The highest total seen, for the `stackdemo_count` gauge.
+    let highest = Arc::new(AtomicU64::new(0));
     loop {
         // Take a slot first: visits arriving meanwhile gather into the next batch.
         let Ok(slot) = slots.clone().acquire_owned().await else {
@@ -117,8 +122,9 @@ async fn run<L: VisitLog>(log: Arc<L>, mut incoming: mpsc::Receiver<Visit>, opti
             break;
         }
         let log = log.clone();
+        let highest = highest.clone();
         tokio::spawn(async move {
-            commit(&*log, &mut batch, options.timeout).await;
+            commit(&*log, &mut batch, options.timeout, &highest).await;
             drop(slot);
         });
     }
@@ -128,7 +134,12 @@ async fn run<L: VisitLog>(log: Arc<L>, mut incoming: mpsc::Receiver<Visit>, opti
         .await;
 }
 
-async fn commit<L: VisitLog>(log: &L, batch: &mut Vec<Visit>, timeout: Duration) {
+async fn commit<L: VisitLog>(
+    log: &L,
+    batch: &mut Vec<Visit>,
+    timeout: Duration,
+    highest: &AtomicU64,
+) {
     // A client that hung up is not counted; one that waited too long is told so and not
     // counted either, so the answer stays within a bound even behind a slow batch.
     batch.retain(|visit| !visit.reply.is_closed());
@@ -152,7 +163,9 @@ async fn commit<L: VisitLog>(log: &L, batch: &mut Vec<Visit>, timeout: Duration)
     match result {
         Ok(total) => {
             counter!("stackdemo_visits_total").increment(count);
-            gauge!("stackdemo_count").set(total as f64);
+            // Writes may finish out of order; the gauge only moves forward.
+            let highest = highest.fetch_max(total, Ordering::Relaxed).max(total);
+            gauge!("stackdemo_count").set(highest as f64);
             let first = total + 1 - count;
             for (number, visit) in (first..=total).zip(fresh) {
                 let _ = visit.reply.send(Ok(number));
