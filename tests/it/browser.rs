@@ -6,24 +6,10 @@ use std::{
     process::{Command, Output, Stdio},
 };
 
-use crate::helpers::{RedisServer, TestApp};
+use crate::helpers::{RedisServer, TestApp, require_program};
 
 fn chromium() -> PathBuf {
-    let path = std::env::var_os("CHROMIUM")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| "chromium".into());
-    match Command::new(&path)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-    {
-        Ok(status) if status.success() => path,
-        _ => panic!(
-            "Chromium is needed by this test and was not found. Install it with \
-             `apt-get install -y chromium` (or set CHROMIUM to its path)."
-        ),
-    }
+    require_program("chromium", "CHROMIUM", "chromium")
 }
 
 /// Runs headless Chromium on `url` with the given extra flags (flags from

@@ -31,6 +31,27 @@ where
     }
 }
 
+/// The path of a program the tests need: `$env_var` if set, else `name` on the PATH.
+/// Panics with how to install it when it does not run, so that a missing part fails the
+/// test rather than skipping it.
+pub fn require_program(name: &str, env_var: &str, package: &str) -> std::path::PathBuf {
+    let path = std::env::var_os(env_var)
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| name.into());
+    let runs = std::process::Command::new(&path)
+        .arg("--version")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success());
+    assert!(
+        runs,
+        "{name} is needed by these tests and was not found. Install it with \
+         `apt-get install -y {package}` (or set {env_var} to its path)."
+    );
+    path
+}
+
 /// A loopback port that was free a moment ago.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

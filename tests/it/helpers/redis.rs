@@ -16,20 +16,7 @@ pub struct RedisServer {
 }
 
 fn binary() -> PathBuf {
-    let path = std::env::var_os("REDIS_SERVER")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| "redis-server".into());
-    match Command::new(&path)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .status()
-    {
-        Ok(status) if status.success() => path,
-        _ => panic!(
-            "redis-server is needed by these tests and was not found. \
-             Install it with `apt-get install -y redis-server` (or set REDIS_SERVER to its path)."
-        ),
-    }
+    super::require_program("redis-server", "REDIS_SERVER", "redis-server")
 }
 
 impl RedisServer {
