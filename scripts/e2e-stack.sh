@@ -42,17 +42,7 @@ trap cleanup EXIT
 
 # --- the machine ------------------------------------------------------------------------
 
-need=()
-command -v dockerd >/dev/null || need+=(docker.io)
-command -v debootstrap >/dev/null || need+=(debootstrap)
-command -v python3 >/dev/null || need+=(python3)
-command -v curl >/dev/null || need+=(curl)
-if [ ${#need[@]} -gt 0 ]; then
-  log "installing ${need[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq "${need[@]}" >/dev/null
-fi
+scripts/install-missing.sh dockerd:docker.io debootstrap:debootstrap python3:python3 curl:curl
 # The engine's own client: it matches the daemon and builds with BuildKit without buildx.
 DOCKER=docker
 [ -x /usr/bin/docker ] && DOCKER=/usr/bin/docker

@@ -1,11 +1,13 @@
 //! The visit counter: coalesces concurrent visits into one store write.
 //!
-//! A single task owns the store's write path. While one batch is on its way to the store,
-//! new visits queue up; when the store answers, the next batch takes everything queued and
-//! sends one `add_visits(k)`. The store returns the new total `n`, and the k visits of the
+//! A single task takes visits off the queue. While store writes are under way (at most
+//! `max_in_flight` of them), new visits queue up; when a slot frees, the next batch takes
+//! everything queued and sends one `add_visits(k)`. The store returns the new total `n`, and the k visits of the
 //! batch get `n-k+1 ..= n` in arrival order. So every acknowledged visit carries a distinct
 //! number, the numbers are contiguous, nothing is acknowledged before the store confirmed
-//! it, and a visit answered with an error was never part of a confirmed batch.
+//! it, and a visit answered with an error was never part of a confirmed batch. A client's
+//! next visit is sent only after its previous answer, so it lands in a later write and
+//! gets a larger number.
 
 use std::{
     sync::{
