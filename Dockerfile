@@ -13,10 +13,11 @@ ARG RUST_IMAGE=rust:1-bookworm
 
 FROM ${RUST_IMAGE} AS build
 ARG TARGET=x86_64-unknown-linux-musl
-# The official image has rustup and apt; a prepared builder already has both parts.
+# The official image has rustup and apt; a prepared builder already has all parts.
+# musl-gcc and make build jemalloc, the allocator, for the static binary.
 RUN if command -v rustup >/dev/null; then rustup target add "$TARGET"; fi \
- && if ! command -v musl-gcc >/dev/null; then \
-      apt-get update && apt-get install -y --no-install-recommends musl-tools \
+ && if ! command -v musl-gcc >/dev/null || ! command -v make >/dev/null; then \
+      apt-get update && apt-get install -y --no-install-recommends musl-tools make \
       && rm -rf /var/lib/apt/lists/*; \
     fi
 WORKDIR /src

@@ -4,7 +4,8 @@
 # bookworm made with debootstrap and imported with `docker import`. Cached: an image that
 # exists already is kept. Prints nothing but progress; the names are fixed:
 #
-#   stackdemo-local/rust:bookworm     the host's Rust toolchain (with the musl target)
+#   stackdemo-local/rust:bookworm     the host's Rust toolchain (with the musl target), gcc,
+#                                     musl-tools and make
 #   stackdemo-local/redis:7           redis-server and redis-cli, data in /data (uid 999)
 #   stackdemo-local/haproxy:2.6       haproxy
 #
@@ -34,12 +35,13 @@ bootstrap() {
 work=$(mktemp -d /var/tmp/stackdemo-base.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 
-if ! have "$RUST_IMAGE"; then
+# A builder from before jemalloc (which needs make) is built again.
+if ! { have "$RUST_IMAGE" && docker run --rm "$RUST_IMAGE" make --version >/dev/null 2>&1; }; then
   sysroot=$(rustc --print sysroot)
   if [ ! -d "$sysroot/lib/rustlib/x86_64-unknown-linux-musl" ]; then
     rustup target add x86_64-unknown-linux-musl
   fi
-  bootstrap "$work/rust" gcc,libc6-dev,musl-tools,ca-certificates
+  bootstrap "$work/rust" gcc,libc6-dev,musl-tools,make,ca-certificates
   mkdir -p "$work/rust/usr/local/rust" "$work/rust/usr/local/cargo"
   # The toolchain without its documentation; cargo and rustc find their libraries
   # relative to their own path.

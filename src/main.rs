@@ -8,6 +8,13 @@ use stackdemo::{
     telemetry, verify,
 };
 
+/// jemalloc instead of the C library's allocator: a visit's buffers are allocated on one
+/// worker thread and freed on another, which glibc serialises on its arena locks and musl
+/// (the container image) on one global lock. `bench/run.sh` measures the difference.
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
