@@ -85,13 +85,19 @@ run_store() {
   noop_rps=$(median "${noop[@]}"); visit_rps=$(median "${visit[@]}")
   noop_p99=$(median "${noop_p[@]}"); visit_p99=$(median "${visit_p[@]}")
   local rss_kb; rss_kb=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status")
+  # Visits per store write over the whole run, from the service's own histograms: per
+  # Redis command, or per transaction of the embedded store.
+  local per_write metric=stackdemo_visit_batch_size
+  [ "$name" = embedded ] && metric=stackdemo_embedded_commit_visits
+  per_write=$(curl -fs "http://127.0.0.1:$port/metrics" |
+    awk -v m="$metric" '$1==m"_sum" {s=$2} $1==m"_count" {c=$2} END {printf "%.1f", c ? s/c : 0}')
   kill "$pid"; wait "$pid" 2>/dev/null || true
-  awk -v n="$name" -v a="$noop_rps" -v b="$visit_rps" -v pa="$noop_p99" -v pb="$visit_p99" -v r="$rss_kb" \
-    'BEGIN { printf "%-9s %12.0f %12.0f %7.2f %12.2f %12.2f %9.1f\n", n, a, b, b/a, pa, pb, r/1024 }'
+  awk -v n="$name" -v a="$noop_rps" -v b="$visit_rps" -v pa="$noop_p99" -v pb="$visit_p99" -v r="$rss_kb" -v w="$per_write" \
+    'BEGIN { printf "%-9s %12.0f %12.0f %7.2f %12.2f %12.2f %9.1f %12s\n", n, a, b, b/a, pa, pb, r/1024, w }'
 }
 
 echo "wrk -t$THREADS -c$CONNECTIONS, $ROUNDS rounds of $DURATION per path, medians; on $(nproc) cores ($(uname -m)), $(date -u +%Y-%m-%d)"
-printf "%-9s %12s %12s %7s %12s %12s %9s\n" store "healthz/s" "visit/s" ratio "healthz p99" "visit p99" "RSS MB"
+printf "%-9s %12s %12s %7s %12s %12s %9s %12s\n" store "healthz/s" "visit/s" ratio "healthz p99" "visit p99" "RSS MB" "visits/write"
 for store in $STORES; do
   case $store in
     redis) run_store redis --redis-url "redis://127.0.0.1:$redis_port/0" ;;
@@ -99,5 +105,6 @@ for store in $STORES; do
     *) echo "unknown store $store (redis, embedded)" >&2; exit 2 ;;
   esac
 done
-echo "(p99 in ms; RSS is the peak resident set of the service process)"
+echo "(p99 in ms; RSS is the peak resident set of the service process; visits/write is the"
+echo " mean number of visits per Redis command or per embedded-store transaction)"
 echo "start to ready, embedded store: $(startup_ms) ms, $(startup_ms) ms, $(startup_ms) ms"

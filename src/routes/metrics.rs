@@ -25,6 +25,7 @@ pub fn install_recorder() -> PrometheusHandle {
             const BUCKETS: &[f64] = &[
                 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.5, 1.0,
             ];
+            const VISITS_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 512.0];
             let recorder = PrometheusBuilder::new()
                 .set_buckets_for_metric(
                     Matcher::Full("http_request_duration_seconds".into()),
@@ -39,7 +40,13 @@ pub fn install_recorder() -> PrometheusHandle {
                 .and_then(|b| {
                     b.set_buckets_for_metric(
                         Matcher::Full("stackdemo_visit_batch_size".into()),
-                        &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 512.0],
+                        VISITS_BUCKETS,
+                    )
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full("stackdemo_embedded_commit_visits".into()),
+                        VISITS_BUCKETS,
                     )
                 })
                 .expect("bucket lists are not empty")

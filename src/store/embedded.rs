@@ -14,6 +14,7 @@ use std::{
     thread,
 };
 
+use metrics::histogram;
 use tokio::sync::oneshot;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
@@ -171,6 +172,7 @@ fn write_loop(db: &Database, key: &str, replica: &str, requests: &mpsc::Receiver
         let mut writes = vec![first];
         writes.extend(requests.try_iter());
         let count: u64 = writes.iter().map(|w| w.count).sum();
+        histogram!("stackdemo_embedded_commit_visits").record(count as f64);
         match commit(db, key, replica, count) {
             Ok(total) => {
                 let mut end = total - count;

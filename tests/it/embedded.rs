@@ -91,3 +91,46 @@ async fn a_second_process_on_the_same_data_dir_is_refused() {
     let stderr = String::from_utf8_lossy(&second.stderr);
     assert!(stderr.contains("STACKDEMO_DATA_DIR"), "{stderr}");
 }
+
+/// A histogram's `_sum` and `_count` from the service's metrics page.
+async fn histogram(service: &ServiceProcess, name: &str) -> (u64, u64) {
+    let text = service.client.get("/metrics").await.text().await.unwrap();
+    let value = |suffix: &str| {
+        let prefix = format!("{name}_{suffix} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .map_or(0, |n| n.trim().parse::<f64>().unwrap() as u64)
+    };
+    (value("sum"), value("count"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_visits_share_transactions() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = ServiceProcess::start(&["--data-dir", dir.path().to_str().unwrap()]).await;
+
+    let mut tasks = Vec::new();
+    for _ in 0..64 {
+        let client = service.client.clone();
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..20 {
+                client.visit().await;
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+
+    let (visits, commits) = histogram(&service, "stackdemo_embedded_commit_visits").await;
+    assert_eq!(
+        visits,
+        64 * 20,
+        "every acknowledged visit was committed once"
+    );
+    assert!(
+        commits < visits,
+        "{visits} visits took {commits} transactions: none was shared"
+    );
+    assert_eq!(service.client.visit().await, 64 * 20 + 1);
+}
