@@ -35,7 +35,7 @@ bootstrap() {
 work=$(mktemp -d /var/tmp/stackdemo-base.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 
-# A builder from before jemalloc (which needs make) is built again.
+# A builder without make, which jemalloc's build needs, is built again.
 if ! { have "$RUST_IMAGE" && docker run --rm "$RUST_IMAGE" make --version >/dev/null 2>&1; }; then
   sysroot=$(rustc --print sysroot)
   if [ ! -d "$sysroot/lib/rustlib/x86_64-unknown-linux-musl" ]; then

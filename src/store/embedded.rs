@@ -172,9 +172,9 @@ fn write_loop(db: &Database, key: &str, replica: &str, requests: &mpsc::Receiver
         let mut writes = vec![first];
         writes.extend(requests.try_iter());
         let count: u64 = writes.iter().map(|w| w.count).sum();
-        histogram!("stackdemo_embedded_commit_visits").record(count as f64);
         match commit(db, key, replica, count) {
             Ok(total) => {
+                histogram!("stackdemo_embedded_commit_visits").record(count as f64);
                 let mut end = total - count;
                 for write in writes {
                     end += write.count;

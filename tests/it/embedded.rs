@@ -92,18 +92,6 @@ async fn a_second_process_on_the_same_data_dir_is_refused() {
     assert!(stderr.contains("STACKDEMO_DATA_DIR"), "{stderr}");
 }
 
-/// A histogram's `_sum` and `_count` from the service's metrics page.
-async fn histogram(service: &ServiceProcess, name: &str) -> (u64, u64) {
-    let text = service.client.get("/metrics").await.text().await.unwrap();
-    let value = |suffix: &str| {
-        let prefix = format!("{name}_{suffix} ");
-        text.lines()
-            .find_map(|l| l.strip_prefix(prefix.as_str()))
-            .map_or(0, |n| n.trim().parse::<f64>().unwrap() as u64)
-    };
-    (value("sum"), value("count"))
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn concurrent_visits_share_transactions() {
     let dir = tempfile::tempdir().unwrap();
@@ -122,10 +110,11 @@ async fn concurrent_visits_share_transactions() {
         task.await.unwrap();
     }
 
-    let (visits, commits) = histogram(&service, "stackdemo_embedded_commit_visits").await;
+    let metric = "stackdemo_embedded_commit_visits";
+    let visits = service.client.metric(&format!("{metric}_sum")).await;
+    let commits = service.client.metric(&format!("{metric}_count")).await;
     assert_eq!(
-        visits,
-        64 * 20,
+        visits, 1280.0,
         "every acknowledged visit was committed once"
     );
     assert!(

@@ -11,11 +11,11 @@ use reqwest::StatusCode;
 use crate::helpers::{Backend, RedisServer, ServiceProcess, TestApp, process, wait_until};
 
 /// Batches sent to the store so far, from the service's own metrics.
-async fn batches_sent(service: &ServiceProcess) -> u64 {
-    let text = service.client.get("/metrics").await.text().await.unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix("stackdemo_visit_batch_size_count "))
-        .map_or(0, |n| n.trim().parse().unwrap())
+async fn batches_sent(service: &ServiceProcess) -> f64 {
+    service
+        .client
+        .metric("stackdemo_visit_batch_size_count")
+        .await
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -39,7 +39,7 @@ async fn sigterm_lets_an_in_flight_visit_finish_and_exits_0() {
     wait_until(
         "the visit to reach the store",
         Duration::from_secs(3),
-        || async { batches_sent(&service).await >= 1 },
+        || async { batches_sent(&service).await >= 1.0 },
     )
     .await;
 

@@ -73,6 +73,16 @@ impl TestClient {
         self.stats().await["total"].as_u64().expect("a total")
     }
 
+    /// One sample from `/metrics` (`name` as it appears before the value, labels
+    /// included); 0 when the series does not exist yet.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = self.get("/metrics").await.text().await.expect("a body");
+        let prefix = format!("{name} ");
+        text.lines()
+            .find_map(|line| line.strip_prefix(prefix.as_str()))
+            .map_or(0.0, |value| value.trim().parse().expect("a number"))
+    }
+
     /// Waits until `/readyz` answers 200, at most `limit`.
     pub async fn wait_ready(&self, limit: Duration) {
         super::wait_until("readiness", limit, || async {
