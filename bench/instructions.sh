@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# Instructions per request: `GET /` (counts a visit) against `GET /healthz` (touches no
+# store) of the same release binary, with Redis and with the embedded store, counted by
+# valgrind's callgrind while wrk drives the service on loopback.
+#
+#   bench/instructions.sh                  # 5 s per path, 64 connections
+#   DURATION=10s STORES=redis bench/instructions.sh
+#
+# Requests per second on a small shared machine move by ±10 % from run to run; the
+# instructions a request executes hardly move (the same binary repeats its figures to
+# within about half a percent), so this is the measure to compare two builds or code
+# changes with. Instructions are not time: system calls, cache misses, waking threads and
+# the CPU that Redis and wrk take from the same cores do not show here, so `bench/run.sh`
+# remains the measure of the throughput target. Under valgrind the service runs dozens of
+# times slower, one thread at a time, so the embedded store's transactions carry fewer
+# visits than at full speed; the script prints how many visits one store write carried.
+#
+# Counts the service's own instructions only (not the kernel's, not Redis's, not wrk's).
+# A benchmark, not a test: it reports numbers and fails only if something does not run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-5s}
+STORES=${STORES:-redis embedded}
+CONNECTIONS=${CONNECTIONS:-64}
+BIN=${BIN:-target/release/stackdemo}
+
+for tool in wrk redis-server valgrind callgrind_control; do
+  command -v "$tool" >/dev/null || {
+    echo "bench needs $tool: apt-get install -y ${tool/callgrind_control/valgrind}" >&2
+    exit 1
+  }
+done
+[ -n "${BIN_PREBUILT:-}" ] || cargo build --release --locked --quiet
+
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+redis_port=$(free_port)
+mkdir -p "$work/redis"
+redis-server --port "$redis_port" --bind 127.0.0.1 --dir "$work/redis" --save "" \
+  --appendonly yes --appendfsync everysec >/dev/null 2>&1 &
+pids+=($!)
+for _ in $(seq 1 100); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.05; done
+
+# Counts the instructions the service executes while wrk requests one path; prints
+# "instructions_per_request".
+count() {
+  local pid=$1 port=$2 path=$3 out dump
+  callgrind_control --zero "$pid" >/dev/null 2>&1
+  callgrind_control --instr=on "$pid" >/dev/null 2>&1
+  out=$(wrk -t1 -c"$CONNECTIONS" -d"$DURATION" "http://127.0.0.1:$port$path")
+  callgrind_control --instr=off "$pid" >/dev/null 2>&1
+  callgrind_control --dump=measured "$pid" >/dev/null 2>&1
+  dump=$(ls -t "$work"/callgrind.out.* | head -1)
+  awk -v n="$(awk '/requests in/ {print $1}' <<<"$out")" '/^totals:/ {printf "%.0f", $2 / n}' "$dump"
+}
+
+run_store() {
+  local name=$1; shift
+  local port; port=$(free_port)
+  RUST_LOG=${RUST_LOG:-info} valgrind --tool=callgrind --instr-atstart=no \
+    --callgrind-out-file="$work/callgrind.out" \
+    "$BIN" --listen "127.0.0.1:$port" --log-format json "$@" >/dev/null 2>&1 &
+  local pid=$!
+  pids+=("$pid")
+  for _ in $(seq 1 600); do curl -fs "http://127.0.0.1:$port/readyz" >/dev/null && break; sleep 0.1; done
+  curl -fs "http://127.0.0.1:$port/readyz" >/dev/null || { echo "service under valgrind not ready" >&2; exit 1; }
+  # Warm-up, not counted: connections, buffers, the allocator's caches.
+  wrk -t1 -c"$CONNECTIONS" -d2s "http://127.0.0.1:$port/" >/dev/null
+  wrk -t1 -c"$CONNECTIONS" -d2s "http://127.0.0.1:$port/healthz" >/dev/null
+  local per_write_before noop visit
+  per_write_before=$(write_totals "$port" "$name")
+  noop=$(count "$pid" "$port" /healthz)
+  visit=$(count "$pid" "$port" /)
+  local per_write
+  per_write=$(awk -v a="$per_write_before" -v b="$(write_totals "$port" "$name")" \
+    'BEGIN { split(a, x); split(b, y); c = y[2] - x[2]; printf "%.1f", c ? (y[1] - x[1]) / c : 0 }')
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+  awk -v n="$name" -v a="$noop" -v b="$visit" -v w="$per_write" \
+    'BEGIN { printf "%-9s %14d %14d %7.2f %12s\n", n, a, b, a/b, w }'
+}
+
+# Prints "visits writes" so far: per Redis command, or per embedded-store transaction.
+write_totals() {
+  local metric=stackdemo_visit_batch_size
+  [ "$2" = embedded ] && metric=stackdemo_embedded_commit_visits
+  curl -fs "http://127.0.0.1:$1/metrics" |
+    awk -v m="$metric" '$1==m"_sum" {s=$2} $1==m"_count" {c=$2} END {printf "%d %d", s, c}'
+}
+
+echo "callgrind, wrk -t1 -c$CONNECTIONS, $DURATION per path; $(uname -m), $(date -u +%Y-%m-%d)"
+printf "%-9s %14s %14s %7s %12s\n" store "healthz instr" "visit instr" ratio "visits/write"
+for store in $STORES; do
+  case $store in
+    redis) run_store redis --redis-url "redis://127.0.0.1:$redis_port/0" ;;
+    embedded) run_store embedded --data-dir "$work/data" ;;
+    *) echo "unknown store $store (redis, embedded)" >&2; exit 2 ;;
+  esac
+done
+echo "(instructions the service executed per request; ratio = healthz / visit, the"
+echo " instruction-count counterpart of bench/run.sh's ratio; visits/write as in bench/run.sh)"
