@@ -8,7 +8,7 @@
 #
 # Requests per second on a small shared machine move by ±10 % from run to run; the
 # instructions a request executes hardly move (the same binary repeats its figures to
-# within about half a percent), so this is the measure to compare two builds or code
+# within about 1 %), so this is the measure to compare two builds or code
 # changes with. Instructions are not time: system calls, cache misses, waking threads and
 # the CPU that Redis and wrk take from the same cores do not show here, so `bench/run.sh`
 # remains the measure of the throughput target. Under valgrind the service runs dozens of
