@@ -3,19 +3,21 @@
 # of the same release binary, with Redis and with the embedded store, measured side by
 # side with wrk on loopback. Prints requests/s, the ratio, p99 latency and peak RSS.
 #
-#   bench/run.sh                      # 3 rounds of 5 s per path, 64 connections, 2 threads
-#   ROUNDS=5 DURATION=10s bench/run.sh
+#   bench/run.sh                      # 10 rounds of 2 s per path, 64 connections, 2 threads
+#   ROUNDS=20 DURATION=3s bench/run.sh
 #   STORES=redis bench/run.sh            # one store only
 #
-# The two paths are measured in alternating rounds and each figure is the median over the
-# rounds, so that a passing disturbance on a small machine does not decide the ratio.
+# The two paths are measured in alternating short rounds, and the ratio is the median of
+# the rounds' ratios (each visit round against the no-op round just before it), printed
+# with the lowest and highest: a slow spell of a shared machine, which lasts seconds,
+# then slows both sides of a pair instead of deciding the ratio.
 #
 # A benchmark, not a test: it reports numbers and fails only if something does not run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DURATION=${DURATION:-5s}
-ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-2s}
+ROUNDS=${ROUNDS:-10}
 STORES=${STORES:-redis embedded}
 CONNECTIONS=${CONNECTIONS:-64}
 THREADS=${THREADS:-2}
@@ -76,14 +78,17 @@ run_store() {
   pids+=("$pid")
   wait_http "$port"
   wrk -t"$THREADS" -c"$CONNECTIONS" -d2s "http://127.0.0.1:$port/" >/dev/null   # warm-up
-  local noop=() visit=() noop_p=() visit_p=() rps p99
+  local noop=() visit=() noop_p=() visit_p=() ratios=() rps p99 base
   for _ in $(seq 1 "$ROUNDS"); do
-    read -r rps p99 < <(measure "$port" /healthz); noop+=("$rps"); noop_p+=("$p99")
+    read -r rps p99 < <(measure "$port" /healthz); noop+=("$rps"); noop_p+=("$p99"); base=$rps
     read -r rps p99 < <(measure "$port" /); visit+=("$rps"); visit_p+=("$p99")
+    ratios+=("$(awk -v a="$base" -v b="$rps" 'BEGIN { printf "%.4f", b / a }')")
   done
-  local noop_rps visit_rps noop_p99 visit_p99
+  local noop_rps visit_rps noop_p99 visit_p99 ratio spread
   noop_rps=$(median "${noop[@]}"); visit_rps=$(median "${visit[@]}")
   noop_p99=$(median "${noop_p[@]}"); visit_p99=$(median "${visit_p[@]}")
+  ratio=$(median "${ratios[@]}")
+  spread=$(printf '%s\n' "${ratios[@]}" | sort -g | awk 'NR==1 {lo=$1} {hi=$1} END {printf "%.2f-%.2f", lo, hi}')
   local rss_kb; rss_kb=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status")
   # Visits per store write over the whole run, from the service's own histograms: per
   # Redis command, or per transaction of the embedded store.
@@ -92,12 +97,12 @@ run_store() {
   per_write=$(curl -fs "http://127.0.0.1:$port/metrics" |
     awk -v m="$metric" '$1==m"_sum" {s=$2} $1==m"_count" {c=$2} END {printf "%.1f", c ? s/c : 0}')
   kill "$pid"; wait "$pid" 2>/dev/null || true
-  awk -v n="$name" -v a="$noop_rps" -v b="$visit_rps" -v pa="$noop_p99" -v pb="$visit_p99" -v r="$rss_kb" -v w="$per_write" \
-    'BEGIN { printf "%-9s %12.0f %12.0f %7.2f %12.2f %12.2f %9.1f %12s\n", n, a, b, b/a, pa, pb, r/1024, w }'
+  awk -v n="$name" -v a="$noop_rps" -v b="$visit_rps" -v q="$ratio" -v s="$spread" -v pa="$noop_p99" -v pb="$visit_p99" -v r="$rss_kb" -v w="$per_write" \
+    'BEGIN { printf "%-9s %12.0f %12.0f %7.2f %11s %12.2f %12.2f %9.1f %12s\n", n, a, b, q, s, pa, pb, r/1024, w }'
 }
 
 echo "wrk -t$THREADS -c$CONNECTIONS, $ROUNDS rounds of $DURATION per path, medians; on $(nproc) cores ($(uname -m)), $(date -u +%Y-%m-%d)"
-printf "%-9s %12s %12s %7s %12s %12s %9s %12s\n" store "healthz/s" "visit/s" ratio "healthz p99" "visit p99" "RSS MB" "visits/write"
+printf "%-9s %12s %12s %7s %11s %12s %12s %9s %12s\n" store "healthz/s" "visit/s" ratio "lowest-high" "healthz p99" "visit p99" "RSS MB" "visits/write"
 for store in $STORES; do
   case $store in
     redis) run_store redis --redis-url "redis://127.0.0.1:$redis_port/0" ;;
@@ -105,6 +110,8 @@ for store in $STORES; do
     *) echo "unknown store $store (redis, embedded)" >&2; exit 2 ;;
   esac
 done
-echo "(p99 in ms; RSS is the peak resident set of the service process; visits/write is the"
-echo " mean number of visits per Redis command or per embedded-store transaction)"
+echo "(requests/s and p99 (ms) are medians over the rounds; ratio is the median of the rounds'"
+echo " visit/healthz ratios, followed by the lowest and highest; RSS is the peak resident set"
+echo " of the service process; visits/write is the mean number of visits per Redis command or"
+echo " per embedded-store transaction)"
 echo "start to ready, embedded store: $(startup_ms) ms, $(startup_ms) ms, $(startup_ms) ms"
