@@ -23,29 +23,10 @@ cd "$(dirname "$0")/.."
 DURATION=${DURATION:-5s}
 STORES=${STORES:-redis embedded}
 CONNECTIONS=${CONNECTIONS:-64}
-BIN=${BIN:-target/release/stackdemo}
-
-for tool in wrk redis-server valgrind callgrind_control; do
-  command -v "$tool" >/dev/null || {
-    echo "bench needs $tool: apt-get install -y ${tool/callgrind_control/valgrind}" >&2
-    exit 1
-  }
-done
-[ -n "${BIN_PREBUILT:-}" ] || cargo build --release --locked --quiet
-
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
-redis_port=$(free_port)
-mkdir -p "$work/redis"
-redis-server --port "$redis_port" --bind 127.0.0.1 --dir "$work/redis" --save "" \
-  --appendonly yes --appendfsync everysec >/dev/null 2>&1 &
-pids+=($!)
-for _ in $(seq 1 100); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.05; done
+source bench/common.sh
+require_tools wrk redis-server valgrind callgrind_control
+build_release
+start_redis
 
 # Counts the instructions the service executes while wrk requests one path; prints
 # "instructions_per_request".
@@ -56,7 +37,8 @@ count() {
   out=$(wrk -t1 -c"$CONNECTIONS" -d"$DURATION" "http://127.0.0.1:$port$path")
   callgrind_control --instr=off "$pid" >/dev/null 2>&1
   callgrind_control --dump=measured "$pid" >/dev/null 2>&1
-  dump=$(ls -t "$work"/callgrind.out.* | head -1)
+  dump=$(ls -t "$work"/callgrind.out.* 2>/dev/null | head -1) || true
+  [ -n "$dump" ] || { echo "callgrind wrote no dump for $path" >&2; exit 1; }
   awk -v n="$(awk '/requests in/ {print $1}' <<<"$out")" '/^totals:/ {printf "%.0f", $2 / n}' "$dump"
 }
 
@@ -68,29 +50,18 @@ run_store() {
     "$BIN" --listen "127.0.0.1:$port" --log-format json "$@" >/dev/null 2>&1 &
   local pid=$!
   pids+=("$pid")
-  for _ in $(seq 1 600); do curl -fs "http://127.0.0.1:$port/readyz" >/dev/null && break; sleep 0.1; done
-  curl -fs "http://127.0.0.1:$port/readyz" >/dev/null || { echo "service under valgrind not ready" >&2; exit 1; }
+  wait_ready "$port" 60   # valgrind starts slowly
   # Warm-up, not counted: connections, buffers, the allocator's caches.
   wrk -t1 -c"$CONNECTIONS" -d2s "http://127.0.0.1:$port/" >/dev/null
   wrk -t1 -c"$CONNECTIONS" -d2s "http://127.0.0.1:$port/healthz" >/dev/null
-  local per_write_before noop visit
-  per_write_before=$(write_totals "$port" "$name")
+  local writes_before noop visit
+  writes_before=$(store_writes "$port" "$name")
   noop=$(count "$pid" "$port" /healthz)
   visit=$(count "$pid" "$port" /)
-  local per_write
-  per_write=$(awk -v a="$per_write_before" -v b="$(write_totals "$port" "$name")" \
-    'BEGIN { split(a, x); split(b, y); c = y[2] - x[2]; printf "%.1f", c ? (y[1] - x[1]) / c : 0 }')
+  local per_write; per_write=$(visits_per_write "$writes_before" "$(store_writes "$port" "$name")")
   kill "$pid"; wait "$pid" 2>/dev/null || true
   awk -v n="$name" -v a="$noop" -v b="$visit" -v w="$per_write" \
     'BEGIN { printf "%-9s %14d %14d %7.2f %12s\n", n, a, b, a/b, w }'
-}
-
-# Prints "visits writes" so far: per Redis command, or per embedded-store transaction.
-write_totals() {
-  local metric=stackdemo_visit_batch_size
-  [ "$2" = embedded ] && metric=stackdemo_embedded_commit_visits
-  curl -fs "http://127.0.0.1:$1/metrics" |
-    awk -v m="$metric" '$1==m"_sum" {s=$2} $1==m"_count" {c=$2} END {printf "%d %d", s, c}'
 }
 
 echo "callgrind, wrk -t1 -c$CONNECTIONS, $DURATION per path; $(uname -m), $(date -u +%Y-%m-%d)"

@@ -21,20 +21,10 @@ ROUNDS=${ROUNDS:-10}
 STORES=${STORES:-redis embedded}
 CONNECTIONS=${CONNECTIONS:-64}
 THREADS=${THREADS:-2}
-BIN=${BIN:-target/release/stackdemo}
+source bench/common.sh
+require_tools wrk redis-server
+build_release
 
-for tool in wrk redis-server; do
-  command -v "$tool" >/dev/null || { echo "bench needs $tool: apt-get install -y $tool" >&2; exit 1; }
-done
-[ -n "${BIN_PREBUILT:-}" ] || cargo build --release --locked --quiet
-
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_http() { for _ in $(seq 1 200); do curl -fs "http://127.0.0.1:$1/readyz" >/dev/null && return 0; sleep 0.05; done; echo "service on $1 not ready" >&2; exit 1; }
 # Milliseconds from starting the binary to the first 200 from /readyz (polled without pause).
 startup_ms() {
   local port; port=$(free_port)
@@ -48,12 +38,7 @@ startup_ms() {
   echo $(((end - start) / 1000000))
 }
 
-redis_port=$(free_port)
-mkdir -p "$work/redis"
-redis-server --port "$redis_port" --bind 127.0.0.1 --dir "$work/redis" --save "" \
-  --appendonly yes --appendfsync everysec >/dev/null 2>&1 &
-pids+=($!)
-for _ in $(seq 1 100); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.05; done
+start_redis
 
 # Runs wrk on a path; prints "requests_per_s p99_ms".
 measure() {
@@ -76,8 +61,9 @@ run_store() {
   RUST_LOG=${RUST_LOG:-info} "$BIN" --listen "127.0.0.1:$port" --log-format json "$@" >/dev/null 2>&1 &
   local pid=$!
   pids+=("$pid")
-  wait_http "$port"
+  wait_ready "$port"
   wrk -t"$THREADS" -c"$CONNECTIONS" -d2s "http://127.0.0.1:$port/" >/dev/null   # warm-up
+  local writes_before; writes_before=$(store_writes "$port" "$name")
   local noop=() visit=() noop_p=() visit_p=() ratios=() rps p99 base
   for _ in $(seq 1 "$ROUNDS"); do
     read -r rps p99 < <(measure "$port" /healthz); noop+=("$rps"); noop_p+=("$p99"); base=$rps
@@ -90,12 +76,8 @@ run_store() {
   ratio=$(median "${ratios[@]}")
   spread=$(printf '%s\n' "${ratios[@]}" | sort -g | awk 'NR==1 {lo=$1} {hi=$1} END {printf "%.2f-%.2f", lo, hi}')
   local rss_kb; rss_kb=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status")
-  # Visits per store write over the whole run, from the service's own histograms: per
-  # Redis command, or per transaction of the embedded store.
-  local per_write metric=stackdemo_visit_batch_size
-  [ "$name" = embedded ] && metric=stackdemo_embedded_commit_visits
-  per_write=$(curl -fs "http://127.0.0.1:$port/metrics" |
-    awk -v m="$metric" '$1==m"_sum" {s=$2} $1==m"_count" {c=$2} END {printf "%.1f", c ? s/c : 0}')
+  # Visits per store write during the rounds, from the service's own histograms.
+  local per_write; per_write=$(visits_per_write "$writes_before" "$(store_writes "$port" "$name")")
   kill "$pid"; wait "$pid" 2>/dev/null || true
   awk -v n="$name" -v a="$noop_rps" -v b="$visit_rps" -v q="$ratio" -v s="$spread" -v pa="$noop_p99" -v pb="$visit_p99" -v r="$rss_kb" -v w="$per_write" \
     'BEGIN { printf "%-9s %12.0f %12.0f %7.2f %11s %12.2f %12.2f %9.1f %12s\n", n, a, b, q, s, pa, pb, r/1024, w }'

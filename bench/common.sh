@@ -1,0 +1,69 @@
+# Shared by the benchmarks (sourced, not run): checking tools, building the binary, a
+# scratch folder cleaned up on exit, a Redis to measure against, and the service's own
+# figure of visits per store write.
+
+BIN=${BIN:-target/release/stackdemo}
+
+# Exits with an install hint unless every program named is on PATH.
+require_tools() {
+  local tool package
+  for tool in "$@"; do
+    package=$tool
+    [ "$tool" = callgrind_control ] && package=valgrind
+    command -v "$tool" >/dev/null || { echo "bench needs $tool: apt-get install -y $package" >&2; exit 1; }
+  done
+}
+
+# Builds the release binary unless BIN_PREBUILT is set (then BIN is used as it is).
+build_release() {
+  [ -n "${BIN_PREBUILT:-}" ] || cargo build --release --locked --quiet
+}
+
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# Waits until the service on port $1 answers /readyz, polling every 50 ms for at most
+# $2 seconds (default 10).
+wait_ready() {
+  local tries=$(( ${2:-10} * 20 ))
+  for _ in $(seq 1 "$tries"); do
+    curl -fs "http://127.0.0.1:$1/readyz" >/dev/null && return 0
+    sleep 0.05
+  done
+  echo "service on $1 not ready" >&2
+  exit 1
+}
+
+# Starts redis-server on a free port (appendonly, fsync every second) and sets redis_port.
+start_redis() {
+  redis_port=$(free_port)
+  mkdir -p "$work/redis"
+  redis-server --port "$redis_port" --bind 127.0.0.1 --dir "$work/redis" --save "" \
+    --appendonly yes --appendfsync everysec >/dev/null 2>&1 &
+  pids+=($!)
+  for _ in $(seq 1 100); do
+    redis-cli -p "$redis_port" ping >/dev/null 2>&1 && return 0
+    sleep 0.05
+  done
+  echo "redis-server did not start on port $redis_port" >&2
+  exit 1
+}
+
+# Prints "visits writes" counted so far by the service on port $1 with store $2: writes
+# are Redis commands, or transactions of the embedded store.
+store_writes() {
+  local metric=stackdemo_visit_batch_size
+  [ "$2" = embedded ] && metric=stackdemo_embedded_commit_visits
+  curl -fs "http://127.0.0.1:$1/metrics" |
+    awk -v m="$metric" '$1==m"_sum" {s=$2} $1==m"_count" {c=$2} END {printf "%d %d", s, c}'
+}
+
+# Visits per write between two `store_writes` readings.
+visits_per_write() {
+  awk -v a="$1" -v b="$2" \
+    'BEGIN { split(a, x); split(b, y); c = y[2] - x[2]; printf "%.1f", c ? (y[1] - x[1]) / c : 0 }'
+}
