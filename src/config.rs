@@ -121,9 +121,24 @@ pub struct Settings {
     #[arg(long, env = "STACKDEMO_MAX_CONNECTIONS", default_value_t = 4096, global = true,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,
+
+    /// Threads serving connections, each with a runtime of its own. Default: one per CPU
+    /// this process may use.
+    #[arg(long, env = "STACKDEMO_WORKERS", global = true,
+          value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub workers: Option<u16>,
 }
 
 impl Settings {
+    /// Worker threads to run: the setting, or the CPUs available (container limits
+    /// included).
+    pub fn worker_count(&self) -> usize {
+        self.workers.map_or_else(
+            || std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
+            usize::from,
+        )
+    }
+
     /// Checks that settings agree with each other. The error names the setting.
     pub fn validate(&self) -> Result<(), ConfigError> {
         // A visit may wait for the batch ahead of it and then for its own: both must end
@@ -200,6 +215,7 @@ impl fmt::Debug for Settings {
             .field("request_timeout", &self.request_timeout)
             .field("store_timeout", &self.store_timeout)
             .field("max_connections", &self.max_connections)
+            .field("workers", &self.workers)
             .finish()
     }
 }

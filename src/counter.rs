@@ -80,6 +80,19 @@ struct Visit {
     reply: oneshot::Sender<Result<u64, VisitError>>,
 }
 
+/// The highest total any batch has confirmed, published as the `stackdemo_count` gauge.
+/// One is shared by the counters of all runtime threads: their writes finish in any order,
+/// and the gauge only moves forward.
+#[derive(Clone, Default)]
+pub struct CountGauge(Arc<AtomicU64>);
+
+impl CountGauge {
+    fn observe(&self, total: u64) {
+        let highest = self.0.fetch_max(total, Ordering::Relaxed).max(total);
+        gauge!("stackdemo_count").set(highest as f64);
+    }
+}
+
 /// Hands out visit numbers. Cheap to clone; the batching task ends when the last clone is
 /// dropped and the queue is drained.
 #[derive(Clone)]
@@ -88,10 +101,16 @@ pub struct VisitCounter {
 }
 
 impl VisitCounter {
-    /// Starts the batching task on the current Tokio runtime.
-    pub fn start<L: VisitLog>(log: Arc<L>, options: BatchOptions) -> (Self, JoinHandle<()>) {
+    /// Starts the batching task on the current Tokio runtime. Each runtime thread has its
+    /// own counter, so that a visit is queued, written and answered on one thread; their
+    /// numbers do not collide because the store hands out each batch's range atomically.
+    pub fn start<L: VisitLog>(
+        log: Arc<L>,
+        options: BatchOptions,
+        gauge: CountGauge,
+    ) -> (Self, JoinHandle<()>) {
         let (queue, incoming) = mpsc::channel(options.max_queue);
-        let task = tokio::spawn(run(log, incoming, options));
+        let task = tokio::spawn(run(log, incoming, options, gauge));
         (Self { queue }, task)
     }
 
@@ -110,10 +129,13 @@ impl VisitCounter {
     }
 }
 
-async fn run<L: VisitLog>(log: Arc<L>, mut incoming: mpsc::Receiver<Visit>, options: BatchOptions) {
+async fn run<L: VisitLog>(
+    log: Arc<L>,
+    mut incoming: mpsc::Receiver<Visit>,
+    options: BatchOptions,
+    gauge: CountGauge,
+) {
     let slots = Arc::new(Semaphore::new(options.max_in_flight.max(1)));
-    // The highest total seen, for the `stackdemo_count` gauge.
-    let highest = Arc::new(AtomicU64::new(0));
     loop {
         // Take a slot first: visits arriving meanwhile gather into the next batch.
         let Ok(slot) = slots.clone().acquire_owned().await else {
@@ -124,9 +146,9 @@ async fn run<L: VisitLog>(log: Arc<L>, mut incoming: mpsc::Receiver<Visit>, opti
             break;
         }
         let log = log.clone();
-        let highest = highest.clone();
+        let gauge = gauge.clone();
         tokio::spawn(async move {
-            commit(&*log, &mut batch, options.timeout, &highest).await;
+            commit(&*log, &mut batch, options.timeout, &gauge).await;
             drop(slot);
         });
     }
@@ -140,7 +162,7 @@ async fn commit<L: VisitLog>(
     log: &L,
     batch: &mut Vec<Visit>,
     timeout: Duration,
-    highest: &AtomicU64,
+    gauge: &CountGauge,
 ) {
     // A client that hung up is not counted; one that waited too long is told so and not
     // counted either, so the answer stays within a bound even behind a slow batch.
@@ -165,9 +187,7 @@ async fn commit<L: VisitLog>(
     match result {
         Ok(total) => {
             counter!("stackdemo_visits_total").increment(count);
-            // Writes may finish out of order; the gauge only moves forward.
-            let highest = highest.fetch_max(total, Ordering::Relaxed).max(total);
-            gauge!("stackdemo_count").set(highest as f64);
+            gauge.observe(total);
             let first = total + 1 - count;
             for (number, visit) in (first..=total).zip(fresh) {
                 let _ = visit.reply.send(Ok(number));
@@ -276,7 +296,7 @@ mod tests {
             let log = FlakyLog::new(fail_one_in, Duration::from_micros(delay_us));
             let mut options = BatchOptions::new(Duration::from_secs(2));
             options.max_in_flight = in_flight;
-            let (counter, task) = VisitCounter::start(log.clone(), options);
+            let (counter, task) = VisitCounter::start(log.clone(), options, CountGauge::default());
 
             let (per_task, failed) = hammer(&counter, 64, 50).await;
             drop(counter);
@@ -310,11 +330,75 @@ mod tests {
         }
     }
 
+    #[test]
+    fn counters_on_separate_runtime_threads_sharing_one_log_never_collide() {
+        // As the server runs them: one counter per worker thread, each on a single-threaded
+        // runtime of its own, all writing to one store.
+        const THREADS: usize = 3;
+        let log = FlakyLog::new(4, Duration::from_micros(100));
+        let gauge = CountGauge::default();
+        let workers: Vec<_> = (0..THREADS)
+            .map(|_| {
+                let (log, gauge) = (log.clone(), gauge.clone());
+                std::thread::spawn(move || {
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .unwrap();
+                    runtime.block_on(async move {
+                        let mut options = BatchOptions::new(Duration::from_secs(2));
+                        options.max_in_flight = 2;
+                        let (counter, task) = VisitCounter::start(log, options, gauge);
+                        let result = hammer(&counter, 32, 40).await;
+                        drop(counter);
+                        task.await.unwrap();
+                        result
+                    })
+                })
+            })
+            .collect();
+
+        let (mut all, mut failed) = (BTreeSet::new(), 0);
+        for worker in workers {
+            let (per_task, f) = worker.join().unwrap();
+            failed += f;
+            for seen in per_task {
+                assert!(
+                    seen.windows(2).all(|w| w[0] < w[1]),
+                    "a client's numbers went down"
+                );
+                for n in seen {
+                    assert!(all.insert(n), "number {n} handed out twice");
+                }
+            }
+        }
+        let total = *log.total.lock().unwrap();
+        assert!(failed > 0, "failures were injected");
+        assert_eq!(
+            all,
+            (1..=total).collect(),
+            "numbers are contiguous and all confirmed"
+        );
+        assert_eq!(
+            total + failed,
+            (THREADS * 32 * 40) as u64,
+            "each visit counted or refused"
+        );
+        assert_eq!(
+            gauge.0.load(Ordering::Relaxed),
+            total,
+            "the gauge shows the highest total"
+        );
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_visits_are_coalesced_into_fewer_writes() {
         let log = FlakyLog::new(0, Duration::from_millis(2));
-        let (counter, _task) =
-            VisitCounter::start(log.clone(), BatchOptions::new(Duration::from_secs(2)));
+        let (counter, _task) = VisitCounter::start(
+            log.clone(),
+            BatchOptions::new(Duration::from_secs(2)),
+            CountGauge::default(),
+        );
 
         hammer(&counter, 100, 10).await;
 
@@ -326,8 +410,11 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn visits_stuck_behind_a_slow_store_are_refused_and_not_counted() {
         let log = FlakyLog::new(0, Duration::from_millis(300));
-        let (counter, _task) =
-            VisitCounter::start(log.clone(), BatchOptions::new(Duration::from_millis(100)));
+        let (counter, _task) = VisitCounter::start(
+            log.clone(),
+            BatchOptions::new(Duration::from_millis(100)),
+            CountGauge::default(),
+        );
 
         let (per_task, failed) = hammer(&counter, 8, 3).await;
 
@@ -345,7 +432,7 @@ mod tests {
             max_in_flight: 1,
             timeout: Duration::from_secs(1),
         };
-        let (counter, _task) = VisitCounter::start(log.clone(), options);
+        let (counter, _task) = VisitCounter::start(log.clone(), options, CountGauge::default());
 
         let mut pending = Vec::new();
         for _ in 0..8 {

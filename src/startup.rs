@@ -9,9 +9,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     config::{ConfigError, Settings},
-    counter::{BatchOptions, VisitCounter},
+    counter::{BatchOptions, CountGauge, VisitCounter},
     routes::{self, install_recorder},
-    server::{self, ServeOptions},
+    server::{self, ServeOptions, Worker},
     state::{AppState, Shared},
     stats::{STATS_TTL, StatsCache},
     store::{EmbeddedStore, RedisStore, Store, redis::RedisOptions},
@@ -20,10 +20,11 @@ use crate::{
 /// How often a replica announces that it is alive.
 const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Batches under way at once against Redis (see `batch_options`).
+/// Batches under way at once against Redis, per worker thread (see `batch_options`).
 const REDIS_BATCHES_IN_FLIGHT: usize = 2;
 
-/// Batches under way at once against the embedded store (see `batch_options`). Its writer
+/// Batches under way at once against the embedded store, per worker thread (see
+/// `batch_options`). Its writer
 /// thread merges whatever batches wait into one commit, so more batches in flight means
 /// fewer visits waiting for a slot, not more fsyncs.
 const EMBEDDED_BATCHES_IN_FLIGHT: usize = 16;
@@ -54,10 +55,16 @@ impl std::error::Error for StartupError {}
 /// A service that is bound and ready to run.
 pub struct Application {
     listener: TcpListener,
-    state: AppState,
+    /// The handle the heartbeat uses; each worker opens its own (`Store::for_worker`).
+    store: Arc<Store>,
+    metrics: PrometheusHandle,
+    stats: Arc<StatsCache>,
+    gauge: CountGauge,
+    replica: String,
+    version: String,
     request_timeout: Duration,
+    store_timeout: Duration,
     serve_options: ServeOptions,
-    batcher: JoinHandle<()>,
     background: CancellationToken,
     heartbeat: JoinHandle<()>,
     upkeep: JoinHandle<()>,
@@ -73,8 +80,6 @@ impl Application {
             .await
             .map_err(|e| StartupError::Listen(settings.listen, e))?;
 
-        let (counter, batcher) =
-            VisitCounter::start(store.clone(), batch_options(&store, settings.store_timeout));
         let background = CancellationToken::new();
         let heartbeat = tokio::spawn(heartbeat(
             store.clone(),
@@ -83,25 +88,22 @@ impl Application {
         ));
         let metrics = install_recorder();
         let upkeep = tokio::spawn(metrics_upkeep(metrics.clone(), background.clone()));
-        let state = AppState::new(Shared {
-            counter,
-            store,
-            stats: StatsCache::new(STATS_TTL),
-            metrics,
-            replica,
-            version: settings.app_version.clone(),
-            store_timeout: settings.store_timeout,
-        });
         Ok(Self {
             listener,
-            state,
+            store,
+            metrics,
+            stats: Arc::new(StatsCache::new(STATS_TTL)),
+            gauge: CountGauge::default(),
+            replica,
+            version: settings.app_version.clone(),
             request_timeout: settings.request_timeout,
+            store_timeout: settings.store_timeout,
             serve_options: ServeOptions {
                 header_read_timeout: settings.header_read_timeout,
                 shutdown_timeout: settings.shutdown_timeout,
                 max_connections: settings.max_connections as usize,
+                workers: settings.worker_count(),
             },
-            batcher,
             background,
             heartbeat,
             upkeep,
@@ -120,32 +122,67 @@ impl Application {
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send) -> io::Result<()> {
         let Self {
             listener,
-            state,
+            store,
+            metrics,
+            stats,
+            gauge,
+            replica,
+            version,
             request_timeout,
+            store_timeout,
             serve_options,
-            batcher,
             background,
             heartbeat,
             upkeep,
         } = self;
-        let store = state.store.clone();
-        let store_timeout = state.store_timeout;
         tracing::info!(
             address = %listener.local_addr()?,
             store = store.kind(),
-            replica = %state.replica,
-            version = %state.version,
+            replica = %replica,
+            version = %version,
+            workers = serve_options.workers,
             "listening"
         );
-        let router = routes::router(state, request_timeout);
-        let result = server::serve(listener, router, serve_options, shutdown).await;
+        let options = batch_options(&store, store_timeout);
+        let main_store = store.clone();
+        // Runs on each worker thread: its own store handle, visit counter and router.
+        let make_worker = move || {
+            let store = match main_store.for_worker() {
+                Ok(store) => Arc::new(store),
+                Err(error) => {
+                    // Cannot happen for settings that opened the main handle; serve with
+                    // it rather than not at all.
+                    tracing::warn!(
+                        cause = error.detail(),
+                        "could not open a worker's store handle"
+                    );
+                    main_store.clone()
+                }
+            };
+            let (counter, batcher) = VisitCounter::start(store.clone(), options, gauge.clone());
+            let state = AppState::new(Shared {
+                counter,
+                store,
+                stats: stats.clone(),
+                metrics: metrics.clone(),
+                replica: replica.clone(),
+                version: version.clone(),
+                store_timeout,
+            });
+            Worker {
+                router: routes::router(state, request_timeout),
+                // With the router gone, every sender of the visit queue is gone, so the
+                // batcher drains what is queued and ends.
+                wind_down: Box::pin(async move {
+                    let _ = tokio::time::timeout(store_timeout * 2, batcher).await;
+                }),
+            }
+        };
+        let result = server::serve(listener, make_worker, serve_options, shutdown).await;
 
-        // The router (and with it every sender of the visit queue) is gone now, so the
-        // batcher drains what is queued and ends.
         background.cancel();
         let _ = heartbeat.await;
         let _ = upkeep.await;
-        let _ = tokio::time::timeout(store_timeout * 2, batcher).await;
         if let Err(error) = store.depart(store_timeout).await {
             tracing::debug!(cause = error.detail(), "could not remove the heartbeat");
         }
@@ -155,7 +192,7 @@ impl Application {
 }
 
 /// Batches may be formed and sent while earlier ones are under way. Redis answers them in
-/// the order they were sent on the one connection; the embedded store's writer thread
+/// the order they were sent on the worker's connection; the embedded store's writer thread
 /// gathers the waiting ones into its next commit.
 fn batch_options(store: &Store, timeout: Duration) -> BatchOptions {
     let mut options = BatchOptions::new(timeout);
@@ -187,7 +224,7 @@ fn open_store(settings: &Settings, replica: &str) -> Result<Store, ConfigError> 
             replica,
             &settings.app_version,
         )
-        .map(Store::Embedded)
+        .map(|store| Store::Embedded(Arc::new(store)))
         .map_err(|e| ConfigError::new("STACKDEMO_DATA_DIR", e.detail().to_owned())),
     }
 }

@@ -13,7 +13,8 @@ pub struct AppState(Arc<Shared>);
 pub struct Shared {
     pub counter: VisitCounter,
     pub store: Arc<Store>,
-    pub stats: StatsCache,
+    /// Shared by all workers, so the store is read once per interval in all.
+    pub stats: Arc<StatsCache>,
     pub metrics: PrometheusHandle,
     pub replica: String,
     pub version: String,

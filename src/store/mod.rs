@@ -9,7 +9,7 @@ mod embedded;
 mod error;
 pub mod redis;
 
-use std::{future::Future, time::Duration};
+use std::{future::Future, sync::Arc, time::Duration};
 
 use serde::Serialize;
 
@@ -49,10 +49,20 @@ pub trait VisitLog: Send + Sync + 'static {
 /// The store chosen by configuration.
 pub enum Store {
     Redis(Box<RedisStore>),
-    Embedded(EmbeddedStore),
+    /// One database and writer thread, however many handles share it.
+    Embedded(Arc<EmbeddedStore>),
 }
 
 impl Store {
+    /// A handle for one runtime thread: the same data, with a Redis connection of its own
+    /// whose tasks run on the runtime this is called on.
+    pub fn for_worker(&self) -> Result<Store, StoreError> {
+        Ok(match self {
+            Store::Redis(s) => Store::Redis(Box::new(s.another_connection()?)),
+            Store::Embedded(s) => Store::Embedded(s.clone()),
+        })
+    }
+
     /// Short name for logs and readiness answers.
     pub fn kind(&self) -> &'static str {
         match self {

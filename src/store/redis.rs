@@ -2,13 +2,18 @@
 //! the original app carries on counting, and beside it a hash of visits per replica and a
 //! sorted set of replica heartbeats.
 //!
-//! One multiplexed connection serves all requests. It is opened lazily and re-opened with
-//! backoff, so the service starts and reports not-ready while Redis is still coming up.
+//! A multiplexed connection serves each runtime thread (see `server`): the thread that
+//! sends a command also reads its answer, so no answer crosses threads. Connections are
+//! opened lazily and re-opened with backoff, so the service starts and reports not-ready
+//! while Redis is still coming up.
 
 use std::{
     collections::BTreeMap,
     future::Future,
-    sync::atomic::{AtomicI64, Ordering},
+    sync::{
+        Arc,
+        atomic::{AtomicI64, Ordering},
+    },
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -62,21 +67,26 @@ pub struct RedisOptions {
 
 pub struct RedisStore {
     connection: ConnectionManager,
+    /// What `another_connection` needs to open one more.
+    client: Client,
+    config: ConnectionManagerConfig,
     keys: Keys,
     replica: String,
     version: String,
     add_visits: Script,
     heartbeat: Script,
-    backoff: Backoff,
+    /// Shared by all connections: whether Redis is down is a fact about Redis.
+    backoff: Arc<Backoff>,
     /// How long after sending a write Redis may still apply it: half the store timeout,
     /// so that any write applied is answered before the caller gives up on it.
     write_deadline: Duration,
     /// Redis's clock minus ours, in ms, measured by each heartbeat; `i64::MIN` until the
     /// first one. Deadlines are set on Redis's clock, so clock skew between hosts does not
-    /// matter.
-    clock_offset_ms: AtomicI64,
+    /// matter. Shared by all connections; the heartbeat's connection measures it.
+    clock_offset_ms: Arc<AtomicI64>,
 }
 
+#[derive(Clone)]
 struct Keys {
     total: String,
     replicas: String,
@@ -114,11 +124,13 @@ impl RedisStore {
             // One attempt per reconnect: `Backoff` spaces the attempts and lets calls fail
             // fast meanwhile, instead of queueing behind a retry loop.
             .set_number_of_retries(0);
-        let connection =
-            ConnectionManager::new_lazy_with_config(client, config).map_err(classify)?;
+        let connection = ConnectionManager::new_lazy_with_config(client.clone(), config.clone())
+            .map_err(classify)?;
         let key = options.counter_key;
         Ok(Self {
             connection,
+            client,
+            config,
             keys: Keys {
                 replicas: format!("{key}:replicas"),
                 heartbeats: format!("{key}:heartbeats"),
@@ -129,9 +141,30 @@ impl RedisStore {
             version: options.version,
             add_visits: Script::new(ADD_VISITS),
             heartbeat: Script::new(HEARTBEAT),
-            backoff: Backoff::new(),
+            backoff: Arc::new(Backoff::new()),
             write_deadline: options.timeout / 2,
-            clock_offset_ms: AtomicI64::new(i64::MIN),
+            clock_offset_ms: Arc::new(AtomicI64::new(i64::MIN)),
+        })
+    }
+
+    /// The same store over a connection of its own, sharing the backoff and the clock
+    /// reading. Its connection tasks run on the Tokio runtime this is called on.
+    pub fn another_connection(&self) -> Result<Self, StoreError> {
+        let connection =
+            ConnectionManager::new_lazy_with_config(self.client.clone(), self.config.clone())
+                .map_err(classify)?;
+        Ok(Self {
+            connection,
+            client: self.client.clone(),
+            config: self.config.clone(),
+            keys: self.keys.clone(),
+            replica: self.replica.clone(),
+            version: self.version.clone(),
+            add_visits: self.add_visits.clone(),
+            heartbeat: self.heartbeat.clone(),
+            backoff: self.backoff.clone(),
+            write_deadline: self.write_deadline,
+            clock_offset_ms: self.clock_offset_ms.clone(),
         })
     }
 

@@ -84,3 +84,13 @@ fn an_unusable_data_dir_is_refused() {
         "STACKDEMO_DATA_DIR",
     );
 }
+
+#[test]
+fn zero_workers_are_refused() {
+    assert_refused(&["--workers", "0"], &[], "--workers");
+}
+
+#[test]
+fn a_worker_count_that_is_not_a_number_is_refused() {
+    assert_refused(&[], &[("STACKDEMO_WORKERS", "many")], "--workers");
+}

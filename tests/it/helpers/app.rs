@@ -75,6 +75,11 @@ impl TestApp {
         if !args.contains(&"--replica") {
             argv.extend(["--replica", "test-replica"]);
         }
+        // More workers than most test machines have cores: every test then sees its
+        // connections spread over several runtime threads, each with its own batcher.
+        if !args.contains(&"--workers") {
+            argv.extend(["--workers", "3"]);
+        }
         argv.extend_from_slice(args);
         let cli = Cli::try_parse_from(&argv).expect("valid test settings");
         let app = Application::build(&cli.settings)
