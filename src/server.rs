@@ -129,7 +129,10 @@ pub async fn serve(
                 continue;
             }
         };
-        let worker = least_busy(&workers);
+        let Some(worker) = least_busy(&workers) else {
+            tracing::error!("every worker thread has stopped; no longer serving");
+            break;
+        };
         worker.open.fetch_add(1, Ordering::Relaxed);
         let handoff = Handoff {
             stream,
@@ -137,7 +140,7 @@ pub async fn serve(
             watcher: graceful.watcher(),
         };
         if worker.connections.send(handoff).is_err() {
-            // The worker has stopped, which happens only when its runtime failed.
+            // The worker stopped just now, which happens only when its thread failed.
             worker.open.fetch_sub(1, Ordering::Relaxed);
             tracing::error!("a worker thread has stopped; connection dropped");
         }
@@ -169,11 +172,12 @@ pub async fn serve(
     Ok(())
 }
 
-fn least_busy(workers: &[WorkerHandle]) -> &WorkerHandle {
+/// The running worker with the fewest open connections.
+fn least_busy(workers: &[WorkerHandle]) -> Option<&WorkerHandle> {
     workers
         .iter()
+        .filter(|worker| !worker.connections.is_closed())
         .min_by_key(|worker| worker.open.load(Ordering::Relaxed))
-        .expect("there is at least one worker")
 }
 
 fn start_worker(
