@@ -54,6 +54,73 @@ async fn sigterm_lets_an_in_flight_visit_finish_and_exits_0() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_visit_still_running_at_the_shutdown_deadline_is_cut_off_and_not_counted() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let mut service = ServiceProcess::start(&[
+        "--redis-url",
+        &url,
+        "--store-timeout",
+        "3s",
+        "--request-timeout",
+        "8s",
+        "--shutdown-timeout",
+        "300ms",
+    ])
+    .await;
+    assert_eq!(service.client.visit().await, 1);
+    // A heartbeat has measured Redis's clock, so writes now carry a deadline.
+    wait_until("a heartbeat", Duration::from_secs(3), || async {
+        matches!(redis.query(&["ZCARD", "hits:heartbeats"]), Ok(redis::Value::Int(n)) if n > 0)
+    })
+    .await;
+    redis.query(&["CLIENT", "PAUSE", "20000", "WRITE"]).unwrap();
+    let mut stuck = TcpStream::connect(("127.0.0.1", service.port)).unwrap();
+    stuck
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    wait_until(
+        "the visit to reach the store",
+        Duration::from_secs(3),
+        || async { batches_sent(&service).await >= 2.0 },
+    )
+    .await;
+
+    let started = Instant::now();
+    service.signal("TERM");
+    stuck
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut buffer = [0u8; 1024];
+    let n = stuck.read(&mut buffer).unwrap_or(0);
+    let cut_after = started.elapsed();
+
+    assert_eq!(
+        n,
+        0,
+        "the connection is closed without an answer, got {:?}",
+        String::from_utf8_lossy(&buffer[..n])
+    );
+    assert!(
+        cut_after < Duration::from_secs(2),
+        "cut at the 300 ms deadline, not when the 3 s store timeout answered: {cut_after:?}"
+    );
+    assert_eq!(service.wait(Duration::from_secs(15)).code(), Some(0));
+    redis.query(&["CLIENT", "UNPAUSE"]).unwrap();
+    wait_until(
+        "Redis to take writes again",
+        Duration::from_secs(3),
+        || async { redis.query(&["SET", "probe", "1"]).is_ok() },
+    )
+    .await;
+    assert_eq!(
+        redis.get_u64("hits"),
+        1,
+        "the cut-off visit was not counted"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn idle_keep_alive_connections_do_not_delay_shutdown() {
     let dir = tempfile::tempdir().unwrap();
     let mut service = ServiceProcess::start(&[
