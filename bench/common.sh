@@ -67,3 +67,16 @@ visits_per_write() {
   awk -v a="$1" -v b="$2" \
     'BEGIN { split(a, x); split(b, y); c = y[2] - x[2]; printf "%.1f", c ? (y[1] - x[1]) / c : 0 }'
 }
+
+# Calls the benchmark's own `run_store NAME ARGS...` for each store in $STORES, with the
+# arguments that select that store.
+run_stores() {
+  local store
+  for store in $STORES; do
+    case $store in
+      redis) run_store redis --redis-url "redis://127.0.0.1:$redis_port/0" ;;
+      embedded) run_store embedded --data-dir "$work/data" ;;
+      *) echo "unknown store $store (redis, embedded)" >&2; exit 2 ;;
+    esac
+  done
+}

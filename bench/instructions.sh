@@ -66,12 +66,6 @@ run_store() {
 
 echo "callgrind, wrk -t1 -c$CONNECTIONS, $DURATION per path; $(uname -m), $(date -u +%Y-%m-%d)"
 printf "%-9s %14s %14s %7s %12s\n" store "healthz instr" "visit instr" ratio "visits/write"
-for store in $STORES; do
-  case $store in
-    redis) run_store redis --redis-url "redis://127.0.0.1:$redis_port/0" ;;
-    embedded) run_store embedded --data-dir "$work/data" ;;
-    *) echo "unknown store $store (redis, embedded)" >&2; exit 2 ;;
-  esac
-done
+run_stores
 echo "(instructions the service executed per request; ratio = healthz / visit, the"
 echo " instruction-count counterpart of bench/run.sh's ratio; visits/write as in bench/run.sh)"

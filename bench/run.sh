@@ -85,13 +85,7 @@ run_store() {
 
 echo "wrk -t$THREADS -c$CONNECTIONS, $ROUNDS rounds of $DURATION per path, medians; on $(nproc) cores ($(uname -m)), $(date -u +%Y-%m-%d)"
 printf "%-9s %12s %12s %7s %11s %12s %12s %9s %12s\n" store "healthz/s" "visit/s" ratio "lowest-high" "healthz p99" "visit p99" "RSS MB" "visits/write"
-for store in $STORES; do
-  case $store in
-    redis) run_store redis --redis-url "redis://127.0.0.1:$redis_port/0" ;;
-    embedded) run_store embedded --data-dir "$work/data" ;;
-    *) echo "unknown store $store (redis, embedded)" >&2; exit 2 ;;
-  esac
-done
+run_stores
 echo "(requests/s and p99 (ms) are medians over the rounds; ratio is the median of the rounds'"
 echo " visit/healthz ratios, followed by the lowest and highest; RSS is the peak resident set"
 echo " of the service process; visits/write is the mean number of visits per Redis command or"

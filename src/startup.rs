@@ -24,9 +24,8 @@ const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 const REDIS_BATCHES_IN_FLIGHT: usize = 2;
 
 /// Batches under way at once against the embedded store, per worker thread (see
-/// `batch_options`). Its writer
-/// thread merges whatever batches wait into one commit, so more batches in flight means
-/// fewer visits waiting for a slot, not more fsyncs.
+/// `batch_options`). Its writer thread merges whatever batches wait into one commit, so
+/// more batches in flight means fewer visits waiting for a slot, not more fsyncs.
 const EMBEDDED_BATCHES_IN_FLIGHT: usize = 16;
 
 /// How often histogram samples are folded into buckets.
