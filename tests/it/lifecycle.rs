@@ -18,19 +18,26 @@ async fn batches_sent(service: &ServiceProcess) -> f64 {
         .await
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn sigterm_lets_an_in_flight_visit_finish_and_exits_0() {
-    let redis = RedisServer::start();
+/// The service on `redis`, with a 3 s store timeout and an 8 s request timeout, so that a
+/// visit held in a paused Redis is still waiting when the test signals it; then `extra`.
+async fn start_on(redis: &RedisServer, extra: &[&str]) -> ServiceProcess {
     let url = redis.url();
-    let mut service = ServiceProcess::start(&[
+    let mut args = vec![
         "--redis-url",
         &url,
         "--store-timeout",
         "3s",
         "--request-timeout",
         "8s",
-    ])
-    .await;
+    ];
+    args.extend_from_slice(extra);
+    ServiceProcess::start(&args).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_lets_an_in_flight_visit_finish_and_exits_0() {
+    let redis = RedisServer::start();
+    let mut service = start_on(&redis, &[]).await;
     // Hold writes in Redis so that the visit is still waiting for its answer (for less than
     // the write deadline, half the store timeout, after which Redis would refuse it).
     redis.query(&["CLIENT", "PAUSE", "800", "WRITE"]).unwrap();
@@ -56,18 +63,7 @@ async fn sigterm_lets_an_in_flight_visit_finish_and_exits_0() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_visit_still_running_at_the_shutdown_deadline_is_cut_off_and_not_counted() {
     let redis = RedisServer::start();
-    let url = redis.url();
-    let mut service = ServiceProcess::start(&[
-        "--redis-url",
-        &url,
-        "--store-timeout",
-        "3s",
-        "--request-timeout",
-        "8s",
-        "--shutdown-timeout",
-        "300ms",
-    ])
-    .await;
+    let mut service = start_on(&redis, &["--shutdown-timeout", "300ms"]).await;
     assert_eq!(service.client.visit().await, 1);
     // A heartbeat has measured Redis's clock, so writes now carry a deadline.
     wait_until("a heartbeat", Duration::from_secs(3), || async {
