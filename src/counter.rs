@@ -391,6 +391,50 @@ mod tests {
         );
     }
 
+    /// Counts the writes under way at once, and the most seen.
+    struct WatchedLog {
+        inner: Arc<FlakyLog>,
+        under_way: AtomicU64,
+        most: AtomicU64,
+    }
+
+    impl VisitLog for WatchedLog {
+        async fn add_visits(&self, count: u64) -> Result<u64, StoreError> {
+            let now = self.under_way.fetch_add(1, Ordering::SeqCst) + 1;
+            self.most.fetch_max(now, Ordering::SeqCst);
+            let result = self.inner.add_visits(count).await;
+            self.under_way.fetch_sub(1, Ordering::SeqCst);
+            result
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writes_overlap_up_to_the_limit_and_never_beyond() {
+        for limit in [1, 2, 4] {
+            let log = Arc::new(WatchedLog {
+                inner: FlakyLog::new(0, Duration::from_millis(2)),
+                under_way: AtomicU64::new(0),
+                most: AtomicU64::new(0),
+            });
+            let mut options = BatchOptions::new(Duration::from_secs(2));
+            options.max_in_flight = limit;
+            let (counter, task) = VisitCounter::start(log.clone(), options, CountGauge::default());
+
+            let (per_task, failed) = hammer(&counter, 64, 10).await;
+            drop(counter);
+            task.await.unwrap();
+
+            assert_eq!(failed, 0);
+            assert_eq!(per_task.iter().map(Vec::len).sum::<usize>(), 640);
+            assert_eq!(
+                log.most.load(Ordering::SeqCst),
+                limit as u64,
+                "writes under way at once with a limit of {limit}"
+            );
+            assert_eq!(log.under_way.load(Ordering::SeqCst), 0, "all writes ended");
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_visits_are_coalesced_into_fewer_writes() {
         let log = FlakyLog::new(0, Duration::from_millis(2));
