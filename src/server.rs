@@ -6,8 +6,8 @@
 //! visit counter and store connection, so a visit is parsed, queued, written and answered
 //! on one thread: nothing waits for another thread to wake it, and no connection's state
 //! moves between cores. (On a multi-threaded runtime the wake-ups and migrations between
-//! threads cost as much CPU as the rest of a visit; the README's Performance section has
-//! the measurements.)
+//! threads cost as much CPU as the rest of a visit; `bench/README.md` has the
+//! measurements.)
 //!
 //! Connections are served by hyper with a header read timeout (a client that never
 //! finishes its headers is cut off) and a bound on open connections. Graceful shutdown

@@ -34,8 +34,7 @@ const FILE_NAME: &str = "stackdemo.redb";
 /// How long the writer thread looks for the next request after a commit before it goes
 /// to sleep, while visits arrive together. Sleeping and being woken costs a trip through
 /// the scheduler that, under load, holds up the next commit for longer than this. With the
-/// spin, visits/s with this store under load rose by 2–14 % (the README's Performance
-/// section).
+/// spin, visits/s with this store under load rose by 2–14 % (`bench/README.md`).
 const SPIN_BEFORE_SLEEP: Duration = Duration::from_micros(100);
 
 pub struct EmbeddedStore {
