@@ -289,18 +289,30 @@ mod tests {
         (per_task, failed)
     }
 
+    /// `hammer` on a counter of its own over `log`, with at most `in_flight` writes under
+    /// way; returns once every visit is answered and the batching task has ended.
+    async fn hammer_to_the_end<L: VisitLog>(
+        log: Arc<L>,
+        in_flight: usize,
+        tasks: usize,
+        each: usize,
+    ) -> (Vec<Vec<u64>>, u64) {
+        let mut options = BatchOptions::new(Duration::from_secs(2));
+        options.max_in_flight = in_flight;
+        let (counter, task) = VisitCounter::start(log, options, CountGauge::default());
+        let result = hammer(&counter, tasks, each).await;
+        drop(counter);
+        task.await.unwrap();
+        result
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn under_concurrency_and_failures_numbers_are_distinct_contiguous_and_all_confirmed() {
         let cases = [(0, 0, 1), (3, 50, 1), (7, 200, 2), (2, 0, 2), (5, 100, 3)];
         for (fail_one_in, delay_us, in_flight) in cases {
             let log = FlakyLog::new(fail_one_in, Duration::from_micros(delay_us));
-            let mut options = BatchOptions::new(Duration::from_secs(2));
-            options.max_in_flight = in_flight;
-            let (counter, task) = VisitCounter::start(log.clone(), options, CountGauge::default());
 
-            let (per_task, failed) = hammer(&counter, 64, 50).await;
-            drop(counter);
-            task.await.unwrap();
+            let (per_task, failed) = hammer_to_the_end(log.clone(), in_flight, 64, 50).await;
 
             let mut all = BTreeSet::new();
             for seen in &per_task {
@@ -416,13 +428,8 @@ mod tests {
                 under_way: AtomicU64::new(0),
                 most: AtomicU64::new(0),
             });
-            let mut options = BatchOptions::new(Duration::from_secs(2));
-            options.max_in_flight = limit;
-            let (counter, task) = VisitCounter::start(log.clone(), options, CountGauge::default());
 
-            let (per_task, failed) = hammer(&counter, 64, 10).await;
-            drop(counter);
-            task.await.unwrap();
+            let (per_task, failed) = hammer_to_the_end(log.clone(), limit, 64, 10).await;
 
             assert_eq!(failed, 0);
             assert_eq!(per_task.iter().map(Vec::len).sum::<usize>(), 640);
