@@ -2,18 +2,20 @@
 //! client prefers HTML (a browser), which gets the page.
 
 use axum::{
+    body::{Body, HttpBody},
     extract::{Request, State},
     http::header,
     response::{IntoResponse, Response},
 };
+use http_body_util::LengthLimitError;
 
-use super::ApiError;
+use super::{ApiError, MAX_BODY_BYTES};
 use crate::{page, state::AppState};
 
 // Takes the request rather than a `HeaderMap`, which would copy every header.
 pub async fn visit(State(state): State<AppState>, request: Request) -> Result<Response, ApiError> {
     let html = page::prefers_html(request.headers().get(header::ACCEPT));
-    drop(request);
+    read_body(request.into_body()).await?;
     let number = state
         .counter
         .visit()
@@ -30,6 +32,33 @@ pub async fn visit(State(state): State<AppState>, request: Request) -> Result<Re
         )
             .into_response())
     }
+}
+
+/// Reads and drops the body of a visit, before it counts. No visit needs a body, but one
+/// over the limit must be refused with 413 and not counted, also when it comes in chunks:
+/// the body limit layer refuses a too long announced length on its own, a chunked body
+/// only when it is read.
+async fn read_body(body: Body) -> Result<(), ApiError> {
+    if body.is_end_stream() {
+        return Ok(());
+    }
+    match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
+        Ok(_) => Ok(()),
+        Err(error) if over_the_limit(&error) => Err(ApiError::PayloadTooLarge),
+        Err(_) => Err(ApiError::BadBody),
+    }
+}
+
+/// Whether a body error is the length limit, which may sit under layers of wrapping.
+fn over_the_limit(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(error) = cause {
+        if error.is::<LengthLimitError>() {
+            return true;
+        }
+        cause = error.source();
+    }
+    false
 }
 
 /// `HEAD /` answers like `GET /` would, but is not a visit: probes and link checkers

@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 
 use reqwest::{Method, StatusCode};
 
-use crate::helpers::{Backend, TestApp};
+use crate::helpers::{Backend, TestApp, client::raw_exchange};
 
 /// Generates one test per store for each listed scenario.
 macro_rules! for_each_backend {
@@ -28,6 +28,8 @@ for_each_backend!(
     wrong_methods_get_405_and_do_not_count,
     head_requests_do_not_count,
     oversized_bodies_get_413_and_do_not_count,
+    oversized_chunked_bodies_get_413_and_do_not_count,
+    broken_chunked_bodies_get_400_and_do_not_count,
     stats_report_visits_per_replica_without_counting,
     health_endpoints_answer,
     metrics_report_requests_and_the_count,
@@ -161,6 +163,48 @@ async fn oversized_bodies_get_413_and_do_not_count(backend: Backend) {
         .unwrap();
 
     assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(app.client.visit().await, 1);
+}
+
+/// A body sent in chunks has no announced length to refuse it by; it is read, up to the
+/// limit, before the visit counts.
+async fn oversized_chunked_bodies_get_413_and_do_not_count(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let announced = reqwest::Client::new()
+        .get(format!("{}/", app.client.base))
+        .body(vec![b'x'; 64 * 1024])
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let half = "x".repeat(9 * 1024);
+    let request = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n\
+         {len:x}\r\n{half}\r\n{len:x}\r\n{half}\r\n0\r\n\r\n",
+        len = half.len()
+    );
+
+    let (status, body) = raw_exchange(app.address, request.as_bytes()).await;
+
+    assert_eq!(status, 413);
+    assert_eq!(
+        body, announced,
+        "the same answer as for an announced length"
+    );
+    assert_eq!(app.client.visit().await, 1);
+}
+
+async fn broken_chunked_bodies_get_400_and_do_not_count(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let request = b"GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\
+                    Connection: close\r\n\r\nnot-a-size\r\nhello\r\n0\r\n\r\n";
+
+    let (status, body) = raw_exchange(app.address, request).await;
+
+    assert_eq!(status, 400);
+    assert_eq!(body, "Bad Request: unreadable body\n");
     assert_eq!(app.client.visit().await, 1);
 }
 

@@ -99,6 +99,40 @@ impl TestClient {
     }
 }
 
+/// Sends `request` as it is on a new connection and reads until the service closes it (so
+/// the request should say `Connection: close`). Returns the status code and the body. For
+/// requests no HTTP client would send; the service may answer before it has read them
+/// whole, so a failed write is not an error here.
+pub async fn raw_exchange(address: SocketAddr, request: &[u8]) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let mut stream = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("the service accepts a connection");
+    let _ = stream.write_all(request).await;
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut buffer = [0u8; 4096];
+        // A reset after the answer (the service closed with part of the request unread)
+        // ends the read like a close does.
+        while let Ok(n @ 1..) = stream.read(&mut buffer).await {
+            answer.extend_from_slice(&buffer[..n]);
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "the service did not close the connection");
+    let answer = String::from_utf8_lossy(&answer);
+    let (head, body) = answer
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no complete answer: {answer:?}"));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("no status line: {head:?}"));
+    (status, body.to_owned())
+}
+
 pub fn parse_count(body: &str) -> Option<u64> {
     stackdemo::verify::parse_count(body)
 }
