@@ -10,7 +10,8 @@
 //! measurements.)
 //!
 //! Connections are served by hyper with a header read timeout (a client that never
-//! finishes its headers is cut off) and a bound on open connections. Graceful shutdown
+//! finishes its headers is cut off), a bound on the size of a request's headers and a
+//! bound on open connections. Graceful shutdown
 //! closes idle keep-alive connections and lets in-flight requests finish before a deadline;
 //! then the workers close what is left and wind down their own background work.
 
@@ -44,6 +45,11 @@ use tokio::{
 };
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
+
+/// Request line and headers of one request, at most; a larger head is answered 431 and the
+/// connection closed. It bounds the memory a connection can hold (hyper's own default is
+/// about 400 KiB) and is HTTP/2's default bound on a header list.
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
 
 #[derive(Debug, Clone, Copy)]
 pub struct ServeOptions {
@@ -234,8 +240,12 @@ fn run_worker(
             .http1()
             .timer(TokioTimer::new())
             .header_read_timeout(options.header_read_timeout)
+            .max_buf_size(MAX_HEADER_BYTES)
             .keep_alive(true);
-        builder.http2().timer(TokioTimer::new());
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(MAX_HEADER_BYTES as u32);
 
         let mut connections = JoinSet::new();
         loop {

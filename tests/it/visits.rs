@@ -30,6 +30,7 @@ for_each_backend!(
     oversized_bodies_get_413_and_do_not_count,
     oversized_chunked_bodies_get_413_and_do_not_count,
     broken_chunked_bodies_get_400_and_do_not_count,
+    oversized_headers_get_431_and_do_not_count,
     stats_report_visits_per_replica_without_counting,
     health_endpoints_answer,
     metrics_report_requests_and_the_count,
@@ -206,6 +207,27 @@ async fn broken_chunked_bodies_get_400_and_do_not_count(backend: Backend) {
     assert_eq!(status, 400);
     assert_eq!(body, "Bad Request: unreadable body\n");
     assert_eq!(app.client.visit().await, 1);
+}
+
+/// Headers of up to 16 KiB are served (big cookies happen); more are refused, so that a
+/// connection cannot hold hundreds of kilobytes of them.
+async fn oversized_headers_get_431_and_do_not_count(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let request = |header_bytes: usize| {
+        format!(
+            "GET / HTTP/1.1\r\nHost: x\r\nCookie: {}\r\nConnection: close\r\n\r\n",
+            "c".repeat(header_bytes)
+        )
+    };
+
+    let (status, body) = raw_exchange(app.address, request(12 * 1024).as_bytes()).await;
+    assert_eq!(status, 200);
+    assert_eq!(body, "Hello World! I have been seen 1 times.\n");
+
+    let (status, _) = raw_exchange(app.address, request(17 * 1024).as_bytes()).await;
+    assert_eq!(status, 431);
+
+    assert_eq!(app.client.visit().await, 2);
 }
 
 async fn stats_report_visits_per_replica_without_counting(backend: Backend) {
