@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Throughput benchmark: `GET /` (counts a visit) against `GET /healthz` (touches no store)
 # of the same release binary, with Redis and with the embedded store, measured side by
-# side with wrk on loopback. Prints requests/s, the ratio, p99 latency and peak RSS.
+# side with wrk on loopback. Prints requests/s, the ratio, p99 latency, peak RSS, and what a
+# request costs the whole machine in CPU time.
 #
 #   bench/run.sh                      # 10 rounds of 2 s per path, 64 connections, 2 threads
 #   ROUNDS=20 DURATION=3s bench/run.sh
@@ -40,17 +41,30 @@ startup_ms() {
 
 start_redis
 
-# Runs wrk on a path; prints "requests_per_s p99_ms".
+# Runs wrk on a path; prints "requests_per_s p99_ms cpu_us_per_request idle_percent". The
+# last two come from /proc/stat over the run, for the whole machine: the CPU time one
+# request cost the service, wrk and Redis together, and the share of the time the CPUs had
+# nothing to run (idle or waiting for the disk). Steal time, taken by the host, counts as
+# neither.
 measure() {
-  local out
+  local before after out
+  before=$(head -1 /proc/stat)
   out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "http://127.0.0.1:$1$2")
-  local rps p99
+  after=$(head -1 /proc/stat)
+  local rps p99 requests
   rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
+  requests=$(awk '/ requests in / {print $1}' <<<"$out")
   p99=$(awk '$1=="99%" {v=$2; if (v ~ /us$/) {sub(/us$/,"",v); v=v/1000} else if (v ~ /ms$/) {sub(/ms$/,"",v)} else if (v ~ /s$/) {sub(/s$/,"",v); v=v*1000}; print v}' <<<"$out")
   local errors
   errors=$(awk '/Non-2xx|Socket errors/ {print}' <<<"$out")
   [ -z "$errors" ] || echo "  wrk reported: $errors" >&2
-  echo "$rps $p99"
+  local cpu
+  # Fields after "cpu": user nice system idle iowait irq softirq steal, in clock ticks.
+  cpu=$(awk -v a="$before" -v b="$after" -v n="$requests" -v hz="$(getconf CLK_TCK)" 'BEGIN {
+    split(a, x); split(b, y); for (i = 2; i <= 9; i++) d[i] = y[i] - x[i]
+    busy = d[2] + d[3] + d[4] + d[7] + d[8]; idle = d[5] + d[6]
+    printf "%.1f %.1f", busy * 1e6 / hz / n, 100 * idle / (busy + idle) }')
+  echo "$rps $p99 $cpu"
 }
 
 median() { printf '%s\n' "$@" | sort -g | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
@@ -64,30 +78,39 @@ run_store() {
   wait_ready "$port"
   wrk -t"$THREADS" -c"$CONNECTIONS" -d2s "http://127.0.0.1:$port/" >/dev/null   # warm-up
   local writes_before; writes_before=$(store_writes "$port" "$name")
-  local noop=() visit=() noop_p=() visit_p=() ratios=() rps p99 base
+  local noop=() visit=() noop_p=() visit_p=() ratios=() rps p99 cpu idle base
+  local noop_cpu=() visit_cpu=() visit_idle=()
   for _ in $(seq 1 "$ROUNDS"); do
-    read -r rps p99 < <(measure "$port" /healthz); noop+=("$rps"); noop_p+=("$p99"); base=$rps
-    read -r rps p99 < <(measure "$port" /); visit+=("$rps"); visit_p+=("$p99")
+    read -r rps p99 cpu idle < <(measure "$port" /healthz)
+    noop+=("$rps"); noop_p+=("$p99"); noop_cpu+=("$cpu"); base=$rps
+    read -r rps p99 cpu idle < <(measure "$port" /)
+    visit+=("$rps"); visit_p+=("$p99"); visit_cpu+=("$cpu"); visit_idle+=("$idle")
     ratios+=("$(awk -v a="$base" -v b="$rps" 'BEGIN { printf "%.4f", b / a }')")
   done
   local noop_rps visit_rps noop_p99 visit_p99 ratio spread
   noop_rps=$(median "${noop[@]}"); visit_rps=$(median "${visit[@]}")
   noop_p99=$(median "${noop_p[@]}"); visit_p99=$(median "${visit_p[@]}")
   ratio=$(median "${ratios[@]}")
+  local noop_us visit_us idle_pct
+  noop_us=$(median "${noop_cpu[@]}"); visit_us=$(median "${visit_cpu[@]}")
+  idle_pct=$(median "${visit_idle[@]}")
   spread=$(printf '%s\n' "${ratios[@]}" | sort -g | awk 'NR==1 {lo=$1} {hi=$1} END {printf "%.2f-%.2f", lo, hi}')
   local rss_kb; rss_kb=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status")
   # Visits per store write during the rounds, from the service's own histograms.
   local per_write; per_write=$(visits_per_write "$writes_before" "$(store_writes "$port" "$name")")
   kill "$pid"; wait "$pid" 2>/dev/null || true
   awk -v n="$name" -v a="$noop_rps" -v b="$visit_rps" -v q="$ratio" -v s="$spread" -v pa="$noop_p99" -v pb="$visit_p99" -v r="$rss_kb" -v w="$per_write" \
-    'BEGIN { printf "%-9s %12.0f %12.0f %7.2f %11s %12.2f %12.2f %9.1f %12s\n", n, a, b, q, s, pa, pb, r/1024, w }'
+    -v ca="$noop_us" -v cb="$visit_us" -v i="$idle_pct" \
+    'BEGIN { printf "%-9s %12.0f %12.0f %7.2f %11s %12.2f %12.2f %9.1f %12s %11.1f %11.1f %7.0f\n", n, a, b, q, s, pa, pb, r/1024, w, ca, cb, i }'
 }
 
 echo "wrk -t$THREADS -c$CONNECTIONS, $ROUNDS rounds of $DURATION per path, medians; on $(nproc) cores ($(uname -m)), $(date -u +%Y-%m-%d)"
-printf "%-9s %12s %12s %7s %11s %12s %12s %9s %12s\n" store "healthz/s" "visit/s" ratio "lowest-high" "healthz p99" "visit p99" "RSS MB" "visits/write"
+printf "%-9s %12s %12s %7s %11s %12s %12s %9s %12s %11s %11s %7s\n" store "healthz/s" "visit/s" ratio "lowest-high" "healthz p99" "visit p99" "RSS MB" "visits/write" "healthz CPU" "visit CPU" "idle %"
 run_stores
 echo "(requests/s and p99 (ms) are medians over the rounds; ratio is the median of the rounds'"
 echo " visit/healthz ratios, followed by the lowest and highest; RSS is the peak resident set"
 echo " of the service process; visits/write is the mean number of visits per Redis command or"
-echo " per embedded-store transaction)"
+echo " per embedded-store transaction; healthz CPU and visit CPU are the CPU time (µs) of the"
+echo " whole machine per request, service, wrk and Redis together; idle % is the share of the"
+echo " time the CPUs had nothing to run during the visit rounds)"
 echo "start to ready, embedded store: $(startup_ms) ms, $(startup_ms) ms, $(startup_ms) ms"
