@@ -11,9 +11,9 @@
 //!
 //! Connections are served by hyper with a header read timeout (a client that never
 //! finishes its headers is cut off), a bound on the size of a request's headers and a
-//! bound on open connections. Graceful shutdown
-//! closes idle keep-alive connections and lets in-flight requests finish before a deadline;
-//! then the workers close what is left and wind down their own background work.
+//! bound on open connections. Graceful shutdown closes idle keep-alive connections and
+//! lets in-flight requests finish before a deadline; then the workers close what is left
+//! and wind down their own background work.
 
 use std::{
     future::Future,
@@ -49,7 +49,7 @@ use tower::ServiceExt;
 /// Request line and headers of one request, at most; a larger head is answered 431 and the
 /// connection closed. It bounds the memory a connection can hold (hyper's own default is
 /// about 400 KiB) and is HTTP/2's default bound on a header list.
-pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+const MAX_HEADER_BYTES: usize = 16 * 1024;
 
 #[derive(Debug, Clone, Copy)]
 pub struct ServeOptions {
