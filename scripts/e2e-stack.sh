@@ -82,7 +82,7 @@ size=$($DOCKER image inspect stackdemo:v1 --format '{{.Size}}')
 [ "$size" -le $((30 * 1024 * 1024)) ] || fail "image is $size bytes, over 30 MB"
 user=$($DOCKER image inspect stackdemo:v1 --format '{{.Config.User}}')
 [ "$user" = "10001:10001" ] || fail "image runs as '$user', not the non-root 10001"
-note "image size $((size / 1024 / 1024)) MB ($size bytes), user $user"
+note "image size $(awk -v b="$size" 'BEGIN { printf "%.1f", b / 1e6 }') MB ($size bytes), user $user"
 
 # The image's static binary runs on the host too: it is the verify client.
 VERIFY=$WORK/stackdemo
