@@ -12,18 +12,22 @@
 use std::{
     sync::{
         Arc,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicI64, Ordering},
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use metrics::{counter, gauge, histogram};
 use tokio::{
     sync::{Semaphore, mpsc, oneshot},
     task::JoinHandle,
+    time::Instant,
 };
 
-use crate::store::{StoreError, VisitLog};
+use crate::{
+    deadlines::Deadlines,
+    store::{StoreError, VisitLog},
+};
 
 /// Why a visit was not counted.
 #[derive(Debug, Clone)]
@@ -32,7 +36,7 @@ pub enum VisitError {
     Store(StoreError),
     /// Too many visits are already waiting; this one was turned away.
     Overloaded,
-    /// The visit waited longer than the store timeout before its batch could start.
+    /// The visit waited longer than the queue wait before its batch could start.
     Expired,
     /// The service is shutting down.
     Closed,
@@ -60,36 +64,57 @@ pub struct BatchOptions {
     /// Store writes under way at once. More than one lets a batch start while the previous
     /// one is still on the wire, which halves the wait of a visit behind it.
     pub max_in_flight: usize,
-    /// Bound on one store write, and on how long a visit may wait for its batch to start.
-    pub timeout: Duration,
+    /// How long a visit may wait for its batch's write to start.
+    pub queue_wait: Duration,
+    /// Bound on one store write.
+    pub write: Duration,
 }
 
 impl BatchOptions {
-    pub fn new(timeout: Duration) -> Self {
+    pub fn new(deadlines: &Deadlines) -> Self {
         Self {
             max_batch: 4096,
             max_queue: 16_384,
             max_in_flight: 1,
-            timeout,
+            queue_wait: deadlines.queue_wait(),
+            write: deadlines.store,
         }
     }
 }
 
 struct Visit {
     arrived: Instant,
-    reply: oneshot::Sender<Result<u64, VisitError>>,
+    reply: oneshot::Sender<Result<i64, VisitError>>,
 }
 
-/// The highest total any batch has confirmed, published as the `stackdemo_count` gauge.
-/// One is shared by the counters of all runtime threads: their writes finish in any order,
-/// and the gauge only moves forward.
-#[derive(Clone, Default)]
-pub struct CountGauge(Arc<AtomicU64>);
+/// The total as last seen, published as the `stackdemo_count` gauge. One is shared by
+/// the counters of all worker threads: their writes finish in any order, so between
+/// readings of the store (`reset`, every heartbeat) the gauge only moves forward.
+#[derive(Clone)]
+pub struct CountGauge(Arc<AtomicI64>);
+
+impl Default for CountGauge {
+    fn default() -> Self {
+        Self(Arc::new(AtomicI64::new(i64::MIN)))
+    }
+}
 
 impl CountGauge {
-    fn observe(&self, total: u64) {
+    fn observe(&self, total: i64) {
         let highest = self.0.fetch_max(total, Ordering::Relaxed).max(total);
         gauge!("stackdemo_count").set(highest as f64);
+    }
+
+    /// Sets the total as the store holds it now, also when it went down (the key was
+    /// reset).
+    pub fn reset(&self, total: i64) {
+        self.0.store(total, Ordering::Relaxed);
+        gauge!("stackdemo_count").set(total as f64);
+    }
+
+    /// The total last published, if any.
+    pub fn get(&self) -> Option<i64> {
+        Some(self.0.load(Ordering::Relaxed)).filter(|&total| total != i64::MIN)
     }
 }
 
@@ -101,7 +126,7 @@ pub struct VisitCounter {
 }
 
 impl VisitCounter {
-    /// Starts the batching task on the current Tokio runtime. Each runtime thread has its
+    /// Starts the batching task on the current Tokio runtime. Each worker thread has its
     /// own counter, so that a visit is queued, written and answered on one thread; their
     /// numbers do not collide because the store hands out each batch's range atomically.
     pub fn start<L: VisitLog>(
@@ -115,7 +140,7 @@ impl VisitCounter {
     }
 
     /// Counts one visit and returns its number once the store has confirmed it.
-    pub async fn visit(&self) -> Result<u64, VisitError> {
+    pub async fn visit(&self) -> Result<i64, VisitError> {
         let (reply, answer) = oneshot::channel();
         let visit = Visit {
             arrived: Instant::now(),
@@ -148,7 +173,7 @@ async fn run<L: VisitLog>(
         let log = log.clone();
         let gauge = gauge.clone();
         tokio::spawn(async move {
-            commit(&*log, &mut batch, options.timeout, &gauge).await;
+            commit(&*log, &mut batch, &options, &gauge).await;
             drop(slot);
         });
     }
@@ -161,15 +186,16 @@ async fn run<L: VisitLog>(
 async fn commit<L: VisitLog>(
     log: &L,
     batch: &mut Vec<Visit>,
-    timeout: Duration,
+    options: &BatchOptions,
     gauge: &CountGauge,
 ) {
     // A client that hung up is not counted; one that waited too long is told so and not
     // counted either, so the answer stays within a bound even behind a slow batch.
     batch.retain(|visit| !visit.reply.is_closed());
+    let started = Instant::now();
     let (fresh, stale): (Vec<Visit>, Vec<Visit>) = batch
         .drain(..)
-        .partition(|visit| visit.arrived.elapsed() < timeout);
+        .partition(|visit| started.duration_since(visit.arrived) < options.queue_wait);
     for visit in stale {
         let _ = visit.reply.send(Err(VisitError::Expired));
     }
@@ -178,32 +204,37 @@ async fn commit<L: VisitLog>(
     }
     let count = fresh.len() as u64;
     histogram!("stackdemo_visit_batch_size").record(count as f64);
-    let started = Instant::now();
-    let result = match tokio::time::timeout(timeout, log.add_visits(count)).await {
-        Ok(result) => result,
-        Err(_) => Err(StoreError::timeout()),
-    };
+    let result = log.add_visits(count, started + options.write).await;
     histogram!("stackdemo_store_write_seconds").record(started.elapsed().as_secs_f64());
     match result {
         Ok(total) => {
             counter!("stackdemo_visits_total").increment(count);
             gauge.observe(total);
-            let first = total + 1 - count;
+            let first = total - (count as i64 - 1);
+            let mut undelivered = 0;
             for (number, visit) in (first..=total).zip(fresh) {
-                let _ = visit.reply.send(Ok(number));
+                if visit.reply.send(Ok(number)).is_err() {
+                    undelivered += 1;
+                }
+            }
+            // Counted, but the request that asked was gone before its answer (the client
+            // left, or shutdown cut the connection): counted without a 200.
+            if undelivered > 0 {
+                counter!("stackdemo_visits_in_doubt_total").increment(undelivered);
             }
         }
         Err(error) => {
-            // The store did not confirm: the visits are not acknowledged. A timed-out or
-            // broken write may still have reached the store; that cannot be told apart here,
-            // so it is logged and counted as in doubt.
-            counter!("stackdemo_store_errors_total", "reason" => error.reason()).increment(1);
+            // The store did not confirm: the visits are not acknowledged. A write whose
+            // answer was lost may have been applied anyway; the store says so, and those
+            // visits are counted as in doubt.
+            counter!("stackdemo_store_errors_total", "reason" => error.code()).increment(1);
             if error.in_doubt() {
                 counter!("stackdemo_visits_in_doubt_total").increment(count);
             }
             tracing::warn!(
                 visits = count,
-                reason = error.reason(),
+                reason = error.code(),
+                in_doubt = error.in_doubt(),
                 cause = error.detail(),
                 "store write failed"
             );
@@ -216,21 +247,21 @@ async fn commit<L: VisitLog>(
 
 #[cfg(test)]
 mod tests {
-    use std::{
-        collections::BTreeSet,
-        sync::{
-            Mutex,
-            atomic::{AtomicU64, Ordering},
-        },
+    use std::sync::{
+        Mutex,
+        atomic::{AtomicU64, Ordering},
     };
 
     use super::*;
-    use crate::store::StoreErrorKind;
+    use crate::{
+        store::StoreErrorKind,
+        verify::{Outcome, Report, Sample},
+    };
 
     /// An in-memory log that fails some writes (deterministically pseudo-random) and takes
     /// a little time per write, so that batches form.
     struct FlakyLog {
-        total: Mutex<u64>,
+        total: Mutex<i64>,
         calls: AtomicU64,
         fail_one_in: u64,
         delay: Duration,
@@ -238,17 +269,25 @@ mod tests {
 
     impl FlakyLog {
         fn new(fail_one_in: u64, delay: Duration) -> Arc<Self> {
+            Self::starting_at(0, fail_one_in, delay)
+        }
+
+        fn starting_at(total: i64, fail_one_in: u64, delay: Duration) -> Arc<Self> {
             Arc::new(Self {
-                total: Mutex::new(0),
+                total: Mutex::new(total),
                 calls: AtomicU64::new(0),
                 fail_one_in,
                 delay,
             })
         }
+
+        fn total(&self) -> i64 {
+            *self.total.lock().unwrap()
+        }
     }
 
     impl VisitLog for FlakyLog {
-        async fn add_visits(&self, count: u64) -> Result<u64, StoreError> {
+        async fn add_visits(&self, count: u64, _answer_by: Instant) -> Result<i64, StoreError> {
             let call = self.calls.fetch_add(1, Ordering::Relaxed);
             tokio::time::sleep(self.delay).await;
             // xorshift of the call number: failures spread without a pattern in time.
@@ -260,33 +299,52 @@ mod tests {
                 return Err(StoreError::new(StoreErrorKind::Unreachable, "injected"));
             }
             let mut total = self.total.lock().unwrap();
-            *total += count;
+            *total += count as i64;
             Ok(*total)
         }
     }
 
-    async fn hammer(counter: &VisitCounter, tasks: usize, each: usize) -> (Vec<Vec<u64>>, u64) {
+    fn options(timeout: Duration, in_flight: usize) -> BatchOptions {
+        BatchOptions {
+            max_batch: 4096,
+            max_queue: 16_384,
+            max_in_flight: in_flight,
+            queue_wait: timeout,
+            write: timeout,
+        }
+    }
+
+    /// `tasks` clients each sending `each` visits one after another; every answer, in the
+    /// order each client got it.
+    async fn hammer(counter: &VisitCounter, tasks: u64, each: usize) -> Vec<Sample> {
         let mut handles = Vec::new();
-        for _ in 0..tasks {
+        for client in 0..tasks {
             let counter = counter.clone();
             handles.push(tokio::spawn(async move {
-                let (mut ok, mut failed) = (Vec::new(), 0u64);
+                let mut samples = Vec::new();
                 for _ in 0..each {
-                    match counter.visit().await {
-                        Ok(n) => ok.push(n),
-                        Err(_) => failed += 1,
-                    }
+                    let outcome = match counter.visit().await {
+                        Ok(count) => Outcome::Counted {
+                            count,
+                            replica: None,
+                            version: None,
+                        },
+                        Err(error) => Outcome::Failed(error.reason().into()),
+                    };
+                    samples.push(Sample {
+                        client,
+                        latency: Duration::ZERO,
+                        outcome,
+                    });
                 }
-                (ok, failed)
+                samples
             }));
         }
-        let (mut per_task, mut failed) = (Vec::new(), 0);
+        let mut samples = Vec::new();
         for handle in handles {
-            let (ok, f) = handle.await.unwrap();
-            per_task.push(ok);
-            failed += f;
+            samples.extend(handle.await.unwrap());
         }
-        (per_task, failed)
+        samples
     }
 
     /// `hammer` on a counter of its own over `log`, with at most `in_flight` writes under
@@ -294,16 +352,39 @@ mod tests {
     async fn hammer_to_the_end<L: VisitLog>(
         log: Arc<L>,
         in_flight: usize,
-        tasks: usize,
+        tasks: u64,
         each: usize,
-    ) -> (Vec<Vec<u64>>, u64) {
-        let mut options = BatchOptions::new(Duration::from_secs(2));
-        options.max_in_flight = in_flight;
-        let (counter, task) = VisitCounter::start(log, options, CountGauge::default());
-        let result = hammer(&counter, tasks, each).await;
+    ) -> Report {
+        let (counter, task) = VisitCounter::start(
+            log,
+            options(Duration::from_secs(2), in_flight),
+            CountGauge::default(),
+        );
+        let samples = hammer(&counter, tasks, each).await;
         drop(counter);
         task.await.unwrap();
-        result
+        Report::from_samples(samples, Duration::from_secs(1))
+    }
+
+    /// The counter's promise, for a log that started at `start` and ended at `total`:
+    /// numbers distinct and increasing per client, and every visit the log counted was
+    /// acknowledged with exactly the numbers `start+1 ..= total`.
+    fn assert_kept_its_promise(report: &Report, start: i64, total: i64) {
+        assert_eq!(report.duplicate_counts, 0, "a number was handed out twice");
+        assert_eq!(report.out_of_order, 0, "a client's numbers went down");
+        assert_eq!(
+            report.succeeded as i64,
+            total - start,
+            "every confirmed visit was handed out, nothing else"
+        );
+        if report.succeeded > 0 {
+            assert_eq!(
+                report.lowest_count,
+                Some(start + 1),
+                "numbers are contiguous"
+            );
+            assert_eq!(report.highest_count, Some(total), "numbers are contiguous");
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -312,33 +393,27 @@ mod tests {
         for (fail_one_in, delay_us, in_flight) in cases {
             let log = FlakyLog::new(fail_one_in, Duration::from_micros(delay_us));
 
-            let (per_task, failed) = hammer_to_the_end(log.clone(), in_flight, 64, 50).await;
+            let report = hammer_to_the_end(log.clone(), in_flight, 64, 50).await;
 
-            let mut all = BTreeSet::new();
-            for seen in &per_task {
-                assert!(
-                    seen.windows(2).all(|w| w[0] < w[1]),
-                    "a client's numbers went down"
-                );
-                for n in seen {
-                    assert!(all.insert(*n), "number {n} handed out twice");
-                }
-            }
-            let total = *log.total.lock().unwrap();
-            assert_eq!(
-                all.len() as u64,
-                total,
-                "every confirmed visit was handed out, nothing else"
-            );
-            assert_eq!(all, (1..=total).collect(), "numbers are contiguous");
-            assert_eq!(
-                total + failed,
-                64 * 50,
-                "each visit either counted or refused"
-            );
+            assert_kept_its_promise(&report, 0, log.total());
+            assert_eq!(report.requests, 64 * 50, "each visit counted or refused");
             if fail_one_in > 0 {
-                assert!(failed > 0, "failures were injected");
+                assert!(report.failed > 0, "failures were injected");
             }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn numbers_are_the_stores_own_also_near_the_limits_of_a_64_bit_total() {
+        // Redis totals are signed 64-bit numbers: a key reset below zero counts up
+        // through it, and a total past 2^53 is not rounded.
+        for start in [-25, (1 << 53) - 10, i64::MAX - 10_000] {
+            let log = FlakyLog::starting_at(start, 0, Duration::from_micros(50));
+
+            let report = hammer_to_the_end(log.clone(), 2, 16, 20).await;
+
+            assert_kept_its_promise(&report, start, log.total());
+            assert_eq!(report.succeeded, 320);
         }
     }
 
@@ -346,11 +421,11 @@ mod tests {
     fn counters_on_separate_runtime_threads_sharing_one_log_never_collide() {
         // As the server runs them: one counter per worker thread, each on a single-threaded
         // runtime of its own, all writing to one store.
-        const THREADS: usize = 3;
+        const THREADS: u64 = 3;
         let log = FlakyLog::new(4, Duration::from_micros(100));
         let gauge = CountGauge::default();
         let workers: Vec<_> = (0..THREADS)
-            .map(|_| {
+            .map(|thread| {
                 let (log, gauge) = (log.clone(), gauge.clone());
                 std::thread::spawn(move || {
                     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -358,47 +433,33 @@ mod tests {
                         .build()
                         .unwrap();
                     runtime.block_on(async move {
-                        let mut options = BatchOptions::new(Duration::from_secs(2));
-                        options.max_in_flight = 2;
-                        let (counter, task) = VisitCounter::start(log, options, gauge);
-                        let result = hammer(&counter, 32, 40).await;
+                        let (counter, task) =
+                            VisitCounter::start(log, options(Duration::from_secs(2), 2), gauge);
+                        let mut samples = hammer(&counter, 32, 40).await;
                         drop(counter);
                         task.await.unwrap();
-                        result
+                        // Clients of different threads are different clients.
+                        for sample in &mut samples {
+                            sample.client += thread * 1000;
+                        }
+                        samples
                     })
                 })
             })
             .collect();
 
-        let (mut all, mut failed) = (BTreeSet::new(), 0);
-        for worker in workers {
-            let (per_task, f) = worker.join().unwrap();
-            failed += f;
-            for seen in per_task {
-                assert!(
-                    seen.windows(2).all(|w| w[0] < w[1]),
-                    "a client's numbers went down"
-                );
-                for n in seen {
-                    assert!(all.insert(n), "number {n} handed out twice");
-                }
-            }
-        }
-        let total = *log.total.lock().unwrap();
-        assert!(failed > 0, "failures were injected");
+        let samples: Vec<Sample> = workers
+            .into_iter()
+            .flat_map(|worker| worker.join().unwrap())
+            .collect();
+        let report = Report::from_samples(samples, Duration::from_secs(1));
+
+        assert!(report.failed > 0, "failures were injected");
+        assert_kept_its_promise(&report, 0, log.total());
+        assert_eq!(report.requests, THREADS * 32 * 40);
         assert_eq!(
-            all,
-            (1..=total).collect(),
-            "numbers are contiguous and all confirmed"
-        );
-        assert_eq!(
-            total + failed,
-            (THREADS * 32 * 40) as u64,
-            "each visit counted or refused"
-        );
-        assert_eq!(
-            gauge.0.load(Ordering::Relaxed),
-            total,
+            gauge.get(),
+            Some(log.total()),
             "the gauge shows the highest total"
         );
     }
@@ -411,10 +472,10 @@ mod tests {
     }
 
     impl VisitLog for WatchedLog {
-        async fn add_visits(&self, count: u64) -> Result<u64, StoreError> {
+        async fn add_visits(&self, count: u64, answer_by: Instant) -> Result<i64, StoreError> {
             let now = self.under_way.fetch_add(1, Ordering::SeqCst) + 1;
             self.most.fetch_max(now, Ordering::SeqCst);
-            let result = self.inner.add_visits(count).await;
+            let result = self.inner.add_visits(count, answer_by).await;
             self.under_way.fetch_sub(1, Ordering::SeqCst);
             result
         }
@@ -429,10 +490,10 @@ mod tests {
                 most: AtomicU64::new(0),
             });
 
-            let (per_task, failed) = hammer_to_the_end(log.clone(), limit, 64, 10).await;
+            let report = hammer_to_the_end(log.clone(), limit, 64, 10).await;
 
-            assert_eq!(failed, 0);
-            assert_eq!(per_task.iter().map(Vec::len).sum::<usize>(), 640);
+            assert_eq!(report.failed, 0);
+            assert_eq!(report.succeeded, 640);
             assert_eq!(
                 log.most.load(Ordering::SeqCst),
                 limit as u64,
@@ -447,31 +508,33 @@ mod tests {
         let log = FlakyLog::new(0, Duration::from_millis(2));
         let (counter, _task) = VisitCounter::start(
             log.clone(),
-            BatchOptions::new(Duration::from_secs(2)),
+            options(Duration::from_secs(2), 1),
             CountGauge::default(),
         );
 
         hammer(&counter, 100, 10).await;
 
         let writes = log.calls.load(Ordering::Relaxed);
-        assert_eq!(*log.total.lock().unwrap(), 1000);
+        assert_eq!(log.total(), 1000);
         assert!(writes < 200, "1000 visits took {writes} writes");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn visits_stuck_behind_a_slow_store_are_refused_and_not_counted() {
+        // Writes take longer than the queue wait: visits behind the first write expire
+        // before theirs can start, and are not sent.
         let log = FlakyLog::new(0, Duration::from_millis(300));
         let (counter, _task) = VisitCounter::start(
             log.clone(),
-            BatchOptions::new(Duration::from_millis(100)),
+            options(Duration::from_millis(100), 1),
             CountGauge::default(),
         );
 
-        let (per_task, failed) = hammer(&counter, 8, 3).await;
+        let report = Report::from_samples(hammer(&counter, 8, 3).await, Duration::from_secs(1));
 
-        let acknowledged: usize = per_task.iter().map(Vec::len).sum();
-        assert_eq!(acknowledged, 0, "no write finished within the timeout");
-        assert_eq!(failed, 24);
+        assert_eq!(report.failed + report.succeeded, 24);
+        assert!(report.failed > 0, "visits expired behind the slow write");
+        assert_kept_its_promise(&report, 0, log.total());
     }
 
     #[tokio::test]
@@ -480,8 +543,7 @@ mod tests {
         let options = BatchOptions {
             max_batch: 1,
             max_queue: 1,
-            max_in_flight: 1,
-            timeout: Duration::from_secs(1),
+            ..options(Duration::from_secs(1), 1)
         };
         let (counter, _task) = VisitCounter::start(log.clone(), options, CountGauge::default());
 
@@ -500,11 +562,23 @@ mod tests {
         }
 
         assert!(overloaded > 0, "visits beyond the queue bound are refused");
-        assert_eq!(
-            counted,
-            *log.total.lock().unwrap(),
-            "refused visits were not counted"
-        );
+        assert_eq!(counted, log.total(), "refused visits were not counted");
         assert_eq!(counted + overloaded, 8);
+    }
+
+    #[test]
+    fn the_gauge_follows_the_store_down_when_the_total_is_reset() {
+        let gauge = CountGauge::default();
+        gauge.observe(40);
+        gauge.observe(30);
+        assert_eq!(
+            gauge.get(),
+            Some(40),
+            "writes finishing out of order do not lower it"
+        );
+
+        gauge.reset(0);
+
+        assert_eq!(gauge.get(), Some(0));
     }
 }

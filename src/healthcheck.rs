@@ -1,12 +1,31 @@
 //! `stackdemo healthcheck`: the container HEALTHCHECK for images without curl.
+//!
+//! Healthy means: the service answers `/readyz` in time, and it is ready, or it has been
+//! ready before and only its store is out of reach now. Swarm restarts unhealthy tasks;
+//! restarting every replica because Redis is gone would not bring Redis back and would
+//! make the return slower, so a store outage leaves a replica healthy but not ready (the
+//! edge routes around it). A replica that has never been ready is unhealthy, so a rolling
+//! update to a version that cannot count rolls back.
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     time::Duration,
 };
 
-/// How long the check may take in all.
-pub const TIMEOUT: Duration = Duration::from_secs(2);
+use clap::Args;
+
+use crate::config::parse_duration;
+
+#[derive(Debug, Clone, Args)]
+pub struct HealthcheckArgs {
+    /// The service's listen address (0.0.0.0 is probed on 127.0.0.1).
+    #[arg(long, env = "STACKDEMO_LISTEN", default_value = "0.0.0.0:8000")]
+    pub listen: SocketAddr,
+
+    /// How long the check may take in all.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub timeout: Duration,
+}
 
 /// The address to probe: a wildcard listen address is reached on loopback.
 pub fn probe_address(listen: SocketAddr) -> SocketAddr {
@@ -18,11 +37,11 @@ pub fn probe_address(listen: SocketAddr) -> SocketAddr {
     SocketAddr::new(ip, listen.port())
 }
 
-/// GETs `/readyz`; true on 200 within the timeout.
-pub async fn check(listen: SocketAddr) -> Result<(), String> {
-    let url = format!("http://{}/readyz", probe_address(listen));
+/// GETs `/readyz`. `Ok` with a note when healthy, `Err` with the reason when not.
+pub async fn check(args: &HealthcheckArgs) -> Result<&'static str, String> {
+    let url = format!("http://{}/readyz", probe_address(args.listen));
     let client = reqwest::Client::builder()
-        .timeout(TIMEOUT)
+        .timeout(args.timeout)
         .no_proxy()
         .build()
         .map_err(|e| e.to_string())?;
@@ -33,9 +52,13 @@ pub async fn check(listen: SocketAddr) -> Result<(), String> {
         .map_err(|e| format!("{url}: {e}"))?;
     let status = response.status();
     if status.is_success() {
-        Ok(())
+        return Ok("ready");
+    }
+    let body = response.text().await.unwrap_or_default();
+    let readiness: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    if readiness["was_ready"] == true {
+        Ok("not ready, but ready before: a store outage, which a restart would not mend")
     } else {
-        let body = response.text().await.unwrap_or_default();
         Err(format!("{url}: {status} {}", body.trim()))
     }
 }

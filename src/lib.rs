@@ -2,9 +2,13 @@
 //!
 //! `GET /` counts a visit and answers `Hello World! I have been seen N times.`; the count
 //! lives in Redis (key `hits`, as the original app keeps it) or in an embedded database.
+//! A request goes acceptor → worker (`server`) → router (`routes`) → batcher (`counter`)
+//! → store (`store`); `deadlines` holds every time bound, `startup` puts it together.
 
+pub mod cli;
 pub mod config;
 pub mod counter;
+pub mod deadlines;
 pub mod healthcheck;
 pub mod page;
 pub mod routes;

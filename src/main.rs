@@ -1,8 +1,7 @@
 use std::process::ExitCode;
 
-use clap::Parser;
 use stackdemo::{
-    config::{Cli, Command},
+    cli::{Cli, Command},
     healthcheck, shutdown,
     startup::{Application, StartupError},
     telemetry, verify,
@@ -18,16 +17,20 @@ use stackdemo::{
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::from_env() {
+        Ok(cli) => cli,
+        // Help and version print to stdout and exit 0; bad arguments exit 2.
+        Err(error) => error.exit(),
+    };
     // Serving needs one thread here, for accepting and background work: connections are
     // served on worker threads with runtimes of their own (see `server`). `verify` drives
     // many clients at once and gets a thread per core.
     let mut runtime = match cli.command {
-        Some(Command::Verify(_)) => tokio::runtime::Builder::new_multi_thread(),
+        Command::Verify(_) => tokio::runtime::Builder::new_multi_thread(),
         _ => tokio::runtime::Builder::new_current_thread(),
     };
     match runtime.enable_all().build() {
-        Ok(runtime) => runtime.block_on(run(cli)),
+        Ok(runtime) => runtime.block_on(run(cli.command)),
         Err(error) => {
             eprintln!("error: cannot start the async runtime: {error}");
             ExitCode::FAILURE
@@ -35,37 +38,35 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> ExitCode {
-    match cli.command {
-        None | Some(Command::Serve) => {
-            telemetry::init(cli.settings.log_format);
-            let app = match Application::build(&cli.settings).await {
-                Ok(app) => app,
+async fn run(command: Command) -> ExitCode {
+    match command {
+        Command::Serve(settings) => {
+            telemetry::init(settings.log_format);
+            let served = match Application::build(&settings).await {
+                Ok(app) => app.run_until(shutdown::signal()).await,
+                Err(error) => Err(error),
+            };
+            match served {
+                Ok(()) => ExitCode::SUCCESS,
                 Err(error @ StartupError::Config(_)) => {
                     eprintln!("error: {error}");
-                    return ExitCode::from(2);
+                    ExitCode::from(2)
                 }
                 Err(error) => {
-                    eprintln!("error: {error}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match app.run_until(shutdown::signal()).await {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(error) => {
+                    tracing::error!(%error, "stopped");
                     eprintln!("error: {error}");
                     ExitCode::FAILURE
                 }
             }
         }
-        Some(Command::Healthcheck) => match healthcheck::check(cli.settings.listen).await {
-            Ok(()) => ExitCode::SUCCESS,
+        Command::Healthcheck(args) => match healthcheck::check(&args).await {
+            Ok(_) => ExitCode::SUCCESS,
             Err(reason) => {
                 eprintln!("unhealthy: {reason}");
                 ExitCode::FAILURE
             }
         },
-        Some(Command::Verify(args)) => {
+        Command::Verify(args) => {
             let report = verify::run(&args).await;
             if args.json {
                 println!(

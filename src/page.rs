@@ -42,7 +42,7 @@ pub fn prefers_html(accept: Option<&HeaderValue>) -> bool {
 }
 
 /// Renders the page for visit number `count`.
-pub fn render(count: u64, replica: &str, version: &str) -> Response {
+pub fn render(count: i64, replica: &str, version: &str) -> Response {
     let body = TEMPLATE
         .replace("{{count}}", &count.to_string())
         .replace("{{version}}", &escape(version))

@@ -1,5 +1,6 @@
-//! Putting the service together: open the store, bind the listener, start the background
-//! tasks, serve until told to stop, then wind everything down in order.
+//! Putting the service together: check the settings, open the store, bind the listener,
+//! start the background tasks, serve until told to stop, then wind everything down in
+//! order.
 
 use std::{future::Future, io, net::SocketAddr, sync::Arc, time::Duration};
 
@@ -8,36 +9,33 @@ use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    config::{ConfigError, Settings},
+    config::{ConfigError, Settings, StoreSettings},
     counter::{BatchOptions, CountGauge, VisitCounter},
+    deadlines::Deadlines,
     routes::{self, install_recorder},
     server::{self, ServeOptions, Worker},
-    state::{AppState, Shared},
+    state::{AppState, Shared, WasReady},
     stats::{STATS_TTL, StatsCache},
-    store::{EmbeddedStore, RedisStore, Store, redis::RedisOptions},
+    store::{Identity, SharedStore},
 };
 
-/// How often a replica announces that it is alive.
+/// How often a replica announces that it is alive and reads the total for its gauge.
 const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
-
-/// Batches under way at once against Redis, per worker thread (see `batch_options`).
-const REDIS_BATCHES_IN_FLIGHT: usize = 2;
-
-/// Batches under way at once against the embedded store, per worker thread (see
-/// `batch_options`). Its writer thread merges whatever batches wait into one commit, so
-/// more batches in flight means fewer visits waiting for a slot, not more fsyncs.
-const EMBEDDED_BATCHES_IN_FLIGHT: usize = 16;
 
 /// How often histogram samples are folded into buckets.
 const METRICS_UPKEEP_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Why the service could not start.
+/// Why the service could not start, or stopped on its own.
 #[derive(Debug)]
 pub enum StartupError {
     /// A setting cannot be used (exit code 2).
     Config(ConfigError),
-    /// The listen address cannot be bound.
+    /// The listen address cannot be bound for a reason other than the setting.
     Listen(SocketAddr, io::Error),
+    /// The workers could not be started, or serving failed.
+    Serve(io::Error),
+    /// The store failed beyond recovery while serving.
+    StoreGaveUp,
 }
 
 impl std::fmt::Display for StartupError {
@@ -45,6 +43,10 @@ impl std::fmt::Display for StartupError {
         match self {
             StartupError::Config(e) => e.fmt(f),
             StartupError::Listen(addr, e) => write!(f, "cannot listen on {addr}: {e}"),
+            StartupError::Serve(e) => write!(f, "cannot serve: {e}"),
+            StartupError::StoreGaveUp => {
+                f.write_str("the store failed beyond recovery; stopping so that it is replaced")
+            }
         }
     }
 }
@@ -54,58 +56,88 @@ impl std::error::Error for StartupError {}
 /// A service that is bound and ready to run.
 pub struct Application {
     listener: TcpListener,
-    /// The handle the heartbeat uses; each worker opens its own (`Store::for_worker`).
-    store: Arc<Store>,
-    metrics: PrometheusHandle,
+    parts: Arc<WorkerParts>,
+    serve_options: ServeOptions,
+    background: Background,
+}
+
+/// What every worker builds its state from.
+struct WorkerParts {
+    store: Arc<SharedStore>,
+    batch_options: BatchOptions,
     stats: Arc<StatsCache>,
+    metrics: PrometheusHandle,
     gauge: CountGauge,
     replica: String,
     version: String,
-    request_timeout: Duration,
-    store_timeout: Duration,
-    serve_options: ServeOptions,
-    background: CancellationToken,
-    heartbeat: JoinHandle<()>,
-    upkeep: JoinHandle<()>,
+    deadlines: Deadlines,
+    was_ready: Arc<WasReady>,
+}
+
+/// Tasks on the main runtime, stopped after the workers.
+struct Background {
+    stop: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
 }
 
 impl Application {
-    /// Opens the store and binds the listen address (port 0 picks a free port).
+    /// Checks the settings, opens the store and binds the listen address (port 0 picks a
+    /// free port).
     pub async fn build(settings: &Settings) -> Result<Self, StartupError> {
-        settings.validate().map_err(StartupError::Config)?;
-        let replica = settings.replica_name();
-        let store = Arc::new(open_store(settings, &replica).map_err(StartupError::Config)?);
-        let listener = TcpListener::bind(settings.listen)
-            .await
-            .map_err(|e| StartupError::Listen(settings.listen, e))?;
+        let checked = settings.check().map_err(StartupError::Config)?;
+        let identity = Identity {
+            counter_key: settings.counter_key.clone(),
+            replica: settings.replica_name(),
+            version: settings.app_version.clone(),
+        };
+        let store = SharedStore::open(&checked.store, &identity, &checked.deadlines)
+            .map(Arc::new)
+            .map_err(|error| {
+                let setting = match &checked.store {
+                    StoreSettings::Embedded { .. } => "data_dir",
+                    StoreSettings::Redis(_) if settings.redis_url.is_some() => "redis_url",
+                    StoreSettings::Redis(_) => "redis_sentinels",
+                };
+                StartupError::Config(settings.error(setting, error.detail()))
+            })?;
+        let listener = bind(settings).await?;
 
-        let background = CancellationToken::new();
-        let heartbeat = tokio::spawn(heartbeat(
-            store.clone(),
-            settings.store_timeout,
-            background.clone(),
-        ));
         let metrics = install_recorder();
-        let upkeep = tokio::spawn(metrics_upkeep(metrics.clone(), background.clone()));
+        let gauge = CountGauge::default();
+        let stop = CancellationToken::new();
+        let tasks = vec![
+            tokio::spawn(heartbeat(
+                store.clone(),
+                gauge.clone(),
+                checked.deadlines.store,
+                stop.clone(),
+            )),
+            tokio::spawn(metrics_upkeep(metrics.clone(), stop.clone())),
+            tokio::spawn({
+                let (store, stop) = (store.clone(), stop.clone());
+                async move { store.maintain(stop).await }
+            }),
+        ];
         Ok(Self {
             listener,
-            store,
-            metrics,
-            stats: Arc::new(StatsCache::new(STATS_TTL)),
-            gauge: CountGauge::default(),
-            replica,
-            version: settings.app_version.clone(),
-            request_timeout: settings.request_timeout,
-            store_timeout: settings.store_timeout,
+            parts: Arc::new(WorkerParts {
+                batch_options: store.batch_options(&checked.deadlines),
+                store,
+                stats: Arc::new(StatsCache::new(STATS_TTL)),
+                metrics,
+                gauge,
+                replica: identity.replica,
+                version: identity.version,
+                deadlines: checked.deadlines,
+                was_ready: Arc::default(),
+            }),
             serve_options: ServeOptions {
-                header_read_timeout: settings.header_read_timeout,
-                shutdown_timeout: settings.shutdown_timeout,
+                header_read_timeout: checked.deadlines.header_read,
+                shutdown_timeout: checked.deadlines.shutdown,
                 max_connections: settings.max_connections as usize,
                 workers: settings.worker_count(),
             },
-            background,
-            heartbeat,
-            upkeep,
+            background: Background { stop, tasks },
         })
     }
 
@@ -116,116 +148,126 @@ impl Application {
             .expect("a bound listener has an address")
     }
 
-    /// Serves until `shutdown` resolves, then stops accepting, lets in-flight requests
-    /// finish (up to the shutdown timeout) and stops the background tasks.
-    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send) -> io::Result<()> {
+    /// Serves until `shutdown` resolves (or the store gives up), then stops accepting,
+    /// lets in-flight requests finish (up to the shutdown timeout) and stops the
+    /// background tasks.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), StartupError> {
         let Self {
             listener,
-            store,
-            metrics,
-            stats,
-            gauge,
-            replica,
-            version,
-            request_timeout,
-            store_timeout,
+            parts,
             serve_options,
             background,
-            heartbeat,
-            upkeep,
         } = self;
         tracing::info!(
-            address = %listener.local_addr()?,
-            store = store.kind(),
-            replica = %replica,
-            version = %version,
+            address = %listener.local_addr().map_err(StartupError::Serve)?,
+            store = parts.store.kind(),
+            replica = %parts.replica,
+            version = %parts.version,
             workers = serve_options.workers,
             "listening"
         );
-        let options = batch_options(&store, store_timeout);
-        let main_store = store.clone();
-        // Runs on each worker thread: its own store handle, visit counter and router.
-        let make_worker = move || {
-            let store = match main_store.for_worker() {
-                Ok(store) => Arc::new(store),
-                Err(error) => {
-                    // Cannot happen for settings that opened the main handle; serve with
-                    // it rather than not at all.
-                    tracing::warn!(
-                        cause = error.detail(),
-                        "could not open a worker's store handle"
-                    );
-                    main_store.clone()
+        let store = parts.store.clone();
+        let gave_up = CancellationToken::new();
+        let stopping = {
+            let gave_up = gave_up.clone();
+            async move {
+                tokio::select! {
+                    () = shutdown => {}
+                    () = store.gave_up() => gave_up.cancel(),
                 }
-            };
-            let (counter, batcher) = VisitCounter::start(store.clone(), options, gauge.clone());
-            let state = AppState::new(Shared {
-                counter,
-                store,
-                stats: stats.clone(),
-                metrics: metrics.clone(),
-                replica: replica.clone(),
-                version: version.clone(),
-                store_timeout,
-            });
-            Worker {
-                router: routes::router(state, request_timeout),
-                // With the router gone, every sender of the visit queue is gone, so the
-                // batcher drains what is queued and ends.
-                wind_down: Box::pin(async move {
-                    let _ = tokio::time::timeout(store_timeout * 2, batcher).await;
-                }),
             }
         };
-        let result = server::serve(listener, make_worker, serve_options, shutdown).await;
+        let worker_parts = parts.clone();
+        let served = server::serve(
+            listener,
+            move || worker_parts.worker(),
+            serve_options,
+            stopping,
+        )
+        .await;
 
-        background.cancel();
-        let _ = heartbeat.await;
-        let _ = upkeep.await;
-        if let Err(error) = store.depart(store_timeout).await {
+        background.stop.cancel();
+        for task in background.tasks {
+            let _ = task.await;
+        }
+        let departing = parts.store.for_worker();
+        if let Err(error) = departing.depart(parts.deadlines.store).await {
             tracing::debug!(cause = error.detail(), "could not remove the heartbeat");
         }
         tracing::info!("stopped");
-        result
-    }
-}
-
-/// Batches may be formed and sent while earlier ones are under way. Redis answers them in
-/// the order they were sent on the worker's connection; the embedded store's writer thread
-/// gathers the waiting ones into its next commit.
-fn batch_options(store: &Store, timeout: Duration) -> BatchOptions {
-    let mut options = BatchOptions::new(timeout);
-    options.max_in_flight = match store {
-        Store::Redis(_) => REDIS_BATCHES_IN_FLIGHT,
-        Store::Embedded(_) => EMBEDDED_BATCHES_IN_FLIGHT,
-    };
-    options
-}
-
-fn open_store(settings: &Settings, replica: &str) -> Result<Store, ConfigError> {
-    match &settings.redis_url {
-        Some(url) => {
-            let password = settings.redis_password()?;
-            let store = RedisStore::new(RedisOptions {
-                url: url.clone(),
-                password,
-                counter_key: settings.counter_key.clone(),
-                replica: replica.to_owned(),
-                version: settings.app_version.clone(),
-                timeout: settings.store_timeout,
-            })
-            .map_err(|e| ConfigError::new("REDIS_URL", e.detail().to_owned()))?;
-            Ok(Store::Redis(Box::new(store)))
+        served.map_err(StartupError::Serve)?;
+        if gave_up.is_cancelled() {
+            return Err(StartupError::StoreGaveUp);
         }
-        None => EmbeddedStore::open(
-            &settings.data_dir,
-            &settings.counter_key,
-            replica,
-            &settings.app_version,
-        )
-        .map(|store| Store::Embedded(Arc::new(store)))
-        .map_err(|e| ConfigError::new("STACKDEMO_DATA_DIR", e.detail().to_owned())),
+        Ok(())
     }
+}
+
+impl WorkerParts {
+    /// A worker's router and the work behind it, made on the worker's own runtime: its
+    /// own store handle, visit batcher and state.
+    fn worker(&self) -> Worker {
+        // Writes have a connection of their own, apart from the one reads use (readiness,
+        // stats), so that no write queues behind a slow read.
+        let writes = Arc::new(self.store.for_worker());
+        let (counter, batcher) =
+            VisitCounter::start(writes, self.batch_options, self.gauge.clone());
+        let store = self.store.for_worker();
+        let state = AppState::new(Shared {
+            counter,
+            store,
+            stats: self.stats.clone(),
+            metrics: self.metrics.clone(),
+            replica: self.replica.clone(),
+            version: self.version.clone(),
+            deadlines: self.deadlines,
+            was_ready: self.was_ready.clone(),
+        });
+        let drain = self.deadlines.drain();
+        Worker {
+            router: routes::router(state),
+            headers: answer_headers(&self.replica, &self.version),
+            // With the router gone, every sender of the visit queue is gone, so the
+            // batcher drains what is queued and ends.
+            wind_down: Box::pin(async move {
+                let _ = tokio::time::timeout(drain, batcher).await;
+            }),
+        }
+    }
+}
+
+/// The header lines every answer carries, for the answers hyper makes itself.
+fn answer_headers(replica: &str, version: &str) -> Arc<[u8]> {
+    let mut lines = Vec::new();
+    for (name, value) in [
+        ("x-served-by", replica),
+        ("x-app-version", version),
+        ("cache-control", "no-store"),
+    ] {
+        lines.extend_from_slice(name.as_bytes());
+        lines.extend_from_slice(b": ");
+        lines.extend_from_slice(value.as_bytes());
+        lines.extend_from_slice(b"\r\n");
+    }
+    lines.into()
+}
+
+/// Binds the listen address. An address that cannot be used as set (in use, not an
+/// address of this host, a privileged port) is a setting error.
+async fn bind(settings: &Settings) -> Result<TcpListener, StartupError> {
+    let address = settings.listen;
+    TcpListener::bind(address).await.map_err(|error| {
+        let reason = match error.kind() {
+            io::ErrorKind::AddrInUse => "address already in use",
+            io::ErrorKind::AddrNotAvailable => "not an address of this host",
+            io::ErrorKind::PermissionDenied => "not allowed (ports below 1024 need privileges)",
+            _ => return StartupError::Listen(address, error),
+        };
+        StartupError::Config(settings.error("listen", format!("{address}: {reason}")))
+    })
 }
 
 /// Folds recorded histogram samples into their buckets. Without it the samples of an
@@ -240,7 +282,15 @@ async fn metrics_upkeep(handle: PrometheusHandle, stop: CancellationToken) {
     }
 }
 
-async fn heartbeat(store: Arc<Store>, timeout: Duration, stop: CancellationToken) {
+/// Announces this replica every second, on a store handle of its own, and sets the count
+/// gauge to the total the store holds.
+async fn heartbeat(
+    store: Arc<SharedStore>,
+    gauge: CountGauge,
+    timeout: Duration,
+    stop: CancellationToken,
+) {
+    let store = store.for_worker();
     let mut ticks = tokio::time::interval(HEARTBEAT_INTERVAL);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -248,8 +298,10 @@ async fn heartbeat(store: Arc<Store>, timeout: Duration, stop: CancellationToken
             _ = ticks.tick() => {}
             () = stop.cancelled() => return,
         }
-        if let Err(error) = store.heartbeat(timeout).await {
-            tracing::debug!(cause = error.detail(), "heartbeat failed");
+        match store.heartbeat(timeout).await {
+            Ok(Some(total)) => gauge.reset(total),
+            Ok(None) => gauge.reset(0),
+            Err(error) => tracing::debug!(cause = error.detail(), "heartbeat failed"),
         }
     }
 }

@@ -1,10 +1,16 @@
-//! The state every handler shares.
+//! The state every handler of one worker shares.
 
-use std::{ops::Deref, sync::Arc, time::Duration};
+use std::{
+    ops::Deref,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+};
 
 use metrics_exporter_prometheus::PrometheusHandle;
 
-use crate::{counter::VisitCounter, stats::StatsCache, store::Store};
+use crate::{counter::VisitCounter, deadlines::Deadlines, stats::StatsCache, store::Store};
 
 /// Cloned into each handler: one reference count, however many parts it holds.
 #[derive(Clone)]
@@ -12,14 +18,16 @@ pub struct AppState(Arc<Shared>);
 
 pub struct Shared {
     pub counter: VisitCounter,
-    pub store: Arc<Store>,
+    /// This worker's handle on the store.
+    pub store: Store,
     /// Shared by all workers, so the store is read once per interval in all.
     pub stats: Arc<StatsCache>,
     pub metrics: PrometheusHandle,
     pub replica: String,
     pub version: String,
-    /// Bound on readiness pings and stats reads.
-    pub store_timeout: Duration,
+    pub deadlines: Deadlines,
+    /// Shared by all workers: whether the service has been ready since it started.
+    pub was_ready: Arc<WasReady>,
 }
 
 impl AppState {
@@ -33,5 +41,20 @@ impl Deref for AppState {
 
     fn deref(&self) -> &Shared {
         &self.0
+    }
+}
+
+/// Set the first time the service reports itself ready; the container health check tells
+/// a store outage (ready before) from a replica that never could count.
+#[derive(Debug, Default)]
+pub struct WasReady(AtomicBool);
+
+impl WasReady {
+    pub fn mark(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
     }
 }

@@ -1,5 +1,6 @@
 //! Logging: JSON lines for containers (`docker service logs`), readable text for a
-//! terminal. The level comes from `RUST_LOG` (default `info`).
+//! terminal. The level comes from `RUST_LOG` (default `info`). A panic is logged as an
+//! error event like any other, not printed as a bare backtrace.
 
 use std::io::IsTerminal;
 
@@ -7,8 +8,17 @@ use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
 use crate::config::LogFormat;
 
-/// Installs the global subscriber. Safe to call more than once; later calls do nothing.
+/// Installs the global subscriber and the panic hook. Safe to call more than once; later
+/// calls do nothing.
 pub fn init(format: LogFormat) {
+    std::panic::set_hook(Box::new(|info| {
+        let thread = std::thread::current();
+        tracing::error!(
+            thread = thread.name().unwrap_or("unnamed"),
+            panic = %info,
+            "panicked"
+        );
+    }));
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let json = match format {
         LogFormat::Json => true,

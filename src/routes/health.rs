@@ -1,4 +1,5 @@
-//! Liveness and readiness. Liveness touches nothing; readiness asks the store.
+//! Liveness and readiness. Liveness touches nothing; readiness asks the store whether a
+//! visit could be counted now.
 
 use axum::{Json, extract::State, http::StatusCode, response::IntoResponse};
 use serde_json::json;
@@ -10,19 +11,30 @@ pub async fn live() -> &'static str {
     "ok\n"
 }
 
-/// `GET /readyz`: 200 when the store answers, 503 with a short reason when it does not.
+/// `GET /readyz`: 200 when the store could count a visit now, 503 with a short reason and
+/// its code when not. `was_ready` tells the container health check whether this replica
+/// has been ready since it started.
 pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
     let store = state.store.kind();
-    match state.store.ping(state.store_timeout).await {
-        Ok(()) => (
-            StatusCode::OK,
-            Json(json!({ "status": "ready", "store": store })),
-        ),
+    match state.store.ready(state.deadlines.store).await {
+        Ok(()) => {
+            state.was_ready.mark();
+            (
+                StatusCode::OK,
+                Json(json!({ "status": "ready", "store": store })),
+            )
+        }
         Err(error) => {
-            tracing::debug!(cause = error.detail(), "not ready");
+            tracing::debug!(reason = error.code(), cause = error.detail(), "not ready");
             (
                 StatusCode::SERVICE_UNAVAILABLE,
-                Json(json!({ "status": "unavailable", "store": store, "reason": error.reason() })),
+                Json(json!({
+                    "status": "unavailable",
+                    "store": store,
+                    "reason": error.reason(),
+                    "code": error.code(),
+                    "was_ready": state.was_ready.get(),
+                })),
             )
         }
     }

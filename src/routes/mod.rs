@@ -6,6 +6,9 @@ mod metrics;
 mod stats;
 mod visit;
 
+#[cfg(test)]
+mod tests;
+
 use std::time::Duration;
 
 use axum::{
@@ -29,17 +32,30 @@ use crate::state::AppState;
 /// Requests with a larger body are refused with 413; no route takes a body.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
 
-/// Builds the router. Tests call this directly and drive it without a socket.
-pub fn router(state: AppState, request_timeout: Duration) -> Router {
+/// Builds the router. Unit tests drive it without a socket (`tower::ServiceExt::oneshot`)
+/// over the in-memory store.
+pub fn router(state: AppState) -> Router {
     let served_by = header_value(&state.replica);
     let version = header_value(&state.version);
     let replica: std::sync::Arc<str> = state.replica.as_str().into();
-    Router::new()
-        .route("/", get(visit::visit).head(visit::head))
+    // Every route but the visit is cut off at the request timeout. A visit keeps to it by
+    // itself (see `deadlines`): cut off while its write is under way, it could be counted
+    // after being answered 503.
+    let timed = Router::new()
         .route("/healthz", get(health::live))
         .route("/readyz", get(health::ready))
         .route("/metrics", get(metrics::render))
         .route("/api/stats", get(stats::stats))
+        .layer(
+            ServiceBuilder::new()
+                .layer(HandleErrorLayer::new(|_: tower::BoxError| async {
+                    ApiError::Unavailable("request timed out")
+                }))
+                .timeout(state.deadlines.request),
+        );
+    Router::new()
+        .route("/", get(visit::visit).head(visit::head))
+        .merge(timed)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(
@@ -64,10 +80,6 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
                     header::CACHE_CONTROL,
                     HeaderValue::from_static("no-store"),
                 ))
-                .layer(HandleErrorLayer::new(|_: tower::BoxError| async {
-                    ApiError::Unavailable("request timed out")
-                }))
-                .timeout(request_timeout)
                 .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES)),
         )
         .with_state(state)

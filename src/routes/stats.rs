@@ -9,25 +9,32 @@ use crate::{state::AppState, store::ReplicaStats};
 
 #[derive(Debug, Serialize)]
 pub struct Stats {
-    pub total: u64,
+    pub total: i64,
     pub replicas: Vec<ReplicaStats>,
     pub replica: String,
     pub version: String,
+    /// True when the store is slow to answer and this is the last reading that succeeded.
+    pub stale: bool,
 }
 
 pub async fn stats(State(state): State<AppState>) -> Result<Json<Stats>, ApiError> {
-    let snapshot = state
+    let reading = state
         .stats
-        .get(&state.store, state.store_timeout)
+        .get(&state.store, state.deadlines.stats_read())
         .await
         .map_err(|error| {
-            tracing::warn!(cause = error.detail(), "stats read failed");
+            tracing::warn!(
+                reason = error.code(),
+                cause = error.detail(),
+                "stats read failed"
+            );
             ApiError::Unavailable(error.reason())
         })?;
     Ok(Json(Stats {
-        total: snapshot.total,
-        replicas: snapshot.replicas,
-        replica: state.replica.to_string(),
-        version: state.version.to_string(),
+        total: reading.snapshot.total,
+        replicas: reading.snapshot.replicas,
+        replica: state.replica.clone(),
+        version: state.version.clone(),
+        stale: reading.stale,
     }))
 }

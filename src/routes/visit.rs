@@ -8,14 +8,22 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use http_body_util::LengthLimitError;
+use tokio::time::Instant;
 
 use super::{ApiError, MAX_BODY_BYTES};
 use crate::{page, state::AppState};
 
+/// `GET /`. Not under the request timeout layer: a visit whose body has not ended in time
+/// to count it within the request timeout is refused before it joins a batch, and one that
+/// has joined is answered within the visit bound (`deadlines`).
 // Takes the request rather than a `HeaderMap`, which would copy every header.
 pub async fn visit(State(state): State<AppState>, request: Request) -> Result<Response, ApiError> {
+    let read_by = state.deadlines.body_read_by(Instant::now());
     let html = page::prefers_html(request.headers().get(header::ACCEPT));
-    read_body(request.into_body()).await?;
+    match tokio::time::timeout_at(read_by, read_body(request.into_body())).await {
+        Ok(read) => read?,
+        Err(_) => return Err(ApiError::Unavailable("request timed out")),
+    }
     let number = state
         .counter
         .visit()

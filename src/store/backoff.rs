@@ -1,70 +1,60 @@
-//! Reconnect backoff for the Redis store. After Redis is found unreachable, calls fail at
-//! once with the same reason for a short, growing delay (50 ms up to 500 ms) instead of
-//! each trying to connect; the first call after the delay tries again. So a dead Redis
-//! gets a few connection attempts per second, clients get an immediate 503 that names the
-//! cause, and service resumes within half a second of Redis coming back.
+//! Reconnect backoff for one Redis connection. After a connection attempt fails, calls
+//! fail at once (with the kind of that failure, and never in doubt: nothing was sent) for
+//! a short, growing delay, 50 ms doubling up to 500 ms, instead of each trying to connect;
+//! the first call after the delay tries again. A connection that broke while in use is
+//! tried again at once: after a Redis restart or an idle timeout, the next call finds
+//! Redis up. Each worker's connection has its own backoff, so one idle worker's stale
+//! connection does not hold back the others.
 
-use std::{
-    sync::Mutex,
-    time::{Duration, Instant},
-};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use super::{StoreError, StoreErrorKind};
 
 const FIRST_DELAY: Duration = Duration::from_millis(50);
 const MAX_DELAY: Duration = Duration::from_millis(500);
 
+#[derive(Debug)]
 pub struct Backoff {
-    state: Mutex<State>,
-}
-
-struct State {
+    /// While set and in the future, no attempt is made.
     closed_until: Option<Instant>,
     delay: Duration,
-    last: Option<StoreError>,
+    last: StoreErrorKind,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self {
+            closed_until: None,
+            delay: FIRST_DELAY,
+            last: StoreErrorKind::Unreachable,
+        }
+    }
 }
 
 impl Backoff {
-    pub fn new() -> Self {
-        Self {
-            state: Mutex::new(State {
-                closed_until: None,
-                delay: FIRST_DELAY,
-                last: None,
-            }),
-        }
-    }
-
     /// The error to answer with instead of trying, while the delay runs.
     pub fn check(&self) -> Result<(), StoreError> {
-        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        match (&state.closed_until, &state.last) {
-            (Some(until), Some(last)) if Instant::now() < *until => Err(last.clone()),
+        match self.closed_until {
+            Some(until) if Instant::now() < until => Err(StoreError::new(
+                self.last,
+                "not tried: waiting before the next connection attempt",
+            )),
             _ => Ok(()),
         }
     }
 
-    /// Records how a call ended.
-    pub fn record<T>(&self, result: &Result<T, StoreError>) {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        match result {
-            Err(error)
-                if matches!(
-                    error.kind(),
-                    StoreErrorKind::Unreachable | StoreErrorKind::Auth
-                ) =>
-            {
-                state.closed_until = Some(Instant::now() + state.delay);
-                state.delay = (state.delay * 2).min(MAX_DELAY);
-                state.last = Some(error.clone());
-            }
-            Err(_) => {}
-            Ok(_) => {
-                state.closed_until = None;
-                state.delay = FIRST_DELAY;
-                state.last = None;
-            }
-        }
+    /// A connection attempt failed with `kind`.
+    pub fn failed(&mut self, kind: StoreErrorKind) {
+        self.closed_until = Some(Instant::now() + self.delay);
+        self.delay = (self.delay * 2).min(MAX_DELAY);
+        self.last = kind;
+    }
+
+    /// A connection attempt succeeded.
+    pub fn succeeded(&mut self) {
+        *self = Self::default();
     }
 }
 
@@ -72,40 +62,37 @@ impl Backoff {
 mod tests {
     use super::*;
 
-    #[test]
-    fn an_unreachable_store_fails_fast_until_the_delay_passes() {
-        let backoff = Backoff::new();
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_attempt_holds_calls_back_for_a_growing_delay() {
+        let mut backoff = Backoff::default();
         assert!(backoff.check().is_ok());
 
-        backoff.record::<()>(&Err(StoreError::new(
-            StoreErrorKind::Unreachable,
-            "refused",
-        )));
+        backoff.failed(StoreErrorKind::Auth);
         let error = backoff.check().unwrap_err();
-        assert_eq!(error.kind(), StoreErrorKind::Unreachable);
+        assert_eq!(error.kind(), StoreErrorKind::Auth);
+        assert!(!error.in_doubt(), "nothing was sent");
 
-        std::thread::sleep(FIRST_DELAY + Duration::from_millis(10));
+        tokio::time::advance(FIRST_DELAY).await;
         assert!(
             backoff.check().is_ok(),
             "a retry is allowed after the delay"
         );
-    }
-
-    #[test]
-    fn success_resets_the_delay() {
-        let backoff = Backoff::new();
-        backoff.record::<()>(&Err(StoreError::new(
-            StoreErrorKind::Unreachable,
-            "refused",
-        )));
-        backoff.record(&Ok(()));
+        backoff.failed(StoreErrorKind::Unreachable);
+        tokio::time::advance(FIRST_DELAY).await;
+        assert!(backoff.check().is_err(), "the second delay is longer");
+        tokio::time::advance(FIRST_DELAY).await;
         assert!(backoff.check().is_ok());
     }
 
-    #[test]
-    fn other_errors_do_not_hold_calls_back() {
-        let backoff = Backoff::new();
-        backoff.record::<()>(&Err(StoreError::new(StoreErrorKind::OutOfMemory, "OOM")));
+    #[tokio::test(start_paused = true)]
+    async fn success_resets_the_delay() {
+        let mut backoff = Backoff::default();
+        backoff.failed(StoreErrorKind::Unreachable);
+        backoff.failed(StoreErrorKind::Unreachable);
+        backoff.succeeded();
+        assert!(backoff.check().is_ok());
+        backoff.failed(StoreErrorKind::Unreachable);
+        tokio::time::advance(FIRST_DELAY).await;
         assert!(backoff.check().is_ok());
     }
 }

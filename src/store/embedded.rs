@@ -5,24 +5,42 @@
 //!
 //! Writes go to one thread that owns the write path. It takes every write request waiting
 //! when a commit ends and makes them one transaction (group commit), so the disk sees one
-//! fsync however many batches arrived meanwhile, and no commit waits on the async runtime's
-//! scheduler to be handed the next one. While visits arrive together, the thread looks for
-//! the next request for a moment after each commit instead of going to sleep at once.
+//! fsync however many batches arrived meanwhile. While visits arrive together, the thread
+//! looks for the next request for a moment after each commit instead of going to sleep.
+//!
+//! A write is either taken by the writer or called back by its caller, never both: a
+//! caller that gives up before the writer took its write leaves it uncommitted, and a
+//! caller whose write was taken waits for the commit, however slow the disk, since a
+//! commit under way cannot be called back. So a visit answered 503 is never committed.
+//!
+//! When a write fails (a full disk, an I/O error, a panic inside redb on a damaged
+//! file), the store reports not-ready and the writer opens the database again, until it
+//! works: service resumes by itself once space is freed. A file that keeps failing as
+//! damaged makes the store give up (`gave_up`), and the service exits so that the
+//! orchestrator can replace it; on start, such a file is refused with a clear error.
 
 use std::{
     num::NonZero,
-    path::Path,
-    sync::{Arc, mpsc},
+    panic::{AssertUnwindSafe, catch_unwind},
+    path::{Path, PathBuf},
+    sync::{
+        Arc, Mutex, RwLock,
+        atomic::{AtomicU8, Ordering},
+        mpsc,
+    },
     thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use metrics::histogram;
-use tokio::sync::oneshot;
-
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use tokio::{
+    sync::oneshot,
+    time::{Instant, timeout_at},
+};
+use tokio_util::sync::CancellationToken;
 
-use super::{ReplicaStats, Snapshot, StoreError, StoreErrorKind};
+use super::{Identity, ReplicaStats, Snapshot, StoreError, StoreErrorKind};
 
 /// One table, so that a commit touches as few pages as possible: `(key, "")` holds the
 /// total under the counter key, `(key, replica)` that replica's share.
@@ -32,31 +50,47 @@ const TOTAL: &str = "";
 const FILE_NAME: &str = "stackdemo.redb";
 
 /// How long the writer thread looks for the next request after a commit before it goes
-/// to sleep, while visits arrive together. Sleeping and being woken costs a trip through
-/// the scheduler that, under load, holds up the next commit for longer than this. With the
-/// spin, visits/s with this store under load rose by 2–14 % (`bench/README.md`).
+/// to sleep, while visits arrive together: sleeping and being woken costs a trip through
+/// the scheduler that, under load, holds up the next commit for longer than this
+/// (`bench/README.md` has the measurements).
 const SPIN_BEFORE_SLEEP: Duration = Duration::from_micros(100);
 
+/// Pause between attempts to open the database again after a failure.
+const REOPEN_DELAY: Duration = Duration::from_secs(1);
+
+/// Failures in a row of a database found damaged, after which the store gives up.
+const DAMAGED_FAILURES_TO_GIVE_UP: u32 = 3;
+
+/// A write's state: waiting for the writer, taken by it, or called back by its caller.
+const WAITING: u8 = 0;
+const TAKEN: u8 = 1;
+const CALLED_BACK: u8 = 2;
+
 pub struct EmbeddedStore {
-    db: Arc<Database>,
+    inner: Arc<Inner>,
     /// Taken and dropped first on drop, which ends the writer thread; then it is joined,
     /// so that the database file is closed when the store is gone.
     writer: Option<mpsc::Sender<Write>>,
     writer_thread: Option<thread::JoinHandle<()>>,
-    counter_key: Arc<str>,
-    replica: Arc<str>,
-    version: String,
+}
+
+/// What the writer thread and the readers share.
+struct Inner {
+    path: PathBuf,
+    /// `None` while the writer opens the database again.
+    db: RwLock<Option<Arc<Database>>>,
+    /// The last write's failure, until a write succeeds again.
+    failing: Mutex<Option<StoreError>>,
+    /// When the commit under way began.
+    committing_since: Mutex<Option<Instant>>,
+    identity: Identity,
+    gave_up: CancellationToken,
 }
 
 impl EmbeddedStore {
-    /// Opens (or creates) the database in `dir`. Fails when the folder cannot be used or
-    /// another process holds the database.
-    pub fn open(
-        dir: &Path,
-        counter_key: &str,
-        replica: &str,
-        version: &str,
-    ) -> Result<Self, StoreError> {
+    /// Opens (or creates) the database in `dir`. Fails when the folder cannot be used, the
+    /// file is not a valid database, or another process holds it.
+    pub fn open(dir: &Path, identity: &Identity) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| {
             StoreError::new(
                 StoreErrorKind::Failed,
@@ -64,94 +98,121 @@ impl EmbeddedStore {
             )
         })?;
         let path = dir.join(FILE_NAME);
-        let db = Database::create(&path).map_err(|e| {
-            StoreError::new(
-                StoreErrorKind::Failed,
-                format!("cannot open {}: {e}", path.display()),
-            )
-        })?;
-        // Create the tables up front so that readers never meet a missing table.
-        let txn = db.begin_write().map_err(failed)?;
-        txn.open_table(COUNTS).map_err(failed)?;
-        txn.commit().map_err(failed)?;
-        let db = Arc::new(db);
+        let db = open_database(&path, true)?;
+        let inner = Arc::new(Inner {
+            path,
+            db: RwLock::new(Some(Arc::new(db))),
+            failing: Mutex::new(None),
+            committing_since: Mutex::new(None),
+            identity: identity.clone(),
+            gave_up: CancellationToken::new(),
+        });
         let (writer, requests) = mpsc::channel();
-        let writer_db = db.clone();
-        let key: Arc<str> = counter_key.into();
-        let share: Arc<str> = replica.into();
+        let writer_inner = inner.clone();
         let writer_thread = thread::Builder::new()
             .name("stackdemo-writer".into())
-            .spawn(move || write_loop(&writer_db, &key, &share, &requests, spin_limit()))
+            .spawn(move || write_loop(&writer_inner, &requests, spin_limit()))
             .map_err(failed)?;
         Ok(Self {
-            db,
+            inner,
             writer: Some(writer),
             writer_thread: Some(writer_thread),
-            counter_key: counter_key.into(),
-            replica: replica.into(),
-            version: version.to_owned(),
         })
     }
 
-    pub async fn add_visits(&self, count: u64) -> Result<u64, StoreError> {
-        let (reply, answer) = oneshot::channel();
+    /// Adds `count` visits in one durable transaction and returns the total after them.
+    pub async fn add_visits(&self, count: u64, answer_by: Instant) -> Result<i64, StoreError> {
+        let (reply, mut answer) = oneshot::channel();
+        let state = Arc::new(AtomicU8::new(WAITING));
         self.writer
             .as_ref()
             .ok_or_else(|| StoreError::new(StoreErrorKind::Failed, "the store is closed"))?
-            .send(Write { count, reply })
+            .send(Write {
+                count,
+                state: state.clone(),
+                reply,
+            })
             .map_err(|_| StoreError::new(StoreErrorKind::Failed, "the writer thread ended"))?;
-        answer.await.unwrap_or_else(|_| {
-            Err(StoreError::new(
-                StoreErrorKind::Failed,
-                "the writer thread ended",
-            ))
-        })
+        let writer_ended = || StoreError::new(StoreErrorKind::Failed, "the writer thread ended");
+        match timeout_at(answer_by, &mut answer).await {
+            Ok(result) => result.unwrap_or_else(|_| Err(writer_ended())),
+            Err(_) => {
+                if state
+                    .compare_exchange(WAITING, CALLED_BACK, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+                {
+                    return Err(StoreError::new(
+                        StoreErrorKind::Timeout,
+                        "the writer did not take the write in time; it was called back",
+                    ));
+                }
+                // Taken: its commit is under way and cannot be called back.
+                answer.await.unwrap_or_else(|_| Err(writer_ended()))
+            }
+        }
     }
 
-    pub async fn ping(&self) -> Result<(), StoreError> {
-        let db = self.db.clone();
-        blocking(move || db.begin_read().map(drop).map_err(failed)).await
+    /// Answers when a write could be made now: the database is open, the last write did
+    /// not fail, and no commit has been under way for longer than `slow`.
+    pub async fn ready(&self, slow: Duration) -> Result<(), StoreError> {
+        if let Some(error) = lock(&self.inner.failing).clone() {
+            return Err(error);
+        }
+        if lock(&self.inner.committing_since).is_some_and(|since| since.elapsed() > slow) {
+            return Err(StoreError::new(
+                StoreErrorKind::Timeout,
+                "a commit has been under way for longer than the store timeout",
+            ));
+        }
+        let inner = self.inner.clone();
+        blocking(move || inner.database()?.begin_read().map(drop).map_err(classify)).await
+    }
+
+    /// Resolves when the database keeps failing as damaged and the store has stopped
+    /// trying: the process should exit so that it is replaced.
+    pub async fn gave_up(&self) {
+        self.inner.gave_up.cancelled().await;
+    }
+
+    /// The total, for the count gauge.
+    pub async fn total(&self) -> Result<i64, StoreError> {
+        Ok(self.snapshot().await?.total)
     }
 
     pub async fn snapshot(&self) -> Result<Snapshot, StoreError> {
-        let db = self.db.clone();
-        let key = self.counter_key.clone();
-        let replica = self.replica.clone();
-        let version = self.version.clone();
+        let inner = self.inner.clone();
         blocking(move || {
-            let txn = db.begin_read().map_err(failed)?;
-            let counts = txn.open_table(COUNTS).map_err(failed)?;
+            let identity = &inner.identity;
+            let txn = inner.database()?.begin_read().map_err(classify)?;
+            let counts = txn.open_table(COUNTS).map_err(classify)?;
+            let key = identity.counter_key.as_str();
             let mut total = 0;
             let mut replicas = Vec::new();
-            let mut seen_self = false;
-            for entry in counts.range((&*key, TOTAL)..).map_err(failed)? {
-                let (k, visits) = entry.map_err(failed)?;
+            for entry in counts.range((key, TOTAL)..).map_err(classify)? {
+                let (k, visits) = entry.map_err(classify)?;
                 let (owner, name) = k.value();
-                if owner != &*key {
+                if owner != key {
                     break;
                 }
+                let visits = to_i64(visits.value())?;
                 if name == TOTAL {
-                    total = visits.value();
+                    total = visits;
                     continue;
                 }
-                let name = name.to_owned();
-                let is_self = name == *replica;
-                seen_self |= is_self;
                 replicas.push(ReplicaStats {
-                    alive: is_self,
-                    version: is_self.then(|| version.clone()),
-                    name,
-                    visits: visits.value(),
+                    visits,
+                    ..ReplicaStats::new(name.to_owned())
                 });
             }
-            if !seen_self {
-                replicas.push(ReplicaStats {
-                    name: replica.to_string(),
-                    visits: 0,
-                    alive: true,
-                    version: Some(version),
-                });
+            if !replicas.iter().any(|r| r.name == identity.replica) {
+                replicas.push(ReplicaStats::new(identity.replica.clone()));
                 replicas.sort_by(|a, b| a.name.cmp(&b.name));
+            }
+            for replica in &mut replicas {
+                if replica.name == identity.replica {
+                    replica.alive = true;
+                    replica.version = Some(identity.version.clone());
+                }
             }
             Ok(Snapshot { total, replicas })
         })
@@ -168,25 +229,58 @@ impl Drop for EmbeddedStore {
     }
 }
 
+impl Inner {
+    fn database(&self) -> Result<Arc<Database>, StoreError> {
+        self.db
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or_else(|| {
+                StoreError::new(StoreErrorKind::Failed, "the database is being opened again")
+            })
+    }
+
+    /// Closes the database and opens it again: redb refuses every write after an I/O
+    /// error until then.
+    fn reopen(&self) -> Result<(), StoreError> {
+        let old = self.db.write().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(mut old) = old {
+            // Readers hold the database only for the length of one read.
+            while Arc::get_mut(&mut old).is_none() {
+                thread::sleep(Duration::from_millis(1));
+            }
+            drop(old);
+        }
+        let db = open_database(&self.path, false)?;
+        *self.db.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(db));
+        Ok(())
+    }
+}
+
 /// One request to add `count` visits; answered with the total after them.
 struct Write {
     count: u64,
-    reply: oneshot::Sender<Result<u64, StoreError>>,
+    state: Arc<AtomicU8>,
+    reply: oneshot::Sender<Result<i64, StoreError>>,
 }
 
 /// The writer thread: until the store is dropped, commit everything waiting as one
 /// transaction and answer each request with its own part of the new range.
-fn write_loop(
-    db: &Database,
-    key: &str,
-    replica: &str,
-    requests: &mpsc::Receiver<Write>,
-    spin_limit: Duration,
-) {
+fn write_loop(inner: &Inner, requests: &mpsc::Receiver<Write>, spin_limit: Duration) {
     let mut spin = Duration::ZERO;
+    let mut damaged_in_a_row = 0;
     while let Some(first) = next_write(requests, spin) {
         let mut writes = vec![first];
         writes.extend(requests.try_iter());
+        // A write its caller called back is dropped, never committed.
+        writes.retain(|w| {
+            w.state
+                .compare_exchange(WAITING, TAKEN, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        });
+        if writes.is_empty() {
+            continue;
+        }
         let count: u64 = writes.iter().map(|w| w.count).sum();
         // A lone visit (a quiet service, or one client at a time) is not worth spinning for.
         spin = if count > 1 {
@@ -194,19 +288,80 @@ fn write_loop(
         } else {
             Duration::ZERO
         };
-        match commit(db, key, replica, count) {
+        *lock(&inner.committing_since) = Some(Instant::now());
+        let result = inner
+            .database()
+            .and_then(|db| guarded(|| commit(&db, &inner.identity, count)));
+        *lock(&inner.committing_since) = None;
+        match result {
             Ok(total) => {
                 histogram!("stackdemo_embedded_commit_visits").record(count as f64);
-                let mut end = total - count;
+                *lock(&inner.failing) = None;
+                damaged_in_a_row = 0;
+                let mut end = total - count as i64;
                 for write in writes {
-                    end += write.count;
+                    end += write.count as i64;
                     let _ = write.reply.send(Ok(end));
                 }
             }
             Err(error) => {
+                tracing::error!(
+                    visits = count,
+                    reason = error.code(),
+                    cause = error.detail(),
+                    "embedded store write failed"
+                );
                 for write in writes {
                     let _ = write.reply.send(Err(error.clone()));
                 }
+                if error.kind() == StoreErrorKind::Damaged {
+                    damaged_in_a_row += 1;
+                }
+                *lock(&inner.failing) = Some(error);
+                if damaged_in_a_row >= DAMAGED_FAILURES_TO_GIVE_UP || !recover(inner) {
+                    tracing::error!(
+                        "the embedded store's database keeps failing as damaged; giving up"
+                    );
+                    inner.gave_up.cancel();
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Opens the database again and writes to it, until a write succeeds, pausing between
+/// attempts; false if the database keeps failing as damaged. Meanwhile the store reports
+/// the failure (not ready), and writes sent to it are called back by their callers.
+fn recover(inner: &Inner) -> bool {
+    let mut damaged = 0;
+    loop {
+        thread::sleep(REOPEN_DELAY);
+        // A write of no visits: it touches the same pages a visit does, so it fails as
+        // long as a visit would.
+        let attempt = inner.reopen().and_then(|()| {
+            let db = inner.database()?;
+            guarded(|| commit(&db, &inner.identity, 0))
+        });
+        match attempt {
+            Ok(_) => {
+                tracing::info!("embedded store writes again");
+                *lock(&inner.failing) = None;
+                return true;
+            }
+            Err(error) => {
+                tracing::warn!(
+                    reason = error.code(),
+                    cause = error.detail(),
+                    "the embedded store cannot write yet"
+                );
+                if error.kind() == StoreErrorKind::Damaged {
+                    damaged += 1;
+                    if damaged >= DAMAGED_FAILURES_TO_GIVE_UP {
+                        return false;
+                    }
+                }
+                *lock(&inner.failing) = Some(error);
             }
         }
     }
@@ -224,7 +379,7 @@ fn spin_limit() -> Duration {
 /// The next write request, looked for without sleeping for up to `spin`, then waited
 /// for. `None` once the store has been dropped.
 fn next_write(requests: &mpsc::Receiver<Write>, spin: Duration) -> Option<Write> {
-    let start = Instant::now();
+    let start = std::time::Instant::now();
     while start.elapsed() < spin {
         match requests.try_recv() {
             Ok(write) => return Some(write),
@@ -235,44 +390,120 @@ fn next_write(requests: &mpsc::Receiver<Write>, spin: Duration) -> Option<Write>
     requests.recv().ok()
 }
 
+/// Opens the database at `path`: an existing file must be a valid database (checked
+/// whole when `check` is set, as at start); a missing one is created.
+fn open_database(path: &Path, check: bool) -> Result<Database, StoreError> {
+    let exists = path.try_exists().map_err(|e| {
+        StoreError::new(
+            StoreErrorKind::Failed,
+            format!("cannot read {}: {e}", path.display()),
+        )
+    })?;
+    let opened = guarded(|| {
+        let result = if exists {
+            let mut builder = Database::builder();
+            builder.set_check_integrity_on_open(check);
+            builder.open(path)
+        } else {
+            Database::create(path)
+        };
+        result.map_err(|e| describe(path, e.into()))
+    })?;
+    // Create the table up front so that readers never meet a missing table.
+    guarded(|| {
+        let txn = opened.begin_write().map_err(classify)?;
+        txn.open_table(COUNTS).map_err(classify)?;
+        txn.commit().map_err(classify)
+    })?;
+    Ok(opened)
+}
+
 /// Adds `count` to the total and to this replica's share in one durable transaction.
-fn commit(db: &Database, key: &str, replica: &str, count: u64) -> Result<u64, StoreError> {
-    let txn = db.begin_write().map_err(failed)?;
+fn commit(db: &Database, identity: &Identity, count: u64) -> Result<i64, StoreError> {
+    let key = identity.counter_key.as_str();
+    let txn = db.begin_write().map_err(classify)?;
     let total = {
-        let mut counts = txn.open_table(COUNTS).map_err(failed)?;
+        let mut counts = txn.open_table(COUNTS).map_err(classify)?;
         let read = |counts: &redb::Table<(&str, &str), u64>, field: &str| {
             counts
                 .get((key, field))
                 .map(|v| v.map_or(0, |v| v.value()))
-                .map_err(failed)
+                .map_err(classify)
         };
-        let total = read(&counts, TOTAL)?
-            .checked_add(count)
-            .ok_or_else(overflow)?;
-        let mine = read(&counts, replica)?.saturating_add(count);
-        counts.insert((key, TOTAL), total).map_err(failed)?;
-        counts.insert((key, replica), mine).map_err(failed)?;
+        let total = to_i64(read(&counts, TOTAL)?)?
+            .checked_add(count as i64)
+            .ok_or_else(|| StoreError::new(StoreErrorKind::Limit, "the total is at its maximum"))?;
+        let mine = read(&counts, &identity.replica)?.saturating_add(count);
+        counts
+            .insert((key, TOTAL), total as u64)
+            .map_err(classify)?;
+        counts
+            .insert((key, identity.replica.as_str()), mine)
+            .map_err(classify)?;
         total
     };
-    // The default durability is Immediate: commit returns after the data is on disk.
-    txn.commit().map_err(failed)?;
+    // The default durability is Immediate: commit returns after the data is on disk. A
+    // commit that fails may have reached the disk in part: its visits are in doubt.
+    txn.commit().map_err(|e| classify(e).with_doubt())?;
     Ok(total)
+}
+
+/// Runs `work`, turning a panic inside it (redb meeting a damaged file) into an error.
+fn guarded<T>(work: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
+    catch_unwind(AssertUnwindSafe(work)).unwrap_or_else(|panic| {
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        Err(StoreError::new(StoreErrorKind::Damaged, format!("panicked: {message}")).with_doubt())
+    })
 }
 
 async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, StoreError> {
-    tokio::task::spawn_blocking(work)
+    tokio::task::spawn_blocking(move || guarded(work))
         .await
         .unwrap_or_else(|e| Err(StoreError::new(StoreErrorKind::Failed, e.to_string())))
+}
+
+fn to_i64(value: u64) -> Result<i64, StoreError> {
+    i64::try_from(value)
+        .map_err(|_| StoreError::new(StoreErrorKind::Limit, "the total is at its maximum"))
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn failed(error: impl std::fmt::Display) -> StoreError {
     StoreError::new(StoreErrorKind::Failed, error.to_string())
 }
 
-fn overflow() -> StoreError {
-    StoreError::new(StoreErrorKind::Failed, "the counter is at its maximum")
+/// Sorts a redb error into a kind.
+fn classify(error: impl Into<redb::Error>) -> StoreError {
+    let error: redb::Error = error.into();
+    let kind = match &error {
+        redb::Error::Corrupted(_) => StoreErrorKind::Damaged,
+        redb::Error::Io(io) if io.kind() == std::io::ErrorKind::StorageFull => {
+            StoreErrorKind::DiskFull
+        }
+        _ => StoreErrorKind::Failed,
+    };
+    StoreError::new(kind, error.to_string())
+}
+
+/// A failure to open the file, said plainly.
+fn describe(path: &Path, error: redb::Error) -> StoreError {
+    let what = match &error {
+        redb::Error::DatabaseAlreadyOpen => "is in use by another process".to_owned(),
+        redb::Error::Corrupted(_) | redb::Error::Io(_) => {
+            format!("is not a valid database, or is damaged ({error})")
+        }
+        other => format!("cannot be opened: {other}"),
+    };
+    StoreError::new(classify(error).kind(), format!("{} {what}", path.display()))
 }
 
 #[cfg(test)]
@@ -281,7 +512,13 @@ mod tests {
 
     fn send(sender: &mpsc::Sender<Write>, count: u64) {
         let (reply, _) = oneshot::channel();
-        sender.send(Write { count, reply }).unwrap();
+        sender
+            .send(Write {
+                count,
+                state: Arc::new(AtomicU8::new(WAITING)),
+                reply,
+            })
+            .unwrap();
     }
 
     #[test]

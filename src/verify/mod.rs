@@ -169,7 +169,7 @@ async fn visit(http: &reqwest::Client, url: &reqwest::Url, client: u64) -> Sampl
 }
 
 /// Reads N from `Hello World! I have been seen N times.`
-pub fn parse_count(body: &str) -> Option<u64> {
+pub fn parse_count(body: &str) -> Option<i64> {
     body.trim_end()
         .strip_prefix("Hello World! I have been seen ")?
         .strip_suffix(" times.")?
@@ -192,5 +192,10 @@ mod tests {
             None
         );
         assert_eq!(parse_count("<html>"), None);
+        assert_eq!(
+            parse_count("Hello World! I have been seen -2 times.\n"),
+            Some(-2),
+            "a total reset below zero counts up through it, as INCR does"
+        );
     }
 }

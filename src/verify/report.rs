@@ -19,7 +19,7 @@ pub struct Sample {
 #[derive(Debug, Clone)]
 pub enum Outcome {
     Counted {
-        count: u64,
+        count: i64,
         replica: Option<String>,
         version: Option<String>,
     },
@@ -49,8 +49,8 @@ pub struct Report {
     pub duplicate_counts: u64,
     /// Responses whose count was not above the same client's previous one.
     pub out_of_order: u64,
-    pub lowest_count: Option<u64>,
-    pub highest_count: Option<u64>,
+    pub lowest_count: Option<i64>,
+    pub highest_count: Option<i64>,
 }
 
 impl Report {
@@ -71,8 +71,8 @@ impl Report {
         if elapsed > Duration::ZERO {
             report.requests_per_s = samples.len() as f64 / elapsed.as_secs_f64();
         }
-        let mut seen: HashMap<u64, u32> = HashMap::new();
-        let mut last_by_client: HashMap<u64, u64> = HashMap::new();
+        let mut seen: HashMap<i64, u32> = HashMap::new();
+        let mut last_by_client: HashMap<u64, i64> = HashMap::new();
         // Samples of one client are in the order that client sent them.
         for sample in &samples {
             match &sample.outcome {
@@ -172,7 +172,7 @@ impl fmt::Display for Report {
 mod tests {
     use super::*;
 
-    fn counted(client: u64, count: u64) -> Sample {
+    fn counted(client: u64, count: i64) -> Sample {
         Sample {
             client,
             latency: Duration::from_millis(1),

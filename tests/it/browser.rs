@@ -47,8 +47,9 @@ fn screenshot_path() -> PathBuf {
 async fn the_page_shows_the_count_the_replica_and_the_live_view() {
     let redis = RedisServer::start();
     let web1 = TestApp::spawn_on_redis(&redis.url(), &["--replica", "web.1<script>"]).await;
-    let web2 = TestApp::spawn_on_redis(&redis.url(), &["--replica", "web.2"]).await;
-    let mut web3 = TestApp::spawn_on_redis(&redis.url(), &["--replica", "web.3"]).await;
+    // Names that are also names of every JavaScript object's own properties.
+    let web2 = TestApp::spawn_on_redis(&redis.url(), &["--replica", "__proto__"]).await;
+    let mut web3 = TestApp::spawn_on_redis(&redis.url(), &["--replica", "constructor"]).await;
     for _ in 0..3 {
         web1.client.visit().await;
     }
@@ -81,7 +82,7 @@ async fn the_page_shows_the_count_the_replica_and_the_live_view() {
         "the live view loaded /api/stats:\n{dom}"
     );
     assert!(
-        dom.contains(r#"data-replica="web.2""#),
+        dom.contains(r#"data-replica="__proto__""#),
         "the other replica is listed:\n{dom}"
     );
     assert!(
@@ -89,7 +90,8 @@ async fn the_page_shows_the_count_the_replica_and_the_live_view() {
         "summary:\n{dom}"
     );
     assert!(
-        dom.contains("1 visits (17%), v0.1.0, gone"),
+        dom.contains(r#"data-replica="constructor""#)
+            && dom.contains("1 visits (17%), v0.1.0, gone"),
         "the stopped replica is listed as gone:\n{dom}"
     );
     assert!(!log.contains("Uncaught"), "JavaScript errors:\n{log}");

@@ -1,19 +1,37 @@
-//! The embedded store: durable across restarts and `kill -9`, and exclusive to one process.
+//! The embedded store: durable across restarts and `kill -9`, exclusive to one process,
+//! never counting a visit it answered 503, and never serving from a file it cannot trust:
+//! an empty or damaged file is refused at start, a full disk makes it not ready until
+//! space is freed.
 
-use std::{collections::BTreeSet, time::Duration};
+use std::{path::Path, time::Duration};
 
+use nix::sys::signal::Signal;
 use reqwest::StatusCode;
 
-use crate::helpers::{ServiceProcess, TestApp, process};
+use crate::helpers::{Load, ServiceProcess, TestApp, process, wait_until};
+
+const DATA_FILE: &str = "stackdemo.redb";
+
+fn assert_refused_naming_the_data_dir(output: &std::process::Output) {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "stderr: {stderr}");
+    assert!(stderr.contains("--data-dir"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+/// A data folder holding `visits` visits, left by a service that stopped.
+async fn data_with_visits(dir: &Path, visits: i64) {
+    let mut app = TestApp::spawn_on_data_dir(dir.to_path_buf(), &[]).await;
+    for _ in 0..visits {
+        app.client.visit().await;
+    }
+    app.stop().await;
+}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn counts_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let mut first = TestApp::spawn_on_data_dir(dir.path().to_path_buf(), &[]).await;
-    for _ in 0..7 {
-        first.client.visit().await;
-    }
-    first.stop().await;
+    data_with_visits(dir.path(), 7).await;
 
     let second = TestApp::spawn_on_data_dir(dir.path().to_path_buf(), &[]).await;
 
@@ -25,54 +43,22 @@ async fn acknowledged_visits_survive_kill_9() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().to_str().unwrap();
     let mut service = ServiceProcess::start(&["--data-dir", data]).await;
-
-    // Visits in flight from many clients when the process is killed.
-    let mut tasks = Vec::new();
-    for _ in 0..16 {
-        let client = service.client.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut acknowledged = Vec::new();
-            loop {
-                let response = reqwest::Client::new()
-                    .get(format!("{}/", client.base))
-                    .timeout(Duration::from_secs(2))
-                    .send()
-                    .await;
-                let Ok(response) = response else { break };
-                if response.status() != StatusCode::OK {
-                    break;
-                }
-                match response.text().await {
-                    Ok(body) => acknowledged.push(stackdemo::verify::parse_count(&body).unwrap()),
-                    Err(_) => break,
-                }
-            }
-            acknowledged
-        }));
-    }
+    let load = Load::start(&service.client, 16);
     let probe = service.client.clone();
-    crate::helpers::wait_until("visits under way", Duration::from_secs(5), || {
+    wait_until("visits under way", Duration::from_secs(5), || {
         let probe = probe.clone();
         async move { probe.total().await >= 300 }
     })
     .await;
-    service.signal("KILL");
-    service.wait(Duration::from_secs(5));
-    let mut acknowledged = Vec::new();
-    for task in tasks {
-        acknowledged.extend(task.await.unwrap());
-    }
-    let distinct: BTreeSet<u64> = acknowledged.iter().copied().collect();
-    assert_eq!(
-        distinct.len(),
-        acknowledged.len(),
-        "a number was handed out twice"
-    );
-    let highest = *distinct.last().expect("some visits were acknowledged");
 
+    service.signal(Signal::SIGKILL);
+    service.wait(Duration::from_secs(5));
+    let report = load.stop().await.report();
     let restarted = ServiceProcess::start(&["--data-dir", data]).await;
     let next = restarted.client.visit().await;
 
+    assert_eq!(report.duplicate_counts, 0, "a number was handed out twice");
+    let highest = report.highest_count.expect("visits were acknowledged");
     assert!(
         next > highest,
         "visit {highest} was acknowledged but the store restarted at {next}"
@@ -87,9 +73,8 @@ async fn a_second_process_on_the_same_data_dir_is_refused() {
 
     let second = process::run(&["--listen", "127.0.0.1:0", "--data-dir", data], &[]);
 
-    assert_eq!(second.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&second.stderr);
-    assert!(stderr.contains("STACKDEMO_DATA_DIR"), "{stderr}");
+    assert_refused_naming_the_data_dir(&second);
+    assert!(String::from_utf8_lossy(&second.stderr).contains("in use by another process"));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -97,29 +82,236 @@ async fn concurrent_visits_share_transactions() {
     let dir = tempfile::tempdir().unwrap();
     let service = ServiceProcess::start(&["--data-dir", dir.path().to_str().unwrap()]).await;
 
-    let mut tasks = Vec::new();
-    for _ in 0..64 {
-        let client = service.client.clone();
-        tasks.push(tokio::spawn(async move {
-            for _ in 0..20 {
-                client.visit().await;
-            }
-        }));
-    }
-    for task in tasks {
-        task.await.unwrap();
-    }
+    let load = Load::start(&service.client, 64);
+    let probe = service.client.clone();
+    wait_until("1280 visits", Duration::from_secs(10), || {
+        let probe = probe.clone();
+        async move { probe.total().await >= 1280 }
+    })
+    .await;
+    let report = load.stop().await.report();
 
     let metric = "stackdemo_embedded_commit_visits";
     let visits = service.client.metric(&format!("{metric}_sum")).await;
     let commits = service.client.metric(&format!("{metric}_count")).await;
     assert_eq!(
-        visits, 1280.0,
+        visits, report.succeeded as f64,
         "every acknowledged visit was committed once"
     );
     assert!(
         commits < visits,
         "{visits} visits took {commits} transactions: none was shared"
     );
-    assert_eq!(service.client.visit().await, 64 * 20 + 1);
+}
+
+#[test]
+fn an_empty_data_file_is_refused_not_taken_for_a_new_database() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join(DATA_FILE), b"").unwrap();
+
+    let output = process::run(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+        ],
+        &[],
+    );
+
+    assert_refused_naming_the_data_dir(&output);
+    assert!(String::from_utf8_lossy(&output.stderr).contains("not a valid database"));
+}
+
+#[test]
+fn an_empty_data_file_given_by_the_environment_is_refused_naming_the_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join(DATA_FILE), b"").unwrap();
+
+    let output = process::run(
+        &["--listen", "127.0.0.1:0"],
+        &[("STACKDEMO_DATA_DIR", dir.path().to_str().unwrap())],
+    );
+
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("STACKDEMO_DATA_DIR"));
+}
+
+/// Damage of many shapes (zeroed ranges, flipped bits, a cut-off file) at generated
+/// places: the service either refuses the file at start, with exit code 2 and a message,
+/// or serves correctly from it. It never panics, and never serves numbers that repeat.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_damaged_data_file_is_refused_at_start_or_served_correctly_never_with_a_panic() {
+    let pristine = tempfile::tempdir().unwrap();
+    data_with_visits(pristine.path(), 25).await;
+    let original = std::fs::read(pristine.path().join(DATA_FILE)).unwrap();
+    let seed = fastrand::u64(..);
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let (mut refused, mut served) = (0, 0);
+
+    for case in 0..24 {
+        let mut bytes = original.clone();
+        let damage = match case % 3 {
+            0 => {
+                let start = rng.usize(..bytes.len());
+                let end = (start + rng.usize(1..4096)).min(bytes.len());
+                bytes[start..end].fill(0);
+                format!("zeroed {start}..{end}")
+            }
+            1 => {
+                let at = rng.usize(..bytes.len());
+                let bit = rng.u8(0..8);
+                bytes[at] ^= 1 << bit;
+                format!("flipped bit {bit} of byte {at}")
+            }
+            _ => {
+                let keep = rng.usize(..bytes.len());
+                bytes.truncate(keep);
+                format!("cut to {keep} bytes")
+            }
+        };
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(DATA_FILE), &bytes).unwrap();
+        let data = dir.path().to_str().unwrap();
+
+        let started = tokio::time::timeout(
+            Duration::from_secs(10),
+            ServiceProcess::try_start(&["--data-dir", data]),
+        )
+        .await
+        .expect("the service starts or exits within 10 s");
+        match started {
+            Err(output) => {
+                assert_refused_naming_the_data_dir(&output);
+                refused += 1;
+            }
+            Ok(mut service) => {
+                // Serving from it: every visit counts on from the old total, or is
+                // refused while the service says it is not ready.
+                for _ in 0..5 {
+                    let answer = service.client.try_visit().await;
+                    match answer.status {
+                        Some(StatusCode::OK) => {
+                            let count = answer.count.unwrap();
+                            assert!(count > 25, "{damage} (seed {seed}): counted from {count}");
+                        }
+                        Some(StatusCode::SERVICE_UNAVAILABLE) => assert_ne!(
+                            service.client.ready_status().await,
+                            StatusCode::OK,
+                            "{damage} (seed {seed}): 503 while ready"
+                        ),
+                        other => panic!("{damage} (seed {seed}): {other:?} {answer:?}"),
+                    }
+                }
+                if !service.running() {
+                    let status = service.wait(Duration::from_secs(1));
+                    assert_ne!(status.code(), Some(101), "{damage} (seed {seed}): panicked");
+                }
+                served += 1;
+            }
+        }
+    }
+    assert!(
+        refused > 0,
+        "no damage was refused (seed {seed}, {served} served)"
+    );
+}
+
+/// A disk that fills up: visits are refused and the service reports not-ready, then
+/// counts on by itself once space is freed, without a restart and without counting what
+/// it refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_disk_makes_the_store_not_ready_until_space_is_freed() {
+    let disk = SmallDisk::mount(4 * 1024 * 1024);
+    let data = disk.path.join("data");
+    let service =
+        ServiceProcess::start(&["--data-dir", data.to_str().unwrap(), "--workers", "1"]).await;
+    assert_eq!(service.client.visit().await, 1);
+    let filler = disk.path.join("filler");
+    fill(&filler);
+
+    let mut acknowledged = 1;
+    let mut refused = false;
+    for _ in 0..20_000 {
+        let answer = service.client.try_visit().await;
+        match answer.status {
+            Some(StatusCode::OK) => {
+                acknowledged += 1;
+                assert_eq!(answer.count, Some(acknowledged));
+            }
+            Some(StatusCode::SERVICE_UNAVAILABLE) => {
+                refused = true;
+                break;
+            }
+            other => panic!("{other:?} {answer:?}"),
+        }
+    }
+    assert!(refused, "the full disk never refused a visit");
+    assert_eq!(
+        service.client.ready_status().await,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "not ready while writes fail"
+    );
+
+    std::fs::remove_file(&filler).unwrap();
+    service.client.wait_ready(Duration::from_secs(10)).await;
+
+    assert_eq!(
+        service.client.visit().await,
+        acknowledged + 1,
+        "counting resumed where it was; nothing refused was counted"
+    );
+}
+
+/// Writes to `path` until the disk is full.
+fn fill(path: &Path) {
+    use std::io::Write;
+    let mut file = std::fs::File::create(path).unwrap();
+    let block = vec![0u8; 64 * 1024];
+    loop {
+        match file.write(&block) {
+            Ok(0) => break,
+            Ok(_) => continue,
+            Err(e) if e.raw_os_error() == Some(nix::libc::ENOSPC) => break,
+            Err(e) => panic!("filling the disk: {e}"),
+        }
+    }
+    let _ = file.sync_all();
+}
+
+/// A tmpfs of a given size, unmounted on drop. Mounting needs root, as the tests are run
+/// (`scripts/test.sh`).
+struct SmallDisk {
+    path: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(bytes: u64) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let options = format!("size={bytes}");
+        nix::mount::mount(
+            Some("tmpfs"),
+            dir.path(),
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            Some(options.as_str()),
+        )
+        .unwrap_or_else(|e| {
+            panic!(
+                "mounting a small tmpfs for the full-disk test failed ({e}); \
+                 the tests must run as root (scripts/test.sh does)"
+            )
+        });
+        Self {
+            path: dir.path().to_path_buf(),
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.path, nix::mount::MntFlags::MNT_DETACH);
+    }
 }

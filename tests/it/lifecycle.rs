@@ -1,4 +1,6 @@
-//! Process lifecycle: graceful shutdown, slow clients, the healthcheck subcommand.
+//! Process lifecycle and connections: graceful shutdown, signals, slow and silent
+//! clients, the connection bound, memory under half-sent requests, the healthcheck
+//! subcommand.
 
 use std::{
     io::{Read, Write},
@@ -6,9 +8,12 @@ use std::{
     time::{Duration, Instant},
 };
 
+use nix::sys::signal::Signal;
 use reqwest::StatusCode;
 
-use crate::helpers::{Backend, RedisServer, ServiceProcess, TestApp, process, wait_until};
+use crate::helpers::{
+    Backend, RedisServer, ServiceProcess, TestApp, TestClient, process, wait_until,
+};
 
 /// Batches sent to the store so far, from the service's own metrics.
 async fn batches_sent(service: &ServiceProcess) -> f64 {
@@ -34,6 +39,20 @@ async fn start_on(redis: &RedisServer, extra: &[&str]) -> ServiceProcess {
     ServiceProcess::start(&args).await
 }
 
+/// Reads until the peer closes the connection (or resets it); false if it stays open
+/// past the socket's read timeout.
+fn closed_by_peer(stream: &mut TcpStream) -> bool {
+    let mut buffer = [0u8; 256];
+    loop {
+        match stream.read(&mut buffer) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_lets_an_in_flight_visit_finish_and_exits_0() {
     let redis = RedisServer::start();
@@ -50,14 +69,18 @@ async fn sigterm_lets_an_in_flight_visit_finish_and_exits_0() {
     )
     .await;
 
-    service.signal("TERM");
+    service.signal(Signal::SIGTERM);
 
-    let (status, count, _) = visit.await.unwrap();
-    assert_eq!(status, StatusCode::OK, "the in-flight visit completes");
-    assert_eq!(count, Some(1));
+    let answer = visit.await.unwrap();
+    assert_eq!(
+        answer.status,
+        Some(StatusCode::OK),
+        "the in-flight visit completes"
+    );
+    assert_eq!(answer.count, Some(1));
     let exit = service.wait(Duration::from_secs(5));
     assert_eq!(exit.code(), Some(0));
-    assert_eq!(redis.get_u64("hits"), 1);
+    assert_eq!(redis.get_i64("hits"), 1);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -65,11 +88,6 @@ async fn a_visit_still_running_at_the_shutdown_deadline_is_cut_off_and_not_count
     let redis = RedisServer::start();
     let mut service = start_on(&redis, &["--shutdown-timeout", "300ms"]).await;
     assert_eq!(service.client.visit().await, 1);
-    // A heartbeat has measured Redis's clock, so writes now carry a deadline.
-    wait_until("a heartbeat", Duration::from_secs(3), || async {
-        matches!(redis.query(&["ZCARD", "hits:heartbeats"]), Ok(redis::Value::Int(n)) if n > 0)
-    })
-    .await;
     redis.query(&["CLIENT", "PAUSE", "20000", "WRITE"]).unwrap();
     let mut stuck = TcpStream::connect(("127.0.0.1", service.port)).unwrap();
     stuck
@@ -83,7 +101,7 @@ async fn a_visit_still_running_at_the_shutdown_deadline_is_cut_off_and_not_count
     .await;
 
     let started = Instant::now();
-    service.signal("TERM");
+    service.signal(Signal::SIGTERM);
     stuck
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
@@ -110,7 +128,7 @@ async fn a_visit_still_running_at_the_shutdown_deadline_is_cut_off_and_not_count
     )
     .await;
     assert_eq!(
-        redis.get_u64("hits"),
+        redis.get_i64("hits"),
         1,
         "the cut-off visit was not counted"
     );
@@ -134,7 +152,7 @@ async fn idle_keep_alive_connections_do_not_delay_shutdown() {
     assert!(String::from_utf8_lossy(&buffer[..n]).starts_with("HTTP/1.1 200"));
 
     let started = Instant::now();
-    service.signal("TERM");
+    service.signal(Signal::SIGTERM);
     let exit = service.wait(Duration::from_secs(5));
 
     assert_eq!(exit.code(), Some(0));
@@ -144,21 +162,25 @@ async fn idle_keep_alive_connections_do_not_delay_shutdown() {
         started.elapsed()
     );
     idle.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
-    assert_eq!(
-        idle.read(&mut buffer).unwrap_or(0),
-        0,
-        "the idle connection was closed"
-    );
+    assert!(closed_by_peer(&mut idle), "the idle connection was closed");
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn sigint_stops_the_service_cleanly() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut service = ServiceProcess::start(&["--data-dir", dir.path().to_str().unwrap()]).await;
+async fn sigint_and_sighup_stop_the_service_cleanly() {
+    for signal in [Signal::SIGINT, Signal::SIGHUP] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut service =
+            ServiceProcess::start(&["--data-dir", dir.path().to_str().unwrap()]).await;
+        service.client.visit().await;
 
-    service.signal("INT");
+        service.signal(signal);
 
-    assert_eq!(service.wait(Duration::from_secs(5)).code(), Some(0));
+        assert_eq!(
+            service.wait(Duration::from_secs(5)).code(),
+            Some(0),
+            "{signal}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -170,15 +192,7 @@ async fn a_client_that_never_finishes_its_headers_is_cut_off() {
     slow.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
 
     let started = Instant::now();
-    let mut buffer = [0u8; 256];
-    let closed = loop {
-        match slow.read(&mut buffer) {
-            Ok(0) => break true,
-            Ok(_) => continue,
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break true,
-            Err(_) => break false,
-        }
-    };
+    let closed = closed_by_peer(&mut slow);
 
     assert!(closed, "the connection stayed open");
     assert!(
@@ -193,19 +207,144 @@ async fn a_client_that_never_finishes_its_headers_is_cut_off() {
     );
 }
 
-#[test]
-fn the_default_header_read_timeout_is_ten_seconds() {
-    use clap::Parser;
-    let cli = stackdemo::config::Cli::try_parse_from(["stackdemo"]).unwrap();
-    assert_eq!(cli.settings.header_read_timeout, Duration::from_secs(10));
+/// Sockets that never send a byte (not even enough to tell HTTP/1 from HTTP/2) are closed
+/// after the header read timeout, so that they cannot hold every connection slot.
+#[tokio::test(flavor = "multi_thread")]
+async fn silent_connections_that_fill_every_slot_are_closed_in_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = ServiceProcess::start(&[
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+        "--max-connections",
+        "20",
+        "--header-read-timeout",
+        "1s",
+    ])
+    .await;
+    let mut silent: Vec<TcpStream> = (0..20)
+        .map(|_| {
+            let stream = TcpStream::connect(("127.0.0.1", service.port)).unwrap();
+            stream
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .unwrap();
+            stream
+        })
+        .collect();
+    // Two with a first byte or the start of the HTTP/2 preface, then silence.
+    silent[0].write_all(b"G").unwrap();
+    silent[1].write_all(b"PRI * HTTP/2").unwrap();
+
+    let started = Instant::now();
+    let client = TestClient::with_timeout(service.client.base.clone(), Duration::from_secs(5));
+    let health = client.get("/healthz").await;
+
+    assert_eq!(health.status(), StatusCode::OK);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "a new client waited {:?}",
+        started.elapsed()
+    );
+    for stream in &mut silent {
+        assert!(closed_by_peer(stream), "a silent connection stayed open");
+    }
+}
+
+/// A visit whose body ends too late to be counted within the request timeout is refused
+/// before it joins a batch: never answered 503 and counted.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_body_that_ends_near_the_request_timeout_is_refused_and_not_counted() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let service = ServiceProcess::start(&[
+        "--redis-url",
+        &url,
+        "--request-timeout",
+        "2s",
+        "--store-timeout",
+        "400ms",
+    ])
+    .await;
+    // Late bodies end just before the request timeout; early ones well before it.
+    let visits = (0..24).map(|i| {
+        let address: std::net::SocketAddr = format!("127.0.0.1:{}", service.port).parse().unwrap();
+        let late = i % 2 == 0;
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+            stream
+                .write_all(
+                    b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\n",
+                )
+                .await
+                .unwrap();
+            let wait = if late { 1_950 + 2 * i } else { 300 };
+            tokio::time::sleep(Duration::from_millis(wait)).await;
+            let _ = stream.write_all(b"ok").await;
+            let mut answer = Vec::new();
+            let _ = stream.read_to_end(&mut answer).await;
+            crate::helpers::client::parse_raw(&String::from_utf8_lossy(&answer))
+        })
+    });
+    let answers = futures_util::future::join_all(visits).await;
+
+    let mut counted = 0;
+    for (i, answer) in answers.into_iter().enumerate() {
+        let answer = answer.unwrap().expect("an answer");
+        if i % 2 == 0 {
+            assert_eq!(answer.status, 503, "a late body: {answer:?}");
+        } else {
+            assert_eq!(answer.status, 200, "an early body: {answer:?}");
+            counted += 1;
+        }
+    }
+    assert_eq!(
+        redis.get_i64("hits"),
+        counted,
+        "a visit answered 503 was counted"
+    );
+}
+
+/// Every connection holding a half-sent request head of nearly the size limit: the
+/// service's memory stays within what the stack file gives it (64 MB), at the default
+/// connection bound.
+#[tokio::test(flavor = "multi_thread")]
+async fn half_sent_requests_on_every_connection_fit_the_stack_memory_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = ServiceProcess::start(&["--data-dir", dir.path().to_str().unwrap()]).await;
+    let head = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nX-Filler: {}",
+        "f".repeat(16_000)
+    );
+    let address = format!("127.0.0.1:{}", service.port);
+
+    let mut open = Vec::new();
+    for _ in 0..1024 {
+        let mut stream = TcpStream::connect(&address).unwrap();
+        stream.write_all(head.as_bytes()).unwrap();
+        open.push(stream);
+    }
+    wait_until(
+        "the service to read every head",
+        Duration::from_secs(10),
+        || async { unread_bytes(service.port) == 0 },
+    )
+    .await;
+    let rss_mb = service.rss_kib() / 1024;
+
+    assert!(
+        rss_mb < 56,
+        "{rss_mb} MB resident with 1024 half-sent heads"
+    );
+    drop(open);
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn healthcheck_exits_0_when_ready_and_1_when_not() {
+async fn healthcheck_is_healthy_when_ready_or_when_only_the_store_went_away() {
     let mut redis = RedisServer::start();
     let url = redis.url();
     let service = ServiceProcess::start(&["--redis-url", &url]).await;
     let listen = format!("0.0.0.0:{}", service.port);
+    let healthcheck = |env: &[(&str, &str)]| process::run(&["healthcheck"], env);
 
     let ready = process::run(&["healthcheck", "--listen", &listen], &[]);
     assert_eq!(
@@ -215,10 +354,28 @@ async fn healthcheck_exits_0_when_ready_and_1_when_not() {
         String::from_utf8_lossy(&ready.stderr)
     );
 
+    // Ready before: a Redis outage leaves it healthy (not ready), so Swarm does not
+    // restart every replica at once.
     redis.kill();
-    let not_ready = process::run(&["healthcheck"], &[("STACKDEMO_LISTEN", &listen)]);
-    assert_eq!(not_ready.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&not_ready.stderr).contains("503"));
+    assert_eq!(
+        service.client.ready_status().await,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    let outage = healthcheck(&[("STACKDEMO_LISTEN", &listen)]);
+    assert_eq!(outage.status.code(), Some(0));
+
+    // Never ready: unhealthy, so that a rolling update to it rolls back.
+    let never = ServiceProcess::start(&["--redis-url", &url]).await;
+    let never_ready = process::run(
+        &[
+            "healthcheck",
+            "--listen",
+            &format!("127.0.0.1:{}", never.port),
+        ],
+        &[],
+    );
+    assert_eq!(never_ready.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&never_ready.stderr).contains("503"));
 
     let nothing = process::run(
         &[
@@ -265,4 +422,21 @@ async fn connections_beyond_the_bound_wait_until_one_closes() {
         .unwrap();
     let n = third.read(&mut buffer).unwrap();
     assert!(String::from_utf8_lossy(&buffer[..n]).starts_with("HTTP/1.1 200"));
+}
+
+/// Bytes received on the service's connections that it has not read yet (the receive
+/// queues of the established sockets on its port, from /proc/net/tcp).
+fn unread_bytes(port: u16) -> u64 {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let local_port = u16::from_str_radix(fields.get(1)?.rsplit(':').next()?, 16).ok()?;
+            let established = *fields.get(3)? == "01";
+            let rx_queue = u64::from_str_radix(fields.get(4)?.split(':').nth(1)?, 16).ok()?;
+            (local_port == port && established).then_some(rx_queue)
+        })
+        .sum()
 }

@@ -2,8 +2,10 @@
 
 use std::{net::SocketAddr, path::PathBuf};
 
-use clap::Parser;
-use stackdemo::{config::Cli, startup::Application};
+use stackdemo::{
+    cli::{Cli, Command},
+    startup::{Application, StartupError},
+};
 use tempfile::TempDir;
 use tokio::{sync::oneshot, task::JoinHandle};
 
@@ -22,7 +24,7 @@ pub struct TestApp {
     pub redis: Option<RedisServer>,
     pub data_dir: Option<TempDir>,
     stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<std::io::Result<()>>>,
+    task: Option<JoinHandle<Result<(), StartupError>>>,
 }
 
 impl TestApp {
@@ -81,8 +83,11 @@ impl TestApp {
             argv.extend(["--workers", "3"]);
         }
         argv.extend_from_slice(args);
-        let cli = Cli::try_parse_from(&argv).expect("valid test settings");
-        let app = Application::build(&cli.settings)
+        let Command::Serve(settings) = Cli::parse_args(&argv).expect("valid test settings").command
+        else {
+            unreachable!("options alone are serve's");
+        };
+        let app = Application::build(&settings)
             .await
             .expect("the service starts");
         let address = app.local_addr();

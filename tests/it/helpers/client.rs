@@ -11,50 +11,90 @@ pub struct TestClient {
     http: reqwest::Client,
 }
 
+/// What a client got for one visit.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    /// `None` when no HTTP answer came (connection refused or cut, timeout).
+    pub status: Option<StatusCode>,
+    /// The number in a 200's body.
+    pub count: Option<i64>,
+    pub body: String,
+}
+
+impl Answer {
+    /// A 200 with a number: an acknowledged visit.
+    pub fn acknowledged(&self) -> Option<i64> {
+        (self.status == Some(StatusCode::OK))
+            .then_some(self.count)
+            .flatten()
+    }
+}
+
 impl TestClient {
     pub fn new(address: SocketAddr) -> Self {
         Self::with_base(format!("http://{address}"))
     }
 
     pub fn with_base(base: String) -> Self {
+        Self::with_timeout(base, Duration::from_secs(10))
+    }
+
+    pub fn with_timeout(base: String, timeout: Duration) -> Self {
         let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
+            .timeout(timeout)
             .no_proxy()
             .build()
             .expect("a client");
         Self { base, http }
     }
 
+    /// A request to build further (headers, body); sent through this client.
+    pub fn request_builder(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http.request(method, format!("{}{path}", self.base))
+    }
+
     pub async fn get(&self, path: &str) -> Response {
-        self.http
-            .get(format!("{}{path}", self.base))
-            .send()
-            .await
-            .expect("the service answers")
+        self.request(reqwest::Method::GET, path).await
     }
 
     pub async fn request(&self, method: reqwest::Method, path: &str) -> Response {
-        self.http
-            .request(method, format!("{}{path}", self.base))
+        self.request_builder(method, path)
             .send()
             .await
             .expect("the service answers")
     }
 
     /// `GET /`, asserting 200, returning the number in the body.
-    pub async fn visit(&self) -> u64 {
-        let response = self.get("/").await;
-        assert_eq!(response.status(), StatusCode::OK, "GET / should succeed");
-        let body = response.text().await.expect("a body");
-        parse_count(&body).unwrap_or_else(|| panic!("unexpected body {body:?}"))
+    pub async fn visit(&self) -> i64 {
+        let answer = self.try_visit().await;
+        assert_eq!(
+            answer.status,
+            Some(StatusCode::OK),
+            "GET / should succeed: {answer:?}"
+        );
+        answer
+            .count
+            .unwrap_or_else(|| panic!("unexpected body {:?}", answer.body))
     }
 
-    /// `GET /` returning the status and, on success, the count.
-    pub async fn try_visit(&self) -> (StatusCode, Option<u64>, String) {
-        let response = self.get("/").await;
-        let status = response.status();
-        let body = response.text().await.unwrap_or_default();
-        (status, parse_count(&body), body)
+    /// `GET /`, whatever comes back.
+    pub async fn try_visit(&self) -> Answer {
+        match self.request_builder(reqwest::Method::GET, "/").send().await {
+            Err(_) => Answer {
+                status: None,
+                count: None,
+                body: String::new(),
+            },
+            Ok(response) => {
+                let status = response.status();
+                let body = response.text().await.unwrap_or_default();
+                Answer {
+                    status: Some(status),
+                    count: parse_count(&body),
+                    body,
+                }
+            }
+        }
     }
 
     /// `GET /api/stats`, asserting 200.
@@ -69,18 +109,15 @@ impl TestClient {
     }
 
     /// The total as the service reports it (not a visit).
-    pub async fn total(&self) -> u64 {
-        self.stats().await["total"].as_u64().expect("a total")
+    pub async fn total(&self) -> i64 {
+        self.stats().await["total"].as_i64().expect("a total")
     }
 
     /// One sample from `/metrics` (`name` as it appears before the value, labels
     /// included); 0 when the series does not exist yet.
     pub async fn metric(&self, name: &str) -> f64 {
         let text = self.get("/metrics").await.text().await.expect("a body");
-        let prefix = format!("{name} ");
-        text.lines()
-            .find_map(|line| line.strip_prefix(prefix.as_str()))
-            .map_or(0.0, |value| value.trim().parse().expect("a number"))
+        metric_in(&text, name)
     }
 
     /// Waits until `/readyz` answers 200, at most `limit`.
@@ -97,13 +134,58 @@ impl TestClient {
             Err(_) => StatusCode::BAD_GATEWAY,
         }
     }
+
+    /// Whether `path` answers 200 within half a second.
+    pub async fn answers_ok(&self, path: &str) -> bool {
+        self.http
+            .get(format!("{}{path}", self.base))
+            .timeout(Duration::from_millis(500))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+    }
+}
+
+/// The value of one sample in a Prometheus text page; 0 when absent.
+pub fn metric_in(text: &str, name: &str) -> f64 {
+    let prefix = format!("{name} ");
+    text.lines()
+        .find_map(|line| line.strip_prefix(prefix.as_str()))
+        .map_or(0.0, |value| value.trim().parse().expect("a number"))
+}
+
+/// An answer read off a raw connection.
+#[derive(Debug, Clone)]
+pub struct RawAnswer {
+    pub status: u16,
+    /// Header lines, names lower-cased.
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl RawAnswer {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
 }
 
 /// Sends `request` as it is on a new connection and reads until the service closes it (so
-/// the request should say `Connection: close`). Returns the status code and the body. For
-/// requests no HTTP client would send; the service may answer before it has read them
-/// whole, so a failed write is not an error here.
-pub async fn raw_exchange(address: SocketAddr, request: &[u8]) -> (u16, String) {
+/// the request should say `Connection: close`). For requests no HTTP client would send;
+/// the service may answer before it has read them whole, so a failed write is not an
+/// error here.
+pub async fn raw_exchange(address: SocketAddr, request: &[u8]) -> RawAnswer {
+    let answer = raw_bytes(address, request, Duration::from_secs(10))
+        .await
+        .expect("the service closed the connection");
+    parse_raw(&answer).unwrap_or_else(|| panic!("no complete answer: {answer:?}"))
+}
+
+/// Sends `request` and reads until the service closes the connection or `limit` passes
+/// (then `None`).
+pub async fn raw_bytes(address: SocketAddr, request: &[u8], limit: Duration) -> Option<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     let mut stream = tokio::net::TcpStream::connect(address)
@@ -111,7 +193,7 @@ pub async fn raw_exchange(address: SocketAddr, request: &[u8]) -> (u16, String) 
         .expect("the service accepts a connection");
     let _ = stream.write_all(request).await;
     let mut answer = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(10), async {
+    let read = tokio::time::timeout(limit, async {
         let mut buffer = [0u8; 4096];
         // A reset after the answer (the service closed with part of the request unread)
         // ends the read like a close does.
@@ -120,19 +202,26 @@ pub async fn raw_exchange(address: SocketAddr, request: &[u8]) -> (u16, String) 
         }
     })
     .await;
-    assert!(read.is_ok(), "the service did not close the connection");
-    let answer = String::from_utf8_lossy(&answer);
-    let (head, body) = answer
-        .split_once("\r\n\r\n")
-        .unwrap_or_else(|| panic!("no complete answer: {answer:?}"));
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .unwrap_or_else(|| panic!("no status line: {head:?}"));
-    (status, body.to_owned())
+    read.ok()
+        .map(|()| String::from_utf8_lossy(&answer).into_owned())
 }
 
-pub fn parse_count(body: &str) -> Option<u64> {
+/// The first response in `text`, if it holds a complete head.
+pub fn parse_raw(text: &str) -> Option<RawAnswer> {
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let mut lines = head.split("\r\n");
+    let status = lines.next()?.split(' ').nth(1)?.parse().ok()?;
+    let headers = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    Some(RawAnswer {
+        status,
+        headers,
+        body: body.to_owned(),
+    })
+}
+
+pub fn parse_count(body: &str) -> Option<i64> {
     stackdemo::verify::parse_count(body)
 }

@@ -2,6 +2,7 @@
 //! on port 0 or as the built binary, and an HTTP client whose calls assert their status.
 
 pub mod app;
+pub mod checker;
 pub mod client;
 pub mod process;
 pub mod redis;
@@ -10,6 +11,7 @@ use std::time::{Duration, Instant};
 
 pub use self::{
     app::{Backend, TestApp},
+    checker::Load,
     client::TestClient,
     process::ServiceProcess,
     redis::RedisServer,

@@ -1,28 +1,57 @@
 //! The built `stackdemo` binary as a child process, for what only a real process shows:
-//! signals, exit codes, `kill -9`.
+//! signals, exit codes, `kill -9`, memory.
 
 use std::{
     process::{Child, Command, ExitStatus, Output, Stdio},
     time::{Duration, Instant},
 };
 
-use super::{TestClient, free_port, wait_until};
+use nix::{sys::signal::Signal, unistd::Pid};
 
-pub const BINARY: &str = env!("CARGO_BIN_EXE_stackdemo");
+use super::{TestClient, free_port};
+
+/// The binary under test: this build's, or another given in `STACKDEMO_BIN` (to run the
+/// process tests against an earlier build, say).
+pub fn binary() -> std::ffi::OsString {
+    std::env::var_os("STACKDEMO_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_stackdemo").into())
+}
 
 pub struct ServiceProcess {
     pub port: u16,
     pub client: TestClient,
     child: Option<Child>,
+    /// What the service logged (its standard output).
+    log: tempfile::NamedTempFile,
 }
 
 impl ServiceProcess {
     /// Starts `stackdemo serve` on a free port with the given settings and waits until
     /// it answers `/healthz`.
     pub async fn start(args: &[&str]) -> Self {
+        Self::start_with_env(args, &[]).await
+    }
+
+    pub async fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
+        match Self::launch(args, env).await {
+            Ok(process) => process,
+            Err(output) => panic!(
+                "the service exited: {:?} {}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr)
+            ),
+        }
+    }
+
+    /// Starts the service like `start`; if it exits instead, returns what it printed.
+    pub async fn try_start(args: &[&str]) -> Result<Self, Output> {
+        Self::launch(args, &[]).await
+    }
+
+    async fn launch(args: &[&str], env: &[(&str, &str)]) -> Result<Self, Output> {
         let port = free_port();
         let listen = format!("127.0.0.1:{port}");
-        let child = Command::new(BINARY)
+        let log = tempfile::NamedTempFile::new().expect("a log file");
+        let child = Command::new(binary())
             .args([
                 "--listen",
                 &listen,
@@ -32,42 +61,68 @@ impl ServiceProcess {
                 "process",
             ])
             .args(args)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stdout(log.reopen().expect("the log file"))
+            .stderr(Stdio::piped())
             .spawn()
             .expect("the binary starts");
         let client = TestClient::new(listen.parse().expect("an address"));
-        let process = Self {
+        let mut process = Self {
             port,
             client,
             child: Some(child),
+            log,
         };
         let probe = process.client.clone();
-        wait_until(
-            "the service to answer /healthz",
-            Duration::from_secs(10),
-            || {
-                let probe = probe.clone();
-                async move { reqwest_ok(&probe, "/healthz").await }
-            },
-        )
-        .await;
-        process
+        let started = Instant::now();
+        loop {
+            if probe.answers_ok("/healthz").await {
+                return Ok(process);
+            }
+            if !process.running() {
+                let child = process.child.take().expect("a child");
+                return Err(child.wait_with_output().expect("the output"));
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "the service did not answer /healthz within 10 s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     pub fn pid(&self) -> i32 {
         self.child.as_ref().expect("running").id() as i32
     }
 
-    /// Sends a signal by name (TERM, INT, KILL).
-    pub fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(self.pid().to_string())
-            .status()
-            .expect("kill runs");
-        assert!(status.success(), "kill -{name} failed");
+    /// Sends a signal to the service.
+    pub fn signal(&self, signal: Signal) {
+        nix::sys::signal::kill(Pid::from_raw(self.pid()), signal).expect("the signal is sent");
+    }
+
+    /// Whether the service's log has no panic in it.
+    pub fn logged_no_panic(&self) -> bool {
+        let log = std::fs::read_to_string(self.log.path()).unwrap_or_default();
+        !log.contains("panicked")
+    }
+
+    /// Resident memory now, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("the process is running");
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS")
+    }
+
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|child| child.try_wait().expect("try_wait").is_none())
     }
 
     /// Waits for the process to exit, at most `limit`.
@@ -97,22 +152,31 @@ impl Drop for ServiceProcess {
     }
 }
 
-async fn reqwest_ok(client: &TestClient, path: &str) -> bool {
-    reqwest::Client::new()
-        .get(format!("{}{path}", client.base))
-        .timeout(Duration::from_millis(500))
-        .send()
-        .await
-        .is_ok_and(|r| r.status().is_success())
-}
-
-/// Runs the binary to completion with arguments and extra environment.
+/// Runs the binary to completion with arguments and extra environment (and no
+/// `REDIS_URL` but what `env` gives). One still running after 20 s (a command expected to
+/// exit that serves instead) is killed, and the test fails.
 pub fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
-    Command::new(BINARY)
+    let mut child = Command::new(binary())
         .args(args)
-        .envs(env.iter().copied())
         .env_remove("REDIS_URL")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
-        .output()
-        .expect("the binary runs")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the binary runs");
+    let started = Instant::now();
+    while child.try_wait().expect("try_wait").is_none() {
+        if started.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            let output = child.wait_with_output().expect("the output");
+            panic!(
+                "`stackdemo {}` was still running after 20 s: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.wait_with_output().expect("the output")
 }

@@ -6,6 +6,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use nix::{sys::signal::Signal, unistd::Pid};
 use tempfile::TempDir;
 
 pub struct RedisServer {
@@ -73,6 +74,12 @@ impl RedisServer {
 
     /// Sends one command on a fresh connection and returns the reply.
     pub fn query(&self, args: &[&str]) -> redis::RedisResult<redis::Value> {
+        let args: Vec<&[u8]> = args.iter().map(|arg| arg.as_bytes()).collect();
+        self.query_bytes(&args)
+    }
+
+    /// `query` with arguments that need not be text (a DUMP to RESTORE).
+    pub fn query_bytes(&self, args: &[&[u8]]) -> redis::RedisResult<redis::Value> {
         let mut info = redis::IntoConnectionInfo::into_connection_info(self.url())?;
         if let Some(password) = &self.password {
             let settings = info.redis_settings().clone().set_password(password);
@@ -80,7 +87,7 @@ impl RedisServer {
         }
         let client = redis::Client::open(info)?;
         let mut connection = client.get_connection_with_timeout(Duration::from_secs(1))?;
-        let mut command = redis::cmd(args[0]);
+        let mut command = redis::cmd(std::str::from_utf8(args[0]).expect("a command name"));
         for arg in &args[1..] {
             command.arg(*arg);
         }
@@ -88,10 +95,10 @@ impl RedisServer {
     }
 
     /// The integer under `key`, 0 when missing.
-    pub fn get_u64(&self, key: &str) -> u64 {
+    pub fn get_i64(&self, key: &str) -> i64 {
         match self.query(&["GET", key]).expect("GET answers") {
             redis::Value::Nil => 0,
-            value => redis::from_redis_value::<u64>(value).expect("an integer"),
+            value => redis::from_redis_value::<i64>(value).expect("an integer"),
         }
     }
 
@@ -110,22 +117,17 @@ impl RedisServer {
 
     /// Freezes the server (SIGSTOP): connections stay open, nothing is answered.
     pub fn pause(&self) {
-        self.signal("STOP");
+        self.signal(Signal::SIGSTOP);
     }
 
     /// Lets a paused server run again (SIGCONT); it then executes what it received.
     pub fn resume(&self) {
-        self.signal("CONT");
+        self.signal(Signal::SIGCONT);
     }
 
-    fn signal(&self, name: &str) {
+    fn signal(&self, signal: Signal) {
         let pid = self.child.as_ref().expect("redis-server is running").id();
-        let status = Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(pid.to_string())
-            .status()
-            .expect("kill runs");
-        assert!(status.success(), "kill -{name} failed");
+        nix::sys::signal::kill(Pid::from_raw(pid as i32), signal).expect("the signal is sent");
     }
 
     /// Starts the server again on the same port and folder (AOF replays the data).

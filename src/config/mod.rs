@@ -1,0 +1,310 @@
+//! The settings of `stackdemo serve`.
+//!
+//! Every setting is both a flag and an environment variable. Values are checked once,
+//! before anything is bound or opened (`Settings::check`); a bad value stops start-up with
+//! exit code 2 and a message that names the setting as the user gave it: the flag when it
+//! was on the command line, the environment variable otherwise.
+
+mod origin;
+mod values;
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::Args;
+use secrecy::SecretString;
+
+use self::values::{
+    parse_counter_key, parse_host_port, parse_master_name, parse_redis_url, parse_replica,
+    parse_version,
+};
+pub use self::{
+    origin::{ConfigError, Origins},
+    values::{HostPort, LogFormat, RedisUrl, parse_duration, redact_url},
+};
+use crate::deadlines::{DeadlineError, Deadlines, MIN_HEADER_READ, MIN_STORE};
+
+/// Settings of the service.
+#[derive(Debug, Clone, Args)]
+pub struct Settings {
+    /// Address and port to listen on.
+    #[arg(long, env = "STACKDEMO_LISTEN", default_value = "0.0.0.0:8000")]
+    pub listen: SocketAddr,
+
+    /// Redis URL (redis://host:port/db) of a single Redis. Unset, and no sentinels: the
+    /// embedded store in --data-dir.
+    #[arg(long, env = "REDIS_URL", hide_env_values = true, value_parser = parse_redis_url)]
+    pub redis_url: Option<RedisUrl>,
+
+    /// Redis Sentinels to ask for the primary, comma-separated host:port (default port
+    /// 26379). The service follows failovers by itself.
+    #[arg(long, env = "REDIS_SENTINELS", value_delimiter = ',', value_parser = parse_host_port)]
+    pub redis_sentinels: Vec<HostPort>,
+
+    /// The name the sentinels know the primary by.
+    #[arg(long, env = "REDIS_MASTER_NAME", default_value = "mymaster",
+          value_parser = parse_master_name)]
+    pub redis_master_name: String,
+
+    /// File holding the Redis password (a Docker secret). Its content is never logged.
+    #[arg(long, env = "REDIS_PASSWORD_FILE")]
+    pub redis_password_file: Option<PathBuf>,
+
+    /// File holding the sentinels' password, when it differs from Redis's. Unset: the
+    /// sentinels are asked with the Redis password, if any.
+    #[arg(long, env = "REDIS_SENTINEL_PASSWORD_FILE")]
+    pub redis_sentinel_password_file: Option<PathBuf>,
+
+    /// Replicas that must have a write (Redis WAIT) before its visits are answered.
+    /// Default: 1 with sentinels, 0 with a single Redis.
+    #[arg(long, env = "STACKDEMO_REDIS_MIN_REPLICAS",
+          value_parser = clap::value_parser!(u8).range(0..=16))]
+    pub redis_min_replicas: Option<u8>,
+
+    /// Answer a visit only once its write is in the append-only file of the primary and
+    /// of --redis-min-replicas replicas (WAITAOF; Redis or Valkey 7.2 and later).
+    #[arg(long, env = "STACKDEMO_REDIS_WAIT_AOF")]
+    pub redis_wait_aof: bool,
+
+    /// Folder of the embedded store. Used when no Redis is configured.
+    #[arg(long, env = "STACKDEMO_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+
+    /// Name of the counter key (Redis) or record (embedded store).
+    #[arg(long, env = "STACKDEMO_COUNTER_KEY", default_value = "hits",
+          value_parser = parse_counter_key)]
+    pub counter_key: String,
+
+    /// This replica's name, shown in X-Served-By. Default: the hostname.
+    #[arg(long, env = "STACKDEMO_REPLICA", value_parser = parse_replica)]
+    pub replica: Option<String>,
+
+    /// Version reported in X-App-Version and /api/stats. Empty: the built-in version.
+    #[arg(long, env = "STACKDEMO_VERSION", default_value = env!("CARGO_PKG_VERSION"),
+          value_parser = parse_version)]
+    pub app_version: String,
+
+    /// Log format.
+    #[arg(long, env = "STACKDEMO_LOG_FORMAT", value_enum, default_value = "auto")]
+    pub log_format: LogFormat,
+
+    /// How long shutdown waits for in-flight requests (e.g. 10s, 500ms).
+    #[arg(long, env = "STACKDEMO_SHUTDOWN_TIMEOUT", default_value = "10s",
+          value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
+
+    /// A connection with no request under way is closed after this long: a client that
+    /// sends nothing, sends its headers too slowly, or keeps an idle connection open.
+    #[arg(long, env = "STACKDEMO_HEADER_READ_TIMEOUT", default_value = "10s",
+          value_parser = parse_duration)]
+    pub header_read_timeout: Duration,
+
+    /// A request is answered by then (503 if it could not be served).
+    #[arg(long, env = "STACKDEMO_REQUEST_TIMEOUT", default_value = "5s",
+          value_parser = parse_duration)]
+    pub request_timeout: Duration,
+
+    /// How long a store write may take before its visits are answered 503; a visit may
+    /// also wait this long for its write to start.
+    #[arg(long, env = "STACKDEMO_STORE_TIMEOUT", default_value = "400ms",
+          value_parser = parse_duration)]
+    pub store_timeout: Duration,
+
+    /// Open connections at most; further connections wait to be accepted. Each may hold
+    /// up to about 40 KB while its request head arrives (see the README on memory).
+    #[arg(long, env = "STACKDEMO_MAX_CONNECTIONS", default_value_t = 1024,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_connections: u32,
+
+    /// Threads serving connections, each with a runtime of its own. Default: one per CPU
+    /// this process may use.
+    #[arg(long, env = "STACKDEMO_WORKERS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub workers: Option<u16>,
+
+    /// Which of the settings above were given on the command line.
+    #[arg(skip)]
+    pub origins: Origins,
+}
+
+/// Where the count is kept, as configured.
+#[derive(Debug, Clone)]
+pub enum StoreSettings {
+    Embedded { data_dir: PathBuf },
+    Redis(RedisSettings),
+}
+
+#[derive(Debug, Clone)]
+pub struct RedisSettings {
+    pub target: RedisTarget,
+    pub password: Option<SecretString>,
+    /// Replicas a write must reach before it is acknowledged.
+    pub min_replicas: u8,
+    /// Whether a write must also be in the append-only files (WAITAOF).
+    pub wait_aof: bool,
+}
+
+#[derive(Debug, Clone)]
+pub enum RedisTarget {
+    /// One Redis at a fixed address.
+    Url(RedisUrl),
+    /// The primary the sentinels name, followed through failovers.
+    Sentinels {
+        sentinels: Vec<HostPort>,
+        master_name: String,
+        password: Option<SecretString>,
+    },
+}
+
+/// Settings checked against each other, in the shape the rest of the service uses.
+#[derive(Debug, Clone)]
+pub struct Checked {
+    pub deadlines: Deadlines,
+    pub store: StoreSettings,
+}
+
+impl Settings {
+    /// Checks the settings against each other and reads the password files.
+    pub fn check(&self) -> Result<Checked, ConfigError> {
+        Ok(Checked {
+            deadlines: self.deadlines()?,
+            store: self.store()?,
+        })
+    }
+
+    /// Worker threads to run: the setting, or the CPUs available (container limits
+    /// included).
+    pub fn worker_count(&self) -> usize {
+        self.workers.map_or_else(
+            || std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
+            usize::from,
+        )
+    }
+
+    /// The replica name: the configured one, or the hostname.
+    pub fn replica_name(&self) -> String {
+        self.replica.clone().unwrap_or_else(|| {
+            let host = gethostname::gethostname().to_string_lossy().into_owned();
+            if host.is_empty() {
+                "stackdemo".to_owned()
+            } else {
+                host
+            }
+        })
+    }
+
+    /// The error for setting `id`, named as the user set it.
+    pub fn error(&self, id: &str, reason: impl Into<String>) -> ConfigError {
+        ConfigError::new(self.origins.name(id), reason)
+    }
+
+    fn deadlines(&self) -> Result<Deadlines, ConfigError> {
+        Deadlines::new(
+            self.header_read_timeout,
+            self.request_timeout,
+            self.store_timeout,
+            self.shutdown_timeout,
+        )
+        .map_err(|error| match error {
+            DeadlineError::StoreTooShort => self.error(
+                "store_timeout",
+                format!("must be at least {}", humantime::format_duration(MIN_STORE)),
+            ),
+            DeadlineError::HeaderReadTooShort => self.error(
+                "header_read_timeout",
+                format!(
+                    "must be at least {}",
+                    humantime::format_duration(MIN_HEADER_READ)
+                ),
+            ),
+            // A visit may wait for its batch to start and then for its write: both must
+            // end before the request timeout.
+            DeadlineError::RequestNotAboveVisit => self.error(
+                "store_timeout",
+                format!(
+                    "must be less than half of {}",
+                    self.origins.name("request_timeout")
+                ),
+            ),
+            DeadlineError::ShutdownZero => self.error("shutdown_timeout", "must be above zero"),
+        })
+    }
+
+    fn store(&self) -> Result<StoreSettings, ConfigError> {
+        let target = match (&self.redis_url, self.redis_sentinels.is_empty()) {
+            (Some(_), false) => {
+                return Err(self.error(
+                    "redis_sentinels",
+                    format!(
+                        "cannot be used together with {}; give one of them",
+                        self.origins.name("redis_url")
+                    ),
+                ));
+            }
+            (Some(url), true) => Some(RedisTarget::Url(url.clone())),
+            (None, false) => Some(RedisTarget::Sentinels {
+                sentinels: self.redis_sentinels.clone(),
+                master_name: self.redis_master_name.clone(),
+                password: self.read_secret(
+                    "redis_sentinel_password_file",
+                    self.redis_sentinel_password_file.as_ref(),
+                )?,
+            }),
+            (None, true) => None,
+        };
+        let Some(target) = target else {
+            let redis_only = [
+                ("redis_password_file", self.redis_password_file.is_some()),
+                (
+                    "redis_sentinel_password_file",
+                    self.redis_sentinel_password_file.is_some(),
+                ),
+                ("redis_min_replicas", self.redis_min_replicas.is_some()),
+                ("redis_wait_aof", self.redis_wait_aof),
+            ];
+            for (redis_only, set) in redis_only {
+                if set {
+                    return Err(self.error(
+                        redis_only,
+                        "is set but no Redis is (REDIS_URL or REDIS_SENTINELS); \
+                         the embedded store does not use it",
+                    ));
+                }
+            }
+            return Ok(StoreSettings::Embedded {
+                data_dir: self.data_dir.clone(),
+            });
+        };
+        if matches!(target, RedisTarget::Url(_)) && self.redis_sentinel_password_file.is_some() {
+            return Err(self.error(
+                "redis_sentinel_password_file",
+                "is set but no sentinels are (REDIS_SENTINELS)",
+            ));
+        }
+        let min_replicas = self
+            .redis_min_replicas
+            .unwrap_or(u8::from(matches!(target, RedisTarget::Sentinels { .. })));
+        Ok(StoreSettings::Redis(RedisSettings {
+            target,
+            password: self.read_secret("redis_password_file", self.redis_password_file.as_ref())?,
+            min_replicas,
+            wait_aof: self.redis_wait_aof,
+        }))
+    }
+
+    /// Reads a password file setting, if it is set.
+    fn read_secret(
+        &self,
+        id: &str,
+        path: Option<&PathBuf>,
+    ) -> Result<Option<SecretString>, ConfigError> {
+        let Some(path) = path else {
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| self.error(id, format!("cannot read {}: {e}", path.display())))?;
+        let password = text.trim_end_matches(['\r', '\n']);
+        if password.is_empty() {
+            return Err(self.error(id, format!("{} is empty", path.display())));
+        }
+        Ok(Some(SecretString::from(password)))
+    }
+}

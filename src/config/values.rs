@@ -1,0 +1,210 @@
+//! Parsers and types for the values of single settings: durations, Redis addresses, the
+//! log format. Checks that involve several settings live in `Settings::validate`.
+
+use std::{fmt, time::Duration};
+
+use clap::ValueEnum;
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// JSON when standard output is not a terminal, text when it is.
+    Auto,
+    /// One JSON object per line, for containers and log collectors.
+    Json,
+    /// Human-readable lines, for a terminal.
+    Text,
+}
+
+/// Parses durations such as `10s`, `500ms`, `2m` or `1m 30s` (humantime's syntax), and a
+/// bare number as seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        return text
+            .parse()
+            .map(Duration::from_secs)
+            .map_err(|_| format!("'{text}' is out of range"));
+    }
+    humantime::parse_duration(text).map_err(|e| format!("{e} (examples: 10s, 500ms, 2m)"))
+}
+
+/// A Redis URL. It may hold a password, so it shows itself only with the password
+/// masked; `expose` gives the real text to the one place that connects.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisUrl(String);
+
+impl RedisUrl {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for RedisUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RedisUrl({})", redact_url(&self.0))
+    }
+}
+
+impl fmt::Display for RedisUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&redact_url(&self.0))
+    }
+}
+
+/// Parses `redis://[[user]:password@]host[:port][/db]` (or a `redis+unix://` socket path).
+/// The error never repeats the text, which may hold a password.
+pub fn parse_redis_url(text: &str) -> Result<RedisUrl, String> {
+    let scheme = text.split_once("://").map_or("", |(scheme, _)| scheme);
+    if scheme.eq_ignore_ascii_case("rediss") {
+        return Err("TLS (rediss://) is not supported; use redis:// on a private network".into());
+    }
+    if !matches!(scheme, "redis" | "redis+unix" | "unix") {
+        return Err("expected redis://[:password@]host[:port][/db]".into());
+    }
+    redis::IntoConnectionInfo::into_connection_info(text)
+        .map(|_| RedisUrl(text.to_owned()))
+        .map_err(|_| "expected redis://[:password@]host[:port][/db]".to_owned())
+}
+
+/// Any text with the password of a URL (`scheme://user:password@host`) masked.
+pub fn redact_url(text: &str) -> String {
+    match text.split_once("://") {
+        Some((scheme, rest)) => match rest.rsplit_once('@') {
+            Some((_, host)) => format!("{scheme}://***@{host}"),
+            None => text.to_owned(),
+        },
+        None => text.to_owned(),
+    }
+}
+
+/// A `host:port` pair, such as a sentinel's address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPort {
+    pub host: String,
+    pub port: u16,
+}
+
+impl fmt::Display for HostPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// Parses `host:port`, `[v6]:port`, or `host` alone (the sentinel port, 26379).
+pub fn parse_host_port(text: &str) -> Result<HostPort, String> {
+    const SENTINEL_PORT: u16 = 26379;
+    let text = text.trim();
+    let (host, port) = if let Some(rest) = text.strip_prefix('[') {
+        let (host, after) = rest
+            .split_once(']')
+            .ok_or_else(|| format!("'{text}': missing ']'"))?;
+        (host, after.strip_prefix(':'))
+    } else {
+        match text.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (text, None),
+        }
+    };
+    if host.is_empty() || host.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!("'{text}' is not host:port"));
+    }
+    let port = match port {
+        None => SENTINEL_PORT,
+        Some(port) => port
+            .parse()
+            .ok()
+            .filter(|&p| p > 0)
+            .ok_or_else(|| format!("'{text}': the port must be 1 to 65535"))?,
+    };
+    Ok(HostPort {
+        host: host.to_owned(),
+        port,
+    })
+}
+
+pub fn parse_counter_key(text: &str) -> Result<String, String> {
+    if text.is_empty() || text.len() > 200 || text.chars().any(|c| c.is_control() || c == ' ') {
+        return Err("must be 1 to 200 characters without spaces or control characters".into());
+    }
+    Ok(text.to_owned())
+}
+
+pub fn parse_replica(text: &str) -> Result<String, String> {
+    if text.is_empty() || text.len() > 100 || text.chars().any(char::is_control) {
+        return Err("must be 1 to 100 characters without control characters".into());
+    }
+    Ok(text.to_owned())
+}
+
+pub fn parse_version(text: &str) -> Result<String, String> {
+    if text.is_empty() {
+        return Ok(env!("CARGO_PKG_VERSION").to_owned());
+    }
+    if text.len() > 64 || !text.chars().all(|c| c.is_ascii_graphic()) {
+        return Err("must be at most 64 visible ASCII characters".into());
+    }
+    Ok(text.to_owned())
+}
+
+pub fn parse_master_name(text: &str) -> Result<String, String> {
+    if text.is_empty() || text.len() > 100 || !text.chars().all(|c| c.is_ascii_graphic()) {
+        return Err("must be 1 to 100 visible ASCII characters".into());
+    }
+    Ok(text.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_accept_units_and_bare_seconds() {
+        assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("1m 30s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
+        assert!(parse_duration("ten").is_err());
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("99999999999999999999").is_err());
+    }
+
+    #[test]
+    fn redis_urls_never_show_their_password() {
+        let url = parse_redis_url("redis://:s3cret@redis:6379/0").unwrap();
+        assert_eq!(url.to_string(), "redis://***@redis:6379/0");
+        assert!(!format!("{url:?}").contains("s3cret"));
+        assert_eq!(url.expose(), "redis://:s3cret@redis:6379/0");
+        assert_eq!(redact_url("redis://redis:6379"), "redis://redis:6379");
+    }
+
+    #[test]
+    fn unusable_redis_urls_are_refused_without_echoing_them() {
+        let tls = parse_redis_url("rediss://:s3cret@h:6379").unwrap_err();
+        assert!(tls.contains("TLS"), "{tls}");
+        for bad in ["http://:s3cret@h", "redis://:s3cret@h:notaport", "s3cret"] {
+            let error = parse_redis_url(bad).unwrap_err();
+            assert!(!error.contains("s3cret"), "{error}");
+        }
+    }
+
+    #[test]
+    fn sentinel_addresses_take_a_default_port() {
+        assert_eq!(
+            parse_host_port("s1").unwrap(),
+            HostPort {
+                host: "s1".into(),
+                port: 26379
+            }
+        );
+        assert_eq!(parse_host_port("10.0.0.2:5000").unwrap().port, 5000);
+        assert_eq!(parse_host_port("[::1]:7").unwrap().host, "::1");
+        assert!(parse_host_port("s1:0").is_err());
+        assert!(parse_host_port(":26379").is_err());
+    }
+}

@@ -1,0 +1,255 @@
+//! The HTTP layer on its own: the router driven without a socket, over the in-memory
+//! store. What needs a real store or a real connection is in `tests/it`.
+
+use std::sync::Arc;
+
+use axum::{
+    Router,
+    body::Body,
+    http::{Method, Request, StatusCode, header},
+};
+use http_body_util::BodyExt;
+use tower::ServiceExt;
+
+use super::{install_recorder, router};
+use crate::{
+    counter::{CountGauge, VisitCounter},
+    deadlines::Deadlines,
+    state::{AppState, Shared},
+    stats::{STATS_TTL, StatsCache},
+    store::{Identity, MemoryStore, SharedStore},
+};
+
+struct TestRouter {
+    router: Router,
+    store: Arc<MemoryStore>,
+}
+
+impl TestRouter {
+    fn new() -> Self {
+        Self::starting_at(0)
+    }
+
+    fn starting_at(total: i64) -> Self {
+        let identity = Identity {
+            counter_key: "hits".into(),
+            replica: "unit-1".into(),
+            version: "v9".into(),
+        };
+        let store = Arc::new(MemoryStore::with_total(identity, total));
+        let shared = SharedStore::Memory(store.clone());
+        let deadlines = Deadlines::new(
+            std::time::Duration::from_secs(10),
+            std::time::Duration::from_secs(5),
+            std::time::Duration::from_millis(400),
+            std::time::Duration::from_secs(10),
+        )
+        .unwrap();
+        let (counter, _batcher) = VisitCounter::start(
+            Arc::new(shared.for_worker()),
+            shared.batch_options(&deadlines),
+            CountGauge::default(),
+        );
+        let state = AppState::new(Shared {
+            counter,
+            store: shared.for_worker(),
+            stats: Arc::new(StatsCache::new(STATS_TTL)),
+            metrics: install_recorder(),
+            replica: "unit-1".into(),
+            version: "v9".into(),
+            deadlines,
+            was_ready: Arc::default(),
+        });
+        Self {
+            router: router(state),
+            store,
+        }
+    }
+
+    async fn send(&self, request: Request<Body>) -> (StatusCode, axum::http::HeaderMap, String) {
+        let response = self.router.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, headers, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+    ) -> (StatusCode, axum::http::HeaderMap, String) {
+        self.send(
+            Request::builder()
+                .method(method)
+                .uri(path)
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+    }
+
+    fn total(&self) -> i64 {
+        self.store.snapshot().total
+    }
+}
+
+#[tokio::test]
+async fn a_visit_answers_the_tutorial_text_with_the_service_headers() {
+    let app = TestRouter::new();
+
+    let (status, headers, body) = app.call(Method::GET, "/").await;
+
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, "Hello World! I have been seen 1 times.\n");
+    assert_eq!(headers[header::CONTENT_TYPE], "text/plain; charset=utf-8");
+    assert_eq!(headers["x-served-by"], "unit-1");
+    assert_eq!(headers["x-app-version"], "v9");
+    assert_eq!(headers[header::CACHE_CONTROL], "no-store");
+    assert_eq!(headers[header::VARY], "Accept");
+}
+
+#[tokio::test]
+async fn a_total_below_zero_counts_up_through_it_as_incr_does() {
+    let app = TestRouter::starting_at(-2);
+
+    let (_, _, first) = app.call(Method::GET, "/").await;
+    let (_, _, second) = app.call(Method::GET, "/").await;
+
+    assert_eq!(first, "Hello World! I have been seen -1 times.\n");
+    assert_eq!(second, "Hello World! I have been seen 0 times.\n");
+}
+
+#[tokio::test]
+async fn unknown_paths_get_404_with_the_service_headers_and_do_not_count() {
+    let app = TestRouter::new();
+
+    for path in ["/nope", "/favicon.ico", "/api/stats/x", "/%00", "/?"] {
+        let (status, headers, body) = app.call(Method::GET, path).await;
+        if path == "/?" {
+            assert_eq!(status, StatusCode::OK, "a query string is still a visit");
+            continue;
+        }
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
+        assert_eq!(body, "Not Found\n");
+        assert_eq!(headers["x-served-by"], "unit-1");
+    }
+
+    assert_eq!(app.total(), 1);
+}
+
+#[tokio::test]
+async fn other_methods_get_405_with_allow_and_do_not_count() {
+    let app = TestRouter::new();
+
+    for method in ["POST", "PUT", "DELETE", "PATCH", "OPTIONS", "BREW"] {
+        let method = Method::from_bytes(method.as_bytes()).unwrap();
+        let (status, headers, body) = app.call(method.clone(), "/").await;
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{method}");
+        assert!(headers[header::ALLOW].to_str().unwrap().contains("GET"));
+        assert_eq!(body, "Method Not Allowed\n", "{method}");
+    }
+
+    assert_eq!(app.total(), 0);
+}
+
+#[tokio::test]
+async fn head_answers_like_get_without_counting() {
+    let app = TestRouter::new();
+
+    let (status, headers, body) = app.call(Method::HEAD, "/").await;
+
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers[header::CONTENT_TYPE], "text/plain; charset=utf-8");
+    assert!(body.is_empty());
+    assert_eq!(app.total(), 0);
+}
+
+#[tokio::test]
+async fn a_body_over_the_limit_gets_413_and_does_not_count() {
+    let app = TestRouter::new();
+    let big = vec![b'x'; super::MAX_BODY_BYTES + 1];
+
+    let announced = app
+        .send(
+            Request::get("/")
+                .header(header::CONTENT_LENGTH, big.len())
+                .body(Body::from(big.clone()))
+                .unwrap(),
+        )
+        .await;
+    // No announced length: refused as it is read.
+    let streamed = app
+        .send(
+            Request::get("/")
+                .body(Body::from_stream(futures_util::stream::iter(
+                    big.chunks(1000)
+                        .map(|chunk| Ok::<_, std::io::Error>(chunk.to_vec()))
+                        .collect::<Vec<_>>(),
+                )))
+                .unwrap(),
+        )
+        .await;
+    let small = app
+        .send(Request::get("/").body(Body::from("ok")).unwrap())
+        .await;
+
+    assert_eq!(announced.0, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(streamed.0, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(announced.2, streamed.2, "the same answer both ways");
+    assert_eq!(small.0, StatusCode::OK, "a small body is read and dropped");
+    assert_eq!(app.total(), 1);
+}
+
+#[tokio::test]
+async fn stats_report_the_total_and_this_replica_without_counting() {
+    let app = TestRouter::starting_at(41);
+    app.call(Method::GET, "/").await;
+
+    let (status, _, body) = app.call(Method::GET, "/api/stats").await;
+
+    assert_eq!(status, StatusCode::OK);
+    let stats: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(stats["total"], 42);
+    assert_eq!(stats["replica"], "unit-1");
+    assert_eq!(stats["version"], "v9");
+    assert_eq!(stats["stale"], false);
+    assert_eq!(stats["replicas"][0]["name"], "unit-1");
+    assert_eq!(stats["replicas"][0]["visits"], 1);
+    assert_eq!(app.total(), 42);
+}
+
+#[tokio::test]
+async fn liveness_and_readiness_answer_without_counting() {
+    let app = TestRouter::new();
+
+    let (live, _, live_body) = app.call(Method::GET, "/healthz").await;
+    let (ready, _, ready_body) = app.call(Method::GET, "/readyz").await;
+
+    assert_eq!(live, StatusCode::OK);
+    assert_eq!(live_body, "ok\n");
+    assert_eq!(ready, StatusCode::OK);
+    assert!(ready_body.contains(r#""status":"ready""#), "{ready_body}");
+    assert_eq!(app.total(), 0);
+}
+
+#[tokio::test]
+async fn metric_labels_come_from_a_fixed_set_whatever_the_request() {
+    let app = TestRouter::new();
+    let odd = Method::from_bytes(b"X-ODD-METHOD-1234").unwrap();
+    app.call(odd, "/some/odd/path-5678").await;
+
+    let (_, _, metrics) = app.call(Method::GET, "/metrics").await;
+
+    assert!(
+        metrics.contains(r#"route="unmatched",method="other",status="404""#)
+            || metrics.contains(r#"route="unmatched",method="other",status="405""#),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("X-ODD"), "a method reached a label");
+    assert!(!metrics.contains("5678"), "a path reached a label");
+    assert!(
+        metrics.contains(r#"stackdemo_store_errors_total{reason="unreachable"}"#),
+        "store errors are labelled by code, at zero until they happen:\n{metrics}"
+    );
+}

@@ -1,0 +1,268 @@
+//! One connection on a worker: hyper serves it, with two things added around it.
+//!
+//! - **An idle limit.** A connection with no request being served is closed once it has
+//!   been so for the header read timeout, counted from when it was accepted or its last
+//!   request was answered. That covers, with one timer per connection, a client that never
+//!   sends a byte (which hyper's protocol detection would wait for forever), one that sends
+//!   its headers too slowly, one that stops reading its answer, and an idle keep-alive
+//!   connection, so that silent sockets cannot hold every connection slot.
+//! - **hyper's own answers made whole.** A request hyper cannot parse (bad syntax, a head
+//!   over the size limit) is answered by hyper itself, with an empty body and none of the
+//!   service's headers. Such an answer is recognised as it is written (a response head
+//!   the service did not produce) and replaced by a complete one: the service's headers,
+//!   a short body, and `Connection: close`, as hyper closes the connection after it.
+
+use std::{
+    io,
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicU32, AtomicU64, Ordering},
+    },
+    task::{Context, Poll, ready},
+    time::Duration,
+};
+
+use axum::http::StatusCode;
+use hyper::rt::{Read, ReadBufCursor, Write};
+use hyper_util::rt::TokioIo;
+use tokio::{net::TcpStream, time::Instant};
+
+/// What the service did on one connection, shared by its service wrapper, its I/O
+/// wrapper and its idle watch.
+pub struct Activity {
+    accepted: Instant,
+    /// Requests being served now.
+    in_flight: AtomicU32,
+    /// When the last request was answered, in µs after `accepted`.
+    last_answer_us: AtomicU64,
+    /// Responses the service produced, and response heads written.
+    answered: AtomicU64,
+    heads_written: AtomicU64,
+}
+
+impl Activity {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self {
+            accepted: Instant::now(),
+            in_flight: AtomicU32::new(0),
+            last_answer_us: AtomicU64::new(0),
+            answered: AtomicU64::new(0),
+            heads_written: AtomicU64::new(0),
+        })
+    }
+
+    /// Marks a request as being served until the guard is dropped.
+    pub fn serving(self: &Arc<Self>) -> Serving {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        Serving {
+            activity: self.clone(),
+            answered: false,
+        }
+    }
+
+    fn last_answer(&self) -> Instant {
+        self.accepted + Duration::from_micros(self.last_answer_us.load(Ordering::Relaxed))
+    }
+
+    /// Resolves once the connection has had no request under way for `limit`.
+    pub async fn idle_for(&self, limit: Duration) {
+        let mut deadline = self.accepted + limit;
+        loop {
+            tokio::time::sleep_until(deadline).await;
+            let now = Instant::now();
+            if self.in_flight.load(Ordering::Relaxed) > 0 {
+                deadline = now + limit;
+                continue;
+            }
+            let idle_until = self.last_answer() + limit;
+            if idle_until <= now {
+                return;
+            }
+            deadline = idle_until;
+        }
+    }
+}
+
+/// A request being served; dropping it (answered or cancelled) ends that.
+pub struct Serving {
+    activity: Arc<Activity>,
+    answered: bool,
+}
+
+impl Serving {
+    /// The service produced its response.
+    pub fn answered(mut self) {
+        self.answered = true;
+    }
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        let activity = &self.activity;
+        if self.answered {
+            activity.answered.fetch_add(1, Ordering::Relaxed);
+        }
+        let since = activity.accepted.elapsed().as_micros() as u64;
+        activity.last_answer_us.fetch_max(since, Ordering::Relaxed);
+        activity.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The TCP stream as hyper sees it, with hyper's own error answers replaced.
+pub struct ConnectionIo {
+    inner: TokioIo<TcpStream>,
+    activity: Arc<Activity>,
+    /// The header lines every response carries (`X-Served-By` and the like), each ending
+    /// in CRLF.
+    headers: Arc<[u8]>,
+    replacing: Option<Replacement>,
+}
+
+struct Replacement {
+    bytes: Vec<u8>,
+    written: usize,
+    /// The length of hyper's answer, reported to hyper as written.
+    replaces: usize,
+}
+
+impl ConnectionIo {
+    pub fn new(stream: TcpStream, activity: Arc<Activity>, headers: Arc<[u8]>) -> Self {
+        Self {
+            inner: TokioIo::new(stream),
+            activity,
+            headers,
+            replacing: None,
+        }
+    }
+
+    /// Whether `buf` begins a response head the service did not produce: hyper's answer
+    /// to a request it could not parse. Interim (1xx) heads are hyper's to send.
+    fn is_hypers_own_answer(&self, buf: &[u8]) -> Option<StatusCode> {
+        if !buf.starts_with(b"HTTP/1.") || buf.get(9) == Some(&b'1') {
+            return None;
+        }
+        let heads = self.activity.heads_written.fetch_add(1, Ordering::Relaxed) + 1;
+        if heads <= self.activity.answered.load(Ordering::Relaxed) {
+            return None;
+        }
+        let code = std::str::from_utf8(buf.get(9..12)?).ok()?.parse().ok()?;
+        StatusCode::from_u16(code).ok()
+    }
+}
+
+/// A complete answer with `status`, carrying the service's headers.
+fn whole_answer(status: StatusCode, headers: &[u8]) -> Vec<u8> {
+    let reason = status.canonical_reason().unwrap_or("Error");
+    let body = format!("{reason}\n");
+    let mut answer = format!(
+        "HTTP/1.1 {} {reason}\r\ncontent-type: text/plain; charset=utf-8\r\n\
+         content-length: {}\r\nconnection: close\r\n",
+        status.as_u16(),
+        body.len()
+    )
+    .into_bytes();
+    answer.extend_from_slice(headers);
+    answer.extend_from_slice(b"\r\n");
+    answer.extend_from_slice(body.as_bytes());
+    answer
+}
+
+impl Read for ConnectionIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl Write for ConnectionIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if self.replacing.is_none()
+            && let Some(status) = self.is_hypers_own_answer(buf)
+        {
+            let bytes = whole_answer(status, &self.headers);
+            self.replacing = Some(Replacement {
+                bytes,
+                written: 0,
+                replaces: buf.len(),
+            });
+        }
+        let this = &mut *self;
+        let Some(replacement) = &mut this.replacing else {
+            return Pin::new(&mut this.inner).poll_write(cx, buf);
+        };
+        while replacement.written < replacement.bytes.len() {
+            let rest = &replacement.bytes[replacement.written..];
+            let n = ready!(Pin::new(&mut this.inner).poll_write(cx, rest))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            replacement.written += n;
+        }
+        let replaced = replacement.replaces;
+        this.replacing = None;
+        Poll::Ready(Ok(replaced))
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    // One write per buffer, so that each response head starts a write of its own.
+    fn is_write_vectored(&self) -> bool {
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_replaced_answer_is_a_whole_response_with_the_service_headers() {
+        let answer = whole_answer(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            b"x-served-by: web.1\r\n",
+        );
+        let text = String::from_utf8(answer).unwrap();
+        assert!(text.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"));
+        assert!(text.contains("x-served-by: web.1\r\n"));
+        assert!(text.contains("connection: close\r\n"));
+        let (_, body) = text.split_once("\r\n\r\n").unwrap();
+        assert_eq!(body, "Request Header Fields Too Large\n");
+        assert!(text.contains(&format!("content-length: {}\r\n", body.len())));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_is_idle_only_while_no_request_is_served() {
+        let activity = Activity::new();
+        let limit = Duration::from_secs(10);
+        let serving = activity.serving();
+        tokio::time::advance(Duration::from_secs(15)).await;
+        let idle = tokio::spawn({
+            let activity = activity.clone();
+            async move { activity.idle_for(limit).await }
+        });
+        tokio::time::advance(Duration::from_secs(20)).await;
+        tokio::task::yield_now().await;
+        assert!(!idle.is_finished(), "a request under way keeps it open");
+
+        serving.answered();
+        tokio::time::advance(Duration::from_secs(9)).await;
+        tokio::task::yield_now().await;
+        assert!(!idle.is_finished(), "idle for less than the limit");
+        tokio::time::advance(Duration::from_secs(2)).await;
+        idle.await.unwrap();
+    }
+}

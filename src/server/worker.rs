@@ -1,0 +1,212 @@
+//! One worker: a thread with a single-threaded Tokio runtime, serving the connections the
+//! acceptor hands it with its own router, visit batcher and store connection.
+
+use std::{
+    future::Future,
+    io,
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    thread,
+};
+
+use axum::Router;
+use hyper::body::Incoming;
+use hyper_util::{
+    rt::TokioExecutor,
+    server::{conn::auto::Builder, graceful::Watcher},
+    service::TowerToHyperService,
+};
+use tokio::{
+    net::TcpStream,
+    runtime::Runtime,
+    sync::{OwnedSemaphorePermit, mpsc, oneshot},
+    task::JoinSet,
+};
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+
+use super::{
+    MAX_HEADER_BYTES, ServeOptions,
+    connection::{Activity, ConnectionIo},
+};
+
+/// What a worker serves, made on the worker's own runtime by the `make_worker` function
+/// given to `serve`.
+pub struct Worker {
+    pub router: Router,
+    /// Header lines (each ending in CRLF) for answers hyper makes itself, so that they
+    /// carry what the router's answers carry.
+    pub headers: Arc<[u8]>,
+    /// Awaited when the worker stops, after its connections and router are gone: ends the
+    /// background work the router relied on (the visit batcher).
+    pub wind_down: Pin<Box<dyn Future<Output = ()> + Send>>,
+}
+
+/// An accepted connection on its way to a worker, with the slot it takes and its part in
+/// graceful shutdown.
+pub(super) struct Handoff {
+    pub stream: std::net::TcpStream,
+    pub slot: OwnedSemaphorePermit,
+    pub watcher: Watcher,
+}
+
+/// The acceptor's view of one worker thread.
+pub(super) struct WorkerHandle {
+    pub connections: mpsc::UnboundedSender<Handoff>,
+    /// Open connections on the worker, for choosing where the next one goes.
+    pub open: Arc<AtomicUsize>,
+    pub done: oneshot::Receiver<()>,
+}
+
+/// Starts worker `index`: its runtime, its thread, and on it `make_worker`. Resolves once
+/// the worker is ready to take connections, or with the reason it could not start.
+pub(super) async fn start(
+    index: usize,
+    make_worker: Arc<impl Fn() -> Worker + Send + Sync + 'static>,
+    stop: CancellationToken,
+    options: ServeOptions,
+) -> io::Result<WorkerHandle> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (connections, incoming) = mpsc::unbounded_channel();
+    let open = Arc::new(AtomicUsize::new(0));
+    let (finished, done) = oneshot::channel();
+    let (started, ready) = oneshot::channel();
+    let worker_open = open.clone();
+    thread::Builder::new()
+        .name(format!("stackdemo-worker-{index}"))
+        .spawn(move || {
+            run(
+                &runtime,
+                &*make_worker,
+                started,
+                incoming,
+                &worker_open,
+                &stop,
+                options,
+            );
+            // Dropping the runtime drops any connection still open past the deadline.
+            drop(runtime);
+            // Whatever the worker holds (a store handle among it) is released before the
+            // acceptor hears that the worker is done.
+            drop(make_worker);
+            let _ = finished.send(());
+        })?;
+    // A worker whose set-up panicked drops `started` unsent.
+    ready
+        .await
+        .map_err(|_| io::Error::other(format!("worker {index} failed to start")))?;
+    Ok(WorkerHandle {
+        connections,
+        open,
+        done,
+    })
+}
+
+fn run(
+    runtime: &Runtime,
+    make_worker: &impl Fn() -> Worker,
+    started: oneshot::Sender<()>,
+    mut incoming: mpsc::UnboundedReceiver<Handoff>,
+    open: &Arc<AtomicUsize>,
+    stop: &CancellationToken,
+    options: ServeOptions,
+) {
+    runtime.block_on(async {
+        let Worker {
+            router,
+            headers,
+            wind_down,
+        } = make_worker();
+        let mut builder = Builder::new(TokioExecutor::new());
+        // The idle limit of `connection` bounds the wait for headers; hyper's own timer
+        // would only repeat it.
+        builder
+            .http1()
+            .header_read_timeout(None)
+            .max_buf_size(MAX_HEADER_BYTES)
+            .keep_alive(true);
+        builder
+            .http2()
+            .max_header_list_size(MAX_HEADER_BYTES as u32);
+        let _ = started.send(());
+
+        let mut connections = JoinSet::new();
+        loop {
+            let handoff = tokio::select! {
+                handoff = incoming.recv() => handoff,
+                () = stop.cancelled() => None,
+                // Reap finished connection tasks so the set does not grow.
+                Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+            };
+            let Some(Handoff {
+                stream,
+                slot,
+                watcher,
+            }) = handoff
+            else {
+                break;
+            };
+            let stream = match TcpStream::from_std(stream) {
+                Ok(stream) => stream,
+                Err(error) => {
+                    tracing::debug!(%error, "could not take over a connection");
+                    open.fetch_sub(1, Ordering::Relaxed);
+                    continue;
+                }
+            };
+            let activity = Activity::new();
+            let on_call = activity.clone();
+            let service = TowerToHyperService::new(
+                router
+                    .clone()
+                    .map_request(|request: hyper::Request<Incoming>| {
+                        request.map(axum::body::Body::new)
+                    })
+                    .map_future(move |response| {
+                        let serving = on_call.serving();
+                        async move {
+                            let response = response.await;
+                            serving.answered();
+                            response
+                        }
+                    }),
+            );
+            let io = ConnectionIo::new(stream, activity.clone(), headers.clone());
+            let connection = watcher.watch(builder.serve_connection(io, service).into_owned());
+            let open = open.clone();
+            let idle_limit = options.header_read_timeout;
+            connections.spawn(async move {
+                tokio::select! {
+                    biased;
+                    result = connection => {
+                        if let Err(error) = result {
+                            tracing::debug!(%error, "connection ended with an error");
+                        }
+                    }
+                    () = activity.idle_for(idle_limit) => {
+                        tracing::debug!("closed a connection idle for the header read timeout");
+                    }
+                }
+                open.fetch_sub(1, Ordering::Relaxed);
+                drop(slot);
+            });
+        }
+
+        // No more connections are coming. Serve the open ones until the acceptor says the
+        // graceful part of shutdown is over, then close the rest.
+        tokio::select! {
+            () = stop.cancelled() => {}
+            () = async { while connections.join_next().await.is_some() {} } => {
+                stop.cancelled().await;
+            }
+        }
+        connections.shutdown().await;
+        drop(router);
+        wind_down.await;
+    });
+}

@@ -1,0 +1,177 @@
+//! Redis: the total under the tutorial's key (`hits`, INCR semantics), so a deployment of
+//! the original app carries on counting, and beside it a hash of visits per replica, a
+//! sorted set of replica heartbeats, and each writer's records of the batches it applied.
+//!
+//! `RedisStore` is what all workers share: where the primary is (a fixed address, or
+//! followed through sentinels), the key names, the scripts. Each worker thread opens its
+//! own `RedisConnection` (see `server`): the thread that sends a command also reads its
+//! answer, and one worker's broken connection is its own business.
+
+mod connection;
+mod locate;
+mod scripts;
+
+use std::{sync::Arc, time::Duration};
+
+use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisError};
+use secrecy::ExposeSecret;
+use tokio_util::sync::CancellationToken;
+
+pub use self::connection::RedisConnection;
+use self::{locate::Locator, scripts::Scripts};
+use super::{Identity, StoreError, StoreErrorKind};
+use crate::config::{RedisSettings, RedisTarget};
+
+/// Batch records each writer keeps: more than the writes it ever has under way, so a
+/// retried batch always finds its record if it was applied.
+const BATCH_RECORDS_KEPT: u64 = 64;
+/// How long a writer's batch records outlive its last write: long enough for any retry,
+/// short enough that the records of replicas long gone do not pile up.
+const BATCH_RECORDS_TTL: Duration = Duration::from_secs(600);
+
+/// What every worker's connection shares.
+pub struct RedisStore {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    locator: Arc<Locator>,
+    keys: Keys,
+    scripts: Scripts,
+    identity: Identity,
+    /// Replicas a write must reach before it is acknowledged (WAIT / WAITAOF).
+    min_replicas: u8,
+    wait_aof: bool,
+    /// Bound on connecting and on each call.
+    timeout: Duration,
+}
+
+struct Keys {
+    total: String,
+    replicas: String,
+    heartbeats: String,
+    versions: String,
+    /// Followed by a writer's token: that writer's batch records.
+    batches_prefix: String,
+}
+
+impl RedisStore {
+    /// Prepares the connections without waiting for Redis to answer.
+    pub fn new(
+        settings: &RedisSettings,
+        identity: &Identity,
+        timeout: Duration,
+    ) -> Result<Self, StoreError> {
+        let locator = match &settings.target {
+            RedisTarget::Url(url) => {
+                let info = url.expose().into_connection_info().map_err(classify)?;
+                Locator::fixed(with_password(info, settings.password.as_ref()))
+            }
+            RedisTarget::Sentinels {
+                sentinels,
+                master_name,
+                password,
+            } => {
+                let placeholder = ConnectionAddr::Tcp(String::new(), 0)
+                    .into_connection_info()
+                    .map_err(classify)?;
+                let primary = with_password(placeholder, settings.password.as_ref());
+                let sentinel_template = with_password(
+                    primary.clone(),
+                    password.as_ref().or(settings.password.as_ref()),
+                );
+                let sentinels = sentinels
+                    .iter()
+                    .map(|s| locate::sentinel_info(&s.host, s.port, &sentinel_template))
+                    .collect::<Result<_, _>>()?;
+                Locator::sentinels(sentinels, master_name.clone(), primary)
+            }
+        };
+        let key = &identity.counter_key;
+        Ok(Self {
+            shared: Arc::new(Shared {
+                locator: Arc::new(locator),
+                keys: Keys {
+                    total: key.clone(),
+                    replicas: format!("{key}:replicas"),
+                    heartbeats: format!("{key}:heartbeats"),
+                    versions: format!("{key}:versions"),
+                    batches_prefix: format!("{key}:batches:"),
+                },
+                scripts: Scripts::new(),
+                identity: identity.clone(),
+                min_replicas: settings.min_replicas,
+                wait_aof: settings.wait_aof,
+                timeout,
+            }),
+        })
+    }
+
+    /// A connection of its own, opened on first use; its tasks run on the Tokio runtime
+    /// it is first used on.
+    pub fn connect(&self) -> RedisConnection {
+        RedisConnection::new(self.shared.clone())
+    }
+
+    /// Follows failovers announced by the sentinels until `stop`; returns at once for a
+    /// single Redis.
+    pub async fn watch_failovers(&self, stop: CancellationToken) {
+        self.shared.locator.clone().watch(stop).await;
+    }
+}
+
+/// Connection settings with keepalive on, and the password from the secret file, if any.
+fn with_password(info: ConnectionInfo, password: Option<&secrecy::SecretString>) -> ConnectionInfo {
+    use redis::io::tcp::{TcpSettings, socket2::TcpKeepalive};
+    // Keepalive probes keep the idle connection known to every middlebox (an IPVS virtual
+    // IP drops connections idle for 900 s) and detect a vanished peer.
+    let keepalive = TcpKeepalive::new()
+        .with_time(Duration::from_secs(60))
+        .with_interval(Duration::from_secs(10))
+        .with_retries(3);
+    let info = info.set_tcp_settings(
+        TcpSettings::default()
+            .set_nodelay(true)
+            .set_keepalive(keepalive),
+    );
+    match password {
+        Some(password) => {
+            let settings = info
+                .redis_settings()
+                .clone()
+                .set_password(password.expose_secret());
+            info.set_redis_settings(settings)
+        }
+        None => info,
+    }
+}
+
+/// Sorts a Redis error into what a client may be told; the full text stays in the detail.
+/// Whether a write may have been applied is for the caller to say: it knows whether the
+/// command was sent.
+fn classify(error: RedisError) -> StoreError {
+    let detail = error.detail().unwrap_or_default();
+    let kind = match error.code() {
+        Some("LOADING") => StoreErrorKind::Loading,
+        Some("MISCONF" | "READONLY" | "MASTERDOWN") => StoreErrorKind::ReadOnly,
+        Some("NOAUTH" | "WRONGPASS" | "NOPERM") => StoreErrorKind::Auth,
+        Some("OOM") => StoreErrorKind::OutOfMemory,
+        Some("BUSY") => StoreErrorKind::Busy,
+        Some("WRONGTYPE") => StoreErrorKind::WrongType,
+        Some("NOREPLICAS") => StoreErrorKind::Replication,
+        // Refused by the write's own deadline check: certainly not applied.
+        Some("EXPIRED") => StoreErrorKind::Timeout,
+        Some("ERR") if detail.contains("overflow") => StoreErrorKind::Limit,
+        Some("ERR") if detail.contains("not an integer") => StoreErrorKind::WrongType,
+        _ if error.kind() == redis::ErrorKind::AuthenticationFailed => StoreErrorKind::Auth,
+        _ if error.is_timeout() => StoreErrorKind::Timeout,
+        _ if error.is_io_error()
+            || error.is_connection_refusal()
+            || error.is_connection_dropped() =>
+        {
+            StoreErrorKind::Unreachable
+        }
+        _ => StoreErrorKind::Failed,
+    };
+    StoreError::new(kind, error.to_string())
+}

@@ -1,0 +1,147 @@
+//! Clients under load that record every answer, and the one check of the counting promise
+//! against what the store holds at the end.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use reqwest::StatusCode;
+use stackdemo::verify::{Outcome, Report, Sample};
+use tokio::task::JoinHandle;
+
+use super::{TestClient, client::Answer};
+
+/// `clients` clients sending visits one after another through `client` until stopped.
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    tasks: Vec<JoinHandle<Vec<Sample>>>,
+}
+
+impl Load {
+    pub fn start(client: &TestClient, clients: u64) -> Self {
+        Self::start_on(std::slice::from_ref(client), clients)
+    }
+
+    /// Clients spread over several entry points (replicas).
+    pub fn start_on(entries: &[TestClient], clients: u64) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let tasks = (0..clients)
+            .map(|id| {
+                let client = entries[id as usize % entries.len()].clone();
+                let stop = stop.clone();
+                tokio::spawn(async move {
+                    let mut samples = Vec::new();
+                    while !stop.load(Ordering::Relaxed) {
+                        let started = Instant::now();
+                        let answer = client.try_visit().await;
+                        samples.push(sample(id, started.elapsed(), &answer));
+                        if answer.status.is_none() {
+                            // Nothing listening (a killed process): do not spin.
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                        }
+                    }
+                    samples
+                })
+            })
+            .collect();
+        Self { stop, tasks }
+    }
+
+    /// Stops the clients and returns every answer they got.
+    pub async fn stop(self) -> History {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut samples = Vec::new();
+        for task in self.tasks {
+            samples.extend(task.await.expect("a client task"));
+        }
+        History { samples }
+    }
+}
+
+fn sample(client: u64, latency: Duration, answer: &Answer) -> Sample {
+    let outcome = match (answer.status, answer.acknowledged()) {
+        (Some(StatusCode::OK), Some(count)) => Outcome::Counted {
+            count,
+            replica: None,
+            version: None,
+        },
+        (Some(status), _) => Outcome::Failed(format!("http {}", status.as_u16())),
+        (None, _) => Outcome::Failed("no answer".into()),
+    };
+    Sample {
+        client,
+        latency,
+        outcome,
+    }
+}
+
+/// Every answer the clients got.
+pub struct History {
+    pub samples: Vec<Sample>,
+}
+
+impl History {
+    pub fn report(&self) -> Report {
+        Report::from_samples(self.samples.clone(), Duration::from_secs(1))
+    }
+
+    /// Asserts the counting promise for a store whose total went from `start` to `end`
+    /// over this history, with `in_doubt` visits reported in doubt by the services:
+    ///
+    /// - no number answered twice, and each client's numbers increase;
+    /// - every acknowledged number is in `start+1 ..= end` (nothing acknowledged lost);
+    /// - `0 ≤ (end − start) − acknowledged ≤ in_doubt ≤ not acknowledged`: what the store
+    ///   counted beyond the acknowledged visits is reported in doubt, and no more visits
+    ///   are reported in doubt than got no 200.
+    ///
+    /// Only 200 and 503 answers (or none, from a killed process) are allowed.
+    pub fn assert_counting_held(&self, start: i64, end: i64, in_doubt: u64) -> Report {
+        let report = self.report();
+        let unexpected: Vec<_> = report
+            .failures
+            .keys()
+            .filter(|kind| !matches!(kind.as_str(), "http 503" | "no answer"))
+            .collect();
+        assert!(
+            unexpected.is_empty(),
+            "unexpected answers: {:?}",
+            report.failures
+        );
+        assert_eq!(report.duplicate_counts, 0, "a number was answered twice");
+        assert_eq!(report.out_of_order, 0, "a client's numbers went down");
+        if let (Some(low), Some(high)) = (report.lowest_count, report.highest_count) {
+            assert!(
+                low > start,
+                "number {low} acknowledged, but the store began at {start}"
+            );
+            assert!(
+                high <= end,
+                "number {high} acknowledged, but the store holds {end}: lost"
+            );
+        }
+        let acknowledged = report.succeeded as i64;
+        let extra = end - start - acknowledged;
+        assert!(
+            extra >= 0,
+            "the store holds {} visits, {acknowledged} were acknowledged",
+            end - start
+        );
+        assert!(
+            extra as u64 <= in_doubt,
+            "{extra} visits counted without a 200, but only {in_doubt} reported in doubt \
+             ({} answered otherwise: {:?})",
+            report.failed,
+            report.failures
+        );
+        assert!(
+            in_doubt <= report.failed,
+            "{in_doubt} reported in doubt, but only {} visits got no 200",
+            report.failed
+        );
+        report
+    }
+}
