@@ -8,7 +8,11 @@ use std::{path::Path, time::Duration};
 use nix::sys::signal::Signal;
 use reqwest::StatusCode;
 
-use crate::helpers::{Load, ServiceProcess, TestApp, process, wait_until};
+use crate::helpers::{
+    Load, ServiceProcess, TestApp,
+    disk::{SmallDisk, fill},
+    process, wait_until,
+};
 
 const DATA_FILE: &str = "stackdemo.redb";
 
@@ -261,57 +265,4 @@ async fn a_full_disk_makes_the_store_not_ready_until_space_is_freed() {
         acknowledged + 1,
         "counting resumed where it was; nothing refused was counted"
     );
-}
-
-/// Writes to `path` until the disk is full.
-fn fill(path: &Path) {
-    use std::io::Write;
-    let mut file = std::fs::File::create(path).unwrap();
-    let block = vec![0u8; 64 * 1024];
-    loop {
-        match file.write(&block) {
-            Ok(0) => break,
-            Ok(_) => continue,
-            Err(e) if e.raw_os_error() == Some(nix::libc::ENOSPC) => break,
-            Err(e) => panic!("filling the disk: {e}"),
-        }
-    }
-    let _ = file.sync_all();
-}
-
-/// A tmpfs of a given size, unmounted on drop. Mounting needs root, as the tests are run
-/// (`scripts/test.sh`).
-struct SmallDisk {
-    path: std::path::PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl SmallDisk {
-    fn mount(bytes: u64) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let options = format!("size={bytes}");
-        nix::mount::mount(
-            Some("tmpfs"),
-            dir.path(),
-            Some("tmpfs"),
-            nix::mount::MsFlags::empty(),
-            Some(options.as_str()),
-        )
-        .unwrap_or_else(|e| {
-            panic!(
-                "mounting a small tmpfs for the full-disk test failed ({e}); \
-                 the tests must run as root (scripts/test.sh does)"
-            )
-        });
-        Self {
-            path: dir.path().to_path_buf(),
-            _dir: dir,
-        }
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = nix::mount::umount2(&self.path, nix::mount::MntFlags::MNT_DETACH);
-    }
 }

@@ -5,6 +5,7 @@ mod helpers;
 mod browser;
 mod config_errors;
 mod embedded;
+mod fault_schedule;
 mod hostile_input;
 mod lifecycle;
 mod redis_faults;

@@ -100,6 +100,24 @@ impl History {
     ///
     /// Only 200 and 503 answers (or none, from a killed process) are allowed.
     pub fn assert_counting_held(&self, start: i64, end: i64, in_doubt: u64) -> Report {
+        self.assert_held(start, end, in_doubt, 0)
+    }
+
+    /// `assert_counting_held` across kills of the service itself: a visit in flight when
+    /// its service was killed got no answer and may have been counted, and the killed
+    /// process can no longer report it. `in_doubt` should include what each killed
+    /// service reported just before it was killed.
+    pub fn assert_counting_held_across_kills(&self, start: i64, end: i64, in_doubt: u64) -> Report {
+        let unanswered = self
+            .report()
+            .failures
+            .get("no answer")
+            .copied()
+            .unwrap_or(0);
+        self.assert_held(start, end, in_doubt, unanswered)
+    }
+
+    fn assert_held(&self, start: i64, end: i64, in_doubt: u64, unanswered: u64) -> Report {
         let report = self.report();
         let unexpected: Vec<_> = report
             .failures
@@ -131,9 +149,9 @@ impl History {
             end - start
         );
         assert!(
-            extra as u64 <= in_doubt,
+            extra as u64 <= in_doubt + unanswered,
             "{extra} visits counted without a 200, but only {in_doubt} reported in doubt \
-             ({} answered otherwise: {:?})",
+             and {unanswered} cut off by a kill ({} answered otherwise: {:?})",
             report.failed,
             report.failures
         );

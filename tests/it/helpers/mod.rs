@@ -4,6 +4,7 @@
 pub mod app;
 pub mod checker;
 pub mod client;
+pub mod disk;
 pub mod process;
 pub mod redis;
 

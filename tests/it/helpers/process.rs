@@ -22,6 +22,8 @@ pub struct ServiceProcess {
     child: Option<Child>,
     /// What the service logged (its standard output).
     log: tempfile::NamedTempFile,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 impl ServiceProcess {
@@ -47,8 +49,33 @@ impl ServiceProcess {
         Self::launch(args, &[]).await
     }
 
+    /// Kills the service (if it runs) and starts it again with the same settings on the
+    /// same port.
+    pub async fn restart(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        let env: Vec<(&str, &str)> = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        match Self::launch_on(self.port, &args, &env).await {
+            Ok(started) => *self = started,
+            Err(output) => panic!(
+                "the service did not start again: {}",
+                String::from_utf8_lossy(&output.stderr)
+            ),
+        }
+    }
+
     async fn launch(args: &[&str], env: &[(&str, &str)]) -> Result<Self, Output> {
-        let port = free_port();
+        Self::launch_on(free_port(), args, env).await
+    }
+
+    async fn launch_on(port: u16, args: &[&str], env: &[(&str, &str)]) -> Result<Self, Output> {
         let listen = format!("127.0.0.1:{port}");
         let log = tempfile::NamedTempFile::new().expect("a log file");
         let child = Command::new(binary())
@@ -73,6 +100,11 @@ impl ServiceProcess {
             client,
             child: Some(child),
             log,
+            args: args.iter().map(|a| (*a).to_owned()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
         };
         let probe = process.client.clone();
         let started = Instant::now();
