@@ -210,12 +210,11 @@ impl WorkerParts {
     /// A worker's router and the work behind it, made on the worker's own runtime: its
     /// own store handle, visit batcher and state.
     fn worker(&self) -> Worker {
-        // Writes have a connection of their own, apart from the one reads use (readiness,
-        // stats), so that no write queues behind a slow read.
-        let writes = Arc::new(self.store.for_worker());
+        // One connection for the worker's writes and reads: readiness then answers for
+        // the connection visits are written on.
+        let store = Arc::new(self.store.for_worker());
         let (counter, batcher) =
-            VisitCounter::start(writes, self.batch_options, self.gauge.clone());
-        let store = self.store.for_worker();
+            VisitCounter::start(store.clone(), self.batch_options, self.gauge.clone());
         let state = AppState::new(Shared {
             counter,
             store,

@@ -18,8 +18,8 @@ pub struct AppState(Arc<Shared>);
 
 pub struct Shared {
     pub counter: VisitCounter,
-    /// This worker's handle on the store.
-    pub store: Store,
+    /// This worker's handle on the store, shared with its counter.
+    pub store: Arc<Store>,
     /// Shared by all workers, so the store is read once per interval in all.
     pub stats: Arc<StatsCache>,
     pub metrics: PrometheusHandle,

@@ -45,14 +45,15 @@ impl TestRouter {
             std::time::Duration::from_secs(10),
         )
         .unwrap();
+        let worker_store = Arc::new(shared.for_worker());
         let (counter, _batcher) = VisitCounter::start(
-            Arc::new(shared.for_worker()),
+            worker_store.clone(),
             shared.batch_options(&deadlines),
             CountGauge::default(),
         );
         let state = AppState::new(Shared {
             counter,
-            store: shared.for_worker(),
+            store: worker_store,
             stats: Arc::new(StatsCache::new(STATS_TTL)),
             metrics: install_recorder(),
             replica: "unit-1".into(),
