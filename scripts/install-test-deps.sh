@@ -1,7 +1,20 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs on a fresh Debian machine: a C compiler and make to
 # build jemalloc (the allocator), redis-server and redis-sentinel for the integration
-# tests, Chromium for the page test, wrk for the benchmark. Idempotent.
+# tests, Valkey 8 (from bookworm-backports, for WAITAOF), Chromium for the page test, wrk
+# for the benchmark. Idempotent.
 set -euo pipefail
-exec "$(dirname "$0")/install-missing.sh" cc:gcc make:make redis-server:redis-server \
+here=$(dirname "$0")
+"$here/install-missing.sh" cc:gcc make:make redis-server:redis-server \
   redis-sentinel:redis-sentinel chromium:chromium wrk:wrk
+
+if ! command -v valkey-server >/dev/null || ! command -v valkey-sentinel >/dev/null; then
+  if ! grep -rqs bookworm-backports /etc/apt/sources.list /etc/apt/sources.list.d/; then
+    echo "deb http://deb.debian.org/debian bookworm-backports main" \
+      >/etc/apt/sources.list.d/bookworm-backports.list
+  fi
+  echo "installing: valkey-server valkey-sentinel (bookworm-backports)"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq -t bookworm-backports valkey-server valkey-sentinel >/dev/null
+fi

@@ -334,6 +334,7 @@ mod tests {
                     samples.push(Sample {
                         client,
                         latency: Duration::ZERO,
+                        finished: Duration::ZERO,
                         outcome,
                     });
                 }

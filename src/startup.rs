@@ -95,7 +95,7 @@ impl Application {
             .map_err(|error| {
                 let setting = match &checked.store {
                     StoreSettings::Embedded { .. } => "data_dir",
-                    StoreSettings::Redis(_) if settings.redis_url.is_some() => "redis_url",
+                    StoreSettings::Redis(_) if settings.redis_url().is_some() => "redis_url",
                     StoreSettings::Redis(_) => "redis_sentinels",
                 };
                 StartupError::Config(settings.error(setting, error.detail()))

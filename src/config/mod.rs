@@ -30,8 +30,8 @@ pub struct Settings {
     #[arg(long, env = "STACKDEMO_LISTEN", default_value = "0.0.0.0:8000")]
     pub listen: SocketAddr,
 
-    /// Redis URL (redis://host:port/db) of a single Redis. Unset, and no sentinels: the
-    /// embedded store in --data-dir.
+    /// Redis URL (redis://host:port/db) of a single Redis. Unset or empty, and no
+    /// sentinels: the embedded store in --data-dir.
     #[arg(long, env = "REDIS_URL", hide_env_values = true, value_parser = parse_redis_url)]
     pub redis_url: Option<RedisUrl>,
 
@@ -228,8 +228,13 @@ impl Settings {
         })
     }
 
+    /// The Redis URL, unless none (or an empty one) was given.
+    pub fn redis_url(&self) -> Option<&RedisUrl> {
+        self.redis_url.as_ref().filter(|url| !url.is_empty())
+    }
+
     fn store(&self) -> Result<StoreSettings, ConfigError> {
-        let target = match (&self.redis_url, self.redis_sentinels.is_empty()) {
+        let target = match (self.redis_url(), self.redis_sentinels.is_empty()) {
             (Some(_), false) => {
                 return Err(self.error(
                     "redis_sentinels",

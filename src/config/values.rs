@@ -38,6 +38,11 @@ impl RedisUrl {
     pub fn expose(&self) -> &str {
         &self.0
     }
+
+    /// Whether no URL was given (an empty value).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
 }
 
 impl fmt::Debug for RedisUrl {
@@ -52,9 +57,13 @@ impl fmt::Display for RedisUrl {
     }
 }
 
-/// Parses `redis://[[user]:password@]host[:port][/db]` (or a `redis+unix://` socket path).
-/// The error never repeats the text, which may hold a password.
+/// Parses `redis://[[user]:password@]host[:port][/db]` (or a `redis+unix://` socket path);
+/// empty means none (so that a stack file can clear the image's default). The error never
+/// repeats the text, which may hold a password.
 pub fn parse_redis_url(text: &str) -> Result<RedisUrl, String> {
+    if text.is_empty() {
+        return Ok(RedisUrl(String::new()));
+    }
     let scheme = text.split_once("://").map_or("", |(scheme, _)| scheme);
     if scheme.eq_ignore_ascii_case("rediss") {
         return Err("TLS (rediss://) is not supported; use redis:// on a private network".into());

@@ -108,7 +108,7 @@ pub async fn run(args: &VerifyArgs) -> Report {
                 if !more {
                     break;
                 }
-                samples.push(visit(&http, &url, client_id).await);
+                samples.push(visit(&http, &url, client_id, started).await);
                 progress.inc(1);
             }
             samples
@@ -123,7 +123,7 @@ pub async fn run(args: &VerifyArgs) -> Report {
     Report::from_samples(samples, started.elapsed())
 }
 
-async fn visit(http: &reqwest::Client, url: &reqwest::Url, client: u64) -> Sample {
+async fn visit(http: &reqwest::Client, url: &reqwest::Url, client: u64, run: Instant) -> Sample {
     let started = Instant::now();
     let outcome = match http
         .get(url.clone())
@@ -164,6 +164,7 @@ async fn visit(http: &reqwest::Client, url: &reqwest::Url, client: u64) -> Sampl
     Sample {
         client,
         latency: started.elapsed(),
+        finished: run.elapsed(),
         outcome,
     }
 }

@@ -13,6 +13,8 @@ use serde::Serialize;
 pub struct Sample {
     pub client: u64,
     pub latency: Duration,
+    /// When the answer came, from the start of the run.
+    pub finished: Duration,
     pub outcome: Outcome,
 }
 
@@ -51,6 +53,9 @@ pub struct Report {
     pub out_of_order: u64,
     pub lowest_count: Option<i64>,
     pub highest_count: Option<i64>,
+    /// The longest time in the run during which no visit succeeded (from the start to the
+    /// first success, between two, or from the last to the end).
+    pub longest_gap_ms: f64,
 }
 
 impl Report {
@@ -107,6 +112,21 @@ impl Report {
                 }
             }
         }
+        let mut successes: Vec<Duration> = samples
+            .iter()
+            .filter(|s| matches!(s.outcome, Outcome::Counted { .. }))
+            .map(|s| s.finished)
+            .collect();
+        successes.sort_unstable();
+        let bounds = std::iter::once(Duration::ZERO)
+            .chain(successes)
+            .chain(std::iter::once(elapsed))
+            .collect::<Vec<_>>();
+        report.longest_gap_ms = bounds
+            .windows(2)
+            .map(|pair| pair[1].saturating_sub(pair[0]))
+            .max()
+            .map_or(0.0, |gap| ms(&gap));
         report
     }
 
@@ -158,6 +178,11 @@ impl fmt::Display for Report {
         if let (Some(lo), Some(hi)) = (self.lowest_count, self.highest_count) {
             writeln!(f, "counts:     {lo} .. {hi}")?;
         }
+        writeln!(
+            f,
+            "longest without a success: {:.1} s",
+            self.longest_gap_ms / 1000.0
+        )?;
         writeln!(f, "duplicates: {}", self.duplicate_counts)?;
         writeln!(f, "out of order per client: {}", self.out_of_order)?;
         write!(
@@ -176,6 +201,7 @@ mod tests {
         Sample {
             client,
             latency: Duration::from_millis(1),
+            finished: Duration::from_millis(count as u64),
             outcome: Outcome::Counted {
                 count,
                 replica: Some("a".into()),
@@ -210,10 +236,20 @@ mod tests {
     }
 
     #[test]
+    fn the_longest_time_without_a_success_is_reported() {
+        let report = Report::from_samples(
+            vec![counted(0, 100), counted(1, 150), counted(0, 900)],
+            Duration::from_secs(1),
+        );
+        assert_eq!(report.longest_gap_ms, 750.0);
+    }
+
+    #[test]
     fn any_failure_fails() {
         let failed = Sample {
             client: 0,
             latency: Duration::ZERO,
+            finished: Duration::ZERO,
             outcome: Outcome::Failed("http 503".into()),
         };
         let report = Report::from_samples(vec![counted(0, 1), failed], Duration::from_secs(1));

@@ -9,5 +9,6 @@ mod fault_schedule;
 mod hostile_input;
 mod lifecycle;
 mod redis_faults;
+mod sentinel;
 mod verify_tool;
 mod visits;

@@ -9,7 +9,7 @@
 
 mod connection;
 mod locate;
-mod scripts;
+pub mod scripts;
 
 use std::{sync::Arc, time::Duration};
 
@@ -98,7 +98,7 @@ impl RedisStore {
                     versions: format!("{key}:versions"),
                     batches_prefix: format!("{key}:batches:"),
                 },
-                scripts: Scripts::new(),
+                scripts: Scripts::default(),
                 identity: identity.clone(),
                 min_replicas: settings.min_replicas,
                 wait_aof: settings.wait_aof,

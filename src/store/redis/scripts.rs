@@ -17,7 +17,7 @@ use redis::Script;
 /// nothing is added again. Lua does not roll back, so a write that fails after the
 /// increment undoes what it did before returning the error: an error always means
 /// nothing was applied.
-pub(super) const ADD_VISITS: &str = r"
+pub const ADD_VISITS: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local recorded = redis.call('HGET', KEYS[3], ARGV[4])
@@ -50,7 +50,7 @@ return {total, now, 0}
 /// total as its exact string (or false when there is none).
 ///
 /// KEYS: 1 heartbeats, 2 versions, 3 the total. ARGV: 1 replica, 2 version.
-pub(super) const HEARTBEAT: &str = r"
+pub const HEARTBEAT: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('ZADD', KEYS[1], now, ARGV[1])
@@ -68,8 +68,8 @@ pub struct Scripts {
     pub heartbeat: Script,
 }
 
-impl Scripts {
-    pub fn new() -> Self {
+impl Default for Scripts {
+    fn default() -> Self {
         Self {
             add_visits: Script::new(ADD_VISITS),
             heartbeat: Script::new(HEARTBEAT),

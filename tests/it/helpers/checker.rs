@@ -18,7 +18,7 @@ use super::{TestClient, client::Answer};
 /// `clients` clients sending visits one after another through `client` until stopped.
 pub struct Load {
     stop: Arc<AtomicBool>,
-    tasks: Vec<JoinHandle<Vec<Sample>>>,
+    tasks: Vec<JoinHandle<(Vec<Sample>, Vec<Instant>)>>,
 }
 
 impl Load {
@@ -34,17 +34,20 @@ impl Load {
                 let client = entries[id as usize % entries.len()].clone();
                 let stop = stop.clone();
                 tokio::spawn(async move {
-                    let mut samples = Vec::new();
+                    let (mut samples, mut acknowledged_at) = (Vec::new(), Vec::new());
                     while !stop.load(Ordering::Relaxed) {
                         let started = Instant::now();
                         let answer = client.try_visit().await;
+                        if answer.acknowledged().is_some() {
+                            acknowledged_at.push(Instant::now());
+                        }
                         samples.push(sample(id, started.elapsed(), &answer));
                         if answer.status.is_none() {
                             // Nothing listening (a killed process): do not spin.
                             tokio::time::sleep(Duration::from_millis(5)).await;
                         }
                     }
-                    samples
+                    (samples, acknowledged_at)
                 })
             })
             .collect();
@@ -54,11 +57,17 @@ impl Load {
     /// Stops the clients and returns every answer they got.
     pub async fn stop(self) -> History {
         self.stop.store(true, Ordering::Relaxed);
-        let mut samples = Vec::new();
+        let (mut samples, mut acknowledged_at) = (Vec::new(), Vec::new());
         for task in self.tasks {
-            samples.extend(task.await.expect("a client task"));
+            let (client_samples, client_times) = task.await.expect("a client task");
+            samples.extend(client_samples);
+            acknowledged_at.extend(client_times);
         }
-        History { samples }
+        acknowledged_at.sort_unstable();
+        History {
+            samples,
+            acknowledged_at,
+        }
     }
 }
 
@@ -75,6 +84,7 @@ fn sample(client: u64, latency: Duration, answer: &Answer) -> Sample {
     Sample {
         client,
         latency,
+        finished: Duration::ZERO,
         outcome,
     }
 }
@@ -82,9 +92,20 @@ fn sample(client: u64, latency: Duration, answer: &Answer) -> Sample {
 /// Every answer the clients got.
 pub struct History {
     pub samples: Vec<Sample>,
+    /// When each acknowledged visit was answered, in order.
+    acknowledged_at: Vec<Instant>,
 }
 
 impl History {
+    /// The longest time no client got a 200, between the first and the last that did.
+    pub fn longest_outage(&self) -> Duration {
+        self.acknowledged_at
+            .windows(2)
+            .map(|pair| pair[1] - pair[0])
+            .max()
+            .unwrap_or_default()
+    }
+
     pub fn report(&self) -> Report {
         Report::from_samples(self.samples.clone(), Duration::from_secs(1))
     }

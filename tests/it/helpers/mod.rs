@@ -7,6 +7,7 @@ pub mod client;
 pub mod disk;
 pub mod process;
 pub mod redis;
+pub mod sentinel;
 
 use std::time::{Duration, Instant};
 

@@ -133,6 +133,11 @@ impl ServiceProcess {
         nix::sys::signal::kill(Pid::from_raw(self.pid()), signal).expect("the signal is sent");
     }
 
+    /// What the service logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log.path()).unwrap_or_default()
+    }
+
     /// Whether the service's log has no panic in it.
     pub fn logged_no_panic(&self) -> bool {
         let log = std::fs::read_to_string(self.log.path()).unwrap_or_default();

@@ -1,4 +1,5 @@
-//! A real redis-server on a free loopback port with its own folder, stopped on drop.
+//! A real redis-server (or valkey-server) on a free loopback port with its own folder,
+//! stopped on drop.
 
 use std::{
     path::PathBuf,
@@ -11,13 +12,44 @@ use tempfile::TempDir;
 
 pub struct RedisServer {
     pub port: u16,
+    pub flavor: Flavor,
     dir: TempDir,
     password: Option<String>,
+    extra: Vec<String>,
     child: Option<Child>,
 }
 
-fn binary() -> PathBuf {
-    super::require_program("redis-server", "REDIS_SERVER", "redis-server")
+/// Which server: Redis, or Valkey (its fork, which has WAITAOF).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    Redis,
+    Valkey,
+}
+
+impl Flavor {
+    pub fn server(self) -> PathBuf {
+        match self {
+            Flavor::Redis => super::require_program("redis-server", "REDIS_SERVER", "redis-server"),
+            Flavor::Valkey => super::require_program(
+                "valkey-server",
+                "VALKEY_SERVER",
+                "-t bookworm-backports valkey-server",
+            ),
+        }
+    }
+
+    pub fn sentinel(self) -> PathBuf {
+        match self {
+            Flavor::Redis => {
+                super::require_program("redis-sentinel", "REDIS_SENTINEL", "redis-sentinel")
+            }
+            Flavor::Valkey => super::require_program(
+                "valkey-sentinel",
+                "VALKEY_SENTINEL",
+                "-t bookworm-backports valkey-sentinel",
+            ),
+        }
+    }
 }
 
 impl RedisServer {
@@ -27,10 +59,17 @@ impl RedisServer {
     }
 
     pub fn start_with_password(password: Option<&str>) -> Self {
+        Self::start_with(Flavor::Redis, password, &[])
+    }
+
+    /// Starts a server of `flavor` with more settings (`--replicaof host port`, …).
+    pub fn start_with(flavor: Flavor, password: Option<&str>, extra: &[&str]) -> Self {
         let mut server = Self {
             port: super::free_port(),
+            flavor,
             dir: tempfile::tempdir().expect("a temporary folder"),
             password: password.map(str::to_owned),
+            extra: extra.iter().map(|a| (*a).to_owned()).collect(),
             child: None,
         };
         server.launch();
@@ -42,7 +81,7 @@ impl RedisServer {
     }
 
     fn launch(&mut self) {
-        let mut command = Command::new(binary());
+        let mut command = Command::new(self.flavor.server());
         command
             .arg("--port")
             .arg(self.port.to_string())
@@ -56,6 +95,7 @@ impl RedisServer {
             .arg("yes")
             .arg("--appendfsync")
             .arg("always")
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         if let Some(password) = &self.password {
@@ -105,6 +145,15 @@ impl RedisServer {
     /// Sets a key, as a deployment of the original app would have left it.
     pub fn set(&self, key: &str, value: &str) {
         self.query(&["SET", key, value]).expect("SET answers");
+    }
+
+    /// The server's `INFO replication` field `name`.
+    pub fn replication(&self, name: &str) -> Option<String> {
+        let info: String =
+            redis::from_redis_value(self.query(&["INFO", "replication"]).ok()?).ok()?;
+        info.lines()
+            .find_map(|line| line.strip_prefix(&format!("{name}:")))
+            .map(|value| value.trim().to_owned())
     }
 
     /// Stops the server with SIGKILL and waits for it to be gone.
