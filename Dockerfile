@@ -28,13 +28,14 @@ COPY Cargo.toml Cargo.lock ./
 RUN --mount=type=secret,id=cacert \
     if [ -f /run/secrets/cacert ]; then export CARGO_HTTP_CAINFO=/run/secrets/cacert; fi \
  && mkdir -p src && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
- && cargo build --release --locked --target "$TARGET" \
- && rm -rf src "target/$TARGET/release/.fingerprint/stackdemo-"* \
-           "target/$TARGET/release/deps/stackdemo-"* "target/$TARGET/release/deps/libstackdemo-"*
+ && cargo build --profile dist --locked --target "$TARGET" \
+ && rm -rf src "target/$TARGET/dist/.fingerprint/stackdemo-"* \
+           "target/$TARGET/dist/deps/stackdemo-"* "target/$TARGET/dist/deps/libstackdemo-"*
 
 COPY src ./src
-RUN cargo build --release --locked --offline --target "$TARGET" \
- && install -D -m 0755 "target/$TARGET/release/stackdemo" /out/stackdemo \
+# The dist profile: fat LTO and one codegen unit (Cargo.toml).
+RUN cargo build --profile dist --locked --offline --target "$TARGET" \
+ && install -D -m 0755 "target/$TARGET/dist/stackdemo" /out/stackdemo \
  && mkdir -p /out/data
 
 FROM scratch
