@@ -8,9 +8,12 @@
 //! first attempt was applied, its recorded total comes back; if not, it is applied now.
 //! Only a batch whose answer never came back in time is *in doubt*.
 
-use std::sync::{
-    Arc, LazyLock,
-    atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering},
+use std::{
+    sync::{
+        Arc, LazyLock,
+        atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering},
+    },
+    time::Duration,
 };
 
 use redis::{
@@ -29,6 +32,10 @@ use crate::{
 /// connection turns out broken, on fresh ones (a new primary's, after a failover).
 const MAX_ATTEMPTS: usize = 3;
 
+/// How long a call waits for another call's connection attempt before giving up on it.
+/// A healthy server is connected to in a few milliseconds.
+const CONNECT_WAIT: Duration = Duration::from_millis(100);
+
 /// The start of this process's monotonic clock, against which Redis's clock is measured.
 static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
 
@@ -41,7 +48,10 @@ pub struct RedisConnection {
     /// This writer's batch records.
     batches_key: String,
     next_batch: AtomicU64,
-    link: tokio::sync::Mutex<Link>,
+    /// Never held across an await.
+    link: std::sync::Mutex<Link>,
+    /// Woken when a connection attempt ends.
+    connected: tokio::sync::Notify,
     /// Redis's clock minus this process's monotonic clock, in ms, never above the truth:
     /// each reading takes Redis's time as if it had been read when the answer arrived.
     /// Write deadlines set with it are therefore never later on Redis's clock than meant.
@@ -53,6 +63,22 @@ struct Link {
     live: Option<Live>,
     backoff: Backoff,
     opened: u64,
+    /// When the connection attempt under way began.
+    connecting: Option<Instant>,
+}
+
+/// The one connection attempt under way. Ended however its call ends (a dropped call
+/// included), so that the next call can try again.
+struct Attempt<'a> {
+    connection: &'a RedisConnection,
+    generation: u64,
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        self.connection.lock().connecting = None;
+        self.connection.connected.notify_waiters();
+    }
 }
 
 #[derive(Clone)]
@@ -69,7 +95,7 @@ struct Live {
 }
 
 /// What one attempt of a call ended with.
-enum Attempt<T> {
+enum Outcome<T> {
     Done(T),
     /// The connection broke or the server is not the primary: try a fresh connection.
     /// `maybe_sent` says whether the command may have reached Redis.
@@ -87,7 +113,8 @@ impl RedisConnection {
             shared,
             batches_key,
             next_batch: AtomicU64::new(1),
-            link: tokio::sync::Mutex::new(Link::default()),
+            link: std::sync::Mutex::new(Link::default()),
+            connected: tokio::sync::Notify::new(),
             clock_offset_ms: AtomicI64::new(0),
         }
     }
@@ -101,9 +128,9 @@ impl RedisConnection {
         for _ in 0..MAX_ATTEMPTS {
             let attempt = self.write_once(count, batch, answer_by).await;
             match attempt {
-                Attempt::Done(total) => return Ok(total),
-                Attempt::Failed(error) => return Err(error.doubt_if(maybe_applied)),
-                Attempt::Reconnect { error, maybe_sent } => {
+                Outcome::Done(total) => return Ok(total),
+                Outcome::Failed(error) => return Err(error.doubt_if(maybe_applied)),
+                Outcome::Reconnect { error, maybe_sent } => {
                     maybe_applied |= maybe_sent;
                     last = Some(error);
                 }
@@ -114,14 +141,14 @@ impl RedisConnection {
             .doubt_if(maybe_applied))
     }
 
-    async fn write_once(&self, count: u64, batch: u64, answer_by: Instant) -> Attempt<i64> {
+    async fn write_once(&self, count: u64, batch: u64, answer_by: Instant) -> Outcome<i64> {
         let live = match self.live(answer_by).await {
             Ok(live) => live,
-            Err(error) => return Attempt::Failed(error),
+            Err(error) => return Outcome::Failed(error),
         };
         let now = Instant::now();
         if now >= answer_by {
-            return Attempt::Failed(StoreError::new(
+            return Outcome::Failed(StoreError::new(
                 StoreErrorKind::Timeout,
                 "no time left to send the write",
             ));
@@ -152,7 +179,7 @@ impl RedisConnection {
                     // The write may be applied, its answer late: Redis paused, or the network
                     // stalled. Later calls should not queue behind it on this connection.
                     self.broken(&live, false).await;
-                    return Attempt::Failed(StoreError::timeout());
+                    return Outcome::Failed(StoreError::timeout());
                 }
             };
         let received = Instant::now();
@@ -168,7 +195,7 @@ impl RedisConnection {
                     return self.failed_attempt(&live, error, false).await;
                 }
                 Err(error) => {
-                    return Attempt::Failed(StoreError::new(
+                    return Outcome::Failed(StoreError::new(
                         StoreErrorKind::Failed,
                         format!("unexpected reply to the write: {error}"),
                     ));
@@ -176,7 +203,7 @@ impl RedisConnection {
             };
         self.observe_clock(redis_now, received);
         let Ok(total) = total.parse::<i64>() else {
-            return Attempt::Failed(StoreError::new(
+            return Outcome::Failed(StoreError::new(
                 StoreErrorKind::WrongType,
                 format!("the total is not an integer: {total:?}"),
             ));
@@ -186,7 +213,7 @@ impl RedisConnection {
             match reached {
                 Some(Ok(reached)) if reached >= wanted => {}
                 Some(Ok(reached)) => {
-                    return Attempt::Failed(
+                    return Outcome::Failed(
                         StoreError::new(
                             StoreErrorKind::Replication,
                             format!("the write reached {reached} of {wanted} replicas in time"),
@@ -194,15 +221,15 @@ impl RedisConnection {
                         .with_doubt(),
                     );
                 }
-                Some(Err(error)) => return Attempt::Failed(classify(error).with_doubt()),
+                Some(Err(error)) => return Outcome::Failed(classify(error).with_doubt()),
                 None => {
-                    return Attempt::Failed(
+                    return Outcome::Failed(
                         StoreError::new(StoreErrorKind::Failed, "no answer to WAIT").with_doubt(),
                     );
                 }
             }
         }
-        Attempt::Done(total)
+        Outcome::Done(total)
     }
 
     /// Adds WAIT (or WAITAOF) after the write when replicas must confirm it; returns how
@@ -237,11 +264,11 @@ impl RedisConnection {
         live: &Live,
         error: RedisError,
         on_the_wire: bool,
-    ) -> Attempt<T> {
+    ) -> Outcome<T> {
         if error.code() == Some("NOSCRIPT") {
             // The script cache was flushed: load it again and retry; nothing ran.
             self.broken(live, false).await;
-            return Attempt::Reconnect {
+            return Outcome::Reconnect {
                 error: classify(error),
                 maybe_sent: false,
             };
@@ -249,19 +276,19 @@ impl RedisConnection {
         if error.code() == Some("READONLY") && self.shared.locator.follows_failovers() {
             // A demoted primary: refused, so certainly not applied.
             self.broken(live, true).await;
-            return Attempt::Reconnect {
+            return Outcome::Reconnect {
                 error: classify(error),
                 maybe_sent: false,
             };
         }
         if error.is_io_error() || error.is_connection_dropped() || error.is_unrecoverable_error() {
             self.broken(live, true).await;
-            return Attempt::Reconnect {
+            return Outcome::Reconnect {
                 error: classify(error),
                 maybe_sent: on_the_wire,
             };
         }
-        Attempt::Failed(classify(error))
+        Outcome::Failed(classify(error))
     }
 
     /// Answers when Redis could take a visit now: it answers, it is the primary with
@@ -407,9 +434,9 @@ impl RedisConnection {
             match timeout_at(answer_by, pipe.query_async::<T>(&mut connection)).await {
                 Ok(Ok(value)) => return Ok(value),
                 Ok(Err(error)) => match self.failed_attempt::<T>(&live, error, true).await {
-                    Attempt::Reconnect { error, .. } => last = Some(error),
-                    Attempt::Failed(error) => return Err(error),
-                    Attempt::Done(value) => return Ok(value),
+                    Outcome::Reconnect { error, .. } => last = Some(error),
+                    Outcome::Failed(error) => return Err(error),
+                    Outcome::Done(value) => return Ok(value),
                 },
                 Err(_) => {
                     self.broken(&live, false).await;
@@ -420,21 +447,42 @@ impl RedisConnection {
         Err(last.unwrap_or_else(StoreError::timeout))
     }
 
-    /// The connection to use, opened if there is none or the primary has moved.
+    /// The connection to use, opened if there is none or the primary has moved. One call
+    /// connects; calls meanwhile wait for it, but at most `CONNECT_WAIT` after it began:
+    /// a connection attempt that hangs (a vanished address, a paused server) turns into
+    /// prompt 503s rather than every visit waiting out the store timeout.
     async fn live(&self, answer_by: Instant) -> Result<Live, StoreError> {
         let locator = &self.shared.locator;
-        let mut link = timeout_at(answer_by, self.link.lock())
-            .await
-            .map_err(|_| StoreError::new(StoreErrorKind::Timeout, "waited for a connection"))?;
-        if let Some(live) = &link.live
-            && live.generation == locator.generation()
-            && !live.closed.load(Ordering::Acquire)
-        {
-            return Ok(live.clone());
-        }
-        link.live = None;
-        link.backoff.check()?;
-        let generation = locator.generation();
+        let attempt = loop {
+            let connected = self.connected.notified();
+            let wait_until = {
+                let mut link = self.lock();
+                if let Some(live) = &link.live
+                    && live.generation == locator.generation()
+                    && !live.closed.load(Ordering::Acquire)
+                {
+                    return Ok(live.clone());
+                }
+                match link.connecting {
+                    Some(began) => (began + CONNECT_WAIT).min(answer_by),
+                    None => {
+                        link.live = None;
+                        link.backoff.check()?;
+                        link.connecting = Some(Instant::now());
+                        break Attempt {
+                            connection: self,
+                            generation: locator.generation(),
+                        };
+                    }
+                }
+            };
+            if timeout_at(wait_until, connected).await.is_err() {
+                return Err(StoreError::new(
+                    StoreErrorKind::Unreachable,
+                    "not tried: another call is still connecting",
+                ));
+            }
+        };
         let opened = match timeout_at(answer_by, self.open()).await {
             Ok(result) => result,
             Err(_) => Err(StoreError::new(
@@ -442,7 +490,8 @@ impl RedisConnection {
                 "connecting took too long",
             )),
         };
-        match opened {
+        let mut link = self.lock();
+        let result = match opened {
             Ok((connection, closed, generation)) => {
                 link.backoff.succeeded();
                 link.opened += 1;
@@ -463,11 +512,18 @@ impl RedisConnection {
                         | StoreErrorKind::Timeout
                         | StoreErrorKind::ReadOnly
                 ) {
-                    locator.distrust(generation);
+                    locator.distrust(attempt.generation);
                 }
                 Err(error)
             }
-        }
+        };
+        drop(link);
+        drop(attempt);
+        result
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Link> {
+        self.link.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Connects to the primary, loads the scripts, checks the server's role (when
@@ -519,7 +575,7 @@ impl RedisConnection {
     /// Forgets a connection that failed; `moved` also has the primary's address looked up
     /// again (it may have failed over).
     async fn broken(&self, live: &Live, moved: bool) {
-        let mut link = self.link.lock().await;
+        let mut link = self.lock();
         if link
             .live
             .as_ref()
