@@ -1,7 +1,8 @@
 //! Where the Redis primary is: a fixed address (`REDIS_URL`), or the one the sentinels
 //! name (`REDIS_SENTINELS`), followed through failovers.
 //!
-//! With sentinels, the address is asked of all of them at once, each with a timeout, and
+//! With sentinels, the address is asked of all of them at once (every address their names
+//! resolve to: one Swarm service name stands for all its tasks), each with a timeout, and
 //! the one most of them name is taken; it is asked again whenever a connection finds the
 //! server gone or no longer the primary (`distrust`), and replaced at once when a
 //! sentinel announces `+switch-master` (`watch`). Every change bumps a generation number;
@@ -165,12 +166,34 @@ impl Locator {
         }
     }
 
+    /// Follows one configured sentinel: every address its name resolves to (one name may
+    /// stand for several, as a Swarm service's does), resolved again whenever one of the
+    /// subscriptions ends.
     async fn watch_one(&self, sentinel: ConnectionInfo, stop: CancellationToken) {
+        loop {
+            let addresses = resolved(std::slice::from_ref(&sentinel)).await;
+            let subscriptions = addresses
+                .into_iter()
+                .map(|address| Box::pin(self.follow(address)))
+                .collect::<Vec<_>>();
+            tokio::select! {
+                _ = futures_util::future::select_all(subscriptions) => {}
+                () = stop.cancelled() => return,
+            }
+            tokio::select! {
+                () = tokio::time::sleep(RESUBSCRIBE_DELAY) => {}
+                () = stop.cancelled() => return,
+            }
+        }
+    }
+
+    /// Takes `+switch-master` announcements from one sentinel until its subscription ends.
+    async fn follow(&self, sentinel: ConnectionInfo) {
         let Kind::Sentinels(target) = &self.kind else {
             return;
         };
         let (master_name, primary_template) = (&target.master_name, &target.primary_template);
-        loop {
+        {
             let subscribed = async {
                 let client = Client::open(sentinel.clone()).map_err(classify)?;
                 let mut pubsub = tokio::time::timeout(SENTINEL_TIMEOUT, client.get_async_pubsub())
@@ -195,20 +218,40 @@ impl Locator {
                 }
                 Ok::<(), StoreError>(())
             };
-            tokio::select! {
-                result = subscribed => {
-                    if let Err(error) = result {
-                        tracing::debug!(sentinel = %sentinel.addr(), cause = error.detail(), "sentinel subscription failed");
-                    }
-                }
-                () = stop.cancelled() => return,
-            }
-            tokio::select! {
-                () = tokio::time::sleep(RESUBSCRIBE_DELAY) => {}
-                () = stop.cancelled() => return,
+            if let Err(error) = subscribed.await {
+                tracing::debug!(sentinel = %sentinel.addr(), cause = error.detail(), "sentinel subscription failed");
             }
         }
     }
+}
+
+/// Every address the sentinels' names resolve to, each as a sentinel of its own; a name
+/// that does not resolve now is kept as it is.
+async fn resolved(sentinels: &[ConnectionInfo]) -> Vec<ConnectionInfo> {
+    let mut addresses: Vec<ConnectionInfo> = Vec::new();
+    for sentinel in sentinels {
+        let ConnectionAddr::Tcp(host, port) = sentinel.addr() else {
+            addresses.push(sentinel.clone());
+            continue;
+        };
+        let lookup = tokio::time::timeout(
+            SENTINEL_TIMEOUT,
+            tokio::net::lookup_host((host.as_str(), *port)),
+        )
+        .await;
+        match lookup {
+            Ok(Ok(found)) => {
+                for address in found {
+                    let tcp = ConnectionAddr::Tcp(address.ip().to_string(), address.port());
+                    if !addresses.iter().any(|known| *known.addr() == tcp) {
+                        addresses.push(sentinel.clone().set_addr(tcp));
+                    }
+                }
+            }
+            _ => addresses.push(sentinel.clone()),
+        }
+    }
+    addresses
 }
 
 /// Asks every sentinel for the primary's address at once; the address most of those that
@@ -217,6 +260,7 @@ async fn ask_sentinels(
     sentinels: &[ConnectionInfo],
     master_name: &str,
 ) -> Result<ConnectionAddr, StoreError> {
+    let sentinels = resolved(sentinels).await;
     let answers = futures_util::future::join_all(sentinels.iter().map(|sentinel| async move {
         tokio::time::timeout(SENTINEL_TIMEOUT, ask_one(sentinel, master_name))
             .await
