@@ -30,8 +30,8 @@ pub struct Settings {
     #[arg(long, env = "STACKDEMO_LISTEN", default_value = "0.0.0.0:8000")]
     pub listen: SocketAddr,
 
-    /// Redis URL (redis://host:port/db) of a single Redis. Unset or empty, and no
-    /// sentinels: the embedded store in --data-dir.
+    /// Redis URL (redis://host:port/db) of a single Redis; not used when sentinels are
+    /// set. Unset or empty, and no sentinels: the embedded store in --data-dir.
     #[arg(long, env = "REDIS_URL", hide_env_values = true, value_parser = parse_redis_url)]
     pub redis_url: Option<RedisUrl>,
 
@@ -110,7 +110,7 @@ pub struct Settings {
     pub store_timeout: Duration,
 
     /// Open connections at most; further connections wait to be accepted. Each may hold
-    /// up to about 40 KB while its request head arrives (see the README on memory).
+    /// up to about 30 KB while its request head arrives (see the README on memory).
     #[arg(long, env = "STACKDEMO_MAX_CONNECTIONS", default_value_t = 1024,
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_connections: u32,
@@ -234,18 +234,10 @@ impl Settings {
     }
 
     fn store(&self) -> Result<StoreSettings, ConfigError> {
+        // Sentinels win over a URL: the image sets REDIS_URL for the tutorial's stack, and
+        // a stack file cannot unset it everywhere (older clients drop an empty override).
         let target = match (self.redis_url(), self.redis_sentinels.is_empty()) {
-            (Some(_), false) => {
-                return Err(self.error(
-                    "redis_sentinels",
-                    format!(
-                        "cannot be used together with {}; give one of them",
-                        self.origins.name("redis_url")
-                    ),
-                ));
-            }
-            (Some(url), true) => Some(RedisTarget::Url(url.clone())),
-            (None, false) => Some(RedisTarget::Sentinels {
+            (_, false) => Some(RedisTarget::Sentinels {
                 sentinels: self.redis_sentinels.clone(),
                 master_name: self.redis_master_name.clone(),
                 password: self.read_secret(
@@ -253,6 +245,7 @@ impl Settings {
                     self.redis_sentinel_password_file.as_ref(),
                 )?,
             }),
+            (Some(url), true) => Some(RedisTarget::Url(url.clone())),
             (None, true) => None,
         };
         let Some(target) = target else {

@@ -155,9 +155,9 @@ fn redis_settings_without_redis_are_refused() {
         &[
             listen,
             ("REDIS_URL", "redis://127.0.0.1:1"),
-            ("REDIS_SENTINELS", "127.0.0.1:2"),
+            ("REDIS_SENTINEL_PASSWORD_FILE", "/etc/hostname"),
         ],
-        "REDIS_SENTINELS",
+        "REDIS_SENTINEL_PASSWORD_FILE",
     );
 }
 
