@@ -523,3 +523,27 @@ async fn a_hung_redis_gives_fast_503s_that_are_not_counted_when_it_wakes() {
     assert_eq!(first, 4, "visits answered 503 were counted when Redis woke");
     assert_eq!(redis.get_i64("hits"), 4);
 }
+
+/// `stackdemo_count` shows the total the store holds, also after the key is reset.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_count_metric_follows_the_total_down_when_it_is_reset() {
+    let redis = RedisServer::start();
+    let service = service_on(&redis, &[]).await;
+    for _ in 0..5 {
+        service.client.visit().await;
+    }
+    let client = &service.client;
+    wait_until("the metric to show 5", Duration::from_secs(3), || async {
+        client.metric("stackdemo_count").await == 5.0
+    })
+    .await;
+
+    redis.set("hits", "0");
+
+    wait_until(
+        "the metric to show the reset",
+        Duration::from_secs(3),
+        || async { client.metric("stackdemo_count").await == 0.0 },
+    )
+    .await;
+}
