@@ -68,7 +68,7 @@ async fn every_worker_serves(services: &[ServiceProcess]) {
                 .map(|(client, _)| client)
                 .collect();
             assert!(
-                started.elapsed() < Duration::from_secs(5),
+                pending.is_empty() || started.elapsed() < Duration::from_secs(5),
                 "{} connections still refused after 5 s; the service logged:\n{}",
                 pending.len(),
                 service.log()
@@ -114,10 +114,15 @@ async fn the_primary_killed_under_load_loses_no_acknowledged_visit() {
 }
 
 /// Valkey acknowledges a visit only once it is in the append-only file of the primary and
-/// of a replica (WAITAOF).
+/// of a replica (WAITAOF). Two fsyncs in a row need more than the default store timeout
+/// on a disk shared with other tests, as they would on a busy host.
 #[tokio::test(flavor = "multi_thread")]
 async fn on_valkey_with_waitaof_the_primary_killed_under_load_loses_no_acknowledged_visit() {
-    primary_killed_under_load(Flavor::Valkey, &["--redis-wait-aof"]).await;
+    primary_killed_under_load(
+        Flavor::Valkey,
+        &["--redis-wait-aof", "--store-timeout", "1s"],
+    )
+    .await;
 }
 
 /// A primary paused long enough to be failed over, then resumed: it comes back as a
