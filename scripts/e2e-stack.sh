@@ -5,13 +5,15 @@
 #   STACK_NAME=demo STACK_KEEP=1 scripts/e2e-stack.sh   # leave the stack deployed
 #
 # Works on a fresh Debian machine as root: installs docker.io and debootstrap when
-# missing, starts dockerd when none answers, initialises the swarm when inactive. Nothing
-# can be pulled here, so it builds its base images locally (scripts/base-images.sh).
+# missing, starts dockerd when none answers, initialises the swarm when inactive. It
+# builds its base images locally (scripts/base-images.sh), for machines that cannot pull
+# from a registry.
 #
-# This kernel has no IPVS, so the routing mesh (localhost:8000) and service virtual IPs
-# do not route; the stack is reached through the HAProxy edge (published in host mode on
-# EDGE_PORT) and through client containers attached to the overlay network. Every claim
-# is checked and the script stops at the first one that does not hold.
+# On hosts without IPVS the routing mesh (localhost:8000) and service virtual IPs do not
+# route; the stack is reached through the HAProxy edge (published in host mode on
+# EDGE_PORT) and through client containers attached to the overlay network, which works
+# with IPVS or without. Every claim is checked and the script stops at the first one that
+# does not hold.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,12 +23,7 @@ export EDGE_PORT=${EDGE_PORT:-8080}
 EDGE=http://127.0.0.1:$EDGE_PORT/
 SECRET=${STACK}_redis_password
 WORK=$(mktemp -d /var/tmp/stackdemo-e2e.XXXXXX)
-SUMMARY=()
-
-log() { printf '[e2e %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
-fail() { log "FAIL: $*"; exit 1; }
-pass() { log "ok: $*"; }
-note() { SUMMARY+=("$*"); log "measured: $*"; }
+source scripts/e2e-lib.sh
 
 cleanup() {
   local status=$?
@@ -42,18 +39,7 @@ trap cleanup EXIT
 
 # --- the machine ------------------------------------------------------------------------
 
-scripts/install-missing.sh dockerd:docker.io debootstrap:debootstrap python3:python3 curl:curl
-# The engine's own client: it matches the daemon and builds with BuildKit without buildx.
-DOCKER=docker
-[ -x /usr/bin/docker ] && DOCKER=/usr/bin/docker
-export DOCKER_BUILDKIT=1
-
-if ! $DOCKER info >/dev/null 2>&1; then
-  log "starting dockerd"
-  nohup dockerd >/var/log/dockerd.log 2>&1 &
-  for _ in $(seq 1 60); do $DOCKER info >/dev/null 2>&1 && break; sleep 1; done
-  $DOCKER info >/dev/null 2>&1 || fail "dockerd did not start (see /var/log/dockerd.log)"
-fi
+host_docker_up
 if [ "$($DOCKER info --format '{{.Swarm.LocalNodeState}}')" != active ]; then
   log "docker swarm init"
   $DOCKER swarm init --advertise-addr 127.0.0.1 >/dev/null
@@ -61,34 +47,12 @@ fi
 
 # --- images -----------------------------------------------------------------------------
 
-scripts/base-images.sh
-export REDIS_IMAGE=stackdemo-local/redis:7
-export HAPROXY_IMAGE=stackdemo-local/haproxy:2.6
-build() {
-  local version=$1
-  log "docker build stackdemo:$version"
-  local started=$SECONDS
-  $DOCKER build --quiet \
-    --build-arg RUST_IMAGE=stackdemo-local/rust:bookworm \
-    --build-arg VERSION="$version" \
-    --build-arg REVISION="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" \
-    --secret id=cacert,src=/etc/ssl/certs/ca-certificates.crt \
-    -t "stackdemo:$version" . >/dev/null
-  log "built stackdemo:$version in $((SECONDS - started)) s"
-}
-build v1
-build v2
+images_built
 size=$($DOCKER image inspect stackdemo:v1 --format '{{.Size}}')
 [ "$size" -le $((30 * 1024 * 1024)) ] || fail "image is $size bytes, over 30 MB"
 user=$($DOCKER image inspect stackdemo:v1 --format '{{.Config.User}}')
 [ "$user" = "10001:10001" ] || fail "image runs as '$user', not the non-root 10001"
 note "image size $(awk -v b="$size" 'BEGIN { printf "%.1f", b / 1e6 }') MB ($size bytes), user $user"
-
-# The image's static binary runs on the host too: it is the verify client.
-VERIFY=$WORK/stackdemo
-cid=$($DOCKER create stackdemo:v1)
-$DOCKER cp "$cid:/stackdemo" "$VERIFY" >/dev/null
-$DOCKER rm "$cid" >/dev/null
 
 # --- deploy -----------------------------------------------------------------------------
 
@@ -100,9 +64,7 @@ if $DOCKER stack ls --format '{{.Name}}' | grep -qx "$STACK"; then
     sleep 1
   done
 fi
-if ! $DOCKER secret inspect "$SECRET" >/dev/null 2>&1; then
-  head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' | $DOCKER secret create "$SECRET" - >/dev/null
-fi
+secret_created "$SECRET" $DOCKER
 export REDIS_PASSWORD_SECRET=$SECRET
 export STACKDEMO_IMAGE=stackdemo:v1
 log "docker stack deploy -c docker-compose.yml -c deploy/edge.yml $STACK"
@@ -124,8 +86,6 @@ wait_healthy() {
 }
 # verify ARGS...: runs verify against the edge, JSON report on stdout.
 verify() { "$VERIFY" verify --url "$EDGE" --json "$@"; }
-# field FILE EXPRESSION: evaluates a Python expression over the report `r`.
-field() { python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print($2)" "$1"; }
 # wait_replicas N: until the edge spreads visits over N replicas.
 wait_replicas() {
   local deadline=$((SECONDS + 30))
@@ -276,6 +236,5 @@ else
   pass "docker stack rm left no service or network of $STACK"
 fi
 
-log "summary:"
-for line in "${SUMMARY[@]}"; do log "  $line"; done
+print_summary
 echo "e2e-stack: 1 passed, 0 failed"
