@@ -5,8 +5,9 @@
 #   scripts/test.sh            # everything: lints, cargo test, the stack on Swarm
 #   scripts/test.sh cargo      # lints and cargo test only
 #
-# cargo test starts its own redis-server, redis-sentinel and Chromium; the stack test
-# starts dockerd and a single-node swarm when none runs.
+# cargo test starts its own redis-server, redis-sentinel, Valkey and Chromium; the stack
+# tests start dockerd and a single-node swarm when none runs, and a three-node swarm of
+# their own (scripts/cluster.sh), which they remove at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,4 +25,5 @@ cargo test --locked
 
 if [ "$what" = all ]; then
   scripts/e2e-stack.sh
+  scripts/e2e-cluster.sh
 fi

@@ -1,0 +1,377 @@
+#!/usr/bin/env bash
+# End-to-end test of the stack on a real Docker Swarm of three nodes (scripts/cluster.sh),
+# deployed the way a user deploys on several hosts: the image built once, pushed to a
+# registry, and pulled by every node. Then nodes are broken under load.
+#
+#   scripts/e2e-cluster.sh               # STACK_NAME=stackdemo by default
+#   STACK_KEEP=1 scripts/e2e-cluster.sh  # leave the cluster and the last stack up
+#
+# Checks, failing loudly at the first claim that does not hold: placement (redis and the
+# edge on the manager, web spread one per node); counting across hosts; the overlay
+# carrying traffic between hosts; a worker killed, cut off and drained under load; Redis
+# gone for 30 s; a rolling update and a rollback across the nodes; then the Redis HA
+# variant (deploy/redis-ha.yml) with the node holding the primary killed under load; and
+# that `docker stack rm` and `cluster.sh down` leave nothing behind. Prints a summary of
+# what it measured.
+#
+# On hosts without IPVS, services are reached through the HAProxy edge, published in host
+# mode on the manager, as on such hosts users would.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+STACK=${STACK_NAME:-stackdemo}
+KEEP=${STACK_KEEP:-0}
+E2E_NAME=e2e-cluster
+WORK=$(mktemp -d /var/tmp/stackdemo-cluster.XXXXXX)
+source scripts/e2e-lib.sh
+CLUSTER=scripts/cluster.sh
+
+cleanup() {
+  local status=$?
+  if [ "$status" -ne 0 ] && [ -S /run/stackdemo-cluster/node1/docker.sock ]; then
+    log "diagnostics:"
+    on node1 node ls 2>/dev/null || true
+    on node1 stack ps "$STACK" --no-trunc 2>/dev/null | head -40 || true
+    timeout 20 $DOCKER -H unix:///run/stackdemo-cluster/node1/docker.sock service logs --tail 3 "${STACK}_web" 2>/dev/null | cut -c1-300 || true
+  fi
+  for pid in $(jobs -p); do kill "$pid" 2>/dev/null || true; done
+  if [ "$KEEP" != 1 ]; then
+    "$CLUSTER" down >/dev/null 2>&1 || true
+  fi
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+# --- the cluster and the images ---------------------------------------------------------
+
+host_docker_up
+images_built
+"$CLUSTER" down >/dev/null 2>&1 || true
+started=$SECONDS
+"$CLUSTER" up
+note "cluster of 3 engines (1 manager, 2 workers) up in $((SECONDS - started)) s"
+on() { local node=$1; shift; $DOCKER -H "unix:///run/stackdemo-cluster/$node/docker.sock" "$@"; }
+node_addr() { "$CLUSTER" addr "$1"; }
+REGISTRY=$("$CLUSTER" registry)
+
+# The image is built once and pushed to the registry, from which every node pulls. The
+# host's engine does not list the registry as insecure, so the images go through node1.
+started=$SECONDS
+for image in stackdemo:v1 stackdemo:v2 "$REDIS_IMAGE" "$HAPROXY_IMAGE"; do
+  $DOCKER save "$image" | on node1 load >/dev/null
+  name=$REGISTRY/${image#stackdemo-local/}
+  on node1 tag "$image" "$name"
+  on node1 push "$name" >/dev/null
+done
+note "images pushed to the registry at $REGISTRY in $((SECONDS - started)) s"
+export STACKDEMO_IMAGE=$REGISTRY/stackdemo:v1
+export REDIS_IMAGE=$REGISTRY/redis:7
+export HAPROXY_IMAGE=$REGISTRY/haproxy:2.6
+export EDGE_PORT=8080
+EDGE=http://$(node_addr node1):$EDGE_PORT/
+PASSWORD=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
+export REDIS_PASSWORD_SECRET=${STACK}_redis_password
+printf '%s' "$PASSWORD" | on node1 secret create "$REDIS_PASSWORD_SECRET" - >/dev/null
+
+# --- helpers ----------------------------------------------------------------------------
+
+deploy() {
+  log "docker stack deploy $* $STACK"
+  (export DOCKER_HOST=unix:///run/stackdemo-cluster/node1/docker.sock
+   $DOCKER stack deploy "$@" --with-registry-auth "$STACK" >/dev/null)
+}
+# replicas SERVICE: running/desired, as `docker service ls` shows them (without notes such
+# as "(max 1 per node)").
+replicas() {
+  on node1 service ls --filter "name=${STACK}_$1" --format '{{.Name}} {{.Replicas}}' |
+    awk -v name="${STACK}_$1" '$1 == name {print $2}'
+}
+# wait_running SERVICE N SECONDS: N tasks running (healthy, where there is a check).
+wait_running() {
+  local deadline=$((SECONDS + $3))
+  until [ "$(replicas "$1")" = "$2/$2" ]; do
+    [ $SECONDS -lt $deadline ] || fail "$1 did not reach $2/$2 within $3 s (at $(replicas "$1"))"
+    sleep 1
+  done
+}
+# nodes_of SERVICE: the hostnames of the nodes its running tasks are on, sorted.
+nodes_of() {
+  on node1 service ps "${STACK}_$1" --filter desired-state=running --format '{{.Node}} {{.CurrentState}}' |
+    awk '$2 == "Running" {print $1}' | sort | tr '\n' ' ' | sed 's/ $//'
+}
+node_status() { on node1 node inspect "$1" --format '{{.Status.State}}' 2>/dev/null || echo unknown; }
+verify() { "$VERIFY" verify --url "$EDGE" --json "$@"; }
+# load_start NAME: verify through the edge in the background until load_stop NAME.
+load_start() {
+  "$VERIFY" verify --url "$EDGE" --json --duration 600s --concurrency 4 >"$WORK/$1.json" &
+  echo $! >"$WORK/$1.pid"
+  sleep 2
+}
+load_stop() {
+  local pid; pid=$(cat "$WORK/$1.pid")
+  kill -TERM "$pid"
+  wait "$pid" || true
+  [ "$(field "$WORK/$1.json" 'r["duplicate_counts"]')" -eq 0 ] || fail "$1: a number was answered twice"
+  [ "$(field "$WORK/$1.json" 'r["out_of_order"]')" -eq 0 ] || fail "$1: a client's numbers went down"
+}
+failed() { field "$WORK/$1.json" 'r["failed"]'; }
+summary_of() {
+  field "$WORK/$1.json" \
+    '"%d visits, %d failed%s, longest without a 200 %.1f s" % (r["requests"], r["failed"], " %s" % dict(r["failures"]) if r["failed"] else "", r["longest_gap_ms"] / 1000)'
+}
+# wait_edge N: until the edge spreads visits over N replicas with no failure.
+wait_edge() {
+  local deadline=$((SECONDS + 60))
+  while true; do
+    verify --requests 60 --concurrency 4 >"$WORK/probe.json" 2>/dev/null || true
+    if [ -s "$WORK/probe.json" ] && [ "$(field "$WORK/probe.json" 'len(r["per_replica"])')" -eq "$1" ] &&
+       [ "$(field "$WORK/probe.json" 'r["failed"]')" -eq 0 ]; then
+      return 0
+    fi
+    [ $SECONDS -lt $deadline ] || fail "the edge did not reach $1 replicas: $(cat "$WORK/probe.json" 2>/dev/null)"
+    sleep 1
+  done
+}
+# replica_nodes: "replica=node" for every running web container, from each node's engine.
+replica_nodes() {
+  local node
+  for node in node1 node2 node3; do
+    on "$node" ps -q --filter "label=com.docker.swarm.service.name=${STACK}_web" 2>/dev/null |
+      sed "s/\$/=$node/"
+  done | sort | tr '\n' ' '
+}
+web_task_ids() { on node1 service ps -q --filter desired-state=running "${STACK}_web" | sort | tr '\n' ' '; }
+
+# --- deploy -----------------------------------------------------------------------------
+
+deploy -c docker-compose.yml -c deploy/edge.yml
+started=$SECONDS
+wait_running redis 1 180
+wait_running web 3 180
+wait_running edge 1 120
+note "stack running (redis 1/1, web 3/3 healthy, edge 1/1) $((SECONDS - started)) s after deploy"
+[ "$(nodes_of redis)" = node1 ] || fail "redis runs on '$(nodes_of redis)', not the manager node1"
+[ "$(nodes_of edge)" = node1 ] || fail "the edge runs on '$(nodes_of edge)', not the manager node1"
+[ "$(nodes_of web)" = "node1 node2 node3" ] || fail "web runs on '$(nodes_of web)', not one per node"
+pass "redis and the edge on the manager, web one per node (placement preference spread: node.id)"
+wait_edge 3
+
+# --- counting across hosts --------------------------------------------------------------
+
+verify --requests 600 --concurrency 6 >"$WORK/count.json" || fail "verify: $(cat "$WORK/count.json")"
+[ "$(field "$WORK/count.json" 'len(r["per_replica"])')" -eq 3 ] || fail "not every replica served"
+served=$(field "$WORK/count.json" '" ".join(sorted(r["per_replica"]))')
+mapping=$(replica_nodes)
+for replica in $served; do
+  [[ " $mapping" == *" $replica="* ]] || fail "replica $replica is on no node: $mapping"
+done
+note "600 visits over 3 replicas on 3 hosts, no number twice: $(field "$WORK/count.json" 'dict(r["per_replica"])'); replicas on nodes: $mapping"
+
+# --- the overlay between hosts ----------------------------------------------------------
+
+NET=${STACK}_webnet
+on node3 pull -q "$REDIS_IMAGE" >/dev/null
+pong=$(on node3 run --rm --network "$NET" -e REDISCLI_AUTH="$PASSWORD" "$REDIS_IMAGE" redis-cli -h redis ping 2>/dev/null)
+[ "$pong" = PONG ] || fail "a container on node3 could not reach redis on node1: $pong"
+noauth=$(on node3 run --rm --network "$NET" "$REDIS_IMAGE" redis-cli -h redis GET hits 2>/dev/null || true)
+case "$noauth" in *NOAUTH*) ;; *) fail "redis answered node3 without a password: $noauth" ;; esac
+pass "a container on node3 (pulled from the registry) reaches redis on node1 over the overlay by name; refused without the password"
+
+# --- a worker killed --------------------------------------------------------------------
+
+load_start kill
+killed=$SECONDS
+"$CLUSTER" kill node3
+until [ "$(node_status node3)" = down ]; do
+  [ $((SECONDS - killed)) -lt 60 ] || fail "the manager did not mark node3 down within 60 s"
+  sleep 0.5
+done
+down_after=$((SECONDS - killed))
+until [ "$(nodes_of web | wc -w)" -eq 3 ] && [[ "$(nodes_of web)" != *node3* ]]; do
+  [ $((SECONDS - killed)) -lt 120 ] || fail "web was not 3/3 again within 120 s of the kill: $(nodes_of web), $(replicas web)"
+  sleep 1
+done
+replaced_after=$((SECONDS - killed))
+load_stop kill
+note "node3 killed under load: marked down after ${down_after} s, web 3/3 again on $(nodes_of web) after ${replaced_after} s; $(summary_of kill)"
+"$CLUSTER" restart node3
+until [ "$(node_status node3)" = ready ]; do
+  [ $((SECONDS - killed)) -lt 180 ] || fail "node3 did not come back"
+  sleep 1
+done
+note "node3 restarted and ready again; web tasks stay where they are: $(nodes_of web)"
+
+# --- a worker cut off -------------------------------------------------------------------
+
+load_start cut
+cut=$SECONDS
+"$CLUSTER" cut node2
+seen=""
+while [ $((SECONDS - cut)) -lt 20 ]; do
+  state=$(node_status node2)
+  [[ " $seen " == *" $state "* ]] || seen="$seen $state"
+  sleep 1
+done
+web_during_cut=$(nodes_of web)
+"$CLUSTER" heal node2
+until [ "$(node_status node2)" = ready ] && [ "$(nodes_of web | wc -w)" -eq 3 ]; do
+  [ $((SECONDS - cut)) -lt 120 ] || fail "node2 did not come back after the heal"
+  sleep 1
+done
+sleep 5
+load_stop cut
+note "node2 cut off for 20 s under load: the manager reported${seen}; web ran on $web_during_cut meanwhile; no number twice after the heal; $(summary_of cut)"
+
+# --- a worker drained -------------------------------------------------------------------
+
+load_start drain
+drained=$SECONDS
+on node1 node update --availability drain node2 >/dev/null
+until [[ "$(nodes_of web)" != *node2* ]] && [ "$(nodes_of web | wc -w)" -eq 3 ]; do
+  [ $((SECONDS - drained)) -lt 120 ] || fail "node2 was not drained within 120 s"
+  sleep 1
+done
+drain_time=$((SECONDS - drained))
+sleep 3
+load_stop drain
+[ "$(failed drain)" -eq 0 ] || fail "requests failed while node2 was drained: $(cat "$WORK/drain.json")"
+on node1 node update --availability active node2 >/dev/null
+note "node2 drained under load in ${drain_time} s, web on $(nodes_of web); $(summary_of drain)"
+
+# --- Redis gone for 30 s ----------------------------------------------------------------
+
+before_tasks=$(web_task_ids)
+on node1 service scale "${STACK}_redis=0" >/dev/null 2>&1 || true
+gone=$SECONDS
+until [ "$(replicas redis)" = 0/0 ]; do sleep 0.5; done
+verify --requests 40 --concurrency 4 --timeout 2s >"$WORK/outage.json" || true
+[ "$(field "$WORK/outage.json" 'r["succeeded"]')" -eq 0 ] || fail "visits counted without Redis"
+[ "$(field "$WORK/outage.json" 'r["failures"].get("http 503", 0)')" -eq 40 ] || fail "not every visit got a 503: $(cat "$WORK/outage.json")"
+outage_p99=$(field "$WORK/outage.json" '"%.1f" % r["latency"]["p99_ms"]')
+while [ $((SECONDS - gone)) -lt 30 ]; do sleep 1; done
+on node1 service scale "${STACK}_redis=1" >/dev/null 2>&1 || true
+back=$SECONDS
+until verify --requests 1 --concurrency 1 >"$WORK/back.json" 2>/dev/null; do
+  [ $((SECONDS - back)) -lt 120 ] || fail "visits did not count again within 120 s of Redis's return"
+  sleep 0.5
+done
+serving_after=$((SECONDS - back))
+[ "$(web_task_ids)" = "$before_tasks" ] || fail "web tasks were restarted during the Redis outage: $before_tasks -> $(web_task_ids)"
+wait_edge 3
+note "redis gone for 30 s: 503s in p99 ${outage_p99} ms, no web task restarted (health stays green after a replica was ready once), visits counted again ${serving_after} s after redis was scaled back"
+
+# --- a rolling update and a rollback across the nodes ----------------------------------
+
+load_start update
+updating=$SECONDS
+on node1 service update --quiet --image "$REGISTRY/stackdemo:v2" "${STACK}_web" >/dev/null ||
+  fail "docker service update to v2 did not complete"
+update_time=$((SECONDS - updating))
+load_stop update
+[ "$(failed update)" -eq 0 ] || fail "requests failed during the rolling update: $(cat "$WORK/update.json")"
+verify --requests 120 --concurrency 4 >"$WORK/v2.json"
+[ "$(field "$WORK/v2.json" '",".join(r["per_version"])')" = v2 ] || fail "not every replica is v2: $(cat "$WORK/v2.json")"
+load_start rollback
+on node1 service rollback --quiet "${STACK}_web" >/dev/null || fail "docker service rollback did not complete"
+load_stop rollback
+[ "$(failed rollback)" -eq 0 ] || fail "requests failed during the rollback: $(cat "$WORK/rollback.json")"
+note "rolling update v1 -> v2 across 3 nodes in ${update_time} s: $(summary_of update); rollback to v1: $(summary_of rollback)"
+
+on node1 stack rm "$STACK" >/dev/null
+until [ -z "$(on node1 service ls -q --filter "label=com.docker.stack.namespace=$STACK")" ] &&
+      [ -z "$(on node1 network ls -q --filter "label=com.docker.stack.namespace=$STACK")" ]; do
+  sleep 1
+done
+pass "docker stack rm left no service or network"
+
+# --- Redis high availability: the node holding the primary killed ----------------------
+
+# The stack's redis (on the manager, with the count it kept across `docker stack rm`) and
+# two more servers on the workers, three sentinels, one per node.
+count_before_ha=$(field "$WORK/rollback.json" 'r["highest_count"]')
+on node1 node update --label-add stackdemo.redis=b node2 >/dev/null
+on node1 node update --label-add stackdemo.redis=c node3 >/dev/null
+deploy -c docker-compose.yml -c deploy/redis-ha.yml -c deploy/edge.yml
+started=$SECONDS
+for service in redis redis-b redis-c; do wait_running "$service" 1 180; done
+wait_running sentinel 3 180
+wait_running web 3 180
+wait_running edge 1 120
+wait_edge 3
+note "HA stack running (3 redis, 3 sentinels, 3 web) $((SECONDS - started)) s after deploy; sentinels on $(nodes_of sentinel)"
+# rcli HOST PORT ARGS...: redis-cli from a container on the stack's network.
+rcli() {
+  local host=$1 port=$2; shift 2
+  on node1 run --rm --network "${STACK}_webnet" -e REDISCLI_AUTH="$PASSWORD" "$REDIS_IMAGE" \
+    redis-cli -h "$host" -p "$port" --raw "$@" 2>/dev/null
+}
+primary_name() { rcli sentinel 26379 SENTINEL get-master-addr-by-name mymaster | head -1; }
+replicas_of() { rcli "$1" 6379 INFO replication | tr -d '\r' | awk -F: '$1 == "connected_slaves" {print $2}'; }
+[ "$(primary_name)" = redis ] || fail "the sentinels name '$(primary_name)' as primary, not redis"
+until [ "$(replicas_of redis)" = 2 ]; do
+  [ $((SECONDS - started)) -lt 240 ] || fail "redis-b and redis-c did not both replicate redis"
+  sleep 1
+done
+verify --requests 300 --concurrency 4 >"$WORK/ha-before.json" || fail "visits on the HA stack failed: $(cat "$WORK/ha-before.json")"
+first=$(field "$WORK/ha-before.json" 'r["lowest_count"]')
+[ "$first" -gt "$count_before_ha" ] || fail "the count restarted at $first on the HA stack (it was at $count_before_ha)"
+note "the count carried on into the HA stack: last visit before $count_before_ha, first after $first"
+
+# Move the primary to a worker, so that losing its node leaves the swarm's only manager
+# (and the edge on it) alone.
+# The sentinels refuse (NOGOODSLAVE) until they have watched the replicas for a while.
+moved=$SECONDS
+until [ "$(rcli sentinel 26379 SENTINEL FAILOVER mymaster)" = OK ]; do
+  [ $((SECONDS - moved)) -lt 60 ] || fail "the sentinels refused to fail over"
+  sleep 2
+done
+# Done when the new primary has both other servers as replicas again.
+until primary=$(primary_name) && [ -n "$primary" ] && [ "$primary" != redis ] &&
+      [ "$(replicas_of "$primary")" = 2 ]; do
+  [ $((SECONDS - moved)) -lt 120 ] || fail "SENTINEL FAILOVER did not complete"
+  sleep 1
+done
+case $primary in redis-b) victim=node2 ;; redis-c) victim=node3 ;; esac
+wait_edge 3
+load_start ha
+killed=$SECONDS
+"$CLUSTER" kill "$victim"
+until now=$(primary_name) && [ -n "$now" ] && [ "$now" != "$primary" ]; do
+  [ $((SECONDS - killed)) -lt 90 ] || fail "the sentinels did not fail over within 90 s"
+  sleep 1
+done
+failover=$((SECONDS - killed))
+until verify --requests 20 --concurrency 2 >"$WORK/ha-probe.json" 2>/dev/null; do
+  [ $((SECONDS - killed)) -lt 120 ] || fail "visits did not count again within 120 s of the kill"
+  sleep 0.5
+done
+serving=$((SECONDS - killed))
+sleep 5
+load_stop ha
+verify --requests 1 --concurrency 1 >"$WORK/ha-after.json" || fail "no visit after the failover: $(cat "$WORK/ha-after.json")"
+after=$(field "$WORK/ha-after.json" 'r["highest_count"]')
+highest=$(field "$WORK/ha.json" 'r["highest_count"]')
+[ "$after" -gt "$highest" ] || fail "acknowledged visit $highest lost: the count went on at $after"
+note "$victim (with the primary, $primary) killed under load: the sentinels promoted $now after ${failover} s, every visit counted again after ${serving} s; $(summary_of ha); highest acknowledged before $highest, next after $after"
+
+# --- cleanup ----------------------------------------------------------------------------
+
+if [ "$KEEP" = 1 ]; then
+  log "STACK_KEEP=1: leaving the cluster and $STACK up (edge on $EDGE)"
+else
+  "$CLUSTER" restart "$victim" >/dev/null
+  on node1 stack rm "$STACK" >/dev/null
+  until [ -z "$(on node1 service ls -q --filter "label=com.docker.stack.namespace=$STACK")" ]; do sleep 1; done
+  "$CLUSTER" down
+  leftovers=""
+  ip netns list | grep -q '^sd-' && leftovers="$leftovers namespaces"
+  ip link show sdbr0 >/dev/null 2>&1 && leftovers="$leftovers bridge"
+  pgrep -f 'dockerd --config-file /var/lib/stackdemo-cluster' >/dev/null && leftovers="$leftovers engines"
+  [ -d /var/lib/stackdemo-cluster ] && leftovers="$leftovers data"
+  iptables -S FORWARD | grep -q sdbr0 && leftovers="$leftovers rules"
+  [ -z "$leftovers" ] || fail "cluster.sh down left:$leftovers"
+  pass "docker stack rm and cluster.sh down left nothing behind"
+fi
+
+print_summary
+echo "e2e-cluster: 1 passed, 0 failed"
