@@ -40,18 +40,48 @@ wait_ready() {
   exit 1
 }
 
-# Starts redis-server on a free port (appendonly, fsync every second) and sets redis_port.
-start_redis() {
-  redis_port=$(free_port)
-  mkdir -p "$work/redis"
-  redis-server --port "$redis_port" --bind 127.0.0.1 --dir "$work/redis" --save "" \
-    --appendonly yes --appendfsync everysec >/dev/null 2>&1 &
-  pids+=($!)
+# Waits until the Redis (or sentinel) on port $1 answers PING.
+redis_answers() {
   for _ in $(seq 1 100); do
-    redis-cli -p "$redis_port" ping >/dev/null 2>&1 && return 0
+    redis-cli -p "$1" ping >/dev/null 2>&1 && return 0
     sleep 0.05
   done
-  echo "redis-server did not start on port $redis_port" >&2
+  echo "nothing answered on port $1" >&2
+  exit 1
+}
+
+# Starts redis-server on a free port (appendonly, fsync every second) and sets redis_port;
+# the arguments are passed on. Its folder is $work/redis-PORT.
+start_redis() {
+  redis_port=$(free_port)
+  mkdir -p "$work/redis-$redis_port"
+  redis-server --port "$redis_port" --bind 127.0.0.1 --dir "$work/redis-$redis_port" \
+    --save "" --appendonly yes --appendfsync everysec "$@" >/dev/null 2>&1 &
+  pids+=($!)
+  redis_answers "$redis_port"
+}
+
+# A second Redis group for the `sentinel` store: a primary, one replica of it, and one
+# redis-sentinel watching them; sets sentinel_port. Started only when that store is
+# measured.
+start_sentinel_group() {
+  start_redis --min-replicas-to-write 1
+  local primary=$redis_port
+  start_redis --replicaof 127.0.0.1 "$primary"
+  local replica=$redis_port
+  redis_port=${plain_redis_port:-$redis_port}
+  sentinel_port=$(free_port)
+  mkdir -p "$work/sentinel"
+  printf 'port %s\nbind 127.0.0.1\ndir %s\nsentinel monitor mymaster 127.0.0.1 %s 1\n' \
+    "$sentinel_port" "$work/sentinel" "$primary" >"$work/sentinel/sentinel.conf"
+  redis-sentinel "$work/sentinel/sentinel.conf" >/dev/null 2>&1 &
+  pids+=($!)
+  redis_answers "$sentinel_port"
+  for _ in $(seq 1 100); do
+    [ "$(redis-cli -p "$replica" info replication | tr -d '\r' | awk -F: '$1 == "master_link_status" {print $2}')" = up ] && return 0
+    sleep 0.05
+  done
+  echo "the replica did not sync" >&2
   exit 1
 }
 
@@ -71,14 +101,19 @@ visits_per_write() {
 }
 
 # Calls the benchmark's own `run_store NAME ARGS...` for each store in $STORES, with the
-# arguments that select that store.
+# arguments that select that store: `redis` (one Redis), `embedded`, and `sentinel` (a
+# primary and a replica found through a sentinel, each visit waiting for the replica).
 run_stores() {
   local store
   for store in $STORES; do
     case $store in
       redis) run_store redis --redis-url "redis://127.0.0.1:$redis_port/0" ;;
       embedded) run_store embedded --data-dir "$work/data" ;;
-      *) echo "unknown store $store (redis, embedded)" >&2; exit 2 ;;
+      sentinel)
+        plain_redis_port=$redis_port start_sentinel_group
+        run_store sentinel --redis-sentinels "127.0.0.1:$sentinel_port" --redis-min-replicas 1
+        ;;
+      *) echo "unknown store $store (redis, embedded, sentinel)" >&2; exit 2 ;;
     esac
   done
 }

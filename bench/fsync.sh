@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# What one durable write costs on this machine's disk: the floor under every commit of the
+# What one durable write costs on the disk it runs on: the floor under every commit of the
 # embedded store, which makes one such write per transaction. Writes six 4 KiB pages (as a
 # redb commit of the counter does) and then calls fdatasync, COUNT times, and prints the
 # wall time per commit (median and p90) and the CPU time the writing thread spent on it,

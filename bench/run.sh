@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Throughput benchmark: `GET /` (counts a visit) against `GET /healthz` (touches no store)
-# of the same release binary, with Redis and with the embedded store, measured side by
-# side with wrk on loopback. Prints requests/s, the ratio, p99 latency, peak RSS, and what a
-# request costs the whole machine in CPU time.
+# of the same binary (the dist profile), with one Redis, with the embedded store, and with
+# a primary and a replica found through Sentinel (each visit waiting for the replica),
+# measured side by side with wrk on loopback. Prints requests/s, the ratio, p99 latency,
+# peak RSS, and what a request costs the whole machine in CPU time.
 #
 #   bench/run.sh                      # 10 rounds of 2 s per path, 64 connections, 2 threads
 #   ROUNDS=20 DURATION=3s bench/run.sh
-#   STORES=redis bench/run.sh            # one store only
+#   STORES=redis bench/run.sh            # one store only (redis, embedded, sentinel)
 #
 # The two paths are measured in alternating short rounds, and the ratio is the median of
 # the rounds' ratios (each visit round against the no-op round just before it), printed
@@ -19,11 +20,11 @@ cd "$(dirname "$0")/.."
 
 DURATION=${DURATION:-2s}
 ROUNDS=${ROUNDS:-10}
-STORES=${STORES:-redis embedded}
+STORES=${STORES:-redis embedded sentinel}
 CONNECTIONS=${CONNECTIONS:-64}
 THREADS=${THREADS:-2}
 source bench/common.sh
-require_tools wrk redis-server
+require_tools wrk redis-server redis-sentinel
 build_release
 
 # Milliseconds from starting the binary to the first 200 from /readyz (polled without pause).
