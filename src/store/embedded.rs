@@ -311,13 +311,15 @@ fn write_loop(inner: &Inner, requests: &mpsc::Receiver<Write>, spin_limit: Durat
                     cause = error.detail(),
                     "embedded store write failed"
                 );
+                // Not ready before anyone hears of the failure: a client that got its 503
+                // and asks /readyz at once must not find the store ready.
+                *lock(&inner.failing) = Some(error.clone());
                 for write in writes {
                     let _ = write.reply.send(Err(error.clone()));
                 }
                 if error.kind() == StoreErrorKind::Damaged {
                     damaged_in_a_row += 1;
                 }
-                *lock(&inner.failing) = Some(error);
                 if damaged_in_a_row >= DAMAGED_FAILURES_TO_GIVE_UP || !recover(inner) {
                     tracing::error!(
                         "the embedded store's database keeps failing as damaged; giving up"
