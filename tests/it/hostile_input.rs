@@ -190,6 +190,9 @@ fn script(rng: &mut Rng) -> Script {
     }
 }
 
+/// What stands before the number in the page.
+const PAGE_COUNT: &str = r#"<strong class="count" id="count">"#;
+
 /// What came back on one connection.
 struct Exchange {
     statuses: Vec<u16>,
@@ -231,10 +234,22 @@ async fn play(address: SocketAddr, script: Script) -> Exchange {
         .skip(1)
         .filter_map(|rest| rest.get(2..5)?.parse().ok())
         .collect();
+    // The number as text, or in the page a browser gets (`Accept: text/html`).
     let numbers = text
         .split("Hello World! I have been seen ")
         .skip(1)
-        .filter_map(|rest| rest.split(' ').next()?.parse().ok())
+        .map(|rest| {
+            let rest = rest.strip_prefix(PAGE_COUNT).unwrap_or(rest);
+            let end = rest.find(|c: char| !c.is_ascii_digit() && c != '-');
+            rest[..end.unwrap_or(rest.len())]
+                .parse()
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "a number that does not parse: {:?}",
+                        &rest[..rest.len().min(40)]
+                    )
+                })
+        })
         .collect();
     Exchange { statuses, numbers }
 }
