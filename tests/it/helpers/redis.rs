@@ -149,8 +149,12 @@ impl RedisServer {
 
     /// The server's `INFO replication` field `name`.
     pub fn replication(&self, name: &str) -> Option<String> {
-        let info: String =
-            redis::from_redis_value(self.query(&["INFO", "replication"]).ok()?).ok()?;
+        self.info("replication", name)
+    }
+
+    /// One field of a section of `INFO`, if the server answers.
+    pub fn info(&self, section: &str, name: &str) -> Option<String> {
+        let info: String = redis::from_redis_value(self.query(&["INFO", section]).ok()?).ok()?;
         info.lines()
             .find_map(|line| line.strip_prefix(&format!("{name}:")))
             .map(|value| value.trim().to_owned())

@@ -108,6 +108,26 @@ impl RedisGroup {
         new.expect("a new primary")
     }
 
+    /// Each server's replication and append-only-file state, for failure messages.
+    pub fn state(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|node| {
+                let field = |section, name| node.info(section, name).unwrap_or_else(|| "-".into());
+                format!(
+                    "port {}: role {}, link {}, aof rewrite {} (scheduled {}), last fsync status {}",
+                    node.port,
+                    field("replication", "role"),
+                    field("replication", "master_link_status"),
+                    field("persistence", "aof_rewrite_in_progress"),
+                    field("persistence", "aof_rewrite_scheduled"),
+                    field("persistence", "aof_last_write_status"),
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
     /// The total as the current primary holds it.
     pub fn total(&self) -> i64 {
         let primary = self.primary().expect("a primary");
