@@ -305,7 +305,16 @@ rcli() {
   on node1 run --rm --network "${STACK}_webnet" -e REDISCLI_AUTH="$PASSWORD" "$REDIS_IMAGE" \
     redis-cli -h "$host" -p "$port" --raw "$@" 2>/dev/null
 }
-primary_name() { rcli sentinel 26379 SENTINEL get-master-addr-by-name mymaster | head -1; }
+# The primary a sentinel names: each sentinel task is asked in turn, with a timeout, since
+# redis-cli takes the first address of the name and waits minutes on a dead node's.
+primary_name() {
+  on node1 run --rm --network "${STACK}_webnet" -e REDISCLI_AUTH="$PASSWORD" "$REDIS_IMAGE" sh -c '
+    for address in $(getent ahostsv4 tasks.sentinel | cut -d" " -f1 | sort -u); do
+      name=$(timeout 2 redis-cli -h "$address" -p 26379 --raw \
+        SENTINEL get-master-addr-by-name mymaster 2>/dev/null | head -1)
+      [ -n "$name" ] && { echo "$name"; exit 0; }
+    done' 2>/dev/null
+}
 replicas_of() { rcli "$1" 6379 INFO replication | tr -d '\r' | awk -F: '$1 == "connected_slaves" {print $2}'; }
 [ "$(primary_name)" = redis ] || fail "the sentinels name '$(primary_name)' as primary, not redis"
 until [ "$(replicas_of redis)" = 2 ]; do
