@@ -547,3 +547,59 @@ async fn the_count_metric_follows_the_total_down_when_it_is_reset() {
     )
     .await;
 }
+
+/// A Redis address that takes connections and never answers (a paused server, or a proxy
+/// in front of a vanished one): one write waits on the connection attempt, and the visits
+/// meanwhile are refused at once instead of each waiting out the store timeout.
+#[tokio::test(flavor = "multi_thread")]
+async fn visits_are_refused_at_once_while_a_connection_attempt_hangs() {
+    // Connections are taken and held; nothing is ever read from them.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    silent.set_nonblocking(true).unwrap();
+    let url = format!("redis://{}/0", silent.local_addr().unwrap());
+    let service = ServiceProcess::start(&[
+        "--redis-url",
+        &url,
+        "--workers",
+        "1",
+        "--store-timeout",
+        "2s",
+    ])
+    .await;
+
+    // The first visit opens the worker's connection (the heartbeat has one of its own).
+    let first_client = TestClient::with_base(service.client.base.clone());
+    let first = tokio::spawn(async move { first_client.try_visit().await });
+    let mut held = Vec::new();
+    wait_until("the worker to connect", Duration::from_secs(5), || {
+        while let Ok((stream, _)) = silent.accept() {
+            held.push(stream);
+        }
+        let connected = held.len();
+        async move { connected >= 2 }
+    })
+    .await;
+
+    let clients: Vec<TestClient> = (0..15)
+        .map(|_| TestClient::with_base(service.client.base.clone()))
+        .collect();
+    let answers = futures_util::future::join_all(clients.iter().map(|client| async move {
+        let started = Instant::now();
+        let answer = client.try_visit().await;
+        (answer, started.elapsed())
+    }))
+    .await;
+    for (answer, took) in &answers {
+        assert_eq!(
+            answer.status,
+            Some(StatusCode::SERVICE_UNAVAILABLE),
+            "{answer:?}"
+        );
+        assert!(
+            *took < Duration::from_millis(700),
+            "a visit waited {took:?} for another write's connection attempt"
+        );
+    }
+    let first = first.await.unwrap();
+    assert_eq!(first.status, Some(StatusCode::SERVICE_UNAVAILABLE));
+}
