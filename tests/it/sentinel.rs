@@ -264,3 +264,22 @@ fn a_batch_sent_twice_is_applied_once() {
         redis::Value::BulkString(b"10".to_vec())
     );
 }
+
+/// The image sets `REDIS_URL` for the tutorial's stack; a stack file that adds
+/// `REDIS_SENTINELS` cannot unset it on every Docker client. The sentinels win.
+#[tokio::test(flavor = "multi_thread")]
+async fn sentinels_win_over_a_redis_url_from_the_image() {
+    let group = RedisGroup::start(Flavor::Redis);
+    let sentinels = group.sentinel_list();
+    let service = ServiceProcess::start_with_env(
+        &["--workers", "1"],
+        &[
+            ("REDIS_URL", "redis://127.0.0.1:1/0"),
+            ("REDIS_SENTINELS", sentinels.as_str()),
+        ],
+    )
+    .await;
+    let before = group.total();
+    assert_eq!(service.client.visit().await, before + 1);
+    assert_eq!(group.total(), before + 1);
+}
