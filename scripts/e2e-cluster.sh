@@ -88,11 +88,9 @@ replicas() {
 }
 # wait_running SERVICE N SECONDS: N tasks running (healthy, where there is a check).
 wait_running() {
-  local deadline=$((SECONDS + $3))
-  until [ "$(replicas "$1")" = "$2/$2" ]; do
-    [ $SECONDS -lt $deadline ] || fail "$1 did not reach $2/$2 within $3 s (at $(replicas "$1"))"
-    sleep 1
-  done
+  local service=$1 tasks=$2
+  wait_for "$3" "$service at $tasks/$tasks" '[ "$(replicas "$service")" = "$tasks/$tasks" ]' \
+    'replicas "$service"'
 }
 # nodes_of SERVICE: the hostnames of the nodes its running tasks are on, sorted.
 nodes_of() {
@@ -105,6 +103,7 @@ verify() { "$VERIFY" verify --url "$EDGE" --json "$@"; }
 load_start() {
   "$VERIFY" verify --url "$EDGE" --json --duration 600s --concurrency 4 >"$WORK/$1.json" &
   echo $! >"$WORK/$1.pid"
+  # Two seconds of load before whatever comes next, so that it happens under load.
   sleep 2
 }
 load_stop() {
@@ -121,16 +120,13 @@ summary_of() {
 }
 # wait_edge N: until the edge spreads visits over N replicas with no failure.
 wait_edge() {
-  local deadline=$((SECONDS + 60))
-  while true; do
-    verify --requests 60 --concurrency 4 >"$WORK/probe.json" 2>/dev/null || true
-    if [ -s "$WORK/probe.json" ] && [ "$(field "$WORK/probe.json" 'len(r["per_replica"])')" -eq "$1" ] &&
-       [ "$(field "$WORK/probe.json" 'r["failed"]')" -eq 0 ]; then
-      return 0
-    fi
-    [ $SECONDS -lt $deadline ] || fail "the edge did not reach $1 replicas: $(cat "$WORK/probe.json" 2>/dev/null)"
-    sleep 1
-  done
+  local spread=$1
+  wait_for 60 "the edge spreading visits over $spread replicas" \
+    '{ verify --requests 60 --concurrency 4 >"$WORK/probe.json" 2>/dev/null || true; } &&
+     [ -s "$WORK/probe.json" ] &&
+     [ "$(field "$WORK/probe.json" "len(r[\"per_replica\"])")" -eq "$spread" ] &&
+     [ "$(field "$WORK/probe.json" "r[\"failed\"]")" -eq 0 ]' \
+    'cat "$WORK/probe.json" 2>/dev/null'
 }
 # replica_nodes: "replica=node" for every running web container, from each node's engine.
 replica_nodes() {
@@ -182,23 +178,16 @@ pass "a container on node3 (pulled from the registry) reaches redis on node1 ove
 load_start kill
 killed=$SECONDS
 "$CLUSTER" kill node3
-until [ "$(node_status node3)" = down ]; do
-  [ $((SECONDS - killed)) -lt 60 ] || fail "the manager did not mark node3 down within 60 s"
-  sleep 0.5
-done
+wait_for 60 "node3 marked down by the manager" '[ "$(node_status node3)" = down ]'
 down_after=$((SECONDS - killed))
-until [ "$(nodes_of web | wc -w)" -eq 3 ] && [[ "$(nodes_of web)" != *node3* ]]; do
-  [ $((SECONDS - killed)) -lt 120 ] || fail "web was not 3/3 again within 120 s of the kill: $(nodes_of web), $(replicas web)"
-  sleep 1
-done
+wait_for 120 "web 3/3 again without node3" \
+  '[ "$(nodes_of web | wc -w)" -eq 3 ] && [[ "$(nodes_of web)" != *node3* ]]' \
+  'echo "on $(nodes_of web), $(replicas web)"'
 replaced_after=$((SECONDS - killed))
 load_stop kill
 note "node3 killed under load: marked down after ${down_after} s, web 3/3 again on $(nodes_of web) after ${replaced_after} s; $(summary_of kill)"
 "$CLUSTER" restart node3
-until [ "$(node_status node3)" = ready ]; do
-  [ $((SECONDS - killed)) -lt 180 ] || fail "node3 did not come back"
-  sleep 1
-done
+wait_for 60 "node3 ready again after its restart" '[ "$(node_status node3)" = ready ]'
 note "node3 restarted and ready again; web tasks stay where they are: $(nodes_of web)"
 
 # --- a worker cut off -------------------------------------------------------------------
@@ -214,10 +203,9 @@ while [ $((SECONDS - cut)) -lt 20 ]; do
 done
 web_during_cut=$(nodes_of web)
 "$CLUSTER" heal node2
-until [ "$(node_status node2)" = ready ] && [ "$(nodes_of web | wc -w)" -eq 3 ]; do
-  [ $((SECONDS - cut)) -lt 120 ] || fail "node2 did not come back after the heal"
-  sleep 1
-done
+wait_for 120 "node2 ready again after the heal, web 3/3" \
+  '[ "$(node_status node2)" = ready ] && [ "$(nodes_of web | wc -w)" -eq 3 ]'
+# Load for a few seconds more, on the healed node too: no number may repeat.
 sleep 5
 load_stop cut
 note "node2 cut off for 20 s under load: the manager reported${seen}; web ran on $web_during_cut meanwhile; no number twice after the heal; $(summary_of cut)"
@@ -227,11 +215,10 @@ note "node2 cut off for 20 s under load: the manager reported${seen}; web ran on
 load_start drain
 drained=$SECONDS
 on node1 node update --availability drain node2 >/dev/null
-until [[ "$(nodes_of web)" != *node2* ]] && [ "$(nodes_of web | wc -w)" -eq 3 ]; do
-  [ $((SECONDS - drained)) -lt 120 ] || fail "node2 was not drained within 120 s"
-  sleep 1
-done
+wait_for 120 "node2 drained, web 3/3 elsewhere" \
+  '[[ "$(nodes_of web)" != *node2* ]] && [ "$(nodes_of web | wc -w)" -eq 3 ]'
 drain_time=$((SECONDS - drained))
+# Load for a few seconds more on the remaining nodes.
 sleep 3
 load_stop drain
 [ "$(failed drain)" -eq 0 ] || fail "requests failed while node2 was drained: $(cat "$WORK/drain.json")"
@@ -243,7 +230,7 @@ note "node2 drained under load in ${drain_time} s, web on $(nodes_of web); $(sum
 before_tasks=$(web_task_ids)
 on node1 service scale "${STACK}_redis=0" >/dev/null 2>&1 || true
 gone=$SECONDS
-until [ "$(replicas redis)" = 0/0 ]; do sleep 0.5; done
+wait_for 60 "redis scaled to 0" '[ "$(replicas redis)" = 0/0 ]'
 verify --requests 40 --concurrency 4 --timeout 2s >"$WORK/outage.json" || true
 [ "$(field "$WORK/outage.json" 'r["succeeded"]')" -eq 0 ] || fail "visits counted without Redis"
 [ "$(field "$WORK/outage.json" 'r["failures"].get("http 503", 0)')" -eq 40 ] || fail "not every visit got a 503: $(cat "$WORK/outage.json")"
@@ -251,10 +238,8 @@ outage_p99=$(field "$WORK/outage.json" '"%.1f" % r["latency"]["p99_ms"]')
 while [ $((SECONDS - gone)) -lt 30 ]; do sleep 1; done
 on node1 service scale "${STACK}_redis=1" >/dev/null 2>&1 || true
 back=$SECONDS
-until verify --requests 1 --concurrency 1 >"$WORK/back.json" 2>/dev/null; do
-  [ $((SECONDS - back)) -lt 120 ] || fail "visits did not count again within 120 s of Redis's return"
-  sleep 0.5
-done
+wait_for 120 "a visit counted after Redis's return" \
+  'verify --requests 1 --concurrency 1 >"$WORK/back.json" 2>/dev/null'
 serving_after=$((SECONDS - back))
 [ "$(web_task_ids)" = "$before_tasks" ] || fail "web tasks were restarted during the Redis outage: $before_tasks -> $(web_task_ids)"
 wait_edge 3
@@ -278,10 +263,9 @@ load_stop rollback
 note "rolling update v1 -> v2 across 3 nodes in ${update_time} s: $(summary_of update); rollback to v1: $(summary_of rollback)"
 
 on node1 stack rm "$STACK" >/dev/null
-until [ -z "$(on node1 service ls -q --filter "label=com.docker.stack.namespace=$STACK")" ] &&
-      [ -z "$(on node1 network ls -q --filter "label=com.docker.stack.namespace=$STACK")" ]; do
-  sleep 1
-done
+wait_for 120 "docker stack rm removing every service and network" \
+  '[ -z "$(on node1 service ls -q --filter "label=com.docker.stack.namespace=$STACK")" ] &&
+   [ -z "$(on node1 network ls -q --filter "label=com.docker.stack.namespace=$STACK")" ]'
 pass "docker stack rm left no service or network"
 
 # --- Redis high availability: the node holding the primary killed ----------------------
@@ -317,10 +301,7 @@ primary_name() {
 }
 replicas_of() { rcli "$1" 6379 INFO replication | tr -d '\r' | awk -F: '$1 == "connected_slaves" {print $2}'; }
 [ "$(primary_name)" = redis ] || fail "the sentinels name '$(primary_name)' as primary, not redis"
-until [ "$(replicas_of redis)" = 2 ]; do
-  [ $((SECONDS - started)) -lt 240 ] || fail "redis-b and redis-c did not both replicate redis"
-  sleep 1
-done
+wait_for 240 "redis-b and redis-c both replicating redis" '[ "$(replicas_of redis)" = 2 ]'
 verify --requests 300 --concurrency 4 >"$WORK/ha-before.json" || fail "visits on the HA stack failed: $(cat "$WORK/ha-before.json")"
 first=$(field "$WORK/ha-before.json" 'r["lowest_count"]')
 [ "$first" -gt "$count_before_ha" ] || fail "the count restarted at $first on the HA stack (it was at $count_before_ha)"
@@ -329,32 +310,28 @@ note "the count carried on into the HA stack: last visit before $count_before_ha
 # Move the primary to a worker, so that losing its node leaves the swarm's only manager
 # (and the edge on it) alone.
 # The sentinels refuse (NOGOODSLAVE) until they have watched the replicas for a while.
-moved=$SECONDS
-until [ "$(rcli sentinel 26379 SENTINEL FAILOVER mymaster)" = OK ]; do
-  [ $((SECONDS - moved)) -lt 60 ] || fail "the sentinels refused to fail over"
-  sleep 2
-done
+wait_for 60 "the sentinels taking SENTINEL FAILOVER" \
+  '[ "$(rcli sentinel 26379 SENTINEL FAILOVER mymaster)" = OK ]'
 # Done when the new primary has both other servers as replicas again.
-until primary=$(primary_name) && [ -n "$primary" ] && [ "$primary" != redis ] &&
-      [ "$(replicas_of "$primary")" = 2 ]; do
-  [ $((SECONDS - moved)) -lt 120 ] || fail "SENTINEL FAILOVER did not complete"
-  sleep 1
-done
-case $primary in redis-b) victim=node2 ;; redis-c) victim=node3 ;; esac
+wait_for 120 "SENTINEL FAILOVER completed, the new primary with 2 replicas" \
+  'primary=$(primary_name) && [ -n "$primary" ] && [ "$primary" != redis ] &&
+   [ "$(replicas_of "$primary")" = 2 ]'
+case $primary in
+  redis-b) victim=node2 ;;
+  redis-c) victim=node3 ;;
+  *) fail "the new primary is '$primary', not redis-b or redis-c" ;;
+esac
 wait_edge 3
 load_start ha
 killed=$SECONDS
 "$CLUSTER" kill "$victim"
-until now=$(primary_name) && [ -n "$now" ] && [ "$now" != "$primary" ]; do
-  [ $((SECONDS - killed)) -lt 90 ] || fail "the sentinels did not fail over within 90 s"
-  sleep 1
-done
+wait_for 90 "the sentinels failing over from $primary" \
+  'now=$(primary_name) && [ -n "$now" ] && [ "$now" != "$primary" ]'
 failover=$((SECONDS - killed))
-until verify --requests 20 --concurrency 2 >"$WORK/ha-probe.json" 2>/dev/null; do
-  [ $((SECONDS - killed)) -lt 120 ] || fail "visits did not count again within 120 s of the kill"
-  sleep 0.5
-done
+wait_for 120 "visits counted again after the kill" \
+  'verify --requests 20 --concurrency 2 >"$WORK/ha-probe.json" 2>/dev/null'
 serving=$((SECONDS - killed))
+# The load goes on for a few seconds of service on the new primary.
 sleep 5
 load_stop ha
 verify --requests 1 --concurrency 1 >"$WORK/ha-after.json" || fail "no visit after the failover: $(cat "$WORK/ha-after.json")"
@@ -370,7 +347,8 @@ if [ "$KEEP" = 1 ]; then
 else
   "$CLUSTER" restart "$victim" >/dev/null
   on node1 stack rm "$STACK" >/dev/null
-  until [ -z "$(on node1 service ls -q --filter "label=com.docker.stack.namespace=$STACK")" ]; do sleep 1; done
+  wait_for 120 "docker stack rm removing every service" \
+    '[ -z "$(on node1 service ls -q --filter "label=com.docker.stack.namespace=$STACK")" ]'
   "$CLUSTER" down
   leftovers=""
   ip netns list | grep -q '^sd-' && leftovers="$leftovers namespaces"

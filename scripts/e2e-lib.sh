@@ -8,6 +8,17 @@ log() { printf '[%s %s] %s\n' "$E2E_NAME" "$(date +%H:%M:%S)" "$*"; }
 fail() { log "FAIL: $*"; exit 1; }
 pass() { log "ok: $*"; }
 note() { SUMMARY+=("$*"); log "measured: $*"; }
+# wait_for SECONDS WHAT CONDITION [DETAIL]: evaluates CONDITION (shell code, run in this
+# shell, so it may set variables) every half second until it holds; after SECONDS fails
+# with "WHAT", and the output of DETAIL (shell code) if given. The code sees the caller's
+# variables, not its positional parameters: pass those through local variables.
+wait_for() {
+  local limit=$1 what=$2 condition=$3 detail=${4:-} deadline=$((SECONDS + $1))
+  until eval "$condition"; do
+    [ $SECONDS -lt $deadline ] || fail "$what: not within $limit s${detail:+ ($(eval "$detail"))}"
+    sleep 0.5
+  done
+}
 print_summary() {
   log "summary:"
   local line
