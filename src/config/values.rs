@@ -111,7 +111,7 @@ pub fn parse_host_port(text: &str) -> Result<HostPort, String> {
     let (host, port) = if let Some(rest) = text.strip_prefix('[') {
         let (host, after) = rest
             .split_once(']')
-            .ok_or_else(|| format!("'{text}': missing ']'"))?;
+            .ok_or_else(|| "missing ']' after an IPv6 address".to_owned())?;
         (host, after.strip_prefix(':'))
     } else {
         match text.rsplit_once(':') {
@@ -120,7 +120,7 @@ pub fn parse_host_port(text: &str) -> Result<HostPort, String> {
         }
     };
     if host.is_empty() || host.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(format!("'{text}' is not host:port"));
+        return Err("expected host:port".to_owned());
     }
     let port = match port {
         None => SENTINEL_PORT,
@@ -128,7 +128,7 @@ pub fn parse_host_port(text: &str) -> Result<HostPort, String> {
             .parse()
             .ok()
             .filter(|&p| p > 0)
-            .ok_or_else(|| format!("'{text}': the port must be 1 to 65535"))?,
+            .ok_or_else(|| "the port must be 1 to 65535".to_owned())?,
     };
     Ok(HostPort {
         host: host.to_owned(),
