@@ -5,6 +5,10 @@
 //! tried again at once: after a Redis restart or an idle timeout, the next call finds
 //! Redis up. Each worker's connection has its own backoff, so one idle worker's stale
 //! connection does not hold back the others.
+//!
+//! Each delay is drawn between half and all of its nominal length (jitter), so that the
+//! workers of every replica, which all lost Redis at the same moment, do not try again
+//! in lockstep when it returns.
 
 use std::time::Duration;
 
@@ -47,7 +51,7 @@ impl Backoff {
 
     /// A connection attempt failed with `kind`.
     pub fn failed(&mut self, kind: StoreErrorKind) {
-        self.closed_until = Some(Instant::now() + self.delay);
+        self.closed_until = Some(Instant::now() + jittered(self.delay));
         self.delay = (self.delay * 2).min(MAX_DELAY);
         self.last = kind;
     }
@@ -56,6 +60,11 @@ impl Backoff {
     pub fn succeeded(&mut self) {
         *self = Self::default();
     }
+}
+
+/// A delay between half and all of `nominal`.
+fn jittered(nominal: Duration) -> Duration {
+    nominal / 2 + nominal.mul_f64(fastrand::f64() / 2.0)
 }
 
 #[cfg(test)]
@@ -78,10 +87,27 @@ mod tests {
             "a retry is allowed after the delay"
         );
         backoff.failed(StoreErrorKind::Unreachable);
-        tokio::time::advance(FIRST_DELAY).await;
+        // The second delay is twice the first, jitter included at least the first.
+        tokio::time::advance(FIRST_DELAY - Duration::from_millis(1)).await;
         assert!(backoff.check().is_err(), "the second delay is longer");
-        tokio::time::advance(FIRST_DELAY).await;
+        tokio::time::advance(FIRST_DELAY + Duration::from_millis(1)).await;
         assert!(backoff.check().is_ok());
+    }
+
+    #[test]
+    fn delays_are_spread_between_half_and_all_of_their_length() {
+        let nominal = Duration::from_millis(400);
+        let delays: Vec<Duration> = (0..200).map(|_| jittered(nominal)).collect();
+        assert!(delays.iter().all(|d| *d >= nominal / 2 && *d <= nominal));
+        let spread = delays
+            .iter()
+            .max()
+            .unwrap()
+            .saturating_sub(*delays.iter().min().unwrap());
+        assert!(
+            spread > nominal / 4,
+            "200 delays within {spread:?} of each other"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -2,82 +2,54 @@
 
 use std::fmt;
 
-/// What went wrong, coarse enough to tell a client. Each kind has a stable code (metric
-/// labels, readiness answers) and a short reason (503 bodies).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StoreErrorKind {
-    Unreachable,
-    Timeout,
-    Loading,
-    ReadOnly,
-    Auth,
-    OutOfMemory,
-    Busy,
-    WrongType,
-    /// The total is at the largest (or smallest) number it can hold.
-    Limit,
-    /// The write did not reach enough replicas in time.
-    Replication,
-    DiskFull,
-    Damaged,
-    Failed,
+/// Declares the kinds once, each with its stable code and its reason, so that the list
+/// of every kind (`ALL`, for metrics at zero) cannot miss one.
+macro_rules! kinds {
+    ($($(#[$doc:meta])* $kind:ident => $code:literal, $reason:literal;)*) => {
+        /// What went wrong, coarse enough to tell a client. Each kind has a stable code
+        /// (metric labels, readiness answers) and a short reason (503 bodies).
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum StoreErrorKind {
+            $($(#[$doc])* $kind,)*
+        }
+
+        impl StoreErrorKind {
+            /// Every kind, so that metrics can show each at zero before it first happens.
+            pub const ALL: &'static [StoreErrorKind] = &[$(StoreErrorKind::$kind,)*];
+
+            /// A stable name, for metric labels and readiness answers.
+            pub fn code(self) -> &'static str {
+                match self {
+                    $(StoreErrorKind::$kind => $code,)*
+                }
+            }
+
+            /// The short reason sent to clients.
+            pub fn reason(self) -> &'static str {
+                match self {
+                    $(StoreErrorKind::$kind => $reason,)*
+                }
+            }
+        }
+    };
 }
 
-impl StoreErrorKind {
-    /// Every kind, so that metrics can show each at zero before it first happens.
-    pub const ALL: [StoreErrorKind; 13] = [
-        StoreErrorKind::Unreachable,
-        StoreErrorKind::Timeout,
-        StoreErrorKind::Loading,
-        StoreErrorKind::ReadOnly,
-        StoreErrorKind::Auth,
-        StoreErrorKind::OutOfMemory,
-        StoreErrorKind::Busy,
-        StoreErrorKind::WrongType,
-        StoreErrorKind::Limit,
-        StoreErrorKind::Replication,
-        StoreErrorKind::DiskFull,
-        StoreErrorKind::Damaged,
-        StoreErrorKind::Failed,
-    ];
-
-    /// A stable name, for metric labels and readiness answers.
-    pub fn code(self) -> &'static str {
-        match self {
-            StoreErrorKind::Unreachable => "unreachable",
-            StoreErrorKind::Timeout => "timeout",
-            StoreErrorKind::Loading => "loading",
-            StoreErrorKind::ReadOnly => "read_only",
-            StoreErrorKind::Auth => "auth",
-            StoreErrorKind::OutOfMemory => "out_of_memory",
-            StoreErrorKind::Busy => "busy",
-            StoreErrorKind::WrongType => "wrong_type",
-            StoreErrorKind::Limit => "limit",
-            StoreErrorKind::Replication => "replication",
-            StoreErrorKind::DiskFull => "disk_full",
-            StoreErrorKind::Damaged => "damaged",
-            StoreErrorKind::Failed => "failed",
-        }
-    }
-
-    /// The short reason sent to clients.
-    pub fn reason(self) -> &'static str {
-        match self {
-            StoreErrorKind::Unreachable => "counter store unreachable",
-            StoreErrorKind::Timeout => "counter store timed out",
-            StoreErrorKind::Loading => "counter store is loading its data",
-            StoreErrorKind::ReadOnly => "counter store refuses writes",
-            StoreErrorKind::Auth => "counter store rejected our credentials",
-            StoreErrorKind::OutOfMemory => "counter store is out of memory",
-            StoreErrorKind::Busy => "counter store is busy",
-            StoreErrorKind::WrongType => "counter store holds a key of the wrong type",
-            StoreErrorKind::Limit => "the counter is at its limit",
-            StoreErrorKind::Replication => "counter store could not replicate the visit in time",
-            StoreErrorKind::DiskFull => "counter store's disk is full",
-            StoreErrorKind::Damaged => "counter store's data is damaged",
-            StoreErrorKind::Failed => "counter store failed",
-        }
-    }
+kinds! {
+    Unreachable => "unreachable", "counter store unreachable";
+    Timeout => "timeout", "counter store timed out";
+    Loading => "loading", "counter store is loading its data";
+    ReadOnly => "read_only", "counter store refuses writes";
+    Auth => "auth", "counter store rejected our credentials";
+    OutOfMemory => "out_of_memory", "counter store is out of memory";
+    Busy => "busy", "counter store is busy";
+    WrongType => "wrong_type", "counter store holds a key of the wrong type";
+    /// The total is at the largest (or smallest) number it can hold.
+    Limit => "limit", "the counter is at its limit";
+    /// The write did not reach enough replicas in time.
+    Replication => "replication", "counter store could not replicate the visit in time";
+    DiskFull => "disk_full", "counter store's disk is full";
+    Damaged => "damaged", "counter store's data is damaged";
+    Failed => "failed", "counter store failed";
 }
 
 /// A store failure: a kind whose reason is safe to send, a detail that only goes to logs,
@@ -114,7 +86,7 @@ impl StoreError {
         self
     }
 
-    /// Sets whether the write may have been applied.
+    /// Marks the error in doubt when `in_doubt` is set; never clears it.
     pub fn doubt_if(mut self, in_doubt: bool) -> Self {
         self.in_doubt |= in_doubt;
         self
@@ -151,3 +123,26 @@ impl fmt::Display for StoreError {
 }
 
 impl std::error::Error for StoreError {}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+
+    #[test]
+    fn every_kind_has_its_own_code_and_reason() {
+        let codes: HashSet<_> = StoreErrorKind::ALL.iter().map(|k| k.code()).collect();
+        let reasons: HashSet<_> = StoreErrorKind::ALL.iter().map(|k| k.reason()).collect();
+        assert_eq!(codes.len(), StoreErrorKind::ALL.len());
+        assert_eq!(reasons.len(), StoreErrorKind::ALL.len());
+        for kind in StoreErrorKind::ALL {
+            assert!(
+                kind.code()
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b == b'_'),
+                "{kind:?}: a code is a metric label value"
+            );
+        }
+    }
+}
