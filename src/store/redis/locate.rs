@@ -8,10 +8,14 @@
 //! sentinel announces `+switch-master` (`watch`). Every change bumps a generation number;
 //! each worker's connection compares it on every call and moves to the new primary.
 //!
-//! redis-rs's `Sentinel` type asks the sentinels one after another in a fixed order over
-//! connections without a response timeout, so one paused sentinel stalls every lookup;
-//! this asks them together with a bound, which is what following failovers under load
-//! needs.
+//! redis-rs (1.8) has a `Sentinel` client: it asks up to three sentinels at once, with
+//! connect and response timeouts, and takes the first valid answer in the configured
+//! order. This locator is kept beside it for what that client does not do: a sentinel
+//! name that resolves to several addresses (a Swarm service of sentinel tasks) stands
+//! here for each of them, not for the first that connects; the address most sentinels
+//! name wins, so a stale sentinel that still names an old primary is outvoted rather
+//! than believed because it comes first; and `+switch-master` announcements reach every
+//! worker's session at once instead of each finding out from a failed write.
 
 use std::{
     collections::HashMap,

@@ -3,13 +3,23 @@
 //! sorted set of replica heartbeats, and each writer's records of the batches it applied.
 //!
 //! `RedisStore` is what all workers share: where the primary is (a fixed address, or
-//! followed through sentinels), the key names, the scripts. Each worker thread opens its
-//! own `RedisConnection` (see `server`): the thread that sends a command also reads its
+//! followed through sentinels), the key names, the scripts. Each worker thread has its
+//! own `RedisSession` (see `server`): the thread that sends a command also reads its
 //! answer, and one worker's broken connection is its own business.
+//!
+//! - `session`: a worker's connection, opened once for all its callers, opened again
+//!   after a failure (with backoff) or when the primary moves;
+//! - `write`: the exactly-once write of a batch of visits;
+//! - `reads`: readiness, the snapshot for `/api/stats`, heartbeats;
+//! - `clock`: Redis's clock as seen from here, for write deadlines;
+//! - `locate`: where the primary is; `scripts`: the Lua scripts.
 
-mod connection;
+mod clock;
 mod locate;
+mod reads;
 pub mod scripts;
+mod session;
+mod write;
 
 use std::{sync::Arc, time::Duration};
 
@@ -17,7 +27,7 @@ use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisError};
 use secrecy::ExposeSecret;
 use tokio_util::sync::CancellationToken;
 
-pub use self::connection::RedisConnection;
+pub use self::session::RedisSession;
 use self::{locate::Locator, scripts::Scripts};
 use super::{Identity, StoreError, StoreErrorKind};
 use crate::config::{RedisSettings, RedisTarget};
@@ -29,12 +39,8 @@ const BATCH_RECORDS_KEPT: u64 = 64;
 /// short enough that the records of replicas long gone do not pile up.
 const BATCH_RECORDS_TTL: Duration = Duration::from_secs(600);
 
-/// What every worker's connection shares.
+/// What every worker's session shares.
 pub struct RedisStore {
-    shared: Arc<Shared>,
-}
-
-struct Shared {
     locator: Arc<Locator>,
     keys: Keys,
     scripts: Scripts,
@@ -89,34 +95,32 @@ impl RedisStore {
         };
         let key = &identity.counter_key;
         Ok(Self {
-            shared: Arc::new(Shared {
-                locator: Arc::new(locator),
-                keys: Keys {
-                    total: key.clone(),
-                    replicas: format!("{key}:replicas"),
-                    heartbeats: format!("{key}:heartbeats"),
-                    versions: format!("{key}:versions"),
-                    batches_prefix: format!("{key}:batches:"),
-                },
-                scripts: Scripts::default(),
-                identity: identity.clone(),
-                min_replicas: settings.min_replicas,
-                wait_aof: settings.wait_aof,
-                timeout,
-            }),
+            locator: Arc::new(locator),
+            keys: Keys {
+                total: key.clone(),
+                replicas: format!("{key}:replicas"),
+                heartbeats: format!("{key}:heartbeats"),
+                versions: format!("{key}:versions"),
+                batches_prefix: format!("{key}:batches:"),
+            },
+            scripts: Scripts::default(),
+            identity: identity.clone(),
+            min_replicas: settings.min_replicas,
+            wait_aof: settings.wait_aof,
+            timeout,
         })
     }
 
-    /// A connection of its own, opened on first use; its tasks run on the Tokio runtime
-    /// it is first used on.
-    pub fn connect(&self) -> RedisConnection {
-        RedisConnection::new(self.shared.clone())
+    /// A worker's session, connected on first use; its tasks run on the Tokio runtime it
+    /// is first used on.
+    pub fn session(self: &Arc<Self>) -> RedisSession {
+        RedisSession::new(self.clone())
     }
 
     /// Follows failovers announced by the sentinels until `stop`; returns at once for a
     /// single Redis.
-    pub async fn watch_failovers(&self, stop: CancellationToken) {
-        self.shared.locator.clone().watch(stop).await;
+    pub async fn follow_failovers(&self, stop: CancellationToken) {
+        self.locator.clone().watch(stop).await;
     }
 }
 

@@ -1,0 +1,140 @@
+//! The reads of the Redis store: readiness, the snapshot behind `/api/stats`, and this
+//! replica's heartbeat. Each may run twice without harm, so each runs on a fresh
+//! connection when the one at hand turns out broken (`RedisSession::query`).
+
+use redis::{FromRedisValue, Value};
+use tokio::time::Instant;
+
+use super::session::RedisSession;
+use crate::store::{ALIVE_WINDOW, ReplicaStats, Snapshot, StoreError, StoreErrorKind};
+
+impl RedisSession {
+    /// Answers when Redis could take a visit now: it answers, it is the primary with
+    /// enough replicas, and the keys a write touches hold what a write expects.
+    pub async fn ready(&self, answer_by: Instant) -> Result<(), StoreError> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("ROLE")
+            .get(&self.store.keys.total)
+            .cmd("TYPE")
+            .arg(&self.store.keys.replicas);
+        let (role, total, replicas): (Vec<Value>, Option<String>, String) =
+            self.query(&pipe, answer_by).await?;
+        let role_name = role
+            .first()
+            .and_then(|v| String::from_redis_value(v.clone()).ok());
+        if role_name.as_deref() != Some("master") {
+            return Err(StoreError::new(
+                StoreErrorKind::ReadOnly,
+                "the server is not the primary",
+            ));
+        }
+        let connected = match role.get(2) {
+            Some(Value::Array(replicas)) => replicas.len(),
+            _ => 0,
+        };
+        if connected < usize::from(self.store.min_replicas) {
+            return Err(StoreError::new(
+                StoreErrorKind::Replication,
+                format!(
+                    "{connected} replicas connected, {} needed",
+                    self.store.min_replicas
+                ),
+            ));
+        }
+        if total.is_some_and(|total| total.parse::<i64>().is_err())
+            || !matches!(replicas.as_str(), "hash" | "none")
+        {
+            return Err(StoreError::new(
+                StoreErrorKind::WrongType,
+                "the total or the per-replica hash holds something else",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The total, visits per replica and which replicas are alive.
+    pub async fn snapshot(&self, answer_by: Instant) -> Result<Snapshot, StoreError> {
+        let keys = &self.store.keys;
+        let mut pipe = redis::pipe();
+        pipe.get(&keys.total)
+            .hgetall(&keys.replicas)
+            .cmd("ZRANGE")
+            .arg(&keys.heartbeats)
+            .arg(0)
+            .arg(-1)
+            .arg("WITHSCORES")
+            .hgetall(&keys.versions)
+            .cmd("TIME");
+        type Reply = (
+            Option<String>,
+            Vec<(String, String)>,
+            Vec<(String, f64)>,
+            Vec<(String, String)>,
+            (i64, i64),
+        );
+        let (total, visits, heartbeats, versions, (secs, micros)): Reply =
+            self.query(&pipe, answer_by).await?;
+        let total = match total {
+            None => 0,
+            Some(total) => total.parse().map_err(|_| {
+                StoreError::new(StoreErrorKind::WrongType, "the total is not an integer")
+            })?,
+        };
+        let now_ms = secs * 1000 + micros / 1000;
+        let window = ALIVE_WINDOW.as_millis() as i64;
+        let mut replicas: std::collections::BTreeMap<String, ReplicaStats> = visits
+            .into_iter()
+            .filter_map(|(name, visits)| Some((name, visits.parse::<i64>().ok()?)))
+            .map(|(name, visits)| {
+                let stats = ReplicaStats {
+                    name: name.clone(),
+                    visits,
+                    alive: false,
+                    version: None,
+                };
+                (name, stats)
+            })
+            .collect();
+        for (name, at) in heartbeats {
+            replicas
+                .entry(name.clone())
+                .or_insert_with(|| ReplicaStats::new(name))
+                .alive = now_ms - at as i64 <= window;
+        }
+        for (name, version) in versions {
+            if let Some(stats) = replicas.get_mut(&name) {
+                stats.version = Some(version);
+            }
+        }
+        Ok(Snapshot {
+            total,
+            replicas: replicas.into_values().collect(),
+        })
+    }
+
+    /// Marks this replica alive (and records its version); returns the total.
+    pub async fn heartbeat(&self, answer_by: Instant) -> Result<Option<i64>, StoreError> {
+        let store = &self.store;
+        let mut pipe = redis::pipe();
+        pipe.cmd("EVALSHA")
+            .arg(store.scripts.heartbeat.get_hash())
+            .arg(3)
+            .arg(&store.keys.heartbeats)
+            .arg(&store.keys.versions)
+            .arg(&store.keys.total)
+            .arg(&store.identity.replica)
+            .arg(&store.identity.version);
+        let ((_now, total),): ((i64, Option<String>),) = self.query(&pipe, answer_by).await?;
+        Ok(total.and_then(|total| total.parse().ok()))
+    }
+
+    /// Removes this replica from the alive set, so pages stop showing it at once.
+    pub async fn depart(&self, answer_by: Instant) -> Result<(), StoreError> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("ZREM")
+            .arg(&self.store.keys.heartbeats)
+            .arg(&self.store.identity.replica)
+            .ignore();
+        self.query::<()>(&pipe, answer_by).await
+    }
+}

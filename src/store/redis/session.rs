@@ -1,0 +1,303 @@
+//! One worker's session with the Redis primary: a connection opened on first use, by one
+//! call for all the callers waiting on it, and opened again when it breaks or the
+//! primary moves.
+//!
+//! A call that finds no usable connection starts an attempt; calls meanwhile wait for it,
+//! but at most `Deadlines::CONNECT_WAIT` after it began, so that an attempt that hangs (a
+//! vanished address, a paused server) turns into prompt 503s rather than every visit
+//! waiting out the store timeout. After a failed attempt, calls fail at once for a
+//! growing delay (`backoff`). Each connection belongs to a generation of the primary's
+//! address (`locate`); a newer generation retires it.
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, Ordering},
+};
+
+use redis::{
+    AsyncConnectionConfig, Client, FromRedisValue, Pipeline, ProtocolVersion, PushInfo, PushKind,
+    RedisError, Value, aio::MultiplexedConnection,
+};
+use tokio::time::{Instant, timeout_at};
+
+use super::{RedisStore, classify, clock::RedisClock, write::BatchWriter};
+use crate::{
+    deadlines::Deadlines,
+    store::{StoreError, StoreErrorKind, backoff::Backoff},
+};
+
+/// Attempts of one call at most: the first on the connection at hand, then, if that
+/// connection turns out broken, on fresh ones (a new primary's, after a failover).
+pub(super) const MAX_ATTEMPTS: usize = 3;
+
+pub struct RedisSession {
+    pub(super) store: Arc<RedisStore>,
+    /// Never held across an await.
+    link: std::sync::Mutex<Link>,
+    /// Woken when a connection attempt ends.
+    connected: tokio::sync::Notify,
+    pub(super) clock: RedisClock,
+    pub(super) writer: BatchWriter,
+}
+
+#[derive(Default)]
+struct Link {
+    live: Option<Live>,
+    backoff: Backoff,
+    opened: u64,
+    /// When the connection attempt under way began.
+    connecting: Option<Instant>,
+}
+
+/// Marks the one connection attempt under way. Dropped however its call ends (a dropped
+/// call included), so that the next call can try again.
+struct Connecting<'a> {
+    session: &'a RedisSession,
+    generation: u64,
+}
+
+impl Drop for Connecting<'_> {
+    fn drop(&mut self) {
+        self.session.lock().connecting = None;
+        self.session.connected.notify_waiters();
+    }
+}
+
+/// An open connection to the primary.
+#[derive(Clone)]
+pub(super) struct Live {
+    pub connection: MultiplexedConnection,
+    /// Set by the connection itself when it learns the server closed it, so that a write
+    /// is never sent on a connection known dead (and then counted in doubt).
+    closed: Arc<AtomicBool>,
+    /// The locator's generation the address came from.
+    generation: u64,
+    /// Which opening of this link it is, so that a late failure report does not close a
+    /// newer connection.
+    id: u64,
+}
+
+/// What one attempt of a call ended with.
+pub(super) enum Tried<T> {
+    Done(T),
+    /// The connection broke or the server is not the primary: try a fresh connection.
+    /// `maybe_sent` says whether the command may have reached Redis.
+    Retry {
+        error: StoreError,
+        maybe_sent: bool,
+    },
+    Failed(StoreError),
+}
+
+impl RedisSession {
+    pub(super) fn new(store: Arc<RedisStore>) -> Self {
+        let writer = BatchWriter::new(&store.keys.batches_prefix);
+        Self {
+            store,
+            link: std::sync::Mutex::new(Link::default()),
+            connected: tokio::sync::Notify::new(),
+            clock: RedisClock::default(),
+            writer,
+        }
+    }
+
+    /// Sorts a failed attempt: a broken connection or a demoted primary is worth another
+    /// attempt on a fresh connection; anything else is the answer.
+    pub(super) fn failed_attempt<T>(
+        &self,
+        live: &Live,
+        error: RedisError,
+        on_the_wire: bool,
+    ) -> Tried<T> {
+        if error.code() == Some("NOSCRIPT") {
+            // The script cache was flushed: load it again and retry; nothing ran.
+            self.broken(live, false);
+            return Tried::Retry {
+                error: classify(error),
+                maybe_sent: false,
+            };
+        }
+        if error.code() == Some("READONLY") && self.store.locator.follows_failovers() {
+            // A demoted primary: refused, so certainly not applied.
+            self.broken(live, true);
+            return Tried::Retry {
+                error: classify(error),
+                maybe_sent: false,
+            };
+        }
+        if error.is_io_error() || error.is_connection_dropped() || error.is_unrecoverable_error() {
+            self.broken(live, true);
+            return Tried::Retry {
+                error: classify(error),
+                maybe_sent: on_the_wire,
+            };
+        }
+        Tried::Failed(classify(error))
+    }
+
+    /// Runs a pipeline that may safely run twice (reads, heartbeats), on a fresh
+    /// connection if the one at hand turns out broken.
+    pub(super) async fn query<T: FromRedisValue>(
+        &self,
+        pipe: &Pipeline,
+        answer_by: Instant,
+    ) -> Result<T, StoreError> {
+        let mut last = None;
+        for _ in 0..MAX_ATTEMPTS {
+            let live = self.live(answer_by).await?;
+            let mut connection = live.connection.clone();
+            match timeout_at(answer_by, pipe.query_async::<T>(&mut connection)).await {
+                Ok(Ok(value)) => return Ok(value),
+                Ok(Err(error)) => match self.failed_attempt::<T>(&live, error, true) {
+                    Tried::Retry { error, .. } => last = Some(error),
+                    Tried::Failed(error) => return Err(error),
+                    Tried::Done(value) => return Ok(value),
+                },
+                Err(_) => {
+                    self.broken(&live, false);
+                    return Err(StoreError::timeout());
+                }
+            }
+        }
+        Err(last.unwrap_or_else(StoreError::timeout))
+    }
+
+    /// The connection to use, opened if there is none or the primary has moved.
+    pub(super) async fn live(&self, answer_by: Instant) -> Result<Live, StoreError> {
+        let locator = &self.store.locator;
+        let connecting = loop {
+            let connected = self.connected.notified();
+            let wait_until = {
+                let mut link = self.lock();
+                if let Some(live) = &link.live
+                    && live.generation == locator.generation()
+                    && !live.closed.load(Ordering::Acquire)
+                {
+                    return Ok(live.clone());
+                }
+                match link.connecting {
+                    Some(began) => (began + Deadlines::CONNECT_WAIT).min(answer_by),
+                    None => {
+                        link.live = None;
+                        link.backoff.check()?;
+                        link.connecting = Some(Instant::now());
+                        break Connecting {
+                            session: self,
+                            generation: locator.generation(),
+                        };
+                    }
+                }
+            };
+            if timeout_at(wait_until, connected).await.is_err() {
+                return Err(StoreError::new(
+                    StoreErrorKind::Unreachable,
+                    "not tried: another call is still connecting",
+                ));
+            }
+        };
+        let opened = match timeout_at(answer_by, self.open()).await {
+            Ok(result) => result,
+            Err(_) => Err(StoreError::new(
+                StoreErrorKind::Timeout,
+                "connecting took too long",
+            )),
+        };
+        let mut link = self.lock();
+        let result = match opened {
+            Ok((connection, closed, generation)) => {
+                link.backoff.succeeded();
+                link.opened += 1;
+                let live = Live {
+                    connection,
+                    closed,
+                    generation,
+                    id: link.opened,
+                };
+                link.live = Some(live.clone());
+                Ok(live)
+            }
+            Err(error) => {
+                link.backoff.failed(error.kind());
+                if matches!(
+                    error.kind(),
+                    StoreErrorKind::Unreachable
+                        | StoreErrorKind::Timeout
+                        | StoreErrorKind::ReadOnly
+                ) {
+                    locator.distrust(connecting.generation);
+                }
+                Err(error)
+            }
+        };
+        drop(link);
+        drop(connecting);
+        result
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Link> {
+        self.link.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Connects to the primary, loads the scripts, checks the server's role (when
+    /// following sentinels) and reads its clock.
+    async fn open(&self) -> Result<(MultiplexedConnection, Arc<AtomicBool>, u64), StoreError> {
+        let store = &self.store;
+        let (info, generation) = store.locator.primary().await?;
+        // RESP3, for the notice that the server closed the connection.
+        let settings = info
+            .redis_settings()
+            .clone()
+            .set_protocol(ProtocolVersion::RESP3);
+        let client = Client::open(info.set_redis_settings(settings)).map_err(classify)?;
+        let closed = Arc::new(AtomicBool::new(false));
+        let notice = closed.clone();
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(store.timeout))
+            .set_response_timeout(Some(store.timeout))
+            .set_push_sender(move |push: PushInfo| {
+                if push.kind == PushKind::Disconnection {
+                    notice.store(true, Ordering::Release);
+                }
+                Ok::<(), std::convert::Infallible>(())
+            });
+        let mut connection = client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .map_err(classify)?;
+        let mut pipe = redis::pipe();
+        for code in [super::scripts::ADD_VISITS, super::scripts::HEARTBEAT] {
+            pipe.cmd("SCRIPT").arg("LOAD").arg(code).ignore();
+        }
+        pipe.cmd("ROLE").cmd("TIME");
+        let (role, (secs, micros)): (Vec<Value>, (i64, i64)) =
+            pipe.query_async(&mut connection).await.map_err(classify)?;
+        self.clock
+            .observe(secs * 1000 + micros / 1000, Instant::now());
+        let role_name = role
+            .first()
+            .and_then(|v| String::from_redis_value(v.clone()).ok());
+        if store.locator.follows_failovers() && role_name.as_deref() != Some("master") {
+            return Err(StoreError::new(
+                StoreErrorKind::ReadOnly,
+                "the server the sentinels named is not the primary",
+            ));
+        }
+        Ok((connection, closed, generation))
+    }
+
+    /// Forgets a connection that failed; `moved` also has the primary's address looked up
+    /// again (it may have failed over).
+    pub(super) fn broken(&self, live: &Live, moved: bool) {
+        let mut link = self.lock();
+        if link
+            .live
+            .as_ref()
+            .is_some_and(|current| current.id == live.id)
+        {
+            link.live = None;
+        }
+        if moved {
+            self.store.locator.distrust(live.generation);
+        }
+    }
+}
