@@ -10,6 +10,7 @@
 //! gets a larger number.
 
 use std::{
+    future::Future,
     sync::{
         Arc,
         atomic::{AtomicI64, Ordering},
@@ -24,10 +25,19 @@ use tokio::{
     time::Instant,
 };
 
-use crate::{
-    deadlines::Deadlines,
-    store::{StoreError, VisitLog},
-};
+use crate::{deadlines::Deadlines, store::StoreError};
+
+/// Where the batcher records visits: the store, or a stand-in in tests.
+pub trait VisitLog: Send + Sync + 'static {
+    /// Adds `count` visits in one atomic step and returns the total after them. Should
+    /// answer by `answer_by`; an error that is not `in_doubt` means nothing was applied,
+    /// nor will be.
+    fn add_visits(
+        &self,
+        count: u64,
+        answer_by: Instant,
+    ) -> impl Future<Output = Result<i64, StoreError>> + Send;
+}
 
 /// Why a visit was not counted.
 #[derive(Debug, Clone)]
@@ -43,6 +53,19 @@ pub enum VisitError {
 }
 
 impl VisitError {
+    /// A stable name, for the `stackdemo_visits_refused_total` label.
+    pub fn code(&self) -> &'static str {
+        match self {
+            VisitError::Store(_) => "store",
+            VisitError::Overloaded => "overloaded",
+            VisitError::Expired => "expired",
+            VisitError::Closed => "closed",
+        }
+    }
+
+    /// Every code, so that the metric shows each at zero before it first happens.
+    pub const CODES: [&'static str; 4] = ["store", "overloaded", "expired", "closed"];
+
     /// The short reason sent to clients.
     pub fn reason(&self) -> &'static str {
         match self {
@@ -71,11 +94,13 @@ pub struct BatchOptions {
 }
 
 impl BatchOptions {
-    pub fn new(deadlines: &Deadlines) -> Self {
+    /// The service's limits, with at most `max_in_flight` writes under way (what the
+    /// store takes).
+    pub fn new(deadlines: &Deadlines, max_in_flight: usize) -> Self {
         Self {
             max_batch: 4096,
             max_queue: 16_384,
-            max_in_flight: 1,
+            max_in_flight,
             queue_wait: deadlines.queue_wait(),
             write: deadlines.store,
         }
@@ -141,6 +166,14 @@ impl VisitCounter {
 
     /// Counts one visit and returns its number once the store has confirmed it.
     pub async fn visit(&self) -> Result<i64, VisitError> {
+        let result = self.queued().await;
+        if let Err(error) = &result {
+            counter!("stackdemo_visits_refused_total", "reason" => error.code()).increment(1);
+        }
+        result
+    }
+
+    async fn queued(&self) -> Result<i64, VisitError> {
         let (reply, answer) = oneshot::channel();
         let visit = Visit {
             arrived: Instant::now(),
@@ -252,11 +285,55 @@ mod tests {
         atomic::{AtomicU64, Ordering},
     };
 
+    use std::collections::HashSet;
+
     use super::*;
-    use crate::{
-        store::StoreErrorKind,
-        verify::{Outcome, Report, Sample},
-    };
+    use crate::store::StoreErrorKind;
+
+    /// Every answer the clients got, each client's in the order it got them.
+    type Answers = Vec<Vec<Result<i64, VisitError>>>;
+
+    /// What the answers add up to.
+    #[derive(Debug, Default)]
+    struct Tally {
+        requests: u64,
+        succeeded: u64,
+        failed: u64,
+        /// Numbers handed out more than once.
+        duplicates: u64,
+        /// Numbers not above the same client's previous one.
+        out_of_order: u64,
+        lowest: Option<i64>,
+        highest: Option<i64>,
+    }
+
+    impl Tally {
+        fn of(answers: &Answers) -> Self {
+            let mut tally = Tally::default();
+            let mut seen = HashSet::new();
+            for client in answers {
+                let mut last = None;
+                for answer in client {
+                    tally.requests += 1;
+                    let Ok(number) = *answer else {
+                        tally.failed += 1;
+                        continue;
+                    };
+                    tally.succeeded += 1;
+                    if !seen.insert(number) {
+                        tally.duplicates += 1;
+                    }
+                    if last.is_some_and(|last| number <= last) {
+                        tally.out_of_order += 1;
+                    }
+                    last = Some(number);
+                    tally.lowest = Some(tally.lowest.map_or(number, |l: i64| l.min(number)));
+                    tally.highest = Some(tally.highest.map_or(number, |h: i64| h.max(number)));
+                }
+            }
+            tally
+        }
+    }
 
     /// An in-memory log that fails some writes (deterministically pseudo-random) and takes
     /// a little time per write, so that batches form.
@@ -316,36 +393,23 @@ mod tests {
 
     /// `tasks` clients each sending `each` visits one after another; every answer, in the
     /// order each client got it.
-    async fn hammer(counter: &VisitCounter, tasks: u64, each: usize) -> Vec<Sample> {
+    async fn hammer(counter: &VisitCounter, tasks: u64, each: usize) -> Answers {
         let mut handles = Vec::new();
-        for client in 0..tasks {
+        for _ in 0..tasks {
             let counter = counter.clone();
             handles.push(tokio::spawn(async move {
-                let mut samples = Vec::new();
+                let mut answers = Vec::new();
                 for _ in 0..each {
-                    let outcome = match counter.visit().await {
-                        Ok(count) => Outcome::Counted {
-                            count,
-                            replica: None,
-                            version: None,
-                        },
-                        Err(error) => Outcome::Failed(error.reason().into()),
-                    };
-                    samples.push(Sample {
-                        client,
-                        latency: Duration::ZERO,
-                        finished: Duration::ZERO,
-                        outcome,
-                    });
+                    answers.push(counter.visit().await);
                 }
-                samples
+                answers
             }));
         }
-        let mut samples = Vec::new();
+        let mut answers = Vec::new();
         for handle in handles {
-            samples.extend(handle.await.unwrap());
+            answers.push(handle.await.unwrap());
         }
-        samples
+        answers
     }
 
     /// `hammer` on a counter of its own over `log`, with at most `in_flight` writes under
@@ -355,23 +419,23 @@ mod tests {
         in_flight: usize,
         tasks: u64,
         each: usize,
-    ) -> Report {
+    ) -> Tally {
         let (counter, task) = VisitCounter::start(
             log,
             options(Duration::from_secs(2), in_flight),
             CountGauge::default(),
         );
-        let samples = hammer(&counter, tasks, each).await;
+        let answers = hammer(&counter, tasks, each).await;
         drop(counter);
         task.await.unwrap();
-        Report::from_samples(samples, Duration::from_secs(1))
+        Tally::of(&answers)
     }
 
     /// The counter's promise, for a log that started at `start` and ended at `total`:
     /// numbers distinct and increasing per client, and every visit the log counted was
     /// acknowledged with exactly the numbers `start+1 ..= total`.
-    fn assert_kept_its_promise(report: &Report, start: i64, total: i64) {
-        assert_eq!(report.duplicate_counts, 0, "a number was handed out twice");
+    fn assert_kept_its_promise(report: &Tally, start: i64, total: i64) {
+        assert_eq!(report.duplicates, 0, "a number was handed out twice");
         assert_eq!(report.out_of_order, 0, "a client's numbers went down");
         assert_eq!(
             report.succeeded as i64,
@@ -379,12 +443,8 @@ mod tests {
             "every confirmed visit was handed out, nothing else"
         );
         if report.succeeded > 0 {
-            assert_eq!(
-                report.lowest_count,
-                Some(start + 1),
-                "numbers are contiguous"
-            );
-            assert_eq!(report.highest_count, Some(total), "numbers are contiguous");
+            assert_eq!(report.lowest, Some(start + 1), "numbers are contiguous");
+            assert_eq!(report.highest, Some(total), "numbers are contiguous");
         }
     }
 
@@ -426,7 +486,7 @@ mod tests {
         let log = FlakyLog::new(4, Duration::from_micros(100));
         let gauge = CountGauge::default();
         let workers: Vec<_> = (0..THREADS)
-            .map(|thread| {
+            .map(|_| {
                 let (log, gauge) = (log.clone(), gauge.clone());
                 std::thread::spawn(move || {
                     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -436,24 +496,21 @@ mod tests {
                     runtime.block_on(async move {
                         let (counter, task) =
                             VisitCounter::start(log, options(Duration::from_secs(2), 2), gauge);
-                        let mut samples = hammer(&counter, 32, 40).await;
+                        let answers = hammer(&counter, 32, 40).await;
                         drop(counter);
                         task.await.unwrap();
-                        // Clients of different threads are different clients.
-                        for sample in &mut samples {
-                            sample.client += thread * 1000;
-                        }
-                        samples
+                        answers
                     })
                 })
             })
             .collect();
 
-        let samples: Vec<Sample> = workers
+        // Clients of different threads are different clients.
+        let answers: Answers = workers
             .into_iter()
             .flat_map(|worker| worker.join().unwrap())
             .collect();
-        let report = Report::from_samples(samples, Duration::from_secs(1));
+        let report = Tally::of(&answers);
 
         assert!(report.failed > 0, "failures were injected");
         assert_kept_its_promise(&report, 0, log.total());
@@ -531,7 +588,7 @@ mod tests {
             CountGauge::default(),
         );
 
-        let report = Report::from_samples(hammer(&counter, 8, 3).await, Duration::from_secs(1));
+        let report = Tally::of(&hammer(&counter, 8, 3).await);
 
         assert_eq!(report.failed + report.succeeded, 24);
         assert!(report.failed > 0, "visits expired behind the slow write");

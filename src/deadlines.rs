@@ -26,6 +26,10 @@
 //!
 //! At shutdown, connections get `shutdown` to finish; the batcher then has `visit` to
 //! answer what it holds, which is the longest a queued visit can take.
+//!
+//! A call that needs a Redis connection while another call is opening one waits for that
+//! attempt at most `CONNECT_WAIT` from its start: an attempt that hangs then costs one
+//! visit the store timeout, and the others a prompt 503.
 
 use std::time::Duration;
 
@@ -64,6 +68,10 @@ pub enum DeadlineError {
 }
 
 impl Deadlines {
+    /// How long a call waits for another call's connection attempt before giving up on
+    /// it. A healthy server is connected to in a few milliseconds.
+    pub const CONNECT_WAIT: Duration = Duration::from_millis(100);
+
     pub fn new(
         header_read: Duration,
         request: Duration,

@@ -16,7 +16,7 @@ pub mod server;
 pub mod shutdown;
 pub mod startup;
 pub mod state;
-pub mod stats;
+pub mod stats_cache;
 pub mod store;
 pub mod telemetry;
 pub mod verify;

@@ -2,8 +2,9 @@ use std::process::ExitCode;
 
 use stackdemo::{
     cli::{Cli, Command},
-    healthcheck, shutdown,
-    startup::{Application, StartupError},
+    healthcheck,
+    shutdown::Signals,
+    startup::{Application, ServiceError},
     telemetry, verify,
 };
 
@@ -42,13 +43,22 @@ async fn run(command: Command) -> ExitCode {
     match command {
         Command::Serve(settings) => {
             telemetry::init(settings.log_format);
+            let signals = match Signals::install() {
+                Ok(signals) => signals,
+                Err(error) => {
+                    eprintln!(
+                        "error: cannot install the handlers of SIGTERM, SIGINT and SIGHUP: {error}"
+                    );
+                    return ExitCode::FAILURE;
+                }
+            };
             let served = match Application::build(&settings).await {
-                Ok(app) => app.run_until(shutdown::signal()).await,
+                Ok(app) => app.run_until(signals.recv()).await,
                 Err(error) => Err(error),
             };
             match served {
                 Ok(()) => ExitCode::SUCCESS,
-                Err(error @ StartupError::Config(_)) => {
+                Err(error @ ServiceError::Config(_)) => {
                     eprintln!("error: {error}");
                     ExitCode::from(2)
                 }

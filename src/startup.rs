@@ -8,15 +8,17 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 
+use tokio::time::Instant;
+
 use crate::{
-    config::{ConfigError, Settings, StoreSettings},
-    counter::{BatchOptions, CountGauge, VisitCounter},
+    config::{ConfigError, Setting, Settings, StoreSettings},
+    counter::{BatchOptions, CountGauge, VisitCounter, VisitLog},
     deadlines::Deadlines,
-    routes::{self, install_recorder},
+    routes::{self, ServiceHeaders, install_recorder},
     server::{self, ServeOptions, Worker},
-    state::{AppState, Shared, WasReady},
-    stats::{STATS_TTL, StatsCache},
-    store::{Identity, SharedStore},
+    state::{AppState, StateParts, WasReady},
+    stats_cache::{STATS_TTL, StatsCache},
+    store::{Identity, Store, StoreError, WorkerStore},
 };
 
 /// How often a replica announces that it is alive and reads the total for its gauge.
@@ -27,7 +29,7 @@ const METRICS_UPKEEP_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Why the service could not start, or stopped on its own.
 #[derive(Debug)]
-pub enum StartupError {
+pub enum ServiceError {
     /// A setting cannot be used (exit code 2).
     Config(ConfigError),
     /// The listen address cannot be bound for a reason other than the setting.
@@ -38,32 +40,32 @@ pub enum StartupError {
     StoreGaveUp,
 }
 
-impl std::fmt::Display for StartupError {
+impl std::fmt::Display for ServiceError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            StartupError::Config(e) => e.fmt(f),
-            StartupError::Listen(addr, e) => write!(f, "cannot listen on {addr}: {e}"),
-            StartupError::Serve(e) => write!(f, "cannot serve: {e}"),
-            StartupError::StoreGaveUp => {
+            ServiceError::Config(e) => e.fmt(f),
+            ServiceError::Listen(addr, e) => write!(f, "cannot listen on {addr}: {e}"),
+            ServiceError::Serve(e) => write!(f, "cannot serve: {e}"),
+            ServiceError::StoreGaveUp => {
                 f.write_str("the store failed beyond recovery; stopping so that it is replaced")
             }
         }
     }
 }
 
-impl std::error::Error for StartupError {}
+impl std::error::Error for ServiceError {}
 
 /// A service that is bound and ready to run.
 pub struct Application {
     listener: TcpListener,
-    parts: Arc<WorkerParts>,
+    factory: Arc<WorkerFactory>,
     serve_options: ServeOptions,
     background: Background,
 }
 
 /// What every worker builds its state from.
-struct WorkerParts {
-    store: Arc<SharedStore>,
+struct WorkerFactory {
+    store: Arc<Store>,
     batch_options: BatchOptions,
     stats: Arc<StatsCache>,
     metrics: PrometheusHandle,
@@ -83,22 +85,22 @@ struct Background {
 impl Application {
     /// Checks the settings, opens the store and binds the listen address (port 0 picks a
     /// free port).
-    pub async fn build(settings: &Settings) -> Result<Self, StartupError> {
-        let checked = settings.check().map_err(StartupError::Config)?;
+    pub async fn build(settings: &Settings) -> Result<Self, ServiceError> {
+        let checked = settings.check().map_err(ServiceError::Config)?;
         let identity = Identity {
             counter_key: settings.counter_key.clone(),
             replica: settings.replica_name(),
             version: settings.app_version.clone(),
         };
-        let store = SharedStore::open(&checked.store, &identity, &checked.deadlines)
+        let store = Store::open(&checked.store, &identity, &checked.deadlines)
             .map(Arc::new)
             .map_err(|error| {
                 let setting = match &checked.store {
-                    StoreSettings::Embedded { .. } => "data_dir",
-                    StoreSettings::Redis(_) if settings.redis_url().is_some() => "redis_url",
-                    StoreSettings::Redis(_) => "redis_sentinels",
+                    StoreSettings::Embedded { .. } => Setting::DataDir,
+                    StoreSettings::Redis(_) if settings.redis_url().is_some() => Setting::RedisUrl,
+                    StoreSettings::Redis(_) => Setting::RedisSentinels,
                 };
-                StartupError::Config(settings.error(setting, error.detail()))
+                ServiceError::Config(settings.error(setting, error.detail()))
             })?;
         let listener = bind(settings).await?;
 
@@ -115,13 +117,13 @@ impl Application {
             tokio::spawn(metrics_upkeep(metrics.clone(), stop.clone())),
             tokio::spawn({
                 let (store, stop) = (store.clone(), stop.clone());
-                async move { store.maintain(stop).await }
+                async move { store.follow_failovers(stop).await }
             }),
         ];
         Ok(Self {
             listener,
-            parts: Arc::new(WorkerParts {
-                batch_options: store.batch_options(&checked.deadlines),
+            factory: Arc::new(WorkerFactory {
+                batch_options: BatchOptions::new(&checked.deadlines, store.writes_in_flight()),
                 store,
                 stats: Arc::new(StatsCache::new(STATS_TTL)),
                 metrics,
@@ -154,22 +156,22 @@ impl Application {
     pub async fn run_until(
         self,
         shutdown: impl Future<Output = ()> + Send,
-    ) -> Result<(), StartupError> {
+    ) -> Result<(), ServiceError> {
         let Self {
             listener,
-            parts,
+            factory,
             serve_options,
             background,
         } = self;
         tracing::info!(
-            address = %listener.local_addr().map_err(StartupError::Serve)?,
-            store = parts.store.kind(),
-            replica = %parts.replica,
-            version = %parts.version,
+            address = %listener.local_addr().map_err(ServiceError::Serve)?,
+            store = factory.store.kind(),
+            replica = %factory.replica,
+            version = %factory.version,
             workers = serve_options.workers,
             "listening"
         );
-        let store = parts.store.clone();
+        let store = factory.store.clone();
         let gave_up = CancellationToken::new();
         let stopping = {
             let gave_up = gave_up.clone();
@@ -180,10 +182,10 @@ impl Application {
                 }
             }
         };
-        let worker_parts = parts.clone();
+        let worker_factory = factory.clone();
         let served = server::serve(
             listener,
-            move || worker_parts.worker(),
+            move || worker_factory.worker(),
             serve_options,
             stopping,
         )
@@ -193,20 +195,20 @@ impl Application {
         for task in background.tasks {
             let _ = task.await;
         }
-        let departing = parts.store.for_worker();
-        if let Err(error) = departing.depart(parts.deadlines.store).await {
+        let departing = factory.store.for_worker();
+        if let Err(error) = departing.depart(factory.deadlines.store).await {
             tracing::debug!(cause = error.detail(), "could not remove the heartbeat");
         }
         tracing::info!("stopped");
-        served.map_err(StartupError::Serve)?;
+        served.map_err(ServiceError::Serve)?;
         if gave_up.is_cancelled() {
-            return Err(StartupError::StoreGaveUp);
+            return Err(ServiceError::StoreGaveUp);
         }
         Ok(())
     }
 }
 
-impl WorkerParts {
+impl WorkerFactory {
     /// A worker's router and the work behind it, made on the worker's own runtime: its
     /// own store handle, visit batcher and state.
     fn worker(&self) -> Worker {
@@ -215,7 +217,8 @@ impl WorkerParts {
         let store = Arc::new(self.store.for_worker());
         let (counter, batcher) =
             VisitCounter::start(store.clone(), self.batch_options, self.gauge.clone());
-        let state = AppState::new(Shared {
+        let headers = ServiceHeaders::new(&self.replica, &self.version);
+        let state = AppState::new(StateParts {
             counter,
             store,
             stats: self.stats.clone(),
@@ -228,7 +231,7 @@ impl WorkerParts {
         let drain = self.deadlines.drain();
         Worker {
             router: routes::router(state),
-            headers: answer_headers(&self.replica, &self.version),
+            headers: headers.http1_lines(),
             // With the router gone, every sender of the visit queue is gone, so the
             // batcher drains what is queued and ends.
             wind_down: Box::pin(async move {
@@ -238,34 +241,25 @@ impl WorkerParts {
     }
 }
 
-/// The header lines every answer carries, for the answers hyper makes itself.
-fn answer_headers(replica: &str, version: &str) -> Arc<[u8]> {
-    let mut lines = Vec::new();
-    for (name, value) in [
-        ("x-served-by", replica),
-        ("x-app-version", version),
-        ("cache-control", "no-store"),
-    ] {
-        lines.extend_from_slice(name.as_bytes());
-        lines.extend_from_slice(b": ");
-        lines.extend_from_slice(value.as_bytes());
-        lines.extend_from_slice(b"\r\n");
+/// The batcher writes to the worker's store handle.
+impl VisitLog for WorkerStore {
+    async fn add_visits(&self, count: u64, answer_by: Instant) -> Result<i64, StoreError> {
+        WorkerStore::add_visits(self, count, answer_by).await
     }
-    lines.into()
 }
 
 /// Binds the listen address. An address that cannot be used as set (in use, not an
 /// address of this host, a privileged port) is a setting error.
-async fn bind(settings: &Settings) -> Result<TcpListener, StartupError> {
+async fn bind(settings: &Settings) -> Result<TcpListener, ServiceError> {
     let address = settings.listen;
     TcpListener::bind(address).await.map_err(|error| {
         let reason = match error.kind() {
             io::ErrorKind::AddrInUse => "address already in use",
             io::ErrorKind::AddrNotAvailable => "not an address of this host",
             io::ErrorKind::PermissionDenied => "not allowed (ports below 1024 need privileges)",
-            _ => return StartupError::Listen(address, error),
+            _ => return ServiceError::Listen(address, error),
         };
-        StartupError::Config(settings.error("listen", format!("{address}: {reason}")))
+        ServiceError::Config(settings.error(Setting::Listen, format!("{address}: {reason}")))
     })
 }
 
@@ -284,7 +278,7 @@ async fn metrics_upkeep(handle: PrometheusHandle, stop: CancellationToken) {
 /// Announces this replica every second, on a store handle of its own, and sets the count
 /// gauge to the total the store holds.
 async fn heartbeat(
-    store: Arc<SharedStore>,
+    store: Arc<Store>,
     gauge: CountGauge,
     timeout: Duration,
     stop: CancellationToken,

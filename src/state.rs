@@ -10,16 +10,20 @@ use std::{
 
 use metrics_exporter_prometheus::PrometheusHandle;
 
-use crate::{counter::VisitCounter, deadlines::Deadlines, stats::StatsCache, store::Store};
+use crate::{
+    counter::VisitCounter, deadlines::Deadlines, stats_cache::StatsCache, store::WorkerStore,
+};
 
 /// Cloned into each handler: one reference count, however many parts it holds.
 #[derive(Clone)]
-pub struct AppState(Arc<Shared>);
+pub struct AppState(Arc<StateParts>);
 
-pub struct Shared {
+/// What a worker's handlers use: its counter and store handle, and what all workers
+/// share.
+pub struct StateParts {
     pub counter: VisitCounter,
     /// This worker's handle on the store, shared with its counter.
-    pub store: Arc<Store>,
+    pub store: Arc<WorkerStore>,
     /// Shared by all workers, so the store is read once per interval in all.
     pub stats: Arc<StatsCache>,
     pub metrics: PrometheusHandle,
@@ -31,15 +35,15 @@ pub struct Shared {
 }
 
 impl AppState {
-    pub fn new(shared: Shared) -> Self {
-        Self(Arc::new(shared))
+    pub fn new(parts: StateParts) -> Self {
+        Self(Arc::new(parts))
     }
 }
 
 impl Deref for AppState {
-    type Target = Shared;
+    type Target = StateParts;
 
-    fn deref(&self) -> &Shared {
+    fn deref(&self) -> &StateParts {
         &self.0
     }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::store::{Snapshot, Store, StoreError};
+use crate::store::{Snapshot, StoreError, WorkerStore};
 
 /// How long a snapshot (or a failure to read one) is served before the store is asked
 /// again.
@@ -47,7 +47,11 @@ impl StatsCache {
     /// A snapshot at most `ttl` old, or the failure of a read at most `ttl` ago. While a
     /// read is under way, other callers get the last good snapshot marked stale at once,
     /// or, when there is none, wait for the read; a read takes at most `read_timeout`.
-    pub async fn get(&self, store: &Store, read_timeout: Duration) -> Result<Reading, StoreError> {
+    pub async fn get(
+        &self,
+        store: &WorkerStore,
+        read_timeout: Duration,
+    ) -> Result<Reading, StoreError> {
         if let Some(recent) = self.recent() {
             return recent;
         }

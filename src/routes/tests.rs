@@ -13,11 +13,11 @@ use tower::ServiceExt;
 
 use super::{install_recorder, router};
 use crate::{
-    counter::{CountGauge, VisitCounter},
+    counter::{BatchOptions, CountGauge, VisitCounter},
     deadlines::Deadlines,
-    state::{AppState, Shared},
-    stats::{STATS_TTL, StatsCache},
-    store::{Identity, MemoryStore, SharedStore},
+    state::{AppState, StateParts},
+    stats_cache::{STATS_TTL, StatsCache},
+    store::{Identity, MemoryStore, Store},
 };
 
 struct TestRouter {
@@ -37,7 +37,7 @@ impl TestRouter {
             version: "v9".into(),
         };
         let store = Arc::new(MemoryStore::with_total(identity, total));
-        let shared = SharedStore::Memory(store.clone());
+        let shared = Store::Memory(store.clone());
         let deadlines = Deadlines::new(
             std::time::Duration::from_secs(10),
             std::time::Duration::from_secs(5),
@@ -48,10 +48,10 @@ impl TestRouter {
         let worker_store = Arc::new(shared.for_worker());
         let (counter, _batcher) = VisitCounter::start(
             worker_store.clone(),
-            shared.batch_options(&deadlines),
+            BatchOptions::new(&deadlines, shared.writes_in_flight()),
             CountGauge::default(),
         );
-        let state = AppState::new(Shared {
+        let state = AppState::new(StateParts {
             counter,
             store: worker_store,
             stats: Arc::new(StatsCache::new(STATS_TTL)),

@@ -1,4 +1,4 @@
-//! A store in memory, for tests of the HTTP layer and the batcher: the same interface
+//! A store in memory, for tests of the HTTP layer (`routes::tests`): the same interface
 //! with nothing to start. Its counts are gone with the process.
 
 use std::{collections::BTreeMap, sync::Mutex};

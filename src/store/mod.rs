@@ -2,9 +2,10 @@
 //! process, and an in-memory store for tests of the HTTP layer.
 //!
 //! All keep the same three things: the total (`hits`), visits per replica, and which
-//! replicas are alive. `SharedStore` is opened once at start; each worker thread takes a
-//! `Store` of its own from it (`for_worker`). Every call is bounded by a deadline, so a
-//! store that hangs turns into a fast 503 instead of a hung request.
+//! replicas are alive. The `Store` is opened once at start; each worker thread takes a
+//! `WorkerStore` of its own from it (`for_worker`): the same data, with a Redis session
+//! of its own. Every call is bounded by a deadline, so a store that hangs turns into a
+//! fast 503 instead of a hung request.
 
 mod backoff;
 mod embedded;
@@ -22,9 +23,9 @@ pub use self::{
     embedded::EmbeddedStore,
     error::{StoreError, StoreErrorKind},
     memory::MemoryStore,
-    redis::{RedisConnection, RedisStore},
+    redis::{RedisSession, RedisStore},
 };
-use crate::{config::StoreSettings, counter::BatchOptions, deadlines::Deadlines};
+use crate::{config::StoreSettings, deadlines::Deadlines};
 
 /// A replica counts as alive while its last heartbeat is at most this old.
 pub const ALIVE_WINDOW: Duration = Duration::from_secs(3);
@@ -75,28 +76,15 @@ impl ReplicaStats {
     }
 }
 
-/// Where visits are recorded. The visit batcher is generic over this so that its logic
-/// can be tested on its own.
-pub trait VisitLog: Send + Sync + 'static {
-    /// Adds `count` visits in one atomic step and returns the total after them. Should
-    /// answer by `answer_by`; an error that is not `in_doubt` means nothing was applied,
-    /// nor will be.
-    fn add_visits(
-        &self,
-        count: u64,
-        answer_by: Instant,
-    ) -> impl Future<Output = Result<i64, StoreError>> + Send;
-}
-
 /// The store chosen by configuration, opened once and shared by the workers.
-pub enum SharedStore {
-    Redis(RedisStore),
+pub enum Store {
+    Redis(Arc<RedisStore>),
     /// One database and writer thread, however many workers share it.
     Embedded(Arc<EmbeddedStore>),
     Memory(Arc<MemoryStore>),
 }
 
-impl SharedStore {
+impl Store {
     /// Opens the configured store. Redis is not contacted yet: the service starts and
     /// reports not-ready while Redis is still coming up.
     pub fn open(
@@ -106,69 +94,24 @@ impl SharedStore {
     ) -> Result<Self, StoreError> {
         Ok(match settings {
             StoreSettings::Redis(redis) => {
-                SharedStore::Redis(RedisStore::new(redis, identity, deadlines.store)?)
+                Store::Redis(Arc::new(RedisStore::new(redis, identity, deadlines.store)?))
             }
             StoreSettings::Embedded { data_dir } => {
-                SharedStore::Embedded(Arc::new(EmbeddedStore::open(data_dir, identity)?))
+                Store::Embedded(Arc::new(EmbeddedStore::open(data_dir, identity)?))
             }
         })
     }
 
-    /// A handle for one worker thread: the same data, with a Redis connection of its own
+    /// A handle for one worker thread: the same data, with a Redis session of its own
     /// whose tasks run on the runtime it is first used on.
-    pub fn for_worker(&self) -> Store {
+    pub fn for_worker(&self) -> WorkerStore {
         match self {
-            SharedStore::Redis(s) => Store::Redis(Box::new(s.connect())),
-            SharedStore::Embedded(s) => Store::Embedded(s.clone()),
-            SharedStore::Memory(s) => Store::Memory(s.clone()),
+            Store::Redis(s) => WorkerStore::Redis(Box::new(s.session())),
+            Store::Embedded(s) => WorkerStore::Embedded(s.clone()),
+            Store::Memory(s) => WorkerStore::Memory(s.clone()),
         }
     }
 
-    /// Short name for logs and readiness answers.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            SharedStore::Redis(_) => "redis",
-            SharedStore::Embedded(_) => "embedded",
-            SharedStore::Memory(_) => "memory",
-        }
-    }
-
-    /// How the visit batcher should use this store.
-    pub fn batch_options(&self, deadlines: &Deadlines) -> BatchOptions {
-        let mut options = BatchOptions::new(deadlines);
-        options.max_in_flight = match self {
-            SharedStore::Redis(_) => REDIS_WRITES_IN_FLIGHT,
-            SharedStore::Embedded(_) => EMBEDDED_WRITES_IN_FLIGHT,
-            SharedStore::Memory(_) => 1,
-        };
-        options
-    }
-
-    /// Resolves when the store cannot go on and the process should exit to be replaced;
-    /// never for stores that recover by themselves.
-    pub async fn gave_up(&self) {
-        match self {
-            SharedStore::Embedded(s) => s.gave_up().await,
-            _ => std::future::pending().await,
-        }
-    }
-
-    /// Background work the store needs until `stop`: following Redis failovers.
-    pub async fn maintain(&self, stop: CancellationToken) {
-        if let SharedStore::Redis(s) = self {
-            s.watch_failovers(stop).await;
-        }
-    }
-}
-
-/// One worker's handle on the store.
-pub enum Store {
-    Redis(Box<RedisConnection>),
-    Embedded(Arc<EmbeddedStore>),
-    Memory(Arc<MemoryStore>),
-}
-
-impl Store {
     /// Short name for logs and readiness answers.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -178,14 +121,58 @@ impl Store {
         }
     }
 
+    /// How many writes one worker may have under way at once.
+    pub fn writes_in_flight(&self) -> usize {
+        match self {
+            Store::Redis(_) => REDIS_WRITES_IN_FLIGHT,
+            Store::Embedded(_) => EMBEDDED_WRITES_IN_FLIGHT,
+            Store::Memory(_) => 1,
+        }
+    }
+
+    /// Resolves when the store cannot go on and the process should exit to be replaced;
+    /// never for stores that recover by themselves.
+    pub async fn gave_up(&self) {
+        match self {
+            Store::Embedded(s) => s.gave_up().await,
+            _ => std::future::pending().await,
+        }
+    }
+
+    /// Follows Redis failovers announced by the sentinels until `stop`; returns at once
+    /// for the other stores and for a single Redis.
+    pub async fn follow_failovers(&self, stop: CancellationToken) {
+        if let Store::Redis(s) = self {
+            s.follow_failovers(stop).await;
+        }
+    }
+}
+
+/// One worker's handle on the store.
+pub enum WorkerStore {
+    Redis(Box<RedisSession>),
+    Embedded(Arc<EmbeddedStore>),
+    Memory(Arc<MemoryStore>),
+}
+
+impl WorkerStore {
+    /// Short name for logs and readiness answers.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            WorkerStore::Redis(_) => "redis",
+            WorkerStore::Embedded(_) => "embedded",
+            WorkerStore::Memory(_) => "memory",
+        }
+    }
+
     /// Answers when the store could count a visit now.
     pub async fn ready(&self, timeout: Duration) -> Result<(), StoreError> {
         let by = Instant::now() + timeout;
         bounded(by, async {
             match self {
-                Store::Redis(s) => s.ready(by).await,
-                Store::Embedded(s) => s.ready(timeout).await,
-                Store::Memory(_) => Ok(()),
+                WorkerStore::Redis(s) => s.ready(by).await,
+                WorkerStore::Embedded(s) => s.ready(timeout).await,
+                WorkerStore::Memory(_) => Ok(()),
             }
         })
         .await
@@ -196,9 +183,9 @@ impl Store {
         let by = Instant::now() + timeout;
         bounded(by, async {
             match self {
-                Store::Redis(s) => s.snapshot(by).await,
-                Store::Embedded(s) => s.snapshot().await,
-                Store::Memory(s) => Ok(s.snapshot()),
+                WorkerStore::Redis(s) => s.snapshot(by).await,
+                WorkerStore::Embedded(s) => s.snapshot().await,
+                WorkerStore::Memory(s) => Ok(s.snapshot()),
             }
         })
         .await
@@ -210,9 +197,9 @@ impl Store {
         let by = Instant::now() + timeout;
         bounded(by, async {
             match self {
-                Store::Redis(s) => s.heartbeat(by).await,
-                Store::Embedded(s) => s.total().await.map(Some),
-                Store::Memory(s) => Ok(Some(s.snapshot().total)),
+                WorkerStore::Redis(s) => s.heartbeat(by).await,
+                WorkerStore::Embedded(s) => s.total().await.map(Some),
+                WorkerStore::Memory(s) => Ok(Some(s.snapshot().total)),
             }
         })
         .await
@@ -223,20 +210,20 @@ impl Store {
         let by = Instant::now() + timeout;
         bounded(by, async {
             match self {
-                Store::Redis(s) => s.depart(by).await,
-                Store::Embedded(_) | Store::Memory(_) => Ok(()),
+                WorkerStore::Redis(s) => s.depart(by).await,
+                WorkerStore::Embedded(_) | WorkerStore::Memory(_) => Ok(()),
             }
         })
         .await
     }
-}
 
-impl VisitLog for Store {
-    async fn add_visits(&self, count: u64, answer_by: Instant) -> Result<i64, StoreError> {
+    /// Adds `count` visits in one atomic step and returns the total after them, by
+    /// `answer_by`. An error that is not `in_doubt` means nothing was applied, nor will be.
+    pub async fn add_visits(&self, count: u64, answer_by: Instant) -> Result<i64, StoreError> {
         match self {
-            Store::Redis(s) => s.add_visits(count, answer_by).await,
-            Store::Embedded(s) => s.add_visits(count, answer_by).await,
-            Store::Memory(s) => s.add_visits(count),
+            WorkerStore::Redis(s) => s.add_visits(count, answer_by).await,
+            WorkerStore::Embedded(s) => s.add_visits(count, answer_by).await,
+            WorkerStore::Memory(s) => s.add_visits(count),
         }
     }
 }

@@ -8,10 +8,11 @@
 //! fsync however many batches arrived meanwhile. While visits arrive together, the thread
 //! looks for the next request for a moment after each commit instead of going to sleep.
 //!
-//! A write is either taken by the writer or called back by its caller, never both: a
-//! caller that gives up before the writer took its write leaves it uncommitted, and a
-//! caller whose write was taken waits for the commit, however slow the disk, since a
-//! commit under way cannot be called back. So a visit answered 503 is never committed.
+//! A write is either taken by the writer or called back by its caller, never both (the
+//! hand-off is in `writer`): a caller that gives up before the writer took its write
+//! leaves it uncommitted, and a caller whose write was taken waits for the commit, however
+//! slow the disk, since a commit under way cannot be called back. So a visit answered 503
+//! is never committed.
 //!
 //! When a write fails (a full disk, an I/O error, a panic inside redb on a damaged
 //! file), the store reports not-ready and the writer opens the database again, until it
@@ -19,8 +20,9 @@
 //! damaged makes the store give up (`gave_up`), and the service exits so that the
 //! orchestrator can replace it; on start, such a file is refused with a clear error.
 
+mod writer;
+
 use std::{
-    num::NonZero,
     panic::{AssertUnwindSafe, catch_unwind},
     path::{Path, PathBuf},
     sync::{
@@ -32,7 +34,6 @@ use std::{
     time::Duration,
 };
 
-use metrics::histogram;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::{
     sync::oneshot,
@@ -40,6 +41,7 @@ use tokio::{
 };
 use tokio_util::sync::CancellationToken;
 
+use self::writer::{CALLED_BACK, WAITING, Write, spin_limit, write_loop};
 use super::{Identity, ReplicaStats, Snapshot, StoreError, StoreErrorKind};
 
 /// One table, so that a commit touches as few pages as possible: `(key, "")` holds the
@@ -49,22 +51,9 @@ const TOTAL: &str = "";
 
 const FILE_NAME: &str = "stackdemo.redb";
 
-/// How long the writer thread looks for the next request after a commit before it goes
-/// to sleep, while visits arrive together: sleeping and being woken costs a trip through
-/// the scheduler that, under load, holds up the next commit for longer than this
-/// (`bench/README.md` has the measurements).
-const SPIN_BEFORE_SLEEP: Duration = Duration::from_micros(100);
-
-/// Pause between attempts to open the database again after a failure.
-const REOPEN_DELAY: Duration = Duration::from_secs(1);
-
-/// Failures in a row of a database found damaged, after which the store gives up.
-const DAMAGED_FAILURES_TO_GIVE_UP: u32 = 3;
-
-/// A write's state: waiting for the writer, taken by it, or called back by its caller.
-const WAITING: u8 = 0;
-const TAKEN: u8 = 1;
-const CALLED_BACK: u8 = 2;
+/// How long reopening the database waits for reads still holding it (each holds it for
+/// one read) before it gives up, to try again later.
+const READERS_GONE_WITHIN: Duration = Duration::from_secs(1);
 
 pub struct EmbeddedStore {
     inner: Arc<Inner>,
@@ -241,12 +230,21 @@ impl Inner {
     }
 
     /// Closes the database and opens it again: redb refuses every write after an I/O
-    /// error until then.
+    /// error until then. The database can only be closed once no read holds it; a read
+    /// that still does after `READERS_GONE_WITHIN` (a disk that hangs) leaves it open,
+    /// and the error says so.
     fn reopen(&self) -> Result<(), StoreError> {
         let old = self.db.write().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(mut old) = old {
-            // Readers hold the database only for the length of one read.
+            let give_up_at = std::time::Instant::now() + READERS_GONE_WITHIN;
             while Arc::get_mut(&mut old).is_none() {
+                if std::time::Instant::now() >= give_up_at {
+                    *self.db.write().unwrap_or_else(|e| e.into_inner()) = Some(old);
+                    return Err(StoreError::new(
+                        StoreErrorKind::Failed,
+                        "a read still holds the database; it cannot be opened again yet",
+                    ));
+                }
                 thread::sleep(Duration::from_millis(1));
             }
             drop(old);
@@ -255,141 +253,6 @@ impl Inner {
         *self.db.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(db));
         Ok(())
     }
-}
-
-/// One request to add `count` visits; answered with the total after them.
-struct Write {
-    count: u64,
-    state: Arc<AtomicU8>,
-    reply: oneshot::Sender<Result<i64, StoreError>>,
-}
-
-/// The writer thread: until the store is dropped, commit everything waiting as one
-/// transaction and answer each request with its own part of the new range.
-fn write_loop(inner: &Inner, requests: &mpsc::Receiver<Write>, spin_limit: Duration) {
-    let mut spin = Duration::ZERO;
-    let mut damaged_in_a_row = 0;
-    while let Some(first) = next_write(requests, spin) {
-        let mut writes = vec![first];
-        writes.extend(requests.try_iter());
-        // A write its caller called back is dropped, never committed.
-        writes.retain(|w| {
-            w.state
-                .compare_exchange(WAITING, TAKEN, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-        });
-        if writes.is_empty() {
-            continue;
-        }
-        let count: u64 = writes.iter().map(|w| w.count).sum();
-        // A lone visit (a quiet service, or one client at a time) is not worth spinning for.
-        spin = if count > 1 {
-            spin_limit
-        } else {
-            Duration::ZERO
-        };
-        *lock(&inner.committing_since) = Some(Instant::now());
-        let result = inner
-            .database()
-            .and_then(|db| guarded(|| commit(&db, &inner.identity, count)));
-        *lock(&inner.committing_since) = None;
-        match result {
-            Ok(total) => {
-                histogram!("stackdemo_embedded_commit_visits").record(count as f64);
-                *lock(&inner.failing) = None;
-                damaged_in_a_row = 0;
-                let mut end = total - count as i64;
-                for write in writes {
-                    end += write.count as i64;
-                    let _ = write.reply.send(Ok(end));
-                }
-            }
-            Err(error) => {
-                tracing::error!(
-                    visits = count,
-                    reason = error.code(),
-                    cause = error.detail(),
-                    "embedded store write failed"
-                );
-                // Not ready before anyone hears of the failure: a client that got its 503
-                // and asks /readyz at once must not find the store ready.
-                *lock(&inner.failing) = Some(error.clone());
-                for write in writes {
-                    let _ = write.reply.send(Err(error.clone()));
-                }
-                if error.kind() == StoreErrorKind::Damaged {
-                    damaged_in_a_row += 1;
-                }
-                if damaged_in_a_row >= DAMAGED_FAILURES_TO_GIVE_UP || !recover(inner) {
-                    tracing::error!(
-                        "the embedded store's database keeps failing as damaged; giving up"
-                    );
-                    inner.gave_up.cancel();
-                    return;
-                }
-            }
-        }
-    }
-}
-
-/// Opens the database again and writes to it, until a write succeeds, pausing between
-/// attempts; false if the database keeps failing as damaged. Meanwhile the store reports
-/// the failure (not ready), and writes sent to it are called back by their callers.
-fn recover(inner: &Inner) -> bool {
-    let mut damaged = 0;
-    loop {
-        thread::sleep(REOPEN_DELAY);
-        // A write of no visits: it touches the same pages a visit does, so it fails as
-        // long as a visit would.
-        let attempt = inner.reopen().and_then(|()| {
-            let db = inner.database()?;
-            guarded(|| commit(&db, &inner.identity, 0))
-        });
-        match attempt {
-            Ok(_) => {
-                tracing::info!("embedded store writes again");
-                *lock(&inner.failing) = None;
-                return true;
-            }
-            Err(error) => {
-                tracing::warn!(
-                    reason = error.code(),
-                    cause = error.detail(),
-                    "the embedded store cannot write yet"
-                );
-                if error.kind() == StoreErrorKind::Damaged {
-                    damaged += 1;
-                    if damaged >= DAMAGED_FAILURES_TO_GIVE_UP {
-                        return false;
-                    }
-                }
-                *lock(&inner.failing) = Some(error);
-            }
-        }
-    }
-}
-
-/// How long the writer may spin: not at all on a single CPU, where spinning would hold up
-/// the thread that sends the next request.
-fn spin_limit() -> Duration {
-    match thread::available_parallelism().map_or(1, NonZero::get) {
-        1 => Duration::ZERO,
-        _ => SPIN_BEFORE_SLEEP,
-    }
-}
-
-/// The next write request, looked for without sleeping for up to `spin`, then waited
-/// for. `None` once the store has been dropped.
-fn next_write(requests: &mpsc::Receiver<Write>, spin: Duration) -> Option<Write> {
-    let start = std::time::Instant::now();
-    while start.elapsed() < spin {
-        match requests.try_recv() {
-            Ok(write) => return Some(write),
-            Err(mpsc::TryRecvError::Disconnected) => return None,
-            Err(mpsc::TryRecvError::Empty) => std::hint::spin_loop(),
-        }
-    }
-    requests.recv().ok()
 }
 
 /// Opens the database at `path`: an existing file must be a valid database (checked
@@ -506,47 +369,4 @@ fn describe(path: &Path, error: redb::Error) -> StoreError {
         other => format!("cannot be opened: {other}"),
     };
     StoreError::new(classify(error).kind(), format!("{} {what}", path.display()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn send(sender: &mpsc::Sender<Write>, count: u64) {
-        let (reply, _) = oneshot::channel();
-        sender
-            .send(Write {
-                count,
-                state: Arc::new(AtomicU8::new(WAITING)),
-                reply,
-            })
-            .unwrap();
-    }
-
-    #[test]
-    fn the_writer_gets_requests_in_order_whether_it_spins_or_sleeps_and_stops_with_the_store() {
-        let (sender, requests) = mpsc::channel();
-        send(&sender, 1);
-        send(&sender, 2);
-        assert_eq!(
-            next_write(&requests, SPIN_BEFORE_SLEEP).map(|w| w.count),
-            Some(1)
-        );
-        assert_eq!(
-            next_write(&requests, Duration::ZERO).map(|w| w.count),
-            Some(2)
-        );
-
-        // Sent from another thread: found while spinning, or after falling asleep.
-        let late = thread::spawn(move || send(&sender, 3));
-        assert_eq!(
-            next_write(&requests, SPIN_BEFORE_SLEEP).map(|w| w.count),
-            Some(3)
-        );
-        late.join().unwrap();
-
-        // The sender is gone with that thread, as when the store is dropped.
-        assert!(next_write(&requests, SPIN_BEFORE_SLEEP).is_none());
-        assert!(next_write(&requests, Duration::ZERO).is_none());
-    }
 }

@@ -4,7 +4,7 @@ use std::{net::SocketAddr, path::PathBuf};
 
 use stackdemo::{
     cli::{Cli, Command},
-    startup::{Application, StartupError},
+    startup::{Application, ServiceError},
 };
 use tempfile::TempDir;
 use tokio::{sync::oneshot, task::JoinHandle};
@@ -24,7 +24,7 @@ pub struct TestApp {
     pub redis: Option<RedisServer>,
     pub data_dir: Option<TempDir>,
     stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<Result<(), StartupError>>>,
+    task: Option<JoinHandle<Result<(), ServiceError>>>,
 }
 
 impl TestApp {

@@ -1,0 +1,223 @@
+//! The embedded store's writer thread: it owns the write path, takes every write request
+//! waiting when a commit ends, and makes them one transaction (group commit).
+//!
+//! A request is handed over through a small state machine: it is waiting for the writer,
+//! taken by it, or called back by its caller. Taking and calling back are one
+//! compare-and-swap each, so a request is either committed or called back, never both:
+//! a caller that gives up before the writer took its write leaves it uncommitted, and a
+//! caller whose write was taken waits for the commit.
+//!
+//! When a commit fails, the writer reports the failure before answering anyone, opens the
+//! database again and writes to it until it works (`recover`).
+
+use std::{
+    num::NonZero,
+    sync::{
+        Arc,
+        atomic::{AtomicU8, Ordering},
+        mpsc,
+    },
+    thread,
+    time::Duration,
+};
+
+use metrics::histogram;
+use tokio::{sync::oneshot, time::Instant};
+
+use super::{Inner, commit, guarded, lock};
+use crate::store::{StoreError, StoreErrorKind};
+
+/// How long the writer thread looks for the next request after a commit before it goes
+/// to sleep, while visits arrive together: sleeping and being woken costs a trip through
+/// the scheduler that, under load, holds up the next commit for longer than this
+/// (`bench/README.md` has the measurements).
+const SPIN_BEFORE_SLEEP: Duration = Duration::from_micros(100);
+
+/// Pause between attempts to open the database again after a failure.
+const REOPEN_DELAY: Duration = Duration::from_secs(1);
+
+/// Failures in a row of a database found damaged, after which the store gives up.
+const DAMAGED_FAILURES_TO_GIVE_UP: u32 = 3;
+
+/// A write's state: waiting for the writer, taken by it, or called back by its caller.
+pub(super) const WAITING: u8 = 0;
+const TAKEN: u8 = 1;
+pub(super) const CALLED_BACK: u8 = 2;
+
+/// One request to add `count` visits; answered with the total after them.
+pub(super) struct Write {
+    pub count: u64,
+    pub state: Arc<AtomicU8>,
+    pub reply: oneshot::Sender<Result<i64, StoreError>>,
+}
+
+/// The writer thread: until the store is dropped, commit everything waiting as one
+/// transaction and answer each request with its own part of the new range.
+pub(super) fn write_loop(inner: &Inner, requests: &mpsc::Receiver<Write>, spin_limit: Duration) {
+    let mut spin = Duration::ZERO;
+    let mut damaged_in_a_row = 0;
+    while let Some(first) = next_write(requests, spin) {
+        let mut writes = vec![first];
+        writes.extend(requests.try_iter());
+        // A write its caller called back is dropped, never committed.
+        writes.retain(|w| {
+            w.state
+                .compare_exchange(WAITING, TAKEN, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        });
+        if writes.is_empty() {
+            continue;
+        }
+        let count: u64 = writes.iter().map(|w| w.count).sum();
+        // A lone visit (a quiet service, or one client at a time) is not worth spinning for.
+        spin = if count > 1 {
+            spin_limit
+        } else {
+            Duration::ZERO
+        };
+        *lock(&inner.committing_since) = Some(Instant::now());
+        let result = inner
+            .database()
+            .and_then(|db| guarded(|| commit(&db, &inner.identity, count)));
+        *lock(&inner.committing_since) = None;
+        match result {
+            Ok(total) => {
+                histogram!("stackdemo_embedded_commit_visits").record(count as f64);
+                *lock(&inner.failing) = None;
+                damaged_in_a_row = 0;
+                let mut end = total - count as i64;
+                for write in writes {
+                    end += write.count as i64;
+                    let _ = write.reply.send(Ok(end));
+                }
+            }
+            Err(error) => {
+                tracing::error!(
+                    visits = count,
+                    reason = error.code(),
+                    cause = error.detail(),
+                    "embedded store write failed"
+                );
+                // Not ready before anyone hears of the failure: a client that got its 503
+                // and asks /readyz at once must not find the store ready.
+                *lock(&inner.failing) = Some(error.clone());
+                for write in writes {
+                    let _ = write.reply.send(Err(error.clone()));
+                }
+                if error.kind() == StoreErrorKind::Damaged {
+                    damaged_in_a_row += 1;
+                }
+                if damaged_in_a_row >= DAMAGED_FAILURES_TO_GIVE_UP || !recover(inner) {
+                    tracing::error!(
+                        "the embedded store's database keeps failing as damaged; giving up"
+                    );
+                    inner.gave_up.cancel();
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Opens the database again and writes to it, until a write succeeds, pausing between
+/// attempts; false if the database keeps failing as damaged. Meanwhile the store reports
+/// the failure (not ready), and writes sent to it are called back by their callers.
+fn recover(inner: &Inner) -> bool {
+    let mut damaged = 0;
+    loop {
+        thread::sleep(REOPEN_DELAY);
+        // A write of no visits: it touches the same pages a visit does, so it fails as
+        // long as a visit would.
+        let attempt = inner.reopen().and_then(|()| {
+            let db = inner.database()?;
+            guarded(|| commit(&db, &inner.identity, 0))
+        });
+        match attempt {
+            Ok(_) => {
+                tracing::info!("embedded store writes again");
+                *lock(&inner.failing) = None;
+                return true;
+            }
+            Err(error) => {
+                tracing::warn!(
+                    reason = error.code(),
+                    cause = error.detail(),
+                    "the embedded store cannot write yet"
+                );
+                if error.kind() == StoreErrorKind::Damaged {
+                    damaged += 1;
+                    if damaged >= DAMAGED_FAILURES_TO_GIVE_UP {
+                        return false;
+                    }
+                }
+                *lock(&inner.failing) = Some(error);
+            }
+        }
+    }
+}
+
+/// How long the writer may spin: not at all on a single CPU, where spinning would hold up
+/// the thread that sends the next request.
+pub(super) fn spin_limit() -> Duration {
+    match thread::available_parallelism().map_or(1, NonZero::get) {
+        1 => Duration::ZERO,
+        _ => SPIN_BEFORE_SLEEP,
+    }
+}
+
+/// The next write request, looked for without sleeping for up to `spin`, then waited
+/// for. `None` once the store has been dropped.
+fn next_write(requests: &mpsc::Receiver<Write>, spin: Duration) -> Option<Write> {
+    let start = std::time::Instant::now();
+    while start.elapsed() < spin {
+        match requests.try_recv() {
+            Ok(write) => return Some(write),
+            Err(mpsc::TryRecvError::Disconnected) => return None,
+            Err(mpsc::TryRecvError::Empty) => std::hint::spin_loop(),
+        }
+    }
+    requests.recv().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn send(sender: &mpsc::Sender<Write>, count: u64) {
+        let (reply, _) = oneshot::channel();
+        sender
+            .send(Write {
+                count,
+                state: Arc::new(AtomicU8::new(WAITING)),
+                reply,
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn the_writer_gets_requests_in_order_whether_it_spins_or_sleeps_and_stops_with_the_store() {
+        let (sender, requests) = mpsc::channel();
+        send(&sender, 1);
+        send(&sender, 2);
+        assert_eq!(
+            next_write(&requests, SPIN_BEFORE_SLEEP).map(|w| w.count),
+            Some(1)
+        );
+        assert_eq!(
+            next_write(&requests, Duration::ZERO).map(|w| w.count),
+            Some(2)
+        );
+
+        // Sent from another thread: found while spinning, or after falling asleep.
+        let late = thread::spawn(move || send(&sender, 3));
+        assert_eq!(
+            next_write(&requests, SPIN_BEFORE_SLEEP).map(|w| w.count),
+            Some(3)
+        );
+        late.join().unwrap();
+
+        // The sender is gone with that thread, as when the store is dropped.
+        assert!(next_write(&requests, SPIN_BEFORE_SLEEP).is_none());
+        assert!(next_write(&requests, Duration::ZERO).is_none());
+    }
+}
