@@ -1,29 +1,38 @@
-//! Waiting for the signals that ask the service to stop: SIGTERM (docker stop, Swarm
-//! updates), SIGINT (Ctrl-C) and SIGHUP (the terminal went away). All three stop the
-//! service the same graceful way; SIGHUP does not reload anything, as there is nothing
-//! to reload.
+//! The signals that ask the service to stop: SIGTERM (docker stop, Swarm updates), SIGINT
+//! (Ctrl-C) and SIGHUP (the terminal went away). All three stop the service the same
+//! graceful way; SIGHUP does not reload anything, as there is nothing to reload.
+//!
+//! The handlers are installed before the service starts, and a failure to install them
+//! stops it from starting: a service that cannot hear SIGTERM would be killed by its
+//! orchestrator in the middle of requests instead of shutting down.
 
-/// Resolves when SIGTERM, SIGINT or SIGHUP arrives.
-pub async fn signal() {
-    use tokio::signal::unix::SignalKind;
+use std::io;
 
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
+use tokio::signal::unix::{Signal, SignalKind, signal};
+
+/// The installed handlers.
+pub struct Signals {
+    terminate: Signal,
+    interrupt: Signal,
+    hangup: Signal,
+}
+
+impl Signals {
+    /// Installs the handlers; needs a Tokio runtime.
+    pub fn install() -> io::Result<Self> {
+        Ok(Self {
+            terminate: signal(SignalKind::terminate())?,
+            interrupt: signal(SignalKind::interrupt())?,
+            hangup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    /// Resolves when SIGTERM, SIGINT or SIGHUP arrives.
+    pub async fn recv(mut self) {
+        tokio::select! {
+            _ = self.terminate.recv() => tracing::info!("SIGTERM received, shutting down"),
+            _ = self.interrupt.recv() => tracing::info!("SIGINT received, shutting down"),
+            _ = self.hangup.recv() => tracing::info!("SIGHUP received, shutting down"),
         }
-    };
-    let named = |kind: SignalKind| async move {
-        match tokio::signal::unix::signal(kind) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-
-    tokio::select! {
-        () = ctrl_c => tracing::info!("SIGINT received, shutting down"),
-        () = named(SignalKind::terminate()) => tracing::info!("SIGTERM received, shutting down"),
-        () = named(SignalKind::hangup()) => tracing::info!("SIGHUP received, shutting down"),
     }
 }

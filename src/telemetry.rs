@@ -8,9 +8,14 @@ use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
 use crate::config::LogFormat;
 
-/// Installs the global subscriber and the panic hook. Safe to call more than once; later
-/// calls do nothing.
+/// Installs the global subscriber and the panic hook, once per process: later calls
+/// (several services in one test process) change nothing.
 pub fn init(format: LogFormat) {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| install(format));
+}
+
+fn install(format: LogFormat) {
     std::panic::set_hook(Box::new(|info| {
         let thread = std::thread::current();
         tracing::error!(

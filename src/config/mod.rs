@@ -6,6 +6,7 @@
 //! was on the command line, the environment variable otherwise.
 
 mod origin;
+mod setting;
 mod values;
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
@@ -19,6 +20,7 @@ use self::values::{
 };
 pub use self::{
     origin::{ConfigError, Origins},
+    setting::Setting,
     values::{HostPort, LogFormat, RedisUrl, parse_duration, redact_url},
 };
 use crate::deadlines::{DeadlineError, Deadlines, MIN_HEADER_READ, MIN_STORE};
@@ -191,9 +193,9 @@ impl Settings {
         })
     }
 
-    /// The error for setting `id`, named as the user set it.
-    pub fn error(&self, id: &str, reason: impl Into<String>) -> ConfigError {
-        ConfigError::new(self.origins.name(id), reason)
+    /// The error for `setting`, named as the user set it.
+    pub fn error(&self, setting: Setting, reason: impl Into<String>) -> ConfigError {
+        ConfigError::new(self.origins.name(setting), reason)
     }
 
     fn deadlines(&self) -> Result<Deadlines, ConfigError> {
@@ -205,11 +207,11 @@ impl Settings {
         )
         .map_err(|error| match error {
             DeadlineError::StoreTooShort => self.error(
-                "store_timeout",
+                Setting::StoreTimeout,
                 format!("must be at least {}", humantime::format_duration(MIN_STORE)),
             ),
             DeadlineError::HeaderReadTooShort => self.error(
-                "header_read_timeout",
+                Setting::HeaderReadTimeout,
                 format!(
                     "must be at least {}",
                     humantime::format_duration(MIN_HEADER_READ)
@@ -218,13 +220,15 @@ impl Settings {
             // A visit may wait for its batch to start and then for its write: both must
             // end before the request timeout.
             DeadlineError::RequestNotAboveVisit => self.error(
-                "store_timeout",
+                Setting::StoreTimeout,
                 format!(
                     "must be less than half of {}",
-                    self.origins.name("request_timeout")
+                    self.origins.name(Setting::RequestTimeout)
                 ),
             ),
-            DeadlineError::ShutdownZero => self.error("shutdown_timeout", "must be above zero"),
+            DeadlineError::ShutdownZero => {
+                self.error(Setting::ShutdownTimeout, "must be above zero")
+            }
         })
     }
 
@@ -241,7 +245,7 @@ impl Settings {
                 sentinels: self.redis_sentinels.clone(),
                 master_name: self.redis_master_name.clone(),
                 password: self.read_secret(
-                    "redis_sentinel_password_file",
+                    Setting::RedisSentinelPasswordFile,
                     self.redis_sentinel_password_file.as_ref(),
                 )?,
             }),
@@ -250,13 +254,16 @@ impl Settings {
         };
         let Some(target) = target else {
             let redis_only = [
-                ("redis_password_file", self.redis_password_file.is_some()),
                 (
-                    "redis_sentinel_password_file",
+                    Setting::RedisPasswordFile,
+                    self.redis_password_file.is_some(),
+                ),
+                (
+                    Setting::RedisSentinelPasswordFile,
                     self.redis_sentinel_password_file.is_some(),
                 ),
-                ("redis_min_replicas", self.redis_min_replicas.is_some()),
-                ("redis_wait_aof", self.redis_wait_aof),
+                (Setting::RedisMinReplicas, self.redis_min_replicas.is_some()),
+                (Setting::RedisWaitAof, self.redis_wait_aof),
             ];
             for (redis_only, set) in redis_only {
                 if set {
@@ -273,7 +280,7 @@ impl Settings {
         };
         if matches!(target, RedisTarget::Url(_)) && self.redis_sentinel_password_file.is_some() {
             return Err(self.error(
-                "redis_sentinel_password_file",
+                Setting::RedisSentinelPasswordFile,
                 "is set but no sentinels are (REDIS_SENTINELS)",
             ));
         }
@@ -282,7 +289,10 @@ impl Settings {
             .unwrap_or(u8::from(matches!(target, RedisTarget::Sentinels { .. })));
         Ok(StoreSettings::Redis(RedisSettings {
             target,
-            password: self.read_secret("redis_password_file", self.redis_password_file.as_ref())?,
+            password: self.read_secret(
+                Setting::RedisPasswordFile,
+                self.redis_password_file.as_ref(),
+            )?,
             min_replicas,
             wait_aof: self.redis_wait_aof,
         }))
@@ -291,7 +301,7 @@ impl Settings {
     /// Reads a password file setting, if it is set.
     fn read_secret(
         &self,
-        id: &str,
+        id: Setting,
         path: Option<&PathBuf>,
     ) -> Result<Option<SecretString>, ConfigError> {
         let Some(path) = path else {
@@ -304,5 +314,31 @@ impl Settings {
             return Err(self.error(id, format!("{} is empty", path.display())));
         }
         Ok(Some(SecretString::from(password)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Setting;
+    use crate::cli::Cli;
+
+    #[test]
+    fn every_setting_is_an_argument_of_serve_and_every_argument_a_setting() {
+        let cli = Cli::command();
+        let serve = cli.find_subcommand("serve").expect("serve");
+        let arguments: Vec<&str> = serve
+            .get_arguments()
+            .map(|arg| arg.get_id().as_str())
+            .filter(|id| !matches!(*id, "help" | "origins"))
+            .collect();
+        let settings: Vec<&str> = Setting::ALL.iter().map(|s| s.id()).collect();
+        for id in &settings {
+            assert!(arguments.contains(id), "{id} is not an argument of serve");
+        }
+        for id in &arguments {
+            assert!(settings.contains(id), "the argument {id} has no Setting");
+        }
     }
 }

@@ -5,6 +5,8 @@ use std::{collections::HashMap, fmt};
 
 use clap::{ArgMatches, parser::ValueSource};
 
+use super::Setting;
+
 /// The flag and environment variable of every setting, and which of them was used.
 #[derive(Debug, Clone, Default)]
 pub struct Origins(HashMap<String, Origin>);
@@ -35,9 +37,10 @@ impl Origins {
         Self(origins)
     }
 
-    /// How the setting with field name `id` is called where the user set it: its flag if
-    /// it was given on the command line, else its environment variable.
-    pub fn name(&self, id: &str) -> String {
+    /// How `setting` is called where the user set it: its flag if it was given on the
+    /// command line, else its environment variable.
+    pub fn name(&self, setting: Setting) -> String {
+        let id = setting.id();
         match self.0.get(id) {
             Some(origin) if origin.from_command_line => origin.flag.clone(),
             Some(origin) => origin.env.clone().or_else(|| origin.flag.clone()),

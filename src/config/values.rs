@@ -1,5 +1,5 @@
 //! Parsers and types for the values of single settings: durations, Redis addresses, the
-//! log format. Checks that involve several settings live in `Settings::validate`.
+//! log format. Checks that involve several settings live in `Settings::check`.
 
 use std::{fmt, time::Duration};
 

@@ -11,7 +11,7 @@ use axum::{
 use metrics::{counter, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::{state::AppState, store::StoreErrorKind};
+use crate::{counter::VisitError, state::AppState, store::StoreErrorKind};
 
 /// The process-wide recorder. Installed once; later calls return the same handle, so
 /// several apps in one test process share it.
@@ -56,6 +56,9 @@ pub fn install_recorder() -> PrometheusHandle {
             // sees zero rather than nothing.
             for kind in StoreErrorKind::ALL {
                 counter!("stackdemo_store_errors_total", "reason" => kind.code()).absolute(0);
+            }
+            for code in VisitError::CODES {
+                counter!("stackdemo_visits_refused_total", "reason" => code).absolute(0);
             }
             counter!("stackdemo_visits_total").absolute(0);
             counter!("stackdemo_visits_in_doubt_total").absolute(0);

@@ -1,6 +1,7 @@
 //! The HTTP interface: which path goes to which handler, and the layers around them.
 
 mod error;
+mod headers;
 mod health;
 mod metrics;
 mod stats;
@@ -15,18 +16,16 @@ use axum::{
     Router,
     error_handling::HandleErrorLayer,
     extract::{MatchedPath, Request},
-    http::{HeaderName, HeaderValue, StatusCode, header},
+    http::StatusCode,
     middleware,
     response::IntoResponse,
     routing::get,
 };
 use tower::ServiceBuilder;
-use tower_http::{
-    limit::RequestBodyLimitLayer, set_header::SetResponseHeaderLayer, trace::TraceLayer,
-};
+use tower_http::{limit::RequestBodyLimitLayer, trace::TraceLayer};
 use tracing::Span;
 
-pub use self::{error::ApiError, metrics::install_recorder};
+pub use self::{error::ApiError, headers::ServiceHeaders, metrics::install_recorder};
 use crate::state::AppState;
 
 /// Requests with a larger body are refused with 413; no route takes a body.
@@ -35,8 +34,7 @@ pub const MAX_BODY_BYTES: usize = 16 * 1024;
 /// Builds the router. Unit tests drive it without a socket (`tower::ServiceExt::oneshot`)
 /// over the in-memory store.
 pub fn router(state: AppState) -> Router {
-    let served_by = header_value(&state.replica);
-    let version = header_value(&state.version);
+    let headers = ServiceHeaders::new(&state.replica, &state.version);
     let replica: std::sync::Arc<str> = state.replica.as_str().into();
     // Every route but the visit is cut off at the request timeout. A visit keeps to it by
     // itself (see `deadlines`): cut off while its write is under way, it could be counted
@@ -68,26 +66,13 @@ pub fn router(state: AppState) -> Router {
                         .on_failure(()),
                 )
                 .layer(middleware::from_fn(metrics::track))
-                .layer(SetResponseHeaderLayer::overriding(
-                    HeaderName::from_static("x-served-by"),
-                    served_by,
-                ))
-                .layer(SetResponseHeaderLayer::overriding(
-                    HeaderName::from_static("x-app-version"),
-                    version,
-                ))
-                .layer(SetResponseHeaderLayer::overriding(
-                    header::CACHE_CONTROL,
-                    HeaderValue::from_static("no-store"),
+                .layer(middleware::map_response_with_state(
+                    headers,
+                    headers::set_service_headers,
                 ))
                 .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES)),
         )
         .with_state(state)
-}
-
-fn header_value(text: &str) -> HeaderValue {
-    // Settings are checked to hold no control characters, so this cannot fail in practice.
-    HeaderValue::from_bytes(text.as_bytes()).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
 }
 
 async fn not_found() -> impl IntoResponse {

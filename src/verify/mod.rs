@@ -74,12 +74,18 @@ pub async fn run(args: &VerifyArgs) -> Report {
     let issued = Arc::new(AtomicU64::new(0));
     // Ctrl-C or SIGTERM ends the run early; the report covers what was sent.
     let stop = Arc::new(AtomicBool::new(false));
-    let stopper = {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            crate::shutdown::signal().await;
-            stop.store(true, Ordering::Relaxed);
-        })
+    let stopper = match crate::shutdown::Signals::install() {
+        Ok(signals) => {
+            let stop = stop.clone();
+            Some(tokio::spawn(async move {
+                signals.recv().await;
+                stop.store(true, Ordering::Relaxed);
+            }))
+        }
+        Err(error) => {
+            eprintln!("warning: Ctrl-C will not stop the run early: {error}");
+            None
+        }
     };
     let started = Instant::now();
     let mut clients = Vec::new();
@@ -115,12 +121,21 @@ pub async fn run(args: &VerifyArgs) -> Report {
         }));
     }
     let mut samples = Vec::new();
+    let mut clients_failed = 0;
     for client in clients {
-        samples.extend(client.await.unwrap_or_default());
+        match client.await {
+            Ok(client_samples) => samples.extend(client_samples),
+            // A client that panicked took its samples with it: the run cannot pass.
+            Err(_) => clients_failed += 1,
+        }
     }
-    stopper.abort();
+    if let Some(stopper) = stopper {
+        stopper.abort();
+    }
     progress.finish_and_clear();
-    Report::from_samples(samples, started.elapsed())
+    let mut report = Report::from_samples(samples, started.elapsed());
+    report.clients_failed = clients_failed;
+    report
 }
 
 async fn visit(http: &reqwest::Client, url: &reqwest::Url, client: u64, run: Instant) -> Sample {

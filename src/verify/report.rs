@@ -56,6 +56,9 @@ pub struct Report {
     /// The longest time in the run during which no visit succeeded (from the start to the
     /// first success, between two, or from the last to the end).
     pub longest_gap_ms: f64,
+    /// Clients that stopped without reporting what they got (a panic): their visits are
+    /// unknown, so the run fails.
+    pub clients_failed: u64,
 }
 
 impl Report {
@@ -134,6 +137,7 @@ impl Report {
     pub fn passed(&self) -> bool {
         self.requests > 0
             && self.failed == 0
+            && self.clients_failed == 0
             && self.duplicate_counts == 0
             && self.out_of_order == 0
     }
@@ -183,6 +187,13 @@ impl fmt::Display for Report {
             "longest without a success: {:.1} s",
             self.longest_gap_ms / 1000.0
         )?;
+        if self.clients_failed > 0 {
+            writeln!(
+                f,
+                "clients lost: {} (stopped without reporting their visits)",
+                self.clients_failed
+            )?;
+        }
         writeln!(f, "duplicates: {}", self.duplicate_counts)?;
         writeln!(f, "out of order per client: {}", self.out_of_order)?;
         write!(
@@ -242,6 +253,17 @@ mod tests {
             Duration::from_secs(1),
         );
         assert_eq!(report.longest_gap_ms, 750.0);
+    }
+
+    #[test]
+    fn a_client_lost_with_its_visits_fails_the_run() {
+        let mut report = Report::from_samples(vec![counted(0, 1)], Duration::from_secs(1));
+        assert!(report.passed());
+
+        report.clients_failed = 1;
+
+        assert!(!report.passed(), "{report}");
+        assert!(report.to_string().contains("clients lost: 1"));
     }
 
     #[test]
