@@ -71,6 +71,11 @@ impl Deadlines {
     /// How long a call waits for another call's connection attempt before giving up on
     /// it. A healthy server is connected to in a few milliseconds.
     pub const CONNECT_WAIT: Duration = Duration::from_millis(100);
+    /// After a failed connection attempt, calls fail at once for this long before the
+    /// next attempt; the delay doubles with each failure in a row, up to
+    /// `RECONNECT_BACKOFF_MAX` (`store::backoff`, which also spreads it by jitter).
+    pub const RECONNECT_BACKOFF_FIRST: Duration = Duration::from_millis(50);
+    pub const RECONNECT_BACKOFF_MAX: Duration = Duration::from_millis(500);
 
     pub fn new(
         header_read: Duration,

@@ -3,20 +3,24 @@
 
 use std::{
     path::{Path, PathBuf},
-    process::{Command, Output, Stdio},
+    process::{Output, Stdio},
+    time::Duration,
 };
 
-use crate::helpers::{RedisServer, TestApp, require_program};
+use tokio::process::Command;
 
-fn chromium() -> PathBuf {
-    require_program("chromium", "CHROMIUM", "chromium")
-}
+use crate::helpers::{RedisServer, TestApp, allowed, require_program};
+
+/// How long Chromium may take to load, run and dump a page: it starts in about a second
+/// and runs the page's scripts for up to its virtual time budget (3 s).
+const CHROMIUM_RUN: Duration = Duration::from_secs(5);
 
 /// Runs headless Chromium on `url` with the given extra flags (flags from
 /// shared/ENVIRONMENT.md: without the background-networking ones it stalls here).
-fn headless(url: &str, extra: &[&str]) -> Output {
+async fn headless(url: &str, extra: &[&str]) -> Output {
+    let chromium: PathBuf = require_program("chromium", "CHROMIUM", "chromium").await;
     let profile = tempfile::tempdir().unwrap();
-    Command::new(chromium())
+    let run = Command::new(chromium)
         .args([
             "--headless",
             "--no-sandbox",
@@ -34,7 +38,11 @@ fn headless(url: &str, extra: &[&str]) -> Output {
         .args(extra)
         .arg(url)
         .stdin(Stdio::null())
-        .output()
+        .kill_on_drop(true)
+        .output();
+    tokio::time::timeout(allowed(CHROMIUM_RUN), run)
+        .await
+        .expect("chromium ends within its bound")
         .expect("chromium runs")
 }
 
@@ -45,7 +53,7 @@ fn screenshot_path() -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_page_shows_the_count_the_replica_and_the_live_view() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let web1 = TestApp::spawn_on_redis(&redis.url(), &["--replica", "web.1<script>"]).await;
     // Names that are also names of every JavaScript object's own properties.
     let web2 = TestApp::spawn_on_redis(&redis.url(), &["--replica", "__proto__"]).await;
@@ -59,12 +67,7 @@ async fn the_page_shows_the_count_the_replica_and_the_live_view() {
     web3.stop().await;
     let url = format!("{}/", web1.client.base);
 
-    let dumped = {
-        let url = url.clone();
-        tokio::task::spawn_blocking(move || headless(&url, &["--dump-dom"]))
-            .await
-            .unwrap()
-    };
+    let dumped = headless(&url, &["--dump-dom"]).await;
 
     let dom = String::from_utf8_lossy(&dumped.stdout);
     let log = String::from_utf8_lossy(&dumped.stderr);
@@ -103,17 +106,14 @@ async fn the_page_shows_the_count_the_replica_and_the_live_view() {
 
     let shot = screenshot_path();
     let _ = std::fs::remove_file(&shot);
-    let taken = tokio::task::spawn_blocking(move || {
-        headless(
-            &url,
-            &[
-                &format!("--screenshot={}", shot.display()),
-                "--window-size=1280,800",
-            ],
-        )
-    })
-    .await
-    .unwrap();
+    let taken = headless(
+        &url,
+        &[
+            &format!("--screenshot={}", shot.display()),
+            "--window-size=1280,800",
+        ],
+    )
+    .await;
     assert!(
         taken.status.success(),
         "{}",

@@ -6,8 +6,8 @@ use crate::helpers::{free_port, process::run};
 
 const SECRET: &str = "s3cret-Pa55";
 
-fn assert_refused(args: &[&str], env: &[(&str, &str)], setting: &str) -> String {
-    let output = run(args, env);
+async fn assert_refused(args: &[&str], env: &[(&str, &str)], setting: &str) -> String {
+    let output = run(args, env).await;
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     assert_eq!(output.status.code(), Some(2), "exit code; stderr: {stderr}");
     assert!(
@@ -19,15 +19,15 @@ fn assert_refused(args: &[&str], env: &[(&str, &str)], setting: &str) -> String 
     stderr
 }
 
-#[test]
-fn a_bad_value_names_the_flag_when_given_as_a_flag() {
-    assert_refused(&["--listen", "not-an-address"], &[], "--listen");
-    assert_refused(&["serve", "--workers", "0"], &[], "--workers");
+#[tokio::test]
+async fn a_bad_value_names_the_flag_when_given_as_a_flag() {
+    assert_refused(&["--listen", "not-an-address"], &[], "--listen").await;
+    assert_refused(&["serve", "--workers", "0"], &[], "--workers").await;
 }
 
 /// Every setting given a bad value in the environment: the message names the variable.
-#[test]
-fn a_bad_value_from_the_environment_names_the_variable() {
+#[tokio::test]
+async fn a_bad_value_from_the_environment_names_the_variable() {
     let cases = [
         ("STACKDEMO_LISTEN", "localhost:port"),
         ("STACKDEMO_WORKERS", "many"),
@@ -44,34 +44,38 @@ fn a_bad_value_from_the_environment_names_the_variable() {
         ("REDIS_URL", "http://example"),
     ];
     for (variable, value) in cases {
-        let stderr = assert_refused(&[], &[(variable, value)], variable);
+        let stderr = assert_refused(&[], &[(variable, value)], variable).await;
         assert!(!stderr.contains("--"), "{variable}: names a flag: {stderr}");
     }
 }
 
-#[test]
-fn settings_that_would_break_the_service_are_refused() {
+#[tokio::test]
+async fn settings_that_would_break_the_service_are_refused() {
     let listen = ("STACKDEMO_LISTEN", "127.0.0.1:0");
     assert_refused(
         &[],
         &[listen, ("STACKDEMO_STORE_TIMEOUT", "0")],
         "STACKDEMO_STORE_TIMEOUT",
-    );
+    )
+    .await;
     assert_refused(
         &[],
         &[listen, ("STACKDEMO_STORE_TIMEOUT", "2ms")],
         "STACKDEMO_STORE_TIMEOUT",
-    );
+    )
+    .await;
     assert_refused(
         &[],
         &[listen, ("STACKDEMO_HEADER_READ_TIMEOUT", "0")],
         "STACKDEMO_HEADER_READ_TIMEOUT",
-    );
+    )
+    .await;
     assert_refused(
         &[],
         &[listen, ("STACKDEMO_SHUTDOWN_TIMEOUT", "0s")],
         "STACKDEMO_SHUTDOWN_TIMEOUT",
-    );
+    )
+    .await;
     let stderr = assert_refused(
         &[
             "--listen",
@@ -83,48 +87,50 @@ fn settings_that_would_break_the_service_are_refused() {
         ],
         &[],
         "--store-timeout",
-    );
+    )
+    .await;
     assert!(stderr.contains("--request-timeout"), "{stderr}");
 }
 
-#[test]
-fn a_listen_address_that_cannot_be_used_is_refused_naming_the_setting() {
+#[tokio::test]
+async fn a_listen_address_that_cannot_be_used_is_refused_naming_the_setting() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let in_use = taken.local_addr().unwrap().to_string();
-    let stderr = assert_refused(&[], &[("STACKDEMO_LISTEN", &in_use)], "STACKDEMO_LISTEN");
+    let stderr = assert_refused(&[], &[("STACKDEMO_LISTEN", &in_use)], "STACKDEMO_LISTEN").await;
     assert!(stderr.contains("in use"), "{stderr}");
 
     // 192.0.2.0/24 is reserved for documentation: never an address of this host.
-    let stderr = assert_refused(&["--listen", "192.0.2.1:8000"], &[], "--listen");
+    let stderr = assert_refused(&["--listen", "192.0.2.1:8000"], &[], "--listen").await;
     assert!(stderr.contains("not an address of this host"), "{stderr}");
 }
 
-#[test]
-fn a_redis_url_with_a_password_never_shows_it() {
+#[tokio::test]
+async fn a_redis_url_with_a_password_never_shows_it() {
     let url = format!("redis://:{SECRET}@redis:6379/0");
-    let help = run(&["serve", "--help"], &[("REDIS_URL", &url)]);
+    let help = run(&["serve", "--help"], &[("REDIS_URL", &url)]).await;
     assert_eq!(help.status.code(), Some(0));
     let text = String::from_utf8_lossy(&help.stdout);
     assert!(text.contains("REDIS_URL"), "{text}");
     assert!(!text.contains(SECRET), "help shows the password: {text}");
 
     let bad = format!("redis://:{SECRET}@redis:notaport/0");
-    assert_refused(&[], &[("REDIS_URL", &bad)], "REDIS_URL");
-    assert_refused(&["--redis-url", &bad], &[], "--redis-url");
+    assert_refused(&[], &[("REDIS_URL", &bad)], "REDIS_URL").await;
+    assert_refused(&["--redis-url", &bad], &[], "--redis-url").await;
 }
 
-#[test]
-fn tls_urls_are_refused_saying_tls_is_not_supported() {
+#[tokio::test]
+async fn tls_urls_are_refused_saying_tls_is_not_supported() {
     let stderr = assert_refused(
         &[],
         &[("REDIS_URL", &format!("rediss://:{SECRET}@redis:6379"))],
         "REDIS_URL",
-    );
+    )
+    .await;
     assert!(stderr.contains("TLS"), "{stderr}");
 }
 
-#[test]
-fn an_unreadable_password_file_is_refused() {
+#[tokio::test]
+async fn an_unreadable_password_file_is_refused() {
     assert_refused(
         &[
             "--listen",
@@ -134,22 +140,25 @@ fn an_unreadable_password_file_is_refused() {
         ],
         &[("REDIS_PASSWORD_FILE", "/nonexistent/secret")],
         "REDIS_PASSWORD_FILE",
-    );
+    )
+    .await;
 }
 
-#[test]
-fn redis_settings_without_redis_are_refused() {
+#[tokio::test]
+async fn redis_settings_without_redis_are_refused() {
     let listen = ("STACKDEMO_LISTEN", "127.0.0.1:0");
     assert_refused(
         &[],
         &[listen, ("REDIS_PASSWORD_FILE", "/etc/hostname")],
         "REDIS_PASSWORD_FILE",
-    );
+    )
+    .await;
     assert_refused(
         &[],
         &[listen, ("STACKDEMO_REDIS_MIN_REPLICAS", "1")],
         "STACKDEMO_REDIS_MIN_REPLICAS",
-    );
+    )
+    .await;
     assert_refused(
         &[],
         &[
@@ -158,11 +167,12 @@ fn redis_settings_without_redis_are_refused() {
             ("REDIS_SENTINEL_PASSWORD_FILE", "/etc/hostname"),
         ],
         "REDIS_SENTINEL_PASSWORD_FILE",
-    );
+    )
+    .await;
 }
 
-#[test]
-fn an_unusable_data_dir_is_refused() {
+#[tokio::test]
+async fn an_unusable_data_dir_is_refused() {
     let file = tempfile::NamedTempFile::new().unwrap();
     let inside_a_file = file.path().join("data");
     assert_refused(
@@ -172,13 +182,14 @@ fn an_unusable_data_dir_is_refused() {
             ("STACKDEMO_DATA_DIR", inside_a_file.to_str().unwrap()),
         ],
         "STACKDEMO_DATA_DIR",
-    );
+    )
+    .await;
 }
 
 /// A client subcommand takes only its own settings: a server setting in the environment
 /// (bad, or holding a password) does not touch it.
-#[test]
-fn verify_ignores_the_servers_environment() {
+#[tokio::test]
+async fn verify_ignores_the_servers_environment() {
     let port = free_port().to_string();
     let url = format!("http://127.0.0.1:{port}/");
     let output = run(
@@ -187,7 +198,8 @@ fn verify_ignores_the_servers_environment() {
             ("STACKDEMO_LISTEN", "garbage"),
             ("STACKDEMO_STORE_TIMEOUT", "0"),
         ],
-    );
+    )
+    .await;
     // Nothing listens there: the visit fails (exit 1), but the settings were not refused.
     assert_eq!(
         output.status.code(),
@@ -196,7 +208,7 @@ fn verify_ignores_the_servers_environment() {
         String::from_utf8_lossy(&output.stderr)
     );
 
-    let help = run(&["verify", "--help"], &[]);
+    let help = run(&["verify", "--help"], &[]).await;
     let text = String::from_utf8_lossy(&help.stdout);
     assert!(
         !text.contains("--listen") && !text.contains("REDIS"),

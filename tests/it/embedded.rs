@@ -9,10 +9,14 @@ use nix::sys::signal::Signal;
 use reqwest::StatusCode;
 
 use crate::helpers::{
-    Load, ServiceProcess, TestApp,
+    Load, ServiceProcess, TestApp, allowed,
     disk::{SmallDisk, fill},
-    process, wait_until,
+    limits::{self, PROCESS_START, for_visits},
+    process,
 };
+
+/// How long the writer waits before it opens the database again after a failed write.
+const REOPEN_DELAY: Duration = Duration::from_secs(1);
 
 const DATA_FILE: &str = "stackdemo.redb";
 
@@ -48,15 +52,11 @@ async fn acknowledged_visits_survive_kill_9() {
     let data = dir.path().to_str().unwrap();
     let mut service = ServiceProcess::start(&["--data-dir", data]).await;
     let load = Load::start(&service.client, 16);
-    let probe = service.client.clone();
-    wait_until("visits under way", Duration::from_secs(5), || {
-        let probe = probe.clone();
-        async move { probe.total().await >= 300 }
-    })
-    .await;
+    load.wait_for_acknowledged(300, for_visits(300), || async { String::new() })
+        .await;
 
     service.signal(Signal::SIGKILL);
-    service.wait(Duration::from_secs(5));
+    service.wait(allowed(PROCESS_START)).await;
     let report = load.stop().await.report();
     let restarted = ServiceProcess::start(&["--data-dir", data]).await;
     let next = restarted.client.visit().await;
@@ -75,7 +75,7 @@ async fn a_second_process_on_the_same_data_dir_is_refused() {
     let data = dir.path().to_str().unwrap();
     let _first = ServiceProcess::start(&["--data-dir", data]).await;
 
-    let second = process::run(&["--listen", "127.0.0.1:0", "--data-dir", data], &[]);
+    let second = process::run(&["--listen", "127.0.0.1:0", "--data-dir", data], &[]).await;
 
     assert_refused_naming_the_data_dir(&second);
     assert!(String::from_utf8_lossy(&second.stderr).contains("in use by another process"));
@@ -87,12 +87,8 @@ async fn concurrent_visits_share_transactions() {
     let service = ServiceProcess::start(&["--data-dir", dir.path().to_str().unwrap()]).await;
 
     let load = Load::start(&service.client, 64);
-    let probe = service.client.clone();
-    wait_until("1280 visits", Duration::from_secs(10), || {
-        let probe = probe.clone();
-        async move { probe.total().await >= 1280 }
-    })
-    .await;
+    load.wait_for_acknowledged(1280, for_visits(1280), || async { String::new() })
+        .await;
     let report = load.stop().await.report();
 
     let metric = "stackdemo_embedded_commit_visits";
@@ -108,8 +104,8 @@ async fn concurrent_visits_share_transactions() {
     );
 }
 
-#[test]
-fn an_empty_data_file_is_refused_not_taken_for_a_new_database() {
+#[tokio::test]
+async fn an_empty_data_file_is_refused_not_taken_for_a_new_database() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join(DATA_FILE), b"").unwrap();
 
@@ -121,21 +117,23 @@ fn an_empty_data_file_is_refused_not_taken_for_a_new_database() {
             dir.path().to_str().unwrap(),
         ],
         &[],
-    );
+    )
+    .await;
 
     assert_refused_naming_the_data_dir(&output);
     assert!(String::from_utf8_lossy(&output.stderr).contains("not a valid database"));
 }
 
-#[test]
-fn an_empty_data_file_given_by_the_environment_is_refused_naming_the_variable() {
+#[tokio::test]
+async fn an_empty_data_file_given_by_the_environment_is_refused_naming_the_variable() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join(DATA_FILE), b"").unwrap();
 
     let output = process::run(
         &["--listen", "127.0.0.1:0"],
         &[("STACKDEMO_DATA_DIR", dir.path().to_str().unwrap())],
-    );
+    )
+    .await;
 
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("STACKDEMO_DATA_DIR"));
@@ -178,12 +176,13 @@ async fn a_damaged_data_file_is_refused_at_start_or_served_correctly_never_with_
         std::fs::write(dir.path().join(DATA_FILE), &bytes).unwrap();
         let data = dir.path().to_str().unwrap();
 
+        // An integrity check of a small file on start: within the start of any process.
         let started = tokio::time::timeout(
-            Duration::from_secs(10),
+            allowed(PROCESS_START),
             ServiceProcess::try_start(&["--data-dir", data]),
         )
         .await
-        .expect("the service starts or exits within 10 s");
+        .expect("the service starts or exits in time");
         match started {
             Err(output) => {
                 assert_refused_naming_the_data_dir(&output);
@@ -208,7 +207,7 @@ async fn a_damaged_data_file_is_refused_at_start_or_served_correctly_never_with_
                     }
                 }
                 if !service.running() {
-                    let status = service.wait(Duration::from_secs(1));
+                    let status = service.wait(allowed(PROCESS_START)).await;
                     assert_ne!(status.code(), Some(101), "{damage} (seed {seed}): panicked");
                 }
                 served += 1;
@@ -232,7 +231,7 @@ async fn a_full_disk_makes_the_store_not_ready_until_space_is_freed() {
         ServiceProcess::start(&["--data-dir", data.to_str().unwrap(), "--workers", "1"]).await;
     assert_eq!(service.client.visit().await, 1);
     let filler = disk.path.join("filler");
-    fill(&filler);
+    fill(&filler).await;
 
     let mut acknowledged = 1;
     let mut refused = false;
@@ -258,7 +257,13 @@ async fn a_full_disk_makes_the_store_not_ready_until_space_is_freed() {
     );
 
     std::fs::remove_file(&filler).unwrap();
-    service.client.wait_ready(Duration::from_secs(10)).await;
+    // The writer tries again every second; a write of no visits tells it the disk has
+    // room.
+    let deadlines = limits::deadlines(&[]);
+    service
+        .client
+        .wait_ready(allowed(REOPEN_DELAY + deadlines.store))
+        .await;
 
     assert_eq!(
         service.client.visit().await,

@@ -4,7 +4,7 @@
 //! fixed set, never panics, stays within its memory, and only a well-formed `GET /` (any
 //! query string) moves the count: every counted visit is answered with its own number.
 //!
-//! The seed is printed on failure; `HOSTILE_SEED=<seed>` replays a run.
+//! The seed is printed first; `HOSTILE_SEED=<seed>` replays a run.
 
 use std::{
     collections::BTreeSet,
@@ -15,7 +15,9 @@ use std::{
 use fastrand::Rng;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::helpers::{RedisServer, ServiceProcess};
+use stackdemo::deadlines::Deadlines;
+
+use crate::helpers::{RedisServer, ServiceProcess, allowed, limits};
 
 /// Statuses the service may answer with: its own, and hyper's for requests it cannot
 /// parse (made whole by the service). 100 is the interim answer to `Expect: 100-continue`.
@@ -33,6 +35,10 @@ struct Script {
     /// Split the bytes into fragments sent with pauses between them.
     fragments: usize,
 }
+
+/// The most fragments a script is sent in, and the pause between two.
+const MAX_FRAGMENTS: u32 = 5;
+const FRAGMENT_PAUSE: Duration = Duration::from_millis(150);
 
 fn pick<'a>(rng: &mut Rng, items: &[&'a str]) -> &'a str {
     items[rng.usize(..items.len())]
@@ -183,7 +189,7 @@ fn script(rng: &mut Rng) -> Script {
         bytes,
         clean_visits,
         fragments: if rng.u8(0..5) == 0 {
-            rng.usize(2..6)
+            rng.usize(2..=MAX_FRAGMENTS as usize)
         } else {
             1
         },
@@ -199,7 +205,13 @@ struct Exchange {
     numbers: Vec<i64>,
 }
 
-async fn play(address: SocketAddr, script: Script) -> Exchange {
+/// How long one connection may stay open: its fragments sent, then at most the idle
+/// limit (a request that never ends) and the request timeout (one being answered).
+fn longest_connection(deadlines: &Deadlines) -> Duration {
+    allowed(FRAGMENT_PAUSE * MAX_FRAGMENTS + deadlines.header_read + deadlines.request)
+}
+
+async fn play(address: SocketAddr, script: Script, deadlines: Deadlines) -> Exchange {
     let mut stream = tokio::net::TcpStream::connect(address)
         .await
         .expect("a connection");
@@ -211,7 +223,7 @@ async fn play(address: SocketAddr, script: Script) -> Exchange {
                 return;
             }
             if script.fragments > 1 {
-                tokio::time::sleep(Duration::from_millis(150)).await;
+                tokio::time::sleep(FRAGMENT_PAUSE).await;
             }
         }
     };
@@ -222,8 +234,7 @@ async fn play(address: SocketAddr, script: Script) -> Exchange {
             received.extend_from_slice(&buffer[..n]);
         }
     };
-    // Everything ends by the idle limit, or the request timeout, and then some.
-    let ended = tokio::time::timeout(Duration::from_secs(8), async {
+    let ended = tokio::time::timeout(longest_connection(&deadlines), async {
         tokio::join!(send, receive);
     })
     .await;
@@ -259,11 +270,14 @@ async fn total_now(service: &ServiceProcess) -> i64 {
     service.client.visit().await
 }
 
-async fn hostile_input_moves_the_count_only_for_well_formed_visits(service: ServiceProcess) {
+async fn hostile_input_moves_the_count_only_for_well_formed_visits(args: &[&str]) {
     let seed = std::env::var("HOSTILE_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| fastrand::u64(..));
+    eprintln!("hostile input: seed {seed} (replay with HOSTILE_SEED={seed})");
+    let service = ServiceProcess::start(args).await;
+    let deadlines = limits::deadlines(args);
     let mut rng = Rng::with_seed(seed);
     let address: SocketAddr = format!("127.0.0.1:{}", service.port).parse().unwrap();
     let before = total_now(&service).await;
@@ -280,7 +294,7 @@ async fn hostile_input_moves_the_count_only_for_well_formed_visits(service: Serv
         }
         let runs = batch.into_iter().map(|script| {
             let clean = script.clean_visits;
-            async move { (clean, play(address, script).await) }
+            async move { (clean, play(address, script, deadlines).await) }
         });
         exchanges.extend(futures_util::future::join_all(runs).await);
     }
@@ -339,16 +353,14 @@ async fn hostile_input_on_the_embedded_store() {
     let dir = tempfile::tempdir().unwrap();
     let mut args = vec!["--data-dir", dir.path().to_str().unwrap()];
     args.extend(LIMITS);
-    hostile_input_moves_the_count_only_for_well_formed_visits(ServiceProcess::start(&args).await)
-        .await;
+    hostile_input_moves_the_count_only_for_well_formed_visits(&args).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn hostile_input_on_redis() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let url = redis.url();
     let mut args = vec!["--redis-url", url.as_str()];
     args.extend(LIMITS);
-    hostile_input_moves_the_count_only_for_well_formed_visits(ServiceProcess::start(&args).await)
-        .await;
+    hostile_input_moves_the_count_only_for_well_formed_visits(&args).await;
 }

@@ -2,18 +2,25 @@
 //! clients, the connection bound, memory under half-sent requests, the healthcheck
 //! subcommand.
 
-use std::{
-    io::{Read, Write},
-    net::TcpStream,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use reqwest::StatusCode;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
+
+use stackdemo::deadlines::Deadlines;
 
 use crate::helpers::{
-    Backend, RedisServer, ServiceProcess, TestApp, TestClient, process, wait_until,
+    Backend, RedisServer, ServiceProcess, TestApp, TestClient, allowed,
+    limits::{self, PROCESS_START},
+    process, wait_until,
 };
+
+/// How long the healthcheck subcommand waits for `/readyz` (its `--timeout` default).
+const HEALTHCHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Batches sent to the store so far, from the service's own metrics.
 async fn batches_sent(service: &ServiceProcess) -> f64 {
@@ -25,7 +32,8 @@ async fn batches_sent(service: &ServiceProcess) -> f64 {
 
 /// The service on `redis`, with a 3 s store timeout and an 8 s request timeout, so that a
 /// visit held in a paused Redis is still waiting when the test signals it; then `extra`.
-async fn start_on(redis: &RedisServer, extra: &[&str]) -> ServiceProcess {
+/// Returns the service and the time bounds it keeps.
+async fn start_on(redis: &RedisServer, extra: &[&str]) -> (ServiceProcess, Deadlines) {
     let url = redis.url();
     let mut args = vec![
         "--redis-url",
@@ -36,35 +44,51 @@ async fn start_on(redis: &RedisServer, extra: &[&str]) -> ServiceProcess {
         "8s",
     ];
     args.extend_from_slice(extra);
-    ServiceProcess::start(&args).await
+    (ServiceProcess::start(&args).await, limits::deadlines(&args))
 }
 
 /// Reads until the peer closes the connection (or resets it); false if it stays open
-/// past the socket's read timeout.
-fn closed_by_peer(stream: &mut TcpStream) -> bool {
+/// for `limit`.
+async fn closed_by_peer(stream: &mut TcpStream, limit: Duration) -> bool {
     let mut buffer = [0u8; 256];
-    loop {
-        match stream.read(&mut buffer) {
-            Ok(0) => return true,
-            Ok(_) => continue,
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
-            Err(_) => return false,
+    let closed = async {
+        loop {
+            match stream.read(&mut buffer).await {
+                Ok(0) => return true,
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+                Err(_) => return false,
+            }
         }
+    };
+    tokio::time::timeout(limit, closed).await.unwrap_or(false)
+}
+
+/// Reads what is there to read within `limit`: `None` if nothing came.
+async fn read_some(stream: &mut TcpStream, limit: Duration) -> Option<String> {
+    let mut buffer = [0u8; 1024];
+    match tokio::time::timeout(limit, stream.read(&mut buffer)).await {
+        Ok(Ok(n)) => Some(String::from_utf8_lossy(&buffer[..n]).into_owned()),
+        _ => None,
     }
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_lets_an_in_flight_visit_finish_and_exits_0() {
-    let redis = RedisServer::start();
-    let mut service = start_on(&redis, &[]).await;
+    let redis = RedisServer::start().await;
+    let (mut service, deadlines) = start_on(&redis, &[]).await;
     // Hold writes in Redis so that the visit is still waiting for its answer (for less than
     // the write deadline, half the store timeout, after which Redis would refuse it).
-    redis.query(&["CLIENT", "PAUSE", "800", "WRITE"]).unwrap();
+    let pause = Duration::from_millis(800);
+    redis
+        .query(&["CLIENT", "PAUSE", &pause.as_millis().to_string(), "WRITE"])
+        .await
+        .unwrap();
     let client = service.client.clone();
     let visit = tokio::spawn(async move { client.try_visit().await });
     wait_until(
         "the visit to reach the store",
-        Duration::from_secs(3),
+        allowed(deadlines.queue_wait()),
         || async { batches_sent(&service).await >= 1.0 },
     )
     .await;
@@ -78,57 +102,67 @@ async fn sigterm_lets_an_in_flight_visit_finish_and_exits_0() {
         "the in-flight visit completes"
     );
     assert_eq!(answer.count, Some(1));
-    let exit = service.wait(Duration::from_secs(5));
+    let exit = service.wait(allowed(pause + PROCESS_START)).await;
     assert_eq!(exit.code(), Some(0));
-    assert_eq!(redis.get_i64("hits"), 1);
+    assert_eq!(redis.get_i64("hits").await, 1);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_visit_still_running_at_the_shutdown_deadline_is_cut_off_and_not_counted() {
-    let redis = RedisServer::start();
-    let mut service = start_on(&redis, &["--shutdown-timeout", "300ms"]).await;
+    let redis = RedisServer::start().await;
+    let (mut service, deadlines) = start_on(&redis, &["--shutdown-timeout", "300ms"]).await;
+    let cut_by = allowed(deadlines.shutdown);
+    assert!(
+        cut_by < deadlines.store,
+        "with STACKDEMO_TEST_SLOWNESS this high, a cut at the shutdown deadline cannot be \
+         told from an answer at the store timeout"
+    );
     assert_eq!(service.client.visit().await, 1);
-    redis.query(&["CLIENT", "PAUSE", "20000", "WRITE"]).unwrap();
-    let mut stuck = TcpStream::connect(("127.0.0.1", service.port)).unwrap();
+    redis
+        .query(&["CLIENT", "PAUSE", "20000", "WRITE"])
+        .await
+        .unwrap();
+    let mut stuck = TcpStream::connect(("127.0.0.1", service.port))
+        .await
+        .unwrap();
     stuck
         .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
         .unwrap();
     wait_until(
         "the visit to reach the store",
-        Duration::from_secs(3),
+        allowed(deadlines.queue_wait()),
         || async { batches_sent(&service).await >= 2.0 },
     )
     .await;
 
     let started = Instant::now();
     service.signal(Signal::SIGTERM);
-    stuck
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let mut buffer = [0u8; 1024];
-    let n = stuck.read(&mut buffer).unwrap_or(0);
+    let answer = read_some(&mut stuck, allowed(deadlines.visit())).await;
     let cut_after = started.elapsed();
 
     assert_eq!(
-        n,
-        0,
-        "the connection is closed without an answer, got {:?}",
-        String::from_utf8_lossy(&buffer[..n])
+        answer.as_deref(),
+        Some(""),
+        "the connection is closed without an answer"
     );
     assert!(
-        cut_after < Duration::from_secs(2),
+        cut_after < cut_by,
         "cut at the 300 ms deadline, not when the 3 s store timeout answered: {cut_after:?}"
     );
-    assert_eq!(service.wait(Duration::from_secs(15)).code(), Some(0));
-    redis.query(&["CLIENT", "UNPAUSE"]).unwrap();
+    let exit = service
+        .wait(allowed(deadlines.shutdown + deadlines.drain()))
+        .await;
+    assert_eq!(exit.code(), Some(0));
+    redis.query(&["CLIENT", "UNPAUSE"]).await.unwrap();
     wait_until(
         "Redis to take writes again",
-        Duration::from_secs(3),
-        || async { redis.query(&["SET", "probe", "1"]).is_ok() },
+        allowed(PROCESS_START),
+        || async { redis.query(&["SET", "probe", "1"]).await.is_ok() },
     )
     .await;
     assert_eq!(
-        redis.get_i64("hits"),
+        redis.get_i64("hits").await,
         1,
         "the cut-off visit was not counted"
     );
@@ -137,32 +171,42 @@ async fn a_visit_still_running_at_the_shutdown_deadline_is_cut_off_and_not_count
 #[tokio::test(flavor = "multi_thread")]
 async fn idle_keep_alive_connections_do_not_delay_shutdown() {
     let dir = tempfile::tempdir().unwrap();
+    let shutdown_timeout = Duration::from_secs(20);
+    let exit_by = allowed(PROCESS_START);
+    assert!(
+        exit_by < shutdown_timeout,
+        "STACKDEMO_TEST_SLOWNESS too high"
+    );
     let mut service = ServiceProcess::start(&[
         "--data-dir",
         dir.path().to_str().unwrap(),
         "--shutdown-timeout",
-        "10s",
+        "20s",
     ])
     .await;
-    let mut idle = TcpStream::connect(("127.0.0.1", service.port)).unwrap();
-    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    let mut idle = TcpStream::connect(("127.0.0.1", service.port))
+        .await
         .unwrap();
-    let mut buffer = [0u8; 1024];
-    let n = idle.read(&mut buffer).unwrap();
-    assert!(String::from_utf8_lossy(&buffer[..n]).starts_with("HTTP/1.1 200"));
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = read_some(&mut idle, exit_by).await.unwrap_or_default();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
 
     let started = Instant::now();
     service.signal(Signal::SIGTERM);
-    let exit = service.wait(Duration::from_secs(5));
+    let exit = service.wait(exit_by).await;
 
     assert_eq!(exit.code(), Some(0));
     assert!(
-        started.elapsed() < Duration::from_secs(3),
+        started.elapsed() < exit_by,
         "shutdown waited {:?}",
         started.elapsed()
     );
-    idle.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
-    assert!(closed_by_peer(&mut idle), "the idle connection was closed");
+    assert!(
+        closed_by_peer(&mut idle, exit_by).await,
+        "the idle connection was closed"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -176,7 +220,7 @@ async fn sigint_and_sighup_stop_the_service_cleanly() {
         service.signal(signal);
 
         assert_eq!(
-            service.wait(Duration::from_secs(5)).code(),
+            service.wait(allowed(PROCESS_START)).await.code(),
             Some(0),
             "{signal}"
         );
@@ -185,20 +229,18 @@ async fn sigint_and_sighup_stop_the_service_cleanly() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_client_that_never_finishes_its_headers_is_cut_off() {
-    let app = TestApp::spawn_with(Backend::Embedded, &["--header-read-timeout", "1s"]).await;
-    let mut slow = TcpStream::connect(app.address).unwrap();
+    let args = ["--header-read-timeout", "1s"];
+    let app = TestApp::spawn_with(Backend::Embedded, &args).await;
+    let mut slow = TcpStream::connect(app.address).await.unwrap();
     slow.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .await
         .unwrap();
-    slow.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
 
-    let started = Instant::now();
-    let closed = closed_by_peer(&mut slow);
+    let closed = closed_by_peer(&mut slow, allowed(limits::deadlines(&args).header_read)).await;
 
-    assert!(closed, "the connection stayed open");
     assert!(
-        started.elapsed() < Duration::from_secs(3),
-        "cut off after {:?}",
-        started.elapsed()
+        closed,
+        "the connection stayed open past the header read timeout"
     );
     assert_eq!(
         app.client.visit().await,
@@ -212,40 +254,43 @@ async fn a_client_that_never_finishes_its_headers_is_cut_off() {
 #[tokio::test(flavor = "multi_thread")]
 async fn silent_connections_that_fill_every_slot_are_closed_in_time() {
     let dir = tempfile::tempdir().unwrap();
-    let service = ServiceProcess::start(&[
+    let args = [
         "--data-dir",
         dir.path().to_str().unwrap(),
         "--max-connections",
         "20",
         "--header-read-timeout",
         "1s",
-    ])
-    .await;
-    let mut silent: Vec<TcpStream> = (0..20)
-        .map(|_| {
-            let stream = TcpStream::connect(("127.0.0.1", service.port)).unwrap();
-            stream
-                .set_read_timeout(Some(Duration::from_secs(5)))
-                .unwrap();
-            stream
-        })
-        .collect();
+    ];
+    let service = ServiceProcess::start(&args).await;
+    let limit = allowed(limits::deadlines(&args).header_read);
+    let mut silent = Vec::new();
+    for _ in 0..20 {
+        silent.push(
+            TcpStream::connect(("127.0.0.1", service.port))
+                .await
+                .unwrap(),
+        );
+    }
     // Two with a first byte or the start of the HTTP/2 preface, then silence.
-    silent[0].write_all(b"G").unwrap();
-    silent[1].write_all(b"PRI * HTTP/2").unwrap();
+    silent[0].write_all(b"G").await.unwrap();
+    silent[1].write_all(b"PRI * HTTP/2").await.unwrap();
 
     let started = Instant::now();
-    let client = TestClient::with_timeout(service.client.base.clone(), Duration::from_secs(5));
+    let client = TestClient::with_timeout(service.client.base.clone(), limit);
     let health = client.get("/healthz").await;
 
     assert_eq!(health.status(), StatusCode::OK);
     assert!(
-        started.elapsed() < Duration::from_secs(3),
+        started.elapsed() < limit,
         "a new client waited {:?}",
         started.elapsed()
     );
     for stream in &mut silent {
-        assert!(closed_by_peer(stream), "a silent connection stayed open");
+        assert!(
+            closed_by_peer(stream, limit).await,
+            "a silent connection stayed open"
+        );
     }
 }
 
@@ -253,17 +298,18 @@ async fn silent_connections_that_fill_every_slot_are_closed_in_time() {
 /// before it joins a batch: never answered 503 and counted.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_body_that_ends_near_the_request_timeout_is_refused_and_not_counted() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let url = redis.url();
-    let service = ServiceProcess::start(&[
+    let args = [
         "--redis-url",
         &url,
         "--request-timeout",
         "2s",
         "--store-timeout",
         "400ms",
-    ])
-    .await;
+    ];
+    let service = ServiceProcess::start(&args).await;
+    let answer_by = allowed(limits::deadlines(&args).request);
     // Late bodies end just before the request timeout; early ones well before it.
     let visits = (0..24).map(|i| {
         let address: std::net::SocketAddr = format!("127.0.0.1:{}", service.port).parse().unwrap();
@@ -281,7 +327,7 @@ async fn a_body_that_ends_near_the_request_timeout_is_refused_and_not_counted() 
             tokio::time::sleep(Duration::from_millis(wait)).await;
             let _ = stream.write_all(b"ok").await;
             let mut answer = Vec::new();
-            let _ = stream.read_to_end(&mut answer).await;
+            let _ = tokio::time::timeout(answer_by, stream.read_to_end(&mut answer)).await;
             crate::helpers::client::parse_raw(&String::from_utf8_lossy(&answer))
         })
     });
@@ -298,7 +344,7 @@ async fn a_body_that_ends_near_the_request_timeout_is_refused_and_not_counted() 
         }
     }
     assert_eq!(
-        redis.get_i64("hits"),
+        redis.get_i64("hits").await,
         counted,
         "a visit answered 503 was counted"
     );
@@ -319,13 +365,14 @@ async fn half_sent_requests_on_every_connection_fit_the_stack_memory_limit() {
 
     let mut open = Vec::new();
     for _ in 0..1024 {
-        let mut stream = TcpStream::connect(&address).unwrap();
-        stream.write_all(head.as_bytes()).unwrap();
+        let mut stream = TcpStream::connect(&address).await.unwrap();
+        stream.write_all(head.as_bytes()).await.unwrap();
         open.push(stream);
     }
+    // 16 MB of heads, read from loopback in well under a second.
     wait_until(
         "the service to read every head",
-        Duration::from_secs(10),
+        allowed(Duration::from_secs(1)),
         || async { unread_bytes(service.port) == 0 },
     )
     .await;
@@ -340,13 +387,17 @@ async fn half_sent_requests_on_every_connection_fit_the_stack_memory_limit() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn healthcheck_is_healthy_when_ready_or_when_only_the_store_went_away() {
-    let mut redis = RedisServer::start();
+    let mut redis = RedisServer::start().await;
     let url = redis.url();
     let service = ServiceProcess::start(&["--redis-url", &url]).await;
     let listen = format!("0.0.0.0:{}", service.port);
-    let healthcheck = |env: &[(&str, &str)]| process::run(&["healthcheck"], env);
+    let within = allowed(PROCESS_START + HEALTHCHECK_TIMEOUT);
+    let run = |args: &'static [&'static str], env: Vec<(&'static str, String)>| async move {
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        process::run_within(within, args, &env).await
+    };
 
-    let ready = process::run(&["healthcheck", "--listen", &listen], &[]);
+    let ready = process::run_within(within, &["healthcheck", "--listen", &listen], &[]).await;
     assert_eq!(
         ready.status.code(),
         Some(0),
@@ -356,72 +407,68 @@ async fn healthcheck_is_healthy_when_ready_or_when_only_the_store_went_away() {
 
     // Ready before: a Redis outage leaves it healthy (not ready), so Swarm does not
     // restart every replica at once.
-    redis.kill();
+    redis.kill().await;
     assert_eq!(
         service.client.ready_status().await,
         StatusCode::SERVICE_UNAVAILABLE
     );
-    let outage = healthcheck(&[("STACKDEMO_LISTEN", &listen)]);
+    let outage = run(&["healthcheck"], vec![("STACKDEMO_LISTEN", listen.clone())]).await;
     assert_eq!(outage.status.code(), Some(0));
 
     // Never ready: unhealthy, so that a rolling update to it rolls back.
     let never = ServiceProcess::start(&["--redis-url", &url]).await;
-    let never_ready = process::run(
-        &[
-            "healthcheck",
-            "--listen",
-            &format!("127.0.0.1:{}", never.port),
-        ],
-        &[],
-    );
+    let never_ready = run(
+        &["healthcheck"],
+        vec![("STACKDEMO_LISTEN", format!("127.0.0.1:{}", never.port))],
+    )
+    .await;
     assert_eq!(never_ready.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&never_ready.stderr).contains("503"));
 
-    let nothing = process::run(
-        &[
-            "healthcheck",
-            "--listen",
-            &format!("127.0.0.1:{}", crate::helpers::free_port()),
-        ],
-        &[],
-    );
+    let nothing = run(
+        &["healthcheck"],
+        vec![(
+            "STACKDEMO_LISTEN",
+            format!("127.0.0.1:{}", crate::helpers::free_port()),
+        )],
+    )
+    .await;
     assert_eq!(nothing.status.code(), Some(1));
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn connections_beyond_the_bound_wait_until_one_closes() {
     let app = TestApp::spawn_with(Backend::Embedded, &["--max-connections", "2"]).await;
-    let open = |address| {
-        let stream = TcpStream::connect(address).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .unwrap();
-        stream
-    };
+    let answer_by = allowed(limits::deadlines(&[]).request);
     let request = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
-    let mut buffer = [0u8; 512];
     // Two keep-alive connections take both slots.
-    let mut first = open(app.address);
-    first.write_all(request).unwrap();
-    assert!(first.read(&mut buffer).unwrap() > 0);
-    let mut second = open(app.address);
-    second.write_all(request).unwrap();
-    assert!(second.read(&mut buffer).unwrap() > 0);
+    let mut first = TcpStream::connect(app.address).await.unwrap();
+    first.write_all(request).await.unwrap();
+    assert!(
+        read_some(&mut first, answer_by)
+            .await
+            .is_some_and(|a| !a.is_empty())
+    );
+    let mut second = TcpStream::connect(app.address).await.unwrap();
+    second.write_all(request).await.unwrap();
+    assert!(
+        read_some(&mut second, answer_by)
+            .await
+            .is_some_and(|a| !a.is_empty())
+    );
 
     // A third is accepted by the kernel but not served while both are open.
-    let mut third = open(app.address);
-    third.write_all(request).unwrap();
-    third
-        .set_read_timeout(Some(Duration::from_millis(300)))
-        .unwrap();
-    assert!(third.read(&mut buffer).is_err(), "served beyond the bound");
+    let mut third = TcpStream::connect(app.address).await.unwrap();
+    third.write_all(request).await.unwrap();
+    assert_eq!(
+        read_some(&mut third, Duration::from_millis(300)).await,
+        None,
+        "served beyond the bound"
+    );
 
     drop(first);
-    third
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    let n = third.read(&mut buffer).unwrap();
-    assert!(String::from_utf8_lossy(&buffer[..n]).starts_with("HTTP/1.1 200"));
+    let answer = read_some(&mut third, answer_by).await.unwrap_or_default();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
 }
 
 /// Bytes received on the service's connections that it has not read yet (the receive

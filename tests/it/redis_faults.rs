@@ -5,11 +5,23 @@
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
+use stackdemo::deadlines::Deadlines;
 
-use crate::helpers::{Load, RedisServer, ServiceProcess, TestApp, TestClient, wait_until};
+use crate::helpers::{
+    Load, RedisServer, ServiceProcess, TestApp, TestClient, allowed,
+    limits::{self, PROCESS_START, for_visits, redis_return},
+    wait_or_explain, wait_until,
+};
 
-/// Sends `n` visits, each of which must be refused with 503 in under a second.
+/// The service's defaults: the bounds of a service started without timing settings.
+fn defaults() -> Deadlines {
+    limits::deadlines(&[])
+}
+
+/// Sends `n` visits, each of which must be refused with 503 within the store timeout:
+/// a visit waits at most that long for its write, or for a connection attempt.
 async fn assert_fast_503s(client: &TestClient, n: usize) {
+    let limit = allowed(defaults().store);
     for _ in 0..n {
         let started = Instant::now();
         let answer = client.try_visit().await;
@@ -20,7 +32,7 @@ async fn assert_fast_503s(client: &TestClient, n: usize) {
         );
         assert_eq!(answer.count, None);
         let took = started.elapsed();
-        assert!(took < Duration::from_secs(1), "a 503 took {took:?}");
+        assert!(took < limit, "a 503 took {took:?}");
     }
 }
 
@@ -37,52 +49,56 @@ async fn in_doubt(client: &TestClient) -> u64 {
     client.metric("stackdemo_visits_in_doubt_total").await as u64
 }
 
-/// Runs `clients` clients against `app` until the total has grown by `visits`, and
-/// returns their answers checked against what Redis holds.
+/// Runs `clients` clients against `app` until they have had `visits` visits
+/// acknowledged, and checks their answers against what Redis holds.
 async fn load_until(
     app: &ServiceProcess,
     redis: &RedisServer,
     start: i64,
     clients: u64,
-    visits: i64,
+    visits: u32,
 ) {
     let load = Load::start(&app.client, clients);
-    wait_until("visits under load", Duration::from_secs(20), || async {
-        redis.get_i64("hits") >= start.saturating_add(visits)
+    load.wait_for_acknowledged(u64::from(visits), for_visits(visits), || async {
+        String::new()
     })
     .await;
     let history = load.stop().await;
-    history.assert_counting_held(start, redis.get_i64("hits"), in_doubt(&app.client).await);
+    history.assert_counting_held(
+        start,
+        redis.get_i64("hits").await,
+        in_doubt(&app.client).await,
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn counting_carries_on_from_the_original_apps_hits_key() {
-    let redis = RedisServer::start();
-    redis.set("hits", "41");
+    let redis = RedisServer::start().await;
+    redis.set("hits", "41").await;
     let app = TestApp::spawn_on_redis(&redis.url(), &[]).await;
 
     assert_eq!(app.client.visit().await, 42);
-    assert_eq!(redis.get_i64("hits"), 42);
+    assert_eq!(redis.get_i64("hits").await, 42);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_counter_key_setting_picks_the_key() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let app = TestApp::spawn_on_redis(&redis.url(), &["--counter-key", "visits"]).await;
 
     app.client.visit().await;
     app.client.visit().await;
 
-    assert_eq!(redis.get_i64("visits"), 2);
-    assert_eq!(redis.get_i64("hits"), 0);
+    assert_eq!(redis.get_i64("visits").await, 2);
+    assert_eq!(redis.get_i64("hits").await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn totals_past_2_to_the_53_are_exact_and_never_repeated() {
     // Lua numbers are doubles: a total returned through one would be rounded here.
     let start = 9_007_199_254_740_990;
-    let redis = RedisServer::start();
-    redis.set("hits", &start.to_string());
+    let redis = RedisServer::start().await;
+    redis.set("hits", &start.to_string()).await;
     let app = service_on(&redis, &[]).await;
 
     assert_eq!(app.client.visit().await, start + 1);
@@ -91,19 +107,19 @@ async fn totals_past_2_to_the_53_are_exact_and_never_repeated() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_total_below_zero_counts_up_through_zero_as_incr_does() {
-    let redis = RedisServer::start();
-    redis.set("hits", "-300");
+    let redis = RedisServer::start().await;
+    redis.set("hits", "-300").await;
     let app = service_on(&redis, &[]).await;
 
     assert_eq!(app.client.visit().await, -299);
     load_until(&app, &redis, -299, 8, 600).await;
-    assert!(redis.get_i64("hits") > 0, "the load crossed zero");
+    assert!(redis.get_i64("hits").await > 0, "the load crossed zero");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn at_the_limit_of_a_64_bit_total_visits_get_503_and_nothing_is_counted() {
-    let redis = RedisServer::start();
-    redis.set("hits", &(i64::MAX - 2).to_string());
+    let redis = RedisServer::start().await;
+    redis.set("hits", &(i64::MAX - 2).to_string()).await;
     let app = service_on(&redis, &[]).await;
 
     assert_eq!(app.client.visit().await, i64::MAX - 1);
@@ -115,7 +131,7 @@ async fn at_the_limit_of_a_64_bit_total_visits_get_503_and_nothing_is_counted() 
         refused.body,
         "Service Unavailable: the counter is at its limit\n"
     );
-    assert_eq!(redis.get_i64("hits"), i64::MAX);
+    assert_eq!(redis.get_i64("hits").await, i64::MAX);
     assert_eq!(in_doubt(&app.client).await, 0);
 }
 
@@ -123,10 +139,11 @@ async fn at_the_limit_of_a_64_bit_total_visits_get_503_and_nothing_is_counted() 
 /// nothing at all is counted (Lua does not roll back on its own: the write script must).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_key_of_the_wrong_type_refuses_the_visit_and_nothing_is_counted() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let app = service_on(&redis, &["--workers", "1"]).await;
     assert_eq!(app.client.visit().await, 1);
-    let redis::Value::Array(records) = redis.query(&["KEYS", "hits:batches:*"]).unwrap() else {
+    let redis::Value::Array(records) = redis.query(&["KEYS", "hits:batches:*"]).await.unwrap()
+    else {
         panic!("KEYS answers an array");
     };
     let records: Vec<String> = records
@@ -159,11 +176,11 @@ async fn a_key_of_the_wrong_type_refuses_the_visit_and_nothing_is_counted() {
 
     let mut expected = 1;
     for (key, wrong, visible) in cases {
-        let saved = redis.query(&["DUMP", key]).unwrap();
-        redis.query(&["DEL", key]).unwrap();
-        redis.query(&wrong).unwrap();
-        let before = redis.query(&["DUMP", "hits"]).unwrap();
-        let replicas_before = redis.query(&["DUMP", "hits:replicas"]).unwrap();
+        let saved = redis.query(&["DUMP", key]).await.unwrap();
+        redis.query(&["DEL", key]).await.unwrap();
+        redis.query(&wrong).await.unwrap();
+        let before = redis.query(&["DUMP", "hits"]).await.unwrap();
+        let replicas_before = redis.query(&["DUMP", "hits:replicas"]).await.unwrap();
 
         let refused = app.client.try_visit().await;
 
@@ -178,12 +195,12 @@ async fn a_key_of_the_wrong_type_refuses_the_visit_and_nothing_is_counted() {
             refused.body
         );
         assert_eq!(
-            redis.query(&["DUMP", "hits"]).unwrap(),
+            redis.query(&["DUMP", "hits"]).await.unwrap(),
             before,
             "{key}: hits changed"
         );
         assert_eq!(
-            redis.query(&["DUMP", "hits:replicas"]).unwrap(),
+            redis.query(&["DUMP", "hits:replicas"]).await.unwrap(),
             replicas_before,
             "{key}: the per-replica hash changed"
         );
@@ -196,10 +213,11 @@ async fn a_key_of_the_wrong_type_refuses_the_visit_and_nothing_is_counted() {
             );
         }
 
-        redis.query(&["DEL", key]).unwrap();
+        redis.query(&["DEL", key]).await.unwrap();
         if let redis::Value::BulkString(dump) = saved {
             redis
                 .query_bytes(&[b"RESTORE", key.as_bytes(), b"0", &dump])
+                .await
                 .unwrap();
         }
         expected += 1;
@@ -213,8 +231,8 @@ async fn a_key_of_the_wrong_type_refuses_the_visit_and_nothing_is_counted() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_service_starts_without_redis_and_recovers_when_it_appears() {
-    let mut redis = RedisServer::start();
-    redis.kill();
+    let mut redis = RedisServer::start().await;
+    redis.kill().await;
     let app = service_on(&redis, &[]).await;
 
     assert_eq!(
@@ -228,8 +246,10 @@ async fn the_service_starts_without_redis_and_recovers_when_it_appears() {
         "Service Unavailable: counter store unreachable\n"
     );
 
-    redis.start_again();
-    app.client.wait_ready(Duration::from_secs(3)).await;
+    redis.start_again().await;
+    app.client
+        .wait_ready(allowed(redis_return(&defaults())))
+        .await;
 
     assert_eq!(
         app.client.visit().await,
@@ -241,13 +261,13 @@ async fn the_service_starts_without_redis_and_recovers_when_it_appears() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn redis_going_away_gives_fast_503s_and_recovery_loses_and_invents_nothing() {
-    let mut redis = RedisServer::start();
+    let mut redis = RedisServer::start().await;
     let app = service_on(&redis, &[]).await;
     for expected in 1..=5 {
         assert_eq!(app.client.visit().await, expected);
     }
 
-    redis.kill();
+    redis.kill().await;
     assert_fast_503s(&app.client, 5).await;
     assert_eq!(
         app.client.ready_status().await,
@@ -259,24 +279,25 @@ async fn redis_going_away_gives_fast_503s_and_recovery_loses_and_invents_nothing
         "no write was sent on a connection known closed"
     );
 
-    redis.start_again();
-    let back = Instant::now();
-    app.client.wait_ready(Duration::from_secs(2)).await;
-    assert!(back.elapsed() < Duration::from_secs(2));
+    redis.start_again().await;
+    app.client
+        .wait_ready(allowed(redis_return(&defaults())))
+        .await;
 
     assert_eq!(
         app.client.visit().await,
         6,
         "no visit lost, none answered 503 counted"
     );
-    assert_eq!(redis.get_i64("hits"), 6);
+    assert_eq!(redis.get_i64("hits").await, 6);
 }
 
-/// After Redis comes back, every worker serves within two seconds: no worker is held back
-/// by the connection it had before, or by another worker's failures.
+/// After Redis comes back, every worker serves again within the time a write and a
+/// reconnection take: no worker is held back by the connection it had before, or by
+/// another worker's failures.
 #[tokio::test(flavor = "multi_thread")]
-async fn every_worker_serves_within_two_seconds_of_redis_returning() {
-    let mut redis = RedisServer::start();
+async fn every_worker_serves_again_soon_after_redis_returns() {
+    let mut redis = RedisServer::start().await;
     let app = TestApp::spawn_on_redis(&redis.url(), &["--workers", "4"]).await;
     // Twelve clients, each on a connection of its own, spread over the four workers.
     let clients: Vec<TestClient> = (0..12)
@@ -286,19 +307,26 @@ async fn every_worker_serves_within_two_seconds_of_redis_returning() {
         client.visit().await;
     }
 
-    redis.kill();
-    redis.start_again();
+    redis.kill().await;
+    redis.start_again().await;
     let back = Instant::now();
-    wait_until(
+    let told = std::sync::Mutex::new(Vec::new());
+    wait_or_explain(
         "every connection to count again",
-        Duration::from_secs(2),
+        allowed(redis_return(&defaults())),
         || async {
             let answers =
                 futures_util::future::join_all(clients.iter().map(TestClient::try_visit)).await;
-            answers
+            let refused: Vec<String> = answers
                 .iter()
-                .all(|answer| answer.status == Some(StatusCode::OK))
+                .filter(|answer| answer.status != Some(StatusCode::OK))
+                .map(|answer| answer.summary())
+                .collect();
+            let done = refused.is_empty();
+            *told.lock().unwrap() = refused;
+            done
         },
+        || async { format!("still refused: {:?}", told.lock().unwrap()) },
     )
     .await;
     let took = back.elapsed();
@@ -320,8 +348,11 @@ async fn every_worker_serves_within_two_seconds_of_redis_returning() {
 /// visit on each worker must not turn into an error.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_idle_timeout_on_redis_does_not_turn_the_next_visit_into_an_error() {
-    let redis = RedisServer::start();
-    redis.query(&["CONFIG", "SET", "timeout", "1"]).unwrap();
+    let redis = RedisServer::start().await;
+    redis
+        .query(&["CONFIG", "SET", "timeout", "1"])
+        .await
+        .unwrap();
     let app = service_on(&redis, &["--workers", "3"]).await;
     let clients: Vec<TestClient> = (0..9)
         .map(|_| TestClient::with_base(app.client.base.clone()))
@@ -329,22 +360,20 @@ async fn an_idle_timeout_on_redis_does_not_turn_the_next_visit_into_an_error() {
     for client in &clients {
         client.visit().await;
     }
-    let connected = || match redis.query(&["INFO", "clients"]) {
-        Ok(value) => {
-            let info: String = redis::from_redis_value(value).unwrap();
-            info.lines()
-                .find_map(|l| l.strip_prefix("connected_clients:"))
-                .and_then(|n| n.trim().parse::<u32>().ok())
-                .unwrap_or(0)
-        }
-        Err(_) => 0,
+    let connected = || async {
+        redis
+            .info("clients", "connected_clients")
+            .await
+            .and_then(|n| n.parse::<u32>().ok())
+            .unwrap_or(0)
     };
 
-    // Wait for Redis to close the service's idle connections (the heartbeat's stays busy).
+    // Wait for Redis to close the service's idle connections (the heartbeat's stays busy):
+    // it checks every client's idle time within a second or so after the timeout.
     wait_until(
         "Redis to close idle connections",
-        Duration::from_secs(5),
-        || async { connected() <= 2 },
+        allowed(Duration::from_secs(2)),
+        || async { connected().await <= 2 },
     )
     .await;
 
@@ -356,30 +385,39 @@ async fn an_idle_timeout_on_redis_does_not_turn_the_next_visit_into_an_error() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn counts_survive_a_redis_restart_with_aof() {
-    let mut redis = RedisServer::start();
+    let mut redis = RedisServer::start().await;
     let app = TestApp::spawn_on_redis(&redis.url(), &[]).await;
     for _ in 0..10 {
         app.client.visit().await;
     }
 
-    redis.restart();
-    app.client.wait_ready(Duration::from_secs(3)).await;
+    redis.restart().await;
+    app.client
+        .wait_ready(allowed(redis_return(&defaults())))
+        .await;
 
     assert_eq!(app.client.visit().await, 11);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn redis_refusing_writes_gives_503_with_a_reason_and_counts_nothing() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let app = TestApp::spawn_on_redis(&redis.url(), &[]).await;
     app.client.visit().await;
 
     redis
         .query(&["CONFIG", "SET", "maxmemory-policy", "noeviction"])
+        .await
         .unwrap();
-    redis.query(&["CONFIG", "SET", "maxmemory", "1"]).unwrap();
+    redis
+        .query(&["CONFIG", "SET", "maxmemory", "1"])
+        .await
+        .unwrap();
     let refused = app.client.try_visit().await;
-    redis.query(&["CONFIG", "SET", "maxmemory", "0"]).unwrap();
+    redis
+        .query(&["CONFIG", "SET", "maxmemory", "0"])
+        .await
+        .unwrap();
 
     assert_eq!(refused.status, Some(StatusCode::SERVICE_UNAVAILABLE));
     assert_eq!(
@@ -391,7 +429,7 @@ async fn redis_refusing_writes_gives_503_with_a_reason_and_counts_nothing() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_redis_password_comes_from_a_file() {
-    let redis = RedisServer::start_with_password(Some("s3cret-pass"));
+    let redis = RedisServer::start_with_password(Some("s3cret-pass")).await;
     let dir = tempfile::tempdir().unwrap();
     let secret = dir.path().join("redis_password");
     std::fs::write(&secret, "s3cret-pass\n").unwrap();
@@ -415,53 +453,54 @@ async fn the_redis_password_comes_from_a_file() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn killing_redis_under_load_loses_no_acknowledged_visit_and_repeats_no_number() {
-    let mut redis = RedisServer::start();
+    let mut redis = RedisServer::start().await;
     let app = service_on(&redis, &[]).await;
     let load = Load::start(&app.client, 16);
-    wait_until(
-        "some visits before the fault",
-        Duration::from_secs(5),
-        || async { redis.get_i64("hits") >= 200 },
-    )
-    .await;
+    load.wait_for_acknowledged(200, for_visits(200), || async { String::new() })
+        .await;
 
-    redis.kill();
-    redis.start_again();
-    app.client.wait_ready(Duration::from_secs(3)).await;
-    let restarted_at = redis.get_i64("hits");
-    wait_until(
-        "visits after the restart",
-        Duration::from_secs(5),
-        || async { redis.get_i64("hits") >= restarted_at + 200 },
+    redis.kill().await;
+    redis.start_again().await;
+    load.wait_for_acknowledged(
+        200,
+        allowed(redis_return(&defaults())) + for_visits(200),
+        || async { String::new() },
     )
     .await;
     let history = load.stop().await;
 
-    history.assert_counting_held(0, redis.get_i64("hits"), in_doubt(&app.client).await);
+    history.assert_counting_held(0, redis.get_i64("hits").await, in_doubt(&app.client).await);
 }
 
 /// Calls of one command that Redis has served so far, from `INFO commandstats`.
-fn command_calls(redis: &RedisServer, command: &str) -> u64 {
-    let info: String =
-        redis::from_redis_value(redis.query(&["INFO", "commandstats"]).unwrap()).unwrap();
-    info.lines()
-        .find_map(|l| l.strip_prefix(&format!("cmdstat_{command}:calls=")))
-        .map_or(0, |rest| rest.split(',').next().unwrap().parse().unwrap())
+async fn command_calls(redis: &RedisServer, command: &str) -> u64 {
+    redis
+        .info("commandstats", &format!("cmdstat_{command}"))
+        .await
+        .and_then(|stats| {
+            stats
+                .strip_prefix("calls=")?
+                .split(',')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn many_pages_polling_stats_cost_the_store_few_reads() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let app = TestApp::spawn_on_redis(&redis.url(), &[]).await;
     app.client.visit().await;
-    let before = command_calls(&redis, "zrange");
+    let before = command_calls(&redis, "zrange").await;
 
     let polls = futures_util::future::join_all((0..100).map(|_| app.client.stats())).await;
 
     for poll in polls {
         assert_eq!(poll["total"].as_i64(), Some(1));
     }
-    let reads = command_calls(&redis, "zrange") - before;
+    let reads = command_calls(&redis, "zrange").await - before;
     assert!(
         reads <= 2,
         "100 concurrent polls read the store {reads} times"
@@ -469,9 +508,12 @@ async fn many_pages_polling_stats_cost_the_store_few_reads() {
     assert_eq!(app.client.visit().await, 2, "polling counted no visit");
 }
 
+/// Polls of `/api/stats` while Redis hangs each answer within the stats read bound, not
+/// one after another behind the first read.
 #[tokio::test(flavor = "multi_thread")]
-async fn stats_answer_within_a_second_while_redis_hangs() {
-    let redis = RedisServer::start();
+async fn stats_answer_promptly_while_redis_hangs() {
+    let limit = allowed(defaults().stats_read());
+    let redis = RedisServer::start().await;
     let app = TestApp::spawn_on_redis(&redis.url(), &[]).await;
     app.client.visit().await;
 
@@ -491,13 +533,13 @@ async fn stats_answer_within_a_second_while_redis_hangs() {
             status == StatusCode::OK || status == StatusCode::SERVICE_UNAVAILABLE,
             "{status}"
         );
-        assert!(took < Duration::from_secs(1), "a poll took {took:?}");
+        assert!(took < limit, "a poll took {took:?}");
     }
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_hung_redis_gives_fast_503s_that_are_not_counted_when_it_wakes() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let app = TestApp::spawn_on_redis(&redis.url(), &[]).await;
     for expected in 1..=3 {
         assert_eq!(app.client.visit().await, expected);
@@ -509,42 +551,45 @@ async fn a_hung_redis_gives_fast_503s_that_are_not_counted_when_it_wakes() {
     redis.resume();
     // Until the connection is open again, visits may still be refused: not counted.
     let woke = Instant::now();
+    let limit = allowed(redis_return(&defaults()));
     let first = loop {
-        if let Some(number) = app.client.try_visit().await.acknowledged() {
+        let answer = app.client.try_visit().await;
+        if let Some(number) = answer.acknowledged() {
             break number;
         }
         assert!(
-            woke.elapsed() < Duration::from_secs(2),
-            "no visit counted since Redis woke"
+            woke.elapsed() < limit,
+            "no visit counted since Redis woke: {}",
+            answer.summary()
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
 
     assert_eq!(first, 4, "visits answered 503 were counted when Redis woke");
-    assert_eq!(redis.get_i64("hits"), 4);
+    assert_eq!(redis.get_i64("hits").await, 4);
 }
 
 /// `stackdemo_count` shows the total the store holds, also after the key is reset.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_count_metric_follows_the_total_down_when_it_is_reset() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let service = service_on(&redis, &[]).await;
     for _ in 0..5 {
         service.client.visit().await;
     }
     let client = &service.client;
-    wait_until("the metric to show 5", Duration::from_secs(3), || async {
+    // The total is read every heartbeat (each second).
+    let limit = allowed(Duration::from_secs(2));
+    wait_until("the metric to show 5", limit, || async {
         client.metric("stackdemo_count").await == 5.0
     })
     .await;
 
-    redis.set("hits", "0");
+    redis.set("hits", "0").await;
 
-    wait_until(
-        "the metric to show the reset",
-        Duration::from_secs(3),
-        || async { client.metric("stackdemo_count").await == 0.0 },
-    )
+    wait_until("the metric to show the reset", limit, || async {
+        client.metric("stackdemo_count").await == 0.0
+    })
     .await;
 }
 
@@ -568,10 +613,17 @@ async fn visits_are_refused_at_once_while_a_connection_attempt_hangs() {
     .await;
 
     // The first visit opens the worker's connection (the heartbeat has one of its own).
+    let store_timeout = Duration::from_secs(2);
+    let limit = allowed(Deadlines::CONNECT_WAIT);
+    assert!(
+        limit < store_timeout,
+        "with STACKDEMO_TEST_SLOWNESS this high, a refusal at once cannot be told from one \
+         after the store timeout"
+    );
     let first_client = TestClient::with_base(service.client.base.clone());
     let first = tokio::spawn(async move { first_client.try_visit().await });
     let mut held = Vec::new();
-    wait_until("the worker to connect", Duration::from_secs(5), || {
+    wait_until("the worker to connect", allowed(PROCESS_START), || {
         while let Ok((stream, _)) = silent.accept() {
             held.push(stream);
         }
@@ -596,7 +648,7 @@ async fn visits_are_refused_at_once_while_a_connection_attempt_hangs() {
             "{answer:?}"
         );
         assert!(
-            *took < Duration::from_millis(700),
+            *took < limit,
             "a visit waited {took:?} for another write's connection attempt"
         );
     }

@@ -7,26 +7,38 @@
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
+use stackdemo::deadlines::Deadlines;
 
 use crate::helpers::{
-    Load, RedisServer, ServiceProcess, TestClient, redis::Flavor, sentinel::RedisGroup, wait_until,
+    Load, RedisServer, ServiceProcess, TestClient, allowed,
+    limits::{self, for_visits, redis_return},
+    redis::Flavor,
+    sentinel::{FAILOVER, RedisGroup},
+    wait_or_explain,
 };
 
-/// Longest time without any acknowledged visit that a failover may cause: the sentinels'
-/// failure detection, their election and promotion, and the service moving over.
-const OUTAGE_BOUND: Duration = Duration::from_secs(8);
-/// The same with WAITAOF, which also waits for the remaining replica's append-only file.
-const OUTAGE_BOUND_WAITAOF: Duration = Duration::from_secs(20);
+/// With WAITAOF, a visit after a failover also waits until the remaining replica has
+/// resynchronised with the new primary (a partial resync: its history continues the
+/// new primary's) and written to its append-only file again.
+const RESYNC: Duration = Duration::from_secs(2);
 
-/// Two service processes (replicas of the web service) following the group's sentinels.
-async fn services(group: &RedisGroup, extra: &[&str]) -> Vec<ServiceProcess> {
+/// Two service processes (replicas of the web service) following the group's sentinels,
+/// and the time bounds they keep.
+async fn services(group: &RedisGroup, extra: &[&str]) -> (Vec<ServiceProcess>, Deadlines) {
     let sentinels = group.sentinel_list();
     let mut args = vec!["--redis-sentinels", sentinels.as_str(), "--workers", "2"];
     args.extend_from_slice(extra);
-    vec![
+    let services = vec![
         ServiceProcess::start(&args).await,
         ServiceProcess::start(&args).await,
-    ]
+    ];
+    (services, limits::deadlines(&args))
+}
+
+/// The longest time without an acknowledged visit that losing the primary may cause:
+/// the failover, then the service moving over to the new primary.
+fn outage_bound(deadlines: &Deadlines) -> Duration {
+    allowed(FAILOVER + redis_return(deadlines))
 }
 
 async fn in_doubt(services: &[ServiceProcess]) -> u64 {
@@ -40,69 +52,83 @@ async fn in_doubt(services: &[ServiceProcess]) -> u64 {
     total
 }
 
-/// Waits until the group's total has grown by `visits` from now.
-async fn more_visits(group: &RedisGroup, visits: i64, limit: Duration) {
-    let from = group.total();
-    wait_until("visits to be counted", limit, || async {
-        group
-            .primary()
-            .is_some_and(|p| group.nodes[p].get_i64("hits") >= from + visits)
+/// Waits until the clients have had `visits` more visits acknowledged, at most `limit`
+/// plus the time the visits themselves take.
+async fn more_visits(load: &Load, group: &RedisGroup, visits: u32, limit: Duration) {
+    load.wait_for_acknowledged(u64::from(visits), limit + for_visits(visits), || {
+        group.state()
     })
     .await;
 }
 
 /// Every worker of every service serves again: twelve clients on connections of their
-/// own per service, spread over its workers, all get a number within a few seconds.
-async fn every_worker_serves(services: &[ServiceProcess]) {
+/// own per service, spread over its workers, all get a number within `limit`.
+async fn every_worker_serves(services: &[ServiceProcess], group: &RedisGroup, limit: Duration) {
     for service in services {
         let clients: Vec<TestClient> = (0..12)
             .map(|_| TestClient::with_base(service.client.base.clone()))
             .collect();
-        let mut pending: Vec<&TestClient> = clients.iter().collect();
-        let started = Instant::now();
-        while !pending.is_empty() {
-            let answers =
-                futures_util::future::join_all(pending.iter().map(|c| c.try_visit())).await;
-            pending = pending
-                .into_iter()
-                .zip(answers)
-                .filter(|(_, answer)| answer.status != Some(StatusCode::OK))
-                .map(|(client, _)| client)
-                .collect();
-            assert!(
-                pending.is_empty() || started.elapsed() < Duration::from_secs(5),
-                "{} connections still refused after 5 s; the service logged:\n{}",
-                pending.len(),
-                service.log()
-            );
-        }
+        let pending = std::sync::Mutex::new(clients.iter().collect::<Vec<_>>());
+        let told = std::sync::Mutex::new(Vec::new());
+        wait_or_explain(
+            "every connection of every worker to be counted",
+            limit,
+            || async {
+                let asking: Vec<&TestClient> = pending.lock().unwrap().clone();
+                let answers =
+                    futures_util::future::join_all(asking.iter().map(|c| c.try_visit())).await;
+                let mut still = Vec::new();
+                let mut said = Vec::new();
+                for (client, answer) in asking.into_iter().zip(answers) {
+                    if answer.status != Some(StatusCode::OK) {
+                        still.push(client);
+                        said.push(answer.summary());
+                    }
+                }
+                let done = still.is_empty();
+                *pending.lock().unwrap() = still;
+                *told.lock().unwrap() = said;
+                done
+            },
+            || async {
+                let told = told.lock().unwrap().join("\n  ");
+                format!(
+                    "still refused, they were told:\n  {told}\nthe servers:\n{}\nthe service logged:\n{}",
+                    group.state().await,
+                    service.log()
+                )
+            },
+        )
+        .await;
     }
 }
 
-async fn primary_killed_under_load(flavor: Flavor, extra: &[&str], outage_bound: Duration) {
-    let mut group = RedisGroup::start(flavor);
-    let services = services(&group, extra).await;
+async fn primary_killed_under_load(flavor: Flavor, extra: &[&str], resync: Duration) {
+    let mut group = RedisGroup::start(flavor).await;
+    let (services, deadlines) = services(&group, extra).await;
+    let outage_bound = outage_bound(&deadlines) + allowed(resync);
     let entries: Vec<_> = services.iter().map(|s| s.client.clone()).collect();
     let load = Load::start_on(&entries, 16);
-    more_visits(&group, 300, Duration::from_secs(10)).await;
+    more_visits(&load, &group, 300, Duration::ZERO).await;
 
-    let old = group.primary().expect("a primary");
+    let old = group.primary().await.expect("a primary");
     let killed = Instant::now();
-    group.nodes[old].kill();
-    let new = group.wait_for_failover(old, Duration::from_secs(15));
+    group.nodes[old].kill().await;
+    let new = group.wait_for_failover(old, allowed(FAILOVER)).await;
     let elected = killed.elapsed();
-    more_visits(&group, 300, Duration::from_secs(10)).await;
+    more_visits(&load, &group, 300, outage_bound).await;
     let history = load.stop().await;
 
-    let end = group.nodes[new].get_i64("hits");
+    let end = group.nodes[new].get_i64("hits").await;
     let report = history.assert_counting_held(0, end, in_doubt(&services).await);
     let outage = history.longest_outage();
     assert!(
         outage < outage_bound,
-        "no visit counted for {outage:?}; the servers now:\n{}",
-        group.state()
+        "no visit counted for {outage:?}; refused clients were told:\n{}\nthe servers now:\n{}",
+        history.refusals(),
+        group.state().await
     );
-    every_worker_serves(&services).await;
+    every_worker_serves(&services, &group, outage_bound).await;
     eprintln!(
         "{flavor:?} primary killed: new primary elected after {elected:?}, longest time \
          without a 200 {outage:?}; {} visits, {} acknowledged, {} refused, {} counted \
@@ -116,21 +142,20 @@ async fn primary_killed_under_load(flavor: Flavor, extra: &[&str], outage_bound:
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_primary_killed_under_load_loses_no_acknowledged_visit() {
-    primary_killed_under_load(Flavor::Redis, &[], OUTAGE_BOUND).await;
+    primary_killed_under_load(Flavor::Redis, &[], Duration::ZERO).await;
 }
 
 /// Valkey acknowledges a visit only once it is in the append-only file of the primary and
 /// of a replica (WAITAOF). Two fsyncs in a row need more than the default store timeout
 /// on a disk shared with other tests, as they would on a busy host. After the failover a
 /// visit also waits until the remaining replica has resynchronised with the new primary
-/// and fsyncs its append-only file again, which takes seconds more when the disk and the
-/// CPUs are busy (12 s without an acknowledged visit in one run of the whole suite).
+/// and fsyncs its append-only file again.
 #[tokio::test(flavor = "multi_thread")]
 async fn on_valkey_with_waitaof_the_primary_killed_under_load_loses_no_acknowledged_visit() {
     primary_killed_under_load(
         Flavor::Valkey,
         &["--redis-wait-aof", "--store-timeout", "1s"],
-        OUTAGE_BOUND_WAITAOF,
+        RESYNC,
     )
     .await;
 }
@@ -139,116 +164,127 @@ async fn on_valkey_with_waitaof_the_primary_killed_under_load_loses_no_acknowled
 /// replica, and nothing it took alone is acknowledged.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_primary_paused_past_its_failover_comes_back_as_a_replica_and_loses_nothing() {
-    let group = RedisGroup::start(Flavor::Redis);
-    let services = services(&group, &[]).await;
+    let group = RedisGroup::start(Flavor::Redis).await;
+    let (services, deadlines) = services(&group, &[]).await;
+    let outage_bound = outage_bound(&deadlines);
     let entries: Vec<_> = services.iter().map(|s| s.client.clone()).collect();
     let load = Load::start_on(&entries, 16);
-    more_visits(&group, 300, Duration::from_secs(10)).await;
+    more_visits(&load, &group, 300, Duration::ZERO).await;
 
-    let old = group.primary().expect("a primary");
+    let old = group.primary().await.expect("a primary");
     group.nodes[old].pause();
-    let new = group.wait_for_failover(old, Duration::from_secs(15));
-    more_visits(&group, 200, Duration::from_secs(10)).await;
+    let new = group.wait_for_failover(old, allowed(FAILOVER)).await;
+    more_visits(&load, &group, 200, outage_bound).await;
     group.nodes[old].resume();
-    wait_until(
+    // The sentinels reconfigure a returning primary as a replica once they have seen it
+    // report the wrong role for a while (about one INFO period, up to 10 s).
+    let old_node = &group.nodes[old];
+    wait_or_explain(
         "the old primary to become a replica",
-        Duration::from_secs(15),
-        || async { group.nodes[old].replication("role").as_deref() == Some("slave") },
+        allowed(Duration::from_secs(10) + FAILOVER),
+        || async { old_node.replication("role").await.as_deref() == Some("slave") },
+        || group.state(),
     )
     .await;
-    more_visits(&group, 200, Duration::from_secs(10)).await;
+    more_visits(&load, &group, 200, outage_bound).await;
     let history = load.stop().await;
 
-    let end = group.nodes[new].get_i64("hits");
+    let end = group.nodes[new].get_i64("hits").await;
     history.assert_counting_held(0, end, in_doubt(&services).await);
     let outage = history.longest_outage();
-    assert!(outage < OUTAGE_BOUND, "no visit counted for {outage:?}");
-    every_worker_serves(&services).await;
+    assert!(
+        outage < outage_bound,
+        "no visit counted for {outage:?}; refused clients were told:\n{}",
+        history.refusals()
+    );
+    every_worker_serves(&services, &group, outage_bound).await;
 }
 
 /// With two replicas and `--redis-min-replicas 1`, losing one replica costs nothing: the
 /// other confirms every write.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_replica_killed_under_load_costs_no_visit() {
-    let mut group = RedisGroup::start(Flavor::Redis);
-    let services = services(&group, &["--redis-min-replicas", "1"]).await;
+    let mut group = RedisGroup::start(Flavor::Redis).await;
+    let (services, _) = services(&group, &["--redis-min-replicas", "1"]).await;
     let entries: Vec<_> = services.iter().map(|s| s.client.clone()).collect();
     let load = Load::start_on(&entries, 16);
-    more_visits(&group, 300, Duration::from_secs(10)).await;
+    more_visits(&load, &group, 300, Duration::ZERO).await;
 
-    let primary = group.primary().expect("a primary");
+    let primary = group.primary().await.expect("a primary");
     let replica = (0..3).find(|&n| n != primary).unwrap();
-    group.nodes[replica].kill();
-    more_visits(&group, 500, Duration::from_secs(10)).await;
+    group.nodes[replica].kill().await;
+    more_visits(&load, &group, 500, Duration::ZERO).await;
     let history = load.stop().await;
 
-    let report = history.assert_counting_held(0, group.total(), in_doubt(&services).await);
-    assert_eq!(report.failed, 0, "{:?}", report.failures);
+    let report = history.assert_counting_held(0, group.total().await, in_doubt(&services).await);
+    assert_eq!(report.failed, 0, "refused:\n{}", history.refusals());
 }
 
 /// Sentinels killed one at a time (never a majority) while visits go on: the service
 /// keeps counting, and a failover still happens with one sentinel down.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_minority_of_sentinels_lost_stops_nothing() {
-    let mut group = RedisGroup::start(Flavor::Redis);
-    let services = services(&group, &[]).await;
+    let mut group = RedisGroup::start(Flavor::Redis).await;
+    let (services, deadlines) = services(&group, &[]).await;
     let entries: Vec<_> = services.iter().map(|s| s.client.clone()).collect();
     let load = Load::start_on(&entries, 16);
-    more_visits(&group, 200, Duration::from_secs(10)).await;
+    more_visits(&load, &group, 200, Duration::ZERO).await;
 
     for index in 0..3 {
-        group.sentinels[index].kill();
-        more_visits(&group, 200, Duration::from_secs(10)).await;
-        group.sentinels[index].start_again();
+        group.sentinels[index].kill().await;
+        more_visits(&load, &group, 200, Duration::ZERO).await;
+        group.sentinels[index].start_again().await;
     }
     let quiet = load.stop().await;
-    let report = quiet.assert_counting_held(0, group.total(), in_doubt(&services).await);
-    assert_eq!(report.failed, 0, "{:?}", report.failures);
+    let report = quiet.assert_counting_held(0, group.total().await, in_doubt(&services).await);
+    assert_eq!(report.failed, 0, "refused:\n{}", quiet.refusals());
 
     // One sentinel down, and the primary lost: the other two still fail over.
-    let start = group.total();
+    let start = group.total().await;
     let load = Load::start_on(&entries, 16);
-    group.sentinels[0].kill();
-    let old = group.primary().expect("a primary");
-    group.nodes[old].kill();
-    let new = group.wait_for_failover(old, Duration::from_secs(15));
-    more_visits(&group, 200, Duration::from_secs(10)).await;
+    group.sentinels[0].kill().await;
+    let old = group.primary().await.expect("a primary");
+    group.nodes[old].kill().await;
+    let new = group.wait_for_failover(old, allowed(FAILOVER)).await;
+    more_visits(&load, &group, 200, outage_bound(&deadlines)).await;
     let history = load.stop().await;
     history.assert_counting_held(
         start,
-        group.nodes[new].get_i64("hits"),
+        group.nodes[new].get_i64("hits").await,
         in_doubt(&services).await,
     );
 }
 
 /// The write script applies a batch once however often it is sent: a second send of the
 /// same batch gets the total the first one was given, also after the write's deadline.
-#[test]
-fn a_batch_sent_twice_is_applied_once() {
-    let redis = RedisServer::start();
+#[tokio::test]
+async fn a_batch_sent_twice_is_applied_once() {
+    let redis = RedisServer::start().await;
     let script = stackdemo::store::redis::scripts::ADD_VISITS;
-    let send = |batch: &str, deadline: &str| -> redis::RedisResult<redis::Value> {
-        redis.query(&[
-            "EVAL",
-            script,
-            "3",
-            "hits",
-            "hits:replicas",
-            "hits:batches:t",
-            "5",
-            "r",
-            deadline,
-            batch,
-            "64",
-            "600000",
-        ])
+    let send = async |batch: &str, deadline: &str| {
+        redis
+            .query(&[
+                "EVAL",
+                script,
+                "3",
+                "hits",
+                "hits:replicas",
+                "hits:batches:t",
+                "5",
+                "r",
+                deadline,
+                batch,
+                "64",
+                "600000",
+            ])
+            .await
     };
     let far = "99999999999999";
 
-    let first: (String, i64, i64) = redis::from_redis_value(send("1", far).unwrap()).unwrap();
-    let again: (String, i64, i64) = redis::from_redis_value(send("1", "0").unwrap()).unwrap();
-    let next: (String, i64, i64) = redis::from_redis_value(send("2", far).unwrap()).unwrap();
-    let late = send("3", "0");
+    let first: (String, i64, i64) = redis::from_redis_value(send("1", far).await.unwrap()).unwrap();
+    let again: (String, i64, i64) = redis::from_redis_value(send("1", "0").await.unwrap()).unwrap();
+    let next: (String, i64, i64) = redis::from_redis_value(send("2", far).await.unwrap()).unwrap();
+    let late = send("3", "0").await;
 
     assert_eq!((first.0.as_str(), first.2), ("5", 0));
     assert_eq!(
@@ -258,9 +294,9 @@ fn a_batch_sent_twice_is_applied_once() {
     );
     assert_eq!(next.0, "10");
     assert!(late.is_err(), "a write past its deadline is refused");
-    assert_eq!(redis.get_i64("hits"), 10);
+    assert_eq!(redis.get_i64("hits").await, 10);
     assert_eq!(
-        redis.query(&["HGET", "hits:replicas", "r"]).unwrap(),
+        redis.query(&["HGET", "hits:replicas", "r"]).await.unwrap(),
         redis::Value::BulkString(b"10".to_vec())
     );
 }
@@ -269,7 +305,7 @@ fn a_batch_sent_twice_is_applied_once() {
 /// `REDIS_SENTINELS` cannot unset it on every Docker client. The sentinels win.
 #[tokio::test(flavor = "multi_thread")]
 async fn sentinels_win_over_a_redis_url_from_the_image() {
-    let group = RedisGroup::start(Flavor::Redis);
+    let group = RedisGroup::start(Flavor::Redis).await;
     let sentinels = group.sentinel_list();
     let service = ServiceProcess::start_with_env(
         &["--workers", "1"],
@@ -279,7 +315,7 @@ async fn sentinels_win_over_a_redis_url_from_the_image() {
         ],
     )
     .await;
-    let before = group.total();
+    let before = group.total().await;
     assert_eq!(service.client.visit().await, before + 1);
-    assert_eq!(group.total(), before + 1);
+    assert_eq!(group.total().await, before + 1);
 }

@@ -1,29 +1,31 @@
 //! `stackdemo verify` against a running service: its report and its exit code.
 
-use crate::helpers::{Backend, RedisServer, TestApp, process};
+use crate::helpers::{
+    Backend, RedisServer, TestApp, allowed,
+    limits::{self, PROCESS_START, for_visits},
+    process,
+};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn verify_passes_against_a_healthy_service_and_reports_replicas() {
     let app = TestApp::spawn(Backend::Embedded).await;
     let url = format!("{}/", app.client.base);
 
-    let output = tokio::task::spawn_blocking(move || {
-        process::run(
-            &[
-                "verify",
-                "--url",
-                &url,
-                "--requests",
-                "200",
-                "--concurrency",
-                "8",
-                "--json",
-            ],
-            &[],
-        )
-    })
-    .await
-    .unwrap();
+    let output = process::run_within(
+        allowed(for_visits(200)),
+        &[
+            "verify",
+            "--url",
+            &url,
+            "--requests",
+            "200",
+            "--concurrency",
+            "8",
+            "--json",
+        ],
+        &[],
+    )
+    .await;
 
     assert_eq!(
         output.status.code(),
@@ -42,28 +44,27 @@ async fn verify_passes_against_a_healthy_service_and_reports_replicas() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn verify_fails_when_visits_fail() {
-    let mut redis = RedisServer::start();
+    let mut redis = RedisServer::start().await;
     let app = TestApp::spawn_on_redis(&redis.url(), &[]).await;
-    redis.kill();
+    redis.kill().await;
     let url = format!("{}/", app.client.base);
 
-    let output = tokio::task::spawn_blocking(move || {
-        process::run(
-            &["verify", "--url", &url, "--requests", "20", "--json"],
-            &[],
-        )
-    })
-    .await
-    .unwrap();
+    // Each refused visit takes at most the store timeout.
+    let output = process::run_within(
+        allowed(PROCESS_START + limits::deadlines(&[]).store * 20),
+        &["verify", "--url", &url, "--requests", "20", "--json"],
+        &[],
+    )
+    .await;
 
     assert_eq!(output.status.code(), Some(1));
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(report["failures"]["http 503"], 20);
 }
 
-#[test]
-fn verify_refuses_bad_arguments_with_exit_code_2() {
-    let output = process::run(&["verify", "--url", "not a url"], &[]);
+#[tokio::test]
+async fn verify_refuses_bad_arguments_with_exit_code_2() {
+    let output = process::run(&["verify", "--url", "not a url"], &[]).await;
     assert_eq!(output.status.code(), Some(2));
     let output = process::run(
         &[
@@ -76,7 +77,8 @@ fn verify_refuses_bad_arguments_with_exit_code_2() {
             "1s",
         ],
         &[],
-    );
+    )
+    .await;
     assert_eq!(
         output.status.code(),
         Some(2),

@@ -4,7 +4,11 @@
 
 use reqwest::{Method, StatusCode};
 
-use crate::helpers::{Backend, Load, TestApp, client::raw_exchange, wait_until};
+use crate::helpers::{
+    Backend, Load, TestApp, allowed,
+    client::raw_exchange,
+    limits::{self, for_visits},
+};
 
 /// Generates one test per store for each listed scenario.
 macro_rules! for_each_backend {
@@ -65,12 +69,8 @@ async fn sequential_visits_count_up_by_one(backend: Backend) {
 async fn concurrent_visits_get_distinct_contiguous_numbers(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     let load = Load::start(&app.client, 50);
-    let client = app.client.clone();
-    wait_until("1000 visits", std::time::Duration::from_secs(10), || {
-        let client = client.clone();
-        async move { client.total().await >= 1000 }
-    })
-    .await;
+    load.wait_for_acknowledged(1000, for_visits(1000), || async { String::new() })
+        .await;
 
     let history = load.stop().await;
     // The next visit tells the total exactly (stats are cached for half a second).
@@ -160,7 +160,7 @@ async fn requests_hyper_cannot_parse_get_400_with_the_service_headers(backend: B
     let answer = crate::helpers::client::raw_bytes(
         app.address,
         b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHo st: x\r\n\r\n",
-        std::time::Duration::from_secs(10),
+        allowed(limits::deadlines(&[]).request),
     )
     .await
     .expect("the service closes the connection");

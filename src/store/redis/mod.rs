@@ -21,7 +21,10 @@ pub mod scripts;
 mod session;
 mod write;
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{Arc, atomic::AtomicU64},
+    time::Duration,
+};
 
 use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisError};
 use secrecy::ExposeSecret;
@@ -50,6 +53,9 @@ pub struct RedisStore {
     wait_aof: bool,
     /// Bound on connecting and on each call.
     timeout: Duration,
+    /// Connections the workers' sessions have opened so far: one opened by any ends
+    /// every other session's reconnect delay.
+    connections_opened: AtomicU64,
 }
 
 struct Keys {
@@ -108,6 +114,7 @@ impl RedisStore {
             min_replicas: settings.min_replicas,
             wait_aof: settings.wait_aof,
             timeout,
+            connections_opened: AtomicU64::new(0),
         })
     }
 

@@ -179,7 +179,7 @@ impl RedisSession {
                     Some(began) => (began + Deadlines::CONNECT_WAIT).min(answer_by),
                     None => {
                         link.live = None;
-                        link.backoff.check()?;
+                        link.backoff.check(self.connections_opened())?;
                         link.connecting = Some(Instant::now());
                         break Connecting {
                             session: self,
@@ -205,6 +205,7 @@ impl RedisSession {
         let mut link = self.lock();
         let result = match opened {
             Ok((connection, closed, generation)) => {
+                self.store.connections_opened.fetch_add(1, Ordering::AcqRel);
                 link.backoff.succeeded();
                 link.opened += 1;
                 let live = Live {
@@ -217,7 +218,7 @@ impl RedisSession {
                 Ok(live)
             }
             Err(error) => {
-                link.backoff.failed(error.kind());
+                link.backoff.failed(error.kind(), self.connections_opened());
                 if matches!(
                     error.kind(),
                     StoreErrorKind::Unreachable
@@ -232,6 +233,10 @@ impl RedisSession {
         drop(link);
         drop(connecting);
         result
+    }
+
+    fn connections_opened(&self) -> u64 {
+        self.store.connections_opened.load(Ordering::Acquire)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Link> {

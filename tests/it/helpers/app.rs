@@ -37,7 +37,7 @@ impl TestApp {
     pub async fn spawn_with(backend: Backend, extra: &[&str]) -> Self {
         match backend {
             Backend::Redis => {
-                let redis = RedisServer::start();
+                let redis = RedisServer::start().await;
                 let mut app = Self::spawn_on_redis(&redis.url(), extra).await;
                 app.redis = Some(redis);
                 app

@@ -2,9 +2,10 @@
 //! against what the store holds at the end.
 
 use std::{
+    collections::BTreeMap,
     sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -13,12 +14,36 @@ use reqwest::StatusCode;
 use stackdemo::verify::{Outcome, Report, Sample};
 use tokio::task::JoinHandle;
 
-use super::{TestClient, client::Answer};
+use super::{TestClient, client::Answer, wait_or_explain};
 
 /// `clients` clients sending visits one after another through `client` until stopped.
 pub struct Load {
     stop: Arc<AtomicBool>,
+    seen: Arc<Seen>,
     tasks: Vec<JoinHandle<(Vec<Sample>, Vec<Instant>)>>,
+}
+
+/// What the clients have been answered so far, while they run.
+#[derive(Default)]
+struct Seen {
+    acknowledged: AtomicU64,
+    /// Every answer that was not a 200, by what it said ("503 Service Unavailable: …").
+    refusals: Mutex<BTreeMap<String, u64>>,
+}
+
+impl Seen {
+    fn record(&self, answer: &Answer) {
+        if answer.acknowledged().is_some() {
+            self.acknowledged.fetch_add(1, Ordering::Relaxed);
+        } else {
+            let mut refusals = self.refusals.lock().unwrap();
+            *refusals.entry(answer.summary()).or_default() += 1;
+        }
+    }
+
+    fn refusals(&self) -> BTreeMap<String, u64> {
+        self.refusals.lock().unwrap().clone()
+    }
 }
 
 impl Load {
@@ -29,10 +54,12 @@ impl Load {
     /// Clients spread over several entry points (replicas).
     pub fn start_on(entries: &[TestClient], clients: u64) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
+        let seen = Arc::new(Seen::default());
         let tasks = (0..clients)
             .map(|id| {
                 let client = entries[id as usize % entries.len()].clone();
                 let stop = stop.clone();
+                let seen = seen.clone();
                 tokio::spawn(async move {
                     let (mut samples, mut acknowledged_at) = (Vec::new(), Vec::new());
                     while !stop.load(Ordering::Relaxed) {
@@ -41,6 +68,7 @@ impl Load {
                         if answer.acknowledged().is_some() {
                             acknowledged_at.push(Instant::now());
                         }
+                        seen.record(&answer);
                         samples.push(sample(id, started.elapsed(), &answer));
                         if answer.status.is_none() {
                             // Nothing listening (a killed process): do not spin.
@@ -51,7 +79,42 @@ impl Load {
                 })
             })
             .collect();
-        Self { stop, tasks }
+        Self { stop, seen, tasks }
+    }
+
+    /// Visits acknowledged (answered 200 with a number) so far.
+    pub fn acknowledged(&self) -> u64 {
+        self.seen.acknowledged.load(Ordering::Relaxed)
+    }
+
+    /// What every answer that was not a 200 said so far, with how many got it.
+    pub fn refusals(&self) -> String {
+        describe(&self.seen.refusals())
+    }
+
+    /// Waits until the clients have had `more` visits acknowledged from now, at most
+    /// `limit`; panics with what the refused clients were told and `state`, what the
+    /// test knows of the servers, if that does not happen.
+    pub async fn wait_for_acknowledged<S, F>(&self, more: u64, limit: Duration, state: S)
+    where
+        S: FnOnce() -> F,
+        F: std::future::Future<Output = String>,
+    {
+        let target = self.acknowledged() + more;
+        wait_or_explain(
+            &format!("{more} more visits acknowledged"),
+            limit,
+            || async { self.acknowledged() >= target },
+            || async {
+                format!(
+                    "{} acknowledged; refused clients were told:\n{}\n{}",
+                    self.acknowledged(),
+                    self.refusals(),
+                    state().await
+                )
+            },
+        )
+        .await;
     }
 
     /// Stops the clients and returns every answer they got.
@@ -67,8 +130,21 @@ impl Load {
         History {
             samples,
             acknowledged_at,
+            refusals: self.seen.refusals(),
         }
     }
+}
+
+/// One line per kind of refusal: how many, and what they said.
+fn describe(refusals: &BTreeMap<String, u64>) -> String {
+    if refusals.is_empty() {
+        return "  (none)".to_owned();
+    }
+    refusals
+        .iter()
+        .map(|(said, n)| format!("  {n} × {said}"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 fn sample(client: u64, latency: Duration, answer: &Answer) -> Sample {
@@ -94,6 +170,7 @@ pub struct History {
     pub samples: Vec<Sample>,
     /// When each acknowledged visit was answered, in order.
     acknowledged_at: Vec<Instant>,
+    refusals: BTreeMap<String, u64>,
 }
 
 impl History {
@@ -108,6 +185,11 @@ impl History {
 
     pub fn report(&self) -> Report {
         Report::from_samples(self.samples.clone(), Duration::from_secs(1))
+    }
+
+    /// What every answer that was not a 200 said, with how many got it.
+    pub fn refusals(&self) -> String {
+        describe(&self.refusals)
     }
 
     /// Asserts the counting promise for a store whose total went from `start` to `end`
@@ -147,8 +229,8 @@ impl History {
             .collect();
         assert!(
             unexpected.is_empty(),
-            "unexpected answers: {:?}",
-            report.failures
+            "unexpected answers:\n{}",
+            self.refusals()
         );
         assert_eq!(report.duplicate_counts, 0, "a number was answered twice");
         assert_eq!(report.out_of_order, 0, "a client's numbers went down");
@@ -172,9 +254,9 @@ impl History {
         assert!(
             extra as u64 <= in_doubt + unanswered,
             "{extra} visits counted without a 200, but only {in_doubt} reported in doubt \
-             and {unanswered} cut off by a kill ({} answered otherwise: {:?})",
+             and {unanswered} cut off by a kill ({} answered otherwise:\n{})",
             report.failed,
-            report.failures
+            self.refusals()
         );
         assert!(
             in_doubt <= report.failed,

@@ -5,6 +5,8 @@ use std::{net::SocketAddr, time::Duration};
 use reqwest::{Response, StatusCode};
 use serde_json::Value;
 
+use super::limits::{allowed, deadlines};
+
 #[derive(Clone)]
 pub struct TestClient {
     pub base: String,
@@ -28,6 +30,14 @@ impl Answer {
             .then_some(self.count)
             .flatten()
     }
+
+    /// What the client got, in one line: the status and the body, or that nothing came.
+    pub fn summary(&self) -> String {
+        match self.status {
+            Some(status) => format!("{} {}", status.as_u16(), self.body.trim_end()),
+            None => "no answer".to_owned(),
+        }
+    }
 }
 
 impl TestClient {
@@ -35,13 +45,27 @@ impl TestClient {
         Self::with_base(format!("http://{address}"))
     }
 
+    /// A client that waits for an answer as long as the service may take to give one
+    /// with its default settings (its request timeout), on a loaded machine.
     pub fn with_base(base: String) -> Self {
-        Self::with_timeout(base, Duration::from_secs(10))
+        Self::with_timeout(base, allowed(deadlines(&[]).request))
     }
 
     pub fn with_timeout(base: String, timeout: Duration) -> Self {
         let http = reqwest::Client::builder()
             .timeout(timeout)
+            .no_proxy()
+            .build()
+            .expect("a client");
+        Self { base, http }
+    }
+
+    /// A client that opens a connection per request and keeps none open, so that it
+    /// holds none of the service's connection slots between requests.
+    pub fn without_keep_alive(base: String) -> Self {
+        let http = reqwest::Client::builder()
+            .timeout(allowed(deadlines(&[]).request))
+            .pool_max_idle_per_host(0)
             .no_proxy()
             .build()
             .expect("a client");
@@ -108,11 +132,6 @@ impl TestClient {
         response.json().await.expect("JSON")
     }
 
-    /// The total as the service reports it (not a visit).
-    pub async fn total(&self) -> i64 {
-        self.stats().await["total"].as_i64().expect("a total")
-    }
-
     /// One sample from `/metrics` (`name` as it appears before the value, labels
     /// included); 0 when the series does not exist yet.
     pub async fn metric(&self, name: &str) -> f64 {
@@ -120,12 +139,26 @@ impl TestClient {
         metric_in(&text, name)
     }
 
-    /// Waits until `/readyz` answers 200, at most `limit`.
+    /// Waits until `/readyz` answers 200, at most `limit`; panics with its last answer.
     pub async fn wait_ready(&self, limit: Duration) {
-        super::wait_until("readiness", limit, || async {
-            self.ready_status().await == StatusCode::OK
-        })
+        super::wait_or_explain(
+            "readiness",
+            limit,
+            || async { self.ready_status().await == StatusCode::OK },
+            || async { format!("/readyz answered: {}", self.readiness().await) },
+        )
         .await;
+    }
+
+    /// `/readyz`'s status and body, in one line.
+    pub async fn readiness(&self) -> String {
+        match self.http.get(format!("{}/readyz", self.base)).send().await {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                format!("{status} {}", response.text().await.unwrap_or_default())
+            }
+            Err(error) => format!("no answer ({error})"),
+        }
     }
 
     pub async fn ready_status(&self) -> StatusCode {
@@ -135,11 +168,11 @@ impl TestClient {
         }
     }
 
-    /// Whether `path` answers 200 within half a second.
+    /// Whether `path` answers 200 promptly (a probe in a wait: it is asked again).
     pub async fn answers_ok(&self, path: &str) -> bool {
         self.http
             .get(format!("{}{path}", self.base))
-            .timeout(Duration::from_millis(500))
+            .timeout(allowed(Duration::from_millis(200)))
             .send()
             .await
             .is_ok_and(|r| r.status().is_success())
@@ -177,7 +210,7 @@ impl RawAnswer {
 /// the service may answer before it has read them whole, so a failed write is not an
 /// error here.
 pub async fn raw_exchange(address: SocketAddr, request: &[u8]) -> RawAnswer {
-    let answer = raw_bytes(address, request, Duration::from_secs(10))
+    let answer = raw_bytes(address, request, allowed(deadlines(&[]).request))
         .await
         .expect("the service closed the connection");
     parse_raw(&answer).unwrap_or_else(|| panic!("no complete answer: {answer:?}"))

@@ -2,8 +2,15 @@
 
 use std::path::{Path, PathBuf};
 
-/// Writes to `path` until the disk is full.
-pub fn fill(path: &Path) {
+/// Writes to `path` until the disk is full, off the test's runtime.
+pub async fn fill(path: &Path) {
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || fill_now(&path))
+        .await
+        .expect("filling the disk");
+}
+
+fn fill_now(path: &Path) {
     use std::io::Write;
     let mut file = std::fs::File::create(path).unwrap();
     let block = vec![0u8; 64 * 1024];

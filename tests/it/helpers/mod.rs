@@ -1,10 +1,15 @@
-//! What the integration tests share: a real redis-server per test, the service in-process
-//! on port 0 or as the built binary, and an HTTP client whose calls assert their status.
+//! What the integration tests share: real redis-server and sentinel processes, the
+//! service in-process on port 0 or as the built binary, clients whose calls assert their
+//! status, the one checker of the counting promise, and the time limits of every wait.
+//!
+//! Nothing here blocks a test's async runtime: processes are Tokio children, Redis is
+//! asked through async connections, and waits sleep on Tokio's timer.
 
 pub mod app;
 pub mod checker;
 pub mod client;
 pub mod disk;
+pub mod limits;
 pub mod process;
 pub mod redis;
 pub mod sentinel;
@@ -15,38 +20,58 @@ pub use self::{
     app::{Backend, TestApp},
     checker::Load,
     client::TestClient,
+    limits::allowed,
     process::ServiceProcess,
     redis::RedisServer,
 };
 
+/// How often a wait checks its condition.
+const POLL: Duration = Duration::from_millis(20);
+
 /// Waits until `condition` holds, checking every 20 ms; panics with `what` after `limit`.
-pub async fn wait_until<F, Fut>(what: &str, limit: Duration, mut condition: F)
+pub async fn wait_until<F, Fut>(what: &str, limit: Duration, condition: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
+    wait_or_explain(what, limit, condition, || async { String::new() }).await;
+}
+
+/// `wait_until`, with `explain` saying, when the limit passes, what the test saw.
+pub async fn wait_or_explain<F, Fut, E, EFut>(
+    what: &str,
+    limit: Duration,
+    mut condition: F,
+    explain: E,
+) where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+    E: FnOnce() -> EFut,
+    EFut: std::future::Future<Output = String>,
+{
     let start = Instant::now();
     while !condition().await {
-        assert!(
-            start.elapsed() < limit,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        if start.elapsed() >= limit {
+            let seen = explain().await;
+            panic!("timed out after {limit:?} waiting for {what}\n{seen}");
+        }
+        tokio::time::sleep(POLL).await;
     }
 }
 
 /// The path of a program the tests need: `$env_var` if set, else `name` on the PATH.
 /// Panics with how to install it when it does not run, so that a missing part fails the
 /// test rather than skipping it.
-pub fn require_program(name: &str, env_var: &str, package: &str) -> std::path::PathBuf {
+pub async fn require_program(name: &str, env_var: &str, package: &str) -> std::path::PathBuf {
     let path = std::env::var_os(env_var)
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| name.into());
-    let runs = std::process::Command::new(&path)
+    let runs = tokio::process::Command::new(&path)
         .arg("--version")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .status()
+        .await
         .is_ok_and(|status| status.success());
     assert!(
         runs,

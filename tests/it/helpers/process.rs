@@ -2,13 +2,17 @@
 //! signals, exit codes, `kill -9`, memory.
 
 use std::{
-    process::{Child, Command, ExitStatus, Output, Stdio},
+    process::{ExitStatus, Output, Stdio},
     time::{Duration, Instant},
 };
 
 use nix::{sys::signal::Signal, unistd::Pid};
+use tokio::process::{Child, Command};
 
-use super::{TestClient, free_port};
+use super::{
+    TestClient, free_port,
+    limits::{PROCESS_START, allowed},
+};
 
 /// The binary under test: this build's, or another given in `STACKDEMO_BIN` (to run the
 /// process tests against an earlier build, say).
@@ -53,8 +57,7 @@ impl ServiceProcess {
     /// same port.
     pub async fn restart(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+            let _ = child.kill().await;
         }
         let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
         let env: Vec<(&str, &str)> = self
@@ -92,6 +95,7 @@ impl ServiceProcess {
             .env("RUST_LOG", "warn")
             .stdout(log.reopen().expect("the log file"))
             .stderr(Stdio::piped())
+            .kill_on_drop(true)
             .spawn()
             .expect("the binary starts");
         let client = TestClient::new(listen.parse().expect("an address"));
@@ -106,26 +110,28 @@ impl ServiceProcess {
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                 .collect(),
         };
-        let probe = process.client.clone();
+        // Its own client, so that no probe connection stays open and takes a slot.
+        let probe = TestClient::without_keep_alive(process.client.base.clone());
         let started = Instant::now();
+        let limit = allowed(PROCESS_START);
         loop {
             if probe.answers_ok("/healthz").await {
                 return Ok(process);
             }
             if !process.running() {
                 let child = process.child.take().expect("a child");
-                return Err(child.wait_with_output().expect("the output"));
+                return Err(child.wait_with_output().await.expect("the output"));
             }
             assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "the service did not answer /healthz within 10 s"
+                started.elapsed() < limit,
+                "the service did not answer /healthz within {limit:?}"
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
     pub fn pid(&self) -> i32 {
-        self.child.as_ref().expect("running").id() as i32
+        self.child.as_ref().and_then(Child::id).expect("running") as i32
     }
 
     /// Sends a signal to the service.
@@ -140,8 +146,7 @@ impl ServiceProcess {
 
     /// Whether the service's log has no panic in it.
     pub fn logged_no_panic(&self) -> bool {
-        let log = std::fs::read_to_string(self.log.path()).unwrap_or_default();
-        !log.contains("panicked")
+        !self.log().contains("panicked")
     }
 
     /// Resident memory now, in KiB.
@@ -163,57 +168,42 @@ impl ServiceProcess {
     }
 
     /// Waits for the process to exit, at most `limit`.
-    pub fn wait(&mut self, limit: Duration) -> ExitStatus {
+    pub async fn wait(&mut self, limit: Duration) -> ExitStatus {
         let child = self.child.as_mut().expect("running");
-        let start = Instant::now();
-        loop {
-            if let Some(status) = child.try_wait().expect("try_wait") {
-                self.child = None;
-                return status;
-            }
-            assert!(
-                start.elapsed() < limit,
-                "the service did not exit within {limit:?}"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for ServiceProcess {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        let status = tokio::time::timeout(limit, child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("the service did not exit within {limit:?}"))
+            .expect("wait");
+        self.child = None;
+        status
     }
 }
 
 /// Runs the binary to completion with arguments and extra environment (and no
-/// `REDIS_URL` but what `env` gives). One still running after 20 s (a command expected to
-/// exit that serves instead) is killed, and the test fails.
-pub fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut child = Command::new(binary())
+/// `REDIS_URL` but what `env` gives). One still running after `limit` (a command expected
+/// to exit that serves instead) is killed, and the test fails.
+pub async fn run_within(limit: Duration, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let child = Command::new(binary())
         .args(args)
         .env_remove("REDIS_URL")
         .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        .kill_on_drop(true)
         .spawn()
         .expect("the binary runs");
-    let started = Instant::now();
-    while child.try_wait().expect("try_wait").is_none() {
-        if started.elapsed() > Duration::from_secs(20) {
-            let _ = child.kill();
-            let output = child.wait_with_output().expect("the output");
-            panic!(
-                "`stackdemo {}` was still running after 20 s: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(10));
+    match tokio::time::timeout(limit, child.wait_with_output()).await {
+        Ok(output) => output.expect("the output"),
+        Err(_) => panic!(
+            "`stackdemo {}` was still running after {limit:?}",
+            args.join(" ")
+        ),
     }
-    child.wait_with_output().expect("the output")
+}
+
+/// `run_within` for a command that needs nothing but its own start: refusing settings,
+/// printing help, checking health.
+pub async fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
+    run_within(allowed(PROCESS_START), args, env).await
 }

@@ -1,14 +1,14 @@
 //! A real redis-server (or valkey-server) on a free loopback port with its own folder,
 //! stopped on drop.
 
-use std::{
-    path::PathBuf,
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::{path::PathBuf, process::Stdio, time::Duration};
 
 use nix::{sys::signal::Signal, unistd::Pid};
+use redis::{AsyncConnectionConfig, Value};
 use tempfile::TempDir;
+use tokio::process::{Child, Command};
+
+use super::limits::{PROCESS_START, allowed};
 
 pub struct RedisServer {
     pub port: u16,
@@ -27,43 +27,57 @@ pub enum Flavor {
 }
 
 impl Flavor {
-    pub fn server(self) -> PathBuf {
+    pub async fn server(self) -> PathBuf {
         match self {
-            Flavor::Redis => super::require_program("redis-server", "REDIS_SERVER", "redis-server"),
-            Flavor::Valkey => super::require_program(
-                "valkey-server",
-                "VALKEY_SERVER",
-                "-t bookworm-backports valkey-server",
-            ),
+            Flavor::Redis => {
+                super::require_program("redis-server", "REDIS_SERVER", "redis-server").await
+            }
+            Flavor::Valkey => {
+                super::require_program(
+                    "valkey-server",
+                    "VALKEY_SERVER",
+                    "-t bookworm-backports valkey-server",
+                )
+                .await
+            }
         }
     }
 
-    pub fn sentinel(self) -> PathBuf {
+    pub async fn sentinel(self) -> PathBuf {
         match self {
             Flavor::Redis => {
-                super::require_program("redis-sentinel", "REDIS_SENTINEL", "redis-sentinel")
+                super::require_program("redis-sentinel", "REDIS_SENTINEL", "redis-sentinel").await
             }
-            Flavor::Valkey => super::require_program(
-                "valkey-sentinel",
-                "VALKEY_SENTINEL",
-                "-t bookworm-backports valkey-sentinel",
-            ),
+            Flavor::Valkey => {
+                super::require_program(
+                    "valkey-sentinel",
+                    "VALKEY_SENTINEL",
+                    "-t bookworm-backports valkey-sentinel",
+                )
+                .await
+            }
         }
     }
 }
 
+/// How long one command to a test's server may take before the query fails: a local
+/// server answers in well under a millisecond.
+fn command_timeout() -> Duration {
+    allowed(Duration::from_millis(500))
+}
+
 impl RedisServer {
     /// Starts redis-server with AOF on (fsync always) and waits until it answers.
-    pub fn start() -> Self {
-        Self::start_with_password(None)
+    pub async fn start() -> Self {
+        Self::start_with_password(None).await
     }
 
-    pub fn start_with_password(password: Option<&str>) -> Self {
-        Self::start_with(Flavor::Redis, password, &[])
+    pub async fn start_with_password(password: Option<&str>) -> Self {
+        Self::start_with(Flavor::Redis, password, &[]).await
     }
 
     /// Starts a server of `flavor` with more settings (`--replicaof host port`, …).
-    pub fn start_with(flavor: Flavor, password: Option<&str>, extra: &[&str]) -> Self {
+    pub async fn start_with(flavor: Flavor, password: Option<&str>, extra: &[&str]) -> Self {
         let mut server = Self {
             port: super::free_port(),
             flavor,
@@ -72,7 +86,7 @@ impl RedisServer {
             extra: extra.iter().map(|a| (*a).to_owned()).collect(),
             child: None,
         };
-        server.launch();
+        server.launch().await;
         server
     }
 
@@ -80,8 +94,8 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}/0", self.port)
     }
 
-    fn launch(&mut self) {
-        let mut command = Command::new(self.flavor.server());
+    async fn launch(&mut self) {
+        let mut command = Command::new(self.flavor.server().await);
         command
             .arg("--port")
             .arg(self.port.to_string())
@@ -97,74 +111,66 @@ impl RedisServer {
             .arg("always")
             .args(&self.extra)
             .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .stderr(Stdio::null())
+            .kill_on_drop(true);
         if let Some(password) = &self.password {
             command.arg("--requirepass").arg(password);
         }
         self.child = Some(command.spawn().expect("redis-server starts"));
-        let start = Instant::now();
-        while self.query(&["PING"]).is_err() {
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "redis-server did not answer within 10 s"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let server = &*self;
+        super::wait_until("redis-server to answer", allowed(PROCESS_START), || async {
+            server.query(&["PING"]).await.is_ok()
+        })
+        .await;
     }
 
     /// Sends one command on a fresh connection and returns the reply.
-    pub fn query(&self, args: &[&str]) -> redis::RedisResult<redis::Value> {
+    pub async fn query(&self, args: &[&str]) -> redis::RedisResult<Value> {
         let args: Vec<&[u8]> = args.iter().map(|arg| arg.as_bytes()).collect();
-        self.query_bytes(&args)
+        self.query_bytes(&args).await
     }
 
     /// `query` with arguments that need not be text (a DUMP to RESTORE).
-    pub fn query_bytes(&self, args: &[&[u8]]) -> redis::RedisResult<redis::Value> {
+    pub async fn query_bytes(&self, args: &[&[u8]]) -> redis::RedisResult<Value> {
         let mut info = redis::IntoConnectionInfo::into_connection_info(self.url())?;
         if let Some(password) = &self.password {
             let settings = info.redis_settings().clone().set_password(password);
             info = info.set_redis_settings(settings);
         }
-        let client = redis::Client::open(info)?;
-        let mut connection = client.get_connection_with_timeout(Duration::from_secs(1))?;
-        let mut command = redis::cmd(std::str::from_utf8(args[0]).expect("a command name"));
-        for arg in &args[1..] {
-            command.arg(*arg);
-        }
-        command.query(&mut connection)
+        query_at(info, args).await
     }
 
     /// The integer under `key`, 0 when missing.
-    pub fn get_i64(&self, key: &str) -> i64 {
-        match self.query(&["GET", key]).expect("GET answers") {
-            redis::Value::Nil => 0,
+    pub async fn get_i64(&self, key: &str) -> i64 {
+        match self.query(&["GET", key]).await.expect("GET answers") {
+            Value::Nil => 0,
             value => redis::from_redis_value::<i64>(value).expect("an integer"),
         }
     }
 
     /// Sets a key, as a deployment of the original app would have left it.
-    pub fn set(&self, key: &str, value: &str) {
-        self.query(&["SET", key, value]).expect("SET answers");
+    pub async fn set(&self, key: &str, value: &str) {
+        self.query(&["SET", key, value]).await.expect("SET answers");
     }
 
     /// The server's `INFO replication` field `name`.
-    pub fn replication(&self, name: &str) -> Option<String> {
-        self.info("replication", name)
+    pub async fn replication(&self, name: &str) -> Option<String> {
+        self.info("replication", name).await
     }
 
     /// One field of a section of `INFO`, if the server answers.
-    pub fn info(&self, section: &str, name: &str) -> Option<String> {
-        let info: String = redis::from_redis_value(self.query(&["INFO", section]).ok()?).ok()?;
+    pub async fn info(&self, section: &str, name: &str) -> Option<String> {
+        let value = self.query(&["INFO", section]).await.ok()?;
+        let info: String = redis::from_redis_value(value).ok()?;
         info.lines()
             .find_map(|line| line.strip_prefix(&format!("{name}:")))
             .map(|value| value.trim().to_owned())
     }
 
     /// Stops the server with SIGKILL and waits for it to be gone.
-    pub fn kill(&mut self) {
+    pub async fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+            let _ = child.kill().await;
         }
     }
 
@@ -179,25 +185,39 @@ impl RedisServer {
     }
 
     fn signal(&self, signal: Signal) {
-        let pid = self.child.as_ref().expect("redis-server is running").id();
+        let pid = self
+            .child
+            .as_ref()
+            .and_then(Child::id)
+            .expect("redis-server is running");
         nix::sys::signal::kill(Pid::from_raw(pid as i32), signal).expect("the signal is sent");
     }
 
     /// Starts the server again on the same port and folder (AOF replays the data).
-    pub fn restart(&mut self) {
-        self.kill();
-        self.launch();
+    pub async fn restart(&mut self) {
+        self.kill().await;
+        self.launch().await;
     }
 
     /// Starts the server again after `kill`.
-    pub fn start_again(&mut self) {
+    pub async fn start_again(&mut self) {
         assert!(self.child.is_none(), "redis-server is still running");
-        self.launch();
+        self.launch().await;
     }
 }
 
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.kill();
+/// Sends one command to the server at `info` on a connection of its own.
+pub async fn query_at(info: redis::ConnectionInfo, args: &[&[u8]]) -> redis::RedisResult<Value> {
+    let client = redis::Client::open(info)?;
+    let config = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(command_timeout()))
+        .set_response_timeout(Some(command_timeout()));
+    let mut connection = client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await?;
+    let mut command = redis::cmd(std::str::from_utf8(args[0]).expect("a command name"));
+    for arg in &args[1..] {
+        command.arg(*arg);
     }
+    command.query_async(&mut connection).await
 }

@@ -2,19 +2,36 @@
 //! sentinels, each a real process with its own port and folder, with short failure
 //! detection so that failovers happen within seconds.
 
-use std::{
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::{process::Stdio, time::Duration};
 
+use redis::Value;
 use tempfile::TempDir;
+use tokio::process::{Child, Command};
 
-use super::{RedisServer, free_port, redis::Flavor};
+use super::{
+    RedisServer, free_port,
+    limits::{PROCESS_START, allowed},
+    redis::{Flavor, query_at},
+    wait_or_explain, wait_until,
+};
 
 pub const MASTER_NAME: &str = "mymaster";
 
 /// How long sentinels wait before calling an unanswering primary down.
 pub const DOWN_AFTER: Duration = Duration::from_millis(500);
+/// How long a failover may take before the sentinels give up on it; a sentinel that
+/// lost an election (votes split between sentinels that started at once) tries again
+/// after twice this.
+pub const FAILOVER_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The longest a failover takes on an idle machine, from the primary's loss until the
+/// sentinels name a new primary that takes writes: failure detection (`DOWN_AFTER`), the
+/// random delay before a sentinel starts a failover (up to 1 s), one election lost to a
+/// split vote and the retry after it, and the promotion, which a sentinel confirms from
+/// the replica's `INFO`, asked every second while a failover is under way.
+pub const FAILOVER: Duration = Duration::from_millis(
+    DOWN_AFTER.as_millis() as u64 + 1_000 + 2 * FAILOVER_TIMEOUT.as_millis() as u64 + 2_000,
+);
 
 pub struct RedisGroup {
     pub nodes: Vec<RedisServer>,
@@ -28,9 +45,9 @@ pub struct SentinelProcess {
     child: Option<Child>,
 }
 
-/// Settings every data node gets: a primary refuses writes unless one replica is
-/// connected and current (so an isolated old primary stops taking writes), and AOF with
-/// fsync on every write.
+/// Settings every data node gets (beside AOF with fsync on every write, which every
+/// `RedisServer` has): a primary refuses writes unless one replica is connected and
+/// current, so an isolated old primary stops taking writes.
 const NODE_SETTINGS: [&str; 4] = [
     "--min-replicas-to-write",
     "1",
@@ -41,37 +58,48 @@ const NODE_SETTINGS: [&str; 4] = [
 impl RedisGroup {
     /// Starts the group and waits until the primary has both replicas and every sentinel
     /// knows the others and the replicas.
-    pub fn start(flavor: Flavor) -> Self {
-        let primary = RedisServer::start_with(flavor, None, &NODE_SETTINGS);
+    pub async fn start(flavor: Flavor) -> Self {
+        let primary = RedisServer::start_with(flavor, None, &NODE_SETTINGS).await;
         let primary_port = primary.port.to_string();
         let mut replica_settings = NODE_SETTINGS.to_vec();
         replica_settings.extend(["--replicaof", "127.0.0.1", &primary_port]);
-        let replicas = [
-            RedisServer::start_with(flavor, None, &replica_settings),
-            RedisServer::start_with(flavor, None, &replica_settings),
-        ];
         let mut nodes = vec![primary];
-        nodes.extend(replicas);
-        wait("both replicas in sync", Duration::from_secs(10), || {
-            nodes[1..]
-                .iter()
-                .all(|n| n.replication("master_link_status").as_deref() == Some("up"))
-        });
-        let sentinels = (0..3)
-            .map(|_| SentinelProcess::start(flavor, nodes[0].port))
-            .collect();
+        for _ in 0..2 {
+            nodes.push(RedisServer::start_with(flavor, None, &replica_settings).await);
+        }
+        let group_nodes = &nodes;
+        wait_until("both replicas in sync", allowed(PROCESS_START), || async {
+            for node in &group_nodes[1..] {
+                if node.replication("master_link_status").await.as_deref() != Some("up") {
+                    return false;
+                }
+            }
+            true
+        })
+        .await;
+        let mut sentinels = Vec::new();
+        for _ in 0..3 {
+            sentinels.push(SentinelProcess::start(flavor, nodes[0].port).await);
+        }
         let group = Self { nodes, sentinels };
-        wait(
+        // Sentinels find each other through hello messages every 2 s, and the replicas
+        // through the primary's INFO, asked every 10 s at first.
+        wait_until(
             "sentinels to know each other and the replicas",
-            Duration::from_secs(15),
-            || {
-                group.sentinels.iter().all(|sentinel| {
-                    let master = sentinel.master();
-                    master.get("num-other-sentinels").map(String::as_str) == Some("2")
-                        && master.get("num-slaves").map(String::as_str) == Some("2")
-                })
+            allowed(Duration::from_secs(10)),
+            || async {
+                for sentinel in &group.sentinels {
+                    let master = sentinel.master().await;
+                    if master.get("num-other-sentinels").map(String::as_str) != Some("2")
+                        || master.get("num-slaves").map(String::as_str) != Some("2")
+                    {
+                        return false;
+                    }
+                }
+                true
             },
-        );
+        )
+        .await;
         group
     }
 
@@ -85,10 +113,10 @@ impl RedisGroup {
     }
 
     /// Which node the sentinels name as primary, by a majority of those that answer.
-    pub fn primary(&self) -> Option<usize> {
+    pub async fn primary(&self) -> Option<usize> {
         let mut votes = vec![0; self.nodes.len()];
         for sentinel in &self.sentinels {
-            if let Some(port) = sentinel.primary_port()
+            if let Some(port) = sentinel.primary_port().await
                 && let Some(index) = self.nodes.iter().position(|n| n.port == port)
             {
                 votes[index] += 1;
@@ -98,45 +126,64 @@ impl RedisGroup {
         (*count >= 2).then_some(index)
     }
 
-    /// Waits until the sentinels name a primary other than `old`, and it takes writes.
-    pub fn wait_for_failover(&self, old: usize, limit: Duration) -> usize {
-        let mut new = None;
-        wait("a new primary", limit, || {
-            new = self.primary().filter(|&p| p != old);
-            new.is_some_and(|p| self.nodes[p].replication("role").as_deref() == Some("master"))
-        });
-        new.expect("a new primary")
+    /// Waits until the sentinels name a primary other than `old`, and it takes writes;
+    /// panics with each server's state after `limit`.
+    pub async fn wait_for_failover(&self, old: usize, limit: Duration) -> usize {
+        let new = std::sync::Mutex::new(None);
+        wait_or_explain(
+            "a new primary",
+            limit,
+            || async {
+                let found = self.primary().await.filter(|&p| p != old);
+                *new.lock().unwrap() = found;
+                match found {
+                    Some(p) => self.nodes[p].replication("role").await.as_deref() == Some("master"),
+                    None => false,
+                }
+            },
+            || self.state(),
+        )
+        .await;
+        new.into_inner().unwrap().expect("a new primary")
     }
 
-    /// Each server's replication and append-only-file state, for failure messages.
-    pub fn state(&self) -> String {
-        self.nodes
-            .iter()
-            .map(|node| {
-                let field = |section, name| node.info(section, name).unwrap_or_else(|| "-".into());
-                format!(
-                    "port {}: role {}, link {}, aof rewrite {} (scheduled {}), last fsync status {}",
-                    node.port,
-                    field("replication", "role"),
-                    field("replication", "master_link_status"),
-                    field("persistence", "aof_rewrite_in_progress"),
-                    field("persistence", "aof_rewrite_scheduled"),
-                    field("persistence", "aof_last_write_status"),
-                )
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
+    /// Each server's role, replication and append-only-file state, for failure messages.
+    pub async fn state(&self) -> String {
+        let mut lines = Vec::new();
+        for node in &self.nodes {
+            let mut fields = Vec::new();
+            for (section, name) in [
+                ("replication", "role"),
+                ("replication", "master_link_status"),
+                ("replication", "connected_slaves"),
+                ("replication", "master_repl_offset"),
+                ("persistence", "aof_rewrite_in_progress"),
+                ("persistence", "aof_last_write_status"),
+            ] {
+                let value = node.info(section, name).await;
+                fields.push(format!("{name} {}", value.as_deref().unwrap_or("-")));
+            }
+            lines.push(format!("port {}: {}", node.port, fields.join(", ")));
+        }
+        for sentinel in &self.sentinels {
+            lines.push(format!(
+                "sentinel {}: names port {:?}",
+                sentinel.port,
+                sentinel.primary_port().await
+            ));
+        }
+        lines.join("\n")
     }
 
     /// The total as the current primary holds it.
-    pub fn total(&self) -> i64 {
-        let primary = self.primary().expect("a primary");
-        self.nodes[primary].get_i64("hits")
+    pub async fn total(&self) -> i64 {
+        let primary = self.primary().await.expect("a primary");
+        self.nodes[primary].get_i64("hits").await
     }
 }
 
 impl SentinelProcess {
-    fn start(flavor: Flavor, primary_port: u16) -> Self {
+    async fn start(flavor: Flavor, primary_port: u16) -> Self {
         let dir = tempfile::tempdir().expect("a temporary folder");
         let port = free_port();
         let config = dir.path().join("sentinel.conf");
@@ -146,10 +193,11 @@ impl SentinelProcess {
                 "port {port}\nbind 127.0.0.1\ndir {dir}\n\
                  sentinel monitor {MASTER_NAME} 127.0.0.1 {primary_port} 2\n\
                  sentinel down-after-milliseconds {MASTER_NAME} {down}\n\
-                 sentinel failover-timeout {MASTER_NAME} 5000\n\
+                 sentinel failover-timeout {MASTER_NAME} {failover}\n\
                  sentinel parallel-syncs {MASTER_NAME} 2\n",
                 dir = dir.path().display(),
                 down = DOWN_AFTER.as_millis(),
+                failover = FAILOVER_TIMEOUT.as_millis(),
             ),
         )
         .expect("the sentinel's config");
@@ -159,78 +207,62 @@ impl SentinelProcess {
             dir,
             child: None,
         };
-        sentinel.launch();
+        sentinel.launch().await;
         sentinel
     }
 
-    fn launch(&mut self) {
-        let child = Command::new(self.flavor.sentinel())
+    async fn launch(&mut self) {
+        let child = Command::new(self.flavor.sentinel().await)
             .arg(self.dir.path().join("sentinel.conf"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
+            .kill_on_drop(true)
             .spawn()
             .expect("the sentinel starts");
         self.child = Some(child);
-        wait("the sentinel to answer", Duration::from_secs(10), || {
-            self.query(&["PING"]).is_ok()
-        });
+        let sentinel = &*self;
+        wait_until("the sentinel to answer", allowed(PROCESS_START), || async {
+            sentinel.query(&["PING"]).await.is_ok()
+        })
+        .await;
     }
 
     /// Starts the sentinel again after `kill`, with the configuration it rewrote.
-    pub fn start_again(&mut self) {
+    pub async fn start_again(&mut self) {
         assert!(self.child.is_none(), "the sentinel is still running");
-        self.launch();
+        self.launch().await;
     }
 
-    pub fn query(&self, args: &[&str]) -> redis::RedisResult<redis::Value> {
-        let client = redis::Client::open(format!("redis://127.0.0.1:{}", self.port))?;
-        let mut connection = client.get_connection_with_timeout(Duration::from_secs(1))?;
-        let mut command = redis::cmd(args[0]);
-        for arg in &args[1..] {
-            command.arg(*arg);
-        }
-        command.query(&mut connection)
+    pub async fn query(&self, args: &[&str]) -> redis::RedisResult<Value> {
+        let info = redis::IntoConnectionInfo::into_connection_info(format!(
+            "redis://127.0.0.1:{}",
+            self.port
+        ))?;
+        let args: Vec<&[u8]> = args.iter().map(|arg| arg.as_bytes()).collect();
+        query_at(info, &args).await
     }
 
     /// The sentinel's view of the primary (`SENTINEL MASTER`), as field → value.
-    pub fn master(&self) -> std::collections::HashMap<String, String> {
+    pub async fn master(&self) -> std::collections::HashMap<String, String> {
         self.query(&["SENTINEL", "MASTER", MASTER_NAME])
+            .await
             .ok()
             .and_then(|value| redis::from_redis_value(value).ok())
             .unwrap_or_default()
     }
 
-    pub fn primary_port(&self) -> Option<u16> {
+    pub async fn primary_port(&self) -> Option<u16> {
         let value = self
             .query(&["SENTINEL", "GET-MASTER-ADDR-BY-NAME", MASTER_NAME])
+            .await
             .ok()?;
         let (_, port): (String, String) = redis::from_redis_value(value).ok()?;
         port.parse().ok()
     }
 
-    pub fn kill(&mut self) {
+    pub async fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+            let _ = child.kill().await;
         }
-    }
-}
-
-impl Drop for SentinelProcess {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// Waits, checking every 20 ms, until `condition` holds; panics with `what` after
-/// `limit`. For conditions that need no async client.
-fn wait(what: &str, limit: Duration, mut condition: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !condition() {
-        assert!(
-            start.elapsed() < limit,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
