@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared by the benchmarks (sourced, not run): checking tools, building the binary, a
 # scratch folder cleaned up on exit, a Redis to measure against, and the service's own
 # figure of visits per store write.

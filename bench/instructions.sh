@@ -37,7 +37,9 @@ count() {
   out=$(wrk -t1 -c"$CONNECTIONS" -d"$DURATION" "http://127.0.0.1:$port$path")
   callgrind_control --instr=off "$pid" >/dev/null 2>&1
   callgrind_control --dump=measured "$pid" >/dev/null 2>&1
-  dump=$(ls -t "$work"/callgrind.out.* 2>/dev/null | head -1) || true
+  # The newest dump (callgrind names them after the process and a running number).
+  dump=$(find "$work" -maxdepth 1 -name 'callgrind.out.*' -printf '%T@ %p\n' 2>/dev/null |
+    sort -rn | head -1 | cut -d' ' -f2-) || true
   [ -n "$dump" ] || { echo "callgrind wrote no dump for $path" >&2; exit 1; }
   awk -v n="$(awk '/requests in/ {print $1}' <<<"$out")" '/^totals:/ {printf "%.0f", $2 / n}' "$dump"
 }

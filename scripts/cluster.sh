@@ -280,7 +280,9 @@ cmd_down() {
   for node in "${NODES[@]}"; do
     local cgroup
     for cgroup in /sys/fs/cgroup/*/stackdemo-"$node"; do
-      [ -d "$cgroup" ] && find "$cgroup" -depth -type d -exec rmdir {} + 2>/dev/null || true
+      if [ -d "$cgroup" ]; then
+        find "$cgroup" -depth -type d -exec rmdir {} + 2>/dev/null || true
+      fi
     done
   done
   shim_sockets_clean

@@ -86,12 +86,13 @@ replicas() {
   on node1 service ls --filter "name=${STACK}_$1" --format '{{.Name}} {{.Replicas}}' |
     awk -v name="${STACK}_$1" '$1 == name {print $2}'
 }
-# wait_running SERVICE N SECONDS: N tasks running (healthy, where there is a check).
-wait_running() {
-  local service=$1 tasks=$2
-  wait_for "$3" "$service at $tasks/$tasks" '[ "$(replicas "$service")" = "$tasks/$tasks" ]' \
-    'replicas "$service"'
+# service_at SERVICE N: N of N tasks running (healthy, where there is a check).
+service_at() {
+  local now; now=$(replicas "$1")
+  [ "$now" = "$2/$2" ] || { echo "$1 at ${now:-nothing}"; return 1; }
 }
+# wait_running SERVICE N SECONDS: until service_at SERVICE N.
+wait_running() { wait_for "$3" "$1 at $2/$2" service_at "$1" "$2"; }
 # nodes_of SERVICE: the hostnames of the nodes its running tasks are on, sorted.
 nodes_of() {
   on node1 service ps "${STACK}_$1" --filter desired-state=running --format '{{.Node}} {{.CurrentState}}' |
@@ -118,16 +119,44 @@ summary_of() {
   field "$WORK/$1.json" \
     '"%d visits, %d failed%s, longest without a 200 %.1f s" % (r["requests"], r["failed"], " %s" % dict(r["failures"]) if r["failed"] else "", r["longest_gap_ms"] / 1000)'
 }
-# wait_edge N: until the edge spreads visits over N replicas with no failure.
-wait_edge() {
-  local spread=$1
-  wait_for 60 "the edge spreading visits over $spread replicas" \
-    '{ verify --requests 60 --concurrency 4 >"$WORK/probe.json" 2>/dev/null || true; } &&
-     [ -s "$WORK/probe.json" ] &&
-     [ "$(field "$WORK/probe.json" "len(r[\"per_replica\"])")" -eq "$spread" ] &&
-     [ "$(field "$WORK/probe.json" "r[\"failed\"]")" -eq 0 ]' \
-    'cat "$WORK/probe.json" 2>/dev/null'
+# edge_spreads N: 60 visits through the edge went to N replicas, none failed.
+edge_spreads() {
+  verify --requests 60 --concurrency 4 >"$WORK/probe.json" 2>/dev/null || true
+  if ! { [ -s "$WORK/probe.json" ] &&
+         [ "$(field "$WORK/probe.json" 'len(r["per_replica"])')" -eq "$1" ] &&
+         [ "$(field "$WORK/probe.json" 'r["failed"]')" -eq 0 ]; }; then
+    cat "$WORK/probe.json" 2>/dev/null
+    return 1
+  fi
 }
+# wait_edge N: until edge_spreads N.
+wait_edge() { wait_for 60 "the edge spreading visits over $1 replicas" edge_spreads "$1"; }
+# node_in NODE STATE: the manager reports NODE in STATE (ready, down).
+node_in() {
+  local now; now=$(node_status "$1")
+  [ "$now" = "$2" ] || { echo "$1 is $now"; return 1; }
+}
+# web_on_three_nodes_but NODE: three web tasks running, none on NODE.
+web_on_three_nodes_but() {
+  local on; on=$(nodes_of web)
+  if ! { [ "$(wc -w <<<"$on")" -eq 3 ] && [[ "$on" != *"$1"* ]]; }; then
+    echo "web on $on"
+    return 1
+  fi
+}
+# web_back_on NODE: NODE ready again, and three web tasks running.
+web_back_on() {
+  node_in "$1" ready || return 1
+  [ "$(nodes_of web | wc -w)" -eq 3 ] || { echo "web on $(nodes_of web)"; return 1; }
+}
+# stack_gone: no service (and, with "networks", no network) of the stack left.
+stack_gone() {
+  local left; left=$(on node1 service ls -q --filter "label=com.docker.stack.namespace=$STACK")
+  [ "${1:-}" = networks ] && left+=$(on node1 network ls -q --filter "label=com.docker.stack.namespace=$STACK")
+  [ -z "$left" ] || { echo "left: $left"; return 1; }
+}
+# counts_again: one visit through the edge is counted.
+counts_again() { verify --requests 1 --concurrency 1 >"$WORK/back.json" 2>/dev/null; }
 # replica_nodes: "replica=node" for every running web container, from each node's engine.
 replica_nodes() {
   local node
@@ -178,16 +207,14 @@ pass "a container on node3 (pulled from the registry) reaches redis on node1 ove
 load_start kill
 killed=$SECONDS
 "$CLUSTER" kill node3
-wait_for 60 "node3 marked down by the manager" '[ "$(node_status node3)" = down ]'
+wait_for 60 "node3 marked down by the manager" node_in node3 down
 down_after=$((SECONDS - killed))
-wait_for 120 "web 3/3 again without node3" \
-  '[ "$(nodes_of web | wc -w)" -eq 3 ] && [[ "$(nodes_of web)" != *node3* ]]' \
-  'echo "on $(nodes_of web), $(replicas web)"'
+wait_for 120 "web 3/3 again without node3" web_on_three_nodes_but node3
 replaced_after=$((SECONDS - killed))
 load_stop kill
 note "node3 killed under load: marked down after ${down_after} s, web 3/3 again on $(nodes_of web) after ${replaced_after} s; $(summary_of kill)"
 "$CLUSTER" restart node3
-wait_for 60 "node3 ready again after its restart" '[ "$(node_status node3)" = ready ]'
+wait_for 60 "node3 ready again after its restart" node_in node3 ready
 note "node3 restarted and ready again; web tasks stay where they are: $(nodes_of web)"
 
 # --- a worker cut off -------------------------------------------------------------------
@@ -203,8 +230,7 @@ while [ $((SECONDS - cut)) -lt 20 ]; do
 done
 web_during_cut=$(nodes_of web)
 "$CLUSTER" heal node2
-wait_for 120 "node2 ready again after the heal, web 3/3" \
-  '[ "$(node_status node2)" = ready ] && [ "$(nodes_of web | wc -w)" -eq 3 ]'
+wait_for 120 "node2 ready again after the heal, web 3/3" web_back_on node2
 # Load for a few seconds more, on the healed node too: no number may repeat.
 sleep 5
 load_stop cut
@@ -215,8 +241,7 @@ note "node2 cut off for 20 s under load: the manager reported${seen}; web ran on
 load_start drain
 drained=$SECONDS
 on node1 node update --availability drain node2 >/dev/null
-wait_for 120 "node2 drained, web 3/3 elsewhere" \
-  '[[ "$(nodes_of web)" != *node2* ]] && [ "$(nodes_of web | wc -w)" -eq 3 ]'
+wait_for 120 "node2 drained, web 3/3 elsewhere" web_on_three_nodes_but node2
 drain_time=$((SECONDS - drained))
 # Load for a few seconds more on the remaining nodes.
 sleep 3
@@ -230,7 +255,7 @@ note "node2 drained under load in ${drain_time} s, web on $(nodes_of web); $(sum
 before_tasks=$(web_task_ids)
 on node1 service scale "${STACK}_redis=0" >/dev/null 2>&1 || true
 gone=$SECONDS
-wait_for 60 "redis scaled to 0" '[ "$(replicas redis)" = 0/0 ]'
+wait_for 60 "redis scaled to 0" service_at redis 0
 verify --requests 40 --concurrency 4 --timeout 2s >"$WORK/outage.json" || true
 [ "$(field "$WORK/outage.json" 'r["succeeded"]')" -eq 0 ] || fail "visits counted without Redis"
 [ "$(field "$WORK/outage.json" 'r["failures"].get("http 503", 0)')" -eq 40 ] || fail "not every visit got a 503: $(cat "$WORK/outage.json")"
@@ -238,8 +263,7 @@ outage_p99=$(field "$WORK/outage.json" '"%.1f" % r["latency"]["p99_ms"]')
 while [ $((SECONDS - gone)) -lt 30 ]; do sleep 1; done
 on node1 service scale "${STACK}_redis=1" >/dev/null 2>&1 || true
 back=$SECONDS
-wait_for 120 "a visit counted after Redis's return" \
-  'verify --requests 1 --concurrency 1 >"$WORK/back.json" 2>/dev/null'
+wait_for 120 "a visit counted after Redis's return" counts_again
 serving_after=$((SECONDS - back))
 [ "$(web_task_ids)" = "$before_tasks" ] || fail "web tasks were restarted during the Redis outage: $before_tasks -> $(web_task_ids)"
 wait_edge 3
@@ -263,9 +287,7 @@ load_stop rollback
 note "rolling update v1 -> v2 across 3 nodes in ${update_time} s: $(summary_of update); rollback to v1: $(summary_of rollback)"
 
 on node1 stack rm "$STACK" >/dev/null
-wait_for 120 "docker stack rm removing every service and network" \
-  '[ -z "$(on node1 service ls -q --filter "label=com.docker.stack.namespace=$STACK")" ] &&
-   [ -z "$(on node1 network ls -q --filter "label=com.docker.stack.namespace=$STACK")" ]'
+wait_for 120 "docker stack rm removing every service and network" stack_gone networks
 pass "docker stack rm left no service or network"
 
 # --- Redis high availability: the node holding the primary killed ----------------------
@@ -292,6 +314,7 @@ rcli() {
 # The primary a sentinel names: each sentinel task is asked in turn, with a timeout, since
 # redis-cli takes the first address of the name and waits minutes on a dead node's.
 primary_name() {
+  # shellcheck disable=SC2016 # the script runs in the container, with its own variables
   on node1 run --rm --network "${STACK}_webnet" -e REDISCLI_AUTH="$PASSWORD" "$REDIS_IMAGE" sh -c '
     for address in $(getent ahostsv4 tasks.sentinel | cut -d" " -f1 | sort -u); do
       name=$(timeout 2 redis-cli -h "$address" -p 26379 --raw \
@@ -300,8 +323,28 @@ primary_name() {
     done' 2>/dev/null
 }
 replicas_of() { rcli "$1" 6379 INFO replication | tr -d '\r' | awk -F: '$1 == "connected_slaves" {print $2}'; }
+# has_replicas SERVER N: SERVER has N replicas connected.
+has_replicas() {
+  local now; now=$(replicas_of "$1")
+  [ "$now" = "$2" ] || { echo "$1 has ${now:-no} replicas"; return 1; }
+}
+# sentinels_take_failover: SENTINEL FAILOVER accepted (the sentinels refuse it, with
+# NOGOODSLAVE, until they have watched the replicas for a while).
+sentinels_take_failover() { [ "$(rcli sentinel 26379 SENTINEL FAILOVER mymaster)" = OK ]; }
+# primary_other_than SERVER [N]: the sentinels name a primary other than SERVER (with N
+# replicas connected, if given).
+primary_other_than() {
+  local now; now=$(primary_name)
+  if [ -z "$now" ] || [ "$now" = "$1" ]; then
+    echo "the sentinels name ${now:-nothing}"
+    return 1
+  fi
+  [ -z "${2:-}" ] || has_replicas "$now" "$2"
+}
+# ha_counts: 20 visits through the edge, all counted.
+ha_counts() { verify --requests 20 --concurrency 2 >"$WORK/ha-probe.json" 2>/dev/null; }
 [ "$(primary_name)" = redis ] || fail "the sentinels name '$(primary_name)' as primary, not redis"
-wait_for 240 "redis-b and redis-c both replicating redis" '[ "$(replicas_of redis)" = 2 ]'
+wait_for 240 "redis-b and redis-c both replicating redis" has_replicas redis 2
 verify --requests 300 --concurrency 4 >"$WORK/ha-before.json" || fail "visits on the HA stack failed: $(cat "$WORK/ha-before.json")"
 first=$(field "$WORK/ha-before.json" 'r["lowest_count"]')
 [ "$first" -gt "$count_before_ha" ] || fail "the count restarted at $first on the HA stack (it was at $count_before_ha)"
@@ -309,13 +352,11 @@ note "the count carried on into the HA stack: last visit before $count_before_ha
 
 # Move the primary to a worker, so that losing its node leaves the swarm's only manager
 # (and the edge on it) alone.
-# The sentinels refuse (NOGOODSLAVE) until they have watched the replicas for a while.
-wait_for 60 "the sentinels taking SENTINEL FAILOVER" \
-  '[ "$(rcli sentinel 26379 SENTINEL FAILOVER mymaster)" = OK ]'
+wait_for 60 "the sentinels taking SENTINEL FAILOVER" sentinels_take_failover
 # Done when the new primary has both other servers as replicas again.
 wait_for 120 "SENTINEL FAILOVER completed, the new primary with 2 replicas" \
-  'primary=$(primary_name) && [ -n "$primary" ] && [ "$primary" != redis ] &&
-   [ "$(replicas_of "$primary")" = 2 ]'
+  primary_other_than redis 2
+primary=$(primary_name)
 case $primary in
   redis-b) victim=node2 ;;
   redis-c) victim=node3 ;;
@@ -325,11 +366,10 @@ wait_edge 3
 load_start ha
 killed=$SECONDS
 "$CLUSTER" kill "$victim"
-wait_for 90 "the sentinels failing over from $primary" \
-  'now=$(primary_name) && [ -n "$now" ] && [ "$now" != "$primary" ]'
+wait_for 90 "the sentinels failing over from $primary" primary_other_than "$primary"
 failover=$((SECONDS - killed))
-wait_for 120 "visits counted again after the kill" \
-  'verify --requests 20 --concurrency 2 >"$WORK/ha-probe.json" 2>/dev/null'
+now=$(primary_name)
+wait_for 120 "visits counted again after the kill" ha_counts
 serving=$((SECONDS - killed))
 # The load goes on for a few seconds of service on the new primary.
 sleep 5
@@ -347,8 +387,7 @@ if [ "$KEEP" = 1 ]; then
 else
   "$CLUSTER" restart "$victim" >/dev/null
   on node1 stack rm "$STACK" >/dev/null
-  wait_for 120 "docker stack rm removing every service" \
-    '[ -z "$(on node1 service ls -q --filter "label=com.docker.stack.namespace=$STACK")" ]'
+  wait_for 120 "docker stack rm removing every service" stack_gone
   "$CLUSTER" down
   leftovers=""
   ip netns list | grep -q '^sd-' && leftovers="$leftovers namespaces"

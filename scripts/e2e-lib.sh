@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared by the end-to-end scripts (sourced, not run): reporting, the host's Docker
 # engine, and the images under test. Expects WORK (a scratch folder) to be set.
 
@@ -8,14 +9,15 @@ log() { printf '[%s %s] %s\n' "$E2E_NAME" "$(date +%H:%M:%S)" "$*"; }
 fail() { log "FAIL: $*"; exit 1; }
 pass() { log "ok: $*"; }
 note() { SUMMARY+=("$*"); log "measured: $*"; }
-# wait_for SECONDS WHAT CONDITION [DETAIL]: evaluates CONDITION (shell code, run in this
-# shell, so it may set variables) every half second until it holds; after SECONDS fails
-# with "WHAT", and the output of DETAIL (shell code) if given. The code sees the caller's
-# variables, not its positional parameters: pass those through local variables.
+# wait_for SECONDS WHAT COMMAND [ARGS...]: runs COMMAND every half second until it
+# succeeds; after SECONDS fails with "WHAT" and what COMMAND printed on its last try (a
+# check prints the state it saw when it fails). COMMAND runs in a subshell: it cannot set
+# the caller's variables.
 wait_for() {
-  local limit=$1 what=$2 condition=$3 detail=${4:-} deadline=$((SECONDS + $1))
-  until eval "$condition"; do
-    [ $SECONDS -lt $deadline ] || fail "$what: not within $limit s${detail:+ ($(eval "$detail"))}"
+  local limit=$1 what=$2 deadline=$((SECONDS + $1)) seen
+  shift 2
+  until seen=$("$@" 2>&1); do
+    [ $SECONDS -lt $deadline ] || fail "$what: not within $limit s${seen:+ ($seen)}"
     sleep 0.5
   done
 }

@@ -56,13 +56,16 @@ note "image size $(awk -v b="$size" 'BEGIN { printf "%.1f", b / 1e6 }') MB ($siz
 
 # --- deploy -----------------------------------------------------------------------------
 
+# stack_gone: no service (and, with "networks", no network) of the stack left.
+stack_gone() {
+  local left; left=$($DOCKER service ls -q --filter "label=com.docker.stack.namespace=$STACK")
+  [ "${1:-}" = networks ] && left+=$($DOCKER network ls -q --filter "label=com.docker.stack.namespace=$STACK")
+  [ -z "$left" ] || { echo "left: $left"; return 1; }
+}
 if $DOCKER stack ls --format '{{.Name}}' | grep -qx "$STACK"; then
   log "removing the stack left from an earlier run"
   $DOCKER stack rm "$STACK" >/dev/null
-  for _ in $(seq 1 60); do
-    [ -z "$($DOCKER network ls -q --filter "label=com.docker.stack.namespace=$STACK")" ] && break
-    sleep 1
-  done
+  wait_for 90 "the stack left from an earlier run removed" stack_gone networks
 fi
 secret_created "$SECRET" $DOCKER
 export REDIS_PASSWORD_SECRET=$SECRET
@@ -75,26 +78,43 @@ healthy() {
   $DOCKER ps -q --filter "label=com.docker.swarm.service.name=${STACK}_$1" \
     --filter health=healthy | wc -l
 }
-# wait_healthy SERVICE N SECONDS
-wait_healthy() {
-  local deadline=$((SECONDS + $3))
-  while [ "$(healthy "$1")" -ne "$2" ] ||
-        [ "$($DOCKER service ls --filter "name=${STACK}_$1" --format '{{.Replicas}}')" != "$2/$2" ]; do
-    [ $SECONDS -lt $deadline ] || fail "$1 did not reach $2 healthy replicas within $3 s"
-    sleep 1
-  done
+# healthy_at SERVICE N: N containers healthy, and the service at N/N.
+healthy_at() {
+  local now; now=$($DOCKER service ls --filter "name=${STACK}_$1" --format '{{.Replicas}}')
+  if ! { [ "$(healthy "$1")" -eq "$2" ] && [ "$now" = "$2/$2" ]; }; then
+    echo "$1 at $now, $(healthy "$1") healthy"
+    return 1
+  fi
 }
+# wait_healthy SERVICE N SECONDS: until healthy_at SERVICE N.
+wait_healthy() { wait_for "$3" "$1 at $2 healthy replicas" healthy_at "$1" "$2"; }
 # verify ARGS...: runs verify against the edge, JSON report on stdout.
 verify() { "$VERIFY" verify --url "$EDGE" --json "$@"; }
-# wait_replicas N: until the edge spreads visits over N replicas.
-wait_replicas() {
-  local deadline=$((SECONDS + 30))
-  while true; do
-    verify --requests 60 --concurrency 4 >"$WORK/probe.json" || true
-    [ "$(field "$WORK/probe.json" 'len(r["per_replica"])')" -eq "$1" ] &&
-      [ "$(field "$WORK/probe.json" 'r["failed"]')" -eq 0 ] && return 0
-    [ $SECONDS -lt $deadline ] || fail "the edge did not reach $1 replicas: $(cat "$WORK/probe.json")"
-    sleep 1
+# edge_spreads N: 60 visits through the edge went to N replicas, none failed.
+edge_spreads() {
+  verify --requests 60 --concurrency 4 >"$WORK/probe.json" || true
+  if ! { [ "$(field "$WORK/probe.json" 'len(r["per_replica"])')" -eq "$1" ] &&
+         [ "$(field "$WORK/probe.json" 'r["failed"]')" -eq 0 ]; }; then
+    cat "$WORK/probe.json"
+    return 1
+  fi
+}
+# wait_replicas N: until edge_spreads N.
+wait_replicas() { wait_for 30 "the edge spreading visits over $1 replicas" edge_spreads "$1"; }
+# replaced CONTAINER SERVICE N: CONTAINER is gone and the service has N healthy again.
+replaced() {
+  if $DOCKER ps -q --filter "label=com.docker.swarm.service.name=${STACK}_$2" | grep -q "^$1"; then
+    echo "$1 still runs"
+    return 1
+  fi
+  [ "$(healthy "$2")" -ge "$3" ] || { echo "$(healthy "$2") healthy"; return 1; }
+}
+# replicas_answer N: /api/stats (which counts nothing) answered N times in a row through
+# the edge, so every replica's store connection works.
+replicas_answer() {
+  local i
+  for i in $(seq 1 "$1"); do
+    curl -fs --max-time 2 "${EDGE}api/stats" >"$WORK/stats.json" || { echo "answer $i failed"; return 1; }
   done
 }
 
@@ -133,10 +153,7 @@ sleep 3
 victim=$($DOCKER ps -q --filter "label=com.docker.swarm.service.name=${STACK}_web" | head -1)
 removed=$SECONDS
 $DOCKER rm -f "$victim" >/dev/null
-while [ "$(healthy web)" -lt 3 ] || $DOCKER ps -q --filter "label=com.docker.swarm.service.name=${STACK}_web" | grep -q "^$victim"; do
-  [ $((SECONDS - removed)) -lt 90 ] || fail "the removed replica was not replaced within 90 s"
-  sleep 1
-done
+wait_for 90 "the removed replica replaced and healthy" replaced "$victim" web 3
 replaced=$((SECONDS - removed))
 kill -TERM "$load"
 wait "$load" || true
@@ -186,17 +203,9 @@ before=$(field "$WORK/before.json" 'r["highest_count"]')
 redis_old=$($DOCKER ps -q --filter "label=com.docker.swarm.service.name=${STACK}_redis")
 killed=$SECONDS
 $DOCKER kill --signal KILL "$redis_old" >/dev/null
-while [ "$(healthy redis)" -ne 1 ] || $DOCKER ps -q --filter "label=com.docker.swarm.service.name=${STACK}_redis" | grep -q "^$redis_old"; do
-  [ $((SECONDS - killed)) -lt 120 ] || fail "redis was not restarted within 120 s"
-  sleep 1
-done
-# Every replica reconnected: /api/stats (which counts nothing) answers on several rounds
-# of the edge's round robin in a row.
-streak=0
-while [ "$streak" -lt 9 ]; do
-  [ $((SECONDS - killed)) -lt 120 ] || fail "the replicas did not reach the restarted redis within 120 s"
-  if curl -fs --max-time 2 "${EDGE}api/stats" >"$WORK/stats.json"; then streak=$((streak + 1)); else streak=0; sleep 0.2; fi
-done
+wait_for 120 "redis restarted and healthy" replaced "$redis_old" redis 1
+# Every replica reconnected: /api/stats answers on three rounds of the edge's round robin.
+wait_for 120 "the replicas reaching the restarted redis" replicas_answer 9
 redis_back=$((SECONDS - killed))
 kept=$(field "$WORK/stats.json" 'r["total"]')
 [ "$kept" -eq "$before" ] || fail "redis holds $kept after the kill, the last acknowledged visit was $before"
@@ -227,12 +236,7 @@ if [ "$KEEP" = 1 ]; then
   log "STACK_KEEP=1: leaving $STACK deployed (edge on $EDGE)"
 else
   $DOCKER stack rm "$STACK" >/dev/null
-  deadline=$((SECONDS + 90))
-  until [ -z "$($DOCKER service ls -q --filter "label=com.docker.stack.namespace=$STACK")" ] &&
-        [ -z "$($DOCKER network ls -q --filter "label=com.docker.stack.namespace=$STACK")" ]; do
-    [ $SECONDS -lt $deadline ] || fail "docker stack rm left services or networks behind"
-    sleep 1
-  done
+  wait_for 90 "docker stack rm removing every service and network" stack_gone networks
   pass "docker stack rm left no service or network of $STACK"
 fi
 

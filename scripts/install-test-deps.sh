@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs on a fresh Debian machine: a C compiler and make to
-# build jemalloc (the allocator), redis-server and redis-sentinel for the integration
-# tests, Valkey 8 (from bookworm-backports, for WAITAOF), Chromium for the page test, wrk
-# for the benchmark. Idempotent.
+# build jemalloc (the allocator), shellcheck for the scripts, redis-server and
+# redis-sentinel for the integration tests, Valkey 8 (from bookworm-backports, for
+# WAITAOF), Chromium for the page test, wrk for the benchmark. Idempotent.
 set -euo pipefail
 here=$(dirname "$0")
-"$here/install-missing.sh" cc:gcc make:make redis-server:redis-server \
+"$here/install-missing.sh" cc:gcc make:make shellcheck:shellcheck redis-server:redis-server \
   redis-sentinel:redis-sentinel chromium:chromium wrk:wrk
 
 if ! command -v valkey-server >/dev/null || ! command -v valkey-sentinel >/dev/null; then

@@ -3,7 +3,7 @@
 # root). This is the command the README gives and CI runs.
 #
 #   scripts/test.sh            # everything: lints, cargo test, the stack on Swarm
-#   scripts/test.sh cargo      # lints and cargo test only
+#   scripts/test.sh cargo      # lints (shellcheck, rustfmt, clippy) and cargo test only
 #
 # cargo test starts its own redis-server, redis-sentinel, Valkey and Chromium; the stack
 # tests start dockerd and a single-node swarm when none runs, and a three-node swarm of
@@ -19,6 +19,7 @@ esac
 
 scripts/install-test-deps.sh
 
+shellcheck scripts/*.sh bench/*.sh deploy/*.sh .ci/run
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings
 cargo test --locked
