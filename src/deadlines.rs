@@ -76,6 +76,8 @@ impl Deadlines {
     /// `RECONNECT_BACKOFF_MAX` (`store::backoff`, which also spreads it by jitter).
     pub const RECONNECT_BACKOFF_FIRST: Duration = Duration::from_millis(50);
     pub const RECONNECT_BACKOFF_MAX: Duration = Duration::from_millis(500);
+    /// How long one sentinel may take to answer a lookup before it is left out of it.
+    pub const SENTINEL_ANSWER: Duration = Duration::from_millis(500);
 
     pub fn new(
         header_read: Duration,

@@ -18,7 +18,7 @@ use crate::{
     server::{self, ServeOptions, Worker},
     state::{AppState, StateParts, WasReady},
     stats_cache::{STATS_TTL, StatsCache},
-    store::{Identity, Store, StoreError, WorkerStore},
+    store::{Identity, Store, StoreError, StoreErrorKind, WorkerStore},
 };
 
 /// How often a replica announces that it is alive and reads the total for its gauge.
@@ -99,6 +99,16 @@ impl Application {
                     StoreSettings::Embedded { .. } => Setting::DataDir,
                     StoreSettings::Redis(_) if settings.redis_url().is_some() => Setting::RedisUrl,
                     StoreSettings::Redis(_) => Setting::RedisSentinels,
+                };
+                ServiceError::Config(settings.error(setting, error.detail()))
+            })?;
+        store
+            .check_configuration(checked.deadlines.store)
+            .await
+            .map_err(|error| {
+                let setting = match error.kind() {
+                    StoreErrorKind::Unsupported => Setting::RedisWaitAof,
+                    _ => Setting::RedisUrl,
                 };
                 ServiceError::Config(settings.error(setting, error.detail()))
             })?;

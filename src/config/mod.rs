@@ -298,17 +298,37 @@ impl Settings {
         }))
     }
 
-    /// Reads a password file setting, if it is set.
+    /// Reads a password file setting, if it is set. A file longer than a password can
+    /// be (a wrong path, a log file) is refused without reading it whole.
     fn read_secret(
         &self,
         id: Setting,
         path: Option<&PathBuf>,
     ) -> Result<Option<SecretString>, ConfigError> {
+        use std::io::Read;
+
         let Some(path) = path else {
             return Ok(None);
         };
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| self.error(id, format!("cannot read {}: {e}", path.display())))?;
+        let cannot =
+            |e: std::io::Error| self.error(id, format!("cannot read {}: {e}", path.display()));
+        let mut bytes = Vec::new();
+        std::fs::File::open(path)
+            .map_err(cannot)?
+            .take(MAX_PASSWORD_FILE + 1)
+            .read_to_end(&mut bytes)
+            .map_err(cannot)?;
+        if bytes.len() as u64 > MAX_PASSWORD_FILE {
+            return Err(self.error(
+                id,
+                format!(
+                    "{} is longer than {MAX_PASSWORD_FILE} bytes; a password file holds one password",
+                    path.display()
+                ),
+            ));
+        }
+        let text = String::from_utf8(bytes)
+            .map_err(|_| self.error(id, format!("{} is not UTF-8 text", path.display())))?;
         let password = text.trim_end_matches(['\r', '\n']);
         if password.is_empty() {
             return Err(self.error(id, format!("{} is empty", path.display())));
@@ -316,6 +336,10 @@ impl Settings {
         Ok(Some(SecretString::from(password)))
     }
 }
+
+/// The longest password file taken, in bytes: far above any password, far below what
+/// would strain the service's memory.
+const MAX_PASSWORD_FILE: u64 = 4096;
 
 #[cfg(test)]
 mod tests {

@@ -57,9 +57,17 @@ impl fmt::Display for RedisUrl {
     }
 }
 
-/// Parses `redis://[[user]:password@]host[:port][/db]` (or a `redis+unix://` socket path);
-/// empty means none (so that a stack file can clear the image's default). The error never
-/// repeats the text, which may hold a password.
+/// The largest database number a URL may name (Redis's `SELECT` takes a 32-bit index; a
+/// server has 16 unless configured otherwise).
+pub const MAX_DATABASE: i64 = i32::MAX as i64;
+
+const REDIS_URL_FORMS: &str =
+    "expected redis://[[user]:password@]host[:port][/db] or unix:///path/to/socket[?db=N]";
+
+/// Parses `redis://[[user]:password@]host[:port][/db]`, or a unix socket as
+/// `unix:///path[?db=N]` (also `redis+unix://`); empty means none (so that a stack file
+/// can clear the image's default). The error never repeats the text, which may hold a
+/// password.
 pub fn parse_redis_url(text: &str) -> Result<RedisUrl, String> {
     if text.is_empty() {
         return Ok(RedisUrl(String::new()));
@@ -69,11 +77,32 @@ pub fn parse_redis_url(text: &str) -> Result<RedisUrl, String> {
         return Err("TLS (rediss://) is not supported; use redis:// on a private network".into());
     }
     if !matches!(scheme, "redis" | "redis+unix" | "unix") {
-        return Err("expected redis://[:password@]host[:port][/db]".into());
+        return Err(REDIS_URL_FORMS.into());
     }
-    redis::IntoConnectionInfo::into_connection_info(text)
-        .map(|_| RedisUrl(text.to_owned()))
-        .map_err(|_| "expected redis://[:password@]host[:port][/db]".to_owned())
+    if !percent_encoding_is_valid(text) {
+        return Err("a % must be followed by two hexadecimal digits (percent-encoding)".into());
+    }
+    let info = redis::IntoConnectionInfo::into_connection_info(text)
+        .map_err(|_| REDIS_URL_FORMS.to_owned())?;
+    if let redis::ConnectionAddr::Tcp(_, 0) = info.addr() {
+        return Err("the port must be 1 to 65535".into());
+    }
+    let db = info.redis_settings().db();
+    if !(0..=MAX_DATABASE).contains(&db) {
+        return Err(format!("the database number must be 0 to {MAX_DATABASE}"));
+    }
+    Ok(RedisUrl(text.to_owned()))
+}
+
+/// Whether every `%` in `text` starts a `%XX` escape.
+fn percent_encoding_is_valid(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    bytes.iter().enumerate().all(|(i, &b)| {
+        b != b'%'
+            || bytes
+                .get(i + 1..i + 3)
+                .is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit))
+    })
 }
 
 /// Any text with the password of a URL (`scheme://user:password@host`) masked.
@@ -196,9 +225,32 @@ mod tests {
     fn unusable_redis_urls_are_refused_without_echoing_them() {
         let tls = parse_redis_url("rediss://:s3cret@h:6379").unwrap_err();
         assert!(tls.contains("TLS"), "{tls}");
-        for bad in ["http://:s3cret@h", "redis://:s3cret@h:notaport", "s3cret"] {
-            let error = parse_redis_url(bad).unwrap_err();
+        for bad in [
+            "http://:s3cret@h",
+            "redis://:s3cret@h:notaport",
+            "s3cret",
+            "redis://:s3cret@h:0/0",
+            "redis://:s3cret@h:6379/99999999999",
+            "redis://:s3cret@h:6379/-1",
+            "redis://:s3cret%ZZ@h:6379/0",
+            "redis://:s3cret@h:6379/0%",
+        ] {
+            let error = parse_redis_url(bad).expect_err(bad);
             assert!(!error.contains("s3cret"), "{error}");
+        }
+    }
+
+    #[test]
+    fn tcp_and_unix_socket_urls_are_taken() {
+        for good in [
+            "redis://h",
+            "redis://:p%40ss@h:6380/3",
+            "redis://user:pass@10.0.0.1:6379/0",
+            "unix:///run/redis/redis.sock",
+            "unix:///run/redis/redis.sock?db=2",
+            "redis+unix:///tmp/r.sock",
+        ] {
+            assert!(parse_redis_url(good).is_ok(), "{good}");
         }
     }
 

@@ -40,13 +40,23 @@ kinds! {
     Loading => "loading", "counter store is loading its data";
     ReadOnly => "read_only", "counter store refuses writes";
     Auth => "auth", "counter store rejected our credentials";
+    /// The server knows who we are but does not allow a command or key we need (an ACL).
+    Permission => "permission", "counter store does not allow what counting needs";
     OutOfMemory => "out_of_memory", "counter store is out of memory";
     Busy => "busy", "counter store is busy";
     WrongType => "wrong_type", "counter store holds a key of the wrong type";
     /// The total is at the largest (or smallest) number it can hold.
     Limit => "limit", "the counter is at its limit";
+    /// This replica's share of the visits is at the largest number it can hold.
+    ShareLimit => "share_limit", "this replica's tally of visits is at its limit";
     /// The write did not reach enough replicas in time.
     Replication => "replication", "counter store could not replicate the visit in time";
+    /// The server lacks a command a setting needs (WAITAOF on a server before 7.2).
+    Unsupported => "unsupported", "counter store lacks a feature the configuration needs";
+    /// A failover is under way: writes are held back until the new primary is known.
+    Failover => "failover", "counter store is failing over";
+    /// The server has no database of the number the URL names.
+    NoDatabase => "no_database", "counter store has no such database";
     DiskFull => "disk_full", "counter store's disk is full";
     Damaged => "damaged", "counter store's data is damaged";
     Failed => "failed", "counter store failed";

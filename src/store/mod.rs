@@ -102,6 +102,28 @@ impl Store {
         })
     }
 
+    /// Checks, where it can within `timeout`, that the store accepts the configuration: a
+    /// Redis that answers but lacks a feature the settings need, or has no database of
+    /// the number the URL names. Such an error is one no restart mends; a store that does
+    /// not answer yet is none of them (the service starts, not ready).
+    pub async fn check_configuration(&self, timeout: Duration) -> Result<(), StoreError> {
+        let Store::Redis(redis) = self else {
+            return Ok(());
+        };
+        let probe = redis.session();
+        match probe.ready(Instant::now() + timeout).await {
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    StoreErrorKind::Unsupported | StoreErrorKind::NoDatabase
+                ) =>
+            {
+                Err(error)
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// A handle for one worker thread: the same data, with a Redis session of its own
     /// whose tasks run on the runtime it is first used on.
     pub fn for_worker(&self) -> WorkerStore {

@@ -10,6 +10,7 @@ use stackdemo::deadlines::Deadlines;
 use crate::helpers::{
     Load, RedisServer, ServiceProcess, TestApp, TestClient, allowed,
     limits::{self, PROCESS_START, for_visits, redis_return},
+    redis::Flavor,
     wait_or_explain, wait_until,
 };
 
@@ -135,8 +136,9 @@ async fn at_the_limit_of_a_64_bit_total_visits_get_503_and_nothing_is_counted() 
     assert_eq!(in_doubt(&app.client).await, 0);
 }
 
-/// Every key a write touches, given a value of the wrong type: the visit is refused, and
-/// nothing at all is counted (Lua does not roll back on its own: the write script must).
+/// Every key a write touches, given a value of the wrong type: the visit is refused,
+/// nothing at all is counted (Lua does not roll back on its own: the write script must),
+/// and the service is not ready until the key is mended.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_key_of_the_wrong_type_refuses_the_visit_and_nothing_is_counted() {
     let redis = RedisServer::start().await;
@@ -151,31 +153,23 @@ async fn a_key_of_the_wrong_type_refuses_the_visit_and_nothing_is_counted() {
         .map(|key| redis::from_redis_value(key).unwrap())
         .collect();
     assert!(!records.is_empty(), "the write keeps batch records");
-    // (key, the wrong value, whether readiness can see it)
+    // (key, the wrong value)
     let mut cases = vec![
-        ("hits", vec!["RPUSH", "hits", "a list"], true),
-        ("hits", vec!["SET", "hits", "not a number"], true),
-        (
-            "hits:replicas",
-            vec!["SET", "hits:replicas", "a string"],
-            true,
-        ),
+        ("hits", vec!["RPUSH", "hits", "a list"]),
+        ("hits", vec!["SET", "hits", "not a number"]),
+        ("hits:replicas", vec!["SET", "hits:replicas", "a string"]),
         (
             "hits:replicas",
             vec!["HSET", "hits:replicas", "process", "x"],
-            false,
         ),
     ];
     for record in &records {
-        cases.push((
-            record.as_str(),
-            vec!["SET", record.as_str(), "a string"],
-            false,
-        ));
+        // Without an expiry: it would stay so for ever.
+        cases.push((record.as_str(), vec!["SET", record.as_str(), "a string"]));
     }
 
     let mut expected = 1;
-    for (key, wrong, visible) in cases {
+    for (key, wrong) in cases {
         let saved = redis.query(&["DUMP", key]).await.unwrap();
         redis.query(&["DEL", key]).await.unwrap();
         redis.query(&wrong).await.unwrap();
@@ -205,13 +199,11 @@ async fn a_key_of_the_wrong_type_refuses_the_visit_and_nothing_is_counted() {
             "{key}: the per-replica hash changed"
         );
         assert_eq!(in_doubt(&app.client).await, 0, "{key}");
-        if visible {
-            assert_eq!(
-                app.client.ready_status().await,
-                StatusCode::SERVICE_UNAVAILABLE,
-                "{key}: not ready while a write cannot succeed"
-            );
-        }
+        assert_eq!(
+            app.client.ready_status().await,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{key}: not ready while a write cannot succeed"
+        );
 
         redis.query(&["DEL", key]).await.unwrap();
         if let redis::Value::BulkString(dump) = saved {
@@ -654,4 +646,127 @@ async fn visits_are_refused_at_once_while_a_connection_attempt_hangs() {
     }
     let first = first.await.unwrap();
     assert_eq!(first.status, Some(StatusCode::SERVICE_UNAVAILABLE));
+}
+
+/// What refuses every visit until an operator changes it (the server's memory full, too
+/// few replicas for its `min-replicas-to-write`, an ACL that takes away the script or the
+/// batch records, this replica's share at the 64-bit limit): each visit is refused with
+/// the reason and not counted, `/readyz` says not ready with the same reason, and both
+/// recover once the cause is undone.
+#[tokio::test(flavor = "multi_thread")]
+async fn what_refuses_every_visit_makes_the_service_not_ready_and_counts_nothing() {
+    let redis = RedisServer::start().await;
+    // A user of its own, so that its permissions can be taken away under load.
+    redis
+        .query(&[
+            "ACL", "SETUSER", "counter", "on", ">pw", "~*", "&*", "+@all",
+        ])
+        .await
+        .unwrap();
+    let url = format!("redis://counter:pw@127.0.0.1:{}/0", redis.port);
+    let service = ServiceProcess::start(&["--redis-url", &url, "--workers", "1"]).await;
+    let mut expected = service.client.visit().await;
+    // (what, the change, how it is undone, the reason clients are told)
+    let cases: [(&str, &[&str], &[&str], &str); 5] = [
+        (
+            "memory full",
+            &["CONFIG", "SET", "maxmemory", "1"],
+            &["CONFIG", "SET", "maxmemory", "0"],
+            "counter store is out of memory",
+        ),
+        (
+            "no replica for min-replicas-to-write",
+            &["CONFIG", "SET", "min-replicas-to-write", "1"],
+            &["CONFIG", "SET", "min-replicas-to-write", "0"],
+            "counter store could not replicate the visit in time",
+        ),
+        (
+            "scripts not allowed",
+            &["ACL", "SETUSER", "counter", "-evalsha", "-eval"],
+            &["ACL", "SETUSER", "counter", "+@all"],
+            "counter store does not allow what counting needs",
+        ),
+        (
+            "only the counter's own keys allowed, not the batch records",
+            &[
+                "ACL",
+                "SETUSER",
+                "counter",
+                "resetkeys",
+                "~hits",
+                "~hits:replicas",
+            ],
+            &["ACL", "SETUSER", "counter", "~*"],
+            "counter store does not allow what counting needs",
+        ),
+        (
+            "this replica's share at the limit",
+            &["HSET", "hits:replicas", "process", "9223372036854775807"],
+            &["HSET", "hits:replicas", "process", "0"],
+            "this replica's tally of visits is at its limit",
+        ),
+    ];
+    redis
+        .query(&["CONFIG", "SET", "maxmemory-policy", "noeviction"])
+        .await
+        .unwrap();
+    let client = &service.client;
+    for (what, change, undo, reason) in cases {
+        let before = redis.get_i64("hits").await;
+        redis.query(change).await.unwrap();
+
+        for _ in 0..3 {
+            let refused = client.try_visit().await;
+            assert_eq!(
+                refused.body,
+                format!("Service Unavailable: {reason}\n"),
+                "{what}: {refused:?}"
+            );
+        }
+        let readiness = client.readiness().await;
+        assert!(
+            readiness.starts_with("503 ") && readiness.contains(reason),
+            "{what}: /readyz answered {readiness}"
+        );
+
+        redis.query(undo).await.unwrap();
+        assert_eq!(
+            redis.get_i64("hits").await,
+            before,
+            "{what}: a refused visit was counted"
+        );
+        client.wait_ready(allowed(defaults().store)).await;
+        expected += 1;
+        assert_eq!(client.visit().await, expected, "{what}: counting resumes");
+    }
+    assert_eq!(in_doubt(client).await, 0);
+}
+
+/// A Redis reached through a unix socket (`unix:///path`), with the database in the query.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redis_on_a_unix_socket_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("redis.sock");
+    let socket = socket.to_str().unwrap();
+    let redis = RedisServer::start_with(
+        Flavor::Redis,
+        None,
+        &["--unixsocket", socket, "--unixsocketperm", "700"],
+    )
+    .await;
+    let app = TestApp::spawn_on_redis(&format!("unix://{socket}?db=2"), &[]).await;
+
+    assert_eq!(app.client.visit().await, 1);
+    assert_eq!(app.client.visit().await, 2);
+    redis.query(&["SELECT", "2"]).await.unwrap();
+    let in_db_2 = redis
+        .query(&[
+            "EVAL",
+            "redis.call('SELECT', 2) return redis.call('GET', 'hits')",
+            "0",
+        ])
+        .await
+        .unwrap();
+    assert_eq!(in_db_2, redis::Value::BulkString(b"2".to_vec()));
+    assert_eq!(redis.get_i64("hits").await, 0, "database 0 untouched");
 }

@@ -1,21 +1,28 @@
 //! Where the Redis primary is: a fixed address (`REDIS_URL`), or the one the sentinels
-//! name (`REDIS_SENTINELS`), followed through failovers.
+//! name (`REDIS_SENTINELS`), followed through failovers; and, with sentinels, how many
+//! replicas a write must reach (`failover`).
 //!
-//! With sentinels, the address is asked of all of them at once (every address their names
-//! resolve to: one Swarm service name stands for all its tasks), each with a timeout, and
-//! the one most of them name is taken; it is asked again whenever a connection finds the
-//! server gone or no longer the primary (`distrust`), and replaced at once when a
-//! sentinel announces `+switch-master` (`watch`). Every change bumps a generation number;
-//! each worker's connection compares it on every call and moves to the new primary.
+//! A lookup asks every sentinel at once (every address their names resolve to: one Swarm
+//! service name stands for all its tasks) for the primary and its replicas, each with a
+//! timeout. The primary is taken as soon as a majority of the sentinels name the same
+//! one, so a hung sentinel costs nothing; when no majority agrees, the address most of
+//! those that answered give wins once all have answered or timed out. A lookup runs as a
+//! task of its own that every caller waiting for it shares: a caller whose deadline
+//! passes stops waiting, and the lookup goes on for the next caller. It runs whenever a
+//! connection finds the server gone or no longer the primary (`distrust`), every
+//! second, and at once when a sentinel publishes an event (`follow`); a `+switch-master`
+//! announcement replaces the address at once. Every change of address bumps a
+//! generation number; each worker's session compares it on every call and moves.
 //!
 //! redis-rs (1.8) has a `Sentinel` client: it asks up to three sentinels at once, with
 //! connect and response timeouts, and takes the first valid answer in the configured
 //! order. This locator is kept beside it for what that client does not do: a sentinel
-//! name that resolves to several addresses (a Swarm service of sentinel tasks) stands
-//! here for each of them, not for the first that connects; the address most sentinels
-//! name wins, so a stale sentinel that still names an old primary is outvoted rather
-//! than believed because it comes first; and `+switch-master` announcements reach every
-//! worker's session at once instead of each finding out from a failed write.
+//! name that resolves to several addresses stands here for each of them, not for the
+//! first that connects; the address most sentinels name wins, so a stale sentinel that
+//! names another primary is outvoted rather than believed because it comes first
+//! (`tests/it/sentinel.rs`, `a_sentinel_that_names_another_primary_is_outvoted`); the
+//! replicas' state, which the failover rule needs, comes with every answer; and
+//! announcements reach every worker's session at once.
 
 use std::{
     collections::HashMap,
@@ -26,17 +33,29 @@ use std::{
     time::Duration,
 };
 
-use futures_util::StreamExt;
+use futures_util::{StreamExt, stream::FuturesUnordered};
 use redis::{AsyncConnectionConfig, Client, ConnectionAddr, ConnectionInfo, IntoConnectionInfo};
+use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::classify;
-use crate::store::{StoreError, StoreErrorKind};
+use super::{
+    classify,
+    failover::{Address, ReplicaTarget, SentinelReport},
+};
+use crate::{
+    deadlines::Deadlines,
+    store::{StoreError, StoreErrorKind},
+};
 
 /// How long one sentinel may take to answer a lookup.
-const SENTINEL_TIMEOUT: Duration = Duration::from_millis(500);
+const SENTINEL_TIMEOUT: Duration = Deadlines::SENTINEL_ANSWER;
 /// Pause before subscribing again to a sentinel whose subscription ended.
 const RESUBSCRIBE_DELAY: Duration = Duration::from_millis(500);
+/// How often the sentinels are asked again, events or not.
+const REFRESH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The outcome of a lookup, once it has one.
+type LookupOutcome = Option<Result<(), StoreError>>;
 
 pub struct Locator {
     kind: Kind,
@@ -44,8 +63,12 @@ pub struct Locator {
     /// wrong.
     current: Mutex<Option<ConnectionInfo>>,
     generation: AtomicU64,
-    /// One lookup at a time; callers that find one under way wait for its answer.
-    lookup: tokio::sync::Mutex<()>,
+    /// The lookup under way, if any: its outcome, once there.
+    lookup: Mutex<Option<watch::Receiver<LookupOutcome>>>,
+    /// How many replicas writes wait for (sentinels only).
+    target: ReplicaTarget,
+    /// Wakes the follower to ask the sentinels again now.
+    refresh: Notify,
 }
 
 enum Kind {
@@ -87,7 +110,9 @@ impl Locator {
             kind,
             current: Mutex::new(current),
             generation: AtomicU64::new(0),
-            lookup: tokio::sync::Mutex::new(()),
+            lookup: Mutex::new(None),
+            target: ReplicaTarget::default(),
+            refresh: Notify::new(),
         }
     }
 
@@ -101,24 +126,141 @@ impl Locator {
         self.generation.load(Ordering::Acquire)
     }
 
+    /// How many replicas a write must reach before it is acknowledged: `at_least`, and
+    /// with sentinels every replica a failover could promote (`failover`). An error
+    /// while a failover is under way.
+    pub fn replicas_to_wait(&self, at_least: u8) -> Result<u8, StoreError> {
+        match self.kind {
+            Kind::Fixed => Ok(at_least),
+            Kind::Sentinels(_) => self.target.replicas_to_wait(at_least),
+        }
+    }
+
+    /// A write reached fewer replicas than it waited for: the sentinels are asked again
+    /// soon, so that a replica they now know to be gone is no longer waited for.
+    pub fn replicas_fell_short(&self) {
+        self.refresh.notify_one();
+    }
+
     /// The primary's address and the generation it belongs to, asking the sentinels when
-    /// it is not known.
-    pub async fn primary(&self) -> Result<(ConnectionInfo, u64), StoreError> {
+    /// it is not known. The lookup goes on if the caller stops waiting.
+    pub async fn primary(self: &Arc<Self>) -> Result<(ConnectionInfo, u64), StoreError> {
         if let Some(known) = self.known() {
             return Ok(known);
         }
-        let _one_at_a_time = self.lookup.lock().await;
-        // Another caller may have looked it up while this one waited.
-        if let Some(known) = self.known() {
-            return Ok(known);
-        }
-        let Kind::Sentinels(target) = &self.kind else {
-            unreachable!("a fixed address is always known");
+        self.look_up().await?;
+        self.known().ok_or_else(|| {
+            StoreError::new(
+                StoreErrorKind::Unreachable,
+                "the primary the sentinels named was found wrong meanwhile",
+            )
+        })
+    }
+
+    /// Runs a lookup, or joins the one under way, and waits for its outcome.
+    async fn look_up(self: &Arc<Self>) -> Result<(), StoreError> {
+        let mut outcome = {
+            let mut lookup = self.lookup.lock().unwrap_or_else(|e| e.into_inner());
+            match &*lookup {
+                Some(under_way) => under_way.clone(),
+                None => {
+                    let (tell, outcome) = watch::channel(None);
+                    *lookup = Some(outcome.clone());
+                    tokio::spawn(self.clone().run_lookup(tell));
+                    outcome
+                }
+            }
         };
-        let address = ask_sentinels(&target.sentinels, &target.master_name).await?;
-        let info = target.primary_template.clone().set_addr(address);
-        self.replace(Some(info.clone()));
-        Ok((info, self.generation()))
+        match outcome.wait_for(Option::is_some).await {
+            Ok(outcome) => outcome.clone().unwrap_or(Ok(())),
+            // The task ended without an outcome: its runtime is shutting down.
+            Err(_) => Err(StoreError::new(
+                StoreErrorKind::Unreachable,
+                "the lookup of the primary was stopped",
+            )),
+        }
+    }
+
+    /// Asks every sentinel; tells the waiting callers as soon as a majority agrees (or,
+    /// failing that, once all have answered), and applies the replicas' state once all
+    /// have.
+    async fn run_lookup(self: Arc<Self>, tell: watch::Sender<LookupOutcome>) {
+        let Kind::Sentinels(target) = &self.kind else {
+            let _ = tell.send(Some(Ok(())));
+            self.end_lookup();
+            return;
+        };
+        let sentinels = resolved(&target.sentinels).await;
+        let majority = sentinels.len() / 2 + 1;
+        let master_name = target.master_name.as_str();
+        let mut answers: FuturesUnordered<_> = sentinels
+            .iter()
+            .map(|sentinel| async move {
+                tokio::time::timeout(SENTINEL_TIMEOUT, ask_one(sentinel, master_name))
+                    .await
+                    .unwrap_or_else(|_| Err(StoreError::timeout()))
+            })
+            .collect();
+        let mut reports: Vec<SentinelReport> = Vec::new();
+        let mut votes: HashMap<Address, usize> = HashMap::new();
+        let mut last_error = None;
+        let mut told = false;
+        while let Some(answer) = answers.next().await {
+            match answer {
+                Ok(Some(report)) => {
+                    *votes.entry(report.primary.clone()).or_default() += 1;
+                    reports.push(report);
+                }
+                Ok(None) => {}
+                Err(error) => last_error = Some(error),
+            }
+            if !told && let Some((primary, _)) = votes.iter().find(|(_, n)| **n >= majority) {
+                self.adopt(primary.clone(), &reports, false);
+                told = true;
+                let _ = tell.send(Some(Ok(())));
+            }
+        }
+        drop(answers);
+        let winner = votes.into_iter().max_by_key(|(_, n)| *n).map(|(a, _)| a);
+        match winner {
+            Some(primary) => {
+                self.adopt(primary, &reports, true);
+                if !told {
+                    let _ = tell.send(Some(Ok(())));
+                }
+            }
+            None => {
+                let error = last_error.unwrap_or_else(|| {
+                    StoreError::new(
+                        StoreErrorKind::Unreachable,
+                        format!("no sentinel knows a primary named {}", target.master_name),
+                    )
+                });
+                let _ = tell.send(Some(Err(error)));
+            }
+        }
+        self.end_lookup();
+    }
+
+    fn end_lookup(&self) {
+        *self.lookup.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    /// Takes `primary` as the sentinels' answer, with what they said of its replicas.
+    fn adopt(&self, primary: Address, reports: &[SentinelReport], complete: bool) {
+        let Kind::Sentinels(target) = &self.kind else {
+            return;
+        };
+        // The count is updated before the address: a session that moves to a new
+        // primary finds the count for it.
+        self.target.observe(&primary, reports, complete);
+        let (host, port) = primary;
+        self.replace(Some(
+            target
+                .primary_template
+                .clone()
+                .set_addr(ConnectionAddr::Tcp(host, port)),
+        ));
     }
 
     /// A connection made at `generation` found the server gone or not the primary: the
@@ -149,13 +291,13 @@ impl Locator {
         }
     }
 
-    /// Follows `+switch-master` announcements of every sentinel until `stop`. Returns at
-    /// once for a fixed address.
+    /// Until `stop`: follows every sentinel's announcements, and asks the sentinels again
+    /// every second and after each announcement. Returns at once for a fixed address.
     pub async fn watch(self: Arc<Self>, stop: CancellationToken) {
         let Kind::Sentinels(target) = &self.kind else {
             return;
         };
-        let watchers: Vec<_> = target
+        let mut tasks: Vec<_> = target
             .sentinels
             .iter()
             .map(|sentinel| {
@@ -165,8 +307,27 @@ impl Locator {
                 tokio::spawn(async move { locator.watch_one(sentinel, stop).await })
             })
             .collect();
-        for watcher in watchers {
-            let _ = watcher.await;
+        tasks.push(tokio::spawn({
+            let locator = self.clone();
+            let stop = stop.clone();
+            async move { locator.keep_asking(stop).await }
+        }));
+        for task in tasks {
+            let _ = task.await;
+        }
+    }
+
+    /// Asks the sentinels every `REFRESH_INTERVAL`, and at once when woken.
+    async fn keep_asking(self: Arc<Self>, stop: CancellationToken) {
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(REFRESH_INTERVAL) => {}
+                () = self.refresh.notified() => {}
+                () = stop.cancelled() => return,
+            }
+            if let Err(error) = self.look_up().await {
+                tracing::debug!(cause = error.detail(), "asking the sentinels failed");
+            }
         }
     }
 
@@ -191,25 +352,30 @@ impl Locator {
         }
     }
 
-    /// Takes `+switch-master` announcements from one sentinel until its subscription ends.
+    /// Takes one sentinel's announcements until its subscription ends: a
+    /// `+switch-master` for our primary moves to the new one at once; any other event
+    /// (a server down or back, a failover's steps) has the sentinels asked again.
     async fn follow(&self, sentinel: ConnectionInfo) {
         let Kind::Sentinels(target) = &self.kind else {
             return;
         };
         let (master_name, primary_template) = (&target.master_name, &target.primary_template);
-        {
-            let subscribed = async {
-                let client = Client::open(sentinel.clone()).map_err(classify)?;
-                let mut pubsub = tokio::time::timeout(SENTINEL_TIMEOUT, client.get_async_pubsub())
-                    .await
-                    .map_err(|_| StoreError::timeout())?
-                    .map_err(classify)?;
-                pubsub.subscribe("+switch-master").await.map_err(classify)?;
-                let mut messages = pubsub.on_message();
-                while let Some(message) = messages.next().await {
-                    let Ok(payload) = message.get_payload::<String>() else {
-                        continue;
-                    };
+        let subscribed = async {
+            let client = Client::open(sentinel.clone()).map_err(classify)?;
+            let mut pubsub = tokio::time::timeout(SENTINEL_TIMEOUT, client.get_async_pubsub())
+                .await
+                .map_err(|_| StoreError::timeout())?
+                .map_err(classify)?;
+            pubsub.psubscribe("*").await.map_err(classify)?;
+            let mut messages = pubsub.on_message();
+            while let Some(message) = messages.next().await {
+                let channel = message.get_channel_name();
+                if channel == "__sentinel__:hello" {
+                    continue;
+                }
+                if channel == "+switch-master"
+                    && let Ok(payload) = message.get_payload::<String>()
+                {
                     // "<name> <old ip> <old port> <new ip> <new port>"
                     let fields: Vec<&str> = payload.split(' ').collect();
                     if let [name, _, _, host, port] = fields[..]
@@ -220,11 +386,12 @@ impl Locator {
                         self.replace(Some(primary_template.clone().set_addr(address)));
                     }
                 }
-                Ok::<(), StoreError>(())
-            };
-            if let Err(error) = subscribed.await {
-                tracing::debug!(sentinel = %sentinel.addr(), cause = error.detail(), "sentinel subscription failed");
+                self.refresh.notify_one();
             }
+            Ok::<(), StoreError>(())
+        };
+        if let Err(error) = subscribed.await {
+            tracing::debug!(sentinel = %sentinel.addr(), cause = error.detail(), "sentinel subscription failed");
         }
     }
 }
@@ -258,43 +425,15 @@ async fn resolved(sentinels: &[ConnectionInfo]) -> Vec<ConnectionInfo> {
     addresses
 }
 
-/// Asks every sentinel for the primary's address at once; the address most of those that
-/// answered give wins.
-async fn ask_sentinels(
-    sentinels: &[ConnectionInfo],
-    master_name: &str,
-) -> Result<ConnectionAddr, StoreError> {
-    let sentinels = resolved(sentinels).await;
-    let answers = futures_util::future::join_all(sentinels.iter().map(|sentinel| async move {
-        tokio::time::timeout(SENTINEL_TIMEOUT, ask_one(sentinel, master_name))
-            .await
-            .unwrap_or_else(|_| Err(StoreError::timeout()))
-    }))
-    .await;
-    let mut votes: HashMap<(String, u16), usize> = HashMap::new();
-    let mut last_error = None;
-    for answer in answers {
-        match answer {
-            Ok(Some(address)) => *votes.entry(address).or_default() += 1,
-            Ok(None) => {}
-            Err(error) => last_error = Some(error),
-        }
-    }
-    match votes.into_iter().max_by_key(|(_, count)| *count) {
-        Some(((host, port), _)) => Ok(ConnectionAddr::Tcp(host, port)),
-        None => Err(last_error.unwrap_or_else(|| {
-            StoreError::new(
-                StoreErrorKind::Unreachable,
-                format!("no sentinel knows a primary named {master_name}"),
-            )
-        })),
-    }
-}
+/// One instance as `SENTINEL MASTER` and `SENTINEL REPLICAS` describe it: field → value.
+type Fields = HashMap<String, String>;
 
+/// One sentinel's view of the primary named `master_name` and its replicas; `None` when
+/// it knows no such primary.
 async fn ask_one(
     sentinel: &ConnectionInfo,
     master_name: &str,
-) -> Result<Option<(String, u16)>, StoreError> {
+) -> Result<Option<SentinelReport>, StoreError> {
     let client = Client::open(sentinel.clone()).map_err(classify)?;
     let config = AsyncConnectionConfig::new()
         .set_connection_timeout(Some(SENTINEL_TIMEOUT))
@@ -303,13 +442,20 @@ async fn ask_one(
         .get_multiplexed_async_connection_with_config(&config)
         .await
         .map_err(classify)?;
-    let address: Option<(String, String)> = redis::cmd("SENTINEL")
-        .arg("GET-MASTER-ADDR-BY-NAME")
+    let mut pipe = redis::pipe();
+    pipe.cmd("SENTINEL")
+        .arg("MASTER")
         .arg(master_name)
-        .query_async(&mut connection)
-        .await
-        .map_err(classify)?;
-    Ok(address.and_then(|(host, port)| Some((host, port.parse().ok()?))))
+        .cmd("SENTINEL")
+        .arg("REPLICAS")
+        .arg(master_name);
+    let answer: redis::RedisResult<(Fields, Vec<Fields>)> = pipe.query_async(&mut connection).await;
+    match answer {
+        Ok((master, replicas)) => Ok(SentinelReport::from_replies(&master, &replicas)),
+        // "ERR No such master with that name"
+        Err(error) if error.code() == Some("ERR") => Ok(None),
+        Err(error) => Err(classify(error)),
+    }
 }
 
 /// The connection settings of one sentinel.

@@ -12,9 +12,11 @@
 //! - `write`: the exactly-once write of a batch of visits;
 //! - `reads`: readiness, the snapshot for `/api/stats`, heartbeats;
 //! - `clock`: Redis's clock as seen from here, for write deadlines;
-//! - `locate`: where the primary is; `scripts`: the Lua scripts.
+//! - `locate`: where the primary is; `failover`: how many replicas a write must reach so
+//!   that no failover discards it; `scripts`: the Lua scripts.
 
 mod clock;
+mod failover;
 mod locate;
 mod reads;
 pub mod scripts;
@@ -35,8 +37,8 @@ use self::{locate::Locator, scripts::Scripts};
 use super::{Identity, StoreError, StoreErrorKind};
 use crate::config::{RedisSettings, RedisTarget};
 
-/// Batch records each writer keeps: more than the writes it ever has under way, so a
-/// retried batch always finds its record if it was applied.
+/// Batch records each writer keeps, in a ring: far more than the writes it ever has under
+/// way, so a retried batch always finds its record if it was applied.
 const BATCH_RECORDS_KEPT: u64 = 64;
 /// How long a writer's batch records outlive its last write: long enough for any retry,
 /// short enough that the records of replicas long gone do not pile up.
@@ -165,14 +167,18 @@ fn classify(error: RedisError) -> StoreError {
     let kind = match error.code() {
         Some("LOADING") => StoreErrorKind::Loading,
         Some("MISCONF" | "READONLY" | "MASTERDOWN") => StoreErrorKind::ReadOnly,
-        Some("NOAUTH" | "WRONGPASS" | "NOPERM") => StoreErrorKind::Auth,
+        Some("NOAUTH" | "WRONGPASS") => StoreErrorKind::Auth,
+        Some("NOPERM") => StoreErrorKind::Permission,
         Some("OOM") => StoreErrorKind::OutOfMemory,
         Some("BUSY") => StoreErrorKind::Busy,
         Some("WRONGTYPE") => StoreErrorKind::WrongType,
         Some("NOREPLICAS") => StoreErrorKind::Replication,
         // Refused by the write's own deadline check: certainly not applied.
         Some("EXPIRED") => StoreErrorKind::Timeout,
+        Some("LIMIT") => StoreErrorKind::Limit,
+        Some("SHARELIMIT") => StoreErrorKind::ShareLimit,
         Some("ERR") if detail.contains("overflow") => StoreErrorKind::Limit,
+        _ if error.to_string().contains("refused to switch database") => StoreErrorKind::NoDatabase,
         Some("ERR") if detail.contains("not an integer") => StoreErrorKind::WrongType,
         _ if error.kind() == redis::ErrorKind::AuthenticationFailed => StoreErrorKind::Auth,
         _ if error.is_timeout() => StoreErrorKind::Timeout,

@@ -2,54 +2,19 @@
 //! replica's heartbeat. Each may run twice without harm, so each runs on a fresh
 //! connection when the one at hand turns out broken (`RedisSession::query`).
 
-use redis::{FromRedisValue, Value};
 use tokio::time::Instant;
 
 use super::session::RedisSession;
 use crate::store::{ALIVE_WINDOW, ReplicaStats, Snapshot, StoreError, StoreErrorKind};
 
 impl RedisSession {
-    /// Answers when Redis could take a visit now: it answers, it is the primary with
-    /// enough replicas, and the keys a write touches hold what a write expects.
+    /// Answers when Redis could take a visit now: a write of no visits, through the same
+    /// script with the same keys and the same wait for replicas, succeeds. So readiness
+    /// follows whatever refuses visits: the server gone, a replica instead of the
+    /// primary, too few replicas, a full memory, an ACL, a key of the wrong type, a total
+    /// at its limit.
     pub async fn ready(&self, answer_by: Instant) -> Result<(), StoreError> {
-        let mut pipe = redis::pipe();
-        pipe.cmd("ROLE")
-            .get(&self.store.keys.total)
-            .cmd("TYPE")
-            .arg(&self.store.keys.replicas);
-        let (role, total, replicas): (Vec<Value>, Option<String>, String) =
-            self.query(&pipe, answer_by).await?;
-        let role_name = role
-            .first()
-            .and_then(|v| String::from_redis_value(v.clone()).ok());
-        if role_name.as_deref() != Some("master") {
-            return Err(StoreError::new(
-                StoreErrorKind::ReadOnly,
-                "the server is not the primary",
-            ));
-        }
-        let connected = match role.get(2) {
-            Some(Value::Array(replicas)) => replicas.len(),
-            _ => 0,
-        };
-        if connected < usize::from(self.store.min_replicas) {
-            return Err(StoreError::new(
-                StoreErrorKind::Replication,
-                format!(
-                    "{connected} replicas connected, {} needed",
-                    self.store.min_replicas
-                ),
-            ));
-        }
-        if total.is_some_and(|total| total.parse::<i64>().is_err())
-            || !matches!(replicas.as_str(), "hash" | "none")
-        {
-            return Err(StoreError::new(
-                StoreErrorKind::WrongType,
-                "the total or the per-replica hash holds something else",
-            ));
-        }
-        Ok(())
+        self.add_visits(0, answer_by).await.map(drop)
     }
 
     /// The total, visits per replica and which replicas are alive.

@@ -287,7 +287,43 @@ impl RedisSession {
                 "the server the sentinels named is not the primary",
             ));
         }
+        self.check_capabilities(&mut connection).await?;
         Ok((connection, closed, generation))
+    }
+
+    /// Refuses a server that cannot honour the settings: one without `WAITAOF` (before
+    /// Redis or Valkey 7.2, or with the command renamed away) when writes must wait for
+    /// append-only files. Nothing is written to such a server.
+    async fn check_capabilities(
+        &self,
+        connection: &mut MultiplexedConnection,
+    ) -> Result<(), StoreError> {
+        if !self.store.wait_aof {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        pipe.cmd("COMMAND")
+            .arg("INFO")
+            .arg("WAITAOF")
+            .cmd("INFO")
+            .arg("server");
+        let (waitaof, server): (Vec<Value>, String) =
+            pipe.query_async(connection).await.map_err(classify)?;
+        if matches!(waitaof.first(), None | Some(Value::Nil)) {
+            let version = server
+                .lines()
+                .find_map(|line| line.strip_prefix("redis_version:"))
+                .unwrap_or("unknown")
+                .trim();
+            return Err(StoreError::new(
+                StoreErrorKind::Unsupported,
+                format!(
+                    "the server (version {version}) has no WAITAOF, which waiting for \
+                     append-only files needs (Redis or Valkey 7.2 and later)"
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Forgets a connection that failed; `moved` also has the primary's address looked up

@@ -42,9 +42,15 @@ impl BatchWriter {
 
 impl RedisSession {
     /// Adds `count` visits in one write and returns the total after them. An error that
-    /// is not `in_doubt` means nothing was applied, nor will be.
+    /// is not `in_doubt` means nothing was applied, nor will be. With no visits, checks
+    /// that a write would succeed now, replicas included, and changes nothing.
     pub async fn add_visits(&self, count: u64, answer_by: Instant) -> Result<i64, StoreError> {
-        let batch = self.writer.next_batch.fetch_add(1, Ordering::Relaxed);
+        // A probe records nothing, so it takes no batch number (0 is never a batch's).
+        let batch = if count == 0 {
+            0
+        } else {
+            self.writer.next_batch.fetch_add(1, Ordering::Relaxed)
+        };
         let mut maybe_applied = false;
         let mut last = None;
         for _ in 0..MAX_ATTEMPTS {
@@ -90,7 +96,11 @@ impl RedisSession {
             .arg(batch)
             .arg(BATCH_RECORDS_KEPT)
             .arg(BATCH_RECORDS_TTL.as_millis() as u64);
-        let replicas_wanted = self.add_replication_wait(&mut pipe, now, answer_by);
+        let replicas_wanted = match self.add_replication_wait(&mut pipe, now, answer_by) {
+            Ok(wanted) => wanted,
+            // A failover is under way: nothing is sent.
+            Err(error) => return Tried::Failed(error),
+        };
         let mut connection = live.connection.clone();
         let replies =
             match timeout_at(answer_by, pipe.query_async::<Vec<Value>>(&mut connection)).await {
@@ -134,6 +144,7 @@ impl RedisSession {
             match reached {
                 Some(Ok(reached)) if reached >= wanted => {}
                 Some(Ok(reached)) => {
+                    self.store.locator.replicas_fell_short();
                     return Tried::Failed(
                         StoreError::new(
                             StoreErrorKind::Replication,
@@ -153,29 +164,28 @@ impl RedisSession {
         Tried::Done(total)
     }
 
-    /// Adds WAIT (or WAITAOF) after the write when replicas must confirm it; returns how
-    /// many must. Redis waits at most until halfway to the answer deadline, so that its
-    /// answer is back in time.
+    /// Adds WAIT (or WAITAOF) after the write when replicas must confirm it (the setting,
+    /// and with sentinels the failover rule); returns how many must. Redis waits at most
+    /// until halfway to the answer deadline, so that its answer is back in time. An
+    /// error, and nothing to send, while a failover is under way.
     fn add_replication_wait(
         &self,
         pipe: &mut Pipeline,
         now: Instant,
         answer_by: Instant,
-    ) -> Option<i64> {
+    ) -> Result<Option<i64>, StoreError> {
         let store = &self.store;
-        if store.min_replicas == 0 && !store.wait_aof {
-            return None;
+        let replicas = store.locator.replicas_to_wait(store.min_replicas)?;
+        if replicas == 0 && !store.wait_aof {
+            return Ok(None);
         }
         let wait_ms = (answer_by.saturating_duration_since(now).as_millis() as u64 / 2).max(1);
         if store.wait_aof {
-            pipe.cmd("WAITAOF")
-                .arg(1)
-                .arg(store.min_replicas)
-                .arg(wait_ms);
+            pipe.cmd("WAITAOF").arg(1).arg(replicas).arg(wait_ms);
         } else {
-            pipe.cmd("WAIT").arg(store.min_replicas).arg(wait_ms);
+            pipe.cmd("WAIT").arg(replicas).arg(wait_ms);
         }
-        Some(i64::from(store.min_replicas))
+        Ok(Some(i64::from(replicas)))
     }
 }
 

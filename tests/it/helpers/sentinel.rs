@@ -59,13 +59,21 @@ impl RedisGroup {
     /// Starts the group and waits until the primary has both replicas and every sentinel
     /// knows the others and the replicas.
     pub async fn start(flavor: Flavor) -> Self {
-        let primary = RedisServer::start_with(flavor, None, &NODE_SETTINGS).await;
+        Self::start_with(flavor, [&[], &[], &[]]).await
+    }
+
+    /// `start`, with settings of its own for each node (the primary first).
+    pub async fn start_with(flavor: Flavor, extra: [&[&str]; 3]) -> Self {
+        let mut settings = NODE_SETTINGS.to_vec();
+        settings.extend(extra[0]);
+        let primary = RedisServer::start_with(flavor, None, &settings).await;
         let primary_port = primary.port.to_string();
-        let mut replica_settings = NODE_SETTINGS.to_vec();
-        replica_settings.extend(["--replicaof", "127.0.0.1", &primary_port]);
         let mut nodes = vec![primary];
-        for _ in 0..2 {
-            nodes.push(RedisServer::start_with(flavor, None, &replica_settings).await);
+        for own in &extra[1..] {
+            let mut settings = NODE_SETTINGS.to_vec();
+            settings.extend(["--replicaof", "127.0.0.1", &primary_port]);
+            settings.extend(*own);
+            nodes.push(RedisServer::start_with(flavor, None, &settings).await);
         }
         let group_nodes = &nodes;
         wait_until("both replicas in sync", allowed(PROCESS_START), || async {
@@ -147,6 +155,28 @@ impl RedisGroup {
         new.into_inner().unwrap().expect("a new primary")
     }
 
+    /// A planned failover (`SENTINEL FAILOVER`), as an operator starts one: asked of one
+    /// sentinel until it takes it (it refuses while another is under way, or before it
+    /// has watched the replicas long enough); returns the new primary once it takes
+    /// writes.
+    pub async fn planned_failover(&self) -> usize {
+        let old = self.primary().await.expect("a primary");
+        let asked = &self.sentinels[fastrand::usize(..self.sentinels.len())];
+        wait_or_explain(
+            "a sentinel to take SENTINEL FAILOVER",
+            allowed(FAILOVER),
+            || async {
+                asked
+                    .query(&["SENTINEL", "FAILOVER", MASTER_NAME])
+                    .await
+                    .is_ok()
+            },
+            || self.state(),
+        )
+        .await;
+        self.wait_for_failover(old, allowed(FAILOVER)).await
+    }
+
     /// Each server's role, replication and append-only-file state, for failure messages.
     pub async fn state(&self) -> String {
         let mut lines = Vec::new();
@@ -183,6 +213,11 @@ impl RedisGroup {
 }
 
 impl SentinelProcess {
+    /// A sentinel of its own watching the server on `primary_port` as `mymaster`.
+    pub async fn start_watching(flavor: Flavor, primary_port: u16) -> Self {
+        Self::start(flavor, primary_port).await
+    }
+
     async fn start(flavor: Flavor, primary_port: u16) -> Self {
         let dir = tempfile::tempdir().expect("a temporary folder");
         let port = free_port();
@@ -264,5 +299,26 @@ impl SentinelProcess {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill().await;
         }
+    }
+
+    /// Freezes the sentinel (SIGSTOP), as a hung host would: connections are accepted by
+    /// the kernel, nothing is answered.
+    pub fn pause(&self) {
+        self.signal(nix::sys::signal::Signal::SIGSTOP);
+    }
+
+    /// Lets a paused sentinel run again.
+    pub fn resume(&self) {
+        self.signal(nix::sys::signal::Signal::SIGCONT);
+    }
+
+    fn signal(&self, signal: nix::sys::signal::Signal) {
+        let pid = self
+            .child
+            .as_ref()
+            .and_then(Child::id)
+            .expect("the sentinel is running");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal)
+            .expect("the signal is sent");
     }
 }

@@ -1,0 +1,423 @@
+//! The failover rule: how many replicas a write must reach before its visits are
+//! acknowledged, so that no failover the sentinels can carry out discards it.
+//!
+//! A failover promotes one replica; the writes that replica lacks are lost, and their
+//! numbers are handed out again by the new primary. The sentinels promote only a replica
+//! they consider fit: one they know, can reach and do not consider down, that reports
+//! itself a replica, whose priority is not 0, and whose link to the primary has not been
+//! down for long (sentinel.c, `sentinelSelectSlave`). So a write is acknowledged only
+//! once every such replica has it (`WAIT n`, n = all of them, and at least
+//! `--redis-min-replicas`): whichever is promoted, the write is there.
+//!
+//! The count comes from the sentinels' own view (`SENTINEL REPLICAS`), asked of all of
+//! them: a replica fit by any one's view counts. The count may rise at any time, but it
+//! falls only when the view is clear: no sentinel is in the middle of a failover, and no
+//! replica of the primary reports itself a primary (a promotion other sentinels have not
+//! yet understood as one; the old primary, which reports itself a primary until it is
+//! converted, is known and excepted). While a failover is under way (the leading
+//! sentinel's `failover_in_progress`), writes are refused before they are sent. A count
+//! that is too high costs refused visits, never lost ones: a write that waited for a
+//! replica that was promoted meanwhile gets too few acknowledgements and is refused.
+//!
+//! What stays open with two faults at once: the primary and every replica that has a
+//! write lost together; a replica that comes back and is promoted before the service has
+//! asked the sentinels again (every second, and at once on their events); a replica whose
+//! link to the primary has been down a little longer than ten times
+//! `down-after-milliseconds` when the primary fails (the sentinels may still promote it,
+//! the count no longer waits for it).
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    sync::Mutex,
+};
+
+use crate::store::{StoreError, StoreErrorKind};
+
+/// A Redis server's address, as the sentinels name it.
+pub type Address = (String, u16);
+
+/// How many times `down-after-milliseconds` a replica's link to the primary may have been
+/// down for the sentinels still to promote it (sentinel.c).
+const LINK_DOWN_FACTOR: u64 = 10;
+
+/// What one sentinel said about the primary and its replicas.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SentinelReport {
+    pub primary: Address,
+    /// This sentinel leads a failover of the primary now.
+    pub failover_in_progress: bool,
+    pub replicas: Vec<ReplicaReport>,
+}
+
+/// One replica as a sentinel sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaReport {
+    pub address: Address,
+    /// A promotion is under way to it (only the leading sentinel says so).
+    pub promoted: bool,
+    /// The sentinel promotes it in a failover.
+    pub fit: bool,
+    /// It says it is a primary.
+    pub reports_primary: bool,
+}
+
+impl SentinelReport {
+    /// Reads the answers to `SENTINEL MASTER` and `SENTINEL REPLICAS`, each as field →
+    /// value maps.
+    pub fn from_replies(
+        master: &HashMap<String, String>,
+        replicas: &[HashMap<String, String>],
+    ) -> Option<Self> {
+        let address = |fields: &HashMap<String, String>| -> Option<Address> {
+            Some((fields.get("ip")?.clone(), fields.get("port")?.parse().ok()?))
+        };
+        let flags = |fields: &HashMap<String, String>| -> Vec<String> {
+            fields
+                .get("flags")
+                .map(|f| f.split(',').map(str::to_owned).collect())
+                .unwrap_or_default()
+        };
+        let number = |fields: &HashMap<String, String>, name: &str| -> Option<u64> {
+            fields.get(name)?.parse().ok()
+        };
+        let down_after = number(master, "down-after-milliseconds").unwrap_or(30_000);
+        let replicas = replicas
+            .iter()
+            .filter_map(|fields| {
+                let flags = flags(fields);
+                let has = |flag: &str| flags.iter().any(|f| f == flag);
+                let reports_primary =
+                    fields.get("role-reported").map(String::as_str) != Some("slave");
+                let priority = number(fields, "slave-priority")
+                    .or_else(|| number(fields, "replica-priority"))
+                    .unwrap_or(100);
+                let link_ok = fields.get("master-link-status").map(String::as_str) == Some("ok");
+                let link_down = number(fields, "master-link-down-time").unwrap_or(u64::MAX);
+                let fit = !has("s_down")
+                    && !has("o_down")
+                    && !has("disconnected")
+                    && !reports_primary
+                    && priority != 0
+                    && (link_ok || link_down <= LINK_DOWN_FACTOR * down_after);
+                Some(ReplicaReport {
+                    address: address(fields)?,
+                    promoted: has("promoted"),
+                    fit,
+                    reports_primary,
+                })
+            })
+            .collect();
+        let master_flags = flags(master);
+        Some(Self {
+            primary: address(master)?,
+            failover_in_progress: master_flags.iter().any(|f| f == "failover_in_progress"),
+            replicas,
+        })
+    }
+}
+
+/// The number of replicas writes wait for, kept by the rule above.
+#[derive(Debug, Default)]
+pub struct ReplicaTarget {
+    state: Mutex<TargetState>,
+}
+
+#[derive(Debug, Default)]
+struct TargetState {
+    /// The primary the count is for.
+    primary: Option<Address>,
+    replicas: usize,
+    /// A sentinel leads a failover now: nothing may be acknowledged.
+    failing_over: bool,
+    /// Primaries followed before, which report themselves primaries until converted.
+    former_primaries: BTreeSet<Address>,
+}
+
+impl ReplicaTarget {
+    /// Takes the reports of the sentinels that answered about `primary`; `complete` when
+    /// every sentinel has answered or given up, so that none that leads a failover can
+    /// be missing from them. Only a complete, clear view lowers the count.
+    pub fn observe(&self, primary: &Address, reports: &[SentinelReport], complete: bool) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if state.primary.as_ref() != Some(primary) {
+            if let Some(old) = state.primary.replace(primary.clone()) {
+                state.former_primaries.insert(old);
+            }
+            state.former_primaries.remove(primary);
+        }
+        let about_ours: Vec<&SentinelReport> =
+            reports.iter().filter(|r| &r.primary == primary).collect();
+        state.failing_over = reports.iter().any(|r| r.failover_in_progress);
+        let fit: BTreeSet<&Address> = about_ours
+            .iter()
+            .flat_map(|r| r.replicas.iter())
+            .filter(|replica| replica.fit)
+            .map(|replica| &replica.address)
+            .collect();
+        let clear = complete
+            && !state.failing_over
+            && about_ours.len() == reports.len()
+            && about_ours
+                .iter()
+                .flat_map(|r| r.replicas.iter())
+                .all(|replica| {
+                    !replica.promoted
+                        && (!replica.reports_primary
+                            || state.former_primaries.contains(&replica.address))
+                });
+        if fit.len() > state.replicas || clear {
+            state.replicas = fit.len();
+        }
+    }
+
+    /// How many replicas a write must reach: all the sentinels could promote, and at
+    /// least `at_least`; an error while a failover is under way.
+    pub fn replicas_to_wait(&self, at_least: u8) -> Result<u8, StoreError> {
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if state.failing_over {
+            return Err(StoreError::new(
+                StoreErrorKind::Failover,
+                "a sentinel is failing the primary over; writes wait for the new one",
+            ));
+        }
+        Ok(at_least.max(u8::try_from(state.replicas).unwrap_or(u8::MAX)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn address(port: u16) -> Address {
+        ("10.0.0.1".to_owned(), port)
+    }
+
+    fn replica(port: u16) -> ReplicaReport {
+        ReplicaReport {
+            address: address(port),
+            promoted: false,
+            fit: true,
+            reports_primary: false,
+        }
+    }
+
+    fn report(primary: u16, replicas: Vec<ReplicaReport>) -> SentinelReport {
+        SentinelReport {
+            primary: address(primary),
+            failover_in_progress: false,
+            replicas,
+        }
+    }
+
+    #[test]
+    fn writes_wait_for_every_replica_a_failover_could_promote() {
+        let target = ReplicaTarget::default();
+        target.observe(
+            &address(1),
+            &[report(1, vec![replica(2), replica(3)])],
+            true,
+        );
+
+        assert_eq!(target.replicas_to_wait(1).unwrap(), 2);
+        assert_eq!(
+            target.replicas_to_wait(3).unwrap(),
+            3,
+            "never below the setting"
+        );
+    }
+
+    #[test]
+    fn a_replica_down_in_the_view_of_every_sentinel_is_not_waited_for() {
+        let target = ReplicaTarget::default();
+        target.observe(
+            &address(1),
+            &[report(1, vec![replica(2), replica(3)])],
+            true,
+        );
+        let down = ReplicaReport {
+            fit: false,
+            ..replica(3)
+        };
+
+        let reports = [
+            report(1, vec![replica(2), down.clone()]),
+            report(1, vec![replica(2), down]),
+        ];
+        target.observe(&address(1), &reports, false);
+        assert_eq!(
+            target.replicas_to_wait(1).unwrap(),
+            2,
+            "not while a sentinel may still answer"
+        );
+
+        target.observe(&address(1), &reports, true);
+        assert_eq!(target.replicas_to_wait(1).unwrap(), 1);
+    }
+
+    #[test]
+    fn one_sentinel_that_still_sees_a_replica_fit_keeps_it_waited_for() {
+        let target = ReplicaTarget::default();
+        let down = ReplicaReport {
+            fit: false,
+            ..replica(3)
+        };
+
+        target.observe(
+            &address(1),
+            &[
+                report(1, vec![replica(2), down]),
+                report(1, vec![replica(2), replica(3)]),
+            ],
+            true,
+        );
+
+        assert_eq!(target.replicas_to_wait(1).unwrap(), 2);
+    }
+
+    /// A planned failover as the sentinels report it: the leader alone says a failover
+    /// is under way and which replica it promotes; the others see that replica report
+    /// itself a primary while still listing it as a replica.
+    #[test]
+    fn during_a_failover_nothing_is_acknowledged_and_the_count_does_not_fall() {
+        let target = ReplicaTarget::default();
+        target.observe(
+            &address(1),
+            &[report(1, vec![replica(2), replica(3)])],
+            true,
+        );
+
+        let leading = SentinelReport {
+            failover_in_progress: true,
+            ..report(
+                1,
+                vec![
+                    replica(2),
+                    ReplicaReport {
+                        promoted: true,
+                        ..replica(3)
+                    },
+                ],
+            )
+        };
+        target.observe(&address(1), &[leading], true);
+        assert_eq!(
+            target.replicas_to_wait(1).unwrap_err().kind(),
+            StoreErrorKind::Failover
+        );
+
+        // The leader no longer answers; another sentinel sees the promoted replica
+        // report itself a primary: not fit, but the count must not fall to 1.
+        let promoted = ReplicaReport {
+            fit: false,
+            reports_primary: true,
+            ..replica(3)
+        };
+        target.observe(&address(1), &[report(1, vec![replica(2), promoted])], true);
+        assert_eq!(target.replicas_to_wait(1).unwrap(), 2);
+    }
+
+    #[test]
+    fn after_the_switch_the_old_primary_reporting_itself_primary_does_not_hold_the_count() {
+        let target = ReplicaTarget::default();
+        target.observe(
+            &address(1),
+            &[report(1, vec![replica(2), replica(3)])],
+            true,
+        );
+        let old_primary = ReplicaReport {
+            fit: false,
+            reports_primary: true,
+            ..replica(1)
+        };
+
+        target.observe(
+            &address(3),
+            &[report(3, vec![replica(2), old_primary])],
+            true,
+        );
+
+        assert_eq!(target.replicas_to_wait(1).unwrap(), 1);
+    }
+
+    #[test]
+    fn sentinels_that_name_another_primary_keep_the_count_from_falling() {
+        let target = ReplicaTarget::default();
+        target.observe(
+            &address(1),
+            &[report(1, vec![replica(2), replica(3)])],
+            true,
+        );
+        let down = ReplicaReport {
+            fit: false,
+            ..replica(3)
+        };
+
+        target.observe(
+            &address(1),
+            &[
+                report(1, vec![replica(2), down]),
+                report(3, vec![replica(2)]),
+            ],
+            true,
+        );
+
+        assert_eq!(target.replicas_to_wait(1).unwrap(), 2);
+    }
+
+    #[test]
+    fn the_sentinels_replies_are_read_into_a_report() {
+        let fields = |pairs: &[(&str, &str)]| -> HashMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        let master = fields(&[
+            ("ip", "10.0.0.1"),
+            ("port", "6379"),
+            ("flags", "master,failover_in_progress,force_failover"),
+            ("down-after-milliseconds", "500"),
+        ]);
+        let healthy = fields(&[
+            ("ip", "10.0.0.2"),
+            ("port", "6379"),
+            ("flags", "slave"),
+            ("role-reported", "slave"),
+            ("master-link-status", "ok"),
+            ("master-link-down-time", "0"),
+            ("slave-priority", "100"),
+        ]);
+        let long_cut_off = fields(&[
+            ("ip", "10.0.0.3"),
+            ("port", "6379"),
+            ("flags", "slave"),
+            ("role-reported", "slave"),
+            ("master-link-status", "err"),
+            ("master-link-down-time", "6000"),
+            ("slave-priority", "100"),
+        ]);
+        let never_promoted = fields(&[
+            ("ip", "10.0.0.4"),
+            ("port", "6379"),
+            ("flags", "slave"),
+            ("role-reported", "slave"),
+            ("master-link-status", "ok"),
+            ("slave-priority", "0"),
+        ]);
+        let down = fields(&[
+            ("ip", "10.0.0.5"),
+            ("port", "6379"),
+            ("flags", "slave,s_down,disconnected"),
+            ("role-reported", "slave"),
+        ]);
+
+        let report =
+            SentinelReport::from_replies(&master, &[healthy, long_cut_off, never_promoted, down])
+                .unwrap();
+
+        assert_eq!(report.primary, ("10.0.0.1".to_owned(), 6379));
+        assert!(report.failover_in_progress);
+        let fit: Vec<bool> = report.replicas.iter().map(|r| r.fit).collect();
+        assert_eq!(fit, [true, false, false, false]);
+    }
+}
