@@ -25,7 +25,7 @@ use tokio::{
     time::Instant,
 };
 
-use crate::{deadlines::Deadlines, store::StoreError};
+use crate::{deadlines::Deadlines, delivery::Counted, store::StoreError};
 
 /// Where the batcher records visits: the store, or a stand-in in tests.
 pub trait VisitLog: Send + Sync + 'static {
@@ -109,7 +109,7 @@ impl BatchOptions {
 
 struct Visit {
     arrived: Instant,
-    reply: oneshot::Sender<Result<i64, VisitError>>,
+    reply: oneshot::Sender<Result<Counted, VisitError>>,
 }
 
 /// The total as last seen, published as the `stackdemo_count` gauge. One is shared by
@@ -164,8 +164,9 @@ impl VisitCounter {
         (Self { queue }, task)
     }
 
-    /// Counts one visit and returns its number once the store has confirmed it.
-    pub async fn visit(&self) -> Result<i64, VisitError> {
+    /// Counts one visit and returns its number once the store has confirmed it. The
+    /// number is reported in doubt unless its answer is delivered (`delivery`).
+    pub async fn visit(&self) -> Result<Counted, VisitError> {
         let result = self.queued().await;
         if let Err(error) = &result {
             counter!("stackdemo_visits_refused_total", "reason" => error.code()).increment(1);
@@ -173,7 +174,7 @@ impl VisitCounter {
         result
     }
 
-    async fn queued(&self) -> Result<i64, VisitError> {
+    async fn queued(&self) -> Result<Counted, VisitError> {
         let (reply, answer) = oneshot::channel();
         let visit = Visit {
             arrived: Instant::now(),
@@ -244,16 +245,10 @@ async fn commit<L: VisitLog>(
             counter!("stackdemo_visits_total").increment(count);
             gauge.observe(total);
             let first = total - (count as i64 - 1);
-            let mut undelivered = 0;
             for (number, visit) in (first..=total).zip(fresh) {
-                if visit.reply.send(Ok(number)).is_err() {
-                    undelivered += 1;
-                }
-            }
-            // Counted, but the request that asked was gone before its answer (the client
-            // left, or shutdown cut the connection): counted without a 200.
-            if undelivered > 0 {
-                counter!("stackdemo_visits_in_doubt_total").increment(undelivered);
+                // A request gone meanwhile (the client left, or shutdown cut the
+                // connection) drops its number undelivered: reported in doubt.
+                let _ = visit.reply.send(Ok(Counted::new(number)));
             }
         }
         Err(error) => {
@@ -292,6 +287,13 @@ mod tests {
 
     /// Every answer the clients got, each client's in the order it got them.
     type Answers = Vec<Vec<Result<i64, VisitError>>>;
+
+    /// The number of a counted visit, whose answer the client got.
+    fn answered(counted: Counted) -> i64 {
+        let number = counted.number();
+        counted.delivered();
+        number
+    }
 
     /// What the answers add up to.
     #[derive(Debug, Default)]
@@ -400,7 +402,7 @@ mod tests {
             handles.push(tokio::spawn(async move {
                 let mut answers = Vec::new();
                 for _ in 0..each {
-                    answers.push(counter.visit().await);
+                    answers.push(counter.visit().await.map(answered));
                 }
                 answers
             }));
@@ -608,7 +610,9 @@ mod tests {
         let mut pending = Vec::new();
         for _ in 0..8 {
             let counter = counter.clone();
-            pending.push(tokio::spawn(async move { counter.visit().await }));
+            pending.push(tokio::spawn(
+                async move { counter.visit().await.map(answered) },
+            ));
         }
         let (mut counted, mut overloaded) = (0, 0);
         for visit in pending {

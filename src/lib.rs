@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod counter;
 pub mod deadlines;
+pub mod delivery;
 pub mod healthcheck;
 pub mod page;
 pub mod routes;

@@ -2,10 +2,7 @@
 //! replicas. One self-contained document from the binary, no external assets, so it works
 //! offline; without JavaScript it still shows the count.
 
-use axum::{
-    http::{HeaderValue, header},
-    response::{IntoResponse, Response},
-};
+use axum::http::{HeaderName, HeaderValue, header};
 
 const TEMPLATE: &str = include_str!("page.html");
 
@@ -41,22 +38,20 @@ pub fn prefers_html(accept: Option<&HeaderValue>) -> bool {
     }
 }
 
-/// Renders the page for visit number `count`.
-pub fn render(count: i64, replica: &str, version: &str) -> Response {
-    let body = TEMPLATE
+/// The headers the page is sent with.
+pub const HEADERS: [(HeaderName, &str); 3] = [
+    (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+    (header::CONTENT_SECURITY_POLICY, CSP),
+    (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+];
+
+/// The page for visit number `count`.
+pub fn render(count: i64, replica: &str, version: &str) -> String {
+    TEMPLATE
         .replace("{{count}}", &count.to_string())
         .replace("{{version}}", &escape(version))
         // Last, so that nothing inside a replica name is taken for a placeholder.
-        .replace("{{replica}}", &escape(replica));
-    (
-        [
-            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
-            (header::CONTENT_SECURITY_POLICY, CSP),
-            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
-        ],
-        body,
-    )
-        .into_response()
+        .replace("{{replica}}", &escape(replica))
 }
 
 /// Escapes text for HTML element content and quoted attribute values.

@@ -4,14 +4,18 @@
 use axum::{
     body::{Body, HttpBody},
     extract::{Request, State},
-    http::header,
+    http::{HeaderValue, header},
     response::{IntoResponse, Response},
 };
 use http_body_util::LengthLimitError;
 use tokio::time::Instant;
 
 use super::{ApiError, MAX_BODY_BYTES};
-use crate::{page, state::AppState};
+use crate::{
+    delivery::{AnsweredBody, Handover},
+    page,
+    state::AppState,
+};
 
 /// `GET /`. Not under the request timeout layer: a visit whose body has not ended in time
 /// to count it within the request timeout is refused before it joins a batch, and one that
@@ -20,26 +24,35 @@ use crate::{page, state::AppState};
 pub async fn visit(State(state): State<AppState>, request: Request) -> Result<Response, ApiError> {
     let read_by = state.deadlines.body_read_by(Instant::now());
     let html = page::prefers_html(request.headers().get(header::ACCEPT));
+    let handover = request.extensions().get::<Handover>().cloned();
     match tokio::time::timeout_at(read_by, read_body(request.into_body())).await {
         Ok(read) => read?,
         Err(_) => return Err(ApiError::Unavailable("request timed out")),
     }
-    let number = state
+    let counted = state
         .counter
         .visit()
         .await
         .map_err(|error| ApiError::Unavailable(error.reason()))?;
-    let vary = [(header::VARY, "Accept")];
-    if html {
-        Ok((vary, page::render(number, &state.replica, &state.version)).into_response())
-    } else {
-        Ok((
-            vary,
-            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-            format!("Hello World! I have been seen {number} times.\n"),
+    let number = counted.number();
+    let (text, headers) = if html {
+        (
+            page::render(number, &state.replica, &state.version),
+            &page::HEADERS[..],
         )
-            .into_response())
+    } else {
+        (
+            format!("Hello World! I have been seen {number} times.\n"),
+            &[(header::CONTENT_TYPE, "text/plain; charset=utf-8")][..],
+        )
+    };
+    let mut response = Body::new(AnsweredBody::new(text, counted, handover)).into_response();
+    let response_headers = response.headers_mut();
+    response_headers.insert(header::VARY, HeaderValue::from_static("Accept"));
+    for (name, value) in headers {
+        response_headers.insert(name.clone(), HeaderValue::from_static(value));
     }
+    Ok(response)
 }
 
 /// Reads and drops the body of a visit, before it counts. No visit needs a body, but one

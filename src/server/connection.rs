@@ -11,6 +11,9 @@
 //!   service's headers. Such an answer is recognised as it is written (a response head
 //!   the service did not produce) and replaced by a complete one: the service's headers,
 //!   a short body, and `Connection: close`, as hyper closes the connection after it.
+//! - **Which answers were written out.** A flush that succeeds confirms the counted
+//!   visits whose answers were handed to the connection (`delivery::Handover`), and a
+//!   read that finds the client's end marks them as ones the client may not read.
 
 use std::{
     io,
@@ -26,7 +29,13 @@ use std::{
 use axum::http::StatusCode;
 use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper_util::rt::TokioIo;
-use tokio::{net::TcpStream, time::Instant};
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::TcpStream,
+    time::Instant,
+};
+
+use crate::delivery::Handover;
 
 /// What the service did on one connection, shared by its service wrapper, its I/O
 /// wrapper and its idle watch.
@@ -109,9 +118,10 @@ impl Drop for Serving {
     }
 }
 
-/// The TCP stream as hyper sees it, with hyper's own error answers replaced.
+/// The TCP stream as hyper sees it, with hyper's own error answers replaced and the
+/// answers it writes out confirmed.
 pub struct ConnectionIo {
-    inner: TokioIo<TcpStream>,
+    inner: TokioIo<ClientStream>,
     activity: Arc<Activity>,
     /// The header lines every response carries (`X-Served-By` and the like), each ending
     /// in CRLF.
@@ -127,9 +137,14 @@ struct Replacement {
 }
 
 impl ConnectionIo {
-    pub fn new(stream: TcpStream, activity: Arc<Activity>, headers: Arc<[u8]>) -> Self {
+    pub fn new(
+        stream: TcpStream,
+        activity: Arc<Activity>,
+        handover: Handover,
+        headers: Arc<[u8]>,
+    ) -> Self {
         Self {
-            inner: TokioIo::new(stream),
+            inner: TokioIo::new(ClientStream { stream, handover }),
             activity,
             headers,
             replacing: None,
@@ -222,6 +237,68 @@ impl Write for ConnectionIo {
     // One write per buffer, so that each response head starts a write of its own.
     fn is_write_vectored(&self) -> bool {
         false
+    }
+}
+
+/// The client's TCP stream, telling the connection's `Handover` when a flush has written
+/// everything out and when a read finds the client's end.
+pub struct ClientStream {
+    stream: TcpStream,
+    handover: Handover,
+}
+
+impl AsyncRead for ClientStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let room = buf.remaining();
+        let before = buf.filled().len();
+        let read = Pin::new(&mut self.stream).poll_read(cx, buf);
+        if room > 0 && matches!(read, Poll::Ready(Ok(()))) && buf.filled().len() == before {
+            self.handover.peer_closed();
+        }
+        read
+    }
+}
+
+impl AsyncWrite for ClientStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    /// hyper flushes once it has written everything it buffered: the answers handed over
+    /// before are out, to a client that had not closed its side, as far as a look at the
+    /// socket (a peek, which reads nothing) can tell.
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let flushed = Pin::new(&mut self.stream).poll_flush(cx);
+        if matches!(flushed, Poll::Ready(Ok(()))) && self.handover.awaiting() {
+            if peer_has_closed(&self.stream) {
+                self.handover.peer_closed();
+            }
+            self.handover.flushed();
+        }
+        flushed
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+/// Whether the client has closed its side of `stream` (its FIN, or a reset, has arrived),
+/// asked of the socket itself: Tokio's readiness may not have seen it yet.
+fn peer_has_closed(stream: &TcpStream) -> bool {
+    let mut byte = [std::mem::MaybeUninit::<u8>::uninit()];
+    match socket2::SockRef::from(stream).peek(&mut byte) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(error) => error.kind() != io::ErrorKind::WouldBlock,
     }
 }
 

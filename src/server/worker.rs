@@ -32,6 +32,7 @@ use super::{
     MAX_HEADER_BYTES, ServeOptions,
     connection::{Activity, ConnectionIo},
 };
+use crate::delivery::Handover;
 
 /// What a worker serves, made on the worker's own runtime by the `make_worker` function
 /// given to `serve`.
@@ -125,11 +126,14 @@ fn run(
         let mut builder = Builder::new(TokioExecutor::new());
         // The idle limit of `connection` bounds the wait for headers; hyper's own timer
         // would only repeat it.
+        // A client that half-closes its connection after a request (shutdown(SHUT_WR))
+        // still gets the answer, as HTTP clients expect (RFC 9112, 9.6).
         builder
             .http1()
             .header_read_timeout(None)
             .max_buf_size(MAX_HEADER_BYTES)
-            .keep_alive(true);
+            .keep_alive(true)
+            .half_close(true);
         builder
             .http2()
             .max_header_list_size(MAX_HEADER_BYTES as u32);
@@ -161,11 +165,15 @@ fn run(
             };
             let activity = Activity::new();
             let on_call = activity.clone();
+            let handover = Handover::default();
+            let for_requests = handover.clone();
             let service = TowerToHyperService::new(
                 router
                     .clone()
-                    .map_request(|request: hyper::Request<Incoming>| {
-                        request.map(axum::body::Body::new)
+                    .map_request(move |request: hyper::Request<Incoming>| {
+                        let mut request = request.map(axum::body::Body::new);
+                        request.extensions_mut().insert(for_requests.clone());
+                        request
                     })
                     .map_future(move |response| {
                         let serving = on_call.serving();
@@ -176,7 +184,7 @@ fn run(
                         }
                     }),
             );
-            let io = ConnectionIo::new(stream, activity.clone(), headers.clone());
+            let io = ConnectionIo::new(stream, activity.clone(), handover, headers.clone());
             let connection = watcher.watch(builder.serve_connection(io, service).into_owned());
             let open = open.clone();
             let idle_limit = options.header_read_timeout;

@@ -6,6 +6,7 @@ mod browser;
 mod config_errors;
 mod embedded;
 mod fault_schedule;
+mod hang_ups;
 mod hostile_input;
 mod lifecycle;
 mod redis_faults;

@@ -1,0 +1,173 @@
+//! Whether a counted visit's answer reached its client.
+//!
+//! A visit the store counted is `Counted` until its answer has been written to the
+//! client's connection. Every way it can fail to get there drops the `Counted` on the way,
+//! and a `Counted` dropped undelivered is reported in doubt
+//! (`stackdemo_visits_in_doubt_total`): counted, but the client may never have seen its
+//! number. That covers a client that hung up while its visit was being counted (its
+//! request was cancelled), one that hung up after (writing the answer failed), and the
+//! connections cut at the shutdown deadline.
+//!
+//! The answer's body carries the `Counted` (`AnsweredBody`). When hyper takes the body's
+//! bytes to write them, the `Counted` is handed to its connection's `Handover`, which the
+//! connection's I/O confirms once a flush has written everything out. A connection that
+//! ends first reports what it still held in doubt. A client that closed its side before
+//! the answer was written (a FIN) may still read it, if it only half-closed, or may be
+//! gone; the service cannot tell which, so such answers are written and also reported in
+//! doubt.
+
+use std::{
+    convert::Infallible,
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    task::{Context, Poll},
+};
+
+use axum::body::{Bytes, HttpBody};
+use hyper::body::{Frame, SizeHint};
+use metrics::counter;
+
+/// Counts visits reported in doubt.
+fn in_doubt(visits: u64) {
+    counter!("stackdemo_visits_in_doubt_total").increment(visits);
+}
+
+/// A counted visit's number, until its answer is delivered.
+#[must_use = "dropped undelivered, the visit is reported in doubt"]
+#[derive(Debug)]
+pub struct Counted {
+    number: i64,
+    settled: bool,
+}
+
+impl Counted {
+    pub fn new(number: i64) -> Self {
+        Self {
+            number,
+            settled: false,
+        }
+    }
+
+    pub fn number(&self) -> i64 {
+        self.number
+    }
+
+    /// The answer reached its client, as far as the service can know.
+    pub fn delivered(mut self) {
+        self.settled = true;
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        if !self.settled {
+            in_doubt(1);
+        }
+    }
+}
+
+/// One connection's answers between the body handing them over and the connection
+/// writing them out. Cloned into each request's extensions; its I/O holds one too.
+///
+/// After a flush wrote answers out, the connection looks (without reading) whether the
+/// client has closed its side: a client that left before its answer was written sent its
+/// close first, and its answers are in doubt.
+#[derive(Clone, Default)]
+pub struct Handover(Arc<Pending>);
+
+#[derive(Default)]
+struct Pending {
+    /// Answers handed over and not yet flushed.
+    awaiting: AtomicU64,
+    /// The client closed its side of the connection.
+    peer_closed: AtomicBool,
+}
+
+impl Handover {
+    /// Takes a counted visit whose answer's bytes are about to be written.
+    fn take(&self, counted: Counted) {
+        let mut counted = counted;
+        counted.settled = true;
+        self.0.awaiting.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Whether answers were handed over since the last flush.
+    pub fn awaiting(&self) -> bool {
+        self.0.awaiting.load(Ordering::Acquire) > 0
+    }
+
+    /// Everything written so far has been written out: the answers handed over are
+    /// delivered, unless the client had closed its side (then they are in doubt).
+    pub fn flushed(&self) {
+        let answers = self.0.awaiting.swap(0, Ordering::AcqRel);
+        if answers > 0 && self.0.peer_closed.load(Ordering::Acquire) {
+            in_doubt(answers);
+        }
+    }
+
+    /// The client closed its side of the connection (a read found its end).
+    pub fn peer_closed(&self) {
+        self.0.peer_closed.store(true, Ordering::Release);
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        let answers = *self.awaiting.get_mut();
+        if answers > 0 {
+            in_doubt(answers);
+        }
+    }
+}
+
+/// The body of an answer that carries a visit's number: its bytes, and the `Counted` to
+/// hand over when they are taken for writing.
+pub struct AnsweredBody {
+    data: Option<Bytes>,
+    counted: Option<Counted>,
+    handover: Option<Handover>,
+}
+
+impl AnsweredBody {
+    /// `handover` is the connection's, when the service runs on one (not in tests that
+    /// drive the router directly: there, taking the bytes delivers them).
+    pub fn new(data: impl Into<Bytes>, counted: Counted, handover: Option<Handover>) -> Self {
+        Self {
+            data: Some(data.into()),
+            counted: Some(counted),
+            handover,
+        }
+    }
+}
+
+impl HttpBody for AnsweredBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let Some(data) = self.data.take() else {
+            return Poll::Ready(None);
+        };
+        if let Some(counted) = self.counted.take() {
+            match &self.handover {
+                Some(handover) => handover.take(counted),
+                None => counted.delivered(),
+            }
+        }
+        Poll::Ready(Some(Ok(Frame::data(data))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.data.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.data.as_ref().map_or(0, |d| d.len() as u64))
+    }
+}
