@@ -59,6 +59,8 @@ kinds! {
     NoDatabase => "no_database", "counter store has no such database";
     DiskFull => "disk_full", "counter store's disk is full";
     Damaged => "damaged", "counter store's data is damaged";
+    /// The data file is no longer at the configured path (deleted, moved or replaced).
+    FileGone => "file_gone", "counter store's data file is missing or replaced";
     Failed => "failed", "counter store failed";
 }
 

@@ -12,7 +12,7 @@ use crate::helpers::{
     Load, ServiceProcess, TestApp, allowed,
     disk::{SmallDisk, fill},
     limits::{self, PROCESS_START, for_visits},
-    process,
+    process, wait_until,
 };
 
 /// How long the writer waits before it opens the database again after a failed write.
@@ -270,4 +270,170 @@ async fn a_full_disk_makes_the_store_not_ready_until_space_is_freed() {
         acknowledged + 1,
         "counting resumed where it was; nothing refused was counted"
     );
+}
+
+/// The number a service started anew on `data` gives its first visit, less one: the
+/// total its data file holds.
+async fn total_after_restart(data: &str) -> i64 {
+    let restarted = ServiceProcess::start(&["--data-dir", data]).await;
+    restarted.client.visit().await - 1
+}
+
+/// What an operator may do to a data folder while the service runs, under load: the
+/// service stops counting until it has written the counts it holds back to the configured
+/// path, and a restart then counts on from there. No number is answered twice, and no
+/// acknowledged one is lost.
+async fn data_taken_away_under_load(take_away: impl AsyncFnOnce(&Path)) {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data_str = data.to_str().unwrap();
+    let args = ["--data-dir", data_str];
+    let deadlines = limits::deadlines(&args);
+    let mut service = ServiceProcess::start(&args).await;
+    let load = Load::start(&service.client, 8);
+    load.wait_for_acknowledged(200, for_visits(200), || async { String::new() })
+        .await;
+
+    take_away(&data).await;
+    // Noticed at the next commit, or within a second when idle; put right a second
+    // later.
+    load.wait_for_acknowledged(
+        200,
+        allowed(FILE_CHECK + REOPEN_DELAY + deadlines.store * 2) + for_visits(200),
+        || async { service.log() },
+    )
+    .await;
+    let history = load.stop().await;
+    let reported = in_doubt(&service).await;
+    service.signal(Signal::SIGKILL);
+    service.wait(allowed(PROCESS_START)).await;
+
+    let end = total_after_restart(data_str).await;
+    history.assert_counting_held(0, end, reported);
+    assert!(
+        tokio::fs::try_exists(data.join(DATA_FILE)).await.unwrap(),
+        "the data file is back at the configured path"
+    );
+}
+
+async fn in_doubt(service: &ServiceProcess) -> u64 {
+    service
+        .client
+        .metric("stackdemo_visits_in_doubt_total")
+        .await as u64
+}
+
+/// How often an idle writer looks whether its data file is still at the path.
+const FILE_CHECK: Duration = Duration::from_secs(1);
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_data_file_deleted_while_serving_is_written_again_and_counting_goes_on() {
+    data_taken_away_under_load(async |data| {
+        tokio::fs::remove_file(data.join(DATA_FILE)).await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_data_folder_moved_away_while_serving_is_made_again_and_counting_goes_on() {
+    data_taken_away_under_load(async |data| {
+        tokio::fs::rename(data, data.with_extension("old"))
+            .await
+            .unwrap();
+    })
+    .await;
+}
+
+/// An older copy of the data file put in its place (a backup restored by mistake): the
+/// service neither counts from it nor overwrites it, and says why; once it is removed,
+/// the service writes the counts it holds there and counts on.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_data_file_replaced_by_an_older_copy_is_not_counted_from() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let args = ["--data-dir", data, "--workers", "1"];
+    let deadlines = limits::deadlines(&args);
+    let service = ServiceProcess::start(&args).await;
+    for _ in 0..10 {
+        service.client.visit().await;
+    }
+    let file = dir.path().join(DATA_FILE);
+    let older = dir.path().join("older.redb");
+    tokio::fs::copy(&file, &older).await.unwrap();
+    for _ in 0..10 {
+        service.client.visit().await;
+    }
+
+    tokio::fs::rename(&older, &file).await.unwrap();
+
+    let client = &service.client;
+    wait_until("not ready, saying why", allowed(FILE_CHECK), || async {
+        client.readiness().await.contains("missing or replaced")
+    })
+    .await;
+    // Past a second look: still refused, the older file untouched.
+    let refused_until = std::time::Instant::now() + REOPEN_DELAY * 2;
+    while std::time::Instant::now() < refused_until {
+        let answer = client.try_visit().await;
+        assert_eq!(
+            answer.body,
+            "Service Unavailable: counter store's data file is missing or replaced\n"
+        );
+    }
+    assert!(
+        service
+            .log()
+            .contains("holds less than this service has counted"),
+        "the log says why: {}",
+        service.log()
+    );
+
+    tokio::fs::remove_file(&file).await.unwrap();
+    client
+        .wait_ready(allowed(FILE_CHECK + REOPEN_DELAY + deadlines.store))
+        .await;
+    assert_eq!(
+        client.visit().await,
+        21,
+        "counting goes on from its own total"
+    );
+}
+
+/// An immutable data file (`chattr +i`) cannot be opened for writing: refused at start as
+/// a permission problem, not taken for a damaged database.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_immutable_data_file_is_refused_as_a_permission_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    data_with_visits(dir.path(), 3).await;
+    let file = dir.path().join(DATA_FILE);
+    // Where lsattr runs, chattr (its sibling in e2fsprogs) does.
+    crate::helpers::require_program("lsattr", "LSATTR", "e2fsprogs").await;
+    let chattr = "chattr";
+    let set = |flag: &'static str| {
+        tokio::process::Command::new(chattr)
+            .arg(flag)
+            .arg(&file)
+            .status()
+    };
+    assert!(
+        set("+i").await.unwrap().success(),
+        "chattr +i (needs root and ext4)"
+    );
+
+    let output = process::run(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+        ],
+        &[],
+    )
+    .await;
+    set("-i").await.unwrap();
+
+    assert_refused_naming_the_data_dir(&output);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("permission denied"), "{stderr}");
+    assert!(!stderr.contains("not a valid database"), "{stderr}");
 }

@@ -20,6 +20,7 @@
 //! damaged makes the store give up (`gave_up`), and the service exits so that the
 //! orchestrator can replace it; on start, such a file is refused with a clear error.
 
+mod file;
 mod writer;
 
 use std::{
@@ -41,7 +42,10 @@ use tokio::{
 };
 use tokio_util::sync::CancellationToken;
 
-use self::writer::{CALLED_BACK, WAITING, Write, spin_limit, write_loop};
+use self::{
+    file::FileId,
+    writer::{CALLED_BACK, WAITING, Write, spin_limit, write_loop},
+};
 use super::{Identity, ReplicaStats, Snapshot, StoreError, StoreErrorKind};
 
 /// One table, so that a commit touches as few pages as possible: `(key, "")` holds the
@@ -68,6 +72,8 @@ struct Inner {
     path: PathBuf,
     /// `None` while the writer opens the database again.
     db: RwLock<Option<Arc<Database>>>,
+    /// Which file the database has open, as the path named it then.
+    file: Mutex<Option<FileId>>,
     /// The last write's failure, until a write succeeds again.
     failing: Mutex<Option<StoreError>>,
     /// When the commit under way began.
@@ -88,9 +94,11 @@ impl EmbeddedStore {
         })?;
         let path = dir.join(FILE_NAME);
         let db = open_database(&path, true)?;
+        let file = FileId::at(&path).map_err(failed)?;
         let inner = Arc::new(Inner {
             path,
             db: RwLock::new(Some(Arc::new(db))),
+            file: Mutex::new(file),
             failing: Mutex::new(None),
             committing_since: Mutex::new(None),
             identity: identity.clone(),
@@ -110,7 +118,12 @@ impl EmbeddedStore {
     }
 
     /// Adds `count` visits in one durable transaction and returns the total after them.
+    /// While the store is failing (a full disk, its file gone), a write is refused at once
+    /// with the reason, instead of waiting for a writer that is busy recovering.
     pub async fn add_visits(&self, count: u64, answer_by: Instant) -> Result<i64, StoreError> {
+        if let Some(error) = lock(&self.inner.failing).clone() {
+            return Err(StoreError::new(error.kind(), error.detail()));
+        }
         let (reply, mut answer) = oneshot::channel();
         let state = Arc::new(AtomicU8::new(WAITING));
         self.writer
@@ -142,11 +155,13 @@ impl EmbeddedStore {
     }
 
     /// Answers when a write could be made now: the database is open, the last write did
-    /// not fail, and no commit has been under way for longer than `slow`.
+    /// not fail, the configured path names its file, and no commit has been under way for
+    /// longer than `slow`.
     pub async fn ready(&self, slow: Duration) -> Result<(), StoreError> {
         if let Some(error) = lock(&self.inner.failing).clone() {
             return Err(error);
         }
+        self.inner.check_file()?;
         if lock(&self.inner.committing_since).is_some_and(|since| since.elapsed() > slow) {
             return Err(StoreError::new(
                 StoreErrorKind::Timeout,
@@ -250,6 +265,7 @@ impl Inner {
             drop(old);
         }
         let db = open_database(&self.path, false)?;
+        *lock(&self.file) = FileId::at(&self.path).map_err(failed)?;
         *self.db.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(db));
         Ok(())
     }
@@ -354,6 +370,9 @@ fn classify(error: impl Into<redb::Error>) -> StoreError {
         redb::Error::Io(io) if io.kind() == std::io::ErrorKind::StorageFull => {
             StoreErrorKind::DiskFull
         }
+        redb::Error::Io(io) if io.kind() == std::io::ErrorKind::PermissionDenied => {
+            StoreErrorKind::Permission
+        }
         _ => StoreErrorKind::Failed,
     };
     StoreError::new(kind, error.to_string())
@@ -363,6 +382,9 @@ fn classify(error: impl Into<redb::Error>) -> StoreError {
 fn describe(path: &Path, error: redb::Error) -> StoreError {
     let what = match &error {
         redb::Error::DatabaseAlreadyOpen => "is in use by another process".to_owned(),
+        redb::Error::Io(io) if io.kind() == std::io::ErrorKind::PermissionDenied => {
+            format!("cannot be opened for writing: permission denied ({error})")
+        }
         redb::Error::Corrupted(_) | redb::Error::Io(_) => {
             format!("is not a valid database, or is damaged ({error})")
         }

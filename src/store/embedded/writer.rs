@@ -39,6 +39,9 @@ const REOPEN_DELAY: Duration = Duration::from_secs(1);
 /// Failures in a row of a database found damaged, after which the store gives up.
 const DAMAGED_FAILURES_TO_GIVE_UP: u32 = 3;
 
+/// How often an idle writer checks that the configured path still names its file.
+const FILE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
 /// A write's state: waiting for the writer, taken by it, or called back by its caller.
 pub(super) const WAITING: u8 = 0;
 const TAKEN: u8 = 1;
@@ -56,7 +59,19 @@ pub(super) struct Write {
 pub(super) fn write_loop(inner: &Inner, requests: &mpsc::Receiver<Write>, spin_limit: Duration) {
     let mut spin = Duration::ZERO;
     let mut damaged_in_a_row = 0;
-    while let Some(first) = next_write(requests, spin) {
+    loop {
+        let first = match next_write(requests, spin) {
+            Next::Write(write) => write,
+            Next::Closed => return,
+            Next::Idle => {
+                if let Err(error) = inner.check_file()
+                    && !failed_write(inner, &error, &mut damaged_in_a_row)
+                {
+                    return;
+                }
+                continue;
+            }
+        };
         let mut writes = vec![first];
         writes.extend(requests.try_iter());
         // A write its caller called back is dropped, never committed.
@@ -76,9 +91,19 @@ pub(super) fn write_loop(inner: &Inner, requests: &mpsc::Receiver<Write>, spin_l
             Duration::ZERO
         };
         *lock(&inner.committing_since) = Some(Instant::now());
+        // Durable at the configured path, or not acknowledged: the path is checked
+        // before the commit (nothing is written elsewhere) and after it (a commit into a
+        // file that was removed meanwhile is in doubt).
         let result = inner
-            .database()
-            .and_then(|db| guarded(|| commit(&db, &inner.identity, count)));
+            .check_file()
+            .and_then(|()| inner.database())
+            .and_then(|db| guarded(|| commit(&db, &inner.identity, count)))
+            .and_then(|total| {
+                inner
+                    .check_file()
+                    .map(|()| total)
+                    .map_err(StoreError::with_doubt)
+            });
         *lock(&inner.committing_since) = None;
         match result {
             Ok(total) => {
@@ -104,14 +129,7 @@ pub(super) fn write_loop(inner: &Inner, requests: &mpsc::Receiver<Write>, spin_l
                 for write in writes {
                     let _ = write.reply.send(Err(error.clone()));
                 }
-                if error.kind() == StoreErrorKind::Damaged {
-                    damaged_in_a_row += 1;
-                }
-                if damaged_in_a_row >= DAMAGED_FAILURES_TO_GIVE_UP || !recover(inner) {
-                    tracing::error!(
-                        "the embedded store's database keeps failing as damaged; giving up"
-                    );
-                    inner.gave_up.cancel();
+                if !failed_write(inner, &error, &mut damaged_in_a_row) {
                     return;
                 }
             }
@@ -119,19 +137,38 @@ pub(super) fn write_loop(inner: &Inner, requests: &mpsc::Receiver<Write>, spin_l
     }
 }
 
-/// Opens the database again and writes to it, until a write succeeds, pausing between
-/// attempts; false if the database keeps failing as damaged. Meanwhile the store reports
-/// the failure (not ready), and writes sent to it are called back by their callers.
+/// After a failed write (or a data file found gone): reports the failure and recovers;
+/// false when the store gives up (a database that keeps failing as damaged).
+fn failed_write(inner: &Inner, error: &StoreError, damaged_in_a_row: &mut u32) -> bool {
+    *lock(&inner.failing) = Some(error.clone());
+    if error.kind() == StoreErrorKind::Damaged {
+        *damaged_in_a_row += 1;
+    }
+    if *damaged_in_a_row >= DAMAGED_FAILURES_TO_GIVE_UP || !recover(inner) {
+        tracing::error!("the embedded store's database keeps failing as damaged; giving up");
+        inner.gave_up.cancel();
+        return false;
+    }
+    true
+}
+
+/// Puts the data file right if the path no longer names it (`file`), opens the database
+/// again and writes to it, until a write succeeds, pausing between attempts; false if the
+/// database keeps failing as damaged. Meanwhile the store reports the failure (not ready),
+/// and writes sent to it are called back by their callers.
 fn recover(inner: &Inner) -> bool {
     let mut damaged = 0;
     loop {
         thread::sleep(REOPEN_DELAY);
         // A write of no visits: it touches the same pages a visit does, so it fails as
         // long as a visit would.
-        let attempt = inner.reopen().and_then(|()| {
-            let db = inner.database()?;
-            guarded(|| commit(&db, &inner.identity, 0))
-        });
+        let attempt = inner
+            .put_file_right()
+            .and_then(|()| inner.reopen())
+            .and_then(|()| {
+                let db = inner.database()?;
+                guarded(|| commit(&db, &inner.identity, 0))
+            });
         match attempt {
             Ok(_) => {
                 tracing::info!("embedded store writes again");
@@ -165,18 +202,31 @@ pub(super) fn spin_limit() -> Duration {
     }
 }
 
-/// The next write request, looked for without sleeping for up to `spin`, then waited
-/// for. `None` once the store has been dropped.
-fn next_write(requests: &mpsc::Receiver<Write>, spin: Duration) -> Option<Write> {
+/// What the writer does next.
+enum Next {
+    Write(Write),
+    /// Nothing came for `FILE_CHECK_INTERVAL`.
+    Idle,
+    /// The store has been dropped.
+    Closed,
+}
+
+/// The next write request, looked for without sleeping for up to `spin`, then waited for
+/// up to `FILE_CHECK_INTERVAL`.
+fn next_write(requests: &mpsc::Receiver<Write>, spin: Duration) -> Next {
     let start = std::time::Instant::now();
     while start.elapsed() < spin {
         match requests.try_recv() {
-            Ok(write) => return Some(write),
-            Err(mpsc::TryRecvError::Disconnected) => return None,
+            Ok(write) => return Next::Write(write),
+            Err(mpsc::TryRecvError::Disconnected) => return Next::Closed,
             Err(mpsc::TryRecvError::Empty) => std::hint::spin_loop(),
         }
     }
-    requests.recv().ok()
+    match requests.recv_timeout(FILE_CHECK_INTERVAL) {
+        Ok(write) => Next::Write(write),
+        Err(mpsc::RecvTimeoutError::Timeout) => Next::Idle,
+        Err(mpsc::RecvTimeoutError::Disconnected) => Next::Closed,
+    }
 }
 
 #[cfg(test)]
@@ -199,25 +249,21 @@ mod tests {
         let (sender, requests) = mpsc::channel();
         send(&sender, 1);
         send(&sender, 2);
-        assert_eq!(
-            next_write(&requests, SPIN_BEFORE_SLEEP).map(|w| w.count),
-            Some(1)
-        );
-        assert_eq!(
-            next_write(&requests, Duration::ZERO).map(|w| w.count),
-            Some(2)
-        );
+        let count = |next: Next| match next {
+            Next::Write(write) => Some(write.count),
+            Next::Idle => Some(0),
+            Next::Closed => None,
+        };
+        assert_eq!(count(next_write(&requests, SPIN_BEFORE_SLEEP)), Some(1));
+        assert_eq!(count(next_write(&requests, Duration::ZERO)), Some(2));
 
         // Sent from another thread: found while spinning, or after falling asleep.
         let late = thread::spawn(move || send(&sender, 3));
-        assert_eq!(
-            next_write(&requests, SPIN_BEFORE_SLEEP).map(|w| w.count),
-            Some(3)
-        );
+        assert_eq!(count(next_write(&requests, SPIN_BEFORE_SLEEP)), Some(3));
         late.join().unwrap();
 
         // The sender is gone with that thread, as when the store is dropped.
-        assert!(next_write(&requests, SPIN_BEFORE_SLEEP).is_none());
-        assert!(next_write(&requests, Duration::ZERO).is_none());
+        assert_eq!(count(next_write(&requests, SPIN_BEFORE_SLEEP)), None);
+        assert_eq!(count(next_write(&requests, Duration::ZERO)), None);
     }
 }

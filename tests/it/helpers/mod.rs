@@ -66,13 +66,17 @@ pub async fn require_program(name: &str, env_var: &str, package: &str) -> std::p
     let path = std::env::var_os(env_var)
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| name.into());
-    let runs = tokio::process::Command::new(&path)
-        .arg("--version")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .await
-        .is_ok_and(|status| status.success());
+    // `--version`, or `-V` for the tools that spell it so (e2fsprogs).
+    let mut runs = false;
+    for flag in ["--version", "-V"] {
+        runs |= tokio::process::Command::new(&path)
+            .arg(flag)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .await
+            .is_ok_and(|status| status.success());
+    }
     assert!(
         runs,
         "{name} is needed by these tests and was not found. Install it with \

@@ -1,0 +1,211 @@
+//! The data file at its configured path.
+//!
+//! A visit is acknowledged only once its commit is durable in the file at the configured
+//! path: the writer checks before and after each commit, and every second while idle,
+//! that the path still names the file the database has open. An operator can delete the
+//! file, move it or the folder away, or put another file in its place while the service
+//! runs; the open database then writes where no restart will look, and a restart would
+//! count from 1 again, or from whatever the other file holds.
+//!
+//! So when the path no longer names the open file, the store stops counting (not ready)
+//! and puts things right:
+//! - nothing at the path (the file deleted or moved, or its folder): the counts the open
+//!   database holds are written to a new file beside it, which is then renamed into place
+//!   (the folder made again if it is gone), and counting resumes from where it was;
+//! - another database at the path, holding at least what this service has counted for
+//!   every key: it is taken as the database (a copy put back, say);
+//! - anything else (a database that holds less, a file that is not one): it is neither
+//!   counted from nor overwritten; the store stays not ready, says why, and looks again
+//!   every second, so removing that file lets the service restore its own.
+
+use std::{
+    collections::BTreeMap,
+    io,
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+};
+
+use redb::{Database, ReadableDatabase, ReadableTable};
+
+use super::{COUNTS, Inner, classify, open_database};
+use crate::store::{StoreError, StoreErrorKind};
+
+/// Which file a path names: its device and inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileId {
+    device: u64,
+    inode: u64,
+}
+
+impl FileId {
+    /// The file at `path`; `None` when there is none (its folder may be gone too).
+    pub fn at(path: &Path) -> io::Result<Option<Self>> {
+        match std::fs::metadata(path) {
+            Ok(metadata) => Ok(Some(Self {
+                device: metadata.dev(),
+                inode: metadata.ino(),
+            })),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(error) => Err(error),
+        }
+    }
+}
+
+/// What the configured path holds now, against the file the database has open.
+enum AtPath {
+    Ours,
+    Nothing,
+    Another,
+}
+
+impl Inner {
+    fn at_path(&self) -> Result<AtPath, StoreError> {
+        let found = FileId::at(&self.path).map_err(|e| {
+            StoreError::new(
+                StoreErrorKind::FileGone,
+                format!("cannot look at {}: {e}", self.path.display()),
+            )
+        })?;
+        let ours = *super::lock(&self.file);
+        Ok(match found {
+            None => AtPath::Nothing,
+            Some(found) if Some(found) == ours => AtPath::Ours,
+            Some(_) => AtPath::Another,
+        })
+    }
+
+    /// An error unless the configured path names the file the database has open.
+    pub(super) fn check_file(&self) -> Result<(), StoreError> {
+        match self.at_path()? {
+            AtPath::Ours => Ok(()),
+            AtPath::Nothing => Err(StoreError::new(
+                StoreErrorKind::FileGone,
+                format!("{} is gone (deleted, or moved away)", self.path.display()),
+            )),
+            AtPath::Another => Err(StoreError::new(
+                StoreErrorKind::FileGone,
+                format!("{} is another file now", self.path.display()),
+            )),
+        }
+    }
+
+    /// Makes the configured path name a database this service may count from, as the
+    /// module says; an error says why it cannot yet.
+    pub(super) fn put_file_right(&self) -> Result<(), StoreError> {
+        match self.at_path()? {
+            AtPath::Ours => Ok(()),
+            AtPath::Nothing => self.restore(),
+            AtPath::Another => self.adopt(),
+        }
+    }
+
+    /// Writes the counts the open database holds to a new file at the configured path,
+    /// through a file beside it renamed into place, and opens that.
+    fn restore(&self) -> Result<(), StoreError> {
+        let folder = self.path.parent().unwrap_or(Path::new("."));
+        std::fs::create_dir_all(folder).map_err(|e| self.cannot("make the folder", &e))?;
+        let beside: PathBuf = folder.join(format!(".{}.restoring", super::FILE_NAME));
+        let _ = std::fs::remove_file(&beside);
+        {
+            let open = self.database()?;
+            let copy = Database::create(&beside)
+                .map_err(|e| self.cannot("create", &io::Error::other(e)))?;
+            copy_counts(&open, &copy)?;
+        }
+        std::fs::rename(&beside, &self.path).map_err(|e| self.cannot("rename", &e))?;
+        std::fs::File::open(folder)
+            .and_then(|folder| folder.sync_all())
+            .map_err(|e| self.cannot("sync the folder", &e))?;
+        self.reopen()?;
+        tracing::warn!(
+            path = %self.path.display(),
+            "the data file was gone; the counts the service held are written there again"
+        );
+        Ok(())
+    }
+
+    /// Takes the database another file at the path holds, if it holds at least what the
+    /// open one does for every key.
+    fn adopt(&self) -> Result<(), StoreError> {
+        let theirs = open_database(&self.path, true).map_err(|error| {
+            StoreError::new(
+                StoreErrorKind::FileGone,
+                format!(
+                    "{} was replaced by a file that cannot be used ({}); remove it, and the \
+                     service writes the counts it holds there",
+                    self.path.display(),
+                    error.detail()
+                ),
+            )
+        })?;
+        let ours = counts(&*self.database()?)?;
+        let found = counts(&theirs)?;
+        if let Some(((key, field), mine)) = ours
+            .iter()
+            .find(|(at, mine)| found.get(*at).is_none_or(|theirs| theirs < *mine))
+        {
+            let what = if field.is_empty() { "total" } else { field };
+            return Err(StoreError::new(
+                StoreErrorKind::FileGone,
+                format!(
+                    "{} was replaced by a database that holds less than this service has \
+                     counted ({key} {what}: {} < {mine}); it is not counted from. Remove it, \
+                     and the service writes the counts it holds there",
+                    self.path.display(),
+                    found
+                        .get(&(key.clone(), field.clone()))
+                        .copied()
+                        .unwrap_or(0),
+                ),
+            ));
+        }
+        drop(theirs);
+        self.reopen()?;
+        tracing::warn!(path = %self.path.display(), "the data file was replaced; counting from the new one");
+        Ok(())
+    }
+
+    fn cannot(&self, what: &str, error: &io::Error) -> StoreError {
+        let kind = if error.kind() == io::ErrorKind::PermissionDenied {
+            StoreErrorKind::Permission
+        } else {
+            StoreErrorKind::FileGone
+        };
+        StoreError::new(
+            kind,
+            format!(
+                "{} is gone and cannot be written again ({what}: {error})",
+                self.path.display()
+            ),
+        )
+    }
+}
+
+type Counts = BTreeMap<(String, String), u64>;
+
+/// Every count a database holds.
+fn counts(db: &Database) -> Result<Counts, StoreError> {
+    let txn = db.begin_read().map_err(classify)?;
+    let table = txn.open_table(COUNTS).map_err(classify)?;
+    let mut counts = BTreeMap::new();
+    for entry in table.iter().map_err(classify)? {
+        let (key, value) = entry.map_err(classify)?;
+        let (owner, field) = key.value();
+        counts.insert((owner.to_owned(), field.to_owned()), value.value());
+    }
+    Ok(counts)
+}
+
+/// Copies every count of `from` into `to`, in one durable transaction.
+fn copy_counts(from: &Database, to: &Database) -> Result<(), StoreError> {
+    let txn = to.begin_write().map_err(classify)?;
+    {
+        let mut table = txn.open_table(COUNTS).map_err(classify)?;
+        for ((owner, field), value) in counts(from)? {
+            table
+                .insert((owner.as_str(), field.as_str()), value)
+                .map_err(classify)?;
+        }
+    }
+    txn.commit().map_err(classify)
+}
