@@ -54,7 +54,9 @@ pub async fn check(args: &HealthcheckArgs) -> Result<&'static str, String> {
     if status.is_success() {
         return Ok("ready");
     }
-    let body = response.text().await.unwrap_or_default();
+    let body = crate::verify::read_bounded(response, crate::verify::MAX_ANSWER)
+        .await
+        .unwrap_or_default();
     let readiness: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
     if readiness["was_ready"] == true {
         Ok("not ready, but ready before: a store outage, which a restart would not mend")

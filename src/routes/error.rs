@@ -10,8 +10,7 @@ use axum::{
 pub enum ApiError {
     /// The store cannot serve right now; the reason is one of a fixed set of phrases.
     Unavailable(&'static str),
-    /// The request body is over the limit. Answered as the body limit layer answers one
-    /// whose announced length is over it, so that both look the same to a client.
+    /// The request body is over the limit, announced or found while reading it.
     PayloadTooLarge,
     /// The request body could not be read: broken chunked encoding, or the client left.
     BadBody,
@@ -27,7 +26,7 @@ impl IntoResponse for ApiError {
             )
                 .into_response(),
             ApiError::PayloadTooLarge => {
-                (StatusCode::PAYLOAD_TOO_LARGE, "length limit exceeded").into_response()
+                (StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large\n").into_response()
             }
             ApiError::BadBody => {
                 (StatusCode::BAD_REQUEST, "Bad Request: unreadable body\n").into_response()

@@ -22,7 +22,7 @@ use axum::{
     routing::get,
 };
 use tower::ServiceBuilder;
-use tower_http::{limit::RequestBodyLimitLayer, trace::TraceLayer};
+use tower_http::trace::TraceLayer;
 use tracing::Span;
 
 pub use self::{error::ApiError, headers::ServiceHeaders, metrics::install_recorder};
@@ -70,9 +70,25 @@ pub fn router(state: AppState) -> Router {
                     headers,
                     headers::set_service_headers,
                 ))
-                .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES)),
+                .layer(middleware::from_fn(refuse_announced_large_bodies)),
         )
         .with_state(state)
+}
+
+/// Refuses a request whose announced body is over the limit before any handler runs; a
+/// body without an announced length is refused by the visit as it reads it.
+async fn refuse_announced_large_bodies(
+    request: Request,
+    next: middleware::Next,
+) -> axum::response::Response {
+    let announced = request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|length| length.to_str().ok()?.parse::<u64>().ok());
+    if announced.is_some_and(|length| length > MAX_BODY_BYTES as u64) {
+        return ApiError::PayloadTooLarge.into_response();
+    }
+    next.run(request).await
 }
 
 async fn not_found() -> impl IntoResponse {

@@ -197,6 +197,10 @@ async fn a_body_over_the_limit_gets_413_and_does_not_count() {
 
     assert_eq!(announced.0, StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(streamed.0, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(
+        announced.2, "Payload Too Large\n",
+        "the reason phrase, as elsewhere"
+    );
     assert_eq!(announced.2, streamed.2, "the same answer both ways");
     assert_eq!(small.0, StatusCode::OK, "a small body is read and dropped");
     assert_eq!(app.total(), 1);

@@ -41,6 +41,11 @@ use self::worker::{Handoff, WorkerHandle};
 /// about 400 KiB) and is HTTP/2's default bound on a header list.
 const MAX_HEADER_BYTES: usize = 16 * 1024;
 
+/// Header lines of one request, at most (HTTP/1); more are answered 431. Browsers send a
+/// few dozen and proxies add a few; hyper's own default, 100, is Apache's and HAProxy's
+/// limit too, and a request near it through such a proxy would be refused here.
+const MAX_HEADERS: usize = 256;
+
 #[derive(Debug, Clone, Copy)]
 pub struct ServeOptions {
     pub header_read_timeout: Duration,

@@ -160,8 +160,9 @@ async fn visit(http: &reqwest::Client, url: &reqwest::Url, client: u64, run: Ins
             };
             let replica = header("x-served-by");
             let version = header("x-app-version");
-            match response.text().await {
-                Err(_) => Outcome::Failed("body".into()),
+            match read_bounded(response, MAX_ANSWER).await {
+                Err(BodyError::TooLarge) => Outcome::Failed("answer too large".into()),
+                Err(BodyError::Broken) => Outcome::Failed("body".into()),
                 Ok(_) if !status.is_success() => {
                     Outcome::Failed(format!("http {}", status.as_u16()))
                 }
@@ -182,6 +183,34 @@ async fn visit(http: &reqwest::Client, url: &reqwest::Url, client: u64, run: Ins
         finished: run.elapsed(),
         outcome,
     }
+}
+
+/// The largest answer read: a visit's is under a kilobyte, the page a few. A server that
+/// sends more (or without end) gets a failure, not all of the client's memory.
+pub const MAX_ANSWER: usize = 64 * 1024;
+
+/// Why an answer's body was not read.
+#[derive(Debug, PartialEq, Eq)]
+pub enum BodyError {
+    /// Longer than the limit.
+    TooLarge,
+    /// Cut off, or not valid text.
+    Broken,
+}
+
+/// Reads an answer's body as text, at most `limit` bytes of it.
+pub async fn read_bounded(
+    mut response: reqwest::Response,
+    limit: usize,
+) -> Result<String, BodyError> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|_| BodyError::Broken)? {
+        if body.len() + chunk.len() > limit {
+            return Err(BodyError::TooLarge);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    String::from_utf8(body).map_err(|_| BodyError::Broken)
 }
 
 /// Reads N from `Hello World! I have been seen N times.`

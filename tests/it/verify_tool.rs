@@ -1,5 +1,7 @@
 //! `stackdemo verify` against a running service: its report and its exit code.
 
+use std::time::Duration;
+
 use crate::helpers::{
     Backend, RedisServer, TestApp, allowed,
     limits::{self, PROCESS_START, for_visits},
@@ -84,4 +86,94 @@ async fn verify_refuses_bad_arguments_with_exit_code_2() {
         Some(2),
         "--requests and --duration exclude each other"
     );
+}
+
+/// A server that answers every request with a body without end (chunked): `verify` and
+/// `healthcheck` read at most a bounded answer, fail those requests, and stay small.
+#[tokio::test(flavor = "multi_thread")]
+async fn answers_without_end_are_cut_off_and_memory_stays_small() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut request = [0u8; 4096];
+                let _ = stream.read(&mut request).await;
+                let head = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
+                if stream.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                let chunk = format!("{:x}\r\n{}\r\n", 65536, "x".repeat(65536));
+                while stream.write_all(chunk.as_bytes()).await.is_ok() {}
+            });
+        }
+    });
+    let timeout = Duration::from_secs(2);
+    let url = format!("http://{address}/");
+    let mut peak_kib = 0;
+
+    let mut verify = tokio::process::Command::new(process::binary())
+        .args([
+            "verify",
+            "--url",
+            &url,
+            "--requests",
+            "20",
+            "--concurrency",
+            "2",
+        ])
+        .args(["--timeout", "2s", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let pid = verify.id().unwrap();
+    let limit = allowed(PROCESS_START + timeout * 10);
+    let started = std::time::Instant::now();
+    while verify.try_wait().unwrap().is_none() {
+        assert!(
+            started.elapsed() < limit,
+            "verify still runs after {limit:?}"
+        );
+        if let Some(kib) = peak_rss_kib(pid) {
+            peak_kib = peak_kib.max(kib);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let output = verify.wait_with_output().await.unwrap();
+    let health = process::run_within(
+        allowed(PROCESS_START + timeout),
+        &["healthcheck", "--listen", &address.to_string()],
+        &[],
+    )
+    .await;
+    server.abort();
+
+    assert_eq!(output.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["failures"]["answer too large"], 20, "{report}");
+    assert!(peak_kib < 64 * 1024, "verify grew to {peak_kib} KiB");
+    assert_eq!(
+        health.status.code(),
+        Some(0),
+        "a 200 from /readyz is healthy"
+    );
+}
+
+/// The peak resident memory of a running process, in KiB.
+fn peak_rss_kib(pid: u32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
 }
