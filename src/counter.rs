@@ -628,6 +628,44 @@ mod tests {
         assert_eq!(counted + overloaded, 8);
     }
 
+    /// The caller of a visit left (its request was cancelled) while the visit's batch was
+    /// being written: the visit is counted, and reported in doubt.
+    #[test]
+    fn a_visit_whose_caller_left_while_it_was_written_is_reported_in_doubt() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let log = FlakyLog::new(0, Duration::from_millis(50));
+        metrics::with_local_recorder(&recorder, || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                let options = options(Duration::from_secs(2), 1);
+                let (counter, batcher) =
+                    VisitCounter::start(log.clone(), options, CountGauge::default());
+                let visit = tokio::spawn({
+                    let counter = counter.clone();
+                    async move { counter.visit().await.map(answered) }
+                });
+                while log.calls.load(Ordering::Relaxed) == 0 {
+                    tokio::task::yield_now().await;
+                }
+                visit.abort();
+                drop(counter);
+                batcher.await.unwrap();
+            });
+        });
+
+        assert_eq!(log.total(), 1, "the visit was counted");
+        let in_doubt = handle
+            .render()
+            .lines()
+            .find_map(|line| line.strip_prefix("stackdemo_visits_in_doubt_total "))
+            .map(|value| value.trim().to_owned());
+        assert_eq!(in_doubt.as_deref(), Some("1"));
+    }
+
     #[test]
     fn the_gauge_follows_the_store_down_when_the_total_is_reset() {
         let gauge = CountGauge::default();

@@ -171,3 +171,87 @@ impl HttpBody for AnsweredBody {
         SizeHint::with_exact(self.data.as_ref().map_or(0, |d| d.len() as u64))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use metrics_exporter_prometheus::PrometheusBuilder;
+
+    use super::*;
+
+    /// Visits reported in doubt while `work` runs, on a recorder of its own (the global
+    /// one is shared by every test of the process).
+    fn in_doubt_during(work: impl FnOnce()) -> u64 {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, work);
+        handle
+            .render()
+            .lines()
+            .find_map(|line| line.strip_prefix("stackdemo_visits_in_doubt_total "))
+            .map_or(0, |value| value.trim().parse().unwrap())
+    }
+
+    /// Takes the body's bytes, as hyper does to write them.
+    fn take_bytes(body: &mut AnsweredBody) -> Bytes {
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        match Pin::new(body).poll_frame(&mut cx) {
+            Poll::Ready(Some(Ok(frame))) => frame.into_data().unwrap(),
+            other => panic!("no data: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_number_dropped_undelivered_is_in_doubt_and_a_delivered_one_is_not() {
+        assert_eq!(in_doubt_during(|| drop(Counted::new(1))), 1);
+        assert_eq!(in_doubt_during(|| Counted::new(1).delivered()), 0);
+    }
+
+    #[test]
+    fn an_answer_never_written_is_in_doubt() {
+        let reported = in_doubt_during(|| {
+            let handover = Handover::default();
+            let body = AnsweredBody::new("7", Counted::new(7), Some(handover));
+            drop(body);
+        });
+        assert_eq!(reported, 1);
+    }
+
+    #[test]
+    fn an_answer_written_out_to_a_client_still_there_is_delivered() {
+        let reported = in_doubt_during(|| {
+            let handover = Handover::default();
+            let mut body = AnsweredBody::new("7", Counted::new(7), Some(handover.clone()));
+            assert_eq!(take_bytes(&mut body), "7");
+            assert!(body.is_end_stream());
+            handover.flushed();
+        });
+        assert_eq!(reported, 0);
+    }
+
+    #[test]
+    fn an_answer_taken_but_not_flushed_before_the_connection_ends_is_in_doubt() {
+        let reported = in_doubt_during(|| {
+            let handover = Handover::default();
+            let mut body = AnsweredBody::new("7", Counted::new(7), Some(handover.clone()));
+            take_bytes(&mut body);
+            drop(body);
+            drop(handover);
+        });
+        assert_eq!(reported, 1);
+    }
+
+    #[test]
+    fn answers_written_to_a_client_that_had_closed_its_side_are_in_doubt() {
+        let reported = in_doubt_during(|| {
+            let handover = Handover::default();
+            for number in 1..=3 {
+                let mut body = AnsweredBody::new("n", Counted::new(number), Some(handover.clone()));
+                take_bytes(&mut body);
+            }
+            handover.peer_closed();
+            handover.flushed();
+        });
+        assert_eq!(reported, 3);
+    }
+}

@@ -37,14 +37,12 @@ pub use self::worker::Worker;
 use self::worker::{Handoff, WorkerHandle};
 
 /// Request line and headers of one request, at most; a larger head is answered 431 and the
-/// connection closed. It bounds the memory a connection can hold (hyper's own default is
+/// connection closed. The number of header lines is bounded by hyper's default, 100 (as
+/// Apache's and HAProxy's defaults are): setting it, even to 100, makes hyper allocate
+/// room for that many headers on every parse of a head, which costs about 16 KB of
+/// resident memory per connection that holds a half-sent head. It bounds the memory a connection can hold (hyper's own default is
 /// about 400 KiB) and is HTTP/2's default bound on a header list.
 const MAX_HEADER_BYTES: usize = 16 * 1024;
-
-/// Header lines of one request, at most (HTTP/1); more are answered 431. Browsers send a
-/// few dozen and proxies add a few; hyper's own default, 100, is Apache's and HAProxy's
-/// limit too, and a request near it through such a proxy would be refused here.
-const MAX_HEADERS: usize = 256;
 
 #[derive(Debug, Clone, Copy)]
 pub struct ServeOptions {

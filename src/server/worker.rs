@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 use super::{
-    MAX_HEADER_BYTES, MAX_HEADERS, ServeOptions,
+    MAX_HEADER_BYTES, ServeOptions,
     connection::{Activity, ConnectionIo},
 };
 use crate::delivery::Handover;
@@ -132,7 +132,6 @@ fn run(
             .http1()
             .header_read_timeout(None)
             .max_buf_size(MAX_HEADER_BYTES)
-            .max_headers(MAX_HEADERS)
             .keep_alive(true)
             .half_close(true);
         builder

@@ -1,8 +1,11 @@
 //! Clients under load that record every answer, and the one check of the counting promise
-//! against what the store holds at the end.
+//! against what the store holds at the end. Some clients may hang up: they send a visit
+//! and close their connection at once or a moment later, reading only what had come by
+//! then, as browsers and proxies with timeouts do.
 
 use std::{
     collections::BTreeMap,
+    net::SocketAddr,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -14,13 +17,20 @@ use reqwest::StatusCode;
 use stackdemo::verify::{Outcome, Report, Sample};
 use tokio::task::JoinHandle;
 
-use super::{TestClient, client::Answer, wait_or_explain};
+use super::{
+    TestClient,
+    client::Answer,
+    hang_up::{Left, hang_up},
+    wait_or_explain,
+};
 
 /// `clients` clients sending visits one after another through `client` until stopped.
 pub struct Load {
     stop: Arc<AtomicBool>,
     seen: Arc<Seen>,
     tasks: Vec<JoinHandle<(Vec<Sample>, Vec<Instant>)>>,
+    started: Instant,
+    entries: usize,
 }
 
 /// What the clients have been answered so far, while they run.
@@ -53,33 +63,66 @@ impl Load {
 
     /// Clients spread over several entry points (replicas).
     pub fn start_on(entries: &[TestClient], clients: u64) -> Self {
+        Self::start_with_hang_ups(entries, clients, 0)
+    }
+
+    /// `start_on`, and `hang_ups` more clients that hang up (`hang_up`). Client `id`
+    /// sends to entry `id % entries.len()`.
+    pub fn start_with_hang_ups(entries: &[TestClient], clients: u64, hang_ups: u64) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let seen = Arc::new(Seen::default());
-        let tasks = (0..clients)
+        let started = Instant::now();
+        let mut tasks: Vec<_> = (clients..clients + hang_ups)
             .map(|id| {
-                let client = entries[id as usize % entries.len()].clone();
-                let stop = stop.clone();
-                let seen = seen.clone();
-                tokio::spawn(async move {
-                    let (mut samples, mut acknowledged_at) = (Vec::new(), Vec::new());
-                    while !stop.load(Ordering::Relaxed) {
-                        let started = Instant::now();
-                        let answer = client.try_visit().await;
-                        if answer.acknowledged().is_some() {
-                            acknowledged_at.push(Instant::now());
-                        }
-                        seen.record(&answer);
-                        samples.push(sample(id, started.elapsed(), &answer));
-                        if answer.status.is_none() {
-                            // Nothing listening (a killed process): do not spin.
-                            tokio::time::sleep(Duration::from_millis(5)).await;
-                        }
-                    }
-                    (samples, acknowledged_at)
-                })
+                let address = entries[id as usize % entries.len()]
+                    .base
+                    .trim_start_matches("http://")
+                    .parse()
+                    .expect("an address");
+                tokio::spawn(hang_up_client(
+                    id,
+                    address,
+                    started,
+                    stop.clone(),
+                    seen.clone(),
+                ))
             })
             .collect();
-        Self { stop, seen, tasks }
+        let steady = (0..clients).map(|id| {
+            let client = entries[id as usize % entries.len()].clone();
+            let stop = stop.clone();
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let (mut samples, mut acknowledged_at) = (Vec::new(), Vec::new());
+                while !stop.load(Ordering::Relaxed) {
+                    let started = Instant::now();
+                    let answer = client.try_visit().await;
+                    if answer.acknowledged().is_some() {
+                        acknowledged_at.push(Instant::now());
+                    }
+                    seen.record(&answer);
+                    samples.push(sample(id, started.elapsed(), &answer));
+                    if answer.status.is_none() {
+                        // Nothing listening (a killed process): do not spin.
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                }
+                (samples, acknowledged_at)
+            })
+        });
+        tasks.extend(steady);
+        Self {
+            stop,
+            seen,
+            tasks,
+            started,
+            entries: entries.len(),
+        }
+    }
+
+    /// Time since the load started, for marking when something happened.
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
     }
 
     /// Visits acknowledged (answered 200 with a number) so far.
@@ -131,8 +174,49 @@ impl Load {
             samples,
             acknowledged_at,
             refusals: self.seen.refusals(),
+            entries: self.entries,
         }
     }
+}
+
+/// A client that hangs up (`hang_up`), again and again until stopped, with a pause of a
+/// few milliseconds between, so that hang-ups are a share of the load and not all of it.
+/// Each sample's `finished` is when its request was sent, from the start of the load.
+async fn hang_up_client(
+    id: u64,
+    address: SocketAddr,
+    started: Instant,
+    stop: Arc<AtomicBool>,
+    seen: Arc<Seen>,
+) -> (Vec<Sample>, Vec<Instant>) {
+    let mut rng = fastrand::Rng::with_seed(id);
+    let mut samples = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        let sent = started.elapsed();
+        let reset = rng.bool();
+        let left = tokio::task::spawn_blocking(move || hang_up(address, reset))
+            .await
+            .expect("a hang-up");
+        let kind = match left {
+            Left::Before => "hung up",
+            Left::Late => "hung up late",
+            Left::Unsent => "no answer",
+        };
+        *seen
+            .refusals
+            .lock()
+            .unwrap()
+            .entry(kind.into())
+            .or_default() += 1;
+        samples.push(Sample {
+            client: id,
+            latency: Duration::ZERO,
+            finished: sent,
+            outcome: Outcome::Failed(kind.into()),
+        });
+        tokio::time::sleep(Duration::from_millis(rng.u64(5..20))).await;
+    }
+    (samples, Vec::new())
 }
 
 /// One line per kind of refusal: how many, and what they said.
@@ -171,6 +255,18 @@ pub struct History {
     /// When each acknowledged visit was answered, in order.
     acknowledged_at: Vec<Instant>,
     refusals: BTreeMap<String, u64>,
+    /// How many entry points (services) the clients were spread over.
+    entries: usize,
+}
+
+/// A service killed during a load: which entry point it was, and the time from which
+/// what it would have reported in doubt was lost with it (its last reading of the
+/// metric, less the longest a visit takes) to the kill, in time since the load started.
+#[derive(Debug, Clone, Copy)]
+pub struct Kill {
+    pub entry: usize,
+    pub from: Duration,
+    pub to: Duration,
 }
 
 impl History {
@@ -199,25 +295,48 @@ impl History {
     /// - every acknowledged number is in `start+1 ..= end` (nothing acknowledged lost);
     /// - `0 ≤ (end − start) − acknowledged ≤ in_doubt ≤ not acknowledged`: what the store
     ///   counted beyond the acknowledged visits is reported in doubt, and no more visits
-    ///   are reported in doubt than got no 200.
+    ///   are reported in doubt than got no 200 (or hung up after they got one).
     ///
-    /// Only 200 and 503 answers (or none, from a killed process) are allowed.
+    /// Only 200 and 503 answers, hang-ups, and none (from a killed process) are allowed.
+    /// A visit whose client hung up before it could be answered, if the store counted it,
+    /// must have been reported in doubt; one whose client was slow to hang up may have
+    /// been answered (`hang_up::Left::Late`), and is excused.
     pub fn assert_counting_held(&self, start: i64, end: i64, in_doubt: u64) -> Report {
         self.assert_held(start, end, in_doubt, 0)
     }
 
+    /// Hang-ups sent to `kill.entry` while what its service reported was being lost.
+    fn hang_ups_lost_with(&self, kill: &Kill) -> u64 {
+        self.samples
+            .iter()
+            .filter(|sample| {
+                sample.client as usize % self.entries == kill.entry
+                    && (kill.from..=kill.to).contains(&sample.finished)
+                    && matches!(&sample.outcome, Outcome::Failed(kind) if kind == "hung up")
+            })
+            .count() as u64
+    }
+
     /// `assert_counting_held` across kills of the service itself: a visit in flight when
     /// its service was killed got no answer and may have been counted, and the killed
-    /// process can no longer report it. `in_doubt` should include what each killed
-    /// service reported just before it was killed.
-    pub fn assert_counting_held_across_kills(&self, start: i64, end: i64, in_doubt: u64) -> Report {
+    /// process can no longer report it; nor what it reported after its last reading
+    /// (`kills`). `in_doubt` should include what each killed service reported in its last
+    /// reading.
+    pub fn assert_counting_held_across_kills(
+        &self,
+        start: i64,
+        end: i64,
+        in_doubt: u64,
+        kills: &[Kill],
+    ) -> Report {
         let unanswered = self
             .report()
             .failures
             .get("no answer")
             .copied()
             .unwrap_or(0);
-        self.assert_held(start, end, in_doubt, unanswered)
+        let lost: u64 = kills.iter().map(|kill| self.hang_ups_lost_with(kill)).sum();
+        self.assert_held(start, end, in_doubt, unanswered + lost)
     }
 
     fn assert_held(&self, start: i64, end: i64, in_doubt: u64, unanswered: u64) -> Report {
@@ -225,7 +344,12 @@ impl History {
         let unexpected: Vec<_> = report
             .failures
             .keys()
-            .filter(|kind| !matches!(kind.as_str(), "http 503" | "no answer"))
+            .filter(|kind| {
+                !matches!(
+                    kind.as_str(),
+                    "http 503" | "no answer" | "hung up" | "hung up late"
+                )
+            })
             .collect();
         assert!(
             unexpected.is_empty(),
@@ -245,6 +369,8 @@ impl History {
             );
         }
         let acknowledged = report.succeeded as i64;
+        let late = report.failures.get("hung up late").copied().unwrap_or(0);
+        let unanswered = unanswered + late;
         let extra = end - start - acknowledged;
         assert!(
             extra >= 0,
@@ -254,7 +380,7 @@ impl History {
         assert!(
             extra as u64 <= in_doubt + unanswered,
             "{extra} visits counted without a 200, but only {in_doubt} reported in doubt \
-             and {unanswered} cut off by a kill ({} answered otherwise:\n{})",
+             and {unanswered} cut off by a kill or hung up late ({} answered otherwise:\n{})",
             report.failed,
             self.refusals()
         );

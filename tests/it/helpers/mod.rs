@@ -9,6 +9,7 @@ pub mod app;
 pub mod checker;
 pub mod client;
 pub mod disk;
+pub mod hang_up;
 pub mod limits;
 pub mod process;
 pub mod redis;
