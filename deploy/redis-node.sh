@@ -37,6 +37,10 @@ case ${1:-server} in
       printf 'replica-announce-ip %s\n' "$me"
       printf 'min-replicas-to-write %s\nmin-replicas-max-lag 10\n' "${MIN_REPLICAS_TO_WRITE:-0}"
       printf 'appendonly yes\nappendfsync everysec\ndir /data\n'
+      # A replica that took writes a failover then discarded must copy the new primary
+      # whole; with no delay the copy starts at once, and visits (which wait for it)
+      # resume within a second instead of after Redis's default 5 s.
+      printf 'repl-diskless-sync-delay 0\n'
       [ "$primary" = "$me" ] || printf 'replicaof %s 6379\n' "$primary"
     } >/tmp/redis.conf
     exec redis-server /tmp/redis.conf

@@ -10,14 +10,17 @@
 //! `--redis-min-replicas`): whichever is promoted, the write is there.
 //!
 //! The count comes from the sentinels' own view (`SENTINEL REPLICAS`), asked of all of
-//! them: a replica fit by any one's view counts. The count may rise at any time, but it
-//! falls only when the view is clear: no sentinel is in the middle of a failover, and no
-//! replica of the primary reports itself a primary (a promotion other sentinels have not
-//! yet understood as one; the old primary, which reports itself a primary until it is
-//! converted, is known and excepted). While a failover is under way (the leading
-//! sentinel's `failover_in_progress`), writes are refused before they are sent. A count
-//! that is too high costs refused visits, never lost ones: a write that waited for a
-//! replica that was promoted meanwhile gets too few acknowledgements and is refused.
+//! them; only the views of those that name the same primary as the service count, and a
+//! replica fit in any one of them counts. The count may rise at any time, but it falls
+//! only when the view is clear: every sentinel has answered or given up, none leads a
+//! failover of this primary, and no replica of it reports itself a primary (a promotion
+//! the others have not yet understood as one; a former primary, which reports itself one
+//! until it is converted, is known and excepted). While a failover of the primary is
+//! under way (the leading sentinel's `failover_in_progress`), writes are refused before
+//! they are sent. A count that is too high costs refused visits, never lost ones: a write
+//! that waited for a replica that was promoted meanwhile gets too few acknowledgements.
+//! Once a majority names the new primary, its count comes from their views of it, so
+//! counting resumes without waiting for the leading sentinel to finish.
 //!
 //! What stays open with two faults at once: the primary and every replica that has a
 //! write lost together; a replica that comes back and is promoted before the service has
@@ -136,7 +139,8 @@ struct TargetState {
 impl ReplicaTarget {
     /// Takes the reports of the sentinels that answered about `primary`; `complete` when
     /// every sentinel has answered or given up, so that none that leads a failover can
-    /// be missing from them. Only a complete, clear view lowers the count.
+    /// be missing from them. A partial view only raises the count and only starts a
+    /// failover; a complete, clear one may lower the count and ends a failover.
     pub fn observe(&self, primary: &Address, reports: &[SentinelReport], complete: bool) {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if state.primary.as_ref() != Some(primary) {
@@ -144,10 +148,17 @@ impl ReplicaTarget {
                 state.former_primaries.insert(old);
             }
             state.former_primaries.remove(primary);
+            // What was seen of the old primary says nothing of the new one's failover.
+            state.failing_over = false;
         }
         let about_ours: Vec<&SentinelReport> =
             reports.iter().filter(|r| &r.primary == primary).collect();
-        state.failing_over = reports.iter().any(|r| r.failover_in_progress);
+        let failing_over = about_ours.iter().any(|r| r.failover_in_progress);
+        if complete {
+            state.failing_over = failing_over;
+        } else {
+            state.failing_over |= failing_over;
+        }
         let fit: BTreeSet<&Address> = about_ours
             .iter()
             .flat_map(|r| r.replicas.iter())
@@ -155,8 +166,8 @@ impl ReplicaTarget {
             .map(|replica| &replica.address)
             .collect();
         let clear = complete
-            && !state.failing_over
-            && about_ours.len() == reports.len()
+            && !failing_over
+            && !about_ours.is_empty()
             && about_ours
                 .iter()
                 .flat_map(|r| r.replicas.iter())
@@ -339,29 +350,67 @@ mod tests {
         assert_eq!(target.replicas_to_wait(1).unwrap(), 1);
     }
 
+    /// The majority has moved to the new primary while the leading sentinel still
+    /// finishes the failover of the old one: the new primary's count comes from the
+    /// views of it, and counting resumes.
     #[test]
-    fn sentinels_that_name_another_primary_keep_the_count_from_falling() {
+    fn the_new_primary_counts_as_soon_as_the_sentinels_that_name_it_see_it_clear() {
         let target = ReplicaTarget::default();
         target.observe(
             &address(1),
             &[report(1, vec![replica(2), replica(3)])],
             true,
         );
-        let down = ReplicaReport {
+        let still_leading = SentinelReport {
+            failover_in_progress: true,
+            ..report(1, vec![replica(2), replica(3)])
+        };
+        target.observe(&address(1), std::slice::from_ref(&still_leading), true);
+        let old_primary = ReplicaReport {
             fit: false,
-            ..replica(3)
+            reports_primary: true,
+            ..replica(1)
         };
 
         target.observe(
-            &address(1),
-            &[
-                report(1, vec![replica(2), down]),
-                report(3, vec![replica(2)]),
-            ],
+            &address(3),
+            &[still_leading, report(3, vec![replica(2), old_primary])],
             true,
         );
 
+        assert_eq!(target.replicas_to_wait(1).unwrap(), 1);
+    }
+
+    #[test]
+    fn a_view_of_another_primary_never_lowers_the_count_of_ours() {
+        let target = ReplicaTarget::default();
+        target.observe(
+            &address(1),
+            &[report(1, vec![replica(2), replica(3)])],
+            true,
+        );
+
+        target.observe(&address(1), &[report(3, vec![replica(2)])], true);
+
         assert_eq!(target.replicas_to_wait(1).unwrap(), 2);
+    }
+
+    #[test]
+    fn a_partial_view_does_not_end_a_failover() {
+        let target = ReplicaTarget::default();
+        let leading = SentinelReport {
+            failover_in_progress: true,
+            ..report(1, vec![replica(2), replica(3)])
+        };
+        target.observe(&address(1), &[leading], true);
+
+        target.observe(
+            &address(1),
+            &[report(1, vec![replica(2), replica(3)])],
+            false,
+        );
+
+        assert!(target.replicas_to_wait(1).is_err(), "still failing over");
     }
 
     #[test]

@@ -45,14 +45,17 @@ pub struct SentinelProcess {
     child: Option<Child>,
 }
 
-/// Settings every data node gets (beside AOF with fsync on every write, which every
-/// `RedisServer` has): a primary refuses writes unless one replica is connected and
-/// current, so an isolated old primary stops taking writes.
-const NODE_SETTINGS: [&str; 4] = [
+/// Settings every data node gets, as deploy/redis-node.sh gives them (beside AOF with
+/// fsync on every write, which every `RedisServer` has): a primary refuses writes unless
+/// one replica is connected and current, so an isolated old primary stops taking writes;
+/// a replica that must copy a new primary whole starts at once.
+const NODE_SETTINGS: [&str; 6] = [
     "--min-replicas-to-write",
     "1",
     "--min-replicas-max-lag",
     "2",
+    "--repl-diskless-sync-delay",
+    "0",
 ];
 
 impl RedisGroup {
