@@ -32,8 +32,9 @@ pub struct Settings {
     #[arg(long, env = "STACKDEMO_LISTEN", default_value = "0.0.0.0:8000")]
     pub listen: SocketAddr,
 
-    /// Redis URL (redis://host:port/db) of a single Redis; not used when sentinels are
-    /// set. Unset or empty, and no sentinels: the embedded store in --data-dir.
+    /// Redis URL (redis://host:port/db, or unix:///path?db=N) of a single Redis; not used
+    /// when sentinels are set. Unset or empty, and no sentinels: the embedded store in
+    /// --data-dir.
     #[arg(long, env = "REDIS_URL", hide_env_values = true, value_parser = parse_redis_url)]
     pub redis_url: Option<RedisUrl>,
 
@@ -56,7 +57,8 @@ pub struct Settings {
     #[arg(long, env = "REDIS_SENTINEL_PASSWORD_FILE")]
     pub redis_sentinel_password_file: Option<PathBuf>,
 
-    /// Replicas that must have a write (Redis WAIT) before its visits are answered.
+    /// Replicas that must have a write (Redis WAIT) before its visits are answered: at
+    /// least this many, and with sentinels every replica a failover could promote.
     /// Default: 1 with sentinels, 0 with a single Redis.
     #[arg(long, env = "STACKDEMO_REDIS_MIN_REPLICAS",
           value_parser = clap::value_parser!(u8).range(0..=16))]
