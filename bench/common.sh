@@ -62,14 +62,17 @@ start_redis() {
   redis_answers "$redis_port"
 }
 
-# A second Redis group for the `sentinel` store: a primary, one replica of it, and one
-# redis-sentinel watching them; sets sentinel_port. Started only when that store is
-# measured.
+# A second Redis group for the `sentinel` stores: a primary, $1 replicas of it (1 unless
+# given), and one redis-sentinel watching them; sets sentinel_port. Started only when
+# such a store is measured.
 start_sentinel_group() {
+  local replicas=${1:-1} replica
   start_redis --min-replicas-to-write 1
   local primary=$redis_port
-  start_redis --replicaof 127.0.0.1 "$primary"
-  local replica=$redis_port
+  for _ in $(seq 1 "$replicas"); do
+    start_redis --replicaof 127.0.0.1 "$primary"
+    replica=$redis_port
+  done
   redis_port=${plain_redis_port:-$redis_port}
   sentinel_port=$(free_port)
   mkdir -p "$work/sentinel"
@@ -79,10 +82,12 @@ start_sentinel_group() {
   pids+=($!)
   redis_answers "$sentinel_port"
   for _ in $(seq 1 100); do
-    [ "$(redis-cli -p "$replica" info replication | tr -d '\r' | awk -F: '$1 == "master_link_status" {print $2}')" = up ] && return 0
+    [ "$(redis-cli -p "$primary" info replication | tr -d '\r' | awk -F: '$1 == "connected_slaves" {print $2}')" = "$replicas" ] &&
+      [ "$(redis-cli -p "$replica" info replication | tr -d '\r' | awk -F: '$1 == "master_link_status" {print $2}')" = up ] &&
+      return 0
     sleep 0.05
   done
-  echo "the replica did not sync" >&2
+  echo "the replicas did not sync" >&2
   exit 1
 }
 
@@ -102,8 +107,10 @@ visits_per_write() {
 }
 
 # Calls the benchmark's own `run_store NAME ARGS...` for each store in $STORES, with the
-# arguments that select that store: `redis` (one Redis), `embedded`, and `sentinel` (a
-# primary and a replica found through a sentinel, each visit waiting for the replica).
+# arguments that select that store: `redis` (one Redis), `embedded`, `sentinel` (a primary
+# and a replica found through a sentinel, each visit waiting for the replica), and
+# `sentinel2` (the same with two replicas: each visit waits for both, as the failover rule
+# asks).
 run_stores() {
   local store
   for store in $STORES; do
@@ -111,10 +118,14 @@ run_stores() {
       redis) run_store redis --redis-url "redis://127.0.0.1:$redis_port/0" ;;
       embedded) run_store embedded --data-dir "$work/data" ;;
       sentinel)
-        plain_redis_port=$redis_port start_sentinel_group
+        plain_redis_port=$redis_port start_sentinel_group 1
         run_store sentinel --redis-sentinels "127.0.0.1:$sentinel_port" --redis-min-replicas 1
         ;;
-      *) echo "unknown store $store (redis, embedded, sentinel)" >&2; exit 2 ;;
+      sentinel2)
+        plain_redis_port=$redis_port start_sentinel_group 2
+        run_store sentinel2 --redis-sentinels "127.0.0.1:$sentinel_port" --redis-min-replicas 1
+        ;;
+      *) echo "unknown store $store (redis, embedded, sentinel, sentinel2)" >&2; exit 2 ;;
     esac
   done
 }

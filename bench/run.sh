@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Throughput benchmark: `GET /` (counts a visit) against `GET /healthz` (touches no store)
 # of the same binary (the dist profile), with one Redis, with the embedded store, and with
-# a primary and a replica found through Sentinel (each visit waiting for the replica),
+# a primary and one or two replicas found through Sentinel (each visit waiting for them),
 # measured side by side with wrk on loopback. Prints requests/s, the ratio, p99 latency,
 # peak RSS, and what a request costs the whole machine in CPU time.
 #
 #   bench/run.sh                      # 10 rounds of 2 s per path, 64 connections, 2 threads
 #   ROUNDS=20 DURATION=3s bench/run.sh
-#   STORES=redis bench/run.sh            # one store only (redis, embedded, sentinel)
+#   STORES=redis bench/run.sh            # one store only (redis, embedded, sentinel, sentinel2)
 #
 # The two paths are measured in alternating short rounds, and the ratio is the median of
 # the rounds' ratios (each visit round against the no-op round just before it), printed
@@ -20,7 +20,7 @@ cd "$(dirname "$0")/.."
 
 DURATION=${DURATION:-2s}
 ROUNDS=${ROUNDS:-10}
-STORES=${STORES:-redis embedded sentinel}
+STORES=${STORES:-redis embedded sentinel sentinel2}
 CONNECTIONS=${CONNECTIONS:-64}
 THREADS=${THREADS:-2}
 source bench/common.sh
