@@ -4,11 +4,7 @@
 
 use std::sync::Arc;
 
-use axum::{
-    extract::State,
-    http::{HeaderMap, HeaderName, HeaderValue, header},
-    response::Response,
-};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
 
 #[derive(Clone)]
 pub struct ServiceHeaders(Arc<[(HeaderName, HeaderValue)]>);
@@ -42,15 +38,6 @@ impl ServiceHeaders {
         }
         lines.into()
     }
-}
-
-/// The router's outermost change to every answer: the service headers.
-pub async fn set_service_headers<B>(
-    State(headers): State<ServiceHeaders>,
-    mut response: Response<B>,
-) -> Response<B> {
-    headers.apply(response.headers_mut());
-    response
 }
 
 fn value(text: &str) -> HeaderValue {

@@ -1,5 +1,6 @@
 //! The HTTP interface: which path goes to which handler, and the layers around them.
 
+mod body_limit;
 mod error;
 mod headers;
 mod health;
@@ -66,29 +67,13 @@ pub fn router(state: AppState) -> Router {
                         .on_failure(()),
                 )
                 .layer(middleware::from_fn(metrics::track))
-                .layer(middleware::map_response_with_state(
-                    headers,
-                    headers::set_service_headers,
-                ))
-                .layer(middleware::from_fn(refuse_announced_large_bodies)),
+                .map_response(move |mut response: axum::response::Response| {
+                    headers.apply(response.headers_mut());
+                    response
+                })
+                .layer(body_limit::RefuseLargeBodiesLayer),
         )
         .with_state(state)
-}
-
-/// Refuses a request whose announced body is over the limit before any handler runs; a
-/// body without an announced length is refused by the visit as it reads it.
-async fn refuse_announced_large_bodies(
-    request: Request,
-    next: middleware::Next,
-) -> axum::response::Response {
-    let announced = request
-        .headers()
-        .get(axum::http::header::CONTENT_LENGTH)
-        .and_then(|length| length.to_str().ok()?.parse::<u64>().ok());
-    if announced.is_some_and(|length| length > MAX_BODY_BYTES as u64) {
-        return ApiError::PayloadTooLarge.into_response();
-    }
-    next.run(request).await
 }
 
 async fn not_found() -> impl IntoResponse {

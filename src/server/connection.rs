@@ -274,11 +274,18 @@ impl AsyncWrite for ClientStream {
 
     /// hyper flushes once it has written everything it buffered: the answers handed over
     /// before are out, to a client that had not closed its side, as far as a look at the
-    /// socket (a peek, which reads nothing) can tell.
+    /// socket can tell. The look costs nothing while the runtime has seen nothing to read
+    /// since hyper last read (a client's close is something to read); only then is the
+    /// socket asked (a peek, which reads nothing), to tell a close from a next request.
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let flushed = Pin::new(&mut self.stream).poll_flush(cx);
         if matches!(flushed, Poll::Ready(Ok(()))) && self.handover.awaiting() {
-            if peer_has_closed(&self.stream) {
+            let closed = match self.stream.poll_read_ready(cx) {
+                Poll::Pending => false,
+                Poll::Ready(Ok(())) => peer_has_closed(&self.stream),
+                Poll::Ready(Err(_)) => true,
+            };
+            if closed {
                 self.handover.peer_closed();
             }
             self.handover.flushed();
