@@ -252,11 +252,13 @@ async fn faults_on_a_sentinel_group_under_load_never_break_the_counting_promise(
 
     let started = Instant::now();
     while started.elapsed() < SCHEDULE {
-        // A node killed earlier comes back first, as a replica of the new primary.
+        // A node killed earlier comes back first, as a replica of the new primary, and
+        // has copied it before anything else happens: one fault at a time.
         if let Some(node) = killed.take() {
-            group.nodes[node].start_again().await;
+            group.rejoin(node).await;
         }
         let primary = group.primary().await.expect("a primary");
+        let began = load.elapsed();
         let fault = match rng.u8(0..5) {
             0 => {
                 group.planned_failover().await;
@@ -284,11 +286,11 @@ async fn faults_on_a_sentinel_group_under_load_never_break_the_counting_promise(
             }
             _ => lasting_fault(&mut rng, &group.nodes[primary], &services, "1").await,
         };
-        faults.push(fault);
+        faults.push(format!("{fault} (at {:.3}s)", began.as_secs_f64()));
         tokio::time::sleep(millis(&mut rng, 200..900)).await;
     }
     if let Some(node) = killed.take() {
-        group.nodes[node].start_again().await;
+        group.rejoin(node).await;
     }
     load.wait_for_acknowledged(
         100,
@@ -300,6 +302,7 @@ async fn faults_on_a_sentinel_group_under_load_never_break_the_counting_promise(
 
     let reported = in_doubt(&services[0]).await + in_doubt(&services[1]).await;
     let end = group.total().await;
+    eprintln!("sentinel fault schedule (seed {seed}): {faults:?}");
     let report = history.assert_counting_held(0, end, reported);
     eprintln!(
         "sentinel fault schedule (seed {seed}): {faults:?}; {} visits, {} acknowledged, \

@@ -3,11 +3,16 @@
 //!
 //! A failover promotes one replica; the writes that replica lacks are lost, and their
 //! numbers are handed out again by the new primary. The sentinels promote only a replica
-//! they consider fit: one they know, can reach and do not consider down, that reports
-//! itself a replica, whose priority is not 0, and whose link to the primary has not been
-//! down for long (sentinel.c, `sentinelSelectSlave`). So a write is acknowledged only
-//! once every such replica has it (`WAIT n`, n = all of them, and at least
-//! `--redis-min-replicas`): whichever is promoted, the write is there.
+//! they consider fit: one they list, can reach and do not consider down, whose priority
+//! is not 0, and whose link to the primary has not been down for long (sentinel.c,
+//! `sentinelSelectSlave`). They do not ask whether it replicates at all: a former primary
+//! that was restarted with its old data reports itself a primary until they convert it
+//! (seconds later), and a replica restarted with its old data counts as never cut off
+//! until its first synchronisation; meanwhile they may promote either. So a
+//! write is acknowledged only once every such server has it (`WAIT n`, n = all of them,
+//! and at least `--redis-min-replicas`): whichever is promoted, the write is there. One
+//! that reports itself a primary cannot have it, so while it is listed visits are
+//! refused rather than acknowledged and then lost.
 //!
 //! The count comes from the sentinels' own view (`SENTINEL REPLICAS`), asked of all of
 //! them; only the views of those that name the same primary as the service count, and a
@@ -23,11 +28,14 @@
 //! counting resumes without waiting for the leading sentinel to finish.
 //!
 //! What stays open with two faults at once: the primary and every replica that has a
-//! write lost together; a replica that comes back and is promoted before the service has
-//! asked the sentinels again (every second, and at once on their events); a replica whose
-//! link to the primary has been down a little longer than ten times
-//! `down-after-milliseconds` when the primary fails (the sentinels may still promote it,
-//! the count no longer waits for it).
+//! write lost together; a replica that was down while writes were acknowledged, back
+//! with its old data, and promoted before it has copied the primary (so a server is
+//! brought back as a replica of the current primary, as deploy/redis-node.sh does, and
+//! given the moment to copy it before the next failover); a replica that comes back and
+//! is promoted before the service has asked the sentinels again (every second, and at
+//! once on their events); a replica whose link to the primary has been down a little
+//! longer than ten times `down-after-milliseconds` when the primary fails (the sentinels
+//! may still promote it, the count no longer waits for it).
 
 use std::{
     collections::{BTreeSet, HashMap},
@@ -58,7 +66,7 @@ pub struct ReplicaReport {
     pub address: Address,
     /// A promotion is under way to it (only the leading sentinel says so).
     pub promoted: bool,
-    /// The sentinel promotes it in a failover.
+    /// The sentinel may promote it in a failover, whether it replicates or not.
     pub fit: bool,
     /// It says it is a primary.
     pub reports_primary: bool,
@@ -95,11 +103,16 @@ impl SentinelReport {
                     .or_else(|| number(fields, "replica-priority"))
                     .unwrap_or(100);
                 let link_ok = fields.get("master-link-status").map(String::as_str) == Some("ok");
-                let link_down = number(fields, "master-link-down-time").unwrap_or(u64::MAX);
+                // A replica whose link has never been up since it started reports -1 s,
+                // which the sentinels take as not down at all: a server restarted with
+                // old data, not yet synchronised, is promotable.
+                let link_down = fields
+                    .get("master-link-down-time")
+                    .and_then(|t| t.parse::<i64>().ok())
+                    .map_or(u64::MAX, |t| t.max(0) as u64);
                 let fit = !has("s_down")
                     && !has("o_down")
                     && !has("disconnected")
-                    && !reports_primary
                     && priority != 0
                     && (link_ok || link_down <= LINK_DOWN_FACTOR * down_after);
                 Some(ReplicaReport {
@@ -328,7 +341,7 @@ mod tests {
     }
 
     #[test]
-    fn after_the_switch_the_old_primary_reporting_itself_primary_does_not_hold_the_count() {
+    fn after_the_switch_a_down_old_primary_does_not_hold_the_count() {
         let target = ReplicaTarget::default();
         target.observe(
             &address(1),
@@ -348,6 +361,37 @@ mod tests {
         );
 
         assert_eq!(target.replicas_to_wait(1).unwrap(), 1);
+    }
+
+    /// An old primary back with its old data, before the sentinels convert it: they list
+    /// it as a replica and may promote it, and it has none of the new primary's writes.
+    /// Writes must wait for it, which they cannot: refused, not lost.
+    #[test]
+    fn an_old_primary_back_as_a_primary_holds_the_count_until_it_replicates() {
+        let target = ReplicaTarget::default();
+        target.observe(&address(3), &[report(3, vec![replica(2)])], true);
+        let back = ReplicaReport {
+            reports_primary: true,
+            ..replica(1)
+        };
+
+        target.observe(
+            &address(3),
+            &[report(3, vec![replica(2), back.clone()])],
+            true,
+        );
+        assert_eq!(target.replicas_to_wait(1).unwrap(), 2);
+
+        let converted = ReplicaReport {
+            reports_primary: false,
+            ..back
+        };
+        target.observe(&address(3), &[report(3, vec![replica(2), converted])], true);
+        assert_eq!(
+            target.replicas_to_wait(1).unwrap(),
+            2,
+            "and then waited for"
+        );
     }
 
     /// The majority has moved to the new primary while the leading sentinel still
@@ -459,14 +503,44 @@ mod tests {
             ("flags", "slave,s_down,disconnected"),
             ("role-reported", "slave"),
         ]);
+        // A replica restarted with its old data, not yet synchronised.
+        let never_synchronised = fields(&[
+            ("ip", "10.0.0.7"),
+            ("port", "6379"),
+            ("flags", "slave"),
+            ("role-reported", "slave"),
+            ("master-link-status", "err"),
+            ("master-link-down-time", "-1000"),
+            ("slave-priority", "100"),
+        ]);
+        // A former primary restarted with its old data, not yet converted.
+        let back_as_primary = fields(&[
+            ("ip", "10.0.0.6"),
+            ("port", "6379"),
+            ("flags", "slave"),
+            ("role-reported", "master"),
+            ("master-link-status", "err"),
+            ("master-link-down-time", "0"),
+            ("slave-priority", "100"),
+        ]);
 
-        let report =
-            SentinelReport::from_replies(&master, &[healthy, long_cut_off, never_promoted, down])
-                .unwrap();
+        let report = SentinelReport::from_replies(
+            &master,
+            &[
+                healthy,
+                long_cut_off,
+                never_promoted,
+                down,
+                back_as_primary,
+                never_synchronised,
+            ],
+        )
+        .unwrap();
 
         assert_eq!(report.primary, ("10.0.0.1".to_owned(), 6379));
         assert!(report.failover_in_progress);
         let fit: Vec<bool> = report.replicas.iter().map(|r| r.fit).collect();
-        assert_eq!(fit, [true, false, false, false]);
+        assert_eq!(fit, [true, false, false, false, true, true]);
+        assert!(report.replicas[4].reports_primary);
     }
 }

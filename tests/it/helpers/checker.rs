@@ -95,13 +95,15 @@ impl Load {
             tokio::spawn(async move {
                 let (mut samples, mut acknowledged_at) = (Vec::new(), Vec::new());
                 while !stop.load(Ordering::Relaxed) {
-                    let started = Instant::now();
+                    let sent = Instant::now();
                     let answer = client.try_visit().await;
                     if answer.acknowledged().is_some() {
                         acknowledged_at.push(Instant::now());
                     }
                     seen.record(&answer);
-                    samples.push(sample(id, started.elapsed(), &answer));
+                    let mut sample = sample(id, sent.elapsed(), &answer);
+                    sample.finished = started.elapsed();
+                    samples.push(sample);
                     if answer.status.is_none() {
                         // Nothing listening (a killed process): do not spin.
                         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -235,7 +237,7 @@ fn sample(client: u64, latency: Duration, answer: &Answer) -> Sample {
     let outcome = match (answer.status, answer.acknowledged()) {
         (Some(StatusCode::OK), Some(count)) => Outcome::Counted {
             count,
-            replica: None,
+            replica: answer.served_by.clone(),
             version: None,
         },
         (Some(status), _) => Outcome::Failed(format!("http {}", status.as_u16())),
@@ -270,6 +272,42 @@ pub struct Kill {
 }
 
 impl History {
+    /// The first numbers answered more than once, each with when (since the load began),
+    /// to which client and by which replica.
+    fn duplicates(&self) -> String {
+        let mut by_number: BTreeMap<i64, Vec<&Sample>> = BTreeMap::new();
+        for sample in &self.samples {
+            if let Outcome::Counted { count, .. } = &sample.outcome {
+                by_number.entry(*count).or_default().push(sample);
+            }
+        }
+        let twice: Vec<_> = by_number.iter().filter(|(_, s)| s.len() > 1).collect();
+        let mut text = format!(
+            "{} numbers, from {:?} to {:?}\n",
+            twice.len(),
+            twice.first().map(|(n, _)| **n),
+            twice.last().map(|(n, _)| **n)
+        );
+        for (number, samples) in twice.iter().take(5) {
+            let seen: Vec<String> = samples
+                .iter()
+                .map(|s| {
+                    let replica = match &s.outcome {
+                        Outcome::Counted { replica, .. } => replica.clone().unwrap_or_default(),
+                        Outcome::Failed(_) => String::new(),
+                    };
+                    format!(
+                        "at {:.3}s client {} via {replica}",
+                        s.finished.as_secs_f64(),
+                        s.client
+                    )
+                })
+                .collect();
+            text.push_str(&format!("  {number}: {}\n", seen.join("; ")));
+        }
+        text
+    }
+
     /// The longest time no client got a 200, between the first and the last that did.
     pub fn longest_outage(&self) -> Duration {
         self.acknowledged_at
@@ -356,7 +394,12 @@ impl History {
             "unexpected answers:\n{}",
             self.refusals()
         );
-        assert_eq!(report.duplicate_counts, 0, "a number was answered twice");
+        assert_eq!(
+            report.duplicate_counts,
+            0,
+            "a number was answered twice; the first such:\n{}",
+            self.duplicates()
+        );
         assert_eq!(report.out_of_order, 0, "a client's numbers went down");
         if let (Some(low), Some(high)) = (report.lowest_count, report.highest_count) {
             assert!(

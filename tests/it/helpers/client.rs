@@ -21,6 +21,8 @@ pub struct Answer {
     /// The number in a 200's body.
     pub count: Option<i64>,
     pub body: String,
+    /// The replica that answered (`X-Served-By`).
+    pub served_by: Option<String>,
 }
 
 impl Answer {
@@ -108,14 +110,21 @@ impl TestClient {
                 status: None,
                 count: None,
                 body: String::new(),
+                served_by: None,
             },
             Ok(response) => {
                 let status = response.status();
+                let served_by = response
+                    .headers()
+                    .get("x-served-by")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
                 let body = response.text().await.unwrap_or_default();
                 Answer {
                     status: Some(status),
                     count: parse_count(&body),
                     body,
+                    served_by,
                 }
             }
         }

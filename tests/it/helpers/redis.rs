@@ -204,6 +204,19 @@ impl RedisServer {
         assert!(self.child.is_none(), "redis-server is still running");
         self.launch().await;
     }
+
+    /// Starts the server again after `kill`, as a replica of the server on `primary`.
+    pub async fn start_again_replicating(&mut self, primary: u16) {
+        if let Some(at) = self.extra.iter().position(|arg| arg == "--replicaof") {
+            self.extra.drain(at..at + 3);
+        }
+        self.extra.extend([
+            "--replicaof".into(),
+            "127.0.0.1".into(),
+            primary.to_string(),
+        ]);
+        self.start_again().await;
+    }
 }
 
 /// Sends one command to the server at `info` on a connection of its own.

@@ -180,6 +180,29 @@ impl RedisGroup {
         self.wait_for_failover(old, allowed(FAILOVER)).await
     }
 
+    /// Brings a killed node back as an operator does with deploy/redis-node.sh: as a
+    /// replica of the primary the sentinels name, and only done once it has copied it,
+    /// so that it is no longer a server with old data that a failover could promote.
+    pub async fn rejoin(&mut self, node: usize) {
+        let primary = self.primary().await.expect("a primary");
+        let port = self.nodes[primary].port;
+        self.nodes[node].start_again_replicating(port).await;
+        let group = &*self;
+        wait_or_explain(
+            "the node back to copy the primary",
+            allowed(FAILOVER),
+            || async {
+                group.nodes[node]
+                    .replication("master_link_status")
+                    .await
+                    .as_deref()
+                    == Some("up")
+            },
+            || group.state(),
+        )
+        .await;
+    }
+
     /// Each server's role, replication and append-only-file state, for failure messages.
     pub async fn state(&self) -> String {
         let mut lines = Vec::new();
