@@ -1,15 +1,18 @@
-//! The visit counter: coalesces concurrent visits into one store write.
+//! The visit counter: coalesces concurrent visits, to any mix of counters, into one store
+//! write.
 //!
 //! A single task takes visits off the queue. While store writes are under way (at most
 //! `max_in_flight` of them), new visits queue up; when a slot frees, the next batch takes
-//! everything queued and sends one `add_visits(k)`. The store returns the new total `n`, and the k visits of the
-//! batch get `n-k+1 ..= n` in arrival order. So every acknowledged visit carries a distinct
-//! number, the numbers are contiguous, nothing is acknowledged before the store confirmed
-//! it, and a visit answered with an error was never part of a confirmed batch. A client's
-//! next visit is sent only after its previous answer, so it lands in a later write and
-//! gets a larger number.
+//! everything queued, groups it by counter (a `Tally` each) and sends one `add_visits`.
+//! For each counter the store returns the new total `n`, and that counter's k visits of
+//! the batch get `n-k+1 ..= n` in arrival order. So every acknowledged visit carries a
+//! number no other visit of its counter carries, the numbers are contiguous, nothing is
+//! acknowledged before the store confirmed it, and a visit answered with an error was
+//! never part of a confirmed batch. A client's next visit is sent only after its previous
+//! answer, so it lands in a later write and gets a larger number.
 
 use std::{
+    collections::HashMap,
     future::Future,
     sync::{
         Arc,
@@ -25,18 +28,23 @@ use tokio::{
     time::Instant,
 };
 
-use crate::{deadlines::Deadlines, delivery::Counted, store::StoreError};
+use crate::{
+    counters::{CounterName, Tally, TallyResult},
+    deadlines::Deadlines,
+    delivery::Counted,
+    store::{StoreError, StoreErrorKind},
+};
 
 /// Where the batcher records visits: the store, or a stand-in in tests.
 pub trait VisitLog: Send + Sync + 'static {
-    /// Adds `count` visits in one atomic step and returns the total after them. Should
-    /// answer by `answer_by`; an error that is not `in_doubt` means nothing was applied,
-    /// nor will be.
+    /// Adds every tally's visits in one atomic step and returns, for each tally in order,
+    /// what became of it (the total after it, if counted). Should answer by `answer_by`;
+    /// an error that is not `in_doubt` means nothing was applied, nor will be.
     fn add_visits(
         &self,
-        count: u64,
+        tallies: &[Tally],
         answer_by: Instant,
-    ) -> impl Future<Output = Result<i64, StoreError>> + Send;
+    ) -> impl Future<Output = Result<Vec<TallyResult>, StoreError>> + Send;
 }
 
 /// Why a visit was not counted.
@@ -50,6 +58,10 @@ pub enum VisitError {
     Expired,
     /// The service is shutting down.
     Closed,
+    /// No such counter, and only counters the administrator created count.
+    UnknownCounter,
+    /// A new counter, and there are as many as allowed.
+    TooManyCounters,
 }
 
 impl VisitError {
@@ -60,11 +72,20 @@ impl VisitError {
             VisitError::Overloaded => "overloaded",
             VisitError::Expired => "expired",
             VisitError::Closed => "closed",
+            VisitError::UnknownCounter => "unknown_counter",
+            VisitError::TooManyCounters => "too_many_counters",
         }
     }
 
     /// Every code, so that the metric shows each at zero before it first happens.
-    pub const CODES: [&'static str; 4] = ["store", "overloaded", "expired", "closed"];
+    pub const CODES: [&'static str; 6] = [
+        "store",
+        "overloaded",
+        "expired",
+        "closed",
+        "unknown_counter",
+        "too_many_counters",
+    ];
 
     /// The short reason sent to clients.
     pub fn reason(&self) -> &'static str {
@@ -73,6 +94,8 @@ impl VisitError {
             VisitError::Overloaded => "too many visits waiting",
             VisitError::Expired => "counter store is slow to answer",
             VisitError::Closed => "shutting down",
+            VisitError::UnknownCounter => "no such counter",
+            VisitError::TooManyCounters => "too many counters",
         }
     }
 }
@@ -108,38 +131,53 @@ impl BatchOptions {
 }
 
 struct Visit {
+    counter: CounterName,
+    /// Who visited (`counters::visitor::raw`), for unique counts.
+    visitor: u64,
     arrived: Instant,
     reply: oneshot::Sender<Result<Counted, VisitError>>,
 }
 
-/// The total as last seen, published as the `stackdemo_count` gauge. One is shared by
-/// the counters of all worker threads: their writes finish in any order, so between
-/// readings of the store (`reset`, every heartbeat) the gauge only moves forward.
+/// The tutorial counter's total as last seen, published as the `stackdemo_count` gauge
+/// (named counters are never metric labels). One is shared by the counters of all worker
+/// threads: their writes finish in any order, so between readings of the store (`reset`,
+/// every heartbeat) the gauge only moves forward.
 #[derive(Clone)]
-pub struct CountGauge(Arc<AtomicI64>);
+pub struct CountGauge {
+    total: Arc<AtomicI64>,
+    counter: CounterName,
+}
 
 impl Default for CountGauge {
     fn default() -> Self {
-        Self(Arc::new(AtomicI64::new(i64::MIN)))
+        Self::following(CounterName::parse("hits").expect("a valid name"))
     }
 }
 
 impl CountGauge {
+    /// A gauge of `counter`'s total.
+    pub fn following(counter: CounterName) -> Self {
+        Self {
+            total: Arc::new(AtomicI64::new(i64::MIN)),
+            counter,
+        }
+    }
+
     fn observe(&self, total: i64) {
-        let highest = self.0.fetch_max(total, Ordering::Relaxed).max(total);
+        let highest = self.total.fetch_max(total, Ordering::Relaxed).max(total);
         gauge!("stackdemo_count").set(highest as f64);
     }
 
     /// Sets the total as the store holds it now, also when it went down (the key was
     /// reset).
     pub fn reset(&self, total: i64) {
-        self.0.store(total, Ordering::Relaxed);
+        self.total.store(total, Ordering::Relaxed);
         gauge!("stackdemo_count").set(total as f64);
     }
 
     /// The total last published, if any.
     pub fn get(&self) -> Option<i64> {
-        Some(self.0.load(Ordering::Relaxed)).filter(|&total| total != i64::MIN)
+        Some(self.total.load(Ordering::Relaxed)).filter(|&total| total != i64::MIN)
     }
 }
 
@@ -164,19 +202,22 @@ impl VisitCounter {
         (Self { queue }, task)
     }
 
-    /// Counts one visit and returns its number once the store has confirmed it. The
-    /// number is reported in doubt unless its answer is delivered (`delivery`).
-    pub async fn visit(&self) -> Result<Counted, VisitError> {
-        let result = self.queued().await;
+    /// Counts one visit of `counter` by `visitor` and returns its number once the store
+    /// has confirmed it. The number is reported in doubt unless its answer is delivered
+    /// (`delivery`).
+    pub async fn visit(&self, counter: CounterName, visitor: u64) -> Result<Counted, VisitError> {
+        let result = self.queued(counter, visitor).await;
         if let Err(error) = &result {
             counter!("stackdemo_visits_refused_total", "reason" => error.code()).increment(1);
         }
         result
     }
 
-    async fn queued(&self) -> Result<Counted, VisitError> {
+    async fn queued(&self, counter: CounterName, visitor: u64) -> Result<Counted, VisitError> {
         let (reply, answer) = oneshot::channel();
         let visit = Visit {
+            counter,
+            visitor,
             arrived: Instant::now(),
             reply,
         };
@@ -238,49 +279,112 @@ async fn commit<L: VisitLog>(
     }
     let count = fresh.len() as u64;
     histogram!("stackdemo_visit_batch_size").record(count as f64);
-    let result = log.add_visits(count, started + options.write).await;
+    let (tallies, visits) = by_counter(fresh);
+    let result = log.add_visits(&tallies, started + options.write).await;
     histogram!("stackdemo_store_write_seconds").record(started.elapsed().as_secs_f64());
-    match result {
-        Ok(total) => {
-            counter!("stackdemo_visits_total").increment(count);
+    let results = match result {
+        Ok(results) if results.len() == tallies.len() => results,
+        Ok(results) => {
+            let error = StoreError::new(
+                StoreErrorKind::Failed,
+                format!("{} results for {} tallies", results.len(), tallies.len()),
+            )
+            .with_doubt();
+            return refuse(visits.into_iter().flatten(), count, &error);
+        }
+        Err(error) => return refuse(visits.into_iter().flatten(), count, &error),
+    };
+    for ((tally, result), visits) in tallies.iter().zip(results).zip(visits) {
+        let total = match result {
+            TallyResult::Counted(total) => total,
+            refused => {
+                let error = match refused {
+                    TallyResult::Unknown => VisitError::UnknownCounter,
+                    TallyResult::TooMany => VisitError::TooManyCounters,
+                    TallyResult::ShareAtLimit => VisitError::Store(StoreError::new(
+                        StoreErrorKind::ShareLimit,
+                        "this replica's share is at its limit",
+                    )),
+                    TallyResult::WrongType => VisitError::Store(StoreError::new(
+                        StoreErrorKind::WrongType,
+                        format!("a key of counter {} is not a counter's", tally.counter),
+                    )),
+                    _ => VisitError::Store(StoreError::new(
+                        StoreErrorKind::Limit,
+                        "the total is at its limit",
+                    )),
+                };
+                for visit in visits {
+                    let _ = visit.reply.send(Err(error.clone()));
+                }
+                continue;
+            }
+        };
+        counter!("stackdemo_visits_total").increment(tally.visits);
+        if tally.counter == gauge.counter {
             gauge.observe(total);
-            let first = total - (count as i64 - 1);
-            for (number, visit) in (first..=total).zip(fresh) {
-                // A request gone meanwhile (the client left, or shutdown cut the
-                // connection) drops its number undelivered: reported in doubt.
-                let _ = visit.reply.send(Ok(Counted::new(number)));
-            }
         }
-        Err(error) => {
-            // The store did not confirm: the visits are not acknowledged. A write whose
-            // answer was lost may have been applied anyway; the store says so, and those
-            // visits are counted as in doubt.
-            counter!("stackdemo_store_errors_total", "reason" => error.code()).increment(1);
-            if error.in_doubt() {
-                counter!("stackdemo_visits_in_doubt_total").increment(count);
-            }
-            tracing::warn!(
-                visits = count,
-                reason = error.code(),
-                in_doubt = error.in_doubt(),
-                cause = error.detail(),
-                "store write failed"
-            );
-            for visit in fresh {
-                let _ = visit.reply.send(Err(VisitError::Store(error.clone())));
-            }
+        let first = total - (tally.visits as i64 - 1);
+        for (number, visit) in (first..=total).zip(visits) {
+            // A request gone meanwhile (the client left, or shutdown cut the
+            // connection) drops its number undelivered: reported in doubt.
+            let _ = visit.reply.send(Ok(Counted::new(number)));
         }
+    }
+}
+
+/// The visits of a batch grouped by counter, each group in arrival order, with the tally
+/// the store writes for it.
+fn by_counter(visits: Vec<Visit>) -> (Vec<Tally>, Vec<Vec<Visit>>) {
+    let mut tallies: Vec<Tally> = Vec::new();
+    let mut groups: Vec<Vec<Visit>> = Vec::new();
+    let mut index: HashMap<CounterName, usize> = HashMap::new();
+    for visit in visits {
+        let at = *index.entry(visit.counter.clone()).or_insert_with(|| {
+            tallies.push(Tally {
+                counter: visit.counter.clone(),
+                visits: 0,
+                visitors: Vec::new(),
+            });
+            groups.push(Vec::new());
+            tallies.len() - 1
+        });
+        tallies[at].visits += 1;
+        tallies[at].visitors.push(visit.visitor);
+        groups[at].push(visit);
+    }
+    (tallies, groups)
+}
+
+/// The store did not confirm: the visits are not acknowledged. A write whose answer was
+/// lost may have been applied anyway; the store says so, and those visits are counted as
+/// in doubt.
+fn refuse(visits: impl Iterator<Item = Visit>, count: u64, error: &StoreError) {
+    counter!("stackdemo_store_errors_total", "reason" => error.code()).increment(1);
+    if error.in_doubt() {
+        counter!("stackdemo_visits_in_doubt_total").increment(count);
+    }
+    tracing::warn!(
+        visits = count,
+        reason = error.code(),
+        in_doubt = error.in_doubt(),
+        cause = error.detail(),
+        "store write failed"
+    );
+    for visit in visits {
+        let _ = visit.reply.send(Err(VisitError::Store(error.clone())));
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{
-        Mutex,
-        atomic::{AtomicU64, Ordering},
+    use std::{
+        collections::HashSet,
+        sync::{
+            Mutex,
+            atomic::{AtomicU64, Ordering},
+        },
     };
-
-    use std::collections::HashSet;
 
     use super::*;
     use crate::store::StoreErrorKind;
@@ -297,7 +401,7 @@ mod tests {
 
     /// What the answers add up to.
     #[derive(Debug, Default)]
-    struct Tally {
+    struct Summary {
         requests: u64,
         succeeded: u64,
         failed: u64,
@@ -309,9 +413,9 @@ mod tests {
         highest: Option<i64>,
     }
 
-    impl Tally {
+    impl Summary {
         fn of(answers: &Answers) -> Self {
-            let mut tally = Tally::default();
+            let mut tally = Summary::default();
             let mut seen = HashSet::new();
             for client in answers {
                 let mut last = None;
@@ -338,9 +442,10 @@ mod tests {
     }
 
     /// An in-memory log that fails some writes (deterministically pseudo-random) and takes
-    /// a little time per write, so that batches form.
+    /// a little time per write, so that batches form. Every counter starts at `start`.
     struct FlakyLog {
-        total: Mutex<i64>,
+        totals: Mutex<HashMap<CounterName, i64>>,
+        start: i64,
         calls: AtomicU64,
         fail_one_in: u64,
         delay: Duration,
@@ -351,22 +456,33 @@ mod tests {
             Self::starting_at(0, fail_one_in, delay)
         }
 
-        fn starting_at(total: i64, fail_one_in: u64, delay: Duration) -> Arc<Self> {
+        fn starting_at(start: i64, fail_one_in: u64, delay: Duration) -> Arc<Self> {
             Arc::new(Self {
-                total: Mutex::new(total),
+                totals: Mutex::new(HashMap::new()),
+                start,
                 calls: AtomicU64::new(0),
                 fail_one_in,
                 delay,
             })
         }
 
+        /// The total of `hits`, the counter most tests count.
         fn total(&self) -> i64 {
-            *self.total.lock().unwrap()
+            self.total_of(&hits())
+        }
+
+        fn total_of(&self, counter: &CounterName) -> i64 {
+            let totals = self.totals.lock().unwrap();
+            totals.get(counter).copied().unwrap_or(self.start)
         }
     }
 
     impl VisitLog for FlakyLog {
-        async fn add_visits(&self, count: u64, _answer_by: Instant) -> Result<i64, StoreError> {
+        async fn add_visits(
+            &self,
+            tallies: &[Tally],
+            _answer_by: Instant,
+        ) -> Result<Vec<TallyResult>, StoreError> {
             let call = self.calls.fetch_add(1, Ordering::Relaxed);
             tokio::time::sleep(self.delay).await;
             // xorshift of the call number: failures spread without a pattern in time.
@@ -377,10 +493,21 @@ mod tests {
             if self.fail_one_in > 0 && x.is_multiple_of(self.fail_one_in) {
                 return Err(StoreError::new(StoreErrorKind::Unreachable, "injected"));
             }
-            let mut total = self.total.lock().unwrap();
-            *total += count as i64;
-            Ok(*total)
+            let mut totals = self.totals.lock().unwrap();
+            let results = tallies
+                .iter()
+                .map(|tally| {
+                    let total = totals.entry(tally.counter.clone()).or_insert(self.start);
+                    *total += tally.visits as i64;
+                    TallyResult::Counted(*total)
+                })
+                .collect();
+            Ok(results)
         }
+    }
+
+    fn hits() -> CounterName {
+        CounterName::parse("hits").unwrap()
     }
 
     fn options(timeout: Duration, in_flight: usize) -> BatchOptions {
@@ -402,7 +529,7 @@ mod tests {
             handles.push(tokio::spawn(async move {
                 let mut answers = Vec::new();
                 for _ in 0..each {
-                    answers.push(counter.visit().await.map(answered));
+                    answers.push(counter.visit(hits(), 1).await.map(answered));
                 }
                 answers
             }));
@@ -421,7 +548,7 @@ mod tests {
         in_flight: usize,
         tasks: u64,
         each: usize,
-    ) -> Tally {
+    ) -> Summary {
         let (counter, task) = VisitCounter::start(
             log,
             options(Duration::from_secs(2), in_flight),
@@ -430,13 +557,13 @@ mod tests {
         let answers = hammer(&counter, tasks, each).await;
         drop(counter);
         task.await.unwrap();
-        Tally::of(&answers)
+        Summary::of(&answers)
     }
 
     /// The counter's promise, for a log that started at `start` and ended at `total`:
     /// numbers distinct and increasing per client, and every visit the log counted was
     /// acknowledged with exactly the numbers `start+1 ..= total`.
-    fn assert_kept_its_promise(report: &Tally, start: i64, total: i64) {
+    fn assert_kept_its_promise(report: &Summary, start: i64, total: i64) {
         assert_eq!(report.duplicates, 0, "a number was handed out twice");
         assert_eq!(report.out_of_order, 0, "a client's numbers went down");
         assert_eq!(
@@ -512,7 +639,7 @@ mod tests {
             .into_iter()
             .flat_map(|worker| worker.join().unwrap())
             .collect();
-        let report = Tally::of(&answers);
+        let report = Summary::of(&answers);
 
         assert!(report.failed > 0, "failures were injected");
         assert_kept_its_promise(&report, 0, log.total());
@@ -532,10 +659,14 @@ mod tests {
     }
 
     impl VisitLog for WatchedLog {
-        async fn add_visits(&self, count: u64, answer_by: Instant) -> Result<i64, StoreError> {
+        async fn add_visits(
+            &self,
+            tallies: &[Tally],
+            answer_by: Instant,
+        ) -> Result<Vec<TallyResult>, StoreError> {
             let now = self.under_way.fetch_add(1, Ordering::SeqCst) + 1;
             self.most.fetch_max(now, Ordering::SeqCst);
-            let result = self.inner.add_visits(count, answer_by).await;
+            let result = self.inner.add_visits(tallies, answer_by).await;
             self.under_way.fetch_sub(1, Ordering::SeqCst);
             result
         }
@@ -590,7 +721,7 @@ mod tests {
             CountGauge::default(),
         );
 
-        let report = Tally::of(&hammer(&counter, 8, 3).await);
+        let report = Summary::of(&hammer(&counter, 8, 3).await);
 
         assert_eq!(report.failed + report.succeeded, 24);
         assert!(report.failed > 0, "visits expired behind the slow write");
@@ -610,9 +741,9 @@ mod tests {
         let mut pending = Vec::new();
         for _ in 0..8 {
             let counter = counter.clone();
-            pending.push(tokio::spawn(
-                async move { counter.visit().await.map(answered) },
-            ));
+            pending.push(tokio::spawn(async move {
+                counter.visit(hits(), 1).await.map(answered)
+            }));
         }
         let (mut counted, mut overloaded) = (0, 0);
         for visit in pending {
@@ -646,7 +777,7 @@ mod tests {
                     VisitCounter::start(log.clone(), options, CountGauge::default());
                 let visit = tokio::spawn({
                     let counter = counter.clone();
-                    async move { counter.visit().await.map(answered) }
+                    async move { counter.visit(hits(), 1).await.map(answered) }
                 });
                 while log.calls.load(Ordering::Relaxed) == 0 {
                     tokio::task::yield_now().await;

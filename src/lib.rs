@@ -5,9 +5,11 @@
 //! A request goes acceptor → worker (`server`) → router (`routes`) → batcher (`counter`)
 //! → store (`store`); `deadlines` holds every time bound, `startup` puts it together.
 
+pub mod chart;
 pub mod cli;
 pub mod config;
 pub mod counter;
+pub mod counters;
 pub mod deadlines;
 pub mod delivery;
 pub mod healthcheck;

@@ -4,10 +4,17 @@
 
 use axum::http::{HeaderName, HeaderValue, header};
 
+use crate::{
+    chart,
+    counters::{CounterName, CounterReading},
+};
+
 const TEMPLATE: &str = include_str!("page.html");
+const COUNTER_TEMPLATE: &str = include_str!("counter_page.html");
 
 const CSP: &str = "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; \
-                   connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+                   connect-src 'self'; img-src 'self'; base-uri 'none'; form-action 'none'; \
+                   frame-ancestors 'none'";
 
 /// True when the `Accept` header ranks HTML above plain text. Clients that send `*/*` or
 /// nothing (curl, scripts) keep the tutorial's plain text.
@@ -52,6 +59,47 @@ pub fn render(count: i64, replica: &str, version: &str) -> String {
         .replace("{{version}}", &escape(version))
         // Last, so that nothing inside a replica name is taken for a placeholder.
         .replace("{{replica}}", &escape(replica))
+}
+
+/// A named counter's page: its count (this visit's number when `counted`), today, and a
+/// chart of the last `days` days when the history could be read.
+pub fn counter(
+    name: &CounterName,
+    count: i64,
+    reading: Option<&CounterReading>,
+    days: u32,
+    counted: bool,
+) -> String {
+    let (today, chart) = match reading {
+        Some(reading) => {
+            let today = reading.today();
+            (
+                format!(
+                    "Today ({}): {} visits, about {} unique visitors.",
+                    today.date, today.visits, today.unique
+                ),
+                chart::render(&reading.days),
+            )
+        }
+        None => (
+            "The history cannot be read right now.".to_owned(),
+            String::new(),
+        ),
+    };
+    let seen = if counted {
+        "This counter has been seen"
+    } else {
+        "This counter has been seen (your visit not counted)"
+    };
+    COUNTER_TEMPLATE
+        .replace("{{count}}", &count.to_string())
+        .replace("{{seen}}", seen)
+        .replace("{{today}}", &escape(&today))
+        .replace("{{days}}", &days.to_string())
+        .replace("{{other_days}}", if days == 90 { "30" } else { "90" })
+        .replace("{{chart}}", &chart)
+        // Last, so that nothing inside a name is taken for a placeholder.
+        .replace("{{name}}", &escape(name.as_str()))
 }
 
 /// Escapes text for HTML element content and quoted attribute values.

@@ -13,6 +13,7 @@ use tokio::time::Instant;
 use crate::{
     config::{ConfigError, Setting, Settings, StoreSettings},
     counter::{BatchOptions, CountGauge, VisitCounter, VisitLog},
+    counters::{CounterRules, Tally, TallyResult},
     deadlines::Deadlines,
     routes::{self, ServiceHeaders, install_recorder},
     server::{self, ServeOptions, Worker},
@@ -74,6 +75,7 @@ struct WorkerFactory {
     version: String,
     deadlines: Deadlines,
     was_ready: Arc<WasReady>,
+    counters: Arc<CounterRules>,
 }
 
 /// Tasks on the main runtime, stopped after the workers.
@@ -92,16 +94,21 @@ impl Application {
             replica: settings.replica_name(),
             version: settings.app_version.clone(),
         };
-        let store = Store::open(&checked.store, &identity, &checked.deadlines)
-            .map(Arc::new)
-            .map_err(|error| {
-                let setting = match &checked.store {
-                    StoreSettings::Embedded { .. } => Setting::DataDir,
-                    StoreSettings::Redis(_) if settings.redis_url().is_some() => Setting::RedisUrl,
-                    StoreSettings::Redis(_) => Setting::RedisSentinels,
-                };
-                ServiceError::Config(settings.error(setting, error.detail()))
-            })?;
+        let store = Store::open(
+            &checked.store,
+            &identity,
+            checked.counters.policy,
+            &checked.deadlines,
+        )
+        .map(Arc::new)
+        .map_err(|error| {
+            let setting = match &checked.store {
+                StoreSettings::Embedded { .. } => Setting::DataDir,
+                StoreSettings::Redis(_) if settings.redis_url().is_some() => Setting::RedisUrl,
+                StoreSettings::Redis(_) => Setting::RedisSentinels,
+            };
+            ServiceError::Config(settings.error(setting, error.detail()))
+        })?;
         store
             .check_configuration(checked.deadlines.store)
             .await
@@ -115,7 +122,8 @@ impl Application {
         let listener = bind(settings).await?;
 
         let metrics = install_recorder();
-        let gauge = CountGauge::default();
+        let gauge = CountGauge::following(identity.tutorial());
+        let counters = Arc::new(CounterRules::new(identity.tutorial(), &checked.counters));
         let stop = CancellationToken::new();
         let tasks = vec![
             tokio::spawn(heartbeat(
@@ -125,6 +133,7 @@ impl Application {
                 stop.clone(),
             )),
             tokio::spawn(metrics_upkeep(metrics.clone(), stop.clone())),
+            tokio::spawn(rate_limit_upkeep(counters.clone(), stop.clone())),
             tokio::spawn({
                 let (store, stop) = (store.clone(), stop.clone());
                 async move { store.follow_failovers(stop).await }
@@ -142,6 +151,7 @@ impl Application {
                 version: identity.version,
                 deadlines: checked.deadlines,
                 was_ready: Arc::default(),
+                counters,
             }),
             serve_options: ServeOptions {
                 header_read_timeout: checked.deadlines.header_read,
@@ -237,6 +247,7 @@ impl WorkerFactory {
             version: self.version.clone(),
             deadlines: self.deadlines,
             was_ready: self.was_ready.clone(),
+            counters: self.counters.clone(),
         });
         let drain = self.deadlines.drain();
         Worker {
@@ -253,8 +264,12 @@ impl WorkerFactory {
 
 /// The batcher writes to the worker's store handle.
 impl VisitLog for WorkerStore {
-    async fn add_visits(&self, count: u64, answer_by: Instant) -> Result<i64, StoreError> {
-        WorkerStore::add_visits(self, count, answer_by).await
+    async fn add_visits(
+        &self,
+        tallies: &[Tally],
+        answer_by: Instant,
+    ) -> Result<Vec<TallyResult>, StoreError> {
+        WorkerStore::add_visits(self, tallies, answer_by).await
     }
 }
 
@@ -271,6 +286,18 @@ async fn bind(settings: &Settings) -> Result<TcpListener, ServiceError> {
         };
         ServiceError::Config(settings.error(Setting::Listen, format!("{address}: {reason}")))
     })
+}
+
+/// Forgets the clients of the rate limits that are back at a full allowance, every
+/// second, so that the clients remembered stay bounded.
+async fn rate_limit_upkeep(counters: Arc<CounterRules>, stop: CancellationToken) {
+    let mut ticks = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => counters.upkeep(),
+            () = stop.cancelled() => return,
+        }
+    }
 }
 
 /// Folds recorded histogram samples into their buckets. Without it the samples of an

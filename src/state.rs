@@ -11,7 +11,8 @@ use std::{
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::{
-    counter::VisitCounter, deadlines::Deadlines, stats_cache::StatsCache, store::WorkerStore,
+    counter::VisitCounter, counters::CounterRules, deadlines::Deadlines, stats_cache::StatsCache,
+    store::WorkerStore,
 };
 
 /// Cloned into each handler: one reference count, however many parts it holds.
@@ -32,6 +33,8 @@ pub struct StateParts {
     pub deadlines: Deadlines,
     /// Shared by all workers: whether the service has been ready since it started.
     pub was_ready: Arc<WasReady>,
+    /// Shared by all workers: the tutorial's counter, limits, who may administer.
+    pub counters: Arc<CounterRules>,
 }
 
 impl AppState {

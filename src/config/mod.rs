@@ -14,6 +14,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use clap::Args;
 use secrecy::SecretString;
 
+use self::values::{RateLimitSetting, parse_rate_limit};
 use self::values::{
     parse_counter_key, parse_host_port, parse_master_name, parse_redis_url, parse_replica,
     parse_version,
@@ -21,9 +22,12 @@ use self::values::{
 pub use self::{
     origin::{ConfigError, Origins},
     setting::Setting,
-    values::{HostPort, LogFormat, RedisUrl, parse_duration, redact_url},
+    values::{CounterMode, HostPort, LogFormat, RateLimit, RedisUrl, parse_duration, redact_url},
 };
-use crate::deadlines::{DeadlineError, Deadlines, MIN_HEADER_READ, MIN_STORE};
+use crate::{
+    counters::{CounterPolicy, visitor::TrustedProxies},
+    deadlines::{DeadlineError, Deadlines, MIN_HEADER_READ, MIN_STORE},
+};
 
 /// Settings of the service.
 #[derive(Debug, Clone, Args)]
@@ -124,6 +128,44 @@ pub struct Settings {
     #[arg(long, env = "STACKDEMO_WORKERS", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub workers: Option<u16>,
 
+    /// Named counters: `open` (any valid name counts), or `closed` (only counters the
+    /// administrator created count; others are 404).
+    #[arg(long, env = "STACKDEMO_COUNTERS", value_enum, default_value = "open")]
+    pub counters: CounterMode,
+
+    /// Counters at most, the tutorial's included; a visit to a new name beyond it is
+    /// refused (507).
+    #[arg(long, env = "STACKDEMO_MAX_COUNTERS", default_value_t = 50_000,
+          value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub max_counters: u64,
+
+    /// Days of history kept per counter (visits and unique visitors per day).
+    #[arg(long, env = "STACKDEMO_HISTORY_DAYS", default_value_t = 400,
+          value_parser = clap::value_parser!(u32).range(1..=3660))]
+    pub history_days: u32,
+
+    /// Visits one client may count on named counters and badges, per window (`60/1m`),
+    /// or `off`. A client is an IPv4 address or an IPv6 /64. Over it: 429 with
+    /// Retry-After, not counted.
+    #[arg(long, env = "STACKDEMO_RATE_LIMIT", default_value = "120/1m",
+          value_parser = parse_rate_limit)]
+    pub rate_limit: RateLimitSetting,
+
+    /// The same for the tutorial's `GET /`; off unless set.
+    #[arg(long, env = "STACKDEMO_TUTORIAL_RATE_LIMIT", default_value = "off",
+          value_parser = parse_rate_limit)]
+    pub tutorial_rate_limit: RateLimitSetting,
+
+    /// Proxies whose X-Forwarded-For is believed, comma-separated addresses or networks
+    /// (the edge: `10.0.0.0/8`). X-Forwarded-For from anyone else is ignored.
+    #[arg(long, env = "STACKDEMO_TRUSTED_PROXIES", default_value = "")]
+    pub trusted_proxies: TrustedProxies,
+
+    /// File holding the administrator's token (a Docker secret): it allows setting,
+    /// resetting, deleting, exporting and importing counters. Unset: no administration.
+    #[arg(long, env = "STACKDEMO_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+
     /// Which of the settings above were given on the command line.
     #[arg(skip)]
     pub origins: Origins,
@@ -163,6 +205,18 @@ pub enum RedisTarget {
 pub struct Checked {
     pub deadlines: Deadlines,
     pub store: StoreSettings,
+    pub counters: CounterSettings,
+}
+
+/// How named counters are counted, read and administered.
+#[derive(Debug, Clone, Default)]
+pub struct CounterSettings {
+    pub policy: CounterPolicy,
+    pub rate_limit: Option<RateLimit>,
+    pub tutorial_rate_limit: Option<RateLimit>,
+    pub trusted_proxies: TrustedProxies,
+    /// The administrator's token, if administration is on.
+    pub admin_token: Option<SecretString>,
 }
 
 impl Settings {
@@ -171,6 +225,17 @@ impl Settings {
         Ok(Checked {
             deadlines: self.deadlines()?,
             store: self.store()?,
+            counters: CounterSettings {
+                policy: CounterPolicy {
+                    closed: self.counters == CounterMode::Closed,
+                    max_counters: self.max_counters,
+                    retention_days: self.history_days,
+                },
+                rate_limit: self.rate_limit.0,
+                tutorial_rate_limit: self.tutorial_rate_limit.0,
+                trusted_proxies: self.trusted_proxies.clone(),
+                admin_token: self.admin_token()?,
+            },
         })
     }
 
@@ -300,6 +365,30 @@ impl Settings {
         }))
     }
 
+    /// The administrator's token, if its file is set. A token shorter than 16 characters
+    /// is refused: it guards every count.
+    fn admin_token(&self) -> Result<Option<SecretString>, ConfigError> {
+        use secrecy::ExposeSecret;
+
+        let token = self.read_secret(Setting::AdminTokenFile, self.admin_token_file.as_ref())?;
+        if let Some(token) = &token
+            && token.expose_secret().chars().count() < MIN_ADMIN_TOKEN
+        {
+            return Err(self.error(
+                Setting::AdminTokenFile,
+                format!("holds a token shorter than {MIN_ADMIN_TOKEN} characters"),
+            ));
+        }
+        if self.counters == CounterMode::Closed && token.is_none() {
+            return Err(self.error(
+                Setting::Counters,
+                "is closed, but no administrator can create counters: set the admin token \
+                 file too",
+            ));
+        }
+        Ok(token)
+    }
+
     /// Reads a password file setting, if it is set. A file longer than a password can
     /// be (a wrong path, a log file) is refused without reading it whole.
     fn read_secret(
@@ -338,6 +427,9 @@ impl Settings {
         Ok(Some(SecretString::from(password)))
     }
 }
+
+/// The shortest administrator's token taken.
+const MIN_ADMIN_TOKEN: usize = 16;
 
 /// The longest password file taken, in bytes: far above any password, far below what
 /// would strain the service's memory.

@@ -42,4 +42,11 @@ settings! {
     StoreTimeout => "store_timeout",
     MaxConnections => "max_connections",
     Workers => "workers",
+    Counters => "counters",
+    MaxCounters => "max_counters",
+    HistoryDays => "history_days",
+    RateLimit => "rate_limit",
+    TutorialRateLimit => "tutorial_rate_limit",
+    TrustedProxies => "trusted_proxies",
+    AdminTokenFile => "admin_token_file",
 }

@@ -29,6 +29,60 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text).map_err(|e| format!("{e} (examples: 10s, 500ms, 2m)"))
 }
 
+/// How many visits one client may count per window (`--rate-limit`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    pub visits: u32,
+    pub per: Duration,
+}
+
+impl fmt::Display for RateLimit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}/{}",
+            self.visits,
+            humantime::format_duration(self.per)
+        )
+    }
+}
+
+/// A rate limit setting: a limit, or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimitSetting(pub Option<RateLimit>);
+
+/// Parses `N/window` (`60/1m`: sixty visits a minute), or `off`.
+pub fn parse_rate_limit(text: &str) -> Result<RateLimitSetting, String> {
+    let text = text.trim();
+    if text.eq_ignore_ascii_case("off") {
+        return Ok(RateLimitSetting(None));
+    }
+    let example = "(examples: 60/1m, 10/1s, off)";
+    let (visits, per) = text
+        .split_once('/')
+        .ok_or_else(|| format!("'{text}' is not visits/window {example}"))?;
+    let visits: u32 = visits
+        .trim()
+        .parse()
+        .ok()
+        .filter(|&v| (1..=1_000_000).contains(&v))
+        .ok_or_else(|| format!("'{visits}' is not a number of visits from 1 to 1000000"))?;
+    let per = parse_duration(per)?;
+    if per < Duration::from_millis(1) || per > Duration::from_secs(86_400) {
+        return Err(format!("the window must be from 1ms to 1 day {example}"));
+    }
+    Ok(RateLimitSetting(Some(RateLimit { visits, per })))
+}
+
+/// Whether counters need the administrator to create them (`--counters`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CounterMode {
+    /// Any valid name counts; a new name makes a new counter.
+    Open,
+    /// Only counters the administrator created count; others are 404.
+    Closed,
+}
+
 /// A Redis URL. It may hold a password, so it shows itself only with the password
 /// masked; `expose` gives the real text to the one place that connects.
 #[derive(Clone, PartialEq, Eq)]

@@ -1,4 +1,5 @@
-//! Requests whose announced body is over the limit are refused before any handler runs;
+//! Requests whose announced body is over the limit are refused before any handler runs
+//! (but imports, read a line at a time);
 //! a body without an announced length is refused by the visit as it reads it
 //! (`visit::read_body`). A plain tower layer, so that every request does not pay for a
 //! boxed middleware.
@@ -13,7 +14,7 @@ use axum::{
 use futures_util::future::{Either, Ready, ready};
 use tower::{Layer, Service};
 
-use super::{ApiError, MAX_BODY_BYTES};
+use super::{ApiError, IMPORT_PATH, MAX_BODY_BYTES};
 
 #[derive(Clone, Copy, Default)]
 pub struct RefuseLargeBodiesLayer;
@@ -48,7 +49,9 @@ where
             .headers()
             .get(header::CONTENT_LENGTH)
             .and_then(|length| length.to_str().ok()?.parse::<u64>().ok());
-        if announced.is_some_and(|length| length > MAX_BODY_BYTES as u64) {
+        if announced.is_some_and(|length| length > MAX_BODY_BYTES as u64)
+            && request.uri().path() != IMPORT_PATH
+        {
             return Either::Left(ready(Ok(ApiError::PayloadTooLarge.into_response())));
         }
         Either::Right(self.inner.call(request))

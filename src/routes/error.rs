@@ -1,10 +1,14 @@
 //! The one error type of the handlers. It tells the client a short, fixed reason and never
 //! the internal cause, which the place that met it has already logged.
 
+use std::time::Duration;
+
 use axum::{
-    http::{StatusCode, header},
+    http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
+
+use crate::counter::VisitError;
 
 #[derive(Debug)]
 pub enum ApiError {
@@ -14,6 +18,28 @@ pub enum ApiError {
     PayloadTooLarge,
     /// The request body could not be read: broken chunked encoding, or the client left.
     BadBody,
+    /// The request cannot be served as sent; the reason says what to change.
+    BadRequest(String),
+    /// No such counter (or, for administration, administration is off).
+    NotFound(&'static str),
+    /// A new counter, and there are as many as allowed.
+    TooManyCounters,
+    /// The client has counted its allowance; it may count again after this long.
+    RateLimited(Duration),
+    /// An administrator's request without the administrator's token.
+    Unauthorized,
+    /// This path does not take this method.
+    MethodNotAllowed,
+}
+
+impl From<VisitError> for ApiError {
+    fn from(error: VisitError) -> Self {
+        match error {
+            VisitError::UnknownCounter => ApiError::NotFound("no such counter"),
+            VisitError::TooManyCounters => ApiError::TooManyCounters,
+            other => ApiError::Unavailable(other.reason()),
+        }
+    }
 }
 
 impl IntoResponse for ApiError {
@@ -30,6 +56,37 @@ impl IntoResponse for ApiError {
             }
             ApiError::BadBody => {
                 (StatusCode::BAD_REQUEST, "Bad Request: unreadable body\n").into_response()
+            }
+            ApiError::BadRequest(reason) => {
+                (StatusCode::BAD_REQUEST, format!("Bad Request: {reason}\n")).into_response()
+            }
+            ApiError::NotFound(reason) => {
+                (StatusCode::NOT_FOUND, format!("Not Found: {reason}\n")).into_response()
+            }
+            ApiError::TooManyCounters => (
+                StatusCode::INSUFFICIENT_STORAGE,
+                "Insufficient Storage: there are as many counters as allowed \
+                 (STACKDEMO_MAX_COUNTERS); a new one is not made\n",
+            )
+                .into_response(),
+            ApiError::RateLimited(wait) => {
+                let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+                (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    [(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)))],
+                    "Too Many Requests: this client has counted as many visits as allowed \
+                     for now; not counted\n",
+                )
+                    .into_response()
+            }
+            ApiError::Unauthorized => (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, "Bearer")],
+                "Unauthorized: the administrator's token is needed\n",
+            )
+                .into_response(),
+            ApiError::MethodNotAllowed => {
+                (StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed\n").into_response()
             }
         }
     }

@@ -1,6 +1,9 @@
 //! The HTTP interface: which path goes to which handler, and the layers around them.
 
+mod admin;
 mod body_limit;
+mod client;
+mod counters;
 mod error;
 mod headers;
 mod health;
@@ -17,20 +20,24 @@ use axum::{
     Router,
     error_handling::HandleErrorLayer,
     extract::{MatchedPath, Request},
-    http::StatusCode,
+    http::{Method, StatusCode, header},
     middleware,
     response::IntoResponse,
     routing::get,
 };
 use tower::ServiceBuilder;
-use tower_http::trace::TraceLayer;
+use tower_http::{cors::CorsLayer, trace::TraceLayer};
 use tracing::Span;
 
 pub use self::{error::ApiError, headers::ServiceHeaders, metrics::install_recorder};
 use crate::state::AppState;
 
-/// Requests with a larger body are refused with 413; no route takes a body.
+/// Requests with a larger body are refused with 413, but for imports, which are read a
+/// line at a time.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
+
+/// Where the administrator imports counters.
+pub const IMPORT_PATH: &str = "/api/admin/import";
 
 /// Builds the router. Unit tests drive it without a socket (`tower::ServiceExt::oneshot`)
 /// over the in-memory store.
@@ -52,8 +59,28 @@ pub fn router(state: AppState) -> Router {
                 }))
                 .timeout(state.deadlines.request),
         );
+    // Pages anywhere may read counts from scripts; no cookie or credential is involved.
+    let cors = CorsLayer::new()
+        .allow_origin(tower_http::cors::Any)
+        .allow_methods([Method::GET, Method::HEAD, Method::POST])
+        .allow_headers([header::CONTENT_TYPE])
+        .max_age(Duration::from_secs(3600));
+    let counters = Router::new()
+        .route(
+            "/api/counters/{*path}",
+            get(counters::read_or_history)
+                .post(counters::count_visit)
+                .put(admin::set_total)
+                .delete(admin::delete),
+        )
+        .layer(cors);
     Router::new()
         .route("/", get(visit::visit).head(visit::head))
+        .route("/c/{*name}", get(counters::visit).head(visit::head))
+        .route("/ignore-me", get(ignore_me))
+        .route("/api/admin/export", get(admin::export))
+        .route(IMPORT_PATH, axum::routing::post(admin::import))
+        .merge(counters)
         .merge(timed)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -74,6 +101,38 @@ pub fn router(state: AppState) -> Router {
                 .layer(body_limit::RefuseLargeBodiesLayer),
         )
         .with_state(state)
+}
+
+/// `GET /ignore-me`: this browser's visits are no longer counted (a cookie); with
+/// `?undo=1`, they are again.
+async fn ignore_me(request: Request) -> impl IntoResponse {
+    let undo = counters::query_value(request.uri().query(), "undo").is_some();
+    let (cookie, text) = if undo {
+        (
+            format!(
+                "{}=; Path=/; Max-Age=0; SameSite=Lax",
+                client::NOCOUNT_COOKIE
+            ),
+            "This browser's visits are counted again.\n",
+        )
+    } else {
+        (
+            format!(
+                "{}=1; Path=/; Max-Age=315360000; SameSite=Lax; HttpOnly",
+                client::NOCOUNT_COOKIE
+            ),
+            "This browser's visits to named counters and badges are no longer counted. \
+             Visit /ignore-me?undo=1 to be counted again.\n",
+        )
+    };
+    (
+        [
+            (header::SET_COOKIE, cookie),
+            (header::CACHE_CONTROL, "no-store".to_owned()),
+            (header::CONTENT_TYPE, "text/plain; charset=utf-8".to_owned()),
+        ],
+        text,
+    )
 }
 
 async fn not_found() -> impl IntoResponse {

@@ -13,7 +13,9 @@ use tower::ServiceExt;
 
 use super::{install_recorder, router};
 use crate::{
+    config::CounterSettings,
     counter::{BatchOptions, CountGauge, VisitCounter},
+    counters::CounterRules,
     deadlines::Deadlines,
     state::{AppState, StateParts},
     stats_cache::{STATS_TTL, StatsCache},
@@ -31,12 +33,20 @@ impl TestRouter {
     }
 
     fn starting_at(total: i64) -> Self {
+        Self::with(total, CounterSettings::default())
+    }
+
+    fn with(total: i64, settings: CounterSettings) -> Self {
         let identity = Identity {
             counter_key: "hits".into(),
             replica: "unit-1".into(),
             version: "v9".into(),
         };
-        let store = Arc::new(MemoryStore::with_total(identity, total));
+        let store = Arc::new(MemoryStore::with_total(
+            identity.clone(),
+            settings.policy,
+            total,
+        ));
         let shared = Store::Memory(store.clone());
         let deadlines = Deadlines::new(
             std::time::Duration::from_secs(10),
@@ -60,6 +70,7 @@ impl TestRouter {
             version: "v9".into(),
             deadlines,
             was_ready: Arc::default(),
+            counters: Arc::new(CounterRules::new(identity.tutorial(), &settings)),
         });
         Self {
             router: router(state),

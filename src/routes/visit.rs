@@ -1,5 +1,6 @@
-//! `GET /`: count a visit. Plain text, exactly as the tutorial's app answers, unless the
-//! client prefers HTML (a browser), which gets the page.
+//! `GET /`: count a visit of the tutorial's counter. Plain text, exactly as the
+//! tutorial's app answers, unless the client prefers HTML (a browser), which gets the
+//! page. And `count`, the one way every route counts a visit.
 
 use axum::{
     body::{Body, HttpBody},
@@ -10,9 +11,10 @@ use axum::{
 use http_body_util::LengthLimitError;
 use tokio::time::Instant;
 
-use super::{ApiError, MAX_BODY_BYTES};
+use super::{ApiError, MAX_BODY_BYTES, client::Client};
 use crate::{
-    delivery::{AnsweredBody, Handover},
+    counters::{CounterName, rate_limit::RateLimiter},
+    delivery::{AnsweredBody, Counted, Handover},
     page,
     state::AppState,
 };
@@ -22,18 +24,18 @@ use crate::{
 /// has joined is answered within the visit bound (`deadlines`).
 // Takes the request rather than a `HeaderMap`, which would copy every header.
 pub async fn visit(State(state): State<AppState>, request: Request) -> Result<Response, ApiError> {
-    let read_by = state.deadlines.body_read_by(Instant::now());
     let html = page::prefers_html(request.headers().get(header::ACCEPT));
     let handover = request.extensions().get::<Handover>().cloned();
-    match tokio::time::timeout_at(read_by, read_body(request.into_body())).await {
-        Ok(read) => read?,
-        Err(_) => return Err(ApiError::Unavailable("request timed out")),
-    }
-    let counted = state
-        .counter
-        .visit()
-        .await
-        .map_err(|error| ApiError::Unavailable(error.reason()))?;
+    let client = Client::of(&request, &state.counters.trusted_proxies);
+    let rules = &state.counters;
+    let counted = count(
+        &state,
+        rules.tutorial.clone(),
+        &client,
+        rules.tutorial_rate_limit.as_ref(),
+        request.into_body(),
+    )
+    .await?;
     let number = counted.number();
     let (text, headers) = if html {
         (
@@ -53,6 +55,26 @@ pub async fn visit(State(state): State<AppState>, request: Request) -> Result<Re
         response_headers.insert(name.clone(), HeaderValue::from_static(value));
     }
     Ok(response)
+}
+
+/// Counts a visit of `counter` by `client`, within `limit`, once its body is read: the
+/// visit's number, which its answer must carry (`delivery`).
+pub(super) async fn count(
+    state: &AppState,
+    counter: CounterName,
+    client: &Client,
+    limit: Option<&RateLimiter>,
+    body: Body,
+) -> Result<Counted, ApiError> {
+    let read_by = state.deadlines.body_read_by(Instant::now());
+    if let Some(limit) = limit {
+        limit.check(client.address).map_err(ApiError::RateLimited)?;
+    }
+    match tokio::time::timeout_at(read_by, read_body(body)).await {
+        Ok(read) => read?,
+        Err(_) => return Err(ApiError::Unavailable("request timed out")),
+    }
+    Ok(state.counter.visit(counter, client.visitor).await?)
 }
 
 /// Reads and drops the body of a visit, before it counts. No visit needs a body, but one

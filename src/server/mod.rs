@@ -90,7 +90,7 @@ pub async fn serve(
             slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
             () = &mut shutdown => break,
         };
-        let (stream, _peer) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(error) => {
@@ -117,6 +117,7 @@ pub async fn serve(
         worker.open.fetch_add(1, Ordering::Relaxed);
         let handoff = Handoff {
             stream,
+            peer,
             slot,
             watcher: graceful.watcher(),
         };

@@ -50,6 +50,9 @@ pub struct Worker {
 /// graceful shutdown.
 pub(super) struct Handoff {
     pub stream: std::net::TcpStream,
+    /// The client's address, which every request of the connection carries
+    /// (`axum::extract::ConnectInfo`).
+    pub peer: std::net::SocketAddr,
     pub slot: OwnedSemaphorePermit,
     pub watcher: Watcher,
 }
@@ -149,6 +152,7 @@ fn run(
             };
             let Some(Handoff {
                 stream,
+                peer,
                 slot,
                 watcher,
             }) = handoff
@@ -173,6 +177,9 @@ fn run(
                     .map_request(move |request: hyper::Request<Incoming>| {
                         let mut request = request.map(axum::body::Body::new);
                         request.extensions_mut().insert(for_requests.clone());
+                        request
+                            .extensions_mut()
+                            .insert(axum::extract::ConnectInfo(peer));
                         request
                     })
                     .map_future(move |response| {

@@ -1,48 +1,159 @@
 //! A store in memory, for tests of the HTTP layer (`routes::tests`): the same interface
 //! with nothing to start. Its counts are gone with the process.
 
-use std::{collections::BTreeMap, sync::Mutex};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Mutex,
+};
 
-use super::{Identity, ReplicaStats, Snapshot, StoreError, StoreErrorKind};
+use super::{AdminError, Identity, ReplicaStats, Snapshot};
+use crate::counters::{
+    CounterName, CounterPolicy, CounterReading, Day, DayReading, Tally, TallyResult,
+    export::CounterExport, sketch::Sketch,
+};
 
 pub struct MemoryStore {
     identity: Identity,
+    policy: CounterPolicy,
     counts: Mutex<Counts>,
 }
 
 #[derive(Default)]
 struct Counts {
-    total: i64,
+    totals: HashMap<CounterName, i64>,
     replicas: BTreeMap<String, i64>,
+    days: HashMap<(CounterName, Day), u64>,
+    uniques: HashMap<(CounterName, Day), Sketch>,
 }
 
 impl MemoryStore {
-    pub fn new(identity: Identity) -> Self {
+    pub fn new(identity: Identity, policy: CounterPolicy) -> Self {
         Self {
             identity,
+            policy,
             counts: Mutex::new(Counts::default()),
         }
     }
 
-    /// Starts the total at `total`, as a store with history would.
-    pub fn with_total(identity: Identity, total: i64) -> Self {
-        let store = Self::new(identity);
-        store.lock().total = total;
+    /// Starts the tutorial counter's total at `total`, as a store with history would.
+    pub fn with_total(identity: Identity, policy: CounterPolicy, total: i64) -> Self {
+        let store = Self::new(identity, policy);
+        let tutorial = store.identity.tutorial();
+        store.lock().totals.insert(tutorial, total);
         store
     }
 
-    pub fn add_visits(&self, count: u64) -> Result<i64, StoreError> {
+    pub fn add_visits(&self, tallies: &[Tally]) -> Vec<TallyResult> {
+        let tutorial = self.identity.tutorial();
+        let day = Day::today();
         let mut counts = self.lock();
-        let total = i64::try_from(count)
-            .ok()
-            .and_then(|count| counts.total.checked_add(count))
-            .ok_or_else(|| StoreError::new(StoreErrorKind::Limit, "the total is at its maximum"))?;
-        counts.total = total;
-        *counts
-            .replicas
-            .entry(self.identity.replica.clone())
-            .or_default() += count as i64;
-        Ok(total)
+        tallies
+            .iter()
+            .map(|tally| {
+                let is_tutorial = tally.counter == tutorial;
+                let known = counts.totals.contains_key(&tally.counter);
+                if !known && !is_tutorial {
+                    if self.policy.closed {
+                        return TallyResult::Unknown;
+                    }
+                    if counts.totals.len() as u64 >= self.policy.max_counters {
+                        return TallyResult::TooMany;
+                    }
+                }
+                let before = counts.totals.get(&tally.counter).copied().unwrap_or(0);
+                let Some(total) = before.checked_add(tally.visits as i64) else {
+                    return TallyResult::AtLimit;
+                };
+                counts.totals.insert(tally.counter.clone(), total);
+                if is_tutorial {
+                    *counts
+                        .replicas
+                        .entry(self.identity.replica.clone())
+                        .or_default() += tally.visits as i64;
+                }
+                let key = (tally.counter.clone(), day);
+                *counts.days.entry(key.clone()).or_default() += tally.visits;
+                let sketch = counts.uniques.entry(key).or_default();
+                for &visitor in &tally.visitors {
+                    sketch.add(visitor);
+                }
+                TallyResult::Counted(total)
+            })
+            .collect()
+    }
+
+    pub fn counter(&self, name: &CounterName, days: u32) -> Option<CounterReading> {
+        let mut counts = self.lock();
+        let total = *counts.totals.get(name)?;
+        let today = Day::today();
+        let days = (0..days.max(1))
+            .rev()
+            .map(|ago| {
+                let key = (name.clone(), today.minus(ago));
+                DayReading {
+                    date: key.1.to_string(),
+                    visits: counts.days.get(&key).copied().unwrap_or(0),
+                    unique: counts.uniques.get_mut(&key).map_or(0, Sketch::count),
+                }
+            })
+            .collect();
+        Some(CounterReading { total, days })
+    }
+
+    pub fn set_total(&self, name: &CounterName, total: i64) -> Result<Option<i64>, AdminError> {
+        let mut counts = self.lock();
+        if !counts.totals.contains_key(name)
+            && counts.totals.len() as u64 >= self.policy.max_counters
+        {
+            return Err(AdminError::TooMany);
+        }
+        Ok(counts.totals.insert(name.clone(), total))
+    }
+
+    pub fn delete(&self, name: &CounterName) -> bool {
+        let mut counts = self.lock();
+        counts.days.retain(|(counter, _), _| counter != name);
+        counts.uniques.retain(|(counter, _), _| counter != name);
+        counts.totals.remove(name).is_some()
+    }
+
+    pub fn list(&self) -> Vec<(CounterName, i64)> {
+        let mut page: Vec<_> = self
+            .lock()
+            .totals
+            .iter()
+            .map(|(name, total)| (name.clone(), *total))
+            .collect();
+        page.sort();
+        page
+    }
+
+    pub fn export(&self, name: &CounterName) -> Option<CounterExport> {
+        let counts = self.lock();
+        let total = *counts.totals.get(name)?;
+        let days = counts
+            .days
+            .iter()
+            .filter(|((counter, _), _)| counter == name)
+            .map(|((_, day), visits)| (day.to_string(), *visits))
+            .collect();
+        Some(CounterExport {
+            name: name.to_string(),
+            total,
+            days,
+            unique: Default::default(),
+        })
+    }
+
+    pub fn import(&self, name: &CounterName, counter: &CounterExport) -> Result<(), AdminError> {
+        self.set_total(name, counter.total)?;
+        let mut counts = self.lock();
+        for (day, visits) in &counter.days {
+            if let Some(day) = Day::parse(day) {
+                counts.days.insert((name.clone(), day), *visits);
+            }
+        }
+        Ok(())
     }
 
     pub fn snapshot(&self) -> Snapshot {
@@ -64,7 +175,11 @@ impl MemoryStore {
         me.alive = true;
         me.version = Some(self.identity.version.clone());
         Snapshot {
-            total: counts.total,
+            total: counts
+                .totals
+                .get(&self.identity.tutorial())
+                .copied()
+                .unwrap_or(0),
             replicas: replicas.into_values().collect(),
         }
     }

@@ -25,7 +25,13 @@ pub use self::{
     memory::MemoryStore,
     redis::{RedisSession, RedisStore},
 };
-use crate::{config::StoreSettings, deadlines::Deadlines};
+use crate::{
+    config::StoreSettings,
+    counters::{
+        CounterName, CounterPolicy, CounterReading, Tally, TallyResult, export::CounterExport,
+    },
+    deadlines::Deadlines,
+};
 
 /// A replica counts as alive while its last heartbeat is at most this old.
 pub const ALIVE_WINDOW: Duration = Duration::from_secs(3);
@@ -45,6 +51,13 @@ pub struct Identity {
     pub counter_key: String,
     pub replica: String,
     pub version: String,
+}
+
+impl Identity {
+    /// The tutorial's counter: the one the counter key names.
+    pub fn tutorial(&self) -> CounterName {
+        CounterName::of_key(&self.counter_key)
+    }
 }
 
 /// What a store knows about the visits, as reported by `/api/stats`.
@@ -76,6 +89,20 @@ impl ReplicaStats {
     }
 }
 
+/// Why an administrator's change was not made.
+#[derive(Debug)]
+pub enum AdminError {
+    /// A new counter, and there are as many as allowed.
+    TooMany,
+    Store(StoreError),
+}
+
+impl From<StoreError> for AdminError {
+    fn from(error: StoreError) -> Self {
+        AdminError::Store(error)
+    }
+}
+
 /// The store chosen by configuration, opened once and shared by the workers.
 pub enum Store {
     Redis(Arc<RedisStore>),
@@ -90,14 +117,18 @@ impl Store {
     pub fn open(
         settings: &StoreSettings,
         identity: &Identity,
+        policy: CounterPolicy,
         deadlines: &Deadlines,
     ) -> Result<Self, StoreError> {
         Ok(match settings {
-            StoreSettings::Redis(redis) => {
-                Store::Redis(Arc::new(RedisStore::new(redis, identity, deadlines.store)?))
-            }
+            StoreSettings::Redis(redis) => Store::Redis(Arc::new(RedisStore::new(
+                redis,
+                identity,
+                policy,
+                deadlines.store,
+            )?)),
             StoreSettings::Embedded { data_dir } => {
-                Store::Embedded(Arc::new(EmbeddedStore::open(data_dir, identity)?))
+                Store::Embedded(Arc::new(EmbeddedStore::open(data_dir, identity, policy)?))
             }
         })
     }
@@ -213,6 +244,125 @@ impl WorkerStore {
         .await
     }
 
+    /// A counter's total and its last `days` days (today last); `None` when there is no
+    /// such counter. The tutorial's counter always is.
+    pub async fn counter(
+        &self,
+        name: &CounterName,
+        days: u32,
+        timeout: Duration,
+    ) -> Result<Option<CounterReading>, StoreError> {
+        let by = Instant::now() + timeout;
+        bounded(by, async {
+            match self {
+                WorkerStore::Redis(s) => s.counter(name, days, by).await,
+                WorkerStore::Embedded(s) => s.counter(name, days).await,
+                WorkerStore::Memory(s) => Ok(s.counter(name, days)),
+            }
+        })
+        .await
+    }
+
+    /// Sets a counter's total (the administrator's), making the counter if there is none;
+    /// the total before, if there was one.
+    pub async fn set_total(
+        &self,
+        name: &CounterName,
+        total: i64,
+        timeout: Duration,
+    ) -> Result<Option<i64>, AdminError> {
+        let by = Instant::now() + timeout;
+        let change = async {
+            match self {
+                WorkerStore::Redis(s) => s.set_total(name, total, by).await,
+                WorkerStore::Embedded(s) => s.set_total(name, total).await,
+                WorkerStore::Memory(s) => s.set_total(name, total),
+            }
+        };
+        tokio::time::timeout_at(by, change)
+            .await
+            .unwrap_or_else(|_| Err(StoreError::timeout().with_doubt().into()))
+    }
+
+    /// Deletes a counter with its history; whether there was one.
+    pub async fn delete(&self, name: &CounterName, timeout: Duration) -> Result<bool, StoreError> {
+        let by = Instant::now() + timeout;
+        bounded(by, async {
+            match self {
+                WorkerStore::Redis(s) => s.delete(name, by).await,
+                WorkerStore::Embedded(s) => s.delete(name).await,
+                WorkerStore::Memory(s) => Ok(s.delete(name)),
+            }
+        })
+        .await
+    }
+
+    /// A page of counters with their totals, from `cursor` (`None`: the first); the
+    /// cursor of the next page, if there is one. Each store has its own order.
+    pub async fn list(
+        &self,
+        cursor: Option<String>,
+        timeout: Duration,
+    ) -> Result<(Vec<(CounterName, i64)>, Option<String>), StoreError> {
+        const PAGE: usize = 200;
+        let by = Instant::now() + timeout;
+        bounded(by, async {
+            match self {
+                WorkerStore::Redis(s) => {
+                    let (names, next) = s.list(cursor.as_deref(), by).await?;
+                    let totals = s.totals(&names, by).await?;
+                    Ok((names.into_iter().zip(totals).collect(), next))
+                }
+                WorkerStore::Embedded(s) => {
+                    let page = s.list(cursor, PAGE).await?;
+                    let next = (page.len() == PAGE)
+                        .then(|| page.last().map(|(name, _)| name.to_string()))
+                        .flatten();
+                    Ok((page, next))
+                }
+                WorkerStore::Memory(s) => Ok((s.list(), None)),
+            }
+        })
+        .await
+    }
+
+    /// Everything a counter holds, for export; `None` when there is no such counter.
+    pub async fn export(
+        &self,
+        name: &CounterName,
+        timeout: Duration,
+    ) -> Result<Option<CounterExport>, StoreError> {
+        let by = Instant::now() + timeout;
+        bounded(by, async {
+            match self {
+                WorkerStore::Redis(s) => s.export(name, by).await,
+                WorkerStore::Embedded(s) => s.export(name).await,
+                WorkerStore::Memory(s) => Ok(s.export(name)),
+            }
+        })
+        .await
+    }
+
+    /// Writes an exported counter (the administrator's) under `name`.
+    pub async fn import(
+        &self,
+        name: &CounterName,
+        counter: CounterExport,
+        timeout: Duration,
+    ) -> Result<(), AdminError> {
+        let by = Instant::now() + timeout;
+        let change = async {
+            match self {
+                WorkerStore::Redis(s) => s.import(&counter, name, by).await,
+                WorkerStore::Embedded(s) => s.import(name, counter).await,
+                WorkerStore::Memory(s) => s.import(name, &counter),
+            }
+        };
+        tokio::time::timeout_at(by, change)
+            .await
+            .unwrap_or_else(|_| Err(StoreError::timeout().with_doubt().into()))
+    }
+
     /// Marks this replica alive (and records its version) for `ALIVE_WINDOW`; returns
     /// the total, if there is one.
     pub async fn heartbeat(&self, timeout: Duration) -> Result<Option<i64>, StoreError> {
@@ -239,13 +389,17 @@ impl WorkerStore {
         .await
     }
 
-    /// Adds `count` visits in one atomic step and returns the total after them, by
+    /// Counts every tally in one atomic step and returns what became of each, by
     /// `answer_by`. An error that is not `in_doubt` means nothing was applied, nor will be.
-    pub async fn add_visits(&self, count: u64, answer_by: Instant) -> Result<i64, StoreError> {
+    pub async fn add_visits(
+        &self,
+        tallies: &[Tally],
+        answer_by: Instant,
+    ) -> Result<Vec<TallyResult>, StoreError> {
         match self {
-            WorkerStore::Redis(s) => s.add_visits(count, answer_by).await,
-            WorkerStore::Embedded(s) => s.add_visits(count, answer_by).await,
-            WorkerStore::Memory(s) => s.add_visits(count),
+            WorkerStore::Redis(s) => s.add_visits(tallies, answer_by).await,
+            WorkerStore::Embedded(s) => s.add_visits(tallies, answer_by).await,
+            WorkerStore::Memory(s) => Ok(s.add_visits(tallies)),
         }
     }
 }

@@ -435,48 +435,85 @@ async fn a_minority_of_sentinels_lost_stops_nothing() {
 }
 
 /// The write script applies a batch once however often it is sent: a second send of the
-/// same batch gets the total the first one was given, also after the write's deadline.
+/// same batch gets the results the first one was given, also after the write's deadline.
 #[tokio::test]
 async fn a_batch_sent_twice_is_applied_once() {
     let redis = RedisServer::start().await;
     let script = stackdemo::store::redis::scripts::ADD_VISITS;
+    // Five visits of the tutorial's counter and two of `page`, by two visitors.
     let send = async |batch: &str, deadline: &str| {
-        redis
-            .query(&[
-                "EVAL",
-                script,
-                "3",
-                "hits",
-                "hits:replicas",
-                "hits:batches:t",
-                "5",
-                "r",
-                deadline,
-                batch,
-                "64",
-                "600000",
-            ])
-            .await
+        let args = [
+            "EVAL",
+            script,
+            "9",
+            "hits:batches:t",
+            "hits:replicas",
+            "hits:counters",
+            "hits",
+            "hits:c:hits",
+            "hits:u:2026-11-30:hits",
+            "hits:c:page",
+            "hits:c:page",
+            "hits:u:2026-11-30:page",
+            "r",
+            deadline,
+            batch,
+            "64",
+            "600000",
+            "2026-11-30",
+            "400",
+            "1900000000",
+            "100",
+            "0",
+            "hits",
+            "hits",
+            "5",
+            "1",
+            "a1",
+            "page",
+            "2",
+            "2",
+            "a1",
+            "b2",
+        ];
+        redis.query(&args).await
     };
     let far = "99999999999999";
+    type Reply = (i64, i64, String);
 
-    let first: (String, i64, i64) = redis::from_redis_value(send("1", far).await.unwrap()).unwrap();
-    let again: (String, i64, i64) = redis::from_redis_value(send("1", "0").await.unwrap()).unwrap();
-    let next: (String, i64, i64) = redis::from_redis_value(send("2", far).await.unwrap()).unwrap();
+    let first: Reply = redis::from_redis_value(send("1", far).await.unwrap()).unwrap();
+    let again: Reply = redis::from_redis_value(send("1", "0").await.unwrap()).unwrap();
+    let next: Reply = redis::from_redis_value(send("2", far).await.unwrap()).unwrap();
     let late = send("3", "0").await;
 
-    assert_eq!((first.0.as_str(), first.2), ("5", 0));
+    assert_eq!((first.1, first.2.as_str()), (0, "5,2"));
     assert_eq!(
-        (again.0.as_str(), again.2),
-        ("5", 1),
+        (again.1, again.2.as_str()),
+        (1, "5,2"),
         "the second send replays the first"
     );
-    assert_eq!(next.0, "10");
+    assert_eq!(next.2, "10,4");
     assert!(late.is_err(), "a write past its deadline is refused");
     assert_eq!(redis.get_i64("hits").await, 10);
+    let hget = async |key: &str, field: &str| redis.query(&["HGET", key, field]).await.unwrap();
     assert_eq!(
-        redis.query(&["HGET", "hits:replicas", "r"]).await.unwrap(),
+        hget("hits:replicas", "r").await,
         redis::Value::BulkString(b"10".to_vec())
+    );
+    assert_eq!(
+        hget("hits:c:page", "total").await,
+        redis::Value::BulkString(b"4".to_vec())
+    );
+    assert_eq!(
+        hget("hits:c:page", "2026-11-30").await,
+        redis::Value::BulkString(b"4".to_vec())
+    );
+    assert_eq!(
+        redis
+            .query(&["PFCOUNT", "hits:u:2026-11-30:page"])
+            .await
+            .unwrap(),
+        redis::Value::Int(2)
     );
 }
 

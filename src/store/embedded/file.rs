@@ -25,9 +25,14 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use redb::{Database, ReadableDatabase, ReadableTable};
+use redb::{
+    Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
+};
 
-use super::{COUNTS, Inner, classify, open_database};
+use super::{
+    Inner, classify, open_database,
+    tables::{self, COUNTS},
+};
 use crate::store::{StoreError, StoreErrorKind};
 
 /// Which file a path names: its device and inode.
@@ -110,7 +115,7 @@ impl Inner {
             let open = self.database()?;
             let copy = Database::create(&beside)
                 .map_err(|e| self.cannot("create", &io::Error::other(e)))?;
-            copy_counts(&open, &copy)?;
+            copy_all(&open, &copy)?;
         }
         std::fs::rename(&beside, &self.path).map_err(|e| self.cannot("rename", &e))?;
         std::fs::File::open(folder)
@@ -196,16 +201,32 @@ fn counts(db: &Database) -> Result<Counts, StoreError> {
     Ok(counts)
 }
 
-/// Copies every count of `from` into `to`, in one durable transaction.
-fn copy_counts(from: &Database, to: &Database) -> Result<(), StoreError> {
+/// Copies everything `from` holds into `to`, in one durable transaction.
+fn copy_all(from: &Database, to: &Database) -> Result<(), StoreError> {
+    let read = from.begin_read().map_err(classify)?;
     let txn = to.begin_write().map_err(classify)?;
-    {
-        let mut table = txn.open_table(COUNTS).map_err(classify)?;
-        for ((owner, field), value) in counts(from)? {
-            table
-                .insert((owner.as_str(), field.as_str()), value)
-                .map_err(classify)?;
-        }
-    }
+    tables::create(&txn)?;
+    copy(&read, &txn, tables::COUNTS)?;
+    copy(&read, &txn, tables::COUNTERS)?;
+    copy(&read, &txn, tables::DAYS)?;
+    copy(&read, &txn, tables::UNIQUES)?;
+    copy(&read, &txn, tables::SALTS)?;
     txn.commit().map_err(classify)
+}
+
+/// Copies one table, entry by entry.
+fn copy<K: redb::Key + 'static, V: redb::Value + 'static>(
+    from: &ReadTransaction,
+    to: &WriteTransaction,
+    table: TableDefinition<K, V>,
+) -> Result<(), StoreError> {
+    let source = from.open_table(table).map_err(classify)?;
+    let mut target = to.open_table(table).map_err(classify)?;
+    for entry in source.iter().map_err(classify)? {
+        let (key, value) = entry.map_err(classify)?;
+        target
+            .insert(key.value(), value.value())
+            .map_err(classify)?;
+    }
+    Ok(())
 }

@@ -21,6 +21,7 @@
 //! orchestrator can replace it; on start, such a file is refused with a clear error.
 
 mod file;
+mod tables;
 mod writer;
 
 use std::{
@@ -28,14 +29,14 @@ use std::{
     path::{Path, PathBuf},
     sync::{
         Arc, Mutex, RwLock,
-        atomic::{AtomicU8, Ordering},
+        atomic::{AtomicU8, AtomicU64, Ordering},
         mpsc,
     },
     thread,
     time::Duration,
 };
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase};
 use tokio::{
     sync::oneshot,
     time::{Instant, timeout_at},
@@ -44,14 +45,13 @@ use tokio_util::sync::CancellationToken;
 
 use self::{
     file::FileId,
+    tables::{COUNTS, TOTAL},
     writer::{CALLED_BACK, WAITING, Write, spin_limit, write_loop},
 };
-use super::{Identity, ReplicaStats, Snapshot, StoreError, StoreErrorKind};
-
-/// One table, so that a commit touches as few pages as possible: `(key, "")` holds the
-/// total under the counter key, `(key, replica)` that replica's share.
-const COUNTS: TableDefinition<(&str, &str), u64> = TableDefinition::new("counts");
-const TOTAL: &str = "";
+use super::{AdminError, Identity, ReplicaStats, Snapshot, StoreError, StoreErrorKind};
+use crate::counters::{
+    CounterName, CounterPolicy, CounterReading, Tally, TallyResult, export::CounterExport,
+};
 
 const FILE_NAME: &str = "stackdemo.redb";
 
@@ -79,13 +79,22 @@ struct Inner {
     /// When the commit under way began.
     committing_since: Mutex<Option<Instant>>,
     identity: Identity,
+    /// The tutorial's counter, the one named by the counter key.
+    tutorial: CounterName,
+    policy: CounterPolicy,
+    /// The administrator's changes so far (`tables::SketchCache`).
+    changes: AtomicU64,
     gave_up: CancellationToken,
 }
 
 impl EmbeddedStore {
     /// Opens (or creates) the database in `dir`. Fails when the folder cannot be used, the
     /// file is not a valid database, or another process holds it.
-    pub fn open(dir: &Path, identity: &Identity) -> Result<Self, StoreError> {
+    pub fn open(
+        dir: &Path,
+        identity: &Identity,
+        policy: CounterPolicy,
+    ) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| {
             StoreError::new(
                 StoreErrorKind::Failed,
@@ -102,6 +111,9 @@ impl EmbeddedStore {
             failing: Mutex::new(None),
             committing_since: Mutex::new(None),
             identity: identity.clone(),
+            tutorial: identity.tutorial(),
+            policy,
+            changes: AtomicU64::new(0),
             gave_up: CancellationToken::new(),
         });
         let (writer, requests) = mpsc::channel();
@@ -117,10 +129,14 @@ impl EmbeddedStore {
         })
     }
 
-    /// Adds `count` visits in one durable transaction and returns the total after them.
+    /// Counts every tally in one durable transaction and returns what became of each.
     /// While the store is failing (a full disk, its file gone), a write is refused at once
     /// with the reason, instead of waiting for a writer that is busy recovering.
-    pub async fn add_visits(&self, count: u64, answer_by: Instant) -> Result<i64, StoreError> {
+    pub async fn add_visits(
+        &self,
+        tallies: &[Tally],
+        answer_by: Instant,
+    ) -> Result<Vec<TallyResult>, StoreError> {
         if let Some(error) = lock(&self.inner.failing).clone() {
             return Err(StoreError::new(error.kind(), error.detail()));
         }
@@ -130,7 +146,7 @@ impl EmbeddedStore {
             .as_ref()
             .ok_or_else(|| StoreError::new(StoreErrorKind::Failed, "the store is closed"))?
             .send(Write {
-                count,
+                tallies: tallies.to_vec(),
                 state: state.clone(),
                 reply,
             })
@@ -176,6 +192,86 @@ impl EmbeddedStore {
     /// trying: the process should exit so that it is replaced.
     pub async fn gave_up(&self) {
         self.inner.gave_up.cancelled().await;
+    }
+
+    /// A counter's total and its last `days` days; `None` when there is no such counter.
+    pub async fn counter(
+        &self,
+        name: &CounterName,
+        days: u32,
+    ) -> Result<Option<CounterReading>, StoreError> {
+        let inner = self.inner.clone();
+        let name = name.clone();
+        blocking(move || tables::read_counter(&*inner.database()?, &inner.tutorial, &name, days))
+            .await
+    }
+
+    /// Sets a counter's total (the administrator's); the total before, if any.
+    pub async fn set_total(
+        &self,
+        name: &CounterName,
+        total: i64,
+    ) -> Result<Option<i64>, AdminError> {
+        let inner = self.inner.clone();
+        let name = name.clone();
+        self.admin(move || tables::set_total(&*inner.database()?, &inner.rules(), &name, total))
+            .await
+    }
+
+    /// Deletes a counter with its history; whether there was one.
+    pub async fn delete(&self, name: &CounterName) -> Result<bool, StoreError> {
+        let inner = self.inner.clone();
+        let name = name.clone();
+        self.admin(move || tables::delete(&*inner.database()?, &inner.rules(), &name))
+            .await
+    }
+
+    /// Writes an exported counter (the administrator's).
+    pub async fn import(
+        &self,
+        name: &CounterName,
+        counter: CounterExport,
+    ) -> Result<(), AdminError> {
+        let inner = self.inner.clone();
+        let name = name.clone();
+        self.admin(move || tables::import(&*inner.database()?, &inner.rules(), &name, &counter))
+            .await
+    }
+
+    /// Up to `limit` counters after `after`, in name order, with their totals.
+    pub async fn list(
+        &self,
+        after: Option<String>,
+        limit: usize,
+    ) -> Result<Vec<(CounterName, i64)>, StoreError> {
+        let inner = self.inner.clone();
+        blocking(move || tables::list(&*inner.database()?, after.as_deref(), limit)).await
+    }
+
+    /// Everything a counter holds, for export.
+    pub async fn export(&self, name: &CounterName) -> Result<Option<CounterExport>, StoreError> {
+        let inner = self.inner.clone();
+        let name = name.clone();
+        blocking(move || tables::export(&*inner.database()?, &inner.tutorial, &name)).await
+    }
+
+    /// Runs an administrator's change on a blocking thread, refused while the store is
+    /// failing.
+    async fn admin<T: Send + 'static, E: From<StoreError> + Send + 'static>(
+        &self,
+        change: impl FnOnce() -> Result<T, E> + Send + 'static,
+    ) -> Result<T, E> {
+        if let Some(error) = lock(&self.inner.failing).clone() {
+            return Err(StoreError::new(error.kind(), error.detail()).into());
+        }
+        self.inner.check_file()?;
+        tokio::task::spawn_blocking(move || {
+            catch_unwind(AssertUnwindSafe(change)).unwrap_or_else(|_| {
+                Err(StoreError::new(StoreErrorKind::Damaged, "panicked during a change").into())
+            })
+        })
+        .await
+        .unwrap_or_else(|e| Err(StoreError::new(StoreErrorKind::Failed, e.to_string()).into()))
     }
 
     /// The total, for the count gauge.
@@ -234,6 +330,15 @@ impl Drop for EmbeddedStore {
 }
 
 impl Inner {
+    fn rules(&self) -> tables::Rules<'_> {
+        tables::Rules {
+            identity: &self.identity,
+            tutorial: &self.tutorial,
+            policy: &self.policy,
+            changes: &self.changes,
+        }
+    }
+
     fn database(&self) -> Result<Arc<Database>, StoreError> {
         self.db
             .read()
@@ -290,43 +395,13 @@ fn open_database(path: &Path, check: bool) -> Result<Database, StoreError> {
         };
         result.map_err(|e| describe(path, e.into()))
     })?;
-    // Create the table up front so that readers never meet a missing table.
+    // Create the tables up front so that readers never meet a missing table.
     guarded(|| {
         let txn = opened.begin_write().map_err(classify)?;
-        txn.open_table(COUNTS).map_err(classify)?;
+        tables::create(&txn)?;
         txn.commit().map_err(classify)
     })?;
     Ok(opened)
-}
-
-/// Adds `count` to the total and to this replica's share in one durable transaction.
-fn commit(db: &Database, identity: &Identity, count: u64) -> Result<i64, StoreError> {
-    let key = identity.counter_key.as_str();
-    let txn = db.begin_write().map_err(classify)?;
-    let total = {
-        let mut counts = txn.open_table(COUNTS).map_err(classify)?;
-        let read = |counts: &redb::Table<(&str, &str), u64>, field: &str| {
-            counts
-                .get((key, field))
-                .map(|v| v.map_or(0, |v| v.value()))
-                .map_err(classify)
-        };
-        let total = to_i64(read(&counts, TOTAL)?)?
-            .checked_add(count as i64)
-            .ok_or_else(|| StoreError::new(StoreErrorKind::Limit, "the total is at its maximum"))?;
-        let mine = read(&counts, &identity.replica)?.saturating_add(count);
-        counts
-            .insert((key, TOTAL), total as u64)
-            .map_err(classify)?;
-        counts
-            .insert((key, identity.replica.as_str()), mine)
-            .map_err(classify)?;
-        total
-    };
-    // The default durability is Immediate: commit returns after the data is on disk. A
-    // commit that fails may have reached the disk in part: its visits are in doubt.
-    txn.commit().map_err(|e| classify(e).with_doubt())?;
-    Ok(total)
 }
 
 /// Runs `work`, turning a panic inside it (redb meeting a damaged file) into an error.

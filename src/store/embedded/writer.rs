@@ -24,8 +24,14 @@ use std::{
 use metrics::histogram;
 use tokio::{sync::oneshot, time::Instant};
 
-use super::{Inner, commit, guarded, lock};
-use crate::store::{StoreError, StoreErrorKind};
+use super::{
+    Inner, guarded, lock,
+    tables::{self, SketchCache},
+};
+use crate::{
+    counters::{Tally, TallyResult},
+    store::{StoreError, StoreErrorKind},
+};
 
 /// How long the writer thread looks for the next request after a commit before it goes
 /// to sleep, while visits arrive together: sleeping and being woken costs a trip through
@@ -47,11 +53,11 @@ pub(super) const WAITING: u8 = 0;
 const TAKEN: u8 = 1;
 pub(super) const CALLED_BACK: u8 = 2;
 
-/// One request to add `count` visits; answered with the total after them.
+/// One request to count a batch's tallies; answered with what became of each.
 pub(super) struct Write {
-    pub count: u64,
+    pub tallies: Vec<Tally>,
     pub state: Arc<AtomicU8>,
-    pub reply: oneshot::Sender<Result<i64, StoreError>>,
+    pub reply: oneshot::Sender<Result<Vec<TallyResult>, StoreError>>,
 }
 
 /// The writer thread: until the store is dropped, commit everything waiting as one
@@ -59,6 +65,7 @@ pub(super) struct Write {
 pub(super) fn write_loop(inner: &Inner, requests: &mpsc::Receiver<Write>, spin_limit: Duration) {
     let mut spin = Duration::ZERO;
     let mut damaged_in_a_row = 0;
+    let mut sketches = SketchCache::default();
     loop {
         let first = match next_write(requests, spin) {
             Next::Write(write) => write,
@@ -83,7 +90,11 @@ pub(super) fn write_loop(inner: &Inner, requests: &mpsc::Receiver<Write>, spin_l
         if writes.is_empty() {
             continue;
         }
-        let count: u64 = writes.iter().map(|w| w.count).sum();
+        let count: u64 = writes
+            .iter()
+            .flat_map(|w| w.tallies.iter())
+            .map(|t| t.visits)
+            .sum();
         // A lone visit (a quiet service, or one client at a time) is not worth spinning for.
         spin = if count > 1 {
             spin_limit
@@ -94,29 +105,29 @@ pub(super) fn write_loop(inner: &Inner, requests: &mpsc::Receiver<Write>, spin_l
         // Durable at the configured path, or not acknowledged: the path is checked
         // before the commit (nothing is written elsewhere) and after it (a commit into a
         // file that was removed meanwhile is in doubt).
+        let batches: Vec<&[Tally]> = writes.iter().map(|w| w.tallies.as_slice()).collect();
         let result = inner
             .check_file()
             .and_then(|()| inner.database())
-            .and_then(|db| guarded(|| commit(&db, &inner.identity, count)))
-            .and_then(|total| {
+            .and_then(|db| guarded(|| tables::commit(&db, &inner.rules(), &batches, &mut sketches)))
+            .and_then(|results| {
                 inner
                     .check_file()
-                    .map(|()| total)
+                    .map(|()| results)
                     .map_err(StoreError::with_doubt)
             });
         *lock(&inner.committing_since) = None;
         match result {
-            Ok(total) => {
+            Ok(results) => {
                 histogram!("stackdemo_embedded_commit_visits").record(count as f64);
                 *lock(&inner.failing) = None;
                 damaged_in_a_row = 0;
-                let mut end = total - count as i64;
-                for write in writes {
-                    end += write.count as i64;
-                    let _ = write.reply.send(Ok(end));
+                for (write, results) in writes.into_iter().zip(results) {
+                    let _ = write.reply.send(Ok(results));
                 }
             }
             Err(error) => {
+                sketches.clear();
                 tracing::error!(
                     visits = count,
                     reason = error.code(),
@@ -162,12 +173,19 @@ fn recover(inner: &Inner) -> bool {
         thread::sleep(REOPEN_DELAY);
         // A write of no visits: it touches the same pages a visit does, so it fails as
         // long as a visit would.
+        let probe = Tally {
+            counter: inner.tutorial.clone(),
+            visits: 0,
+            visitors: Vec::new(),
+        };
         let attempt = inner
             .put_file_right()
             .and_then(|()| inner.reopen())
             .and_then(|()| {
                 let db = inner.database()?;
-                guarded(|| commit(&db, &inner.identity, 0))
+                let rules = inner.rules();
+                let probe = [probe];
+                guarded(|| tables::commit(&db, &rules, &[&probe[..]], &mut SketchCache::default()))
             });
         match attempt {
             Ok(_) => {
@@ -237,7 +255,11 @@ mod tests {
         let (reply, _) = oneshot::channel();
         sender
             .send(Write {
-                count,
+                tallies: vec![Tally {
+                    counter: crate::counters::CounterName::parse("hits").unwrap(),
+                    visits: count,
+                    visitors: Vec::new(),
+                }],
                 state: Arc::new(AtomicU8::new(WAITING)),
                 reply,
             })
@@ -250,7 +272,7 @@ mod tests {
         send(&sender, 1);
         send(&sender, 2);
         let count = |next: Next| match next {
-            Next::Write(write) => Some(write.count),
+            Next::Write(write) => Some(write.tallies[0].visits),
             Next::Idle => Some(0),
             Next::Closed => None,
         };

@@ -10,11 +10,13 @@
 //! - `session`: a worker's connection, opened once for all its callers, opened again
 //!   after a failure (with backoff) or when the primary moves;
 //! - `write`: the exactly-once write of a batch of visits;
-//! - `reads`: readiness, the snapshot for `/api/stats`, heartbeats;
+//! - `reads`: readiness, the snapshot for `/api/stats`, heartbeats, counters' readings;
+//! - `admin`: the administrator's changes, and export;
 //! - `clock`: Redis's clock as seen from here, for write deadlines;
 //! - `locate`: where the primary is; `failover`: how many replicas a write must reach so
 //!   that no failover discards it; `scripts`: the Lua scripts.
 
+mod admin;
 mod clock;
 mod failover;
 mod locate;
@@ -35,7 +37,10 @@ use tokio_util::sync::CancellationToken;
 pub use self::session::RedisSession;
 use self::{locate::Locator, scripts::Scripts};
 use super::{Identity, StoreError, StoreErrorKind};
-use crate::config::{RedisSettings, RedisTarget};
+use crate::{
+    config::{RedisSettings, RedisTarget},
+    counters::{CounterName, CounterPolicy, Day},
+};
 
 /// Batch records each writer keeps, in a ring: far more than the writes it ever has under
 /// way, so a retried batch always finds its record if it was applied.
@@ -50,6 +55,9 @@ pub struct RedisStore {
     keys: Keys,
     scripts: Scripts,
     identity: Identity,
+    /// The tutorial's counter, the one named by the counter key.
+    tutorial: CounterName,
+    policy: CounterPolicy,
     /// Replicas a write must reach before it is acknowledged (WAIT / WAITAOF).
     min_replicas: u8,
     wait_aof: bool,
@@ -60,13 +68,62 @@ pub struct RedisStore {
     connections_opened: AtomicU64,
 }
 
+/// The keys, all under the counter key. A counter's name has no `:`, so no counter's
+/// keys meet another's or the service's own.
 struct Keys {
+    /// The tutorial counter's total.
     total: String,
     replicas: String,
     heartbeats: String,
     versions: String,
     /// Followed by a writer's token: that writer's batch records.
     batches_prefix: String,
+    /// Every counter, with who created it (`visit` or `admin`).
+    registry: String,
+    /// Followed by a counter's name: its hash of visits per day (and, but for the
+    /// tutorial's, its total, field `total`).
+    counter_prefix: String,
+    /// Followed by a day and a counter's name: that day's unique-visitor HyperLogLog.
+    uniques_prefix: String,
+    /// Followed by a day: that day's salt for visitors' hashes.
+    salt_prefix: String,
+}
+
+impl Keys {
+    fn new(key: &str) -> Self {
+        Self {
+            total: key.to_owned(),
+            replicas: format!("{key}:replicas"),
+            heartbeats: format!("{key}:heartbeats"),
+            versions: format!("{key}:versions"),
+            batches_prefix: format!("{key}:batches:"),
+            registry: format!("{key}:counters"),
+            counter_prefix: format!("{key}:c:"),
+            uniques_prefix: format!("{key}:u:"),
+            salt_prefix: format!("{key}:salt:"),
+        }
+    }
+
+    /// Where a counter's total is: the tutorial's key, or its hash (field `total`).
+    fn counter_total(&self, name: &str) -> String {
+        if name == self.total {
+            self.total.clone()
+        } else {
+            self.counter_days(name)
+        }
+    }
+
+    fn counter_days(&self, name: &str) -> String {
+        format!("{}{name}", self.counter_prefix)
+    }
+
+    fn uniques(&self, name: &str, day: Day) -> String {
+        format!("{}{day}:{name}", self.uniques_prefix)
+    }
+
+    fn salt(&self, day: Day) -> String {
+        format!("{}{day}", self.salt_prefix)
+    }
 }
 
 impl RedisStore {
@@ -74,6 +131,7 @@ impl RedisStore {
     pub fn new(
         settings: &RedisSettings,
         identity: &Identity,
+        policy: CounterPolicy,
         timeout: Duration,
     ) -> Result<Self, StoreError> {
         let locator = match &settings.target {
@@ -101,18 +159,13 @@ impl RedisStore {
                 Locator::sentinels(sentinels, master_name.clone(), primary)
             }
         };
-        let key = &identity.counter_key;
         Ok(Self {
             locator: Arc::new(locator),
-            keys: Keys {
-                total: key.clone(),
-                replicas: format!("{key}:replicas"),
-                heartbeats: format!("{key}:heartbeats"),
-                versions: format!("{key}:versions"),
-                batches_prefix: format!("{key}:batches:"),
-            },
+            keys: Keys::new(&identity.counter_key),
             scripts: Scripts::default(),
             identity: identity.clone(),
+            tutorial: identity.tutorial(),
+            policy,
             min_replicas: settings.min_replicas,
             wait_aof: settings.wait_aof,
             timeout,

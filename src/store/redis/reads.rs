@@ -5,7 +5,10 @@
 use tokio::time::Instant;
 
 use super::session::RedisSession;
-use crate::store::{ALIVE_WINDOW, ReplicaStats, Snapshot, StoreError, StoreErrorKind};
+use crate::{
+    counters::{CounterName, CounterReading, DayReading},
+    store::{ALIVE_WINDOW, ReplicaStats, Snapshot, StoreError, StoreErrorKind},
+};
 
 impl RedisSession {
     /// Answers when Redis could take a visit now: a write of no visits, through the same
@@ -14,7 +17,7 @@ impl RedisSession {
     /// primary, too few replicas, a full memory, an ACL, a key of the wrong type, a total
     /// at its limit.
     pub async fn ready(&self, answer_by: Instant) -> Result<(), StoreError> {
-        self.add_visits(0, answer_by).await.map(drop)
+        self.probe(answer_by).await
     }
 
     /// The total, visits per replica and which replicas are alive.
@@ -75,6 +78,70 @@ impl RedisSession {
             total,
             replicas: replicas.into_values().collect(),
         })
+    }
+
+    /// A counter's total and its last `days` days (today last); `None` when there is no
+    /// such counter.
+    pub async fn counter(
+        &self,
+        name: &CounterName,
+        days: u32,
+        answer_by: Instant,
+    ) -> Result<Option<CounterReading>, StoreError> {
+        let keys = &self.store.keys;
+        let name = name.as_str();
+        let tutorial = name == self.store.tutorial.as_str();
+        // Connected first: the day is read from Redis's clock, which a connection measures.
+        self.live(answer_by).await?;
+        let today = self.today();
+        let dates: Vec<_> = (0..days.max(1)).rev().map(|ago| today.minus(ago)).collect();
+        let mut pipe = redis::pipe();
+        pipe.hexists(&keys.registry, name);
+        if tutorial {
+            pipe.get(&keys.total);
+        } else {
+            pipe.hget(keys.counter_total(name), "total");
+        }
+        pipe.cmd("HMGET").arg(keys.counter_days(name));
+        for date in &dates {
+            pipe.arg(date.to_string());
+        }
+        for date in &dates {
+            pipe.cmd("PFCOUNT").arg(keys.uniques(name, *date));
+        }
+        let mut replies: Vec<redis::Value> = self.query(&pipe, answer_by).await?;
+        let wrong = |what: &str| {
+            StoreError::new(
+                StoreErrorKind::WrongType,
+                format!("counter {name}: {what} is not a counter's"),
+            )
+        };
+        let uniques = replies.split_off(3.min(replies.len()));
+        let [registered, total, visits]: [redis::Value; 3] =
+            replies.try_into().map_err(|_| wrong("the reply"))?;
+        let registered: bool =
+            redis::from_redis_value(registered).map_err(|_| wrong("registry"))?;
+        let total: Option<String> = redis::from_redis_value(total).map_err(|_| wrong("total"))?;
+        if !registered && total.is_none() && !tutorial {
+            return Ok(None);
+        }
+        let total = match total {
+            Some(total) => total.parse().map_err(|_| wrong("the total"))?,
+            None => 0,
+        };
+        let visits: Vec<Option<u64>> =
+            redis::from_redis_value(visits).map_err(|_| wrong("its days"))?;
+        let days = dates
+            .iter()
+            .zip(visits)
+            .zip(uniques)
+            .map(|((date, visits), unique)| DayReading {
+                date: date.to_string(),
+                visits: visits.unwrap_or(0),
+                unique: redis::from_redis_value(unique).unwrap_or(0),
+            })
+            .collect();
+        Ok(Some(CounterReading { total, days }))
     }
 
     /// Marks this replica alive (and records its version); returns the total.

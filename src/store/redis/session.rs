@@ -22,6 +22,7 @@ use tokio::time::{Instant, timeout_at};
 
 use super::{RedisStore, classify, clock::RedisClock, write::BatchWriter};
 use crate::{
+    counters::Day,
     deadlines::Deadlines,
     store::{StoreError, StoreErrorKind, backoff::Backoff},
 };
@@ -38,6 +39,8 @@ pub struct RedisSession {
     connected: tokio::sync::Notify,
     pub(super) clock: RedisClock,
     pub(super) writer: BatchWriter,
+    /// Today's salt for visitors' hashes, once read (`write::salt`).
+    pub(super) salt: std::sync::Mutex<Option<(Day, [u8; 16])>>,
 }
 
 #[derive(Default)]
@@ -98,6 +101,7 @@ impl RedisSession {
             connected: tokio::sync::Notify::new(),
             clock: RedisClock::default(),
             writer,
+            salt: std::sync::Mutex::new(None),
         }
     }
 

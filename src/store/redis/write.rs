@@ -20,9 +20,12 @@ use super::{
     session::{MAX_ATTEMPTS, RedisSession, Tried},
 };
 use crate::{
+    counters::{Day, Tally, TallyResult, visitor},
     deadlines::Deadlines,
     store::{StoreError, StoreErrorKind},
 };
+
+const MS_PER_DAY: i64 = 86_400_000;
 
 /// This writer's identity in Redis: its batch records, and the number of its next batch.
 pub(super) struct BatchWriter {
@@ -40,22 +43,125 @@ impl BatchWriter {
     }
 }
 
+/// A batch as sent: the same keys and arguments on every attempt, the deadline apart.
+struct Prepared {
+    batch: u64,
+    keys: Vec<String>,
+    /// Arguments 6 and on (see `scripts::ADD_VISITS`).
+    args: Vec<Vec<u8>>,
+    tallies: usize,
+}
+
 impl RedisSession {
-    /// Adds `count` visits in one write and returns the total after them. An error that
-    /// is not `in_doubt` means nothing was applied, nor will be. With no visits, checks
-    /// that a write would succeed now, replicas included, and changes nothing.
-    pub async fn add_visits(&self, count: u64, answer_by: Instant) -> Result<i64, StoreError> {
-        // A probe records nothing, so it takes no batch number (0 is never a batch's).
-        let batch = if count == 0 {
-            0
+    /// Adds every tally's visits in one write and returns what became of each. An error
+    /// that is not `in_doubt` means nothing was applied, nor will be.
+    pub async fn add_visits(
+        &self,
+        tallies: &[Tally],
+        answer_by: Instant,
+    ) -> Result<Vec<TallyResult>, StoreError> {
+        // Connected first: the day is read from Redis's clock, which a connection measures.
+        self.live(answer_by).await?;
+        let batch = self.writer.next_batch.fetch_add(1, Ordering::Relaxed);
+        let day = self.today();
+        let salt = if tallies.iter().any(|t| !t.visitors.is_empty()) {
+            Some(self.salt(day, answer_by).await?)
         } else {
-            self.writer.next_batch.fetch_add(1, Ordering::Relaxed)
+            None
         };
+        let prepared = self.prepare(batch, tallies, day, salt.as_ref());
+        self.write(&prepared, answer_by).await
+    }
+
+    /// Checks that a visit of the tutorial counter could be written now, replicas
+    /// included, and changes nothing (a probe takes batch number 0, never a batch's).
+    pub(super) async fn probe(&self, answer_by: Instant) -> Result<(), StoreError> {
+        let tutorial = Tally {
+            counter: self.store.tutorial.clone(),
+            visits: 0,
+            visitors: Vec::new(),
+        };
+        self.live(answer_by).await?;
+        let prepared = self.prepare(0, &[tutorial], self.today(), None);
+        self.write(&prepared, answer_by).await.map(drop)
+    }
+
+    /// Today on Redis's clock, as near as this process knows it.
+    pub(super) fn today(&self) -> Day {
+        Day((self.clock.at(Instant::now()).max(0) / MS_PER_DAY) as u32)
+    }
+
+    fn prepare(
+        &self,
+        batch: u64,
+        tallies: &[Tally],
+        day: Day,
+        salt: Option<&[u8; 16]>,
+    ) -> Prepared {
+        let store = &self.store;
+        let keys = &store.keys;
+        let policy = &store.policy;
+        let mut names = vec![
+            self.writer.records_key.clone(),
+            keys.replicas.clone(),
+            keys.registry.clone(),
+        ];
+        let unique_until = day
+            .plus(policy.retention_days)
+            .end()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let mut args: Vec<Vec<u8>> = vec![
+            day.to_string().into_bytes(),
+            policy.retention_days.to_string().into_bytes(),
+            unique_until.to_string().into_bytes(),
+            policy.max_counters.to_string().into_bytes(),
+            if policy.closed {
+                b"1".to_vec()
+            } else {
+                b"0".to_vec()
+            },
+            store.tutorial.as_str().as_bytes().to_vec(),
+        ];
+        for tally in tallies {
+            let name = tally.counter.as_str();
+            names.push(keys.counter_total(name));
+            names.push(keys.counter_days(name));
+            names.push(keys.uniques(name, day));
+            let mut visitors: Vec<u64> = match salt {
+                Some(salt) => tally
+                    .visitors
+                    .iter()
+                    .map(|&raw| visitor::salted(salt, raw))
+                    .collect(),
+                None => Vec::new(),
+            };
+            visitors.sort_unstable();
+            visitors.dedup();
+            args.push(name.as_bytes().to_vec());
+            args.push(tally.visits.to_string().into_bytes());
+            args.push(visitors.len().to_string().into_bytes());
+            args.extend(visitors.iter().map(|v| format!("{v:x}").into_bytes()));
+        }
+        Prepared {
+            batch,
+            keys: names,
+            args,
+            // A probe's answer has no results.
+            tallies: if batch == 0 { 0 } else { tallies.len() },
+        }
+    }
+
+    async fn write(
+        &self,
+        prepared: &Prepared,
+        answer_by: Instant,
+    ) -> Result<Vec<TallyResult>, StoreError> {
         let mut maybe_applied = false;
         let mut last = None;
         for _ in 0..MAX_ATTEMPTS {
-            match self.write_once(count, batch, answer_by).await {
-                Tried::Done(total) => return Ok(total),
+            match self.write_once(prepared, answer_by).await {
+                Tried::Done(results) => return Ok(results),
                 Tried::Failed(error) => return Err(error.doubt_if(maybe_applied)),
                 Tried::Retry { error, maybe_sent } => {
                     maybe_applied |= maybe_sent;
@@ -68,7 +174,7 @@ impl RedisSession {
             .doubt_if(maybe_applied))
     }
 
-    async fn write_once(&self, count: u64, batch: u64, answer_by: Instant) -> Tried<i64> {
+    async fn write_once(&self, prepared: &Prepared, answer_by: Instant) -> Tried<Vec<TallyResult>> {
         let live = match self.live(answer_by).await {
             Ok(live) => live,
             Err(error) => return Tried::Failed(error),
@@ -83,19 +189,20 @@ impl RedisSession {
         let arrive_by = self.clock.at(Deadlines::arrival_by(now, answer_by));
         let store = &self.store;
         let mut pipe = redis::pipe();
-        pipe.ignore_errors()
+        let script = pipe
+            .ignore_errors()
             .cmd("EVALSHA")
             .arg(store.scripts.add_visits.get_hash())
-            .arg(3)
-            .arg(&store.keys.total)
-            .arg(&store.keys.replicas)
-            .arg(&self.writer.records_key)
-            .arg(count)
+            .arg(prepared.keys.len())
+            .arg(&prepared.keys)
             .arg(&store.identity.replica)
             .arg(arrive_by)
-            .arg(batch)
+            .arg(prepared.batch)
             .arg(BATCH_RECORDS_KEPT)
             .arg(BATCH_RECORDS_TTL.as_millis() as u64);
+        for arg in &prepared.args {
+            script.arg(arg);
+        }
         let replicas_wanted = match self.add_replication_wait(&mut pipe, now, answer_by) {
             Ok(wanted) => wanted,
             // A failover is under way: nothing is sent.
@@ -116,8 +223,8 @@ impl RedisSession {
         let received = Instant::now();
         let mut replies = replies.into_iter();
         let script = replies.next().unwrap_or(Value::Nil);
-        let (total, redis_now, _replayed) =
-            match <RedisResult<(String, i64, i64)>>::from_redis_value(script) {
+        let (redis_now, _replayed, results) =
+            match <RedisResult<(i64, i64, String)>>::from_redis_value(script) {
                 Ok(Ok(reply)) => reply,
                 Ok(Err(error)) => {
                     if let Some(now) = expired_at(&error) {
@@ -133,11 +240,9 @@ impl RedisSession {
                 }
             };
         self.clock.observe(redis_now, received);
-        let Ok(total) = total.parse::<i64>() else {
-            return Tried::Failed(StoreError::new(
-                StoreErrorKind::WrongType,
-                format!("the total is not an integer: {total:?}"),
-            ));
+        let results = match parse_results(&results, prepared.tallies) {
+            Ok(results) => results,
+            Err(error) => return Tried::Failed(error),
         };
         if let Some(wanted) = replicas_wanted {
             let reached = replies.next().map(replicas_reached);
@@ -161,7 +266,39 @@ impl RedisSession {
                 }
             }
         }
-        Tried::Done(total)
+        Tried::Done(results)
+    }
+
+    /// Today's salt for visitors' hashes: the one Redis holds for the day (made by the
+    /// first replica to need it, and gone with the day), cached for the day.
+    async fn salt(&self, day: Day, answer_by: Instant) -> Result<[u8; 16], StoreError> {
+        if let Some((cached, salt)) = *self.salt.lock().unwrap_or_else(|e| e.into_inner())
+            && cached == day
+        {
+            return Ok(salt);
+        }
+        let key = self.store.keys.salt(day);
+        let ends = day
+            .end()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let fresh: String = visitor::new_salt()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let mut pipe = redis::pipe();
+        pipe.cmd("SET")
+            .arg(&key)
+            .arg(fresh)
+            .arg("NX")
+            .arg("EXAT")
+            .arg(ends)
+            .ignore()
+            .get(&key);
+        let (held,): (Option<Vec<u8>>,) = self.query(&pipe, answer_by).await?;
+        let salt = visitor::salt_from(&held.unwrap_or_default());
+        *self.salt.lock().unwrap_or_else(|e| e.into_inner()) = Some((day, salt));
+        Ok(salt)
     }
 
     /// Adds WAIT (or WAITAOF) after the write when replicas must confirm it (the setting,
@@ -211,4 +348,34 @@ fn replicas_reached(reply: Value) -> RedisResult<i64> {
         }
         other => <RedisResult<i64>>::from_redis_value(other)?,
     }
+}
+
+/// The script's results, one per tally.
+fn parse_results(text: &str, tallies: usize) -> Result<Vec<TallyResult>, StoreError> {
+    let results: Vec<TallyResult> = text
+        .split(',')
+        .filter(|part| !part.is_empty())
+        .map(|part| match part {
+            "U" => Some(TallyResult::Unknown),
+            "M" => Some(TallyResult::TooMany),
+            "L" => Some(TallyResult::AtLimit),
+            "S" => Some(TallyResult::ShareAtLimit),
+            "W" => Some(TallyResult::WrongType),
+            total => total.parse().ok().map(TallyResult::Counted),
+        })
+        .collect::<Option<_>>()
+        .ok_or_else(|| {
+            StoreError::new(
+                StoreErrorKind::WrongType,
+                format!("a total is not an integer: {text:?}"),
+            )
+        })?;
+    if results.len() != tallies {
+        return Err(StoreError::new(
+            StoreErrorKind::Failed,
+            format!("{} results for {tallies} tallies", results.len()),
+        )
+        .with_doubt());
+    }
+    Ok(results)
 }

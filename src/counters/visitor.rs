@@ -1,0 +1,165 @@
+//! Who a visitor is, for unique counts, without keeping who it was.
+//!
+//! A visitor is its client address and user agent, hashed (`raw`); before it reaches a
+//! store, the hash is hashed again with a salt of the day (`salted`), which the store
+//! keeps only for that day (Redis: a key that expires at the end of the day; embedded:
+//! only today's is kept). What a store keeps is a HyperLogLog sketch of the salted
+//! hashes: neither addresses nor hashes, and nothing that links one day's visitors to
+//! another's once the day's salt is gone.
+//!
+//! The client address is the connection's peer, or, when the peer is a trusted proxy
+//! (the edge), the one it says it forwarded for: the rightmost address in
+//! `X-Forwarded-For` that is not itself a trusted proxy. `X-Forwarded-For` from anyone
+//! else is ignored, so clients cannot pose as many visitors.
+
+use std::{hash::Hasher, net::IpAddr, str::FromStr};
+
+use ipnet::IpNet;
+use siphasher::sip::SipHasher13;
+
+/// The key of the first hash, fixed: it only spreads the input; the day's salt is the
+/// secret.
+const RAW_KEY: (u64, u64) = (0x5354_4143_4b44_454d, 0x4f5f_5649_5349_544f);
+
+/// The client's address and user agent, hashed, before the day's salt.
+pub fn raw(address: IpAddr, user_agent: &[u8]) -> u64 {
+    let mut hasher = SipHasher13::new_with_keys(RAW_KEY.0, RAW_KEY.1);
+    match address {
+        IpAddr::V4(v4) => hasher.write(&v4.octets()),
+        IpAddr::V6(v6) => hasher.write(&v6.octets()),
+    }
+    hasher.write_u8(0xff);
+    hasher.write(user_agent);
+    hasher.finish()
+}
+
+/// A visitor's hash with the day's salt, as stores keep it (in a sketch).
+pub fn salted(salt: &[u8; 16], raw: u64) -> u64 {
+    let (k0, k1) = salt.split_at(8);
+    let key = |half: &[u8]| u64::from_le_bytes(half.try_into().expect("8 bytes"));
+    let mut hasher = SipHasher13::new_with_keys(key(k0), key(k1));
+    hasher.write_u64(raw);
+    hasher.finish()
+}
+
+/// The salt a store holds, as bytes of any kind (an operator may have written it): the
+/// same bytes give the same salt.
+pub fn salt_from(held: &[u8]) -> [u8; 16] {
+    let half = |key: u64| {
+        let mut hasher = SipHasher13::new_with_keys(RAW_KEY.0 ^ key, RAW_KEY.1);
+        hasher.write(held);
+        hasher.finish().to_le_bytes()
+    };
+    let mut salt = [0u8; 16];
+    salt[..8].copy_from_slice(&half(1));
+    salt[8..].copy_from_slice(&half(2));
+    salt
+}
+
+/// A new day's salt.
+pub fn new_salt() -> [u8; 16] {
+    let mut salt = [0u8; 16];
+    salt[..8].copy_from_slice(&fastrand::u64(..).to_le_bytes());
+    salt[8..].copy_from_slice(&fastrand::u64(..).to_le_bytes());
+    salt
+}
+
+/// The proxies whose `X-Forwarded-For` is believed (`--trusted-proxies`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TrustedProxies(Vec<IpNet>);
+
+impl FromStr for TrustedProxies {
+    type Err = String;
+
+    /// Comma-separated addresses or networks: `10.0.9.0/24,127.0.0.1`.
+    fn from_str(text: &str) -> Result<Self, String> {
+        let mut networks = Vec::new();
+        for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let network = part
+                .parse::<IpNet>()
+                .or_else(|_| part.parse::<IpAddr>().map(IpNet::from))
+                .map_err(|_| format!("'{part}' is not an address or a network (10.0.0.0/8)"))?;
+            networks.push(network);
+        }
+        Ok(Self(networks))
+    }
+}
+
+impl TrustedProxies {
+    fn trusts(&self, address: IpAddr) -> bool {
+        self.0.iter().any(|network| network.contains(&address))
+    }
+
+    /// The client's address: the peer's, or, from a trusted proxy, the rightmost address
+    /// of `forwarded_for` (the values of `X-Forwarded-For`, in order) that is not a
+    /// trusted proxy.
+    pub fn client(&self, peer: IpAddr, forwarded_for: &[&str]) -> IpAddr {
+        if !self.trusts(peer) {
+            return peer;
+        }
+        let mut client = peer;
+        for entry in forwarded_for
+            .iter()
+            .rev()
+            .flat_map(|value| value.rsplit(','))
+            .map(str::trim)
+        {
+            match entry.parse::<IpAddr>() {
+                Ok(address) => {
+                    client = address;
+                    if !self.trusts(address) {
+                        break;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        client
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn forwarded_for_counts_only_from_a_trusted_proxy() {
+        let trusted: TrustedProxies = "10.0.9.0/24, 127.0.0.1".parse().unwrap();
+        let from_edge = trusted.client(ip("10.0.9.4"), &["203.0.113.7"]);
+        let from_client = trusted.client(ip("198.51.100.2"), &["203.0.113.7"]);
+        let through_two = trusted.client(ip("127.0.0.1"), &["203.0.113.7, 10.0.9.5"]);
+        let spoofed_left = trusted.client(ip("10.0.9.4"), &["1.2.3.4", "203.0.113.7"]);
+        let garbage = trusted.client(ip("10.0.9.4"), &["not an address"]);
+
+        assert_eq!(from_edge, ip("203.0.113.7"));
+        assert_eq!(
+            from_client,
+            ip("198.51.100.2"),
+            "a client's header is ignored"
+        );
+        assert_eq!(through_two, ip("203.0.113.7"));
+        assert_eq!(
+            spoofed_left,
+            ip("203.0.113.7"),
+            "the rightmost untrusted wins"
+        );
+        assert_eq!(garbage, ip("10.0.9.4"));
+        assert!("10.0.0.0/33".parse::<TrustedProxies>().is_err());
+    }
+
+    #[test]
+    fn the_same_visitor_hashes_alike_within_a_day_and_apart_across_days() {
+        let visitor = raw(ip("203.0.113.7"), b"Mozilla/5.0");
+        let other = raw(ip("203.0.113.8"), b"Mozilla/5.0");
+        let (today, tomorrow) = ([1u8; 16], [2u8; 16]);
+
+        assert_eq!(salted(&today, visitor), salted(&today, visitor));
+        assert_ne!(salted(&today, visitor), salted(&today, other));
+        assert_ne!(salted(&today, visitor), salted(&tomorrow, visitor));
+        assert_ne!(raw(ip("203.0.113.7"), b"curl"), visitor);
+    }
+}

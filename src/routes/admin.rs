@@ -1,0 +1,287 @@
+//! The administrator's routes, each needing `Authorization: Bearer <token>` (the token in
+//! `--admin-token-file`; without one, administration is off and these are 404):
+//!
+//! - `PUT /api/counters/{name}` with `{"total": N}`: sets the total (`0` resets it),
+//!   making the counter if there is none;
+//! - `DELETE /api/counters/{name}`: deletes the counter with its history;
+//! - `GET /api/admin/export`: every counter, one JSON line each (`counters::export`);
+//! - `POST /api/admin/import`: the same lines back, each counter written as one change.
+//!
+//! Every change is logged with what it changed; the token never is.
+
+use axum::{
+    Json,
+    body::{Body, Bytes},
+    extract::{Path, Request, State},
+    http::{HeaderMap, HeaderValue, header},
+    response::{IntoResponse, Response},
+};
+use futures_util::StreamExt;
+use serde::Deserialize;
+use serde_json::json;
+use tokio::time::timeout;
+
+use super::{ApiError, counters::parse_name};
+use crate::{
+    counters::{
+        CounterName,
+        export::{CounterExport, MAX_LINE_BYTES},
+        name::HISTORY,
+    },
+    state::AppState,
+    store::{AdminError, StoreError},
+};
+
+/// The body of `PUT /api/counters/{name}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetTotal {
+    total: i64,
+}
+
+/// `PUT /api/counters/{name}`.
+pub async fn set_total(
+    State(state): State<AppState>,
+    Path(path): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers)?;
+    let name = counter_path(&path)?;
+    let SetTotal { total } = serde_json::from_slice(&body).map_err(|_| {
+        ApiError::BadRequest("the body is {\"total\": N}, N a whole number from 0".into())
+    })?;
+    if total < 0 {
+        return Err(ApiError::BadRequest(
+            "the total is a whole number from 0".into(),
+        ));
+    }
+    let previous = state
+        .store
+        .set_total(&name, total, state.deadlines.store)
+        .await
+        .map_err(admin_failed)?;
+    tracing::info!(
+        action = "set",
+        counter = %name,
+        previous,
+        total,
+        "the administrator set a counter"
+    );
+    Ok(
+        Json(json!({ "name": name.as_str(), "total": total, "previous": previous }))
+            .into_response(),
+    )
+}
+
+/// `DELETE /api/counters/{name}`.
+pub async fn delete(
+    State(state): State<AppState>,
+    Path(path): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers)?;
+    let name = counter_path(&path)?;
+    if name == state.counters.tutorial {
+        return Err(ApiError::BadRequest(
+            "the tutorial's counter is not deleted; set its total to 0 instead".into(),
+        ));
+    }
+    let existed = state
+        .store
+        .delete(&name, state.deadlines.store)
+        .await
+        .map_err(|error| admin_failed(AdminError::Store(error)))?;
+    if !existed {
+        return Err(ApiError::NotFound("no such counter"));
+    }
+    tracing::info!(action = "delete", counter = %name, "the administrator deleted a counter");
+    Ok(Json(json!({ "name": name.as_str(), "deleted": true })).into_response())
+}
+
+/// `GET /api/admin/export`: every counter, a JSON line each, read a page at a time so
+/// that memory stays bounded however many there are.
+pub async fn export(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers)?;
+    tracing::info!(
+        action = "export",
+        "the administrator exported every counter"
+    );
+    // Pages of names, then each counter of a page; the cursor `None` after the last page.
+    let pages = futures_util::stream::unfold(Some(None), move |cursor| {
+        let state = state.clone();
+        async move {
+            let cursor = cursor?;
+            let read = state.deadlines.stats_read();
+            let page = match state.store.list(cursor, read).await {
+                Ok(page) => page,
+                Err(error) => return Some((Err(export_failed(&error)), None)),
+            };
+            let (counters, next) = page;
+            let mut lines = Vec::new();
+            for (name, _) in counters {
+                match state.store.export(&name, read).await {
+                    Ok(Some(counter)) => {
+                        lines.extend(serde_json::to_vec(&counter).unwrap_or_default());
+                        lines.push(b'\n');
+                    }
+                    Ok(None) => {}
+                    Err(error) => return Some((Err(export_failed(&error)), None)),
+                }
+            }
+            Some((Ok(Bytes::from(lines)), next.map(Some)))
+        }
+    });
+    let mut response = Body::from_stream(pages).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/x-ndjson"),
+    );
+    headers.insert(
+        header::CONTENT_DISPOSITION,
+        HeaderValue::from_static("attachment; filename=\"counters.jsonl\""),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
+}
+
+/// `POST /api/admin/import`: lines as export writes them, read as they arrive (each at
+/// most `MAX_LINE_BYTES`). Each counter is one change; on a bad line the import stops
+/// and says which, and the counters before it stay imported.
+pub async fn import(State(state): State<AppState>, request: Request) -> Result<Response, ApiError> {
+    authorize(&state, request.headers())?;
+    let wait = state.deadlines.request;
+    let mut body = request.into_body().into_data_stream();
+    let mut pending: Vec<u8> = Vec::new();
+    let mut imported = 0u64;
+    let mut line_number = 0u64;
+    loop {
+        let chunk = match timeout(wait, body.next()).await {
+            Ok(Some(Ok(chunk))) => Some(chunk),
+            Ok(None) => None,
+            Ok(Some(Err(_))) => return Err(ApiError::BadBody),
+            Err(_) => return Err(stopped(imported, "the body stopped arriving")),
+        };
+        let ended = chunk.is_none();
+        if let Some(chunk) = chunk {
+            pending.extend_from_slice(&chunk);
+        }
+        while let Some(end) = pending.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=end).collect();
+            line_number += 1;
+            imported += import_line(&state, &line, line_number, imported).await?;
+        }
+        if pending.len() > MAX_LINE_BYTES {
+            return Err(stopped(
+                imported,
+                &format!(
+                    "line {} is longer than {MAX_LINE_BYTES} bytes",
+                    line_number + 1
+                ),
+            ));
+        }
+        if ended {
+            if !pending.is_empty() {
+                line_number += 1;
+                let line = std::mem::take(&mut pending);
+                imported += import_line(&state, &line, line_number, imported).await?;
+            }
+            break;
+        }
+    }
+    tracing::info!(
+        action = "import",
+        counters = imported,
+        "the administrator imported counters"
+    );
+    Ok(Json(json!({ "imported": imported })).into_response())
+}
+
+/// Imports one line (blank lines are skipped); how many counters it held.
+async fn import_line(
+    state: &AppState,
+    line: &[u8],
+    number: u64,
+    imported: u64,
+) -> Result<u64, ApiError> {
+    if line.iter().all(u8::is_ascii_whitespace) {
+        return Ok(0);
+    }
+    let counter: CounterExport = serde_json::from_slice(line).map_err(|error| {
+        stopped(
+            imported,
+            &format!("line {number} is not a counter as export writes it ({error})"),
+        )
+    })?;
+    let name = CounterName::parse(&counter.name)
+        .map_err(|bad| stopped(imported, &format!("line {number}: {bad}")))?;
+    if counter.total < 0 {
+        return Err(stopped(
+            imported,
+            &format!("line {number}: the total is a whole number from 0"),
+        ));
+    }
+    let total = counter.total;
+    state
+        .store
+        .import(&name, counter, state.deadlines.store)
+        .await
+        .map_err(admin_failed)?;
+    tracing::info!(action = "import", counter = %name, total, "the administrator imported a counter");
+    Ok(1)
+}
+
+fn stopped(imported: u64, reason: &str) -> ApiError {
+    ApiError::BadRequest(format!(
+        "{reason}; the import stopped there, after {imported} counters"
+    ))
+}
+
+/// 404 when administration is off, 401 without the token.
+fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(token) = &state.counters.admin else {
+        return Err(ApiError::NotFound(
+            "administration is off (no admin token file is set)",
+        ));
+    };
+    if token.allows(headers.get(header::AUTHORIZATION)) {
+        return Ok(());
+    }
+    tracing::warn!("an administrator's request without the administrator's token was refused");
+    Err(ApiError::Unauthorized)
+}
+
+/// The counter a path names; the history is not changed on its own.
+fn counter_path(path: &str) -> Result<CounterName, ApiError> {
+    if path.ends_with(&format!("/{HISTORY}")) {
+        return Err(ApiError::MethodNotAllowed);
+    }
+    parse_name(path)
+}
+
+fn admin_failed(error: AdminError) -> ApiError {
+    match error {
+        AdminError::TooMany => ApiError::TooManyCounters,
+        AdminError::Store(error) => {
+            tracing::warn!(
+                reason = error.code(),
+                cause = error.detail(),
+                "an administrator's change failed"
+            );
+            ApiError::Unavailable(error.reason())
+        }
+    }
+}
+
+fn export_failed(error: &StoreError) -> std::io::Error {
+    tracing::warn!(
+        reason = error.code(),
+        cause = error.detail(),
+        "export failed; the transfer is cut short"
+    );
+    std::io::Error::other("export failed")
+}

@@ -1,0 +1,305 @@
+//! Named counters. `/c/{name}` counts a visit and answers as `/` does (text, or the
+//! counter's page for a browser). Under `/api/counters/{name}`: `POST` counts a visit,
+//! `GET` and `HEAD` read without counting, `/history` gives the counts per day (JSON, or
+//! CSV); `PUT` and `DELETE` are the administrator's (`admin`).
+
+use axum::{
+    Json,
+    body::Body,
+    extract::{Path, Request, State},
+    http::{HeaderMap, HeaderValue, Uri, header},
+    response::{IntoResponse, Response},
+};
+use serde::Serialize;
+
+use super::{ApiError, client::Client, visit::count};
+use crate::{
+    counters::{CounterName, CounterReading, DayReading, name::HISTORY},
+    delivery::{AnsweredBody, Handover},
+    page,
+    state::AppState,
+};
+
+/// Days the history answers when not asked for a number, and the counter's page draws.
+pub const DEFAULT_DAYS: u32 = 30;
+
+/// `GET /c/{name}`: counts a visit (unless the client asked not to be counted).
+pub async fn visit(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let name = parse_name(&name)?;
+    let html = page::prefers_html(request.headers().get(header::ACCEPT));
+    let days = if html {
+        chart_days(request.uri().query())?
+    } else {
+        1
+    };
+    let handover = request.extensions().get::<Handover>().cloned();
+    let client = Client::of(&request, &state.counters.trusted_proxies);
+    if !client.counts {
+        let reading = read(&state, &name, days).await?;
+        let text = if html {
+            page::counter(&name, reading.total, Some(&reading), days, false)
+        } else {
+            tutorial_text(reading.total)
+        };
+        return Ok(answer(Body::from(text), html));
+    }
+    let counted = count(
+        &state,
+        name.clone(),
+        &client,
+        state.counters.rate_limit.as_ref(),
+        request.into_body(),
+    )
+    .await?;
+    let text = if html {
+        // Counted: the answer carries its number whatever happens next, so a history that
+        // cannot be read leaves the chart out rather than failing the visit.
+        let reading = state
+            .store
+            .counter(&name, days, state.deadlines.stats_read())
+            .await
+            .ok()
+            .flatten();
+        page::counter(&name, counted.number(), reading.as_ref(), days, true)
+    } else {
+        tutorial_text(counted.number())
+    };
+    Ok(answer(
+        Body::new(AnsweredBody::new(text, counted, handover)),
+        html,
+    ))
+}
+
+fn tutorial_text(number: i64) -> String {
+    format!("Hello World! I have been seen {number} times.\n")
+}
+
+fn answer(body: Body, html: bool) -> Response {
+    let mut response = body.into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::VARY, HeaderValue::from_static("Accept"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if html {
+        for (name, value) in &page::HEADERS {
+            headers.insert(name.clone(), HeaderValue::from_static(value));
+        }
+    } else {
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+    }
+    response
+}
+
+/// A counter as `GET /api/counters/{name}` answers it.
+#[derive(Debug, Serialize)]
+pub struct CounterJson {
+    pub name: String,
+    pub total: i64,
+    pub today: DayReading,
+}
+
+/// `GET /api/counters/{name}` (and `HEAD`): the counter, not counting a visit; or, for
+/// `{name}/history`, its counts per day.
+pub async fn read_or_history(
+    State(state): State<AppState>,
+    Path(path): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    if let Some(name) = path.strip_suffix(HISTORY).and_then(|p| p.strip_suffix('/')) {
+        return history(&state, &parse_name(name)?, uri.query(), &headers).await;
+    }
+    let name = parse_name(&path)?;
+    let reading = read(&state, &name, 1).await?;
+    Ok(no_store(
+        Json(CounterJson {
+            name: name.to_string(),
+            total: reading.total,
+            today: reading.today(),
+        })
+        .into_response(),
+    ))
+}
+
+/// `POST /api/counters/{name}`: counts a visit and answers its number as the total.
+pub async fn count_visit(
+    State(state): State<AppState>,
+    Path(path): Path<String>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    if path.ends_with(&format!("/{HISTORY}")) {
+        return Err(ApiError::MethodNotAllowed);
+    }
+    let name = parse_name(&path)?;
+    let handover = request.extensions().get::<Handover>().cloned();
+    let client = Client::of(&request, &state.counters.trusted_proxies);
+    if !client.counts {
+        let reading = read(&state, &name, 1).await?;
+        return Ok(no_store(json_body(&name, reading.total, None)));
+    }
+    let counted = count(
+        &state,
+        name.clone(),
+        &client,
+        state.counters.rate_limit.as_ref(),
+        request.into_body(),
+    )
+    .await?;
+    let number = counted.number();
+    let text = serde_json::json!({ "name": name.as_str(), "total": number }).to_string();
+    Ok(no_store(json_body(
+        &name,
+        number,
+        Some((text, counted, handover)),
+    )))
+}
+
+/// The answer to a count: the visit's number, carried by a delivery-guarded body when it
+/// was counted.
+fn json_body(
+    name: &CounterName,
+    total: i64,
+    counted: Option<(String, crate::delivery::Counted, Option<Handover>)>,
+) -> Response {
+    let body = match counted {
+        Some((text, counted, handover)) => Body::new(AnsweredBody::new(text, counted, handover)),
+        None => {
+            Body::from(serde_json::json!({ "name": name.as_str(), "total": total }).to_string())
+        }
+    };
+    let mut response = body.into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+async fn history(
+    state: &AppState,
+    name: &CounterName,
+    query: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    let days = match query_value(query, "days") {
+        None => DEFAULT_DAYS.min(state.counters.policy.retention_days),
+        Some(days) => days
+            .parse::<u32>()
+            .ok()
+            .filter(|days| (1..=state.counters.policy.retention_days).contains(days))
+            .ok_or_else(|| {
+                ApiError::BadRequest(format!(
+                    "days is a number from 1 to {} (the days of history kept)",
+                    state.counters.policy.retention_days
+                ))
+            })?,
+    };
+    let csv = match query_value(query, "format") {
+        None => headers
+            .get(header::ACCEPT)
+            .and_then(|accept| accept.to_str().ok())
+            .is_some_and(|accept| accept.contains("text/csv")),
+        Some("csv") => true,
+        Some("json") => false,
+        Some(_) => return Err(ApiError::BadRequest("format is json or csv".into())),
+    };
+    let reading = read(state, name, days).await?;
+    if csv {
+        let mut text = String::from("date,visits,unique\n");
+        for day in &reading.days {
+            text.push_str(&format!("{},{},{}\n", day.date, day.visits, day.unique));
+        }
+        let disposition = format!(
+            "inline; filename=\"{}-history.csv\"",
+            name.as_str().replace('/', "_")
+        );
+        let mut response =
+            ([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], text).into_response();
+        if let Ok(value) = HeaderValue::from_str(&disposition) {
+            response
+                .headers_mut()
+                .insert(header::CONTENT_DISPOSITION, value);
+        }
+        return Ok(no_store(response));
+    }
+    Ok(no_store(
+        Json(HistoryJson {
+            name: name.as_str(),
+            total: reading.total,
+            days: &reading.days,
+        })
+        .into_response(),
+    ))
+}
+
+/// A counter's history as `GET /api/counters/{name}/history` answers it.
+#[derive(Debug, Serialize)]
+struct HistoryJson<'a> {
+    name: &'a str,
+    total: i64,
+    /// Oldest first, today last.
+    days: &'a [DayReading],
+}
+
+/// A counter's reading, or 404 when there is no such counter.
+pub(super) async fn read(
+    state: &AppState,
+    name: &CounterName,
+    days: u32,
+) -> Result<CounterReading, ApiError> {
+    match state
+        .store
+        .counter(name, days, state.deadlines.stats_read())
+        .await
+    {
+        Ok(Some(reading)) => Ok(reading),
+        Ok(None) => Err(ApiError::NotFound("no such counter")),
+        Err(error) => {
+            tracing::warn!(
+                reason = error.code(),
+                cause = error.detail(),
+                "counter read failed"
+            );
+            Err(ApiError::Unavailable(error.reason()))
+        }
+    }
+}
+
+/// A counter's name from a path, or 400 saying what a name may be.
+pub(super) fn parse_name(text: &str) -> Result<CounterName, ApiError> {
+    CounterName::parse(text).map_err(|bad| ApiError::BadRequest(bad.to_string()))
+}
+
+/// The days a counter's page draws: 30, or 90 with `?days=90`.
+fn chart_days(query: Option<&str>) -> Result<u32, ApiError> {
+    match query_value(query, "days") {
+        None | Some("30") => Ok(30),
+        Some("90") => Ok(90),
+        Some(_) => Err(ApiError::BadRequest(
+            "the page draws 30 or 90 days (days=30, days=90)".into(),
+        )),
+    }
+}
+
+/// The value of `key` in a query string, as sent (names and values here need no
+/// decoding).
+pub(super) fn query_value<'q>(query: Option<&'q str>, key: &str) -> Option<&'q str> {
+    query?
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(k, _)| *k == key)
+        .map(|(_, v)| v)
+}
+
+fn no_store(mut response: Response) -> Response {
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}

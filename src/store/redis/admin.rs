@@ -1,0 +1,229 @@
+//! The administrator's changes, and reading every counter for export. Each change is one
+//! script or one MULTI, so a batch of visits sees a counter before or after it, never
+//! half changed.
+
+use std::collections::BTreeMap;
+
+use base64::Engine;
+use redis::Value;
+use tokio::time::Instant;
+
+use super::{scripts, session::RedisSession};
+use crate::{
+    counters::{
+        CounterName, Day,
+        export::{CounterExport, REDIS_HLL, UniqueExport},
+    },
+    store::{AdminError, StoreError},
+};
+
+/// Counters read per page when listing.
+const PAGE: usize = 200;
+
+impl RedisSession {
+    /// Sets a counter's total; the total before, if there was one.
+    pub async fn set_total(
+        &self,
+        name: &CounterName,
+        total: i64,
+        answer_by: Instant,
+    ) -> Result<Option<i64>, AdminError> {
+        let store = &self.store;
+        let tutorial = *name == store.tutorial;
+        let mut pipe = redis::pipe();
+        pipe.cmd("EVAL")
+            .arg(scripts::SET_TOTAL)
+            .arg(2)
+            .arg(&store.keys.registry)
+            .arg(store.keys.counter_total(name.as_str()))
+            .arg(name.as_str())
+            .arg(total)
+            .arg(if tutorial { "1" } else { "0" })
+            .arg(store.policy.max_counters);
+        match self.query::<(Option<String>,)>(&pipe, answer_by).await {
+            Ok((previous,)) => Ok(previous.and_then(|p| p.parse().ok())),
+            Err(error) if error.detail().contains("TOOMANY") => Err(AdminError::TooMany),
+            Err(error) => Err(AdminError::Store(error)),
+        }
+    }
+
+    /// Deletes a counter with its history; whether there was one.
+    pub async fn delete(&self, name: &CounterName, answer_by: Instant) -> Result<bool, StoreError> {
+        let keys = &self.store.keys;
+        let hash = keys.counter_days(name.as_str());
+        let mut pipe = redis::pipe();
+        pipe.cmd("HKEYS").arg(&hash);
+        let (fields,): (Vec<String>,) = self.query(&pipe, answer_by).await?;
+        let uniques: Vec<String> = fields
+            .iter()
+            .filter_map(|field| Day::parse(field))
+            .map(|day| keys.uniques(name.as_str(), day))
+            .collect();
+        let mut pipe = redis::pipe();
+        pipe.cmd("EVAL")
+            .arg(scripts::DELETE)
+            .arg(2 + uniques.len())
+            .arg(&keys.registry)
+            .arg(&hash)
+            .arg(&uniques)
+            .arg(name.as_str());
+        let (existed,): (i64,) = self.query(&pipe, answer_by).await?;
+        Ok(existed == 1)
+    }
+
+    /// A page of counters' names, from `cursor` (`None`: the first page); the cursor of
+    /// the next page, if any. In no particular order.
+    pub async fn list(
+        &self,
+        cursor: Option<&str>,
+        answer_by: Instant,
+    ) -> Result<(Vec<CounterName>, Option<String>), StoreError> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("HSCAN")
+            .arg(&self.store.keys.registry)
+            .arg(cursor.unwrap_or("0"))
+            .arg("COUNT")
+            .arg(PAGE);
+        let ((next, entries),): ((String, Vec<String>),) = self.query(&pipe, answer_by).await?;
+        let names = entries
+            .chunks(2)
+            .filter_map(|pair| CounterName::parse(&pair[0]).ok())
+            .collect();
+        Ok((names, (next != "0").then_some(next)))
+    }
+
+    /// Totals of `names`, in order (0 for a counter without one).
+    pub async fn totals(
+        &self,
+        names: &[CounterName],
+        answer_by: Instant,
+    ) -> Result<Vec<i64>, StoreError> {
+        let store = &self.store;
+        let mut pipe = redis::pipe();
+        for name in names {
+            if *name == store.tutorial {
+                pipe.get(&store.keys.total);
+            } else {
+                pipe.hget(store.keys.counter_total(name.as_str()), "total");
+            }
+        }
+        let totals: Vec<Option<String>> = self.query(&pipe, answer_by).await?;
+        Ok(totals
+            .into_iter()
+            .map(|t| t.and_then(|t| t.parse().ok()).unwrap_or(0))
+            .collect())
+    }
+
+    /// Everything a counter holds, for export; `None` when there is no such counter.
+    pub async fn export(
+        &self,
+        name: &CounterName,
+        answer_by: Instant,
+    ) -> Result<Option<CounterExport>, StoreError> {
+        let keys = &self.store.keys;
+        let Some(total) = self
+            .totals(std::slice::from_ref(name), answer_by)
+            .await?
+            .pop()
+        else {
+            return Ok(None);
+        };
+        let mut pipe = redis::pipe();
+        pipe.hgetall(keys.counter_days(name.as_str()));
+        let (fields,): (BTreeMap<String, String>,) = self.query(&pipe, answer_by).await?;
+        let days: BTreeMap<String, u64> = fields
+            .into_iter()
+            .filter(|(field, _)| Day::parse(field).is_some())
+            .filter_map(|(field, visits)| Some((field, visits.parse().ok()?)))
+            .collect();
+        let mut pipe = redis::pipe();
+        for day in days.keys().filter_map(|d| Day::parse(d)) {
+            let key = keys.uniques(name.as_str(), day);
+            pipe.cmd("PFCOUNT").arg(&key).get(&key);
+        }
+        let replies: Vec<Value> = if days.is_empty() {
+            Vec::new()
+        } else {
+            self.query(&pipe, answer_by).await?
+        };
+        let mut unique = BTreeMap::new();
+        for (day, reply) in days.keys().zip(replies.chunks(2)) {
+            let estimate: u64 = redis::from_redis_value(reply[0].clone()).unwrap_or(0);
+            let sketch: Option<Vec<u8>> = redis::from_redis_value(reply[1].clone()).ok().flatten();
+            if let Some(sketch) = sketch {
+                unique.insert(
+                    day.clone(),
+                    UniqueExport {
+                        estimate,
+                        format: REDIS_HLL.to_owned(),
+                        sketch: base64::engine::general_purpose::STANDARD.encode(sketch),
+                    },
+                );
+            }
+        }
+        Ok(Some(CounterExport {
+            name: name.to_string(),
+            total,
+            days,
+            unique,
+        }))
+    }
+
+    /// Writes an exported counter in one MULTI: its total, its days, and the unique
+    /// sketches Redis can take (`redis-hll`), each kept as long as the history is. The
+    /// counter is then one the administrator created.
+    pub async fn import(
+        &self,
+        counter: &CounterExport,
+        name: &CounterName,
+        answer_by: Instant,
+    ) -> Result<(), AdminError> {
+        let store = &self.store;
+        let keys = &store.keys;
+        let mut check = redis::pipe();
+        check
+            .hexists(&keys.registry, name.as_str())
+            .cmd("HLEN")
+            .arg(&keys.registry);
+        let (known, registered): (bool, u64) = self.query(&check, answer_by).await?;
+        if !known && *name != store.tutorial && registered >= store.policy.max_counters {
+            return Err(AdminError::TooMany);
+        }
+        let hash = keys.counter_days(name.as_str());
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        pipe.hset(&keys.registry, name.as_str(), "admin").ignore();
+        if *name == store.tutorial {
+            pipe.set(&keys.total, counter.total).ignore();
+        } else {
+            pipe.hset(&hash, "total", counter.total).ignore();
+        }
+        for (day, visits) in &counter.days {
+            pipe.hset(&hash, day, visits).ignore();
+        }
+        for (day, unique) in &counter.unique {
+            let Some(day) = Day::parse(day) else { continue };
+            if unique.format != REDIS_HLL {
+                continue;
+            }
+            let Ok(sketch) = base64::engine::general_purpose::STANDARD.decode(&unique.sketch)
+            else {
+                continue;
+            };
+            if !sketch.starts_with(b"HYLL") {
+                continue;
+            }
+            let until = day
+                .plus(store.policy.retention_days)
+                .end()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let key = keys.uniques(name.as_str(), day);
+            pipe.set(&key, sketch).ignore();
+            pipe.cmd("EXPIREAT").arg(&key).arg(until).ignore();
+        }
+        self.query::<()>(&pipe, answer_by)
+            .await
+            .map_err(AdminError::Store)
+    }
+}
