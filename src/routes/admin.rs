@@ -64,6 +64,7 @@ pub async fn set_total(
     tracing::info!(
         action = "set",
         counter = %name,
+        created = previous.is_none(),
         previous,
         total,
         "the administrator set a counter"
@@ -145,7 +146,6 @@ pub async fn export(
         header::CONTENT_DISPOSITION,
         HeaderValue::from_static("attachment; filename=\"counters.jsonl\""),
     );
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(response)
 }
 

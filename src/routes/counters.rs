@@ -82,7 +82,6 @@ fn answer(body: Body, html: bool) -> Response {
     let mut response = body.into_response();
     let headers = response.headers_mut();
     headers.insert(header::VARY, HeaderValue::from_static("Accept"));
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     if html {
         for (name, value) in &page::HEADERS {
             headers.insert(name.clone(), HeaderValue::from_static(value));
@@ -117,14 +116,35 @@ pub async fn read_or_history(
     }
     let name = parse_name(&path)?;
     let reading = read(&state, &name, 1).await?;
-    Ok(no_store(
-        Json(CounterJson {
-            name: name.to_string(),
-            total: reading.total,
-            today: reading.today(),
-        })
-        .into_response(),
-    ))
+    Ok(Json(CounterJson {
+        name: name.to_string(),
+        total: reading.total,
+        today: reading.today(),
+    })
+    .into_response())
+}
+
+/// `GET /api/counters`: a page of counters with their totals, and the cursor of the next
+/// page (`?cursor=`), if there is one. Each store lists in its own order.
+pub async fn list(State(state): State<AppState>, uri: Uri) -> Result<Response, ApiError> {
+    let cursor = query_value(uri.query(), "cursor").map(str::to_owned);
+    let (page, next) = state
+        .store
+        .list(cursor, state.deadlines.stats_read())
+        .await
+        .map_err(|error| {
+            tracing::warn!(
+                reason = error.code(),
+                cause = error.detail(),
+                "counter list failed"
+            );
+            ApiError::Unavailable(error.reason())
+        })?;
+    let counters: Vec<_> = page
+        .iter()
+        .map(|(name, total)| serde_json::json!({ "name": name.as_str(), "total": total }))
+        .collect();
+    Ok(Json(serde_json::json!({ "counters": counters, "next": next })).into_response())
 }
 
 /// `POST /api/counters/{name}`: counts a visit and answers its number as the total.
@@ -141,7 +161,7 @@ pub async fn count_visit(
     let client = Client::of(&request, &state.counters.trusted_proxies);
     if !client.counts {
         let reading = read(&state, &name, 1).await?;
-        return Ok(no_store(json_body(&name, reading.total, None)));
+        return Ok(json_body(&name, reading.total, None));
     }
     let counted = count(
         &state,
@@ -153,11 +173,7 @@ pub async fn count_visit(
     .await?;
     let number = counted.number();
     let text = serde_json::json!({ "name": name.as_str(), "total": number }).to_string();
-    Ok(no_store(json_body(
-        &name,
-        number,
-        Some((text, counted, handover)),
-    )))
+    Ok(json_body(&name, number, Some((text, counted, handover))))
 }
 
 /// The answer to a count: the visit's number, carried by a delivery-guarded body when it
@@ -226,16 +242,14 @@ async fn history(
                 .headers_mut()
                 .insert(header::CONTENT_DISPOSITION, value);
         }
-        return Ok(no_store(response));
+        return Ok(response);
     }
-    Ok(no_store(
-        Json(HistoryJson {
-            name: name.as_str(),
-            total: reading.total,
-            days: &reading.days,
-        })
-        .into_response(),
-    ))
+    Ok(Json(HistoryJson {
+        name: name.as_str(),
+        total: reading.total,
+        days: &reading.days,
+    })
+    .into_response())
 }
 
 /// A counter's history as `GET /api/counters/{name}/history` answers it.
@@ -295,11 +309,4 @@ pub(super) fn query_value<'q>(query: Option<&'q str>, key: &str) -> Option<&'q s
         .filter_map(|pair| pair.split_once('='))
         .find(|(k, _)| *k == key)
         .map(|(_, v)| v)
-}
-
-fn no_store(mut response: Response) -> Response {
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
 }

@@ -11,12 +11,16 @@ pub struct ServiceHeaders(Arc<[(HeaderName, HeaderValue)]>);
 
 impl ServiceHeaders {
     /// Who answered, which version, and that no answer may be cached (each visit is a new
-    /// number).
+    /// number): in the words browsers, caches and image proxies (GitHub's camo, which
+    /// fetches a badge again only for `no-cache` or `max-age=0`) each heed.
     pub fn new(replica: &str, version: &str) -> Self {
         Self(Arc::new([
             (HeaderName::from_static("x-served-by"), value(replica)),
             (HeaderName::from_static("x-app-version"), value(version)),
-            (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+            (
+                header::CACHE_CONTROL,
+                HeaderValue::from_static("max-age=0, no-cache, no-store, must-revalidate"),
+            ),
         ]))
     }
 

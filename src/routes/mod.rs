@@ -1,6 +1,7 @@
 //! The HTTP interface: which path goes to which handler, and the layers around them.
 
 mod admin;
+mod badge;
 mod body_limit;
 mod client;
 mod counters;
@@ -59,13 +60,16 @@ pub fn router(state: AppState) -> Router {
                 }))
                 .timeout(state.deadlines.request),
         );
-    // Pages anywhere may read counts from scripts; no cookie or credential is involved.
+    // Pages anywhere may read counts and badges from scripts; no cookie or credential is
+    // involved.
     let cors = CorsLayer::new()
         .allow_origin(tower_http::cors::Any)
         .allow_methods([Method::GET, Method::HEAD, Method::POST])
         .allow_headers([header::CONTENT_TYPE])
         .max_age(Duration::from_secs(3600));
     let counters = Router::new()
+        .route("/badge/{*name}", get(badge::badge).head(badge_head))
+        .route("/api/counters", get(counters::list))
         .route(
             "/api/counters/{*path}",
             get(counters::read_or_history)
@@ -103,6 +107,11 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// `HEAD` of a badge: its headers, never a visit.
+async fn badge_head() -> impl IntoResponse {
+    [(header::CONTENT_TYPE, "image/svg+xml; charset=utf-8")]
+}
+
 /// `GET /ignore-me`: this browser's visits are no longer counted (a cookie); with
 /// `?undo=1`, they are again.
 async fn ignore_me(request: Request) -> impl IntoResponse {
@@ -128,7 +137,6 @@ async fn ignore_me(request: Request) -> impl IntoResponse {
     (
         [
             (header::SET_COOKIE, cookie),
-            (header::CACHE_CONTROL, "no-store".to_owned()),
             (header::CONTENT_TYPE, "text/plain; charset=utf-8".to_owned()),
         ],
         text,

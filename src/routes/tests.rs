@@ -117,7 +117,10 @@ async fn a_visit_answers_the_tutorial_text_with_the_service_headers() {
     assert_eq!(headers[header::CONTENT_TYPE], "text/plain; charset=utf-8");
     assert_eq!(headers["x-served-by"], "unit-1");
     assert_eq!(headers["x-app-version"], "v9");
-    assert_eq!(headers[header::CACHE_CONTROL], "no-store");
+    assert_eq!(
+        headers[header::CACHE_CONTROL],
+        "max-age=0, no-cache, no-store, must-revalidate"
+    );
     assert_eq!(headers[header::VARY], "Accept");
 }
 

@@ -4,6 +4,7 @@ mod helpers;
 
 mod browser;
 mod config_errors;
+mod counters;
 mod embedded;
 mod fault_schedule;
 mod hang_ups;

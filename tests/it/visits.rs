@@ -49,7 +49,10 @@ async fn a_visit_answers_the_tutorial_text_and_headers(backend: Backend) {
     assert_eq!(headers["content-type"], "text/plain; charset=utf-8");
     assert_eq!(headers["x-served-by"], "test-replica");
     assert_eq!(headers["x-app-version"], env!("CARGO_PKG_VERSION"));
-    assert_eq!(headers["cache-control"], "no-store");
+    assert_eq!(
+        headers["cache-control"],
+        "max-age=0, no-cache, no-store, must-revalidate"
+    );
     assert_eq!(
         response.text().await.unwrap(),
         "Hello World! I have been seen 1 times.\n"
@@ -149,7 +152,10 @@ async fn oversized_headers_get_431_with_the_service_headers_and_do_not_count(bac
         refused.header("x-app-version"),
         Some(env!("CARGO_PKG_VERSION"))
     );
-    assert_eq!(refused.header("cache-control"), Some("no-store"));
+    assert_eq!(
+        refused.header("cache-control"),
+        Some("max-age=0, no-cache, no-store, must-revalidate")
+    );
 
     assert_eq!(app.client.visit().await, 2);
 }

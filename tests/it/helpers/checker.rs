@@ -4,7 +4,7 @@
 //! then, as browsers and proxies with timeouts do.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     net::SocketAddr,
     sync::{
         Arc, Mutex,
@@ -28,9 +28,77 @@ use super::{
 pub struct Load {
     stop: Arc<AtomicBool>,
     seen: Arc<Seen>,
-    tasks: Vec<JoinHandle<(Vec<Sample>, Vec<Instant>)>>,
+    tasks: Vec<JoinHandle<Visits>>,
     started: Instant,
     entries: usize,
+    counters: Counters,
+}
+
+/// Each counter's total before and after a load, by index (`Counters::name`).
+pub type Totals = BTreeMap<u32, (i64, i64)>;
+
+/// What one client saw: every answer, which counter each visit was of, and when each
+/// acknowledged visit was answered.
+type Visits = (Vec<Sample>, Vec<u32>, Vec<Instant>);
+
+/// The counters the clients visit: the tutorial's alone (`GET /`), or many names, picked
+/// by a Zipf law as real pages are (a few hot, many cold); the first name is the
+/// tutorial's and is visited through `GET /`.
+#[derive(Clone)]
+pub struct Counters {
+    names: Arc<Vec<String>>,
+    /// Cumulative weights of the names, the last 1.
+    cumulative: Arc<Vec<f64>>,
+}
+
+impl Counters {
+    /// The tutorial's counter alone.
+    pub fn tutorial() -> Self {
+        Self {
+            names: Arc::new(vec!["hits".to_owned()]),
+            cumulative: Arc::new(vec![1.0]),
+        }
+    }
+
+    /// `hits` and `count - 1` named counters, the k-th visited in proportion to
+    /// 1 / k^1.1.
+    pub fn zipf(count: usize) -> Self {
+        let mut names = vec!["hits".to_owned()];
+        names.extend((1..count).map(|n| format!("site{}/page-{n}", n % 7)));
+        let weights: Vec<f64> = (1..=count).map(|k| 1.0 / (k as f64).powf(1.1)).collect();
+        let sum: f64 = weights.iter().sum();
+        let mut running = 0.0;
+        let cumulative = weights
+            .iter()
+            .map(|w| {
+                running += w / sum;
+                running
+            })
+            .collect();
+        Self {
+            names: Arc::new(names),
+            cumulative: Arc::new(cumulative),
+        }
+    }
+
+    fn pick(&self, rng: &mut fastrand::Rng) -> u32 {
+        let x = rng.f64();
+        self.cumulative
+            .partition_point(|&c| c < x)
+            .min(self.names.len() - 1) as u32
+    }
+
+    /// The path that counts a visit of counter `index`.
+    fn path(&self, index: u32) -> String {
+        match index {
+            0 => "/".to_owned(),
+            n => format!("/c/{}", self.names[n as usize]),
+        }
+    }
+
+    pub fn name(&self, index: u32) -> &str {
+        &self.names[index as usize]
+    }
 }
 
 /// What the clients have been answered so far, while they run.
@@ -69,6 +137,17 @@ impl Load {
     /// `start_on`, and `hang_ups` more clients that hang up (`hang_up`). Client `id`
     /// sends to entry `id % entries.len()`.
     pub fn start_with_hang_ups(entries: &[TestClient], clients: u64, hang_ups: u64) -> Self {
+        Self::start_on_counters(entries, clients, hang_ups, Counters::tutorial())
+    }
+
+    /// `start_with_hang_ups`, each visit of a counter picked from `counters` (the
+    /// hang-ups visit the tutorial's).
+    pub fn start_on_counters(
+        entries: &[TestClient],
+        clients: u64,
+        hang_ups: u64,
+        counters: Counters,
+    ) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let seen = Arc::new(Seen::default());
         let started = Instant::now();
@@ -92,11 +171,16 @@ impl Load {
             let client = entries[id as usize % entries.len()].clone();
             let stop = stop.clone();
             let seen = seen.clone();
+            let counters = counters.clone();
             tokio::spawn(async move {
-                let (mut samples, mut acknowledged_at) = (Vec::new(), Vec::new());
+                let (mut samples, mut visited, mut acknowledged_at) =
+                    (Vec::new(), Vec::new(), Vec::new());
+                let mut rng = fastrand::Rng::with_seed(id);
                 while !stop.load(Ordering::Relaxed) {
+                    let counter = counters.pick(&mut rng);
                     let sent = Instant::now();
-                    let answer = client.try_visit().await;
+                    let answer = client.try_visit_at(&counters.path(counter)).await;
+                    visited.push(counter);
                     if answer.acknowledged().is_some() {
                         acknowledged_at.push(Instant::now());
                     }
@@ -109,7 +193,7 @@ impl Load {
                         tokio::time::sleep(Duration::from_millis(5)).await;
                     }
                 }
-                (samples, acknowledged_at)
+                (samples, visited, acknowledged_at)
             })
         });
         tasks.extend(steady);
@@ -119,6 +203,7 @@ impl Load {
             tasks,
             started,
             entries: entries.len(),
+            counters,
         }
     }
 
@@ -165,18 +250,22 @@ impl Load {
     /// Stops the clients and returns every answer they got.
     pub async fn stop(self) -> History {
         self.stop.store(true, Ordering::Relaxed);
-        let (mut samples, mut acknowledged_at) = (Vec::new(), Vec::new());
+        let (mut samples, mut visited, mut acknowledged_at) = (Vec::new(), Vec::new(), Vec::new());
         for task in self.tasks {
-            let (client_samples, client_times) = task.await.expect("a client task");
+            let (client_samples, client_counters, client_times) =
+                task.await.expect("a client task");
             samples.extend(client_samples);
+            visited.extend(client_counters);
             acknowledged_at.extend(client_times);
         }
         acknowledged_at.sort_unstable();
         History {
             samples,
+            visited,
             acknowledged_at,
             refusals: self.seen.refusals(),
             entries: self.entries,
+            counters: self.counters,
         }
     }
 }
@@ -190,7 +279,7 @@ async fn hang_up_client(
     started: Instant,
     stop: Arc<AtomicBool>,
     seen: Arc<Seen>,
-) -> (Vec<Sample>, Vec<Instant>) {
+) -> Visits {
     let mut rng = fastrand::Rng::with_seed(id);
     let mut samples = Vec::new();
     while !stop.load(Ordering::Relaxed) {
@@ -218,7 +307,8 @@ async fn hang_up_client(
         });
         tokio::time::sleep(Duration::from_millis(rng.u64(5..20))).await;
     }
-    (samples, Vec::new())
+    let visited = vec![0; samples.len()];
+    (samples, visited, Vec::new())
 }
 
 /// One line per kind of refusal: how many, and what they said.
@@ -254,6 +344,9 @@ fn sample(client: u64, latency: Duration, answer: &Answer) -> Sample {
 /// Every answer the clients got.
 pub struct History {
     pub samples: Vec<Sample>,
+    /// Which counter each sample's visit was of (an index into `counters`).
+    visited: Vec<u32>,
+    counters: Counters,
     /// When each acknowledged visit was answered, in order.
     acknowledged_at: Vec<Instant>,
     refusals: BTreeMap<String, u64>,
@@ -275,10 +368,13 @@ impl History {
     /// The first numbers answered more than once, each with when (since the load began),
     /// to which client and by which replica.
     fn duplicates(&self) -> String {
-        let mut by_number: BTreeMap<i64, Vec<&Sample>> = BTreeMap::new();
-        for sample in &self.samples {
+        let mut by_number: BTreeMap<(u32, i64), Vec<&Sample>> = BTreeMap::new();
+        for (sample, counter) in self.samples.iter().zip(&self.visited) {
             if let Outcome::Counted { count, .. } = &sample.outcome {
-                by_number.entry(*count).or_default().push(sample);
+                by_number
+                    .entry((*counter, *count))
+                    .or_default()
+                    .push(sample);
             }
         }
         let twice: Vec<_> = by_number.iter().filter(|(_, s)| s.len() > 1).collect();
@@ -303,7 +399,9 @@ impl History {
                     )
                 })
                 .collect();
-            text.push_str(&format!("  {number}: {}\n", seen.join("; ")));
+            let (counter, number) = number;
+            let name = self.counters.name(*counter);
+            text.push_str(&format!("  {name} {number}: {}\n", seen.join("; ")));
         }
         text
     }
@@ -340,7 +438,23 @@ impl History {
     /// must have been reported in doubt; one whose client was slow to hang up may have
     /// been answered (`hang_up::Left::Late`), and is excused.
     pub fn assert_counting_held(&self, start: i64, end: i64, in_doubt: u64) -> Report {
-        self.assert_held(start, end, in_doubt, 0)
+        self.assert_held(&Totals::from([(0, (start, end))]), in_doubt, 0)
+    }
+
+    /// `assert_counting_held` for each counter the clients visited, whose totals went
+    /// from `totals[i].0` to `totals[i].1`: the promise per counter, what was counted
+    /// without a 200 summed over all of them.
+    pub fn assert_counters_held(&self, totals: &Totals, in_doubt: u64) -> Report {
+        self.assert_held(totals, in_doubt, 0)
+    }
+
+    /// The counters visited, by index (`Counters::name`).
+    pub fn visited(&self) -> BTreeSet<u32> {
+        self.visited.iter().copied().collect()
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.counters
     }
 
     /// Hang-ups sent to `kill.entry` while what its service reported was being lost.
@@ -355,15 +469,14 @@ impl History {
             .count() as u64
     }
 
-    /// `assert_counting_held` across kills of the service itself: a visit in flight when
+    /// `assert_counters_held` across kills of the service itself: a visit in flight when
     /// its service was killed got no answer and may have been counted, and the killed
     /// process can no longer report it; nor what it reported after its last reading
     /// (`kills`). `in_doubt` should include what each killed service reported in its last
     /// reading.
-    pub fn assert_counting_held_across_kills(
+    pub fn assert_counters_held_across_kills(
         &self,
-        start: i64,
-        end: i64,
+        totals: &Totals,
         in_doubt: u64,
         kills: &[Kill],
     ) -> Report {
@@ -374,10 +487,10 @@ impl History {
             .copied()
             .unwrap_or(0);
         let lost: u64 = kills.iter().map(|kill| self.hang_ups_lost_with(kill)).sum();
-        self.assert_held(start, end, in_doubt, unanswered + lost)
+        self.assert_held(totals, in_doubt, unanswered + lost)
     }
 
-    fn assert_held(&self, start: i64, end: i64, in_doubt: u64, unanswered: u64) -> Report {
+    fn assert_held(&self, totals: &Totals, in_doubt: u64, unanswered: u64) -> Report {
         let report = self.report();
         let unexpected: Vec<_> = report
             .failures
@@ -394,31 +507,49 @@ impl History {
             "unexpected answers:\n{}",
             self.refusals()
         );
-        assert_eq!(
-            report.duplicate_counts,
-            0,
-            "a number was answered twice; the first such:\n{}",
-            self.duplicates()
-        );
-        assert_eq!(report.out_of_order, 0, "a client's numbers went down");
-        if let (Some(low), Some(high)) = (report.lowest_count, report.highest_count) {
-            assert!(
-                low > start,
-                "number {low} acknowledged, but the store began at {start}"
+        let mut by_counter: BTreeMap<u32, Vec<Sample>> = BTreeMap::new();
+        for (sample, counter) in self.samples.iter().zip(&self.visited) {
+            by_counter.entry(*counter).or_default().push(sample.clone());
+        }
+        let mut counted = 0;
+        for (counter, samples) in by_counter {
+            let name = self.counters.name(counter);
+            let one = Report::from_samples(samples, Duration::from_secs(1));
+            let (start, end) = *totals.get(&counter).unwrap_or_else(|| {
+                panic!("the test read no total of {name}, which the clients visited")
+            });
+            assert_eq!(
+                one.duplicate_counts,
+                0,
+                "{name}: a number was answered twice; the first such:\n{}",
+                self.duplicates()
             );
+            assert_eq!(one.out_of_order, 0, "{name}: a client's numbers went down");
+            if let (Some(low), Some(high)) = (one.lowest_count, one.highest_count) {
+                assert!(
+                    low > start,
+                    "{name}: number {low} acknowledged, but the store began at {start}"
+                );
+                assert!(
+                    high <= end,
+                    "{name}: number {high} acknowledged, but the store holds {end}: lost"
+                );
+            }
             assert!(
-                high <= end,
-                "number {high} acknowledged, but the store holds {end}: lost"
+                end - start >= one.succeeded as i64,
+                "{name}: the store holds {} visits, {} were acknowledged",
+                end - start,
+                one.succeeded
             );
+            counted += end - start;
         }
         let acknowledged = report.succeeded as i64;
         let late = report.failures.get("hung up late").copied().unwrap_or(0);
         let unanswered = unanswered + late;
-        let extra = end - start - acknowledged;
+        let extra = counted - acknowledged;
         assert!(
             extra >= 0,
-            "the store holds {} visits, {acknowledged} were acknowledged",
-            end - start
+            "the store holds {counted} visits, {acknowledged} were acknowledged"
         );
         assert!(
             extra as u64 <= in_doubt + unanswered,

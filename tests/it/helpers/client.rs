@@ -105,7 +105,17 @@ impl TestClient {
 
     /// `GET /`, whatever comes back.
     pub async fn try_visit(&self) -> Answer {
-        match self.request_builder(reqwest::Method::GET, "/").send().await {
+        self.try_visit_at("/").await
+    }
+
+    /// A visit of whatever counter `path` counts (`/`, `/c/{name}`), whatever the
+    /// answer.
+    pub async fn try_visit_at(&self, path: &str) -> Answer {
+        match self
+            .request_builder(reqwest::Method::GET, path)
+            .send()
+            .await
+        {
             Err(_) => Answer {
                 status: None,
                 count: None,

@@ -91,8 +91,8 @@ impl ServiceProcess {
                 "process",
             ])
             .args(args)
-            .envs(env.iter().copied())
             .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
             .stdout(log.reopen().expect("the log file"))
             .stderr(Stdio::piped())
             .kill_on_drop(true)

@@ -1,0 +1,121 @@
+//! `GET /badge/{name}.svg`: counts a visit of the counter and answers its badge; with
+//! `?count=0` (or the not-counting cookie, see `client`) it shows the count without
+//! counting. The headers make image proxies (GitHub's camo) fetch it every time.
+
+use axum::{
+    body::Body,
+    extract::{Path, Query, Request, State},
+    http::{HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+
+use super::{
+    ApiError,
+    client::Client,
+    counters::{parse_name, read},
+    visit::count,
+};
+use crate::{
+    badge::{Badge, BadgeQuery, Show},
+    delivery::{AnsweredBody, Handover},
+    state::AppState,
+};
+
+/// A badge is an image with no script: its text is escaped, and nothing it holds may run.
+const BADGE_CSP: &str = "default-src 'none'; style-src 'unsafe-inline'";
+
+pub async fn badge(
+    State(state): State<AppState>,
+    Path(path): Path<String>,
+    Query(query): Query<BadgeQuery>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let Some(name) = path.strip_suffix(".svg") else {
+        return Err(ApiError::NotFound("a badge is /badge/{name}.svg"));
+    };
+    let name = parse_name(name)?;
+    let badge = Badge::from_query(query).map_err(ApiError::BadRequest)?;
+    let handover = request.extensions().get::<Handover>().cloned();
+    let client = Client::of(&request, &state.counters.trusted_proxies);
+    if !client.counts {
+        let reading = read(&state, &name, 1).await?;
+        let number = match badge.show {
+            Show::Total => reading.total,
+            Show::Today => reading.today().visits as i64,
+            Show::Unique => reading.today().unique as i64,
+        };
+        let svg = badge.render(&badge.value(number));
+        let tag = etag(&svg);
+        let unchanged = request
+            .headers()
+            .get(header::IF_NONE_MATCH)
+            .is_some_and(|given| given.as_bytes() == tag.as_bytes());
+        if unchanged {
+            return Ok(with_headers(StatusCode::NOT_MODIFIED.into_response(), &tag));
+        }
+        return Ok(with_headers(Body::from(svg).into_response(), &tag));
+    }
+    let counted = count(
+        &state,
+        name.clone(),
+        &client,
+        state.counters.rate_limit.as_ref(),
+        request.into_body(),
+    )
+    .await?;
+    let value = match badge.show {
+        Show::Total => badge.value(counted.number()),
+        // Counted: the answer carries the badge whatever happens next, so a day that
+        // cannot be read shows as unknown rather than failing the visit.
+        Show::Today | Show::Unique => match state
+            .store
+            .counter(&name, 1, state.deadlines.stats_read())
+            .await
+        {
+            Ok(Some(reading)) => {
+                let today = reading.today();
+                let number = if badge.show == Show::Today {
+                    today.visits
+                } else {
+                    today.unique
+                };
+                badge.value(number as i64)
+            }
+            _ => "?".to_owned(),
+        },
+    };
+    let svg = badge.render(&value);
+    let tag = etag(&svg);
+    Ok(with_headers(
+        Body::new(AnsweredBody::new(svg, counted, handover)).into_response(),
+        &tag,
+    ))
+}
+
+/// An entity tag of the badge's bytes.
+fn etag(svg: &str) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    svg.hash(&mut hasher);
+    format!("\"{:016x}\"", hasher.finish())
+}
+
+fn with_headers(mut response: Response, tag: &str) -> Response {
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("image/svg+xml; charset=utf-8"),
+    );
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(BADGE_CSP),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    if let Ok(tag) = HeaderValue::from_str(tag) {
+        headers.insert(header::ETAG, tag);
+    }
+    response
+}

@@ -1,0 +1,807 @@
+//! Named counters, badges, unique visitors, history and the administrator's changes,
+//! over a real connection, on both stores where both apply.
+
+use std::{collections::BTreeSet, time::Duration};
+
+use reqwest::{Method, StatusCode, header};
+use serde_json::{Value, json};
+
+use stackdemo::{
+    cli::{Cli, Command},
+    store::{Identity, Store},
+};
+
+use crate::helpers::{
+    Backend, Load, RedisServer, ServiceProcess, TestApp, TestClient, allowed,
+    checker::{Counters, Totals},
+    client::raw_exchange,
+    limits::for_visits,
+    wait_until,
+};
+
+/// Generates one test per store for each listed scenario.
+macro_rules! for_each_backend {
+    ($($name:ident),* $(,)?) => {
+        mod on_redis {
+            $(#[tokio::test(flavor = "multi_thread")]
+            async fn $name() { super::$name(crate::helpers::Backend::Redis).await })*
+        }
+        mod on_embedded_store {
+            $(#[tokio::test(flavor = "multi_thread")]
+            async fn $name() { super::$name(crate::helpers::Backend::Embedded).await })*
+        }
+    };
+}
+
+for_each_backend!(
+    named_counters_count_apart_and_read_without_counting,
+    many_counters_under_concurrency_get_distinct_contiguous_numbers_each,
+    the_history_comes_by_day_as_json_and_csv,
+    unique_visitors_are_told_apart_by_address_and_agent_and_forwarded_only_by_a_trusted_proxy,
+    unique_visitors_are_estimated_within_two_percent,
+    the_administrator_sets_resets_and_deletes_and_no_one_else_can,
+    closed_counters_count_only_what_the_administrator_created,
+    over_the_rate_limit_a_visit_is_refused_with_429_and_not_counted,
+    beyond_the_most_counters_a_new_name_is_refused_with_507,
+    a_browser_that_asked_not_to_be_counted_is_not,
+    a_badge_counts_and_shows_the_count_and_is_fetched_again_every_time,
+);
+
+const TOKEN: &str = "an-administrator-token-of-some-length";
+
+/// A worker's handle on the store `args` configure, without the service around it.
+fn open_store(args: &[&str]) -> stackdemo::store::WorkerStore {
+    let Command::Serve(settings) = Cli::parse_args(args).expect("valid settings").command else {
+        unreachable!("options alone are serve's");
+    };
+    let checked = settings.check().expect("valid settings");
+    let identity = Identity {
+        counter_key: "hits".into(),
+        replica: "test".into(),
+        version: "test".into(),
+    };
+    Store::open(
+        &checked.store,
+        &identity,
+        checked.counters.policy,
+        &checked.deadlines,
+    )
+    .expect("the store opens")
+    .for_worker()
+}
+
+async fn json(client: &TestClient, method: Method, path: &str) -> (StatusCode, Value) {
+    let response = client.request(method, path).await;
+    let status = response.status();
+    let value = response.json().await.unwrap_or(Value::Null);
+    (status, value)
+}
+
+async fn total(client: &TestClient, name: &str) -> i64 {
+    let (status, value) = json(client, Method::GET, &format!("/api/counters/{name}")).await;
+    assert_eq!(status, StatusCode::OK, "reading {name}: {value}");
+    value["total"].as_i64().expect("a total")
+}
+
+async fn text(client: &TestClient, path: &str) -> (StatusCode, String) {
+    let response = client.get(path).await;
+    (response.status(), response.text().await.unwrap_or_default())
+}
+
+/// A file holding the administrator's token, and the arguments that name it.
+fn token_file() -> tempfile::NamedTempFile {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), format!("{TOKEN}\n")).unwrap();
+    file
+}
+
+async fn named_counters_count_apart_and_read_without_counting(backend: Backend) {
+    let app = TestApp::spawn_with(backend, &["--rate-limit", "off"]).await;
+    let client = &app.client;
+
+    let (_, first) = text(client, "/c/owner/repo").await;
+    let (_, second) = text(client, "/c/owner/repo").await;
+    let (_, other) = text(client, "/c/example.com/docs/intro").await;
+    let (status, counted) = json(client, Method::POST, "/api/counters/owner/repo").await;
+    let tutorial = client.visit().await;
+
+    assert_eq!(first, "Hello World! I have been seen 1 times.\n");
+    assert_eq!(second, "Hello World! I have been seen 2 times.\n");
+    assert_eq!(other, "Hello World! I have been seen 1 times.\n");
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(counted, json!({ "name": "owner/repo", "total": 3 }));
+    assert_eq!(tutorial, 1, "the tutorial's counter is apart");
+
+    let (status, read) = json(client, Method::GET, "/api/counters/owner/repo").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(read["total"], 3);
+    assert_eq!(read["today"]["visits"], 3);
+    let head = client
+        .request(Method::HEAD, "/api/counters/owner/repo")
+        .await;
+    assert_eq!(head.status(), StatusCode::OK);
+    let head = client.request(Method::HEAD, "/c/owner/repo").await;
+    assert_eq!(head.status(), StatusCode::OK);
+    assert_eq!(
+        total(client, "owner/repo").await,
+        3,
+        "reads and HEAD never count"
+    );
+    assert_eq!(total(client, "hits").await, 1, "the tutorial's, by its key");
+    let response = client.get("/api/counters/owner/repo").await;
+    assert_eq!(
+        response.headers()["access-control-allow-origin"],
+        "*",
+        "pages may read counts from scripts"
+    );
+
+    let (status, _) = json(client, Method::GET, "/api/counters/never/visited").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let too_long = format!("/c/{}", "a".repeat(129));
+    for bad in [
+        "/c/a//b",
+        "/c/a/../b",
+        "/c/a/.",
+        "/c/..",
+        "/c/a%20b",
+        "/c/a:b",
+        "/c/a/history",
+        too_long.as_str(),
+        "/api/counters/a%00b",
+    ] {
+        // As sent: an HTTP client would take the dot segments out of the path.
+        let request = format!("GET {bad} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+        let answer = raw_exchange(app.address, request.as_bytes()).await;
+        assert_eq!(answer.status, 400, "{bad}: {answer:?}");
+        assert!(
+            answer.body.starts_with("Bad Request: "),
+            "{bad}: {answer:?}"
+        );
+    }
+    assert_eq!(
+        total(client, "owner/repo").await,
+        3,
+        "nothing refused was counted"
+    );
+}
+
+async fn many_counters_under_concurrency_get_distinct_contiguous_numbers_each(backend: Backend) {
+    let app = TestApp::spawn_with(backend, &["--rate-limit", "off"]).await;
+    let load = Load::start_on_counters(
+        std::slice::from_ref(&app.client),
+        16,
+        0,
+        Counters::zipf(500),
+    );
+    load.wait_for_acknowledged(3000, for_visits(3000), || async { String::new() })
+        .await;
+    let history = load.stop().await;
+
+    let mut totals = Totals::new();
+    for index in history.visited() {
+        let name = history.counters().name(index).to_owned();
+        totals.insert(index, (0, total(&app.client, &name).await));
+    }
+    let in_doubt = app.client.metric("stackdemo_visits_in_doubt_total").await as u64;
+    let report = history.assert_counters_held(&totals, in_doubt);
+
+    assert_eq!(report.failed, 0, "{}", history.refusals());
+    assert!(totals.len() > 100, "{} counters visited", totals.len());
+    let counted: i64 = totals.values().map(|(_, end)| end).sum();
+    assert_eq!(counted, report.succeeded as i64, "every visit counted once");
+}
+
+async fn the_history_comes_by_day_as_json_and_csv(backend: Backend) {
+    let app = TestApp::spawn_with(backend, &["--rate-limit", "off"]).await;
+    let client = &app.client;
+    for _ in 0..4 {
+        text(client, "/c/blog/post").await;
+    }
+
+    let (status, history) = json(
+        client,
+        Method::GET,
+        "/api/counters/blog/post/history?days=3",
+    )
+    .await;
+    let (csv_status, csv) = text(client, "/api/counters/blog/post/history?days=3&format=csv").await;
+    let (_, default) = json(client, Method::GET, "/api/counters/blog/post/history").await;
+
+    assert_eq!(status, StatusCode::OK);
+    let days = history["days"].as_array().unwrap();
+    assert_eq!(days.len(), 3, "{history}");
+    assert_eq!(days[0]["visits"], 0);
+    assert_eq!(days[2]["visits"], 4, "today last: {history}");
+    assert_eq!(days[2]["unique"], 1);
+    assert!(days[0]["date"].as_str().unwrap() < days[2]["date"].as_str().unwrap());
+    assert_eq!(csv_status, StatusCode::OK);
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines[0], "date,visits,unique");
+    assert_eq!(lines.len(), 4, "{csv}");
+    assert_eq!(
+        lines[3],
+        format!("{},4,1", days[2]["date"].as_str().unwrap())
+    );
+    assert_eq!(default["days"].as_array().unwrap().len(), 30);
+    for bad in ["days=0", "days=401", "days=x", "format=xml"] {
+        let (status, body) = text(client, &format!("/api/counters/blog/post/history?{bad}")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
+    }
+    let (status, _) = json(client, Method::POST, "/api/counters/blog/post/history").await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+}
+
+async fn unique_visitors_are_told_apart_by_address_and_agent_and_forwarded_only_by_a_trusted_proxy(
+    backend: Backend,
+) {
+    let edge = TestApp::spawn_with(
+        backend,
+        &["--rate-limit", "off", "--trusted-proxies", "127.0.0.0/8"],
+    )
+    .await;
+    let untrusting = TestApp::spawn_with(backend, &["--rate-limit", "off"]).await;
+    let visit = async |app: &TestApp, forwarded: &str, agent: &str| {
+        let response = app
+            .client
+            .request_builder(Method::GET, "/c/landing")
+            .header("x-forwarded-for", forwarded)
+            .header(header::USER_AGENT, agent)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+    };
+    for app in [&edge, &untrusting] {
+        for round in 0..3 {
+            for n in 0..10 {
+                visit(app, &format!("203.0.113.{n}"), "Mozilla/5.0").await;
+            }
+            // A client's own header is not believed: the rightmost entry the edge added is.
+            visit(
+                app,
+                &format!("198.51.100.{round}, 203.0.113.1"),
+                "Mozilla/5.0",
+            )
+            .await;
+        }
+        visit(app, "203.0.113.1", "curl/8").await;
+    }
+    let unique = async |app: &TestApp| {
+        let (_, read) = json(&app.client, Method::GET, "/api/counters/landing").await;
+        (
+            read["today"]["visits"].as_i64(),
+            read["today"]["unique"].as_i64(),
+        )
+    };
+
+    assert_eq!(
+        unique(&edge).await,
+        (Some(34), Some(11)),
+        "ten addresses, and one of them with another agent"
+    );
+    assert_eq!(
+        unique(&untrusting).await,
+        (Some(34), Some(2)),
+        "X-Forwarded-For from an untrusted peer is ignored: one address, two agents"
+    );
+}
+
+async fn unique_visitors_are_estimated_within_two_percent(backend: Backend) {
+    // Through the store, as the batcher sends them: 100 000 visitors in batches.
+    let (dir, redis) = (tempfile::tempdir().unwrap(), RedisServer::start().await);
+    let url = redis.url();
+    let args: Vec<&str> = match backend {
+        Backend::Redis => vec!["stackdemo", "--redis-url", url.as_str()],
+        Backend::Embedded => vec!["stackdemo", "--data-dir", dir.path().to_str().unwrap()],
+    };
+    let store = open_store(&args);
+    for (name, visitors) in [("ten-thousand", 10_000u64), ("hundred-thousand", 100_000)] {
+        let counter = stackdemo::counters::CounterName::parse(name).unwrap();
+        let all: Vec<u64> = (0..visitors)
+            .map(|v| v.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+            .collect();
+        for batch in all.chunks(4096) {
+            let tally = stackdemo::counters::Tally {
+                counter: counter.clone(),
+                visits: batch.len() as u64,
+                visitors: batch.to_vec(),
+            };
+            let by = tokio::time::Instant::now() + Duration::from_secs(10);
+            store.add_visits(&[tally], by).await.expect("a write");
+        }
+        let reading = store
+            .counter(&counter, 1, Duration::from_secs(10))
+            .await
+            .unwrap()
+            .unwrap();
+        let estimate = reading.today().unique as f64;
+        let error = (estimate - visitors as f64).abs() / visitors as f64;
+        assert!(
+            error < 0.02,
+            "{estimate} for {visitors} visitors ({backend:?})"
+        );
+        assert_eq!(reading.total, visitors as i64);
+    }
+}
+
+async fn the_administrator_sets_resets_and_deletes_and_no_one_else_can(backend: Backend) {
+    let token = token_file();
+    let path = token.path().to_str().unwrap().to_owned();
+    let app = TestApp::spawn_with(
+        backend,
+        &["--rate-limit", "off", "--admin-token-file", &path],
+    )
+    .await;
+    let client = &app.client;
+    text(client, "/c/page").await;
+    let admin = |method: Method, path: &str, body: Option<Value>| {
+        let mut request = client
+            .request_builder(method, path)
+            .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        request.send()
+    };
+
+    let anonymous = client
+        .request_builder(Method::PUT, "/api/counters/page")
+        .json(&json!({ "total": 1000 }))
+        .send()
+        .await
+        .unwrap();
+    let wrong = client
+        .request_builder(Method::DELETE, "/api/counters/page")
+        .header(header::AUTHORIZATION, format!("Bearer {TOKEN}x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(total(client, "page").await, 1, "nothing changed");
+
+    let set = admin(
+        Method::PUT,
+        "/api/counters/page",
+        Some(json!({ "total": 1000 })),
+    )
+    .await
+    .unwrap();
+    assert_eq!(set.status(), StatusCode::OK);
+    assert_eq!(set.json::<Value>().await.unwrap()["previous"], 1);
+    assert_eq!(
+        text(client, "/c/page").await.1,
+        "Hello World! I have been seen 1001 times.\n"
+    );
+    let reset = admin(
+        Method::PUT,
+        "/api/counters/page",
+        Some(json!({ "total": 0 })),
+    )
+    .await
+    .unwrap();
+    assert_eq!(reset.status(), StatusCode::OK);
+    assert_eq!(
+        text(client, "/c/page").await.1,
+        "Hello World! I have been seen 1 times.\n"
+    );
+    for bad in [
+        json!({ "total": -1 }),
+        json!({ "total": "x" }),
+        json!({ "count": 3 }),
+    ] {
+        let refused = admin(Method::PUT, "/api/counters/page", Some(bad.clone()))
+            .await
+            .unwrap();
+        assert_eq!(refused.status(), StatusCode::BAD_REQUEST, "{bad}");
+    }
+    let deleted = admin(Method::DELETE, "/api/counters/page", None)
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), StatusCode::OK);
+    let (status, _) = json(client, Method::GET, "/api/counters/page").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "deleted with its history");
+    let again = admin(Method::DELETE, "/api/counters/page", None)
+        .await
+        .unwrap();
+    assert_eq!(again.status(), StatusCode::NOT_FOUND);
+    let tutorial = admin(Method::DELETE, "/api/counters/hits", None)
+        .await
+        .unwrap();
+    assert_eq!(tutorial.status(), StatusCode::BAD_REQUEST);
+
+    let without_admin = TestApp::spawn_with(backend, &[]).await;
+    let off = without_admin
+        .client
+        .request_builder(Method::GET, "/api/admin/export")
+        .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        off.status(),
+        StatusCode::NOT_FOUND,
+        "administration is off without a token"
+    );
+}
+
+async fn closed_counters_count_only_what_the_administrator_created(backend: Backend) {
+    let token = token_file();
+    let path = token.path().to_str().unwrap().to_owned();
+    let app = TestApp::spawn_with(
+        backend,
+        &[
+            "--rate-limit",
+            "off",
+            "--admin-token-file",
+            &path,
+            "--counters",
+            "closed",
+        ],
+    )
+    .await;
+    let client = &app.client;
+
+    let (unknown, _) = text(client, "/c/someone/else").await;
+    let created = client
+        .request_builder(Method::PUT, "/api/counters/mine")
+        .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+        .json(&json!({ "total": 0 }))
+        .send()
+        .await
+        .unwrap();
+    let (mine, body) = text(client, "/c/mine").await;
+
+    assert_eq!(unknown, StatusCode::NOT_FOUND);
+    assert_eq!(created.status(), StatusCode::OK);
+    assert_eq!(
+        (mine, body.as_str()),
+        (StatusCode::OK, "Hello World! I have been seen 1 times.\n")
+    );
+    assert_eq!(
+        client.visit().await,
+        1,
+        "the tutorial's counter counts as ever"
+    );
+    let (status, _) = json(client, Method::GET, "/api/counters/someone/else").await;
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "and nothing was made of the unknown name"
+    );
+}
+
+async fn over_the_rate_limit_a_visit_is_refused_with_429_and_not_counted(backend: Backend) {
+    let app = TestApp::spawn_with(backend, &["--rate-limit", "5/1m"]).await;
+    let client = &app.client;
+    for n in 1..=5 {
+        assert_eq!(
+            text(client, "/c/limited").await.1,
+            format!("Hello World! I have been seen {n} times.\n")
+        );
+    }
+
+    let refused = client.get("/badge/limited.svg").await;
+
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    let wait: u64 = refused.headers()[header::RETRY_AFTER]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=12).contains(&wait), "Retry-After {wait}");
+    assert_eq!(
+        total(client, "limited").await,
+        5,
+        "the refused visit was not counted"
+    );
+    for _ in 0..10 {
+        client.visit().await;
+    }
+    assert_eq!(
+        client.visit().await,
+        11,
+        "the tutorial's / is not limited unless set"
+    );
+}
+
+async fn beyond_the_most_counters_a_new_name_is_refused_with_507(backend: Backend) {
+    let app = TestApp::spawn_with(backend, &["--rate-limit", "off", "--max-counters", "3"]).await;
+    let client = &app.client;
+    client.visit().await;
+    text(client, "/c/one").await;
+    text(client, "/c/two").await;
+
+    let (status, body) = text(client, "/c/three").await;
+
+    assert_eq!(status, StatusCode::INSUFFICIENT_STORAGE, "{body}");
+    assert!(body.contains("STACKDEMO_MAX_COUNTERS"), "{body}");
+    assert_eq!(
+        text(client, "/c/one").await.0,
+        StatusCode::OK,
+        "known names still count"
+    );
+    let (status, _) = json(client, Method::GET, "/api/counters/three").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+async fn a_browser_that_asked_not_to_be_counted_is_not(backend: Backend) {
+    let app = TestApp::spawn_with(backend, &["--rate-limit", "off"]).await;
+    let client = &app.client;
+    text(client, "/c/home").await;
+
+    let ignored = client.get("/ignore-me").await;
+    let cookie = ignored.headers()[header::SET_COOKIE]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let pair = cookie.split(';').next().unwrap().to_owned();
+    let with_cookie = client
+        .request_builder(Method::GET, "/c/home")
+        .header(header::COOKIE, &pair)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let (_, flagged) = text(client, "/c/home?count=0").await;
+    let (_, badge) = text(client, "/badge/home.svg?count=0").await;
+
+    assert_eq!(pair, "stackdemo_nocount=1");
+    assert_eq!(
+        with_cookie, "Hello World! I have been seen 1 times.\n",
+        "shown, not counted"
+    );
+    assert_eq!(flagged, "Hello World! I have been seen 1 times.\n");
+    assert!(badge.contains(">1</text>"), "{badge}");
+    assert_eq!(total(client, "home").await, 1);
+    let undo = client.get("/ignore-me?undo=1").await;
+    assert!(
+        undo.headers()[header::SET_COOKIE]
+            .to_str()
+            .unwrap()
+            .contains("Max-Age=0")
+    );
+}
+
+async fn a_badge_counts_and_shows_the_count_and_is_fetched_again_every_time(backend: Backend) {
+    let app = TestApp::spawn_with(backend, &["--rate-limit", "off"]).await;
+    let client = &app.client;
+
+    let first = client.get("/badge/owner/repo.svg").await;
+    let headers = first.headers().clone();
+    let first = first.text().await.unwrap();
+    let second = client
+        .get("/badge/owner/repo.svg?label=hits&style=flat-square")
+        .await;
+    let second = second.text().await.unwrap();
+    let shown = client
+        .get("/badge/owner/repo.svg?count=0&show=unique")
+        .await;
+    let tag = shown.headers()[header::ETAG].clone();
+    let shown = shown.text().await.unwrap();
+    let unchanged = client
+        .request_builder(Method::GET, "/badge/owner/repo.svg?count=0&show=unique")
+        .header(header::IF_NONE_MATCH, tag)
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(
+        headers[header::CONTENT_TYPE],
+        "image/svg+xml; charset=utf-8"
+    );
+    let cache = headers[header::CACHE_CONTROL].to_str().unwrap();
+    assert!(
+        cache.contains("no-cache") && cache.contains("max-age=0"),
+        "{cache}"
+    );
+    assert!(headers.contains_key(header::ETAG));
+    assert!(
+        first.starts_with("<svg") && first.contains("visits: 1"),
+        "{first}"
+    );
+    assert!(second.contains("hits: 2"), "{second}");
+    assert!(shown.contains("visitors today: 1"), "{shown}");
+    assert_eq!(unchanged.status(), StatusCode::NOT_MODIFIED);
+    assert_eq!(
+        total(client, "owner/repo").await,
+        2,
+        "count=0 counted nothing"
+    );
+    let head = client.request(Method::HEAD, "/badge/owner/repo.svg").await;
+    assert_eq!(head.status(), StatusCode::OK);
+    assert_eq!(total(client, "owner/repo").await, 2, "HEAD counted nothing");
+    for bad in ["style=round", "color=nope", "show=yesterday", "label=%01"] {
+        let (status, _) = text(client, &format!("/badge/owner/repo.svg?{bad}")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
+    }
+    assert_eq!(
+        text(client, "/badge/owner/repo.png").await.0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        total(client, "owner/repo").await,
+        2,
+        "refused badges counted nothing"
+    );
+}
+
+/// Export from one store and import into the other: totals and days move; unique
+/// sketches move between stores of one kind only.
+#[tokio::test(flavor = "multi_thread")]
+async fn counters_exported_from_one_store_are_imported_into_the_other() {
+    let token = token_file();
+    let path = token.path().to_str().unwrap().to_owned();
+    let args = ["--rate-limit", "off", "--admin-token-file", path.as_str()];
+    let redis = TestApp::spawn_with(Backend::Redis, &args).await;
+    let embedded = TestApp::spawn_with(Backend::Embedded, &args).await;
+    let again_redis = TestApp::spawn_with(Backend::Redis, &args).await;
+    for (name, visits) in [("a", 3), ("b/c", 5)] {
+        for n in 0..visits {
+            let response = redis
+                .client
+                .request_builder(Method::GET, &format!("/c/{name}"))
+                .header(header::USER_AGENT, format!("agent {n}"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), StatusCode::OK);
+        }
+    }
+    redis.client.visit().await;
+    let bearer = format!("Bearer {TOKEN}");
+    let export = |client: &TestClient| {
+        client
+            .request_builder(Method::GET, "/api/admin/export")
+            .header(header::AUTHORIZATION, bearer.clone())
+            .send()
+    };
+    let lines = export(&redis.client).await.unwrap().text().await.unwrap();
+    let parsed: Vec<Value> = lines
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let names: BTreeSet<&str> = parsed.iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(names, BTreeSet::from(["a", "b/c", "hits"]));
+
+    for target in [&embedded, &again_redis] {
+        let imported = target
+            .client
+            .request_builder(Method::POST, "/api/admin/import")
+            .header(header::AUTHORIZATION, bearer.clone())
+            .body(lines.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(imported.status(), StatusCode::OK);
+        assert_eq!(imported.json::<Value>().await.unwrap()["imported"], 3);
+        assert_eq!(total(&target.client, "b/c").await, 5);
+        assert_eq!(
+            target.client.visit().await,
+            2,
+            "the tutorial's counter carries on"
+        );
+        assert_eq!(
+            text(&target.client, "/c/a").await.1,
+            "Hello World! I have been seen 4 times.\n"
+        );
+        let (_, history) = json(
+            &target.client,
+            Method::GET,
+            "/api/counters/b/c/history?days=1",
+        )
+        .await;
+        assert_eq!(history["days"][0]["visits"], 5, "the day moved");
+    }
+    let (_, same_kind) = json(&again_redis.client, Method::GET, "/api/counters/b/c").await;
+    assert_eq!(
+        same_kind["today"]["unique"], 5,
+        "a Redis sketch moves to Redis"
+    );
+
+    let garbage = embedded
+        .client
+        .request_builder(Method::POST, "/api/admin/import")
+        .header(header::AUTHORIZATION, bearer.clone())
+        .body("{\"name\":\"ok\",\"total\":1}\nnot json\n{\"name\":\"never\",\"total\":1}\n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(garbage.status(), StatusCode::BAD_REQUEST);
+    let said = garbage.text().await.unwrap();
+    assert!(
+        said.contains("line 2") && said.contains("after 1 counters"),
+        "{said}"
+    );
+    assert_eq!(total(&embedded.client, "ok").await, 1);
+    let (status, _) = json(&embedded.client, Method::GET, "/api/counters/never").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+/// An operator's key of the wrong type on one counter refuses that counter alone, with
+/// the reason; the others in the same batches count.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wrong_typed_key_of_one_counter_refuses_that_counter_only() {
+    let app = TestApp::spawn_with(Backend::Redis, &["--rate-limit", "off"]).await;
+    let redis = app.redis.as_ref().unwrap();
+    text(&app.client, "/c/broken").await;
+    redis.query(&["DEL", "hits:c:broken"]).await.unwrap();
+    redis
+        .query(&["SET", "hits:c:broken", "not a hash"])
+        .await
+        .unwrap();
+
+    let (status, body) = text(&app.client, "/c/broken").await;
+    let (fine, _) = text(&app.client, "/c/fine").await;
+
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(body.contains("wrong"), "{body}");
+    assert_eq!(fine, StatusCode::OK);
+    assert_eq!(app.client.visit().await, 1);
+    assert_eq!(
+        redis.query(&["GET", "hits:c:broken"]).await.unwrap(),
+        redis::Value::BulkString(b"not a hash".to_vec()),
+        "the operator's key is left as it is"
+    );
+}
+
+/// Every administrator's change is in the log with what it changed; the token never is.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_administrators_changes_are_logged_and_the_token_is_not() {
+    let token = token_file();
+    let dir = tempfile::tempdir().unwrap();
+    let service = ServiceProcess::start_with_env(
+        &[
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+            "--admin-token-file",
+            token.path().to_str().unwrap(),
+        ],
+        &[("RUST_LOG", "info")],
+    )
+    .await;
+    let bearer = format!("Bearer {TOKEN}");
+    for (method, body) in [
+        (Method::PUT, Some(json!({ "total": 42 }))),
+        (Method::DELETE, None),
+    ] {
+        let mut request = service
+            .client
+            .request_builder(method, "/api/counters/docs")
+            .header(header::AUTHORIZATION, bearer.clone());
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        assert_eq!(request.send().await.unwrap().status(), StatusCode::OK);
+    }
+    let refused = service
+        .client
+        .request_builder(Method::PUT, "/api/counters/docs")
+        .header(header::AUTHORIZATION, "Bearer guess")
+        .json(&json!({ "total": 1 }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+
+    // Log lines are written as they come, a moment after the answer.
+    wait_until(
+        "the refusal in the log",
+        allowed(Duration::from_secs(2)),
+        || async { service.log().contains("without the administrator's token") },
+    )
+    .await;
+    let log = service.log();
+    assert!(
+        log.contains(r#""action":"set","counter":"docs","created":true,"total":42"#),
+        "{log}"
+    );
+    assert!(
+        log.contains(r#""action":"delete","counter":"docs""#),
+        "{log}"
+    );
+    assert!(log.contains("without the administrator's token"), "{log}");
+    assert!(!log.contains(TOKEN), "the token was logged");
+}
