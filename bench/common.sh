@@ -110,7 +110,9 @@ visits_per_write() {
 # arguments that select that store: `redis` (one Redis), `embedded`, `sentinel` (a primary
 # and a replica found through a sentinel, each visit waiting for the replica), and
 # `sentinel2` (the same with two replicas: each visit waits for both, as the failover rule
-# asks).
+# asks); and, with one Redis, `badge` (badge visits to one counter) and `names` (visits
+# spread over 10 000 counters, bench/zipf.lua). VISIT_PATH and VISIT_SCRIPT tell
+# `run_store` what a visit is.
 run_stores() {
   local store
   for store in $STORES; do
@@ -125,7 +127,9 @@ run_stores() {
         plain_redis_port=$redis_port start_sentinel_group 2
         run_store sentinel2 --redis-sentinels "127.0.0.1:$sentinel_port" --redis-min-replicas 1
         ;;
-      *) echo "unknown store $store (redis, embedded, sentinel, sentinel2)" >&2; exit 2 ;;
+      badge) VISIT_PATH=/badge/bench.svg run_store badge --redis-url "redis://127.0.0.1:$redis_port/0" ;;
+      names) VISIT_SCRIPT=bench/zipf.lua run_store names --redis-url "redis://127.0.0.1:$redis_port/0" ;;
+      *) echo "unknown row $store (redis, embedded, sentinel, sentinel2, badge, names)" >&2; exit 2 ;;
     esac
   done
 }

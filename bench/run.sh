@@ -2,12 +2,15 @@
 # Throughput benchmark: `GET /` (counts a visit) against `GET /healthz` (touches no store)
 # of the same binary (the dist profile), with one Redis, with the embedded store, and with
 # a primary and one or two replicas found through Sentinel (each visit waiting for them),
-# measured side by side with wrk on loopback. Prints requests/s, the ratio, p99 latency,
-# peak RSS, and what a request costs the whole machine in CPU time.
+# measured side by side with wrk on loopback; then, with one Redis, badge visits to one
+# counter (`badge`) and visits spread over 10 000 named counters by a Zipf law (`names`,
+# bench/zipf.lua). Prints requests/s, the ratio, p99 latency, peak RSS, and what a
+# request costs the whole machine in CPU time.
 #
 #   bench/run.sh                      # 10 rounds of 2 s per path, 64 connections, 2 threads
 #   ROUNDS=20 DURATION=3s bench/run.sh
-#   STORES=redis bench/run.sh            # one store only (redis, embedded, sentinel, sentinel2)
+#   STORES=redis bench/run.sh         # some rows only (redis, embedded, sentinel, sentinel2,
+#                                     # badge, names)
 #
 # The two paths are measured in alternating short rounds, and the ratio is the median of
 # the rounds' ratios (each visit round against the no-op round just before it), printed
@@ -20,7 +23,7 @@ cd "$(dirname "$0")/.."
 
 DURATION=${DURATION:-2s}
 ROUNDS=${ROUNDS:-10}
-STORES=${STORES:-redis embedded sentinel sentinel2}
+STORES=${STORES:-redis embedded sentinel sentinel2 badge names}
 CONNECTIONS=${CONNECTIONS:-64}
 THREADS=${THREADS:-2}
 source bench/common.sh
@@ -47,7 +50,8 @@ startup_ms() {
 
 start_redis
 
-# Runs wrk on a path; prints "requests_per_s p99_ms cpu_us_per_request idle_percent". The
+# Runs wrk on a path (with the wrk script $3, if given); prints "requests_per_s p99_ms
+# cpu_us_per_request idle_percent". The
 # last two come from /proc/stat over the run, for the whole machine: the CPU time one
 # request cost the service, wrk and Redis together, and the share of the time the CPUs had
 # nothing to run (idle or waiting for the disk). Steal time, taken by the host, counts as
@@ -55,7 +59,9 @@ start_redis
 measure() {
   local before after out
   before=$(head -1 /proc/stat)
-  out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "http://127.0.0.1:$1$2")
+  local with_script=()
+  [ -z "${3:-}" ] || with_script=(-s "$3")
+  out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "${with_script[@]}" "http://127.0.0.1:$1$2")
   after=$(head -1 /proc/stat)
   local rps p99 requests
   rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
@@ -75,21 +81,27 @@ measure() {
 
 median() { printf '%s\n' "$@" | sort -g | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
 
+# `run_store NAME ARGS...`: one row, visits at $VISIT_PATH (default `/`) with the wrk
+# script $VISIT_SCRIPT (none by default). Every client is one address here: the rate limit
+# is off.
 run_store() {
   local name=$1; shift
+  local path=${VISIT_PATH:-/} script=${VISIT_SCRIPT:-}
   local port; port=$(free_port)
-  RUST_LOG=${RUST_LOG:-info} "$BIN" --listen "127.0.0.1:$port" --log-format json "$@" >/dev/null 2>&1 &
+  RUST_LOG=${RUST_LOG:-info} "$BIN" --listen "127.0.0.1:$port" --log-format json --rate-limit off "$@" >/dev/null 2>&1 &
   local pid=$!
   pids+=("$pid")
   wait_ready "$port"
-  wrk -t"$THREADS" -c"$CONNECTIONS" -d2s "http://127.0.0.1:$port/" >/dev/null   # warm-up
+  local warm=()
+  [ -z "$script" ] || warm=(-s "$script")
+  wrk -t"$THREADS" -c"$CONNECTIONS" -d2s "${warm[@]}" "http://127.0.0.1:$port$path" >/dev/null   # warm-up
   local writes_before; writes_before=$(store_writes "$port" "$name")
   local noop=() visit=() noop_p=() visit_p=() ratios=() rps p99 cpu idle base
   local noop_cpu=() visit_cpu=() visit_idle=()
   for _ in $(seq 1 "$ROUNDS"); do
     read -r rps p99 cpu idle < <(measure "$port" /healthz)
     noop+=("$rps"); noop_p+=("$p99"); noop_cpu+=("$cpu"); base=$rps
-    read -r rps p99 cpu idle < <(measure "$port" /)
+    read -r rps p99 cpu idle < <(measure "$port" "$path" "$script")
     visit+=("$rps"); visit_p+=("$p99"); visit_cpu+=("$cpu"); visit_idle+=("$idle")
     ratios+=("$(awk -v a="$base" -v b="$rps" 'BEGIN { printf "%.4f", b / a }')")
   done

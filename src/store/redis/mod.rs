@@ -118,7 +118,12 @@ impl Keys {
     }
 
     fn uniques(&self, name: &str, day: Day) -> String {
-        format!("{}{day}:{name}", self.uniques_prefix)
+        self.uniques_on(name, &day.to_string())
+    }
+
+    /// `uniques`, with the day already written out (`YYYY-MM-DD`).
+    fn uniques_on(&self, name: &str, date: &str) -> String {
+        format!("{}{date}:{name}", self.uniques_prefix)
     }
 
     fn salt(&self, day: Day) -> String {

@@ -28,10 +28,14 @@ use redis::Script;
 /// Each batch's record is `"<batch>:<results>"` in a ring of slots (batch number modulo
 /// the slots kept), so the records stay bounded whatever fails. A batch whose record
 /// exists was applied by an earlier attempt: its recorded results come back and nothing
-/// is added again. Every check is made before anything is written; Lua does not roll
-/// back, so each write is undone if a later one fails: an error always means no count
-/// was applied. (Visitors added to an earlier tally's HyperLogLog stay: a sketch cannot
-/// forget. Unique counts are estimates; visits are exact.)
+/// is added again. A tally costs three commands as a rule (its total, its day, its
+/// visitors); its limits and key types are checked by those commands' own errors, and
+/// the registry is asked only when a name is new. Lua does not roll back, so each write
+/// is undone when a later one of its tally fails (the tally is then refused alone), or
+/// of the batch: an error always means no count was applied. (Visitors added to an
+/// earlier tally's HyperLogLog stay when the whole batch fails: a sketch cannot forget.
+/// Unique counts are estimates; visits are exact. In practice the only error that fails
+/// a whole batch, a full memory, comes at its first write.)
 ///
 /// Errors of its own: `EXPIRED` (past the deadline); for a probe also `LIMIT`,
 /// `SHARELIMIT` and `WRONGTYPE`.
@@ -54,182 +58,183 @@ end
 local day, keep, unique_until = ARGV[6], tonumber(ARGV[7]), ARGV[8]
 local max_counters, closed, tutorial = tonumber(ARGV[9]), ARGV[10] == '1', ARGV[11]
 local MAX = '9223372036854775807'
+-- Integers Lua holds exactly (its numbers are doubles).
+local EXACT = 9007199254740992
 
-local tallies = {}
-local a, k = 12, 4
-while a <= #ARGV do
-  local n = tonumber(ARGV[a + 2])
-  tallies[#tallies + 1] = {
-    name = ARGV[a], visits = ARGV[a + 1], first = a + 3, last = a + 2 + n,
-    total = KEYS[k], days = KEYS[k + 1], uniques = KEYS[k + 2],
-    tutorial = ARGV[a] == tutorial,
-  }
-  a = a + 3 + n
-  k = k + 3
+-- The tallies, parsed into parallel arrays (no table per tally: this runs for every
+-- batch). A tally's visitors are ARGV[first[i] .. last[i]].
+local names, visits, first, last, totals, days, uniques = {}, {}, {}, {}, {}, {}, {}
+local count = 0
+do
+  local a, k, n_args = 12, 4, #ARGV
+  while a <= n_args do
+    count = count + 1
+    local n = tonumber(ARGV[a + 2])
+    names[count], visits[count] = ARGV[a], ARGV[a + 1]
+    first[count], last[count] = a + 3, a + 2 + n
+    totals[count], days[count], uniques[count] = KEYS[k], KEYS[k + 1], KEYS[k + 2]
+    a = a + 3 + n
+    k = k + 3
+  end
 end
 
-local function integer(value)
-  return (not value) or string.match(value, '^%-?%d+$') ~= nil
+local function failed(result)
+  return type(result) == 'table' and result.err
 end
 
-local registered = redis.call('HLEN', registry)
-
--- Why a tally cannot be counted, or nil. Reads only.
-local function check(tally)
-  local total
-  if tally.tutorial then
-    total = redis.pcall('GET', tally.total)
-  else
-    total = redis.pcall('HGET', tally.total, 'total')
-  end
-  if type(total) == 'table' or not integer(total) then return 'W' end
-  if total == MAX then return 'L' end
-  local today = redis.pcall('HGET', tally.days, day)
-  if type(today) == 'table' or not integer(today) then return 'W' end
-  local kind = redis.call('TYPE', tally.uniques).ok
-  if kind ~= 'none' and (kind ~= 'string' or redis.call('GETRANGE', tally.uniques, 0, 3) ~= 'HYLL') then
-    return 'W'
-  end
-  if tally.tutorial then
-    local share = redis.pcall('HGET', shares, replica)
-    if type(share) == 'table' or not integer(share) then return 'W' end
-    if share == MAX then return 'S' end
-  end
-  if redis.call('HEXISTS', registry, tally.name) == 0 then
-    if not tally.tutorial then
-      if closed then return 'U' end
-      if registered >= max_counters then return 'M' end
-    end
-    tally.register = true
-    registered = registered + 1
-  end
-  return nil
-end
-
+-- A probe: every check a write of the tutorial's counter makes, and a write of nothing.
 if batch == '0' then
-  local codes = {W = 'WRONGTYPE a key of the counter holds the wrong kind of value',
-                 L = 'LIMIT the total is at its limit',
-                 S = 'SHARELIMIT the share of this replica is at its limit'}
-  for _, tally in ipairs(tallies) do
-    local why = check(tally)
-    if why and codes[why] then return redis.error_reply(codes[why]) end
-    redis.call('INCRBY', tally.total, 0)
+  local function integer(value)
+    return (not value) or string.match(value, '^%-?%d+$') ~= nil
+  end
+  for i = 1, count do
+    local total = redis.pcall('GET', totals[i])
+    local today = redis.pcall('HGET', days[i], day)
+    local share = redis.pcall('HGET', shares, replica)
+    local kind = redis.call('TYPE', uniques[i]).ok
+    if failed(total) or failed(today) or failed(share) or not integer(total)
+        or not integer(today) or not integer(share)
+        or (kind ~= 'none' and (kind ~= 'string' or redis.call('GETRANGE', uniques[i], 0, 3) ~= 'HYLL')) then
+      return redis.error_reply('WRONGTYPE a key of the counter holds the wrong kind of value')
+    end
+    if total == MAX then return redis.error_reply('LIMIT the total is at its limit') end
+    if share == MAX then return redis.error_reply('SHARELIMIT the share of this replica is at its limit') end
+    redis.call('HLEN', registry)
+    redis.call('INCRBY', totals[i], 0)
     redis.call('HINCRBY', shares, replica, 0)
   end
   redis.call('PEXPIRE', records, ARGV[5])
   return {now, 0, ''}
 end
 
--- Undo steps of the writes made so far, newest last.
-local undo = {}
-local function rollback(to)
-  for i = #undo, to + 1, -1 do
-    undo[i]()
-    undo[i] = nil
+-- What each counted tally did, to undo it: its total made (a name's first count), its
+-- name registered, its day's field made. `done` is how far each got: 1 total, 2 name,
+-- 3 share, 4 day.
+local done, made, registered_now, new_day = {}, {}, {}, {}
+-- Counters in the registry, once asked.
+local registered = nil
+
+local function undo(i)
+  local v, total, day_key = tonumber(visits[i]), totals[i], days[i]
+  local reached = done[i] or 0
+  if reached >= 4 then
+    if new_day[i] then redis.call('HDEL', day_key, day) else redis.call('HINCRBY', day_key, day, -v) end
   end
-end
-local function failed(result)
-  return type(result) == 'table' and result.err
+  if reached >= 3 and names[i] == tutorial then redis.call('HINCRBY', shares, replica, -v) end
+  if reached >= 2 and registered_now[i] then
+    redis.call('HDEL', registry, names[i])
+    registered, registered_now[i] = registered - 1, nil
+  end
+  if reached >= 1 then
+    if names[i] == tutorial then
+      redis.call('DECRBY', total, v)
+    elseif made[i] then
+      redis.call('HDEL', total, 'total')
+    else
+      redis.call('HINCRBY', total, 'total', -v)
+    end
+  end
+  done[i] = nil
 end
 
--- Counts a tally: its total after it, why not, or an error (everything undone by then).
-local function apply(tally)
-  local mark = #undo
-  local v, key, days = tally.visits, tally.total, tally.days
-  local done
-  if tally.tutorial then
-    done = redis.pcall('INCRBY', key, v)
-    if not failed(done) then undo[#undo + 1] = function() redis.call('DECRBY', key, v) end end
+-- What an error of one counter's write means for that counter: `overflow` its limit, a
+-- key of the wrong kind `W`; nil for an error that fails the whole batch.
+local function refusal(err, overflow)
+  if string.find(err, 'overflow') then return overflow end
+  if string.find(err, 'WRONGTYPE') or string.find(err, 'not an integer')
+      or string.find(err, 'HyperLogLog') then
+    return 'W'
+  end
+  return nil
+end
+
+-- Counts tally i: its total after it, why not (everything of it undone), or an error.
+local function apply(i)
+  local v, nv, key, name = visits[i], tonumber(visits[i]), totals[i], names[i]
+  local is_tutorial = name == tutorial
+  local function refused(err, overflow)
+    undo(i)
+    return refusal(err, overflow) or {err = err}
+  end
+  local total
+  if is_tutorial then
+    total = redis.pcall('INCRBY', key, v)
   else
-    done = redis.pcall('HINCRBY', key, 'total', v)
-    if not failed(done) then undo[#undo + 1] = function() redis.call('HINCRBY', key, 'total', -v) end end
+    total = redis.pcall('HINCRBY', key, 'total', v)
   end
-  if failed(done) then
-    if string.find(done.err, 'overflow') then return 'L' end
-    return done
-  end
-  if tally.tutorial then
-    done = redis.pcall('HINCRBY', shares, replica, v)
-    if failed(done) then
-      rollback(mark)
-      if string.find(done.err, 'overflow') then return 'S' end
-      return done
+  if failed(total) then return refusal(total.err, 'L') or total end
+  done[i], made[i] = 1, total == nv and not is_tutorial
+  -- A name seen for the first time (or again after a reset to 0): registered, if it may be.
+  if (total == nv or is_tutorial) and redis.call('HEXISTS', registry, name) == 0 then
+    registered = registered or redis.call('HLEN', registry)
+    if not is_tutorial then
+      if closed then undo(i) return 'U' end
+      if registered >= max_counters then undo(i) return 'M' end
     end
-    undo[#undo + 1] = function() redis.call('HINCRBY', shares, replica, -v) end
+    local result = redis.pcall('HSET', registry, name, 'visit')
+    if failed(result) then return refused(result.err) end
+    registered, registered_now[i] = registered + 1, true
   end
-  done = redis.pcall('HINCRBY', days, day, v)
-  if failed(done) then
-    rollback(mark)
-    return done
+  done[i] = 2
+  if is_tutorial then
+    local result = redis.pcall('HINCRBY', shares, replica, v)
+    if failed(result) then return refused(result.err, 'S') end
   end
-  local new_day = done == tonumber(v)
-  undo[#undo + 1] = function()
-    if new_day then redis.call('HDEL', days, day) else redis.call('HINCRBY', days, day, -v) end
+  done[i] = 3
+  local today = redis.pcall('HINCRBY', days[i], day, v)
+  if failed(today) then return refused(today.err, 'W') end
+  done[i], new_day[i] = 4, today == nv
+  -- Last of the tally, as a sketch cannot forget: its visitors. The day's sketch lasts as
+  -- long as the day's history.
+  if last[i] >= first[i] then
+    local result = redis.pcall('PFADD', uniques[i], unpack(ARGV, first[i], last[i]))
+    if failed(result) then return refused(result.err, 'W') end
+    if today == nv then redis.call('EXPIREAT', uniques[i], unique_until) end
   end
-  tally.new_day = new_day
-  if tally.register then
-    local name = tally.name
-    done = redis.pcall('HSETNX', registry, name, 'visit')
-    if failed(done) then
-      rollback(mark)
-      return done
-    end
-    undo[#undo + 1] = function() redis.call('HDEL', registry, name) end
-  end
-  tally.counted = true
-  if tally.tutorial then return redis.call('GET', key) end
+  if math.abs(total) < EXACT then return string.format('%d', total) end
+  if is_tutorial then return redis.call('GET', key) end
   return redis.call('HGET', key, 'total')
 end
 
+local function undo_all()
+  for i = count, 1, -1 do
+    if done[i] then undo(i) end
+  end
+end
+
 local results = {}
-for i, tally in ipairs(tallies) do
-  local result = check(tally)
-  if not result then
-    result = apply(tally)
-    if failed(result) then
-      rollback(0)
-      return result
-    end
+for i = 1, count do
+  local result = apply(i)
+  if failed(result) then
+    undo_all()
+    return redis.error_reply(result.err)
   end
   results[i] = result
 end
 local encoded = table.concat(results, ',')
 
-local done = redis.pcall('HSET', records, slot, batch .. ':' .. encoded)
-if failed(done) then
-  rollback(0)
-  return done
+local stored = redis.pcall('HSET', records, slot, batch .. ':' .. encoded)
+if failed(stored) then
+  undo_all()
+  return stored
 end
-done = redis.pcall('PEXPIRE', records, ARGV[5])
-if failed(done) then
+stored = redis.pcall('PEXPIRE', records, ARGV[5])
+if failed(stored) then
   if recorded then redis.call('HSET', records, slot, recorded) else redis.call('HDEL', records, slot) end
-  rollback(0)
-  return done
-end
-
--- Last, as a sketch cannot forget: each counted tally's visitors.
-for _, tally in ipairs(tallies) do
-  if tally.counted and tally.last >= tally.first then
-    done = redis.pcall('PFADD', tally.uniques, unpack(ARGV, tally.first, tally.last))
-    if failed(done) then
-      if recorded then redis.call('HSET', records, slot, recorded) else redis.call('HDEL', records, slot) end
-      rollback(0)
-      return done
-    end
-    redis.call('EXPIREAT', tally.uniques, unique_until)
-  end
+  undo_all()
+  return stored
 end
 
 -- Housekeeping, once a day per counter: the history keeps its last days only.
-for _, tally in ipairs(tallies) do
-  if tally.new_day and redis.call('HLEN', tally.days) > keep + 1 then
+for i = 1, count do
+  if new_day[i] and redis.call('HLEN', days[i]) > keep + 1 then
     local dates = {}
-    for _, field in ipairs(redis.call('HKEYS', tally.days)) do
+    for _, field in ipairs(redis.call('HKEYS', days[i])) do
       if field ~= 'total' then dates[#dates + 1] = field end
     end
     table.sort(dates)
-    for i = 1, #dates - keep do
-      redis.call('HDEL', tally.days, dates[i])
+    for j = 1, #dates - keep do
+      redis.call('HDEL', days[i], dates[j])
     end
   end
 end

@@ -111,8 +111,10 @@ impl RedisSession {
             .end()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
+        // Written once: a date is slow to format, and every tally's key holds it.
+        let date = day.to_string();
         let mut args: Vec<Vec<u8>> = vec![
-            day.to_string().into_bytes(),
+            date.clone().into_bytes(),
             policy.retention_days.to_string().into_bytes(),
             unique_until.to_string().into_bytes(),
             policy.max_counters.to_string().into_bytes(),
@@ -127,7 +129,7 @@ impl RedisSession {
             let name = tally.counter.as_str();
             names.push(keys.counter_total(name));
             names.push(keys.counter_days(name));
-            names.push(keys.uniques(name, day));
+            names.push(keys.uniques_on(name, &date));
             let mut visitors: Vec<u64> = match salt {
                 Some(salt) => tally
                     .visitors
