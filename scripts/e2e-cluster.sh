@@ -67,6 +67,8 @@ note "images pushed to the registry at $REGISTRY in $((SECONDS - started)) s"
 export STACKDEMO_IMAGE=$REGISTRY/stackdemo:v1
 export REDIS_IMAGE=$REGISTRY/redis:7
 export HAPROXY_IMAGE=$REGISTRY/haproxy:2.6
+# Every visit of these tests comes from this one host: no limit per client.
+export STACKDEMO_RATE_LIMIT=off
 export EDGE_PORT=8080
 EDGE=http://$(node_addr node1):$EDGE_PORT/
 PASSWORD=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
@@ -100,9 +102,10 @@ nodes_of() {
 }
 node_status() { on node1 node inspect "$1" --format '{{.Status.State}}' 2>/dev/null || echo unknown; }
 verify() { "$VERIFY" verify --url "$EDGE" --json "$@"; }
-# load_start NAME: verify through the edge in the background until load_stop NAME.
+# load_start NAME [PATH]: verify through the edge (at PATH, / by default) in the
+# background until load_stop NAME.
 load_start() {
-  "$VERIFY" verify --url "$EDGE" --json --duration 600s --concurrency 4 >"$WORK/$1.json" &
+  "$VERIFY" verify --url "$EDGE${2:-/}" --json --duration 600s --concurrency 4 >"$WORK/$1.json" &
   echo $! >"$WORK/$1.pid"
   # Two seconds of load before whatever comes next, so that it happens under load.
   sleep 2
@@ -363,6 +366,12 @@ case $primary in
   *) fail "the new primary is '$primary', not redis-b or redis-c" ;;
 esac
 wait_edge 3
+# Visits to the tutorial's counter, a named counter and a badge at once: each keeps the
+# promise across the failover.
+"$VERIFY" verify --url "$EDGE/c/ha/page" --json --duration 600s --concurrency 2 >"$WORK/ha-page.json" &
+echo $! >"$WORK/ha-page.pid"
+"$VERIFY" verify --url "$EDGE/badge/ha/badge.svg" --json --duration 600s --concurrency 2 >"$WORK/ha-badge.json" &
+echo $! >"$WORK/ha-badge.pid"
 load_start ha
 killed=$SECONDS
 "$CLUSTER" kill "$victim"
@@ -374,11 +383,18 @@ serving=$((SECONDS - killed))
 # The load goes on for a few seconds of service on the new primary.
 sleep 5
 load_stop ha
-verify --requests 1 --concurrency 1 >"$WORK/ha-after.json" || fail "no visit after the failover: $(cat "$WORK/ha-after.json")"
-after=$(field "$WORK/ha-after.json" 'r["highest_count"]')
-highest=$(field "$WORK/ha.json" 'r["highest_count"]')
-[ "$after" -gt "$highest" ] || fail "acknowledged visit $highest lost: the count went on at $after"
-note "$victim (with the primary, $primary) killed under load: the sentinels promoted $now after ${failover} s, every visit counted again after ${serving} s; $(summary_of ha); highest acknowledged before $highest, next after $after"
+load_stop ha-page
+load_stop ha-badge
+for run in ha:/ ha-page:/c/ha/page ha-badge:/badge/ha/badge.svg; do
+  name=${run%%:*} path=${run#*:}
+  "$VERIFY" verify --url "$EDGE$path" --json --requests 1 --concurrency 1 >"$WORK/$name-after.json" ||
+    fail "no visit of $path after the failover: $(cat "$WORK/$name-after.json")"
+  after=$(field "$WORK/$name-after.json" 'r["highest_count"]')
+  highest=$(field "$WORK/$name.json" 'r["highest_count"]')
+  [ "$after" -gt "$highest" ] || fail "$path: acknowledged visit $highest lost: the count went on at $after"
+  note "$victim (with the primary, $primary) killed under load, $path: $(summary_of "$name"); highest acknowledged before $highest, next after $after"
+done
+note "the sentinels promoted $now after ${failover} s, every visit counted again after ${serving} s"
 
 # --- cleanup ----------------------------------------------------------------------------
 

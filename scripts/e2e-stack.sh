@@ -70,6 +70,8 @@ fi
 secret_created "$SECRET" $DOCKER
 export REDIS_PASSWORD_SECRET=$SECRET
 export STACKDEMO_IMAGE=stackdemo:v1
+# Every visit of these tests comes from this one host: no limit per client.
+export STACKDEMO_RATE_LIMIT=off
 log "docker stack deploy -c docker-compose.yml -c deploy/edge.yml $STACK"
 $DOCKER stack deploy -c docker-compose.yml -c deploy/edge.yml "$STACK" >/dev/null
 
@@ -130,6 +132,21 @@ verify --requests 600 --concurrency 6 >"$WORK/count.json" || fail "verify: $(cat
 [ "$(field "$WORK/count.json" 'len(r["per_replica"])')" -eq 3 ] || fail "not every replica served"
 [ "$(field "$WORK/count.json" 'r["duplicate_counts"]')" -eq 0 ] || fail "duplicate counts"
 pass "600 visits over 3 replicas, no duplicate count: $(field "$WORK/count.json" 'dict(r["per_replica"])')"
+
+# --- named counters through the edge -----------------------------------------------------
+
+# The edge drops what a client says it forwarded for and passes on the address it sees:
+# three visits from this host are one unique visitor, whatever they claim.
+for spoof in 198.51.100.1 198.51.100.2 198.51.100.3; do
+  curl -fs --max-time 5 -H "X-Forwarded-For: $spoof" "${EDGE}c/e2e/page" >/dev/null ||
+    fail "a visit of /c/e2e/page through the edge failed"
+done
+today=$(curl -fs --max-time 5 "${EDGE}api/counters/e2e/page" |
+  python3 -c 'import json,sys; t=json.load(sys.stdin)["today"]; print(t["visits"], t["unique"])')
+[ "$today" = "3 1" ] || fail "/c/e2e/page today: '$today' (visits, unique), not '3 1'"
+badge=$(curl -fs --max-time 5 "${EDGE}badge/e2e/page.svg")
+case $badge in *"visits: 4"*) ;; *) fail "the badge of e2e/page: $badge" ;; esac
+pass "a named counter and its badge through the edge: 4 visits, 1 unique visitor whatever X-Forwarded-For said"
 
 # --- service discovery by name, from a client on the overlay network --------------------
 

@@ -21,7 +21,8 @@ use crate::config::parse_duration;
 
 #[derive(Debug, Clone, Args)]
 pub struct VerifyArgs {
-    /// URL to visit, e.g. http://localhost:8000/
+    /// URL to visit, e.g. http://localhost:8000/ (or a named counter's /c/{name}, or its
+    /// badge, /badge/{name}.svg)
     #[arg(long)]
     pub url: reqwest::Url,
 
@@ -213,8 +214,13 @@ pub async fn read_bounded(
     String::from_utf8(body).map_err(|_| BodyError::Broken)
 }
 
-/// Reads N from `Hello World! I have been seen N times.`
+/// Reads N from `Hello World! I have been seen N times.` (`/`, `/c/{name}`), or from a
+/// badge's title, `label: N` (`/badge/{name}.svg`, not abbreviated).
 pub fn parse_count(body: &str) -> Option<i64> {
+    if body.starts_with("<svg") {
+        let title = body.split_once("<title>")?.1.split_once("</title>")?.0;
+        return title.rsplit_once(": ")?.1.parse().ok();
+    }
     body.trim_end()
         .strip_prefix("Hello World! I have been seen ")?
         .strip_suffix(" times.")?
@@ -237,6 +243,9 @@ mod tests {
             None
         );
         assert_eq!(parse_count("<html>"), None);
+        let badge = crate::badge::Badge::from_query(Default::default()).unwrap();
+        assert_eq!(parse_count(&badge.render("1234")), Some(1234));
+        assert_eq!(parse_count(&badge.render("1.2k")), None);
         assert_eq!(
             parse_count("Hello World! I have been seen -2 times.\n"),
             Some(-2),
