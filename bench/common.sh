@@ -63,12 +63,15 @@ start_redis() {
 }
 
 # A second Redis group for the `sentinel` stores: a primary, $1 replicas of it (1 unless
-# given), and one redis-sentinel watching them; sets sentinel_port. Started only when
+# given), and one redis-sentinel watching them; sets sentinel_port, and
+# sentinel_primary_port for the scripts that read the primary's statistics. Started only when
 # such a store is measured.
 start_sentinel_group() {
   local replicas=${1:-1} replica
   start_redis --min-replicas-to-write 1
   local primary=$redis_port
+  # shellcheck disable=SC2034 # read by the scripts that source this file
+  sentinel_primary_port=$primary
   for _ in $(seq 1 "$replicas"); do
     start_redis --replicaof 127.0.0.1 "$primary"
     replica=$redis_port
@@ -106,6 +109,14 @@ visits_per_write() {
     'BEGIN { split(a, x); split(b, y); c = y[2] - x[2]; printf "%.1f", c ? (y[1] - x[1]) / c : 0 }'
 }
 
+# each_log COMMAND...: runs it once per logging setting in $LOGGING, as ROW_LOG.
+each_log() {
+  local log
+  for log in ${LOGGING:-info warn}; do
+    ROW_LOG=$log "$@"
+  done
+}
+
 # Calls the benchmark's own `run_store NAME ARGS...` for each store in $STORES, with the
 # arguments that select that store: `redis` (one Redis), `embedded`, `sentinel` (a primary
 # and a replica found through a sentinel, each visit waiting for the replica), and
@@ -113,22 +124,24 @@ visits_per_write() {
 # asks); and, with one Redis, `badge` (badge visits to one counter) and `names` (visits
 # spread over 10 000 counters, bench/zipf.lua). VISIT_PATH and VISIT_SCRIPT tell
 # `run_store` what a visit is.
+# Each row is measured once per logging setting in $LOGGING (`info`, the default, and
+# `warn`: no line per request), as ROW_LOG.
 run_stores() {
   local store
   for store in $STORES; do
     case $store in
-      redis) run_store redis --redis-url "redis://127.0.0.1:$redis_port/0" ;;
-      embedded) run_store embedded --data-dir "$work/data" ;;
+      redis) each_log run_store redis --redis-url "redis://127.0.0.1:$redis_port/0" ;;
+      embedded) each_log run_store embedded --data-dir "$work/data" ;;
       sentinel)
         plain_redis_port=$redis_port start_sentinel_group 1
-        run_store sentinel --redis-sentinels "127.0.0.1:$sentinel_port" --redis-min-replicas 1
+        each_log run_store sentinel --redis-sentinels "127.0.0.1:$sentinel_port" --redis-min-replicas 1
         ;;
       sentinel2)
         plain_redis_port=$redis_port start_sentinel_group 2
-        run_store sentinel2 --redis-sentinels "127.0.0.1:$sentinel_port" --redis-min-replicas 1
+        each_log run_store sentinel2 --redis-sentinels "127.0.0.1:$sentinel_port" --redis-min-replicas 1
         ;;
-      badge) VISIT_PATH=/badge/bench.svg run_store badge --redis-url "redis://127.0.0.1:$redis_port/0" ;;
-      names) VISIT_SCRIPT=bench/zipf.lua run_store names --redis-url "redis://127.0.0.1:$redis_port/0" ;;
+      badge) VISIT_PATH=/badge/bench.svg each_log run_store badge --redis-url "redis://127.0.0.1:$redis_port/0" ;;
+      names) VISIT_SCRIPT=bench/zipf.lua each_log run_store names --redis-url "redis://127.0.0.1:$redis_port/0" ;;
       *) echo "unknown row $store (redis, embedded, sentinel, sentinel2, badge, names)" >&2; exit 2 ;;
     esac
   done

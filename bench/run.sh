@@ -88,7 +88,7 @@ run_store() {
   local name=$1; shift
   local path=${VISIT_PATH:-/} script=${VISIT_SCRIPT:-}
   local port; port=$(free_port)
-  RUST_LOG=${RUST_LOG:-info} "$BIN" --listen "127.0.0.1:$port" --log-format json --rate-limit off "$@" >/dev/null 2>&1 &
+  RUST_LOG=${ROW_LOG:-info} "$BIN" --listen "127.0.0.1:$port" --log-format json --rate-limit off "$@" >/dev/null 2>&1 &
   local pid=$!
   pids+=("$pid")
   wait_ready "$port"
@@ -119,13 +119,15 @@ run_store() {
   kill "$pid"; wait "$pid" 2>/dev/null || true
   awk -v n="$name" -v a="$noop_rps" -v b="$visit_rps" -v q="$ratio" -v s="$spread" -v pa="$noop_p99" -v pb="$visit_p99" -v r="$rss_kb" -v w="$per_write" \
     -v ca="$noop_us" -v cb="$visit_us" -v i="$idle_pct" \
-    'BEGIN { printf "%-9s %12.0f %12.0f %7.2f %11s %12.2f %12.2f %9.1f %12s %11.1f %11.1f %7.0f\n", n, a, b, q, s, pa, pb, r/1024, w, ca, cb, i }'
+    -v l="${ROW_LOG:-info}" \
+    'BEGIN { printf "%-9s %-4s %12.0f %12.0f %7.2f %11s %12.2f %12.2f %9.1f %12s %11.1f %11.1f %7.0f\n", n, l, a, b, q, s, pa, pb, r/1024, w, ca, cb, i }'
 }
 
 echo "wrk -t$THREADS -c$CONNECTIONS, $ROUNDS rounds of $DURATION per path, medians; on $(nproc) cores ($(uname -m)), $(date -u +%Y-%m-%d)"
-printf "%-9s %12s %12s %7s %11s %12s %12s %9s %12s %11s %11s %7s\n" store "healthz/s" "visit/s" ratio "lowest-high" "healthz p99" "visit p99" "RSS MB" "visits/write" "healthz CPU" "visit CPU" "idle %"
+printf "%-9s %-4s %12s %12s %7s %11s %12s %12s %9s %12s %11s %11s %7s\n" store log "healthz/s" "visit/s" ratio "lowest-high" "healthz p99" "visit p99" "RSS MB" "visits/write" "healthz CPU" "visit CPU" "idle %"
 run_stores
-echo "(requests/s and p99 (ms) are medians over the rounds; ratio is the median of the rounds'"
+echo "(log: RUST_LOG of the row, info (the default: a line per request) or warn (none);"
+echo " requests/s and p99 (ms) are medians over the rounds; ratio is the median of the rounds'"
 echo " visit/healthz ratios, followed by the lowest and highest; RSS is the peak resident set"
 echo " of the service process; visits/write is the mean number of visits per Redis command or"
 echo " per embedded-store transaction; healthz CPU and visit CPU are the CPU time (µs) of the"

@@ -102,10 +102,10 @@ nodes_of() {
 }
 node_status() { on node1 node inspect "$1" --format '{{.Status.State}}' 2>/dev/null || echo unknown; }
 verify() { "$VERIFY" verify --url "$EDGE" --json "$@"; }
-# load_start NAME [PATH]: verify through the edge (at PATH, / by default) in the
-# background until load_stop NAME.
+# load_start NAME [PATH]: verify through the edge (at PATH, relative to the edge's `/`;
+# `/` itself by default) in the background until load_stop NAME.
 load_start() {
-  "$VERIFY" verify --url "$EDGE${2:-/}" --json --duration 600s --concurrency 4 >"$WORK/$1.json" &
+  "$VERIFY" verify --url "$EDGE${2:-}" --json --duration 600s --concurrency 4 >"$WORK/$1.json" &
   echo $! >"$WORK/$1.pid"
   # Two seconds of load before whatever comes next, so that it happens under load.
   sleep 2
@@ -368,9 +368,9 @@ esac
 wait_edge 3
 # Visits to the tutorial's counter, a named counter and a badge at once: each keeps the
 # promise across the failover.
-"$VERIFY" verify --url "$EDGE/c/ha/page" --json --duration 600s --concurrency 2 >"$WORK/ha-page.json" &
+"$VERIFY" verify --url "${EDGE}c/ha/page" --json --duration 600s --concurrency 2 >"$WORK/ha-page.json" &
 echo $! >"$WORK/ha-page.pid"
-"$VERIFY" verify --url "$EDGE/badge/ha/badge.svg" --json --duration 600s --concurrency 2 >"$WORK/ha-badge.json" &
+"$VERIFY" verify --url "${EDGE}badge/ha/badge.svg" --json --duration 600s --concurrency 2 >"$WORK/ha-badge.json" &
 echo $! >"$WORK/ha-badge.pid"
 load_start ha
 killed=$SECONDS
@@ -385,14 +385,14 @@ sleep 5
 load_stop ha
 load_stop ha-page
 load_stop ha-badge
-for run in ha:/ ha-page:/c/ha/page ha-badge:/badge/ha/badge.svg; do
+for run in ha: ha-page:c/ha/page ha-badge:badge/ha/badge.svg; do
   name=${run%%:*} path=${run#*:}
   "$VERIFY" verify --url "$EDGE$path" --json --requests 1 --concurrency 1 >"$WORK/$name-after.json" ||
-    fail "no visit of $path after the failover: $(cat "$WORK/$name-after.json")"
+    fail "no visit of /$path after the failover: $(cat "$WORK/$name-after.json")"
   after=$(field "$WORK/$name-after.json" 'r["highest_count"]')
   highest=$(field "$WORK/$name.json" 'r["highest_count"]')
-  [ "$after" -gt "$highest" ] || fail "$path: acknowledged visit $highest lost: the count went on at $after"
-  note "$victim (with the primary, $primary) killed under load, $path: $(summary_of "$name"); highest acknowledged before $highest, next after $after"
+  [ "$after" -gt "$highest" ] || fail "/$path: acknowledged visit $highest lost: the count went on at $after"
+  note "$victim (with the primary, $primary) killed under load, /$path: $(summary_of "$name"); highest acknowledged before $highest, next after $after"
 done
 note "the sentinels promoted $now after ${failover} s, every visit counted again after ${serving} s"
 

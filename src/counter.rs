@@ -271,6 +271,10 @@ async fn commit<L: VisitLog>(
     let (fresh, stale): (Vec<Visit>, Vec<Visit>) = batch
         .drain(..)
         .partition(|visit| started.duration_since(visit.arrived) < options.queue_wait);
+    let queued = histogram!("stackdemo_visit_queue_seconds");
+    for visit in &fresh {
+        queued.record(started.duration_since(visit.arrived).as_secs_f64());
+    }
     for visit in stale {
         let _ = visit.reply.send(Err(VisitError::Expired));
     }

@@ -42,7 +42,8 @@ fn main() -> ExitCode {
 async fn run(command: Command) -> ExitCode {
     match command {
         Command::Serve(settings) => {
-            telemetry::init(settings.log_format);
+            // Held to the end: dropping it writes out the log lines still queued.
+            let _log = telemetry::init(settings.log_format);
             let signals = match Signals::install() {
                 Ok(signals) => signals,
                 Err(error) => {

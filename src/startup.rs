@@ -300,13 +300,17 @@ async fn rate_limit_upkeep(counters: Arc<CounterRules>, stop: CancellationToken)
     }
 }
 
-/// Folds recorded histogram samples into their buckets. Without it the samples of an
-/// unscraped histogram would pile up in memory.
+/// Folds recorded histogram samples into their buckets (without it the samples of an
+/// unscraped histogram would pile up in memory), and publishes the log lines dropped.
 async fn metrics_upkeep(handle: PrometheusHandle, stop: CancellationToken) {
     let mut ticks = tokio::time::interval(METRICS_UPKEEP_INTERVAL);
     loop {
         tokio::select! {
-            _ = ticks.tick() => handle.run_upkeep(),
+            _ = ticks.tick() => {
+                handle.run_upkeep();
+                metrics::counter!("stackdemo_log_lines_dropped_total")
+                    .absolute(crate::telemetry::dropped_lines());
+            }
             () = stop.cancelled() => return,
         }
     }

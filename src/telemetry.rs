@@ -1,21 +1,54 @@
 //! Logging: JSON lines for containers (`docker service logs`), readable text for a
 //! terminal. The level comes from `RUST_LOG` (default `info`). A panic is logged as an
 //! error event like any other, not printed as a bare backtrace.
+//!
+//! Lines are written off the request path: at `info` and below they go through a
+//! bounded queue to a writer thread (tracing-appender's non-blocking writer), so a
+//! request never waits for standard output. When the output blocks (a slow log reader)
+//! and the queue is full, such lines are dropped rather than held, and counted
+//! (`stackdemo_log_lines_dropped_total`); the queue holds `QUEUED_LINES` at most. Warnings
+//! and errors (store failures, panics) are written at once, never dropped. What is queued
+//! is written out before the process exits (`LogGuard`).
 
-use std::io::IsTerminal;
+use std::{io::IsTerminal, sync::OnceLock};
 
-use tracing_subscriber::{EnvFilter, fmt, prelude::*};
+use tracing::Level;
+use tracing_appender::non_blocking::{ErrorCounter, NonBlockingBuilder, WorkerGuard};
+use tracing_subscriber::{EnvFilter, fmt, fmt::writer::MakeWriterExt, prelude::*};
 
 use crate::config::LogFormat;
 
-/// Installs the global subscriber and the panic hook, once per process: later calls
-/// (several services in one test process) change nothing.
-pub fn init(format: LogFormat) {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| install(format));
+/// Lines waiting for the writer thread at most: with lines of a few hundred bytes, about
+/// a megabyte.
+const QUEUED_LINES: usize = 4096;
+
+/// Lines dropped so far because the queue was full.
+static DROPPED: OnceLock<ErrorCounter> = OnceLock::new();
+
+/// Keeps the writer thread until dropped, and then writes out what is queued: hold it
+/// until the process ends.
+#[must_use = "dropping it stops the log writer"]
+pub struct LogGuard {
+    _writer: Option<WorkerGuard>,
 }
 
-fn install(format: LogFormat) {
+/// Installs the global subscriber and the panic hook, once per process: later calls
+/// (several services in one test process) change nothing.
+pub fn init(format: LogFormat) -> LogGuard {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    let mut guard = None;
+    ONCE.call_once(|| guard = Some(install(format)));
+    LogGuard { _writer: guard }
+}
+
+/// Log lines dropped so far because the output could not keep up.
+pub fn dropped_lines() -> u64 {
+    DROPPED
+        .get()
+        .map_or(0, |counter| counter.dropped_lines() as u64)
+}
+
+fn install(format: LogFormat) -> WorkerGuard {
     std::panic::set_hook(Box::new(|info| {
         let thread = std::thread::current();
         tracing::error!(
@@ -24,6 +57,16 @@ fn install(format: LogFormat) {
             "panicked"
         );
     }));
+    let (queued, guard) = NonBlockingBuilder::default()
+        .buffered_lines_limit(QUEUED_LINES)
+        .lossy(true)
+        .thread_name("stackdemo-log")
+        .finish(std::io::stdout());
+    let _ = DROPPED.set(queued.error_counter());
+    // Warnings and errors at once, the rest through the queue.
+    let writer = std::io::stdout
+        .with_max_level(Level::WARN)
+        .or_else(queued.with_min_level(Level::INFO));
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let json = match format {
         LogFormat::Json => true,
@@ -38,10 +81,12 @@ fn install(format: LogFormat) {
                     .json()
                     .flatten_event(true)
                     .with_current_span(true)
-                    .with_span_list(false),
+                    .with_span_list(false)
+                    .with_writer(writer),
             )
             .try_init()
     } else {
-        registry.with(fmt::layer()).try_init()
+        registry.with(fmt::layer().with_writer(writer)).try_init()
     };
+    guard
 }

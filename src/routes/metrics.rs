@@ -1,6 +1,10 @@
-//! Prometheus metrics: requests by route, method and status, and their latency.
+//! Prometheus metrics: requests by route, method and status, and their latency; and the
+//! one log line per request.
 
-use std::{sync::OnceLock, time::Instant};
+use std::{
+    sync::{Arc, OnceLock},
+    time::Instant,
+};
 
 use axum::{
     extract::{MatchedPath, Request, State},
@@ -10,6 +14,7 @@ use axum::{
 };
 use metrics::{counter, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tracing::Level;
 
 use crate::{counter::VisitError, state::AppState, store::StoreErrorKind};
 
@@ -31,6 +36,12 @@ pub fn install_recorder() -> PrometheusHandle {
                 .and_then(|b| {
                     b.set_buckets_for_metric(
                         Matcher::Full("stackdemo_store_write_seconds".into()),
+                        BUCKETS,
+                    )
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full("stackdemo_visit_queue_seconds".into()),
                         BUCKETS,
                     )
                 })
@@ -62,6 +73,7 @@ pub fn install_recorder() -> PrometheusHandle {
             }
             counter!("stackdemo_visits_total").absolute(0);
             counter!("stackdemo_visits_in_doubt_total").absolute(0);
+            counter!("stackdemo_log_lines_dropped_total").absolute(0);
             handle
         })
         .clone()
@@ -78,25 +90,42 @@ pub async fn render(State(state): State<AppState>) -> impl IntoResponse {
     )
 }
 
-/// Middleware recording every request. Every label takes its value from a small fixed
-/// set, so that no request can create new series: unmatched paths share one route label,
-/// methods other than the standard ones share one method label, and statuses are the
-/// service's own.
-pub async fn track(request: Request, next: Next) -> Response {
+/// Middleware recording every request in the metrics, and in one log line (`request
+/// served`: method, path, route, replica, status, latency) when it is answered. Every
+/// label takes its value from a small fixed set, so that no request can create new
+/// series: unmatched paths share one route label, methods other than the standard ones
+/// share one method label, and statuses are the service's own.
+pub async fn track(request: Request, next: Next, replica: Arc<str>) -> Response {
     let start = Instant::now();
     let route = request
         .extensions()
         .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let method = method_label(request.method());
+        .map_or("unmatched", MatchedPath::as_str)
+        .to_owned();
+    let method = request.method().clone();
+    // Only when it is written: a path is as long as its request line allows.
+    let path = tracing::enabled!(Level::INFO).then(|| request.uri().path().to_owned());
     let response = next.run(request).await;
+    let latency = start.elapsed();
+    let status = response.status().as_u16();
+    if let Some(path) = path {
+        tracing::info!(
+            method = %method,
+            path,
+            route,
+            replica = &*replica,
+            status,
+            latency_us = latency.as_micros() as u64,
+            "request served"
+        );
+    }
     let labels = [
         ("route", route),
-        ("method", method.to_owned()),
-        ("status", response.status().as_u16().to_string()),
+        ("method", method_label(&method).to_owned()),
+        ("status", status.to_string()),
     ];
     counter!("http_requests_total", &labels).increment(1);
-    histogram!("http_request_duration_seconds", &labels).record(start.elapsed().as_secs_f64());
+    histogram!("http_request_duration_seconds", &labels).record(latency.as_secs_f64());
     response
 }
 

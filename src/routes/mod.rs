@@ -20,15 +20,14 @@ use std::time::Duration;
 use axum::{
     Router,
     error_handling::HandleErrorLayer,
-    extract::{MatchedPath, Request},
+    extract::Request,
     http::{Method, StatusCode, header},
     middleware,
     response::IntoResponse,
     routing::get,
 };
 use tower::ServiceBuilder;
-use tower_http::{cors::CorsLayer, trace::TraceLayer};
-use tracing::Span;
+use tower_http::cors::CorsLayer;
 
 pub use self::{error::ApiError, headers::ServiceHeaders, metrics::install_recorder};
 use crate::state::AppState;
@@ -90,14 +89,9 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(
             ServiceBuilder::new()
-                .layer(
-                    TraceLayer::new_for_http()
-                        .make_span_with(move |request: &Request| request_span(request, &replica))
-                        .on_request(())
-                        .on_response(log_response)
-                        .on_failure(()),
-                )
-                .layer(middleware::from_fn(metrics::track))
+                .layer(middleware::from_fn(move |request, next| {
+                    metrics::track(request, next, replica.clone())
+                }))
                 .map_response(move |mut response: axum::response::Response| {
                     headers.apply(response.headers_mut());
                     response
@@ -149,26 +143,4 @@ async fn not_found() -> impl IntoResponse {
 
 async fn method_not_allowed() -> impl IntoResponse {
     (StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed\n")
-}
-
-fn request_span(request: &Request, replica: &str) -> Span {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("unmatched", MatchedPath::as_str);
-    tracing::info_span!(
-        "request",
-        method = %request.method(),
-        path = %request.uri().path(),
-        route,
-        replica,
-    )
-}
-
-fn log_response(response: &axum::response::Response, latency: Duration, _span: &Span) {
-    tracing::info!(
-        status = response.status().as_u16(),
-        latency_us = latency.as_micros() as u64,
-        "request served"
-    );
 }
