@@ -5,14 +5,18 @@
 //! numbers are handed out again by the new primary. The sentinels promote only a replica
 //! they consider fit: one they list, can reach and do not consider down, whose priority
 //! is not 0, and whose link to the primary has not been down for long (sentinel.c,
-//! `sentinelSelectSlave`). They do not ask whether it replicates at all: a former primary
-//! that was restarted with its old data reports itself a primary until they convert it
-//! (seconds later), and a replica restarted with its old data counts as never cut off
-//! until its first synchronisation; meanwhile they may promote either. So a
-//! write is acknowledged only once every such server has it (`WAIT n`, n = all of them,
-//! and at least `--redis-min-replicas`): whichever is promoted, the write is there. One
-//! that reports itself a primary cannot have it, so while it is listed visits are
-//! refused rather than acknowledged and then lost.
+//! `sentinelSelectSlave`). They do not ask whether it replicates at all: a replica
+//! restarted with its old data counts as never cut off until its first copy of the
+//! primary, and may be promoted meanwhile. So a write is acknowledged only once every
+//! such server has it (`WAIT n`, n = all of them, and at least `--redis-min-replicas`):
+//! whichever is promoted, the write is there; a restarted replica that has not copied the
+//! primary yet cannot confirm it, so visits are refused until it has.
+//!
+//! A server listed as a replica that reports itself a primary is not waited for: the old
+//! primary after a planned failover does so until the sentinels convert it (seconds
+//! later), and waiting for it would refuse every visit after every planned failover. The
+//! sentinels could promote it in that time, in a second failover: one of the windows
+//! below.
 //!
 //! The count comes from the sentinels' own view (`SENTINEL REPLICAS`), asked of all of
 //! them; only the views of those that name the same primary as the service count, and a
@@ -28,7 +32,8 @@
 //! counting resumes without waiting for the leading sentinel to finish.
 //!
 //! What stays open with two faults at once: the primary and every replica that has a
-//! write lost together; a replica that was down while writes were acknowledged, back
+//! write lost together; a second failover within seconds of another, before the sentinels
+//! have converted the old primary, if it promotes the old primary; a replica that was down while writes were acknowledged, back
 //! with its old data, and promoted before it has copied the primary (so a server is
 //! brought back as a replica of the current primary, as deploy/redis-node.sh does, and
 //! given the moment to copy it before the next failover); a replica that comes back and
@@ -66,7 +71,8 @@ pub struct ReplicaReport {
     pub address: Address,
     /// A promotion is under way to it (only the leading sentinel says so).
     pub promoted: bool,
-    /// The sentinel may promote it in a failover, whether it replicates or not.
+    /// The sentinel may promote it in a failover (but for a former primary that reports
+    /// itself one, see above).
     pub fit: bool,
     /// It says it is a primary.
     pub reports_primary: bool,
@@ -113,6 +119,7 @@ impl SentinelReport {
                 let fit = !has("s_down")
                     && !has("o_down")
                     && !has("disconnected")
+                    && !reports_primary
                     && priority != 0
                     && (link_ok || link_down <= LINK_DOWN_FACTOR * down_after);
                 Some(ReplicaReport {
@@ -540,7 +547,7 @@ mod tests {
         assert_eq!(report.primary, ("10.0.0.1".to_owned(), 6379));
         assert!(report.failover_in_progress);
         let fit: Vec<bool> = report.replicas.iter().map(|r| r.fit).collect();
-        assert_eq!(fit, [true, false, false, false, true, true]);
+        assert_eq!(fit, [true, false, false, false, false, true]);
         assert!(report.replicas[4].reports_primary);
     }
 }
