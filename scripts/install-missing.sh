@@ -1,12 +1,18 @@
 #!/usr/bin/env bash
 # Installs the Debian packages of the programs that are missing, given as PROGRAM:PACKAGE
 # pairs, e.g. `scripts/install-missing.sh redis-server:redis-server dockerd:docker.io`.
+# A PROGRAM that starts with / is a file that must exist (a font, say).
 # Does nothing when every program is there.
 set -euo pipefail
 
 need=()
 for pair in "$@"; do
-  command -v "${pair%%:*}" >/dev/null || need+=("${pair#*:}")
+  what=${pair%%:*}
+  if [[ $what == /* ]]; then
+    [ -e "$what" ] || need+=("${pair#*:}")
+  else
+    command -v "$what" >/dev/null || need+=("${pair#*:}")
+  fi
 done
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"

@@ -2,11 +2,13 @@
 # Installs what the test suite needs on a fresh Debian machine: a C compiler and make to
 # build jemalloc (the allocator), shellcheck for the scripts, redis-server and
 # redis-sentinel for the integration tests, Valkey 8 (from bookworm-backports, for
-# WAITAOF), Chromium for the page test, wrk for the benchmark. Idempotent.
+# WAITAOF), Chromium for the page test, wrk for the benchmark, the DejaVu fonts whose
+# metrics the badges use. Idempotent.
 set -euo pipefail
 here=$(dirname "$0")
 "$here/install-missing.sh" cc:gcc make:make shellcheck:shellcheck redis-server:redis-server \
-  redis-sentinel:redis-sentinel chromium:chromium wrk:wrk
+  redis-sentinel:redis-sentinel chromium:chromium wrk:wrk \
+  /usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf:fonts-dejavu-core
 
 if ! command -v valkey-server >/dev/null || ! command -v valkey-sentinel >/dev/null; then
   if ! grep -rqs bookworm-backports /etc/apt/sources.list /etc/apt/sources.list.d/; then
