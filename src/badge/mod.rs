@@ -73,9 +73,10 @@ impl Badge {
                 Show::Unique => "visitors today".to_owned(),
             },
         };
-        if label.chars().count() > MAX_LABEL || label.chars().any(char::is_control) {
+        if label.chars().count() > MAX_LABEL || label.chars().any(unfit_for_label) {
             return Err(format!(
-                "the label has at most {MAX_LABEL} characters, none of them control characters"
+                "the label has at most {MAX_LABEL} characters, none of them control or \
+                 direction-changing characters"
             ));
         }
         let style = match query.style.as_deref() {
@@ -284,6 +285,14 @@ fn part_width(text: f64, geometry: &Geometry, empty: bool) -> f64 {
 }
 
 /// A colour: one of shields.io's names, or hex (3 or 6 digits, `#` optional).
+/// Characters a label may not hold: control characters, those XML does not allow
+/// (U+FFFE, U+FFFF: the SVG would not parse), and those that turn the direction of the
+/// text around it (which could make a badge read as another).
+fn unfit_for_label(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{FFFE}' | '\u{FFFF}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
 fn color(given: Option<&str>, default: &str, setting: &str) -> Result<String, String> {
     let Some(given) = given else {
         return Ok(default.to_owned());

@@ -15,9 +15,12 @@ impl AdminToken {
 
     /// Whether an `Authorization` header carries the token.
     pub fn allows(&self, authorization: Option<&HeaderValue>) -> bool {
+        // The scheme's name in any case (RFC 9110, 11.1), then the token.
         let Some(given) = authorization
             .map(HeaderValue::as_bytes)
-            .and_then(|value| value.strip_prefix(b"Bearer "))
+            .and_then(|value| value.split_at_checked(7))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case(b"Bearer "))
+            .map(|(_, token)| token)
         else {
             return false;
         };
@@ -37,6 +40,8 @@ mod tests {
         let header = |text: &str| HeaderValue::from_str(text).unwrap();
 
         assert!(token.allows(Some(&header("Bearer correct horse battery staple"))));
+        assert!(token.allows(Some(&header("bearer correct horse battery staple"))));
+        assert!(!token.allows(Some(&header("Bearer"))));
         assert!(!token.allows(Some(&header("Bearer correct horse battery stapl"))));
         assert!(!token.allows(Some(&header("Bearer correct horse battery staple "))));
         assert!(!token.allows(Some(&header("Basic correct horse battery staple"))));

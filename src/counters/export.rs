@@ -13,7 +13,10 @@
 
 use std::collections::BTreeMap;
 
+use base64::Engine;
 use serde::{Deserialize, Serialize};
+
+use super::Day;
 
 /// The sketch format of Redis's HyperLogLog.
 pub const REDIS_HLL: &str = "redis-hll";
@@ -46,4 +49,136 @@ pub struct UniqueExport {
     pub format: String,
     /// The sketch, base64.
     pub sketch: String,
+}
+
+impl CounterExport {
+    /// What import refuses in a line beyond its shape, in words: a day that is not a date,
+    /// a day's visits beyond what a total can hold, a Redis sketch Redis would refuse.
+    /// The name and the total are checked by the caller.
+    pub fn check(&self) -> Result<(), String> {
+        for (day, visits) in &self.days {
+            if Day::parse(day).is_none() {
+                return Err(format!("days: {day:?} is not a date (YYYY-MM-DD)"));
+            }
+            if i64::try_from(*visits).is_err() {
+                return Err(format!("days: {day}: at most {} visits", i64::MAX));
+            }
+        }
+        for (day, unique) in &self.unique {
+            if Day::parse(day).is_none() {
+                return Err(format!("unique: {day:?} is not a date (YYYY-MM-DD)"));
+            }
+            if unique.format == REDIS_HLL {
+                let valid = base64::engine::general_purpose::STANDARD
+                    .decode(&unique.sketch)
+                    .is_ok_and(|sketch| is_redis_hll(&sketch));
+                if !valid {
+                    return Err(format!(
+                        "unique: {day}: the sketch is not a Redis HyperLogLog"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Registers in Redis's HyperLogLog.
+const HLL_REGISTERS: usize = 1 << 14;
+/// Its header: `HYLL`, the encoding, three unused bytes, the cached cardinality.
+const HLL_HEADER: usize = 16;
+
+/// Whether `bytes` are a HyperLogLog as Redis writes it, dense or sparse, so that Redis
+/// will take it (`PFADD`, `PFCOUNT`) rather than answer `INVALIDOBJ`. A sparse sketch's
+/// runs must cover the registers exactly, as Redis checks.
+pub fn is_redis_hll(bytes: &[u8]) -> bool {
+    if bytes.len() < HLL_HEADER || &bytes[..4] != b"HYLL" {
+        return false;
+    }
+    let body = &bytes[HLL_HEADER..];
+    match bytes[4] {
+        // Dense: 6 bits a register.
+        0 => body.len() == HLL_REGISTERS * 6 / 8,
+        // Sparse: runs of zeros (ZERO, XZERO) and of one value (VAL).
+        1 => {
+            let mut registers = 0usize;
+            let mut at = 0;
+            while at < body.len() {
+                let op = body[at];
+                if op & 0xc0 == 0x00 {
+                    registers += usize::from(op & 0x3f) + 1;
+                    at += 1;
+                } else if op & 0xc0 == 0x40 {
+                    let Some(&low) = body.get(at + 1) else {
+                        return false;
+                    };
+                    registers += ((usize::from(op & 0x3f) << 8) | usize::from(low)) + 1;
+                    at += 2;
+                } else {
+                    registers += usize::from(op & 0x03) + 1;
+                    at += 1;
+                }
+                if registers > HLL_REGISTERS {
+                    return false;
+                }
+            }
+            registers == HLL_REGISTERS
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An empty sparse sketch: one XZERO run over every register, as `PFADD` of nothing
+    /// makes it.
+    fn empty_sparse() -> Vec<u8> {
+        let mut sketch = b"HYLL\x01\0\0\0".to_vec();
+        sketch.extend([0u8; 8]);
+        sketch.extend([0x7f, 0xff]);
+        sketch
+    }
+
+    #[test]
+    fn redis_sketches_are_told_from_damaged_ones() {
+        assert!(is_redis_hll(&empty_sparse()));
+        let mut dense = b"HYLL\0\0\0\0".to_vec();
+        dense.extend([0u8; 8]);
+        dense.extend(vec![0u8; 12288]);
+        assert!(is_redis_hll(&dense));
+
+        // The probe's sketch: a sparse header and runs past the registers.
+        let mut garbage = b"HYLL\x01\0\0\0".to_vec();
+        garbage.extend([0u8; 8]);
+        garbage.extend([0xff; 6]);
+        assert!(!is_redis_hll(&garbage));
+        assert!(
+            !is_redis_hll(&dense[..dense.len() - 1]),
+            "a dense sketch cut short"
+        );
+        assert!(
+            !is_redis_hll(&empty_sparse()[..17]),
+            "an XZERO without its second byte"
+        );
+        assert!(!is_redis_hll(b"HYLL"));
+        assert!(!is_redis_hll(b"not a sketch at all!"));
+    }
+
+    #[test]
+    fn a_line_with_days_that_are_not_dates_or_too_many_visits_is_refused() {
+        let mut counter = CounterExport {
+            name: "a".into(),
+            total: 1,
+            ..CounterExport::default()
+        };
+        counter.days.insert("2026-11-30".into(), 3);
+        assert_eq!(counter.check(), Ok(()));
+        counter.days.insert("total".into(), 1);
+        assert!(counter.check().unwrap_err().contains("not a date"));
+        counter.days.remove("total");
+        counter.days.insert("2026-11-29".into(), u64::MAX);
+        assert!(counter.check().unwrap_err().contains("at most"));
+    }
 }

@@ -12,8 +12,8 @@
 use axum::{
     Json,
     body::{Body, Bytes},
-    extract::{Path, Request, State},
-    http::{HeaderMap, HeaderValue, header},
+    extract::{Request, State},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
 use futures_util::StreamExt;
@@ -21,7 +21,11 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::time::timeout;
 
-use super::{ApiError, counters::parse_name};
+use super::{
+    ApiError,
+    counters::{CounterPath, list_failed, parse_name},
+    visit::read_small_body,
+};
 use crate::{
     counters::{
         CounterName,
@@ -29,7 +33,7 @@ use crate::{
         name::HISTORY,
     },
     state::AppState,
-    store::{AdminError, StoreError},
+    store::{AdminError, CounterPage, ListError, StoreError, StoreErrorKind},
 };
 
 /// The body of `PUT /api/counters/{name}`.
@@ -42,15 +46,20 @@ pub struct SetTotal {
 /// `PUT /api/counters/{name}`.
 pub async fn set_total(
     State(state): State<AppState>,
-    Path(path): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
+    CounterPath(path): CounterPath,
+    request: Request,
 ) -> Result<Response, ApiError> {
-    authorize(&state, &headers)?;
+    // The token before the body: without it, nothing of the body is read.
+    authorize(&state, request.headers())?;
     let name = counter_path(&path)?;
-    let SetTotal { total } = serde_json::from_slice(&body).map_err(|_| {
-        ApiError::BadRequest("the body is {\"total\": N}, N a whole number from 0".into())
-    })?;
+    let body = read_small_body(request.into_body()).await?;
+    let bad = || ApiError::BadRequest("the body is {\"total\": N}, N a whole number from 0".into());
+    // An object, as documented; serde would also take the fields as an array.
+    let body: serde_json::Value = serde_json::from_slice(&body).map_err(|_| bad())?;
+    if !body.is_object() {
+        return Err(bad());
+    }
+    let SetTotal { total } = SetTotal::deserialize(body).map_err(|_| bad())?;
     if total < 0 {
         return Err(ApiError::BadRequest(
             "the total is a whole number from 0".into(),
@@ -78,7 +87,7 @@ pub async fn set_total(
 /// `DELETE /api/counters/{name}`.
 pub async fn delete(
     State(state): State<AppState>,
-    Path(path): Path<String>,
+    CounterPath(path): CounterPath,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     authorize(&state, &headers)?;
@@ -101,41 +110,73 @@ pub async fn delete(
 }
 
 /// `GET /api/admin/export`: every counter, a JSON line each, read a page at a time so
-/// that memory stays bounded however many there are.
+/// that memory stays bounded however many there are. The first page is read before the
+/// answer starts: a store that cannot list is 503. A counter that cannot be read later
+/// cuts the transfer short (the client sees an incomplete body), and the log says which.
 pub async fn export(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     authorize(&state, &headers)?;
-    tracing::info!(
-        action = "export",
-        "the administrator exported every counter"
-    );
-    // Pages of names, then each counter of a page; the cursor `None` after the last page.
-    let pages = futures_util::stream::unfold(Some(None), move |cursor| {
-        let state = state.clone();
-        async move {
-            let cursor = cursor?;
-            let read = state.deadlines.stats_read();
-            let page = match state.store.list(cursor, read).await {
-                Ok(page) => page,
-                Err(error) => return Some((Err(export_failed(&error)), None)),
-            };
-            let (counters, next) = page;
-            let mut lines = Vec::new();
-            for (name, _) in counters {
-                match state.store.export(&name, read).await {
-                    Ok(Some(counter)) => {
-                        lines.extend(serde_json::to_vec(&counter).unwrap_or_default());
-                        lines.push(b'\n');
+    let first = state
+        .store
+        .list(None, state.deadlines.stats_read())
+        .await
+        .map_err(list_failed)?;
+    tracing::info!(action = "export", "the administrator began an export");
+    // A page at hand (the first), or the cursor of the next; `None` after the last page.
+    enum Next {
+        Page(CounterPage),
+        Cursor(String),
+    }
+    let pages =
+        futures_util::stream::unfold((Some(Next::Page(first)), 0u64), move |(next, exported)| {
+            let state = state.clone();
+            async move {
+                let read = state.deadlines.stats_read();
+                let (counters, cursor) = match next? {
+                    Next::Page(page) => page,
+                    Next::Cursor(cursor) => match state.store.list(Some(cursor), read).await {
+                        Ok(page) => page,
+                        Err(ListError::Store(error)) => {
+                            return Some((Err(export_failed(None, &error, exported)), (None, 0)));
+                        }
+                        // The store's own cursor, which it always takes.
+                        Err(ListError::BadCursor) => {
+                            let error = StoreError::new(
+                                StoreErrorKind::Failed,
+                                "the store refused its own cursor",
+                            );
+                            return Some((Err(export_failed(None, &error, exported)), (None, 0)));
+                        }
+                    },
+                };
+                let mut lines = Vec::new();
+                let mut exported = exported;
+                for (name, _) in counters {
+                    match state.store.export(&name, read).await {
+                        Ok(Some(counter)) => {
+                            lines.extend(serde_json::to_vec(&counter).unwrap_or_default());
+                            lines.push(b'\n');
+                            exported += 1;
+                        }
+                        Ok(None) => {}
+                        Err(error) => {
+                            let failed = export_failed(Some(&name), &error, exported);
+                            return Some((Err(failed), (None, 0)));
+                        }
                     }
-                    Ok(None) => {}
-                    Err(error) => return Some((Err(export_failed(&error)), None)),
                 }
+                if cursor.is_none() {
+                    tracing::info!(
+                        action = "export",
+                        counters = exported,
+                        "the administrator exported every counter"
+                    );
+                }
+                Some((Ok(Bytes::from(lines)), (cursor.map(Next::Cursor), exported)))
             }
-            Some((Ok(Bytes::from(lines)), next.map(Some)))
-        }
-    });
+        });
     let mut response = Body::from_stream(pages).into_response();
     let headers = response.headers_mut();
     headers.insert(
@@ -225,12 +266,28 @@ async fn import_line(
             &format!("line {number}: the total is a whole number from 0"),
         ));
     }
+    counter
+        .check()
+        .map_err(|bad| stopped(imported, &format!("line {number}: {bad}")))?;
     let total = counter.total;
     state
         .store
         .import(&name, counter, state.deadlines.store)
         .await
-        .map_err(admin_failed)?;
+        .map_err(|error| {
+            let (status, reason) = match admin_failed(error) {
+                ApiError::TooManyCounters => (
+                    StatusCode::INSUFFICIENT_STORAGE,
+                    "there are as many counters as allowed (STACKDEMO_MAX_COUNTERS)",
+                ),
+                ApiError::Unavailable(reason) => (StatusCode::SERVICE_UNAVAILABLE, reason),
+                other => return other,
+            };
+            ApiError::ImportStopped(
+                status,
+                format!("line {number} ({name}): {reason}; the import stopped there, after {imported} counters"),
+            )
+        })?;
     tracing::info!(action = "import", counter = %name, total, "the administrator imported a counter");
     Ok(1)
 }
@@ -277,8 +334,16 @@ fn admin_failed(error: AdminError) -> ApiError {
     }
 }
 
-fn export_failed(error: &StoreError) -> std::io::Error {
+/// Logs why an export stopped (at which counter, if one could not be read) and cuts the
+/// transfer short.
+fn export_failed(
+    counter: Option<&CounterName>,
+    error: &StoreError,
+    exported: u64,
+) -> std::io::Error {
     tracing::warn!(
+        counter = counter.map(CounterName::as_str),
+        exported,
         reason = error.code(),
         cause = error.detail(),
         "export failed; the transfer is cut short"

@@ -4,7 +4,7 @@
 
 use axum::{
     body::Body,
-    extract::{Path, Query, Request, State},
+    extract::{Query, Request, State, rejection::QueryRejection},
     http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
@@ -12,7 +12,7 @@ use axum::{
 use super::{
     ApiError,
     client::Client,
-    counters::{parse_name, read},
+    counters::{CounterPath, parse_name, read},
     visit::count,
 };
 use crate::{
@@ -26,10 +26,17 @@ const BADGE_CSP: &str = "default-src 'none'; style-src 'unsafe-inline'";
 
 pub async fn badge(
     State(state): State<AppState>,
-    Path(path): Path<String>,
-    Query(query): Query<BadgeQuery>,
+    CounterPath(path): CounterPath,
+    query: Result<Query<BadgeQuery>, QueryRejection>,
     request: Request,
 ) -> Result<Response, ApiError> {
+    let Ok(Query(query)) = query else {
+        return Err(ApiError::BadRequest(
+            "the query takes label, color, labelColor, style, show, abbreviated and count, \
+             each at most once"
+                .into(),
+        ));
+    };
     let Some(name) = path.strip_suffix(".svg") else {
         return Err(ApiError::NotFound("a badge is /badge/{name}.svg"));
     };
@@ -41,8 +48,8 @@ pub async fn badge(
         let reading = read(&state, &name, 1).await?;
         let number = match badge.show {
             Show::Total => reading.total,
-            Show::Today => reading.today().visits as i64,
-            Show::Unique => reading.today().unique as i64,
+            Show::Today => saturating(reading.today().visits),
+            Show::Unique => saturating(reading.today().unique),
         };
         let svg = badge.render(&badge.value(number));
         let tag = etag(&svg);
@@ -79,7 +86,7 @@ pub async fn badge(
                 } else {
                     today.unique
                 };
-                badge.value(number as i64)
+                badge.value(saturating(number))
             }
             _ => "?".to_owned(),
         },
@@ -90,6 +97,11 @@ pub async fn badge(
         Body::new(AnsweredBody::new(svg, counted, handover)).into_response(),
         &tag,
     ))
+}
+
+/// A day's count as a badge shows it (a day holds at most what a total can).
+fn saturating(count: u64) -> i64 {
+    i64::try_from(count).unwrap_or(i64::MAX)
 }
 
 /// An entity tag of the badge's bytes.

@@ -4,13 +4,14 @@
 //!
 //! Not counting yourself: a browser that visited `/ignore-me` carries the cookie
 //! `stackdemo_nocount=1`, and any counting request with `?count=0` (or `false`, `no`) is
-//! answered without counting. Either way the answer shows the count as it stands.
+//! answered without counting. Either way the answer shows the count as it stands. `HEAD`
+//! never counts: it is answered as the `GET` with `?count=0` would be, without a body.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use axum::{
     extract::{ConnectInfo, Request},
-    http::{HeaderMap, header},
+    http::{HeaderMap, Method, header},
 };
 
 use crate::counters::visitor::{self, TrustedProxies};
@@ -48,7 +49,8 @@ impl Client {
         Self {
             address,
             visitor: visitor::raw(address, user_agent),
-            counts: !asks_not_to_count(request.uri().query(), headers),
+            counts: request.method() != Method::HEAD
+                && !asks_not_to_count(request.uri().query(), headers),
         }
     }
 }

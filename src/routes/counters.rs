@@ -6,8 +6,8 @@
 use axum::{
     Json,
     body::Body,
-    extract::{Path, Request, State},
-    http::{HeaderMap, HeaderValue, Uri, header},
+    extract::{FromRequestParts, Path, Request, State},
+    http::{HeaderMap, HeaderValue, Uri, header, request::Parts},
     response::{IntoResponse, Response},
 };
 use serde::Serialize;
@@ -18,7 +18,25 @@ use crate::{
     delivery::{AnsweredBody, Handover},
     page,
     state::AppState,
+    store::ListError,
 };
+
+/// The `{*name}` of a counter's route, percent-decoded; 400 in the service's words when
+/// it is not text.
+pub struct CounterPath(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for CounterPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match Path::<String>::from_request_parts(parts, state).await {
+            Ok(Path(path)) => Ok(CounterPath(path)),
+            Err(_) => Err(ApiError::BadRequest(
+                "a counter's name is text (UTF-8) once percent-decoded".into(),
+            )),
+        }
+    }
+}
 
 /// Days the history answers when not asked for a number, and the counter's page draws.
 pub const DEFAULT_DAYS: u32 = 30;
@@ -26,7 +44,7 @@ pub const DEFAULT_DAYS: u32 = 30;
 /// `GET /c/{name}`: counts a visit (unless the client asked not to be counted).
 pub async fn visit(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    CounterPath(name): CounterPath,
     request: Request,
 ) -> Result<Response, ApiError> {
     let name = parse_name(&name)?;
@@ -107,7 +125,7 @@ pub struct CounterJson {
 /// `{name}/history`, its counts per day.
 pub async fn read_or_history(
     State(state): State<AppState>,
-    Path(path): Path<String>,
+    CounterPath(path): CounterPath,
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
@@ -125,32 +143,51 @@ pub async fn read_or_history(
 }
 
 /// `GET /api/counters`: a page of counters with their totals, and the cursor of the next
-/// page (`?cursor=`), if there is one. Each store lists in its own order.
+/// page (`?cursor=`), if there is one. Each store lists in its own order. A counter whose
+/// total cannot be read (a key of another type put in its place) is listed with `total`
+/// null and the reason, and the others as usual.
 pub async fn list(State(state): State<AppState>, uri: Uri) -> Result<Response, ApiError> {
     let cursor = query_value(uri.query(), "cursor").map(str::to_owned);
     let (page, next) = state
         .store
         .list(cursor, state.deadlines.stats_read())
         .await
-        .map_err(|error| {
+        .map_err(list_failed)?;
+    let counters: Vec<_> = page
+        .iter()
+        .map(|(name, total)| match total {
+            Ok(total) => serde_json::json!({ "name": name.as_str(), "total": total }),
+            Err(error) => serde_json::json!({
+                "name": name.as_str(),
+                "total": null,
+                "error": error.reason(),
+            }),
+        })
+        .collect();
+    Ok(Json(serde_json::json!({ "counters": counters, "next": next })).into_response())
+}
+
+/// 400 for a cursor no listing gave, 503 with the reason when the store failed.
+pub(super) fn list_failed(error: ListError) -> ApiError {
+    match error {
+        ListError::BadCursor => {
+            ApiError::BadRequest("cursor is the value of next in the page before".into())
+        }
+        ListError::Store(error) => {
             tracing::warn!(
                 reason = error.code(),
                 cause = error.detail(),
                 "counter list failed"
             );
             ApiError::Unavailable(error.reason())
-        })?;
-    let counters: Vec<_> = page
-        .iter()
-        .map(|(name, total)| serde_json::json!({ "name": name.as_str(), "total": total }))
-        .collect();
-    Ok(Json(serde_json::json!({ "counters": counters, "next": next })).into_response())
+        }
+    }
 }
 
 /// `POST /api/counters/{name}`: counts a visit and answers its number as the total.
 pub async fn count_visit(
     State(state): State<AppState>,
-    Path(path): Path<String>,
+    CounterPath(path): CounterPath,
     request: Request,
 ) -> Result<Response, ApiError> {
     if path.ends_with(&format!("/{HISTORY}")) {
@@ -303,10 +340,11 @@ fn chart_days(query: Option<&str>) -> Result<u32, ApiError> {
 
 /// The value of `key` in a query string, as sent (names and values here need no
 /// decoding).
+/// A key without `=` has the empty value.
 pub(super) fn query_value<'q>(query: Option<&'q str>, key: &str) -> Option<&'q str> {
     query?
         .split('&')
-        .filter_map(|pair| pair.split_once('='))
+        .map(|pair| pair.split_once('=').unwrap_or((pair, "")))
         .find(|(k, _)| *k == key)
         .map(|(_, v)| v)
 }

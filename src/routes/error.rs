@@ -28,8 +28,11 @@ pub enum ApiError {
     RateLimited(Duration),
     /// An administrator's request without the administrator's token.
     Unauthorized,
-    /// This path does not take this method.
+    /// A counter's history, which is only read (`GET`, `HEAD`).
     MethodNotAllowed,
+    /// An import that stopped at a line for a reason of the store's (507, 503): the
+    /// status, and which line and how many counters came before it.
+    ImportStopped(StatusCode, String),
 }
 
 impl From<VisitError> for ApiError {
@@ -85,9 +88,20 @@ impl IntoResponse for ApiError {
                 "Unauthorized: the administrator's token is needed\n",
             )
                 .into_response(),
-            ApiError::MethodNotAllowed => {
-                (StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed\n").into_response()
-            }
+            ApiError::MethodNotAllowed => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                [(header::ALLOW, "GET, HEAD")],
+                "Method Not Allowed: a counter's history is only read\n",
+            )
+                .into_response(),
+            ApiError::ImportStopped(status, reason) => (
+                status,
+                format!(
+                    "{}: {reason}\n",
+                    status.canonical_reason().unwrap_or("Error")
+                ),
+            )
+                .into_response(),
         }
     }
 }

@@ -90,6 +90,21 @@ pub async fn render(State(state): State<AppState>) -> impl IntoResponse {
     )
 }
 
+/// The most of a request's path its log line holds.
+const LOGGED_PATH: usize = 256;
+
+/// A path as logged: cut at `LOGGED_PATH` bytes (on a character's boundary), marked `…`.
+fn logged_path(path: &str) -> String {
+    if path.len() <= LOGGED_PATH {
+        return path.to_owned();
+    }
+    let mut end = LOGGED_PATH;
+    while !path.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &path[..end])
+}
+
 /// Middleware recording every request in the metrics, and in one log line (`request
 /// served`: method, path, route, replica, status, latency) when it is answered. Every
 /// label takes its value from a small fixed set, so that no request can create new
@@ -103,8 +118,9 @@ pub async fn track(request: Request, next: Next, replica: Arc<str>) -> Response 
         .map_or("unmatched", MatchedPath::as_str)
         .to_owned();
     let method = request.method().clone();
-    // Only when it is written: a path is as long as its request line allows.
-    let path = tracing::enabled!(Level::INFO).then(|| request.uri().path().to_owned());
+    // Only when it is written, and at most LOGGED_PATH bytes of it: a path is as long as
+    // its request line allows (16 KiB).
+    let path = tracing::enabled!(Level::INFO).then(|| logged_path(request.uri().path()));
     let response = next.run(request).await;
     let latency = start.elapsed();
     let status = response.status().as_u16();

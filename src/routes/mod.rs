@@ -67,7 +67,7 @@ pub fn router(state: AppState) -> Router {
         .allow_headers([header::CONTENT_TYPE])
         .max_age(Duration::from_secs(3600));
     let counters = Router::new()
-        .route("/badge/{*name}", get(badge::badge).head(badge_head))
+        .route("/badge/{*name}", get(badge::badge))
         .route("/api/counters", get(counters::list))
         .route(
             "/api/counters/{*path}",
@@ -76,10 +76,13 @@ pub fn router(state: AppState) -> Router {
                 .put(admin::set_total)
                 .delete(admin::delete),
         )
+        // Before the CORS layer, so that it wraps this answer too and a preflight
+        // (`OPTIONS`), which no route takes, is answered by it rather than with 405.
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(cors);
     Router::new()
         .route("/", get(visit::visit).head(visit::head))
-        .route("/c/{*name}", get(counters::visit).head(visit::head))
+        .route("/c/{*name}", get(counters::visit))
         .route("/ignore-me", get(ignore_me))
         .route("/api/admin/export", get(admin::export))
         .route(IMPORT_PATH, axum::routing::post(admin::import))
@@ -99,11 +102,6 @@ pub fn router(state: AppState) -> Router {
                 .layer(body_limit::RefuseLargeBodiesLayer),
         )
         .with_state(state)
-}
-
-/// `HEAD` of a badge: its headers, never a visit.
-async fn badge_head() -> impl IntoResponse {
-    [(header::CONTENT_TYPE, "image/svg+xml; charset=utf-8")]
 }
 
 /// `GET /ignore-me`: this browser's visits are no longer counted (a cookie); with

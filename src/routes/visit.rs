@@ -85,8 +85,14 @@ async fn read_body(body: Body) -> Result<(), ApiError> {
     if body.is_end_stream() {
         return Ok(());
     }
+    read_small_body(body).await.map(drop)
+}
+
+/// A body of at most `MAX_BODY_BYTES`, announced or in chunks: 413 when longer, 400 when
+/// it cannot be read.
+pub(super) async fn read_small_body(body: Body) -> Result<axum::body::Bytes, ApiError> {
     match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
-        Ok(_) => Ok(()),
+        Ok(bytes) => Ok(bytes),
         Err(error) if over_the_limit(&error) => Err(ApiError::PayloadTooLarge),
         Err(_) => Err(ApiError::BadBody),
     }

@@ -97,6 +97,24 @@ pub enum AdminError {
     Store(StoreError),
 }
 
+/// Why a page of counters was not listed.
+#[derive(Debug)]
+pub enum ListError {
+    /// The cursor is not one a listing gave.
+    BadCursor,
+    Store(StoreError),
+}
+
+impl From<StoreError> for ListError {
+    fn from(error: StoreError) -> Self {
+        ListError::Store(error)
+    }
+}
+
+/// A page of counters with their totals (or why one could not be read), and the cursor
+/// of the next page, if there is one.
+pub type CounterPage = (Vec<(CounterName, Result<i64, StoreError>)>, Option<String>);
+
 impl From<StoreError> for AdminError {
     fn from(error: StoreError) -> Self {
         AdminError::Store(error)
@@ -303,27 +321,41 @@ impl WorkerStore {
         &self,
         cursor: Option<String>,
         timeout: Duration,
-    ) -> Result<(Vec<(CounterName, i64)>, Option<String>), StoreError> {
+    ) -> Result<CounterPage, ListError> {
         const PAGE: usize = 200;
         let by = Instant::now() + timeout;
-        bounded(by, async {
+        let listed = async {
             match self {
                 WorkerStore::Redis(s) => {
-                    let (names, next) = s.list(cursor.as_deref(), by).await?;
+                    // HSCAN's cursor: a number the last page gave.
+                    let cursor = match cursor {
+                        None => 0,
+                        Some(cursor) => cursor.parse().map_err(|_| ListError::BadCursor)?,
+                    };
+                    let (names, next) = s.list(cursor, by).await?;
                     let totals = s.totals(&names, by).await?;
                     Ok((names.into_iter().zip(totals).collect(), next))
                 }
                 WorkerStore::Embedded(s) => {
+                    // The last name of the page before.
+                    if let Some(cursor) = &cursor {
+                        CounterName::parse(cursor).map_err(|_| ListError::BadCursor)?;
+                    }
                     let page = s.list(cursor, PAGE).await?;
                     let next = (page.len() == PAGE)
                         .then(|| page.last().map(|(name, _)| name.to_string()))
                         .flatten();
-                    Ok((page, next))
+                    Ok((page.into_iter().map(|(n, t)| (n, Ok(t))).collect(), next))
                 }
-                WorkerStore::Memory(s) => Ok((s.list(), None)),
+                WorkerStore::Memory(s) => Ok((
+                    s.list().into_iter().map(|(n, t)| (n, Ok(t))).collect(),
+                    None,
+                )),
             }
-        })
-        .await
+        };
+        tokio::time::timeout_at(by, listed)
+            .await
+            .unwrap_or_else(|_| Err(ListError::Store(StoreError::timeout())))
     }
 
     /// Everything a counter holds, for export; `None` when there is no such counter.

@@ -2,7 +2,7 @@
 //! the user gave it: the flag on the command line, the variable in the environment. A
 //! password never shows, whether in help, in errors or in logs.
 
-use crate::helpers::{free_port, process::run};
+use crate::helpers::{RedisServer, free_port, process::run, redis::Flavor};
 
 const SECRET: &str = "s3cret-Pa55";
 
@@ -213,5 +213,51 @@ async fn verify_ignores_the_servers_environment() {
     assert!(
         !text.contains("--listen") && !text.contains("REDIS"),
         "{text}"
+    );
+}
+
+/// Waiting for append-only files (`--redis-wait-aof`) on a server without `WAITAOF`
+/// (Redis before 7.2, or the command renamed away, as here on Valkey, whatever the
+/// installed Redis's version):
+/// refused at start with exit 2, naming the setting as given and the server's version, and
+/// nothing written to the server.
+#[tokio::test]
+async fn waiting_for_append_only_files_on_a_server_without_waitaof_is_refused_at_start() {
+    let redis =
+        RedisServer::start_with(Flavor::Valkey, None, &["--rename-command", "WAITAOF", ""]).await;
+    let url = redis.url();
+    let stderr = assert_refused(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--redis-url",
+            &url,
+            "--redis-wait-aof",
+        ],
+        &[],
+        "--redis-wait-aof",
+    )
+    .await;
+    assert!(
+        stderr.contains("(version "),
+        "the server's version: {stderr}"
+    );
+    assert!(stderr.contains("WAITAOF"), "{stderr}");
+    let stderr = assert_refused(
+        &[],
+        &[
+            ("STACKDEMO_LISTEN", "127.0.0.1:0"),
+            ("REDIS_URL", &url),
+            ("STACKDEMO_REDIS_WAIT_AOF", "true"),
+        ],
+        "STACKDEMO_REDIS_WAIT_AOF",
+    )
+    .await;
+    assert!(!stderr.contains("--"), "names a flag: {stderr}");
+    let keys = redis.query(&["DBSIZE"]).await.unwrap();
+    assert_eq!(
+        keys,
+        redis::Value::Int(0),
+        "nothing is written to the server"
     );
 }

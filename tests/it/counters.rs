@@ -45,6 +45,8 @@ for_each_backend!(
     beyond_the_most_counters_a_new_name_is_refused_with_507,
     a_browser_that_asked_not_to_be_counted_is_not,
     a_badge_counts_and_shows_the_count_and_is_fetched_again_every_time,
+    bad_administration_is_refused_with_a_clear_reason_and_changes_nothing,
+    head_and_preflight_are_answered_as_browsers_expect,
 );
 
 const TOKEN: &str = "an-administrator-token-of-some-length";
@@ -505,10 +507,11 @@ async fn over_the_rate_limit_a_visit_is_refused_with_429_and_not_counted(backend
     );
 }
 
+/// The most counters include the tutorial's, whether it was visited before the others or
+/// after: it always has its place.
 async fn beyond_the_most_counters_a_new_name_is_refused_with_507(backend: Backend) {
     let app = TestApp::spawn_with(backend, &["--rate-limit", "off", "--max-counters", "3"]).await;
     let client = &app.client;
-    client.visit().await;
     text(client, "/c/one").await;
     text(client, "/c/two").await;
 
@@ -523,6 +526,17 @@ async fn beyond_the_most_counters_a_new_name_is_refused_with_507(backend: Backen
     );
     let (status, _) = json(client, Method::GET, "/api/counters/three").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        client.visit().await,
+        1,
+        "the tutorial's counter has its place"
+    );
+    let (_, listed) = json(client, Method::GET, "/api/counters").await;
+    assert_eq!(
+        listed["counters"].as_array().map(Vec::len),
+        Some(3),
+        "no more counters than allowed: {listed}"
+    );
 }
 
 async fn a_browser_that_asked_not_to_be_counted_is_not(backend: Backend) {
@@ -740,11 +754,110 @@ async fn a_wrong_typed_key_of_one_counter_refuses_that_counter_only() {
     assert!(body.contains("wrong"), "{body}");
     assert_eq!(fine, StatusCode::OK);
     assert_eq!(app.client.visit().await, 1);
+    // Reading it says why too, and the list flags it and shows the others.
+    for path in [
+        "/api/counters/broken",
+        "/c/broken?count=0",
+        "/badge/broken.svg?count=0",
+    ] {
+        let (status, body) = text(&app.client, path).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{path}: {body}");
+        assert!(body.contains("wrong type"), "{path}: {body}");
+    }
+    let (status, listed) = json(&app.client, Method::GET, "/api/counters").await;
+    assert_eq!(status, StatusCode::OK, "{listed}");
+    let listed: Vec<&Value> = listed["counters"].as_array().unwrap().iter().collect();
+    let broken = listed.iter().find(|c| c["name"] == "broken").unwrap();
+    assert!(broken["total"].is_null(), "{broken}");
+    assert!(broken["error"].as_str().unwrap().contains("wrong type"));
+    assert!(
+        listed
+            .iter()
+            .any(|c| c["name"] == "fine" && c["total"] == 1)
+    );
     assert_eq!(
         redis.query(&["GET", "hits:c:broken"]).await.unwrap(),
         redis::Value::BulkString(b"not a hash".to_vec()),
         "the operator's key is left as it is"
     );
+}
+
+/// A total that is not a number is not listed as 0, which an export would carry and an
+/// import make true; a cursor that no listing gave is 400.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_total_that_is_not_a_number_is_not_listed_as_zero() {
+    let app = TestApp::spawn_with(Backend::Redis, &["--rate-limit", "off"]).await;
+    let redis = app.redis.as_ref().unwrap();
+    text(&app.client, "/c/damaged").await;
+    redis
+        .query(&["HSET", "hits:c:damaged", "total", "abc"])
+        .await
+        .unwrap();
+
+    let (status, listed) = json(&app.client, Method::GET, "/api/counters").await;
+
+    assert_eq!(status, StatusCode::OK);
+    let damaged = &listed["counters"][0];
+    assert_eq!(damaged["name"], "damaged");
+    assert!(damaged["total"].is_null(), "{listed}");
+    for cursor in ["abc", "-1", "99999999999999999999999", ""] {
+        let (status, body) = text(&app.client, &format!("/api/counters?cursor={cursor}")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "cursor {cursor:?}: {body}");
+    }
+}
+
+/// A unique-visitor sketch that Redis finds damaged refuses its own counter's visits, and
+/// the other counters of the same batches count.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_damaged_sketch_refuses_its_counter_only() {
+    let app = TestApp::spawn_with(Backend::Redis, &["--rate-limit", "off"]).await;
+    let redis = app.redis.as_ref().unwrap();
+    text(&app.client, "/c/sketchy").await;
+    let day = today_utc();
+    // A sparse header and runs beyond the registers: PFADD answers INVALIDOBJ.
+    let mut damaged = b"HYLL\x01\0\0\0".to_vec();
+    damaged.extend([0u8; 8]);
+    damaged.extend([0xff; 6]);
+    let key = format!("hits:u:{day}:sketchy");
+    redis
+        .query_bytes(&[b"SET", key.as_bytes(), &damaged])
+        .await
+        .unwrap();
+
+    // Together, so that they share batches.
+    let paths: Vec<String> = (0..24)
+        .map(|n| {
+            if n % 2 == 0 {
+                "/c/sketchy".into()
+            } else {
+                format!("/c/clean-{n}")
+            }
+        })
+        .collect();
+    let answers = futures_util::future::join_all(paths.iter().map(|path| {
+        let client = &app.client;
+        async move { (path.clone(), text(client, path).await) }
+    }))
+    .await;
+
+    for (path, (status, body)) in answers {
+        if path == "/c/sketchy" {
+            assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+            assert!(body.contains("wrong type"), "{body}");
+        } else {
+            assert_eq!(status, StatusCode::OK, "{path}: {body}");
+        }
+    }
+    assert_eq!(
+        total(&app.client, "sketchy").await,
+        1,
+        "nothing refused was counted"
+    );
+}
+
+/// Today, as the stores name days (UTC).
+fn today_utc() -> String {
+    stackdemo::counters::Day::today().to_string()
 }
 
 /// Every administrator's change is in the log with what it changed; the token never is.
@@ -794,14 +907,240 @@ async fn the_administrators_changes_are_logged_and_the_token_is_not() {
     )
     .await;
     let log = service.log();
-    assert!(
-        log.contains(r#""action":"set","counter":"docs","created":true,"total":42"#),
-        "{log}"
+    let lines: Vec<Value> = log
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("a JSON line"))
+        .collect();
+    let logged = |action: &str| {
+        lines
+            .iter()
+            .find(|line| line["action"] == action)
+            .unwrap_or_else(|| panic!("no {action} in the log: {log}"))
+    };
+    let set = logged("set");
+    assert_eq!(
+        (&set["counter"], &set["created"], &set["total"]),
+        (&json!("docs"), &json!(true), &json!(42)),
+        "{set}"
     );
-    assert!(
-        log.contains(r#""action":"delete","counter":"docs""#),
-        "{log}"
-    );
+    assert_eq!(logged("delete")["counter"], "docs");
     assert!(log.contains("without the administrator's token"), "{log}");
     assert!(!log.contains(TOKEN), "the token was logged");
+}
+
+/// What an administrator, or someone posing as one, may send wrong: each is refused with
+/// its status and a reason in the service's words, and nothing is changed.
+async fn bad_administration_is_refused_with_a_clear_reason_and_changes_nothing(backend: Backend) {
+    let token = token_file();
+    let path = token.path().to_str().unwrap().to_owned();
+    let app = TestApp::spawn_with(
+        backend,
+        &[
+            "--rate-limit",
+            "off",
+            "--admin-token-file",
+            &path,
+            "--max-counters",
+            "3",
+        ],
+    )
+    .await;
+    let client = &app.client;
+    text(client, "/c/kept").await;
+    let bearer = format!("bearer {TOKEN}");
+    let send = |method: Method, path: &str, body: String| {
+        let request = client
+            .request_builder(method, path)
+            .header(header::AUTHORIZATION, bearer.clone())
+            .body(body);
+        async move {
+            let response = request.send().await.unwrap();
+            (response.status(), response.text().await.unwrap_or_default())
+        }
+    };
+
+    // 20 000 bytes in chunks of 4 KiB, with the token: over the limit however it comes.
+    let mut chunked = format!(
+        "PUT /api/counters/kept HTTP/1.1\r\nHost: test\r\nAuthorization: {bearer}\r\n\
+         Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    );
+    let padded = format!("{{\"total\": 5{}}}", " ".repeat(20_000));
+    for chunk in padded.as_bytes().chunks(4096) {
+        chunked.push_str(&format!(
+            "{:x}\r\n{}\r\n",
+            chunk.len(),
+            std::str::from_utf8(chunk).unwrap()
+        ));
+    }
+    chunked.push_str("0\r\n\r\n");
+    let answer = raw_exchange(app.address, chunked.as_bytes()).await;
+    assert_eq!(answer.status, 413, "a chunked body over 16 KiB: {answer:?}");
+    assert!(
+        !answer.body.contains("length limit"),
+        "a library's words: {answer:?}"
+    );
+    let (status, body) = send(Method::PUT, "/api/counters/kept", "[5]".into()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let (status, body) = send(Method::PUT, "/api/counters/kept/history", "{}".into()).await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{body}");
+
+    let today = today_utc();
+    let lines = [
+        (
+            r#"{"name":"kept","total":0,"days":{"total":1}}"#,
+            "not a date",
+        ),
+        (
+            r#"{"name":"kept","total":0,"days":{"2026-13-45":1}}"#,
+            "not a date",
+        ),
+        (
+            &*format!(r#"{{"name":"kept","total":0,"days":{{"{today}":9223372036854775808}}}}"#),
+            "at most",
+        ),
+        (
+            &*format!(
+                r#"{{"name":"kept","total":0,"unique":{{"{today}":{{"estimate":1,"format":"redis-hll","sketch":"SFlMTAEAAAAAAAAAAAAAAP//////"}}}}}}"#
+            ),
+            "not a Redis HyperLogLog",
+        ),
+    ];
+    for (line, reason) in lines {
+        let (status, body) = send(Method::POST, "/api/admin/import", line.to_owned()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{line}: {body}");
+        assert!(
+            body.contains("line 1") && body.contains(reason),
+            "{line}: {body}"
+        );
+    }
+    assert_eq!(
+        total(client, "kept").await,
+        1,
+        "nothing imported changed it"
+    );
+
+    // Three at most, the tutorial's among them: the second new one stops the import.
+    let import = "{\"name\":\"new-1\",\"total\":7}\n{\"name\":\"new-2\",\"total\":8}\n";
+    let (status, body) = send(Method::POST, "/api/admin/import", import.into()).await;
+    assert_eq!(status, StatusCode::INSUFFICIENT_STORAGE, "{body}");
+    assert!(
+        body.contains("line 2") && body.contains("after 1 counters"),
+        "{body}"
+    );
+    assert_eq!(total(client, "new-1").await, 7);
+
+    let (status, body) = text(client, "/badge/kept.svg?count=0&label=%EF%BF%BE").await;
+    assert_eq!(
+        status,
+        StatusCode::BAD_REQUEST,
+        "a character XML does not allow: {body}"
+    );
+    let (status, body) = text(client, "/badge/kept.svg?count=0&label=a&label=b").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body.starts_with("Bad Request: the query"), "{body}");
+    let (status, body) = text(client, "/c/%FF").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body.starts_with("Bad Request: a counter's name"), "{body}");
+    assert_eq!(total(client, "kept").await, 1);
+}
+
+/// `HEAD` is answered as the `GET` without counting would be (its status and headers, no
+/// body, never a visit); a CORS preflight is answered for the API and the badges.
+async fn head_and_preflight_are_answered_as_browsers_expect(backend: Backend) {
+    let app = TestApp::spawn_with(backend, &["--rate-limit", "off"]).await;
+    let client = &app.client;
+    text(client, "/badge/seen.svg").await;
+
+    for (path, status) in [
+        ("/c/bad:name", StatusCode::BAD_REQUEST),
+        ("/badge/seen", StatusCode::NOT_FOUND),
+        ("/badge/bad:name.svg", StatusCode::BAD_REQUEST),
+        ("/badge/seen.svg", StatusCode::OK),
+        ("/c/seen", StatusCode::OK),
+        ("/badge/never-seen.svg", StatusCode::NOT_FOUND),
+    ] {
+        let head = client.request(Method::HEAD, path).await;
+        assert_eq!(head.status(), status, "HEAD {path}");
+    }
+    let head = client.request(Method::HEAD, "/badge/seen.svg").await;
+    assert!(head.headers().contains_key(header::ETAG));
+    assert!(head.headers().contains_key(header::CONTENT_SECURITY_POLICY));
+    assert_eq!(total(client, "seen").await, 1, "HEAD never counts");
+
+    for path in ["/api/counters/seen", "/api/counters", "/badge/seen.svg"] {
+        let preflight = client
+            .request_builder(Method::OPTIONS, path)
+            .header(header::ORIGIN, "https://page.example")
+            .header(header::ACCESS_CONTROL_REQUEST_METHOD, "POST")
+            .header(header::ACCESS_CONTROL_REQUEST_HEADERS, "content-type")
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            preflight.status().is_success(),
+            "{path}: {}",
+            preflight.status()
+        );
+        assert_eq!(
+            preflight.headers()[header::ACCESS_CONTROL_ALLOW_ORIGIN],
+            "*",
+            "{path}"
+        );
+    }
+    let posted = client
+        .request_builder(Method::POST, "/api/counters/seen/history")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(posted.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(posted.headers()[header::ALLOW], "GET, HEAD");
+    assert_eq!(total(client, "seen").await, 1);
+}
+
+/// Today's salt for visitors' hashes in a key of another type refuses every visit to a
+/// named counter: readiness says so, with the reason, until the key is removed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_salt_key_of_another_type_makes_the_service_not_ready_until_removed() {
+    let redis = RedisServer::start().await;
+    let salt = format!("hits:salt:{}", today_utc());
+    redis
+        .query(&["HSET", &salt, "not", "a salt"])
+        .await
+        .unwrap();
+    let app = TestApp::spawn_on_redis(&redis.url(), &["--rate-limit", "off"]).await;
+
+    let (status, body) = text(&app.client, "/c/page").await;
+    let (ready, reason) = text(&app.client, "/readyz").await;
+
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(ready, StatusCode::SERVICE_UNAVAILABLE, "{reason}");
+    assert!(reason.contains("wrong type"), "{reason}");
+    redis.query(&["DEL", &salt]).await.unwrap();
+    wait_until("ready again", allowed(Duration::from_secs(2)), || async {
+        text(&app.client, "/readyz").await.0 == StatusCode::OK
+    })
+    .await;
+    assert_eq!(text(&app.client, "/c/page").await.0, StatusCode::OK);
+}
+
+/// An export that cannot start is 503, not a 200 with an empty, cut-off body.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_export_that_cannot_list_the_counters_is_refused_before_it_starts() {
+    let token = token_file();
+    let path = token.path().to_str().unwrap().to_owned();
+    let app = TestApp::spawn_with(Backend::Redis, &["--admin-token-file", &path]).await;
+    let redis = app.redis.as_ref().unwrap();
+    redis.query(&["SET", "hits:counters", "x"]).await.unwrap();
+
+    let export = app
+        .client
+        .request_builder(Method::GET, "/api/admin/export")
+        .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(export.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body = export.text().await.unwrap();
+    assert!(body.contains("wrong type"), "{body}");
 }

@@ -178,6 +178,18 @@ impl<'txn> Tables<'txn> {
             .map_or(0, |v| v.value()))
     }
 
+    /// Whether a new counter would be one too many: the tutorial's counter always has its
+    /// place among the most allowed, made yet or not.
+    fn full(&self, rules: &Rules<'_>) -> Result<bool, StoreError> {
+        let tutorial_made = self
+            .counters
+            .get(rules.tutorial.as_str())
+            .map_err(classify)?
+            .is_some();
+        let counters = self.counters.len().map_err(classify)?;
+        Ok(counters + u64::from(!tutorial_made) >= rules.policy.max_counters)
+    }
+
     fn count(
         &mut self,
         rules: &Rules<'_>,
@@ -193,7 +205,7 @@ impl<'txn> Tables<'txn> {
             if rules.policy.closed {
                 return Ok(TallyResult::Unknown);
             }
-            if self.counters.len().map_err(classify)? >= rules.policy.max_counters {
+            if self.full(rules)? {
                 return Ok(TallyResult::TooMany);
             }
         }
@@ -343,10 +355,7 @@ pub(super) fn set_total(
         let mut tables = Tables::open(&txn)?;
         let key = name.as_str();
         let known = tables.counters.get(key).map_err(classify)?.is_some();
-        if !known
-            && name != rules.tutorial
-            && tables.counters.len().map_err(classify)? >= rules.policy.max_counters
-        {
+        if !known && name != rules.tutorial && tables.full(rules)? {
             return Err(AdminError::TooMany);
         }
         let previous = tables
@@ -480,10 +489,7 @@ pub(super) fn import(
         let mut tables = Tables::open(&txn)?;
         let key = name.as_str();
         let known = tables.counters.get(key).map_err(classify)?.is_some();
-        if !known
-            && name != rules.tutorial
-            && tables.counters.len().map_err(classify)? >= rules.policy.max_counters
-        {
+        if !known && name != rules.tutorial && tables.full(rules)? {
             return Err(AdminError::TooMany);
         }
         tables.counters.insert(key, BY_ADMIN).map_err(classify)?;

@@ -12,9 +12,9 @@ use super::{scripts, session::RedisSession};
 use crate::{
     counters::{
         CounterName, Day,
-        export::{CounterExport, REDIS_HLL, UniqueExport},
+        export::{CounterExport, REDIS_HLL, UniqueExport, is_redis_hll},
     },
-    store::{AdminError, StoreError},
+    store::{AdminError, StoreError, StoreErrorKind},
 };
 
 /// Counters read per page when listing.
@@ -39,7 +39,8 @@ impl RedisSession {
             .arg(name.as_str())
             .arg(total)
             .arg(if tutorial { "1" } else { "0" })
-            .arg(store.policy.max_counters);
+            .arg(store.policy.max_counters)
+            .arg(store.tutorial.as_str());
         match self.query::<(Option<String>,)>(&pipe, answer_by).await {
             Ok((previous,)) => Ok(previous.and_then(|p| p.parse().ok())),
             Err(error) if error.detail().contains("TOOMANY") => Err(AdminError::TooMany),
@@ -71,17 +72,17 @@ impl RedisSession {
         Ok(existed == 1)
     }
 
-    /// A page of counters' names, from `cursor` (`None`: the first page); the cursor of
-    /// the next page, if any. In no particular order.
+    /// A page of counters' names, from `cursor` (0: the first page); the cursor of the
+    /// next page, if any. In no particular order.
     pub async fn list(
         &self,
-        cursor: Option<&str>,
+        cursor: u64,
         answer_by: Instant,
     ) -> Result<(Vec<CounterName>, Option<String>), StoreError> {
         let mut pipe = redis::pipe();
         pipe.cmd("HSCAN")
             .arg(&self.store.keys.registry)
-            .arg(cursor.unwrap_or("0"))
+            .arg(cursor)
             .arg("COUNT")
             .arg(PAGE);
         let ((next, entries),): ((String, Vec<String>),) = self.query(&pipe, answer_by).await?;
@@ -92,14 +93,16 @@ impl RedisSession {
         Ok((names, (next != "0").then_some(next)))
     }
 
-    /// Totals of `names`, in order (0 for a counter without one).
+    /// Totals of `names`, in order (0 for a counter without one), each or why it could
+    /// not be read: one counter's key of another type fails that counter only.
     pub async fn totals(
         &self,
         names: &[CounterName],
         answer_by: Instant,
-    ) -> Result<Vec<i64>, StoreError> {
+    ) -> Result<Vec<Result<i64, StoreError>>, StoreError> {
         let store = &self.store;
         let mut pipe = redis::pipe();
+        pipe.ignore_errors();
         for name in names {
             if *name == store.tutorial {
                 pipe.get(&store.keys.total);
@@ -107,10 +110,16 @@ impl RedisSession {
                 pipe.hget(store.keys.counter_total(name.as_str()), "total");
             }
         }
-        let totals: Vec<Option<String>> = self.query(&pipe, answer_by).await?;
+        let totals: Vec<redis::RedisResult<Option<String>>> = self.query(&pipe, answer_by).await?;
         Ok(totals
             .into_iter()
-            .map(|t| t.and_then(|t| t.parse().ok()).unwrap_or(0))
+            .map(|total| match total {
+                Ok(None) => Ok(0),
+                Ok(Some(total)) => total.parse().map_err(|_| {
+                    StoreError::new(StoreErrorKind::WrongType, "the total is not an integer")
+                }),
+                Err(error) => Err(super::classify(error)),
+            })
             .collect())
     }
 
@@ -128,6 +137,7 @@ impl RedisSession {
         else {
             return Ok(None);
         };
+        let total = total?;
         let mut pipe = redis::pipe();
         pipe.hgetall(keys.counter_days(name.as_str()));
         let (fields,): (BTreeMap<String, String>,) = self.query(&pipe, answer_by).await?;
@@ -184,9 +194,13 @@ impl RedisSession {
         check
             .hexists(&keys.registry, name.as_str())
             .cmd("HLEN")
-            .arg(&keys.registry);
-        let (known, registered): (bool, u64) = self.query(&check, answer_by).await?;
-        if !known && *name != store.tutorial && registered >= store.policy.max_counters {
+            .arg(&keys.registry)
+            .hexists(&keys.registry, store.tutorial.as_str());
+        let (known, registered, tutorial_known): (bool, u64, bool) =
+            self.query(&check, answer_by).await?;
+        // The tutorial's counter always has its place among the most allowed.
+        let reserved = u64::from(!tutorial_known);
+        if !known && *name != store.tutorial && registered + reserved >= store.policy.max_counters {
             return Err(AdminError::TooMany);
         }
         let hash = keys.counter_days(name.as_str());
@@ -210,7 +224,7 @@ impl RedisSession {
             else {
                 continue;
             };
-            if !sketch.starts_with(b"HYLL") {
+            if !is_redis_hll(&sketch) {
                 continue;
             }
             let until = day

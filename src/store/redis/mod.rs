@@ -221,15 +221,29 @@ fn with_password(info: ConnectionInfo, password: Option<&secrecy::SecretString>)
 /// Whether a write may have been applied is for the caller to say: it knows whether the
 /// command was sent.
 fn classify(error: RedisError) -> StoreError {
-    let detail = error.detail().unwrap_or_default();
-    let kind = match error.code() {
+    // A command of a pipeline that failed: its server error, not the pipeline's.
+    let first = error
+        .clone()
+        .into_server_errors()
+        .and_then(|errors| errors.first().map(|(_, error)| error.clone()));
+    let code = first
+        .as_ref()
+        .map(|error| error.code())
+        .or_else(|| error.code());
+    let detail = first
+        .as_ref()
+        .and_then(|error| error.details())
+        .or_else(|| error.detail())
+        .unwrap_or_default();
+    let kind = match code {
         Some("LOADING") => StoreErrorKind::Loading,
         Some("MISCONF" | "READONLY" | "MASTERDOWN") => StoreErrorKind::ReadOnly,
         Some("NOAUTH" | "WRONGPASS") => StoreErrorKind::Auth,
         Some("NOPERM") => StoreErrorKind::Permission,
         Some("OOM") => StoreErrorKind::OutOfMemory,
         Some("BUSY") => StoreErrorKind::Busy,
-        Some("WRONGTYPE") => StoreErrorKind::WrongType,
+        // A key of another type, or a unique-visitor sketch that is not a valid one.
+        Some("WRONGTYPE" | "INVALIDOBJ") => StoreErrorKind::WrongType,
         Some("NOREPLICAS") => StoreErrorKind::Replication,
         // Refused by the write's own deadline check: certainly not applied.
         Some("EXPIRED") => StoreErrorKind::Timeout,

@@ -15,9 +15,11 @@ impl RedisSession {
     /// script with the same keys and the same wait for replicas, succeeds. So readiness
     /// follows whatever refuses visits: the server gone, a replica instead of the
     /// primary, too few replicas, a full memory, an ACL, a key of the wrong type, a total
-    /// at its limit.
+    /// at its limit. And today's salt for visitors' hashes can be read: a key of another
+    /// type in its place refuses every visit to named counters.
     pub async fn ready(&self, answer_by: Instant) -> Result<(), StoreError> {
-        self.probe(answer_by).await
+        self.probe(answer_by).await?;
+        self.salt(self.today(), answer_by).await.map(|_| ())
     }
 
     /// The total, visits per replica and which replicas are alive.

@@ -138,11 +138,12 @@ local function undo(i)
 end
 
 -- What an error of one counter's write means for that counter: `overflow` its limit, a
--- key of the wrong kind `W`; nil for an error that fails the whole batch.
+-- key of the wrong kind or a damaged sketch `W`; nil for an error that fails the whole
+-- batch.
 local function refusal(err, overflow)
   if string.find(err, 'overflow') then return overflow end
   if string.find(err, 'WRONGTYPE') or string.find(err, 'not an integer')
-      or string.find(err, 'HyperLogLog') then
+      or string.find(err, 'HyperLogLog') or string.find(err, 'INVALIDOBJ') then
     return 'W'
   end
   return nil
@@ -169,7 +170,9 @@ local function apply(i)
     registered = registered or redis.call('HLEN', registry)
     if not is_tutorial then
       if closed then undo(i) return 'U' end
-      if registered >= max_counters then undo(i) return 'M' end
+      -- The tutorial's counter always has its place among the most allowed.
+      local reserved = 1 - redis.call('HEXISTS', registry, tutorial)
+      if registered + reserved >= max_counters then undo(i) return 'M' end
     end
     local result = redis.pcall('HSET', registry, name, 'visit')
     if failed(result) then return refused(result.err) end
@@ -262,13 +265,18 @@ return {now, total}
 /// when there was none).
 ///
 /// KEYS: 1 the registry, 2 the total (the tutorial's string key, or the counter's hash).
-/// ARGV: 1 name, 2 the total, 3 `1` for the tutorial's counter, 4 counters at most.
+/// ARGV: 1 name, 2 the total, 3 `1` for the tutorial's counter, 4 counters at most, 5 the
+/// tutorial's name.
 ///
-/// Errors of its own: `TOOMANY` (a new counter, and there are as many as allowed).
+/// Errors of its own: `TOOMANY` (a new counter, and there are as many as allowed, the
+/// tutorial's counter always among them).
 pub const SET_TOTAL: &str = r"
 local known = redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1
-if not known and ARGV[3] == '0' and redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[4]) then
-  return redis.error_reply('TOOMANY there are as many counters as allowed')
+if not known and ARGV[3] == '0' then
+  local reserved = 1 - redis.call('HEXISTS', KEYS[1], ARGV[5])
+  if redis.call('HLEN', KEYS[1]) + reserved >= tonumber(ARGV[4]) then
+    return redis.error_reply('TOOMANY there are as many counters as allowed')
+  end
 end
 local previous
 if ARGV[3] == '1' then

@@ -273,7 +273,7 @@ impl RedisSession {
 
     /// Today's salt for visitors' hashes: the one Redis holds for the day (made by the
     /// first replica to need it, and gone with the day), cached for the day.
-    async fn salt(&self, day: Day, answer_by: Instant) -> Result<[u8; 16], StoreError> {
+    pub(super) async fn salt(&self, day: Day, answer_by: Instant) -> Result<[u8; 16], StoreError> {
         if let Some((cached, salt)) = *self.salt.lock().unwrap_or_else(|e| e.into_inner())
             && cached == day
         {
