@@ -614,14 +614,32 @@ async fn visits_are_refused_at_once_while_a_connection_attempt_hangs() {
     );
     let first_client = TestClient::with_base(service.client.base.clone());
     let first = tokio::spawn(async move { first_client.try_visit().await });
+    // Until the first visit's write has started (and with it the worker's connection
+    // attempt): counting connections cannot tell the worker's from the heartbeat's.
     let mut held = Vec::new();
-    wait_until("the worker to connect", allowed(PROCESS_START), || {
-        while let Ok((stream, _)) = silent.accept() {
-            held.push(stream);
-        }
-        let connected = held.len();
-        async move { connected >= 2 }
-    })
+    wait_until(
+        "the first visit's write to start",
+        allowed(PROCESS_START),
+        || {
+            while let Ok((stream, _)) = silent.accept() {
+                held.push(stream);
+            }
+            let client = &service.client;
+            async move {
+                let metrics = client
+                    .get("/metrics")
+                    .await
+                    .text()
+                    .await
+                    .unwrap_or_default();
+                metrics.lines().any(|line| {
+                    line.strip_prefix("stackdemo_visit_batch_size_count ")
+                        .and_then(|count| count.trim().parse::<f64>().ok())
+                        .is_some_and(|count| count >= 1.0)
+                })
+            }
+        },
+    )
     .await;
 
     let clients: Vec<TestClient> = (0..15)
