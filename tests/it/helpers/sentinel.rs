@@ -160,24 +160,36 @@ impl RedisGroup {
 
     /// A planned failover (`SENTINEL FAILOVER`), as an operator starts one: asked of one
     /// sentinel until it takes it (it refuses while another is under way, or before it
-    /// has watched the replicas long enough); returns the new primary once it takes
-    /// writes.
+    /// has watched the replicas long enough), and asked again if it gives the failover
+    /// up (no replica promoted within the failover timeout, which a loaded machine can
+    /// take), as an operator would; returns the new primary once it takes writes.
     pub async fn planned_failover(&self) -> usize {
         let old = self.primary().await.expect("a primary");
         let asked = &self.sentinels[fastrand::usize(..self.sentinels.len())];
+        let new = std::sync::Mutex::new(None);
         wait_or_explain(
-            "a sentinel to take SENTINEL FAILOVER",
-            allowed(FAILOVER),
+            "a planned failover carried out",
+            allowed(FAILOVER) * 2,
             || async {
-                asked
-                    .query(&["SENTINEL", "FAILOVER", MASTER_NAME])
-                    .await
-                    .is_ok()
+                let found = self.primary().await.filter(|&p| p != old);
+                if let Some(p) = found {
+                    *new.lock().unwrap() = Some(p);
+                    return self.nodes[p].replication("role").await.as_deref() == Some("master");
+                }
+                // Asked again only when the asked sentinel still names the old primary
+                // and carries out no failover: it has given this one up.
+                let old_port = self.nodes[old].port;
+                if asked.primary_port().await == Some(old_port)
+                    && !asked.failover_in_progress().await
+                {
+                    let _ = asked.query(&["SENTINEL", "FAILOVER", MASTER_NAME]).await;
+                }
+                false
             },
             || self.state(),
         )
         .await;
-        self.wait_for_failover(old, allowed(FAILOVER)).await
+        new.into_inner().unwrap().expect("a new primary")
     }
 
     /// Brings a killed node back as an operator does with deploy/redis-node.sh: as a
@@ -310,6 +322,17 @@ impl SentinelProcess {
             .ok()
             .and_then(|value| redis::from_redis_value(value).ok())
             .unwrap_or_default()
+    }
+
+    /// Whether this sentinel is carrying out a failover of the primary now.
+    pub async fn failover_in_progress(&self) -> bool {
+        let Ok(value) = self.query(&["SENTINEL", "MASTER", MASTER_NAME]).await else {
+            return false;
+        };
+        let fields: Vec<String> = redis::from_redis_value(value).unwrap_or_default();
+        fields
+            .chunks(2)
+            .any(|pair| pair[0] == "flags" && pair.get(1).is_some_and(|f| f.contains("failover")))
     }
 
     pub async fn primary_port(&self) -> Option<u16> {
