@@ -3,7 +3,7 @@
 //! error event like any other, not printed as a bare backtrace.
 //!
 //! JSON lines come from json-subscriber, a drop-in for tracing-subscriber's JSON format
-//! that writes a line in about half the time (bench/README.md). Lines are written off the
+//! (faster per event in its own benchmarks; bench/README.md has ours). Lines are written off the
 //! request path: at `info` and below they go through a bounded queue to a writer thread
 //! (tracing-appender's non-blocking writer), so a request never waits for standard
 //! output; the thread writes what has queued up in one go, not a system call a line. When the output blocks (a slow log reader)
