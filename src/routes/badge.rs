@@ -13,7 +13,7 @@ use super::{
     ApiError,
     client::Client,
     counters::{CounterPath, parse_name, read},
-    visit::count,
+    visit::count_named,
 };
 use crate::{
     badge::{Badge, BadgeQuery, Show},
@@ -62,14 +62,7 @@ pub async fn badge(
         }
         return Ok(with_headers(Body::from(svg).into_response(), &tag));
     }
-    let counted = count(
-        &state,
-        name.clone(),
-        &client,
-        state.counters.rate_limit.as_ref(),
-        request.into_body(),
-    )
-    .await?;
+    let counted = count_named(&state, name.clone(), &client, request.into_body()).await?;
     let value = match badge.show {
         Show::Total => badge.value(counted.number()),
         // Counted: the answer carries the badge whatever happens next, so a day that

@@ -12,7 +12,7 @@ use axum::{
 };
 use serde::Serialize;
 
-use super::{ApiError, client::Client, visit::count};
+use super::{ApiError, client::Client, visit::count_named};
 use crate::{
     counters::{CounterName, CounterReading, DayReading, name::HISTORY},
     delivery::{AnsweredBody, Handover},
@@ -65,14 +65,7 @@ pub async fn visit(
         };
         return Ok(answer(Body::from(text), html));
     }
-    let counted = count(
-        &state,
-        name.clone(),
-        &client,
-        state.counters.rate_limit.as_ref(),
-        request.into_body(),
-    )
-    .await?;
+    let counted = count_named(&state, name.clone(), &client, request.into_body()).await?;
     let text = if html {
         // Counted: the answer carries its number whatever happens next, so a history that
         // cannot be read leaves the chart out rather than failing the visit.
@@ -200,14 +193,7 @@ pub async fn count_visit(
         let reading = read(&state, &name, 1).await?;
         return Ok(json_body(&name, reading.total, None));
     }
-    let counted = count(
-        &state,
-        name.clone(),
-        &client,
-        state.counters.rate_limit.as_ref(),
-        request.into_body(),
-    )
-    .await?;
+    let counted = count_named(&state, name.clone(), &client, request.into_body()).await?;
     let number = counted.number();
     let text = serde_json::json!({ "name": name.as_str(), "total": number }).to_string();
     Ok(json_body(&name, number, Some((text, counted, handover))))

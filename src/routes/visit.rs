@@ -57,6 +57,23 @@ pub async fn visit(State(state): State<AppState>, request: Request) -> Result<Re
     Ok(response)
 }
 
+/// Counts a visit of a named counter, within the counters' rate limit (`count`).
+pub(super) async fn count_named(
+    state: &AppState,
+    counter: CounterName,
+    client: &Client,
+    body: Body,
+) -> Result<Counted, ApiError> {
+    count(
+        state,
+        counter,
+        client,
+        state.counters.rate_limit.as_ref(),
+        body,
+    )
+    .await
+}
+
 /// Counts a visit of `counter` by `client`, within `limit`, once its body is read: the
 /// visit's number, which its answer must carry (`delivery`).
 pub(super) async fn count(

@@ -97,6 +97,16 @@ fn token_file() -> tempfile::NamedTempFile {
     file
 }
 
+/// The service on `backend` with the administrator's token, no rate limit and `extra`;
+/// the token's file, which must live as long as the service.
+async fn spawn_with_admin(backend: Backend, extra: &[&str]) -> (TestApp, tempfile::NamedTempFile) {
+    let token = token_file();
+    let path = token.path().to_str().unwrap().to_owned();
+    let mut args = vec!["--rate-limit", "off", "--admin-token-file", &path];
+    args.extend_from_slice(extra);
+    (TestApp::spawn_with(backend, &args).await, token)
+}
+
 async fn named_counters_count_apart_and_read_without_counting(backend: Backend) {
     let app = TestApp::spawn_with(backend, &["--rate-limit", "off"]).await;
     let client = &app.client;
@@ -332,13 +342,7 @@ async fn unique_visitors_are_estimated_within_the_sketchs_error(backend: Backend
 }
 
 async fn the_administrator_sets_resets_and_deletes_and_no_one_else_can(backend: Backend) {
-    let token = token_file();
-    let path = token.path().to_str().unwrap().to_owned();
-    let app = TestApp::spawn_with(
-        backend,
-        &["--rate-limit", "off", "--admin-token-file", &path],
-    )
-    .await;
+    let (app, _token) = spawn_with_admin(backend, &[]).await;
     let client = &app.client;
     text(client, "/c/page").await;
     let admin = |method: Method, path: &str, body: Option<Value>| {
@@ -433,20 +437,7 @@ async fn the_administrator_sets_resets_and_deletes_and_no_one_else_can(backend: 
 }
 
 async fn closed_counters_count_only_what_the_administrator_created(backend: Backend) {
-    let token = token_file();
-    let path = token.path().to_str().unwrap().to_owned();
-    let app = TestApp::spawn_with(
-        backend,
-        &[
-            "--rate-limit",
-            "off",
-            "--admin-token-file",
-            &path,
-            "--counters",
-            "closed",
-        ],
-    )
-    .await;
+    let (app, _token) = spawn_with_admin(backend, &["--counters", "closed"]).await;
     let client = &app.client;
 
     let (unknown, _) = text(client, "/c/someone/else").await;
@@ -941,20 +932,7 @@ async fn the_administrators_changes_are_logged_and_the_token_is_not() {
 /// What an administrator, or someone posing as one, may send wrong: each is refused with
 /// its status and a reason in the service's words, and nothing is changed.
 async fn bad_administration_is_refused_with_a_clear_reason_and_changes_nothing(backend: Backend) {
-    let token = token_file();
-    let path = token.path().to_str().unwrap().to_owned();
-    let app = TestApp::spawn_with(
-        backend,
-        &[
-            "--rate-limit",
-            "off",
-            "--admin-token-file",
-            &path,
-            "--max-counters",
-            "3",
-        ],
-    )
-    .await;
+    let (app, _token) = spawn_with_admin(backend, &["--max-counters", "3"]).await;
     let client = &app.client;
     text(client, "/c/kept").await;
     let bearer = format!("bearer {TOKEN}");
@@ -1136,9 +1114,7 @@ async fn a_salt_key_of_another_type_makes_the_service_not_ready_until_removed() 
 /// An export that cannot start is 503, not a 200 with an empty, cut-off body.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_export_that_cannot_list_the_counters_is_refused_before_it_starts() {
-    let token = token_file();
-    let path = token.path().to_str().unwrap().to_owned();
-    let app = TestApp::spawn_with(Backend::Redis, &["--admin-token-file", &path]).await;
+    let (app, _token) = spawn_with_admin(Backend::Redis, &[]).await;
     let redis = app.redis.as_ref().unwrap();
     redis.query(&["SET", "hits:counters", "x"]).await.unwrap();
 
