@@ -304,10 +304,17 @@ async fn faults_on_a_sentinel_group_under_load_never_break_the_counting_promise(
         }
         let primary = group.primary().await.expect("a primary");
         let began = load.elapsed();
-        let fault = match rng.u8(0..5) {
+        let fault = match rng.u8(0..6) {
             0 => {
                 group.planned_failover().await;
                 "planned failover"
+            }
+            5 => {
+                // Writes waiting for replicas are sent again on fresh connections.
+                let _ = group.nodes[primary]
+                    .query(&["CLIENT", "KILL", "TYPE", "normal"])
+                    .await;
+                "the primary's client connections killed"
             }
             1 => {
                 group.nodes[primary].kill().await;

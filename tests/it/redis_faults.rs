@@ -788,3 +788,92 @@ async fn a_redis_on_a_unix_socket_counts() {
     assert_eq!(in_db_2, redis::Value::BulkString(b"2".to_vec()));
     assert_eq!(redis.get_i64("hits").await, 0, "database 0 untouched");
 }
+
+/// The primary's connections killed (`CLIENT KILL`, as operators do, and the sentinels in
+/// every failover) while a write waits for its replica: the write is sent again on a
+/// fresh connection, where it is not applied twice, and it is acknowledged only once the
+/// replica has it, as on its first connection. Here the replica is paused, so no visit
+/// may be acknowledged; once it is back, counting carries on and holds. (Valkey, like
+/// Redis from 7.2, lets `WAIT` on a connection that has written nothing return at once.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_write_sent_again_after_its_connection_was_killed_still_waits_for_the_replica() {
+    for flavor in [Flavor::Redis, Flavor::Valkey] {
+        killed_connections_while_a_write_waits_for_the_replica(flavor).await;
+    }
+}
+
+async fn killed_connections_while_a_write_waits_for_the_replica(flavor: Flavor) {
+    // The first copy at once, not after the default 5 s wait for more replicas.
+    let primary = RedisServer::start_with(flavor, None, &["--repl-diskless-sync-delay", "0"]).await;
+    let port = primary.port.to_string();
+    let replica = RedisServer::start_with(flavor, None, &["--replicaof", "127.0.0.1", &port]).await;
+    wait_until(
+        "the replica to copy the primary",
+        allowed(PROCESS_START),
+        || async { replica.replication("master_link_status").await.as_deref() == Some("up") },
+    )
+    .await;
+    let service = service_on(&primary, &["--redis-min-replicas", "1"]).await;
+    let start = service.client.visit().await;
+    let blocked = async || {
+        primary
+            .info("clients", "blocked_clients")
+            .await
+            .and_then(|n| n.parse::<u32>().ok())
+            .unwrap_or(0)
+            > 0
+    };
+
+    replica.pause();
+    let mut killed = 0;
+    let limit = Instant::now() + allowed(defaults().store * 40);
+    while killed < 5 && Instant::now() < limit {
+        let client = service.client.clone();
+        let visit = tokio::spawn(async move { client.try_visit().await });
+        // The write waits for the replica (WAIT) for about half the store timeout.
+        while !visit.is_finished() && !blocked().await {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        if !visit.is_finished() {
+            primary
+                .query(&["CLIENT", "KILL", "TYPE", "normal"])
+                .await
+                .expect("the connections are killed");
+            killed += 1;
+        }
+        let answer = visit.await.expect("the visit");
+        assert_ne!(
+            answer.status,
+            Some(StatusCode::OK),
+            "{flavor:?}: acknowledged while the only replica was paused: {answer:?}"
+        );
+    }
+    assert_eq!(
+        killed, 5,
+        "a write was seen waiting for its replica 5 times"
+    );
+    replica.resume();
+    let refused_but_counted = primary.get_i64("hits").await - start;
+    let reported = in_doubt(&service.client).await;
+    assert!(
+        refused_but_counted as u64 <= reported,
+        "{refused_but_counted} refused visits counted, {reported} reported in doubt"
+    );
+
+    let before = primary.get_i64("hits").await;
+    let load = Load::start(&service.client, 4);
+    load.wait_for_acknowledged(50, for_visits(50), || async { String::new() })
+        .await;
+    let history = load.stop().await;
+    history.assert_counting_held(
+        before,
+        primary.get_i64("hits").await,
+        in_doubt(&service.client).await - reported,
+    );
+    wait_until(
+        "the replica to have every visit",
+        allowed(PROCESS_START),
+        || async { replica.get_i64("hits").await == primary.get_i64("hits").await },
+    )
+    .await;
+}

@@ -28,7 +28,8 @@ use redis::Script;
 /// Each batch's record is `"<batch>:<results>"` in a ring of slots (batch number modulo
 /// the slots kept), so the records stay bounded whatever fails. A batch whose record
 /// exists was applied by an earlier attempt: its recorded results come back and nothing
-/// is added again. A tally costs three commands as a rule (its total, its day, its
+/// is added again (but the records' expiry, so that a replica `WAIT` after the reply
+/// covers the first application too, on a connection that did not make it). A tally costs three commands as a rule (its total, its day, its
 /// visitors); its limits and key types are checked by those commands' own errors, and
 /// the registry is asked only when a name is new. Lua does not roll back, so each write
 /// is undone when a later one of its tally fails (the tally is then refused alone), or
@@ -49,6 +50,10 @@ local recorded = redis.call('HGET', records, slot)
 if recorded then
   local applied, results = string.match(recorded, '^(%d+):(.*)$')
   if applied == batch then
+    -- A write of its own, so that a WAIT after this reply waits for the replicas to
+    -- reach at least this point, and so past the batch's first application: WAIT waits
+    -- for the connection's last write, and a fresh connection has none.
+    redis.call('PEXPIRE', records, ARGV[5])
     return {now, 1, results}
   end
 end
