@@ -20,6 +20,7 @@ use crate::{
     state::{AppState, StateParts, WasReady},
     stats_cache::{STATS_TTL, StatsCache},
     store::{Identity, Store, StoreError, StoreErrorKind, WorkerStore},
+    telemetry::{FLUSH_EVERY, RequestLog},
 };
 
 /// How often a replica announces that it is alive and reads the total for its gauge.
@@ -238,6 +239,17 @@ impl WorkerFactory {
         let (counter, batcher) =
             VisitCounter::start(store.clone(), self.batch_options, self.gauge.clone());
         let headers = ServiceHeaders::new(&self.replica, &self.version);
+        let request_log = RequestLog::for_worker().map(Arc::new);
+        if let Some(log) = request_log.clone() {
+            // Ends with the worker's runtime.
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(FLUSH_EVERY);
+                loop {
+                    every.tick().await;
+                    log.flush();
+                }
+            });
+        }
         let state = AppState::new(StateParts {
             counter,
             store,
@@ -248,6 +260,7 @@ impl WorkerFactory {
             deadlines: self.deadlines,
             was_ready: self.was_ready.clone(),
             counters: self.counters.clone(),
+            request_log: request_log.clone(),
         });
         let drain = self.deadlines.drain();
         Worker {
@@ -257,6 +270,9 @@ impl WorkerFactory {
             // batcher drains what is queued and ends.
             wind_down: Box::pin(async move {
                 let _ = tokio::time::timeout(drain, batcher).await;
+                if let Some(log) = request_log {
+                    log.flush_at_exit();
+                }
             }),
         }
     }

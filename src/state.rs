@@ -12,7 +12,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::{
     counter::VisitCounter, counters::CounterRules, deadlines::Deadlines, stats_cache::StatsCache,
-    store::WorkerStore,
+    store::WorkerStore, telemetry::RequestLog,
 };
 
 /// Cloned into each handler: one reference count, however many parts it holds.
@@ -35,6 +35,8 @@ pub struct StateParts {
     pub was_ready: Arc<WasReady>,
     /// Shared by all workers: the tutorial's counter, limits, who may administer.
     pub counters: Arc<CounterRules>,
+    /// This worker's buffer of request lines, when they have a writer of their own.
+    pub request_log: Option<Arc<RequestLog>>,
 }
 
 impl AppState {

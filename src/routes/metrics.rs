@@ -16,7 +16,12 @@ use metrics::{counter, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing::Level;
 
-use crate::{counter::VisitError, state::AppState, store::StoreErrorKind};
+use crate::{
+    counter::VisitError,
+    state::AppState,
+    store::StoreErrorKind,
+    telemetry::{RequestLine, RequestLog, logged_path},
+};
 
 /// The process-wide recorder. Installed once; later calls return the same handle, so
 /// several apps in one test process share it.
@@ -90,27 +95,17 @@ pub async fn render(State(state): State<AppState>) -> impl IntoResponse {
     )
 }
 
-/// The most of a request's path its log line holds.
-const LOGGED_PATH: usize = 256;
-
-/// A path as logged: cut at `LOGGED_PATH` bytes (on a character's boundary), marked `…`.
-fn logged_path(path: &str) -> String {
-    if path.len() <= LOGGED_PATH {
-        return path.to_owned();
-    }
-    let mut end = LOGGED_PATH;
-    while !path.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &path[..end])
-}
-
 /// Middleware recording every request in the metrics, and in one log line (`request
 /// served`: method, path, route, replica, status, latency) when it is answered. Every
 /// label takes its value from a small fixed set, so that no request can create new
 /// series: unmatched paths share one route label, methods other than the standard ones
 /// share one method label, and statuses are the service's own.
-pub async fn track(request: Request, next: Next, replica: Arc<str>) -> Response {
+pub async fn track(
+    request: Request,
+    next: Next,
+    replica: Arc<str>,
+    log: Option<Arc<RequestLog>>,
+) -> Response {
     let start = Instant::now();
     let route = request
         .extensions()
@@ -118,22 +113,35 @@ pub async fn track(request: Request, next: Next, replica: Arc<str>) -> Response 
         .map_or("unmatched", MatchedPath::as_str)
         .to_owned();
     let method = request.method().clone();
-    // Only when it is written, and at most LOGGED_PATH bytes of it: a path is as long as
-    // its request line allows (16 KiB).
-    let path = tracing::enabled!(Level::INFO).then(|| logged_path(request.uri().path()));
+    // A clone of the URI shares its bytes.
+    let uri = tracing::enabled!(Level::INFO).then(|| request.uri().clone());
     let response = next.run(request).await;
     let latency = start.elapsed();
     let status = response.status().as_u16();
-    if let Some(path) = path {
-        tracing::info!(
-            method = %method,
-            path,
-            route,
-            replica = &*replica,
+    if let Some(uri) = uri {
+        let line = RequestLine {
+            method: method.as_str(),
+            path: uri.path(),
+            route: &route,
+            replica: &replica,
             status,
-            latency_us = latency.as_micros() as u64,
-            "request served"
-        );
+            latency_us: latency.as_micros() as u64,
+        };
+        match log {
+            Some(log) => log.record(&line),
+            None => {
+                let (path, cut) = logged_path(line.path);
+                tracing::info!(
+                    method = line.method,
+                    path = format_args!("{path}{}", if cut { "…" } else { "" }),
+                    route,
+                    replica = line.replica,
+                    status,
+                    latency_us = line.latency_us,
+                    "request served"
+                );
+            }
+        }
     }
     let labels = [
         ("route", route),

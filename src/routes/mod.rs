@@ -44,6 +44,7 @@ pub const IMPORT_PATH: &str = "/api/admin/import";
 pub fn router(state: AppState) -> Router {
     let headers = ServiceHeaders::new(&state.replica, &state.version);
     let replica: std::sync::Arc<str> = state.replica.as_str().into();
+    let request_log = state.request_log.clone();
     // Every route but the visit is cut off at the request timeout. A visit keeps to it by
     // itself (see `deadlines`): cut off while its write is under way, it could be counted
     // after being answered 503.
@@ -93,7 +94,7 @@ pub fn router(state: AppState) -> Router {
         .layer(
             ServiceBuilder::new()
                 .layer(middleware::from_fn(move |request, next| {
-                    metrics::track(request, next, replica.clone())
+                    metrics::track(request, next, replica.clone(), request_log.clone())
                 }))
                 .map_response(move |mut response: axum::response::Response| {
                     headers.apply(response.headers_mut());

@@ -71,6 +71,7 @@ impl TestRouter {
             deadlines,
             was_ready: Arc::default(),
             counters: Arc::new(CounterRules::new(identity.tutorial(), &settings)),
+            request_log: None,
         });
         Self {
             router: router(state),

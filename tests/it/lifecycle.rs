@@ -19,6 +19,9 @@ use crate::helpers::{
     process, wait_until,
 };
 
+/// The memory the stack file gives the service (`docker-compose.yml`).
+const STACK_MEMORY_MB: u64 = 64;
+
 /// How long the healthcheck subcommand waits for `/readyz` (its `--timeout` default).
 const HEALTHCHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -379,7 +382,7 @@ async fn half_sent_requests_on_every_connection_fit_the_stack_memory_limit() {
     let rss_mb = service.rss_kib() / 1024;
 
     assert!(
-        rss_mb < 56,
+        rss_mb < STACK_MEMORY_MB,
         "{rss_mb} MB resident with 1024 half-sent heads"
     );
     drop(open);
@@ -486,4 +489,138 @@ fn unread_bytes(port: u16) -> u64 {
             (local_port == port && established).then_some(rx_queue)
         })
         .sum()
+}
+
+/// The lines of the service's log that tell of requests to paths under `prefix`.
+fn request_lines<'a>(log: &'a str, prefix: &'a str) -> impl Iterator<Item = &'a str> {
+    let path = format!("\"path\":\"{prefix}");
+    log.lines()
+        .filter(move |line| line.contains("\"request served\"") && line.contains(&path))
+}
+
+/// Every request gets its line, also those answered just before the service is told to
+/// stop: what the workers hold back is written out before the process exits.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_request_answered_before_a_sigterm_is_logged_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut service = ServiceProcess::start_with_env(
+        &["--data-dir", dir.path().to_str().unwrap()],
+        &[("RUST_LOG", "info")],
+    )
+    .await;
+    let requests = 400;
+    let mut answers = tokio::task::JoinSet::new();
+    for i in 0..requests {
+        let client = service.client.clone();
+        answers.spawn(async move { client.get(&format!("/logged/{i}")).await.status() });
+    }
+    while let Some(status) = answers.join_next().await {
+        assert_eq!(status.unwrap(), StatusCode::NOT_FOUND);
+    }
+
+    service.signal(Signal::SIGTERM);
+    assert_eq!(service.wait(allowed(PROCESS_START)).await.code(), Some(0));
+
+    let log = service.log();
+    let mut seen = vec![0; requests];
+    for line in request_lines(&log, "/logged/") {
+        let fields: serde_json::Value = serde_json::from_str(line).expect("a JSON line");
+        assert_eq!(fields["status"], 404, "{line}");
+        let path = fields["path"].as_str().unwrap();
+        seen[path["/logged/".len()..].parse::<usize>().unwrap()] += 1;
+    }
+    let wrong: Vec<_> = seen.iter().enumerate().filter(|(_, n)| **n != 1).collect();
+    assert!(
+        wrong.is_empty(),
+        "(request, lines) not logged once: {wrong:?}"
+    );
+}
+
+/// A log reader that stops reading (a stuck `docker logs`): the service serves on as
+/// before, holds a bounded queue of lines, drops what does not fit and counts it
+/// (`stackdemo_log_lines_dropped_total`). Once the reader reads again, every line is
+/// either in the output or counted as dropped.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_log_reader_that_stops_reading_stalls_nothing_and_loses_no_line_uncounted() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = crate::helpers::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut child = tokio::process::Command::new(process::binary())
+        .args(["--listen", &listen, "--log-format", "json", "--data-dir"])
+        .arg(dir.path())
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the service starts");
+    let mut output = child.stdout.take().expect("its output");
+    let client = TestClient::new(listen.parse().unwrap());
+    wait_until("the service to answer", allowed(PROCESS_START), || async {
+        client.answers_ok("/healthz").await
+    })
+    .await;
+
+    // Nobody reads: a pipe holds 64 KiB, the queue about a megabyte, a line some 230
+    // bytes; far more lines than fit.
+    let requests: usize = 20_000;
+    let limit = allowed(limits::deadlines(&[]).request);
+    let mut clients = tokio::task::JoinSet::new();
+    for first in 0..8 {
+        let client = client.clone();
+        clients.spawn(async move {
+            for i in (first..requests).step_by(8) {
+                let started = Instant::now();
+                let status = client.get(&format!("/unread/{i}")).await.status();
+                assert_eq!(status, StatusCode::NOT_FOUND);
+                assert!(started.elapsed() < limit, "a request waited for the log");
+            }
+        });
+    }
+    while let Some(done) = clients.join_next().await {
+        done.unwrap();
+    }
+    let dropped = client.metric("stackdemo_log_lines_dropped_total").await;
+    assert!(dropped > 0.0, "lines were dropped while nobody read them");
+    let rss_kib = std::fs::read_to_string(format!("/proc/{}/status", child.id().unwrap()))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap();
+    assert!(
+        rss_kib < STACK_MEMORY_MB * 1024,
+        "{rss_kib} KiB resident, over the stack's limit"
+    );
+
+    let reader = tokio::spawn(async move {
+        let mut text = Vec::new();
+        output.read_to_end(&mut text).await.map(|_| text)
+    });
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id().unwrap() as i32),
+        Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = tokio::time::timeout(allowed(PROCESS_START), child.wait()).await;
+    assert_eq!(status.unwrap().unwrap().code(), Some(0));
+    let text = String::from_utf8(reader.await.unwrap().unwrap()).unwrap();
+    let written = request_lines(&text, "/").count();
+    // The last line says how many were dropped in all.
+    let last: serde_json::Value =
+        serde_json::from_str(text.lines().last().expect("lines")).expect("a JSON line");
+    let dropped = last["dropped"]
+        .as_u64()
+        .expect("the lines dropped, at exit") as usize;
+    // Requests: the first `/healthz`, the unread ones, `/metrics`; a few other lines
+    // (start, stop) may be among the dropped ones.
+    let logged = requests + 2;
+    assert!(
+        (logged..logged + 8).contains(&(written + dropped)),
+        "{written} request lines written and {dropped} dropped, of {logged}"
+    );
+    assert!(
+        request_lines(&text, "/unread/").count() > 0,
+        "lines queued before the output blocked are written"
+    );
 }

@@ -2,15 +2,24 @@
 //! terminal. The level comes from `RUST_LOG` (default `info`). A panic is logged as an
 //! error event like any other, not printed as a bare backtrace.
 //!
-//! JSON lines come from json-subscriber, a drop-in for tracing-subscriber's JSON format
-//! (faster per event in its own benchmarks; bench/README.md has ours). Lines are written off the
-//! request path: at `info` and below they go through a bounded queue to a writer thread
-//! (tracing-appender's non-blocking writer), so a request never waits for standard
-//! output; the thread writes what has queued up in one go, not a system call a line. When the output blocks (a slow log reader)
-//! and the queue is full, such lines are dropped rather than held, and counted
+//! JSON lines come from json-subscriber, a drop-in for tracing-subscriber's JSON format.
+//! Lines are written off the request path: at `info` and below they go through a bounded
+//! queue to a writer thread (tracing-appender's non-blocking writer), so a request never
+//! waits for standard output; the thread writes what has queued up in one go, not a
+//! system call a line. When the output blocks (a slow log reader) and the queue is full,
+//! such lines are dropped rather than held, and counted
 //! (`stackdemo_log_lines_dropped_total`); the queue holds `QUEUED_LINES` at most. Warnings
 //! and errors (store failures, panics) are written at once, never dropped. What is queued
-//! is written out before the process exits (`LogGuard`).
+//! is written out before the process exits (`LogGuard`), and then how many lines were
+//! dropped, if any.
+//!
+//! The line per request, in JSON, has a writer of its own (`request_log`), as a web
+//! server's access log does: formatted by hand into a buffer per worker, it costs a
+//! request a fraction of what an event does (bench/README.md).
+
+mod request_log;
+
+pub use request_log::{FLUSH_EVERY, RequestLine, RequestLog, logged_path};
 
 use std::{
     io::{BufWriter, IsTerminal},
@@ -38,7 +47,19 @@ static DROPPED: OnceLock<ErrorCounter> = OnceLock::new();
 /// until the process ends.
 #[must_use = "dropping it stops the log writer"]
 pub struct LogGuard {
-    _writer: Option<WorkerGuard>,
+    writers: Option<(WorkerGuard, Option<request_log::Writer>)>,
+}
+
+impl Drop for LogGuard {
+    /// Writes out what is queued, then says how many lines were dropped, if any.
+    fn drop(&mut self) {
+        if self.writers.take().is_some() {
+            let dropped = dropped_lines();
+            if dropped > 0 {
+                tracing::warn!(dropped, "log lines dropped: the output could not keep up");
+            }
+        }
+    }
 }
 
 /// Installs the global subscriber and the panic hook, once per process: later calls
@@ -47,7 +68,7 @@ pub fn init(format: LogFormat) -> LogGuard {
     static ONCE: std::sync::Once = std::sync::Once::new();
     let mut guard = None;
     ONCE.call_once(|| guard = Some(install(format)));
-    LogGuard { _writer: guard }
+    LogGuard { writers: guard }
 }
 
 /// Log lines dropped so far because the output could not keep up.
@@ -55,9 +76,10 @@ pub fn dropped_lines() -> u64 {
     DROPPED
         .get()
         .map_or(0, |counter| counter.dropped_lines() as u64)
+        + request_log::dropped_lines()
 }
 
-fn install(format: LogFormat) -> WorkerGuard {
+fn install(format: LogFormat) -> (WorkerGuard, Option<request_log::Writer>) {
     std::panic::set_hook(Box::new(|info| {
         let thread = std::thread::current();
         tracing::error!(
@@ -83,6 +105,8 @@ fn install(format: LogFormat) -> WorkerGuard {
         LogFormat::Auto => !std::io::stdout().is_terminal(),
     };
     let registry = tracing_subscriber::registry().with(filter);
+    // Without its own writer thread, the line per request goes through tracing.
+    let request_lines = json.then(request_log::Writer::start).and_then(Result::ok);
     let _ = if json {
         registry
             .with(
@@ -96,5 +120,5 @@ fn install(format: LogFormat) -> WorkerGuard {
     } else {
         registry.with(fmt::layer().with_writer(writer)).try_init()
     };
-    guard
+    (guard, request_lines)
 }
