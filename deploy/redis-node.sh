@@ -6,7 +6,9 @@
 # A server asks the sentinels, if there are any, which server is the primary and
 # replicates from it; when none knows (no sentinels at all, or the very first start),
 # the server named `redis` leads. So the stack's single Redis runs as before, and with
-# deploy/redis-ha.yml the same `redis` keeps its data and the others copy it.
+# deploy/redis-ha.yml the same `redis` keeps its data and the others copy it. A server
+# that starts as a replica may not be promoted by a failover until it has copied the
+# primary (replica-priority 0 until then).
 #
 # Environment: NODE_NAME (this server's service name, `redis` by default), and
 # MIN_REPLICAS_TO_WRITE (replicas a primary must have to take writes, 0 by default).
@@ -41,8 +43,22 @@ case ${1:-server} in
       # whole; with no delay the copy starts at once, and visits (which wait for it)
       # resume within a second instead of after Redis's default 5 s.
       printf 'repl-diskless-sync-delay 0\n'
-      [ "$primary" = "$me" ] || printf 'replicaof %s 6379\n' "$primary"
+      if [ "$primary" != "$me" ]; then
+        # What this server holds from before is old until it has copied the primary:
+        # no failover may promote it until then (it would hand out numbers again).
+        printf 'replicaof %s 6379\nreplica-priority 0\n' "$primary"
+      fi
     } >/tmp/redis.conf
+    if [ "$primary" != "$me" ]; then
+      # Promotable, once the copy is done (the sentinels see it in the server's INFO).
+      (
+        until REDISCLI_AUTH="$password" redis-cli --raw INFO replication 2>/dev/null |
+          grep -q '^master_link_status:up'; do
+          sleep 1
+        done
+        REDISCLI_AUTH="$password" redis-cli CONFIG SET replica-priority 100 >/dev/null
+      ) &
+    fi
     exec redis-server /tmp/redis.conf
     ;;
   sentinel)

@@ -205,17 +205,31 @@ impl RedisServer {
         self.launch().await;
     }
 
-    /// Starts the server again after `kill`, as a replica of the server on `primary`.
+    /// Starts the server again after `kill`, as a replica of the server on `primary` that
+    /// no failover may promote (`replica-priority 0`), as deploy/redis-node.sh starts a
+    /// node that comes back: its data is old until it has copied the primary.
     pub async fn start_again_replicating(&mut self, primary: u16) {
-        if let Some(at) = self.extra.iter().position(|arg| arg == "--replicaof") {
-            self.extra.drain(at..at + 3);
+        for setting in ["--replicaof", "--replica-priority"] {
+            if let Some(at) = self.extra.iter().position(|arg| arg == setting) {
+                let values = if setting == "--replicaof" { 3 } else { 2 };
+                self.extra.drain(at..at + values);
+            }
         }
         self.extra.extend([
             "--replicaof".into(),
             "127.0.0.1".into(),
             primary.to_string(),
+            "--replica-priority".into(),
+            "0".into(),
         ]);
         self.start_again().await;
+    }
+
+    /// Lets failovers promote the server again (the default `replica-priority`).
+    pub async fn make_promotable(&self) {
+        self.query(&["CONFIG", "SET", "replica-priority", "100"])
+            .await
+            .expect("the priority is set");
     }
 }
 

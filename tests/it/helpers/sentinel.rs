@@ -17,8 +17,10 @@ use super::{
 
 pub const MASTER_NAME: &str = "mymaster";
 
-/// How long sentinels wait before calling an unanswering primary down.
-pub const DOWN_AFTER: Duration = Duration::from_millis(500);
+/// How long sentinels wait before calling an unanswering primary down. At 500 ms, a
+/// loaded two-core machine had sentinels call each new primary down before its first
+/// answer, failover after failover, promoting servers that had not copied anything.
+pub const DOWN_AFTER: Duration = Duration::from_millis(1000);
 /// How long a failover may take before the sentinels give up on it; a sentinel that
 /// lost an election (votes split between sentinels that started at once) tries again
 /// after twice this.
@@ -193,8 +195,8 @@ impl RedisGroup {
     }
 
     /// Brings a killed node back as an operator does with deploy/redis-node.sh: as a
-    /// replica of the primary the sentinels name, and only done once it has copied it,
-    /// so that it is no longer a server with old data that a failover could promote.
+    /// replica of the primary the sentinels name that no failover may promote until it
+    /// has copied the primary (a server with old data), and only done once it has.
     pub async fn rejoin(&mut self, node: usize) {
         let primary = self.primary().await.expect("a primary");
         let port = self.nodes[primary].port;
@@ -213,6 +215,7 @@ impl RedisGroup {
             || group.state(),
         )
         .await;
+        self.nodes[node].make_promotable().await;
     }
 
     /// Each server's role, replication and append-only-file state, for failure messages.
