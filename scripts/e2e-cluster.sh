@@ -331,6 +331,12 @@ has_replicas() {
   local now; now=$(replicas_of "$1")
   [ "$now" = "$2" ] || { echo "$1 has ${now:-no} replicas"; return 1; }
 }
+# promotable SERVER: the replica SERVER may be promoted (it started unpromotable, with
+# replica-priority 0, and deploy/redis-node.sh lifts that once it has copied the primary).
+promotable() {
+  local now; now=$(rcli "$1" 6379 CONFIG GET replica-priority | tail -1 | tr -d '\r')
+  [ "$now" = 100 ] || { echo "$1 has replica-priority ${now:-unknown}"; return 1; }
+}
 # sentinels_take_failover: SENTINEL FAILOVER accepted (the sentinels refuse it, with
 # NOGOODSLAVE, until they have watched the replicas for a while).
 sentinels_take_failover() { [ "$(rcli sentinel 26379 SENTINEL FAILOVER mymaster)" = OK ]; }
@@ -348,6 +354,8 @@ primary_other_than() {
 ha_counts() { verify --requests 20 --concurrency 2 >"$WORK/ha-probe.json" 2>/dev/null; }
 [ "$(primary_name)" = redis ] || fail "the sentinels name '$(primary_name)' as primary, not redis"
 wait_for 240 "redis-b and redis-c both replicating redis" has_replicas redis 2
+wait_for 60 "redis-b promotable once it has copied redis" promotable redis-b
+wait_for 60 "redis-c promotable once it has copied redis" promotable redis-c
 verify --requests 300 --concurrency 4 >"$WORK/ha-before.json" || fail "visits on the HA stack failed: $(cat "$WORK/ha-before.json")"
 first=$(field "$WORK/ha-before.json" 'r["lowest_count"]')
 [ "$first" -gt "$count_before_ha" ] || fail "the count restarted at $first on the HA stack (it was at $count_before_ha)"

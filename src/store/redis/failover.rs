@@ -33,10 +33,11 @@
 //!
 //! What stays open with two faults at once: the primary and every replica that has a
 //! write lost together; a second failover within seconds of another, before the sentinels
-//! have converted the old primary, if it promotes the old primary; a replica that was down while writes were acknowledged, back
-//! with its old data, and promoted before it has copied the primary (so a server is
-//! brought back as a replica of the current primary, as deploy/redis-node.sh does, and
-//! given the moment to copy it before the next failover); a replica that comes back and
+//! have converted the old primary, if it promotes the old primary; a replica that was
+//! down while writes were acknowledged, back with its old data, and promoted before it
+//! has copied the primary (deploy/redis-node.sh brings a server back as a replica of the
+//! current primary with `replica-priority 0` until its copy is done, which closes this
+//! for servers it starts); a replica that comes back and
 //! is promoted before the service has asked the sentinels again (every second, and at
 //! once on their events); a replica whose link to the primary has been down a little
 //! longer than ten times `down-after-milliseconds` when the primary fails (the sentinels
