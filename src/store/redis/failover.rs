@@ -10,7 +10,10 @@
 //! primary, and may be promoted meanwhile. So a write is acknowledged only once every
 //! such server has it (`WAIT n`, n = all of them, and at least `--redis-min-replicas`):
 //! whichever is promoted, the write is there; a restarted replica that has not copied the
-//! primary yet cannot confirm it, so visits are refused until it has.
+//! primary yet cannot confirm it, so visits are refused until it has. A replica they
+//! would not promote (priority 0) is counted all the same: `WAIT` takes any replica's
+//! acknowledgement, so with n short of it, its acknowledgement could stand in for that of
+//! a replica that may be promoted.
 //!
 //! A server listed as a replica that reports itself a primary is not waited for: the old
 //! primary after a planned failover does so until the sentinels convert it (seconds
@@ -72,8 +75,9 @@ pub struct ReplicaReport {
     pub address: Address,
     /// A promotion is under way to it (only the leading sentinel says so).
     pub promoted: bool,
-    /// The sentinel may promote it in a failover (but for a former primary that reports
-    /// itself one, see above).
+    /// Writes wait for it: the sentinel may promote it in a failover (but for a former
+    /// primary that reports itself one, see above), or it may confirm a write in place of
+    /// one that may be promoted (priority 0).
     pub fit: bool,
     /// It says it is a primary.
     pub reports_primary: bool,
@@ -106,9 +110,6 @@ impl SentinelReport {
                 let has = |flag: &str| flags.iter().any(|f| f == flag);
                 let reports_primary =
                     fields.get("role-reported").map(String::as_str) != Some("slave");
-                let priority = number(fields, "slave-priority")
-                    .or_else(|| number(fields, "replica-priority"))
-                    .unwrap_or(100);
                 let link_ok = fields.get("master-link-status").map(String::as_str) == Some("ok");
                 // A replica whose link has never been up since it started reports -1 s,
                 // which the sentinels take as not down at all: a server restarted with
@@ -121,7 +122,6 @@ impl SentinelReport {
                     && !has("o_down")
                     && !has("disconnected")
                     && !reports_primary
-                    && priority != 0
                     && (link_ok || link_down <= LINK_DOWN_FACTOR * down_after);
                 Some(ReplicaReport {
                     address: address(fields)?,
@@ -497,6 +497,7 @@ mod tests {
             ("master-link-down-time", "6000"),
             ("slave-priority", "100"),
         ]);
+        // Never promoted, but WAIT counts its acknowledgement like any other's.
         let never_promoted = fields(&[
             ("ip", "10.0.0.4"),
             ("port", "6379"),
@@ -548,7 +549,7 @@ mod tests {
         assert_eq!(report.primary, ("10.0.0.1".to_owned(), 6379));
         assert!(report.failover_in_progress);
         let fit: Vec<bool> = report.replicas.iter().map(|r| r.fit).collect();
-        assert_eq!(fit, [true, false, false, false, false, true]);
+        assert_eq!(fit, [true, false, true, false, false, true]);
         assert!(report.replicas[4].reports_primary);
     }
 }
