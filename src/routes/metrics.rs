@@ -20,7 +20,7 @@ use crate::{
     counter::VisitError,
     state::AppState,
     store::StoreErrorKind,
-    telemetry::{RequestLine, RequestLog, logged_path},
+    telemetry::{LoggedPath, REQUEST_TARGET, RequestLine, RequestLog},
 };
 
 /// The process-wide recorder. Installed once; later calls return the same handle, so
@@ -114,7 +114,7 @@ pub async fn track(
         .to_owned();
     let method = request.method().clone();
     // A clone of the URI shares its bytes.
-    let uri = tracing::enabled!(Level::INFO).then(|| request.uri().clone());
+    let uri = tracing::enabled!(target: REQUEST_TARGET, Level::INFO).then(|| request.uri().clone());
     let response = next.run(request).await;
     let latency = start.elapsed();
     let status = response.status().as_u16();
@@ -130,10 +130,10 @@ pub async fn track(
         match log {
             Some(log) => log.record(&line),
             None => {
-                let (path, cut) = logged_path(line.path);
                 tracing::info!(
+                    target: REQUEST_TARGET,
                     method = line.method,
-                    path = format_args!("{path}{}", if cut { "…" } else { "" }),
+                    path = %LoggedPath::of(line.path),
                     route,
                     replica = line.replica,
                     status,

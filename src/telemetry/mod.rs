@@ -19,7 +19,9 @@
 
 mod request_log;
 
-pub use request_log::{FLUSH_EVERY, RequestLine, RequestLog, logged_path};
+pub use request_log::{
+    DROPPED_MESSAGE, FLUSH_EVERY, LoggedPath, RequestLine, RequestLog, TARGET as REQUEST_TARGET,
+};
 
 use std::{
     io::{BufWriter, IsTerminal},
@@ -53,11 +55,26 @@ pub struct LogGuard {
 impl Drop for LogGuard {
     /// Writes out what is queued, then says how many lines were dropped, if any.
     fn drop(&mut self) {
-        if self.writers.take().is_some() {
-            let dropped = dropped_lines();
-            if dropped > 0 {
-                tracing::warn!(dropped, "log lines dropped: the output could not keep up");
+        let Some((queued, request_lines)) = self.writers.take() else {
+            return;
+        };
+        // The other lines first (tracing-appender waits a second at most), so that the
+        // count is complete.
+        drop(queued);
+        let dropped_elsewhere = DROPPED
+            .get()
+            .map_or(0, |counter| counter.dropped_lines() as u64);
+        match request_lines {
+            // Through the writer thread, which gives up on a stuck output in time.
+            Some(writer) => writer.stop(dropped_elsewhere),
+            None if dropped_lines() > 0 => {
+                tracing::warn!(
+                    dropped = dropped_lines(),
+                    "{}",
+                    request_log::DROPPED_MESSAGE
+                );
             }
+            None => {}
         }
     }
 }

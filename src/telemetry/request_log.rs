@@ -41,12 +41,17 @@ const EXIT_WAIT: Duration = Duration::from_secs(1);
 pub const LOGGED_PATH: usize = 256;
 
 /// The target the line names: the module that logged it before it had a writer of its
-/// own, so that filters and searches on it keep working.
-const TARGET: &str = "stackdemo::routes::metrics";
+/// own, so that filters and searches on it keep working. `tracing`'s filter is asked
+/// with it (`enabled`).
+pub const TARGET: &str = "stackdemo::routes::metrics";
 
 enum Message {
     Lines(Vec<u8>),
-    Stop,
+    /// Write what came before, then the lines dropped in all (these and
+    /// `dropped_elsewhere`), if any, and end.
+    Stop {
+        dropped_elsewhere: u64,
+    },
 }
 
 static QUEUE: OnceLock<SyncSender<Message>> = OnceLock::new();
@@ -57,7 +62,7 @@ pub fn dropped_lines() -> u64 {
     DROPPED.load(Ordering::Relaxed)
 }
 
-/// The writer thread: writes out what is queued and stops when dropped.
+/// The writer thread: writes out what is queued until `stop`.
 pub(super) struct Writer {
     thread: Option<JoinHandle<()>>,
     done: Receiver<()>,
@@ -72,9 +77,21 @@ impl Writer {
             .name("stackdemo-request-log".into())
             .spawn(move || {
                 let mut out = std::io::stdout();
-                while let Ok(Message::Lines(lines)) = queued.recv() {
-                    // Nothing better to do with a failed write than to go on.
-                    let _ = out.write_all(&lines).and_then(|()| out.flush());
+                // Nothing better to do with a failed write than to go on.
+                let mut write = |bytes: &[u8]| {
+                    let _ = out.write_all(bytes).and_then(|()| out.flush());
+                };
+                while let Ok(message) = queued.recv() {
+                    match message {
+                        Message::Lines(lines) => write(&lines),
+                        Message::Stop { dropped_elsewhere } => {
+                            let dropped = dropped_lines() + dropped_elsewhere;
+                            if dropped > 0 {
+                                write(&dropped_line(dropped, SystemTime::now()));
+                            }
+                            break;
+                        }
+                    }
                 }
                 let _ = finished.send(());
             })?;
@@ -84,14 +101,15 @@ impl Writer {
             done,
         })
     }
-}
 
-impl Drop for Writer {
-    fn drop(&mut self) {
-        // The workers have handed over their last lines; the stop comes after them. If
-        // the output is stuck, the process does not wait for it for ever.
+    /// Writes out what is queued and then, if any lines were dropped, how many in all
+    /// (`dropped_elsewhere` more than this writer's), as the last line. The workers have
+    /// handed over their last lines. If the output is stuck, the process does not wait
+    /// for it for ever: after `EXIT_WAIT`, what is queued is given up, and so is the last
+    /// line, which would not get through either.
+    pub(super) fn stop(mut self, dropped_elsewhere: u64) {
         let deadline = Instant::now() + EXIT_WAIT;
-        if !send_within(Message::Stop, EXIT_WAIT) {
+        if !send_within(Message::Stop { dropped_elsewhere }, EXIT_WAIT) {
             return;
         }
         let left = deadline.saturating_duration_since(Instant::now());
@@ -102,6 +120,19 @@ impl Drop for Writer {
         }
     }
 }
+
+/// The last line when lines were dropped, as JSON in the format of the others.
+fn dropped_line(dropped: u64, now: SystemTime) -> Vec<u8> {
+    format!(
+        "{{\"level\":\"WARN\",\"target\":\"stackdemo::telemetry\",\"timestamp\":\"{}\",\
+         \"dropped\":{dropped},\"message\":\"{DROPPED_MESSAGE}\"}}\n",
+        humantime::format_rfc3339_micros(now)
+    )
+    .into_bytes()
+}
+
+/// What the last line says when lines were dropped.
+pub const DROPPED_MESSAGE: &str = "log lines dropped: the output could not keep up";
 
 /// One request, as its line tells it.
 pub struct RequestLine<'a> {
@@ -204,11 +235,9 @@ impl RequestLine<'_> {
         out.extend_from_slice(b",\"message\":\"request served\",\"method\":\"");
         escaped(out, self.method);
         out.extend_from_slice(b"\",\"path\":\"");
-        let (path, cut) = logged_path(self.path);
-        escaped(out, path);
-        if cut {
-            out.extend_from_slice("…".as_bytes());
-        }
+        let path = LoggedPath::of(self.path);
+        escaped(out, path.kept);
+        out.extend_from_slice(path.marker().as_bytes());
         out.extend_from_slice(b"\",\"replica\":\"");
         escaped(out, self.replica);
         out.extend_from_slice(b"\",\"route\":\"");
@@ -217,17 +246,43 @@ impl RequestLine<'_> {
     }
 }
 
-/// A path as logged: at most `LOGGED_PATH` bytes (cut on a character's boundary), and
-/// whether it was cut.
-pub fn logged_path(path: &str) -> (&str, bool) {
-    if path.len() <= LOGGED_PATH {
-        return (path, false);
+/// A path as logged: at most `LOGGED_PATH` bytes of it (cut on a character's boundary),
+/// and `…` after it when it was cut.
+pub struct LoggedPath<'a> {
+    pub kept: &'a str,
+    pub cut: bool,
+}
+
+impl<'a> LoggedPath<'a> {
+    /// The marker after a path that was cut.
+    const CUT: &'static str = "…";
+
+    pub fn of(path: &'a str) -> Self {
+        if path.len() <= LOGGED_PATH {
+            return Self {
+                kept: path,
+                cut: false,
+            };
+        }
+        let mut end = LOGGED_PATH;
+        while !path.is_char_boundary(end) {
+            end -= 1;
+        }
+        Self {
+            kept: &path[..end],
+            cut: true,
+        }
     }
-    let mut end = LOGGED_PATH;
-    while !path.is_char_boundary(end) {
-        end -= 1;
+
+    fn marker(&self) -> &'static str {
+        if self.cut { Self::CUT } else { "" }
     }
-    (&path[..end], true)
+}
+
+impl std::fmt::Display for LoggedPath<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}{}", self.kept, self.marker())
+    }
 }
 
 /// Appends `text` as the inside of a JSON string.

@@ -2,7 +2,10 @@
 //! clients, the connection bound, memory under half-sent requests, the healthcheck
 //! subcommand.
 
-use std::time::{Duration, Instant};
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
 
 use nix::sys::signal::Signal;
 use reqwest::StatusCode;
@@ -11,7 +14,7 @@ use tokio::{
     net::TcpStream,
 };
 
-use stackdemo::deadlines::Deadlines;
+use stackdemo::{deadlines::Deadlines, telemetry::DROPPED_MESSAGE};
 
 use crate::helpers::{
     Backend, RedisServer, ServiceProcess, TestApp, TestClient, allowed,
@@ -21,6 +24,10 @@ use crate::helpers::{
 
 /// The memory the stack file gives the service (`docker-compose.yml`).
 const STACK_MEMORY_MB: u64 = 64;
+
+/// What the service's own memory may take of that: the kernel's buffers for its
+/// connections count against the container's limit too.
+const SERVICE_MEMORY_MB: u64 = STACK_MEMORY_MB - 4;
 
 /// How long the healthcheck subcommand waits for `/readyz` (its `--timeout` default).
 const HEALTHCHECK_TIMEOUT: Duration = Duration::from_secs(2);
@@ -382,7 +389,7 @@ async fn half_sent_requests_on_every_connection_fit_the_stack_memory_limit() {
     let rss_mb = service.rss_kib() / 1024;
 
     assert!(
-        rss_mb < STACK_MEMORY_MB,
+        rss_mb < SERVICE_MEMORY_MB,
         "{rss_mb} MB resident with 1024 half-sent heads"
     );
     drop(open);
@@ -536,34 +543,29 @@ async fn every_request_answered_before_a_sigterm_is_logged_once() {
     );
 }
 
-/// A log reader that stops reading (a stuck `docker logs`): the service serves on as
-/// before, holds a bounded queue of lines, drops what does not fit and counts it
-/// (`stackdemo_log_lines_dropped_total`). Once the reader reads again, every line is
-/// either in the output or counted as dropped.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_log_reader_that_stops_reading_stalls_nothing_and_loses_no_line_uncounted() {
-    let dir = tempfile::tempdir().unwrap();
-    let port = crate::helpers::free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let mut child = tokio::process::Command::new(process::binary())
+/// The service with its standard output on a pipe that the test reads, or not.
+async fn start_with_piped_log(dir: &Path) -> (tokio::process::Child, TestClient) {
+    let listen = format!("127.0.0.1:{}", crate::helpers::free_port());
+    let child = tokio::process::Command::new(process::binary())
         .args(["--listen", &listen, "--log-format", "json", "--data-dir"])
-        .arg(dir.path())
+        .arg(dir)
         .env("RUST_LOG", "info")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .kill_on_drop(true)
         .spawn()
         .expect("the service starts");
-    let mut output = child.stdout.take().expect("its output");
     let client = TestClient::new(listen.parse().unwrap());
     wait_until("the service to answer", allowed(PROCESS_START), || async {
         client.answers_ok("/healthz").await
     })
     .await;
+    (child, client)
+}
 
-    // Nobody reads: a pipe holds 64 KiB, the queue about a megabyte, a line some 230
-    // bytes; far more lines than fit.
-    let requests: usize = 20_000;
+/// Sends `requests` requests to paths under `prefix`, 8 at a time; each must be answered
+/// (404) well within the request timeout, so that none waits for the log.
+async fn requests_under(client: &TestClient, prefix: &'static str, requests: usize) {
     let limit = allowed(limits::deadlines(&[]).request);
     let mut clients = tokio::task::JoinSet::new();
     for first in 0..8 {
@@ -571,7 +573,7 @@ async fn a_log_reader_that_stops_reading_stalls_nothing_and_loses_no_line_uncoun
         clients.spawn(async move {
             for i in (first..requests).step_by(8) {
                 let started = Instant::now();
-                let status = client.get(&format!("/unread/{i}")).await.status();
+                let status = client.get(&format!("{prefix}{i}")).await.status();
                 assert_eq!(status, StatusCode::NOT_FOUND);
                 assert!(started.elapsed() < limit, "a request waited for the log");
             }
@@ -580,6 +582,28 @@ async fn a_log_reader_that_stops_reading_stalls_nothing_and_loses_no_line_uncoun
     while let Some(done) = clients.join_next().await {
         done.unwrap();
     }
+}
+
+fn sigterm(child: &tokio::process::Child) {
+    let pid = nix::unistd::Pid::from_raw(child.id().expect("running") as i32);
+    nix::sys::signal::kill(pid, Signal::SIGTERM).expect("the signal is sent");
+}
+
+/// Far more lines than fit while nobody reads: a pipe holds 64 KiB, the queues about a
+/// megabyte each, a line some 230 bytes.
+const UNREAD_REQUESTS: usize = 20_000;
+
+/// A log reader that stops reading (a stuck `docker logs`): the service serves on as
+/// before, holds a bounded queue of lines, drops what does not fit and counts it
+/// (`stackdemo_log_lines_dropped_total`). Once the reader reads again, every line is
+/// either in the output or counted in the last line, which says how many were dropped.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_log_reader_that_stops_reading_stalls_nothing_and_loses_no_line_uncounted() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, client) = start_with_piped_log(dir.path()).await;
+    let mut output = child.stdout.take().expect("its output");
+
+    requests_under(&client, "/unread/", UNREAD_REQUESTS).await;
     let dropped = client.metric("stackdemo_log_lines_dropped_total").await;
     assert!(dropped > 0.0, "lines were dropped while nobody read them");
     let rss_kib = std::fs::read_to_string(format!("/proc/{}/status", child.id().unwrap()))
@@ -589,7 +613,7 @@ async fn a_log_reader_that_stops_reading_stalls_nothing_and_loses_no_line_uncoun
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .unwrap();
     assert!(
-        rss_kib < STACK_MEMORY_MB * 1024,
+        rss_kib < SERVICE_MEMORY_MB * 1024,
         "{rss_kib} KiB resident, over the stack's limit"
     );
 
@@ -597,24 +621,20 @@ async fn a_log_reader_that_stops_reading_stalls_nothing_and_loses_no_line_uncoun
         let mut text = Vec::new();
         output.read_to_end(&mut text).await.map(|_| text)
     });
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id().unwrap() as i32),
-        Signal::SIGTERM,
-    )
-    .unwrap();
+    sigterm(&child);
     let status = tokio::time::timeout(allowed(PROCESS_START), child.wait()).await;
     assert_eq!(status.unwrap().unwrap().code(), Some(0));
     let text = String::from_utf8(reader.await.unwrap().unwrap()).unwrap();
     let written = request_lines(&text, "/").count();
-    // The last line says how many were dropped in all.
-    let last: serde_json::Value =
-        serde_json::from_str(text.lines().last().expect("lines")).expect("a JSON line");
-    let dropped = last["dropped"]
-        .as_u64()
-        .expect("the lines dropped, at exit") as usize;
+    let summary = text
+        .lines()
+        .find(|line| line.contains(DROPPED_MESSAGE))
+        .expect("a line says how many lines were dropped");
+    let summary: serde_json::Value = serde_json::from_str(summary).expect("a JSON line");
+    let dropped = summary["dropped"].as_u64().expect("a count") as usize;
     // Requests: the first `/healthz`, the unread ones, `/metrics`; a few other lines
     // (start, stop) may be among the dropped ones.
-    let logged = requests + 2;
+    let logged = UNREAD_REQUESTS + 2;
     assert!(
         (logged..logged + 8).contains(&(written + dropped)),
         "{written} request lines written and {dropped} dropped, of {logged}"
@@ -622,5 +642,24 @@ async fn a_log_reader_that_stops_reading_stalls_nothing_and_loses_no_line_uncoun
     assert!(
         request_lines(&text, "/unread/").count() > 0,
         "lines queued before the output blocked are written"
+    );
+}
+
+/// A log reader that never reads again: the service still stops when told to, in time,
+/// and with exit code 0, rather than wait for an output that does not move.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_log_reader_stuck_for_good_does_not_keep_the_service_from_stopping() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, client) = start_with_piped_log(dir.path()).await;
+    // Held, never read.
+    let _output = child.stdout.take().expect("its output");
+
+    requests_under(&client, "/unread/", UNREAD_REQUESTS).await;
+    sigterm(&child);
+
+    let status = tokio::time::timeout(allowed(PROCESS_START), child.wait()).await;
+    assert_eq!(
+        status.expect("the service stopped in time").unwrap().code(),
+        Some(0)
     );
 }
