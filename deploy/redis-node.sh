@@ -51,13 +51,15 @@ case ${1:-server} in
     } >/tmp/redis.conf
     if [ "$primary" != "$me" ]; then
       # Promotable, once the copy is done (the sentinels see it in the server's INFO).
-      (
+      # Started twice removed, so that init, not the server, takes it when it ends.
+      ( (
         until REDISCLI_AUTH="$password" redis-cli --raw INFO replication 2>/dev/null |
-          grep -q '^master_link_status:up'; do
+          grep -q '^master_link_status:up' &&
+          REDISCLI_AUTH="$password" redis-cli --raw CONFIG SET replica-priority 100 2>/dev/null |
+          grep -q '^OK'; do
           sleep 1
         done
-        REDISCLI_AUTH="$password" redis-cli CONFIG SET replica-priority 100 >/dev/null
-      ) &
+      ) & )
     fi
     exec redis-server /tmp/redis.conf
     ;;

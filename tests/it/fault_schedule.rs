@@ -309,13 +309,6 @@ async fn faults_on_a_sentinel_group_under_load_never_break_the_counting_promise(
                 group.planned_failover().await;
                 "planned failover"
             }
-            5 => {
-                // Writes waiting for replicas are sent again on fresh connections.
-                let _ = group.nodes[primary]
-                    .query(&["CLIENT", "KILL", "TYPE", "normal"])
-                    .await;
-                "the primary's client connections killed"
-            }
             1 => {
                 group.nodes[primary].kill().await;
                 group.wait_for_failover(primary, allowed(FAILOVER)).await;
@@ -335,6 +328,13 @@ async fn faults_on_a_sentinel_group_under_load_never_break_the_counting_promise(
                 tokio::time::sleep(millis(&mut rng, 200..1500)).await;
                 group.nodes[replica].resume();
                 "a replica lagging"
+            }
+            4 => {
+                // Writes waiting for replicas are sent again on fresh connections.
+                let _ = group.nodes[primary]
+                    .query(&["CLIENT", "KILL", "TYPE", "normal"])
+                    .await;
+                "the primary's client connections killed"
             }
             _ => lasting_fault(&mut rng, &group.nodes[primary], &services, "1").await,
         };

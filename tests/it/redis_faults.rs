@@ -793,8 +793,10 @@ async fn a_redis_on_a_unix_socket_counts() {
 /// every failover) while a write waits for its replica: the write is sent again on a
 /// fresh connection, where it is not applied twice, and it is acknowledged only once the
 /// replica has it, as on its first connection. Here the replica is paused, so no visit
-/// may be acknowledged; once it is back, counting carries on and holds. (Valkey, like
-/// Redis from 7.2, lets `WAIT` on a connection that has written nothing return at once.)
+/// may be acknowledged; once it is back, counting carries on and holds. Valkey, like
+/// Redis from 7.2, lets `WAIT` on a connection that has written nothing return at once:
+/// the case this guards. Redis 7.0 (Debian's) makes such a `WAIT` wait, so its run is the
+/// control that the test's steps hold on either server.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_write_sent_again_after_its_connection_was_killed_still_waits_for_the_replica() {
     for flavor in [Flavor::Redis, Flavor::Valkey] {

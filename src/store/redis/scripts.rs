@@ -28,8 +28,9 @@ use redis::Script;
 /// Each batch's record is `"<batch>:<results>"` in a ring of slots (batch number modulo
 /// the slots kept), so the records stay bounded whatever fails. A batch whose record
 /// exists was applied by an earlier attempt: its recorded results come back and nothing
-/// is added again (but the records' expiry, so that a replica `WAIT` after the reply
-/// covers the first application too, on a connection that did not make it). A tally costs three commands as a rule (its total, its day, its
+/// is added again. Its records' expiry is renewed all the same: a write, so that a `WAIT`
+/// after the reply waits for the replicas to reach the first application too, also on a
+/// connection that did not make it (which has written nothing `WAIT` could wait for). A tally costs three commands as a rule (its total, its day, its
 /// visitors); its limits and key types are checked by those commands' own errors, and
 /// the registry is asked only when a name is new. Lua does not roll back, so each write
 /// is undone when a later one of its tally fails (the tally is then refused alone), or

@@ -225,8 +225,16 @@ impl RedisServer {
         self.start_again().await;
     }
 
-    /// Lets failovers promote the server again (the default `replica-priority`).
-    pub async fn make_promotable(&self) {
+    /// Lets failovers promote the server again (the default `replica-priority`), now and
+    /// after a restart.
+    pub async fn make_promotable(&mut self) {
+        if let Some(at) = self
+            .extra
+            .iter()
+            .position(|arg| arg == "--replica-priority")
+        {
+            self.extra.drain(at..at + 2);
+        }
         self.query(&["CONFIG", "SET", "replica-priority", "100"])
             .await
             .expect("the priority is set");
