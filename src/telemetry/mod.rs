@@ -8,9 +8,11 @@
 //! waits for standard output; the thread writes what has queued up in one go, not a
 //! system call a line. When the output blocks (a slow log reader) and the queue is full,
 //! such lines are dropped rather than held, and counted
-//! (`stackdemo_log_lines_dropped_total`); the queue holds `QUEUED_LINES` at most. Warnings
-//! and errors (store failures, panics) are written at once, never dropped. What is queued
-//! is written out before the process exits (`LogGuard`), and then how many lines were
+//! (`stackdemo_log_lines_dropped_total`); the queue holds `QUEUED_LINES` at most.
+//! Warnings and errors (store failures, panics) take the same queue: the thread writes
+//! them as soon as it is free, and only an output that does not move makes them wait, or
+//! be dropped and counted, rather than the request that logged them. What is queued is
+//! written out before the process exits (`LogGuard`), and then how many lines were
 //! dropped, if any.
 //!
 //! The line per request, in JSON, has a writer of its own (`request_log`), as a web
@@ -28,9 +30,8 @@ use std::{
     sync::OnceLock,
 };
 
-use tracing::Level;
 use tracing_appender::non_blocking::{ErrorCounter, NonBlockingBuilder, WorkerGuard};
-use tracing_subscriber::{EnvFilter, fmt, fmt::writer::MakeWriterExt, prelude::*};
+use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
 use crate::config::LogFormat;
 
@@ -111,10 +112,9 @@ fn install(format: LogFormat) -> (WorkerGuard, Option<request_log::Writer>) {
         .thread_name("stackdemo-log")
         .finish(BufWriter::with_capacity(WRITE_BUFFER, std::io::stdout()));
     let _ = DROPPED.set(queued.error_counter());
-    // Warnings and errors at once, the rest through the queue.
-    let writer = std::io::stdout
-        .with_max_level(Level::WARN)
-        .or_else(queued.with_min_level(Level::INFO));
+    // Every level through the queue: a warning written at once would wait for an output
+    // that does not move, and the request with it.
+    let writer = queued;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let json = match format {
         LogFormat::Json => true,

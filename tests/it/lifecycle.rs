@@ -543,11 +543,22 @@ async fn every_request_answered_before_a_sigterm_is_logged_once() {
     );
 }
 
-/// The service with its standard output on a pipe that the test reads, or not.
+/// The service with its standard output on a pipe that the test reads, or not, and an
+/// administrator's token (whose refusals are logged as warnings).
 async fn start_with_piped_log(dir: &Path) -> (tokio::process::Child, TestClient) {
     let listen = format!("127.0.0.1:{}", crate::helpers::free_port());
+    let token = dir.join("admin-token");
+    std::fs::write(&token, "an administrator's token").unwrap();
     let child = tokio::process::Command::new(process::binary())
-        .args(["--listen", &listen, "--log-format", "json", "--data-dir"])
+        .args([
+            "--listen",
+            &listen,
+            "--log-format",
+            "json",
+            "--admin-token-file",
+        ])
+        .arg(&token)
+        .arg("--data-dir")
         .arg(dir)
         .env("RUST_LOG", "info")
         .stdout(std::process::Stdio::piped())
@@ -575,6 +586,30 @@ async fn requests_under(client: &TestClient, prefix: &'static str, requests: usi
                 let started = Instant::now();
                 let status = client.get(&format!("{prefix}{i}")).await.status();
                 assert_eq!(status, StatusCode::NOT_FOUND);
+                assert!(started.elapsed() < limit, "a request waited for the log");
+            }
+        });
+    }
+    while let Some(done) = clients.join_next().await {
+        done.unwrap();
+    }
+}
+
+/// Sends `requests` administrator's requests without the token, 8 at a time: each is
+/// refused, and logged as a warning, well within the request timeout.
+async fn refused_administration(client: &TestClient, requests: usize) {
+    let limit = allowed(limits::deadlines(&[]).request);
+    let mut clients = tokio::task::JoinSet::new();
+    for first in 0..8 {
+        let client = client.clone();
+        clients.spawn(async move {
+            for i in (first..requests).step_by(8) {
+                let started = Instant::now();
+                let status = client
+                    .request(reqwest::Method::DELETE, &format!("/api/counters/page-{i}"))
+                    .await
+                    .status();
+                assert!(status.is_client_error(), "{status}");
                 assert!(started.elapsed() < limit, "a request waited for the log");
             }
         });
@@ -645,8 +680,9 @@ async fn a_log_reader_that_stops_reading_stalls_nothing_and_loses_no_line_uncoun
     );
 }
 
-/// A log reader that never reads again: the service still stops when told to, in time,
-/// and with exit code 0, rather than wait for an output that does not move.
+/// A log reader that never reads again: requests that log warnings are answered as
+/// before (their warnings dropped and counted), and the service still stops when told
+/// to, in time, and with exit code 0, rather than wait for an output that does not move.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_log_reader_stuck_for_good_does_not_keep_the_service_from_stopping() {
     let dir = tempfile::tempdir().unwrap();
@@ -655,6 +691,8 @@ async fn a_log_reader_stuck_for_good_does_not_keep_the_service_from_stopping() {
     let _output = child.stdout.take().expect("its output");
 
     requests_under(&client, "/unread/", UNREAD_REQUESTS).await;
+    refused_administration(&client, 2_000).await;
+    assert!(client.answers_ok("/healthz").await);
     sigterm(&child);
 
     let status = tokio::time::timeout(allowed(PROCESS_START), child.wait()).await;
