@@ -59,23 +59,28 @@ impl Drop for LogGuard {
         let Some((queued, request_lines)) = self.writers.take() else {
             return;
         };
-        // The other lines first (tracing-appender waits a second at most), so that the
-        // count is complete.
-        drop(queued);
-        let dropped_elsewhere = DROPPED
-            .get()
-            .map_or(0, |counter| counter.dropped_lines() as u64);
         match request_lines {
-            // Through the writer thread, which gives up on a stuck output in time.
-            Some(writer) => writer.stop(dropped_elsewhere),
-            None if dropped_lines() > 0 => {
-                tracing::warn!(
-                    dropped = dropped_lines(),
-                    "{}",
-                    request_log::DROPPED_MESSAGE
-                );
+            Some(writer) => {
+                // The other lines first (tracing-appender waits a second at most), so
+                // that the count is complete; then the count, through the writer thread,
+                // which gives up on a stuck output in time.
+                drop(queued);
+                let dropped_elsewhere = DROPPED
+                    .get()
+                    .map_or(0, |counter| counter.dropped_lines() as u64);
+                writer.stop(dropped_elsewhere);
             }
-            None => {}
+            None => {
+                // Through the queue, written out as it is dropped.
+                if dropped_lines() > 0 {
+                    tracing::warn!(
+                        dropped = dropped_lines(),
+                        "{}",
+                        request_log::DROPPED_MESSAGE
+                    );
+                }
+                drop(queued);
+            }
         }
     }
 }

@@ -543,9 +543,9 @@ async fn every_request_answered_before_a_sigterm_is_logged_once() {
     );
 }
 
-/// The service with its standard output on a pipe that the test reads, or not, and an
-/// administrator's token (whose refusals are logged as warnings).
-async fn start_with_piped_log(dir: &Path) -> (tokio::process::Child, TestClient) {
+/// The service with its standard output on a pipe that the test reads, or not, logging
+/// in `format`, and an administrator's token (whose refusals are logged as warnings).
+async fn start_with_piped_log(dir: &Path, format: &str) -> (tokio::process::Child, TestClient) {
     let listen = format!("127.0.0.1:{}", crate::helpers::free_port());
     let token = dir.join("admin-token");
     std::fs::write(&token, "an administrator's token").unwrap();
@@ -554,7 +554,7 @@ async fn start_with_piped_log(dir: &Path) -> (tokio::process::Child, TestClient)
             "--listen",
             &listen,
             "--log-format",
-            "json",
+            format,
             "--admin-token-file",
         ])
         .arg(&token)
@@ -574,42 +574,27 @@ async fn start_with_piped_log(dir: &Path) -> (tokio::process::Child, TestClient)
     (child, client)
 }
 
-/// Sends `requests` requests to paths under `prefix`, 8 at a time; each must be answered
-/// (404) well within the request timeout, so that none waits for the log.
-async fn requests_under(client: &TestClient, prefix: &'static str, requests: usize) {
+/// Sends `requests` requests (`method`, to `prefix` and a number), 8 at a time; each must
+/// be refused (a 4xx: no such path, no administrator's token) well within the request
+/// timeout, so that none waits for the log.
+async fn refused_in_time(
+    client: &TestClient,
+    method: reqwest::Method,
+    prefix: &'static str,
+    requests: usize,
+) {
     let limit = allowed(limits::deadlines(&[]).request);
     let mut clients = tokio::task::JoinSet::new();
     for first in 0..8 {
-        let client = client.clone();
-        clients.spawn(async move {
-            for i in (first..requests).step_by(8) {
-                let started = Instant::now();
-                let status = client.get(&format!("{prefix}{i}")).await.status();
-                assert_eq!(status, StatusCode::NOT_FOUND);
-                assert!(started.elapsed() < limit, "a request waited for the log");
-            }
-        });
-    }
-    while let Some(done) = clients.join_next().await {
-        done.unwrap();
-    }
-}
-
-/// Sends `requests` administrator's requests without the token, 8 at a time: each is
-/// refused, and logged as a warning, well within the request timeout.
-async fn refused_administration(client: &TestClient, requests: usize) {
-    let limit = allowed(limits::deadlines(&[]).request);
-    let mut clients = tokio::task::JoinSet::new();
-    for first in 0..8 {
-        let client = client.clone();
+        let (client, method) = (client.clone(), method.clone());
         clients.spawn(async move {
             for i in (first..requests).step_by(8) {
                 let started = Instant::now();
                 let status = client
-                    .request(reqwest::Method::DELETE, &format!("/api/counters/page-{i}"))
+                    .request(method.clone(), &format!("{prefix}{i}"))
                     .await
                     .status();
-                assert!(status.is_client_error(), "{status}");
+                assert!(status.is_client_error(), "{method} {prefix}{i}: {status}");
                 assert!(started.elapsed() < limit, "a request waited for the log");
             }
         });
@@ -635,10 +620,10 @@ const UNREAD_REQUESTS: usize = 20_000;
 #[tokio::test(flavor = "multi_thread")]
 async fn a_log_reader_that_stops_reading_stalls_nothing_and_loses_no_line_uncounted() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut child, client) = start_with_piped_log(dir.path()).await;
+    let (mut child, client) = start_with_piped_log(dir.path(), "json").await;
     let mut output = child.stdout.take().expect("its output");
 
-    requests_under(&client, "/unread/", UNREAD_REQUESTS).await;
+    refused_in_time(&client, reqwest::Method::GET, "/unread/", UNREAD_REQUESTS).await;
     let dropped = client.metric("stackdemo_log_lines_dropped_total").await;
     assert!(dropped > 0.0, "lines were dropped while nobody read them");
     let rss_kib = std::fs::read_to_string(format!("/proc/{}/status", child.id().unwrap()))
@@ -686,12 +671,19 @@ async fn a_log_reader_that_stops_reading_stalls_nothing_and_loses_no_line_uncoun
 #[tokio::test(flavor = "multi_thread")]
 async fn a_log_reader_stuck_for_good_does_not_keep_the_service_from_stopping() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut child, client) = start_with_piped_log(dir.path()).await;
+    let (mut child, client) = start_with_piped_log(dir.path(), "json").await;
     // Held, never read.
     let _output = child.stdout.take().expect("its output");
 
-    requests_under(&client, "/unread/", UNREAD_REQUESTS).await;
-    refused_administration(&client, 2_000).await;
+    refused_in_time(&client, reqwest::Method::GET, "/unread/", UNREAD_REQUESTS).await;
+    // Each logged as a warning.
+    refused_in_time(
+        &client,
+        reqwest::Method::DELETE,
+        "/api/counters/page-",
+        2_000,
+    )
+    .await;
     assert!(client.answers_ok("/healthz").await);
     sigterm(&child);
 
@@ -700,4 +692,28 @@ async fn a_log_reader_stuck_for_good_does_not_keep_the_service_from_stopping() {
         status.expect("the service stopped in time").unwrap().code(),
         Some(0)
     );
+}
+
+/// In readable text (a terminal, or `--log-format text`) as in JSON, the last line says
+/// how many lines an output that could not keep up cost.
+#[tokio::test(flavor = "multi_thread")]
+async fn in_text_too_the_last_line_says_how_many_lines_were_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, client) = start_with_piped_log(dir.path(), "text").await;
+    let mut output = child.stdout.take().expect("its output");
+
+    refused_in_time(&client, reqwest::Method::GET, "/unread/", UNREAD_REQUESTS).await;
+    let dropped = client.metric("stackdemo_log_lines_dropped_total").await;
+    assert!(dropped > 0.0, "lines were dropped while nobody read them");
+
+    let reader = tokio::spawn(async move {
+        let mut text = Vec::new();
+        output.read_to_end(&mut text).await.map(|_| text)
+    });
+    sigterm(&child);
+    let status = tokio::time::timeout(allowed(PROCESS_START), child.wait()).await;
+    assert_eq!(status.unwrap().unwrap().code(), Some(0));
+    let text = String::from_utf8_lossy(&reader.await.unwrap().unwrap()).into_owned();
+    let last = text.lines().last().expect("lines");
+    assert!(last.contains(DROPPED_MESSAGE), "the last line: {last}");
 }
