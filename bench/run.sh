@@ -50,19 +50,47 @@ startup_ms() {
 
 start_redis
 
-# Runs wrk on a path (with the wrk script $3, if given); prints "requests_per_s p99_ms
-# cpu_us_per_request idle_percent". The
-# last two come from /proc/stat over the run, for the whole machine: the CPU time one
-# request cost the service, wrk and Redis together, and the share of the time the CPUs had
-# nothing to run (idle or waiting for the disk). Steal time, taken by the host, counts as
-# neither.
+# CPU time (clock ticks, user and system) the processes $@ have used so far, summed; a
+# process that has ended counts 0.
+process_ticks() {
+  local p sum=0 ticks
+  for p in "$@"; do
+    ticks=$(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null) || ticks=0
+    sum=$((sum + ticks))
+  done
+  echo "$sum"
+}
+
+# The Redis processes this script started (servers and sentinels), with the service
+# on $1 left out.
+store_pids() {
+  local p
+  for p in "${pids[@]}"; do
+    [ "$p" = "$1" ] || echo "$p"
+  done
+}
+
+# Runs wrk on the service $4 listening on port $1, on a path (with the wrk script $3, if
+# given); prints "requests_per_s p99_ms cpu_us_per_request idle_percent service_us
+# redis_us". The CPU figures come from /proc over the run: the whole machine's CPU time
+# per request (the service, wrk, Redis and the kernel's work for them together), the share
+# of the time the CPUs had nothing to run (idle or waiting for the disk; steal time,
+# taken by the host, counts as neither), and of the whole, the service process's part and
+# the Redis processes' (servers and sentinels).
 measure() {
   local before after out
+  local -a stores
+  mapfile -t stores < <(store_pids "$4")
+  local service_before store_before
+  service_before=$(process_ticks "$4"); store_before=$(process_ticks "${stores[@]}")
   before=$(head -1 /proc/stat)
   local with_script=()
   [ -z "${3:-}" ] || with_script=(-s "$3")
   out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "${with_script[@]}" "http://127.0.0.1:$1$2")
   after=$(head -1 /proc/stat)
+  local service_ticks store_ticks
+  service_ticks=$(( $(process_ticks "$4") - service_before ))
+  store_ticks=$(( $(process_ticks "${stores[@]}") - store_before ))
   local rps p99 requests
   rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
   requests=$(awk '/ requests in / {print $1}' <<<"$out")
@@ -72,10 +100,11 @@ measure() {
   [ -z "$errors" ] || echo "  wrk reported: $errors" >&2
   local cpu
   # Fields after "cpu": user nice system idle iowait irq softirq steal, in clock ticks.
-  cpu=$(awk -v a="$before" -v b="$after" -v n="$requests" -v hz="$(getconf CLK_TCK)" 'BEGIN {
+  cpu=$(awk -v a="$before" -v b="$after" -v n="$requests" -v hz="$(getconf CLK_TCK)" \
+    -v svc="$service_ticks" -v st="$store_ticks" 'BEGIN {
     split(a, x); split(b, y); for (i = 2; i <= 9; i++) d[i] = y[i] - x[i]
-    busy = d[2] + d[3] + d[4] + d[7] + d[8]; idle = d[5] + d[6]
-    printf "%.1f %.1f", busy * 1e6 / hz / n, 100 * idle / (busy + idle) }')
+    busy = d[2] + d[3] + d[4] + d[7] + d[8]; idle = d[5] + d[6]; per = 1e6 / hz / n
+    printf "%.1f %.1f %.1f %.1f", busy * per, 100 * idle / (busy + idle), svc * per, st * per }')
   echo "$rps $p99 $cpu"
 }
 
@@ -97,12 +126,13 @@ run_store() {
   wrk -t"$THREADS" -c"$CONNECTIONS" -d2s "${warm[@]}" "http://127.0.0.1:$port$path" >/dev/null   # warm-up
   local writes_before; writes_before=$(store_writes "$port" "$name")
   local noop=() visit=() noop_p=() visit_p=() ratios=() rps p99 cpu idle base
-  local noop_cpu=() visit_cpu=() visit_idle=()
+  local noop_cpu=() visit_cpu=() visit_idle=() noop_svc=() visit_svc=() visit_store=() svc store
   for _ in $(seq 1 "$ROUNDS"); do
-    read -r rps p99 cpu idle < <(measure "$port" /healthz)
-    noop+=("$rps"); noop_p+=("$p99"); noop_cpu+=("$cpu"); base=$rps
-    read -r rps p99 cpu idle < <(measure "$port" "$path" "$script")
+    read -r rps p99 cpu idle svc store < <(measure "$port" /healthz "" "$pid")
+    noop+=("$rps"); noop_p+=("$p99"); noop_cpu+=("$cpu"); noop_svc+=("$svc"); base=$rps
+    read -r rps p99 cpu idle svc store < <(measure "$port" "$path" "$script" "$pid")
     visit+=("$rps"); visit_p+=("$p99"); visit_cpu+=("$cpu"); visit_idle+=("$idle")
+    visit_svc+=("$svc"); visit_store+=("$store")
     ratios+=("$(awk -v a="$base" -v b="$rps" 'BEGIN { printf "%.4f", b / a }')")
   done
   local noop_rps visit_rps noop_p99 visit_p99 ratio spread
@@ -112,6 +142,9 @@ run_store() {
   local noop_us visit_us idle_pct
   noop_us=$(median "${noop_cpu[@]}"); visit_us=$(median "${visit_cpu[@]}")
   idle_pct=$(median "${visit_idle[@]}")
+  local noop_svc_us visit_svc_us visit_store_us
+  noop_svc_us=$(median "${noop_svc[@]}"); visit_svc_us=$(median "${visit_svc[@]}")
+  visit_store_us=$(median "${visit_store[@]}")
   spread=$(printf '%s\n' "${ratios[@]}" | sort -g | awk 'NR==1 {lo=$1} {hi=$1} END {printf "%.2f-%.2f", lo, hi}')
   local rss_kb; rss_kb=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status")
   # Visits per store write during the rounds, from the service's own histograms.
@@ -119,12 +152,12 @@ run_store() {
   kill "$pid"; wait "$pid" 2>/dev/null || true
   awk -v n="$name" -v a="$noop_rps" -v b="$visit_rps" -v q="$ratio" -v s="$spread" -v pa="$noop_p99" -v pb="$visit_p99" -v r="$rss_kb" -v w="$per_write" \
     -v ca="$noop_us" -v cb="$visit_us" -v i="$idle_pct" \
-    -v l="${ROW_LOG:-info}" \
-    'BEGIN { printf "%-9s %-4s %12.0f %12.0f %7.2f %11s %12.2f %12.2f %9.1f %12s %11.1f %11.1f %7.0f\n", n, l, a, b, q, s, pa, pb, r/1024, w, ca, cb, i }'
+    -v sa="$noop_svc_us" -v sb="$visit_svc_us" -v rb="$visit_store_us" -v l="${ROW_LOG:-info}" \
+    'BEGIN { printf "%-9s %-4s %12.0f %12.0f %7.2f %11s %12.2f %12.2f %9.1f %12s %11.1f %11.1f %7.0f %11.1f %11.1f %11.1f\n", n, l, a, b, q, s, pa, pb, r/1024, w, ca, cb, i, sa, sb, rb }'
 }
 
 echo "wrk -t$THREADS -c$CONNECTIONS, $ROUNDS rounds of $DURATION per path, medians; on $(nproc) cores ($(uname -m)), $(date -u +%Y-%m-%d)"
-printf "%-9s %-4s %12s %12s %7s %11s %12s %12s %9s %12s %11s %11s %7s\n" store log "healthz/s" "visit/s" ratio "lowest-high" "healthz p99" "visit p99" "RSS MB" "visits/write" "healthz CPU" "visit CPU" "idle %"
+printf "%-9s %-4s %12s %12s %7s %11s %12s %12s %9s %12s %11s %11s %7s %11s %11s %11s\n" store log "healthz/s" "visit/s" ratio "lowest-high" "healthz p99" "visit p99" "RSS MB" "visits/write" "healthz CPU" "visit CPU" "idle %" "healthz svc" "visit svc" "visit Redis"
 run_stores
 echo "(log: RUST_LOG of the row, info (the default: a line per request) or warn (none);"
 echo " requests/s and p99 (ms) are medians over the rounds; ratio is the median of the rounds'"
@@ -132,5 +165,7 @@ echo " visit/healthz ratios, followed by the lowest and highest; RSS is the peak
 echo " of the service process; visits/write is the mean number of visits per Redis command or"
 echo " per embedded-store transaction; healthz CPU and visit CPU are the CPU time (µs) of the"
 echo " whole machine per request, service, wrk and Redis together; idle % is the share of the"
-echo " time the CPUs had nothing to run during the visit rounds)"
+echo " time the CPUs had nothing to run during the visit rounds; healthz svc and visit svc are"
+echo " the service process's part of that CPU time per request, visit Redis the Redis servers'"
+echo " and sentinels' part per visit)"
 echo "start to ready, embedded store: $(startup_ms) ms, $(startup_ms) ms, $(startup_ms) ms"
