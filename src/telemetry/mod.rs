@@ -140,7 +140,11 @@ fn install(format: LogFormat) -> (WorkerGuard, Option<request_log::Writer>) {
             )
             .try_init()
     } else {
-        registry.with(fmt::layer().with_writer(writer)).try_init()
+        // Colours for a terminal only: in a pipe or a file they are noise.
+        let colours = std::io::stdout().is_terminal();
+        registry
+            .with(fmt::layer().with_ansi(colours).with_writer(writer))
+            .try_init()
     };
     (guard, request_lines)
 }

@@ -694,6 +694,32 @@ async fn a_log_reader_stuck_for_good_does_not_keep_the_service_from_stopping() {
     );
 }
 
+/// Text logs read from a pipe (`docker logs`, a file, `grep`) are plain text: terminal
+/// colour codes only where the output is a terminal.
+#[tokio::test]
+async fn text_logs_written_to_a_pipe_carry_no_terminal_colour_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, client) = start_with_piped_log(dir.path(), "text").await;
+    let mut output = child.stdout.take().expect("its output");
+    let reader = tokio::spawn(async move {
+        let mut text = Vec::new();
+        output.read_to_end(&mut text).await.map(|_| text)
+    });
+    // A visit (a line per request) and a refused administrator's request (a warning).
+    assert_eq!(client.get("/").await.status(), StatusCode::OK);
+    refused_in_time(&client, reqwest::Method::DELETE, "/api/counters/", 1).await;
+    sigterm(&child);
+    let status = tokio::time::timeout(allowed(PROCESS_START), child.wait()).await;
+    assert_eq!(status.unwrap().unwrap().code(), Some(0));
+    let text = String::from_utf8(reader.await.unwrap().unwrap()).expect("UTF-8 text");
+    assert!(text.contains("WARN"), "a warning was logged: {text}");
+    assert!(
+        text.contains("INFO"),
+        "the request lines were logged: {text}"
+    );
+    assert!(!text.contains('\x1b'), "no escape codes: {text:?}");
+}
+
 /// In readable text (a terminal, or `--log-format text`) as in JSON, the last line says
 /// how many lines an output that could not keep up cost.
 #[tokio::test(flavor = "multi_thread")]
