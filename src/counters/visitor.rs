@@ -12,7 +12,11 @@
 //! `X-Forwarded-For` that is not itself a trusted proxy. `X-Forwarded-For` from anyone
 //! else is ignored, so clients cannot pose as many visitors.
 
-use std::{hash::Hasher, net::IpAddr, str::FromStr};
+use std::{
+    hash::Hasher,
+    net::{IpAddr, SocketAddr},
+    str::FromStr,
+};
 
 use ipnet::IpNet;
 use siphasher::sip::SipHasher13;
@@ -104,18 +108,28 @@ impl TrustedProxies {
             .flat_map(|value| value.rsplit(','))
             .map(str::trim)
         {
-            match entry.parse::<IpAddr>() {
-                Ok(address) => {
+            match forwarded_address(entry) {
+                Some(address) => {
                     client = address;
                     if !self.trusts(address) {
                         break;
                     }
                 }
-                Err(_) => break,
+                None => break,
             }
         }
         client
     }
+}
+
+/// An entry of `X-Forwarded-For`: an address, or one with a port as some proxies write it
+/// (`203.0.113.7:41234`, `[2001:db8::7]:41234`, `[2001:db8::7]`).
+fn forwarded_address(entry: &str) -> Option<IpAddr> {
+    entry
+        .parse::<IpAddr>()
+        .or_else(|_| entry.parse::<SocketAddr>().map(|socket| socket.ip()))
+        .ok()
+        .or_else(|| entry.strip_prefix('[')?.strip_suffix(']')?.parse().ok())
 }
 
 #[cfg(test)]
@@ -149,6 +163,33 @@ mod tests {
         );
         assert_eq!(garbage, ip("10.0.9.4"));
         assert!("10.0.0.0/33".parse::<TrustedProxies>().is_err());
+    }
+
+    #[test]
+    fn forwarded_addresses_with_a_port_are_read_as_the_address() {
+        let trusted: TrustedProxies = "10.0.9.0/24".parse().unwrap();
+        let edge = ip("10.0.9.4");
+
+        assert_eq!(
+            trusted.client(edge, &["203.0.113.7:41234"]),
+            ip("203.0.113.7")
+        );
+        assert_eq!(
+            trusted.client(edge, &["[2001:db8::7]:41234"]),
+            ip("2001:db8::7")
+        );
+        assert_eq!(trusted.client(edge, &["[2001:db8::7]"]), ip("2001:db8::7"));
+        assert_eq!(
+            trusted.client(edge, &["203.0.113.7:41234, 10.0.9.5:80"]),
+            ip("203.0.113.7"),
+            "a trusted proxy with a port is passed over too"
+        );
+        assert_eq!(
+            trusted.client(edge, &["203.0.113.7:port"]),
+            edge,
+            "garbage stops the walk at the last trusted address"
+        );
+        assert_eq!(trusted.client(edge, &["[203.0.113.7"]), edge);
     }
 
     #[test]
