@@ -263,9 +263,14 @@ impl WorkerFactory {
             request_log: request_log.clone(),
         });
         let drain = self.deadlines.drain();
+        let replica = self.replica.clone();
+        let log = request_log.clone();
         Worker {
             router: routes::router(state),
             headers: headers.http1_lines(),
+            unrouted: Arc::new(move |status, took| {
+                routes::record_unrouted(&replica, log.as_deref(), status, took);
+            }),
             // With the router gone, every sender of the visit queue is gone, so the
             // batcher drains what is queued and ends.
             wind_down: Box::pin(async move {

@@ -3,12 +3,12 @@
 
 use std::{
     sync::{Arc, OnceLock},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use axum::{
     extract::{MatchedPath, Request, State},
-    http::{Method, header},
+    http::{Method, StatusCode, Uri, header},
     middleware::Next,
     response::{IntoResponse, Response},
 };
@@ -98,8 +98,9 @@ pub async fn render(State(state): State<AppState>) -> impl IntoResponse {
 /// Middleware recording every request in the metrics, and in one log line (`request
 /// served`: method, path, route, replica, status, latency) when it is answered. Every
 /// label takes its value from a small fixed set, so that no request can create new
-/// series: unmatched paths share one route label, methods other than the standard ones
-/// share one method label, and statuses are the service's own.
+/// series: unmatched paths share one route label (as requests refused before routing
+/// share `UNROUTED`), methods other than the standard ones share one method label, and
+/// statuses are the service's own.
 pub async fn track(
     request: Request,
     next: Next,
@@ -116,41 +117,89 @@ pub async fn track(
     // A clone of the URI shares its bytes.
     let uri = tracing::enabled!(target: REQUEST_TARGET, Level::INFO).then(|| request.uri().clone());
     let response = next.run(request).await;
-    let latency = start.elapsed();
     let status = response.status().as_u16();
-    if let Some(uri) = uri {
-        let line = RequestLine {
-            method: method.as_str(),
-            path: uri.path(),
-            route: &route,
-            replica: &replica,
-            status,
-            latency_us: latency.as_micros() as u64,
-        };
-        match log {
-            Some(log) => log.record(&line),
-            None => {
-                tracing::info!(
-                    target: REQUEST_TARGET,
-                    method = line.method,
-                    path = %LoggedPath::of(line.path),
-                    route,
-                    replica = line.replica,
-                    status,
-                    latency_us = line.latency_us,
-                    "request served"
-                );
+    let request = Served {
+        method: method.as_str(),
+        method_label: method_label(&method),
+        path: uri.as_ref().map(Uri::path),
+        route,
+        status,
+        latency: start.elapsed(),
+    };
+    request.record(&replica, log.as_deref());
+    response
+}
+
+/// The route label (and the line's `route`) of a request refused before routing.
+pub const UNROUTED: &str = "unrouted";
+
+/// Records a request hyper refused before it reached the router (bad syntax, a head over
+/// the limit): its line (method and path `-`, as they could not be read) and its metrics,
+/// as `track` does for the router's requests.
+pub fn record_unrouted(
+    replica: &str,
+    log: Option<&RequestLog>,
+    status: StatusCode,
+    took: Duration,
+) {
+    let logged = tracing::enabled!(target: REQUEST_TARGET, Level::INFO);
+    Served {
+        method: "-",
+        method_label: "other",
+        path: logged.then_some("-"),
+        route: UNROUTED.to_owned(),
+        status: status.as_u16(),
+        latency: took,
+    }
+    .record(replica, log);
+}
+
+/// One answered request: what its line and its metrics say.
+struct Served<'a> {
+    method: &'a str,
+    method_label: &'static str,
+    /// The path, when the line is logged.
+    path: Option<&'a str>,
+    route: String,
+    status: u16,
+    latency: Duration,
+}
+
+impl Served<'_> {
+    fn record(self, replica: &str, log: Option<&RequestLog>) {
+        if let Some(path) = self.path {
+            let line = RequestLine {
+                method: self.method,
+                path,
+                route: &self.route,
+                replica,
+                status: self.status,
+                latency_us: self.latency.as_micros() as u64,
+            };
+            match log {
+                Some(log) => log.record(&line),
+                None => {
+                    tracing::info!(
+                        target: REQUEST_TARGET,
+                        method = line.method,
+                        path = %LoggedPath::of(line.path),
+                        route = line.route,
+                        replica = line.replica,
+                        status = line.status,
+                        latency_us = line.latency_us,
+                        "request served"
+                    );
+                }
             }
         }
+        let labels = [
+            ("route", self.route),
+            ("method", self.method_label.to_owned()),
+            ("status", self.status.to_string()),
+        ];
+        counter!("http_requests_total", &labels).increment(1);
+        histogram!("http_request_duration_seconds", &labels).record(self.latency.as_secs_f64());
     }
-    let labels = [
-        ("route", route),
-        ("method", method_label(&method).to_owned()),
-        ("status", status.to_string()),
-    ];
-    counter!("http_requests_total", &labels).increment(1);
-    histogram!("http_request_duration_seconds", &labels).record(latency.as_secs_f64());
-    response
 }
 
 /// The method as a metric label: one of the standard methods, or `other`.

@@ -29,7 +29,11 @@ use axum::{
 use tower::ServiceBuilder;
 use tower_http::cors::CorsLayer;
 
-pub use self::{error::ApiError, headers::ServiceHeaders, metrics::install_recorder};
+pub use self::{
+    error::ApiError,
+    headers::ServiceHeaders,
+    metrics::{UNROUTED, install_recorder, record_unrouted},
+};
 use crate::state::AppState;
 
 /// Requests with a larger body are refused with 413, but for imports, which are read a

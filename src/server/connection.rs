@@ -11,6 +11,8 @@
 //!   service's headers. Such an answer is recognised as it is written (a response head
 //!   the service did not produce) and replaced by a complete one: the service's headers,
 //!   a short body, and `Connection: close`, as hyper closes the connection after it.
+//!   Its status is kept (`Activity::refused`), so that the worker logs and counts the
+//!   request as the router does its own.
 //! - **Which answers were written out.** A flush that succeeds confirms the counted
 //!   visits whose answers were handed to the connection (`delivery::Handover`), and a
 //!   read that finds the client's end marks them as ones the client may not read.
@@ -20,7 +22,7 @@ use std::{
     pin::Pin,
     sync::{
         Arc,
-        atomic::{AtomicU32, AtomicU64, Ordering},
+        atomic::{AtomicU16, AtomicU32, AtomicU64, Ordering},
     },
     task::{Context, Poll, ready},
     time::Duration,
@@ -48,6 +50,8 @@ pub struct Activity {
     /// Responses the service produced, and response heads written.
     answered: AtomicU64,
     heads_written: AtomicU64,
+    /// The status of hyper's own answer, 0 while there is none.
+    refused: AtomicU16,
 }
 
 impl Activity {
@@ -58,7 +62,16 @@ impl Activity {
             last_answer_us: AtomicU64::new(0),
             answered: AtomicU64::new(0),
             heads_written: AtomicU64::new(0),
+            refused: AtomicU16::new(0),
         })
+    }
+
+    /// The status hyper answered a request it could not parse with, if it did, and how
+    /// long the connection had been waiting since its last answer (or since it opened):
+    /// about how long that request took to arrive.
+    pub fn refused(&self) -> Option<(StatusCode, Duration)> {
+        let status = StatusCode::from_u16(self.refused.load(Ordering::Relaxed)).ok()?;
+        Some((status, self.last_answer().elapsed()))
     }
 
     /// Marks a request as being served until the guard is dropped.
@@ -162,7 +175,9 @@ impl ConnectionIo {
             return None;
         }
         let code = std::str::from_utf8(buf.get(9..12)?).ok()?.parse().ok()?;
-        StatusCode::from_u16(code).ok()
+        let status = StatusCode::from_u16(code).ok()?;
+        self.activity.refused.store(code, Ordering::Relaxed);
+        Some(status)
     }
 }
 

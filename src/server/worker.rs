@@ -10,9 +10,10 @@ use std::{
         atomic::{AtomicUsize, Ordering},
     },
     thread,
+    time::Duration,
 };
 
-use axum::Router;
+use axum::{Router, http::StatusCode};
 use hyper::body::Incoming;
 use hyper_util::{
     rt::TokioExecutor,
@@ -41,6 +42,9 @@ pub struct Worker {
     /// Header lines (each ending in CRLF) for answers hyper makes itself, so that they
     /// carry what the router's answers carry.
     pub headers: Arc<[u8]>,
+    /// Logs and counts a request hyper refused before the router saw it (bad syntax, a
+    /// head over the limit), with the status it got and about how long it took to arrive.
+    pub unrouted: Arc<dyn Fn(StatusCode, Duration) + Send + Sync>,
     /// Awaited when the worker stops, after its connections and router are gone: ends the
     /// background work the router relied on (the visit batcher).
     pub wind_down: Pin<Box<dyn Future<Output = ()> + Send>>,
@@ -124,6 +128,7 @@ fn run(
         let Worker {
             router,
             headers,
+            unrouted,
             wind_down,
         } = make_worker();
         let mut builder = Builder::new(TokioExecutor::new());
@@ -194,6 +199,7 @@ fn run(
             let io = ConnectionIo::new(stream, activity.clone(), handover, headers.clone());
             let connection = watcher.watch(builder.serve_connection(io, service).into_owned());
             let open = open.clone();
+            let unrouted = unrouted.clone();
             let idle_limit = options.header_read_timeout;
             connections.spawn(async move {
                 tokio::select! {
@@ -201,6 +207,9 @@ fn run(
                     result = connection => {
                         if let Err(error) = result {
                             tracing::debug!(%error, "connection ended with an error");
+                        }
+                        if let Some((status, took)) = activity.refused() {
+                            unrouted(status, took);
                         }
                     }
                     () = activity.idle_for(idle_limit) => {

@@ -14,10 +14,11 @@ use tokio::{
     net::TcpStream,
 };
 
-use stackdemo::{deadlines::Deadlines, telemetry::DROPPED_MESSAGE};
+use stackdemo::{deadlines::Deadlines, routes::UNROUTED, telemetry::DROPPED_MESSAGE};
 
 use crate::helpers::{
     Backend, RedisServer, ServiceProcess, TestApp, TestClient, allowed,
+    client::{metric_in, raw_exchange},
     limits::{self, PROCESS_START},
     process, wait_until,
 };
@@ -692,6 +693,50 @@ async fn a_log_reader_stuck_for_good_does_not_keep_the_service_from_stopping() {
         status.expect("the service stopped in time").unwrap().code(),
         Some(0)
     );
+}
+
+/// A request hyper refuses before the router sees it (bad syntax, a head over the limit)
+/// is logged and counted like any other, so that an operator sees garbage arrive.
+#[tokio::test]
+async fn requests_refused_before_routing_are_logged_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, client) = start_with_piped_log(dir.path(), "json").await;
+    let mut output = child.stdout.take().expect("its output");
+    let reader = tokio::spawn(async move {
+        let mut text = Vec::new();
+        output.read_to_end(&mut text).await.map(|_| text)
+    });
+    let address = client.base["http://".len()..].parse().unwrap();
+    let bad_syntax = raw_exchange(address, b"GET /a\x01b HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert_eq!(bad_syntax.status, 400);
+    let big_head = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nCookie: {}\r\n\r\n",
+        "c".repeat(17 * 1024)
+    );
+    assert_eq!(raw_exchange(address, big_head.as_bytes()).await.status, 431);
+
+    let metrics = client.get("/metrics").await.text().await.unwrap();
+    for status in ["400", "431"] {
+        let series = format!(
+            "http_requests_total{{route=\"{UNROUTED}\",method=\"other\",status=\"{status}\"}}"
+        );
+        assert_eq!(metric_in(&metrics, &series), 1.0, "{series} in {metrics}");
+    }
+    sigterm(&child);
+    let status = tokio::time::timeout(allowed(PROCESS_START), child.wait()).await;
+    assert_eq!(status.unwrap().unwrap().code(), Some(0));
+    let text = String::from_utf8(reader.await.unwrap().unwrap()).expect("UTF-8");
+    let refused: Vec<u64> = text
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).expect("a JSON line"))
+        .filter(|line| line["route"] == UNROUTED)
+        .map(|line| {
+            assert_eq!(line["method"], "-");
+            assert_eq!(line["path"], "-");
+            line["status"].as_u64().expect("a status")
+        })
+        .collect();
+    assert_eq!(refused, [400, 431], "{text}");
 }
 
 /// Text logs read from a pipe (`docker logs`, a file, `grep`) are plain text: terminal
