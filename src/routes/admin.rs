@@ -323,6 +323,16 @@ fn counter_path(path: &str) -> Result<CounterName, ApiError> {
 fn admin_failed(error: AdminError) -> ApiError {
     match error {
         AdminError::TooMany => ApiError::TooManyCounters,
+        AdminError::Store(error) if error.kind() == StoreErrorKind::WrongType => {
+            tracing::warn!(
+                cause = error.detail(),
+                "an administrator's change refused: a key of the counter has the wrong type"
+            );
+            ApiError::Conflict(
+                "a key of the counter holds a value of the wrong type; delete the counter \
+                 to start it again",
+            )
+        }
         AdminError::Store(error) => {
             tracing::warn!(
                 reason = error.code(),

@@ -30,6 +30,9 @@ pub enum ApiError {
     Unauthorized,
     /// A counter's history, which is only read (`GET`, `HEAD`).
     MethodNotAllowed,
+    /// An administrator's change the counter's current state rules out, so that trying
+    /// again cannot help; the reason says what to do instead.
+    Conflict(&'static str),
     /// An import that stopped at a line for a reason of the store's (507, 503): the
     /// status, and which line and how many counters came before it.
     ImportStopped(StatusCode, String),
@@ -88,6 +91,9 @@ impl IntoResponse for ApiError {
                 "Unauthorized: the administrator's token is needed\n",
             )
                 .into_response(),
+            ApiError::Conflict(reason) => {
+                (StatusCode::CONFLICT, format!("Conflict: {reason}\n")).into_response()
+            }
             ApiError::MethodNotAllowed => (
                 StatusCode::METHOD_NOT_ALLOWED,
                 [(header::ALLOW, "GET, HEAD")],

@@ -778,6 +778,71 @@ async fn a_wrong_typed_key_of_one_counter_refuses_that_counter_only() {
     );
 }
 
+/// A counter whose key holds another kind of value (an operator's mistake) is repaired by
+/// the administrator: setting its total is refused as a conflict (409, with what to do:
+/// retrying cannot help), and deleting it removes its keys, whatever they hold, so that
+/// it counts again from 1.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_administrator_deletes_a_counter_whose_key_has_the_wrong_type() {
+    let (app, _token) = spawn_with_admin(Backend::Redis, &[]).await;
+    let redis = app.redis.as_ref().unwrap();
+    let client = &app.client;
+    // A visitor of its own, whom the counter started again must not remember.
+    let before = client
+        .request_builder(Method::GET, "/c/broken")
+        .header(header::USER_AGENT, "an earlier visitor")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(before.status(), StatusCode::OK);
+    redis.query(&["DEL", "hits:c:broken"]).await.unwrap();
+    redis
+        .query(&["SET", "hits:c:broken", "not a hash"])
+        .await
+        .unwrap();
+    let admin = |method: Method, body: Option<Value>| {
+        let mut request = client
+            .request_builder(method, "/api/counters/broken")
+            .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        request.send()
+    };
+
+    let set = admin(Method::PUT, Some(json!({ "total": 5 })))
+        .await
+        .unwrap();
+    assert_eq!(set.status(), StatusCode::CONFLICT);
+    let reason = set.text().await.unwrap();
+    assert!(
+        reason.contains("wrong type") && reason.contains("delete"),
+        "{reason}"
+    );
+    assert_eq!(
+        redis.query(&["GET", "hits:c:broken"]).await.unwrap(),
+        redis::Value::BulkString(b"not a hash".to_vec()),
+        "a refused change changes nothing"
+    );
+
+    let deleted = admin(Method::DELETE, None).await.unwrap();
+    assert_eq!(
+        deleted.status(),
+        StatusCode::OK,
+        "{}",
+        deleted.text().await.unwrap()
+    );
+    let (status, body) = text(client, "/c/broken").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(total(client, "broken").await, 1);
+    let history = client.get("/api/counters/broken/history?days=1").await;
+    let history: Value = history.json().await.unwrap();
+    assert_eq!(
+        history["days"][0]["unique"], 1,
+        "the earlier visitor is forgotten: {history}"
+    );
+}
+
 /// A total that is not a number is not listed as 0, which an export would carry and an
 /// import make true; a cursor that no listing gave is 400.
 #[tokio::test(flavor = "multi_thread")]

@@ -48,16 +48,29 @@ impl RedisSession {
         }
     }
 
-    /// Deletes a counter with its history; whether there was one.
+    /// Deletes a counter with its history; whether there was one. Its keys go whatever
+    /// they hold: deleting is how a counter whose key has the wrong type starts again.
     pub async fn delete(&self, name: &CounterName, answer_by: Instant) -> Result<bool, StoreError> {
         let keys = &self.store.keys;
         let hash = keys.counter_days(name.as_str());
         let mut pipe = redis::pipe();
         pipe.cmd("HKEYS").arg(&hash);
-        let (fields,): (Vec<String>,) = self.query(&pipe, answer_by).await?;
-        let uniques: Vec<String> = fields
-            .iter()
-            .filter_map(|field| Day::parse(field))
+        let days: Vec<Day> = match self.query::<(Vec<String>,)>(&pipe, answer_by).await {
+            Ok((fields,)) => fields
+                .iter()
+                .filter_map(|field| Day::parse(field))
+                .collect(),
+            // No days to read: the unique visitors of every day that may still have them.
+            Err(error) if error.kind() == StoreErrorKind::WrongType => {
+                let today = self.today();
+                (0..=self.store.policy.retention_days)
+                    .map(|back| today.minus(back))
+                    .collect()
+            }
+            Err(error) => return Err(error),
+        };
+        let uniques: Vec<String> = days
+            .into_iter()
             .map(|day| keys.uniques(name.as_str(), day))
             .collect();
         let mut pipe = redis::pipe();
