@@ -208,13 +208,13 @@ fn run(
                         if let Err(error) = result {
                             tracing::debug!(%error, "connection ended with an error");
                         }
-                        if let Some((status, took)) = activity.refused() {
-                            unrouted(status, took);
-                        }
                     }
                     () = activity.idle_for(idle_limit) => {
                         tracing::debug!("closed a connection idle for the header read timeout");
                     }
+                }
+                if let Some((status, took)) = activity.refused() {
+                    unrouted(status, took);
                 }
                 open.fetch_sub(1, Ordering::Relaxed);
                 drop(slot);
