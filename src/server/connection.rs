@@ -3,7 +3,7 @@
 //! - **An idle limit.** A connection with no request being served is closed once it has
 //!   been so for the header read timeout, counted from when it was accepted or its last
 //!   request was answered. That covers, with one timer per connection, a client that never
-//!   sends a byte (which hyper's protocol detection would wait for forever), one that sends
+//!   sends a byte (which hyper would wait for forever), one that sends
 //!   its headers too slowly, one that stops reading its answer, and an idle keep-alive
 //!   connection, so that silent sockets cannot hold every connection slot.
 //! - **hyper's own answers made whole.** A request hyper cannot parse (bad syntax, a head

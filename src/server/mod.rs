@@ -40,8 +40,8 @@ use self::worker::{Handoff, WorkerHandle};
 /// connection closed. The number of header lines is bounded by hyper's default, 100 (as
 /// Apache's and HAProxy's defaults are): setting it, even to 100, makes hyper allocate
 /// room for that many headers on every parse of a head, which costs about 16 KB of
-/// resident memory per connection that holds a half-sent head. It bounds the memory a connection can hold (hyper's own default is
-/// about 400 KiB) and is HTTP/2's default bound on a header list.
+/// resident memory per connection that holds a half-sent head. It bounds the memory a
+/// connection can hold (hyper's own default is about 400 KiB).
 const MAX_HEADER_BYTES: usize = 16 * 1024;
 
 #[derive(Debug, Clone, Copy)]

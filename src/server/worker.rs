@@ -131,7 +131,11 @@ fn run(
             unrouted,
             wind_down,
         } = make_worker();
-        let mut builder = Builder::new(TokioExecutor::new());
+        // HTTP/1.1 only, as the edge and the tutorial's clients speak it. Cleartext HTTP/2
+        // would let one connection hold hundreds of requests' heads at once (past the
+        // memory each connection is sized for) and refuse requests without the service's
+        // answers; its preface is answered 505 like any other unknown version.
+        let mut builder = Builder::new(TokioExecutor::new()).http1_only();
         // The idle limit of `connection` bounds the wait for headers; hyper's own timer
         // would only repeat it.
         // A client that half-closes its connection after a request (shutdown(SHUT_WR))
@@ -142,9 +146,6 @@ fn run(
             .max_buf_size(MAX_HEADER_BYTES)
             .keep_alive(true)
             .half_close(true);
-        builder
-            .http2()
-            .max_header_list_size(MAX_HEADER_BYTES as u32);
         let _ = started.send(());
 
         let mut connections = JoinSet::new();

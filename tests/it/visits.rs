@@ -33,6 +33,7 @@ for_each_backend!(
     oversized_headers_get_431_with_the_service_headers_and_do_not_count,
     header_lines_are_taken_up_to_the_documented_limit,
     requests_hyper_cannot_parse_get_400_with_the_service_headers,
+    cleartext_http2_is_refused_and_counts_nothing,
     stats_report_visits_per_replica_without_counting,
     health_endpoints_answer,
     metrics_report_requests_and_the_count,
@@ -178,6 +179,28 @@ async fn requests_hyper_cannot_parse_get_400_with_the_service_headers(backend: B
     assert_eq!(refused.body, "Bad Request\n");
     assert_eq!(refused.header("x-served-by"), Some("test-replica"));
     assert_eq!(refused.header("connection"), Some("close"));
+    assert_eq!(app.client.visit().await, 1);
+}
+
+/// The service speaks HTTP/1.1 only. A client that starts HTTP/2 without asking (prior
+/// knowledge: the preface, then frames) finds the connection closed at once, with nothing
+/// served: one connection cannot hold many requests at once.
+async fn cleartext_http2_is_refused_and_counts_nothing(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    // The preface, an empty SETTINGS frame, and a HEADERS frame (stream 1, END_HEADERS)
+    // for `GET /` with HPACK's static table: :method GET, :scheme http, :path /.
+    let mut bytes = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    bytes.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+    bytes.extend_from_slice(&[0, 0, 3, 1, 5, 0, 0, 0, 1, 0x82, 0x86, 0x84]);
+    let answer = crate::helpers::client::raw_bytes(
+        app.address,
+        &bytes,
+        allowed(limits::deadlines(&[]).request),
+    )
+    .await
+    .expect("the service closes the connection");
+
+    assert_eq!(answer, "", "no HTTP/2 frames, no answer");
     assert_eq!(app.client.visit().await, 1);
 }
 
