@@ -96,8 +96,12 @@ impl TrustedProxies {
 
     /// The client's address: the peer's, or, from a trusted proxy, the rightmost address
     /// of `forwarded_for` (the values of `X-Forwarded-For`, in order) that is not a
-    /// trusted proxy.
-    pub fn client(&self, peer: IpAddr, forwarded_for: &[&str]) -> IpAddr {
+    /// trusted proxy. IPv4 addresses written as IPv6 (`::ffff:10.0.9.4`, as a dual-stack
+    /// socket reports IPv4 peers) are taken as the IPv4 addresses they are. The walk stops
+    /// at the first entry that is not an address (a byte that is not text included), so
+    /// that what a client wrote to the left of its proxy's entry never replaces it.
+    pub fn client(&self, peer: IpAddr, forwarded_for: &[&[u8]]) -> IpAddr {
+        let peer = peer.to_canonical();
         if !self.trusts(peer) {
             return peer;
         }
@@ -105,10 +109,12 @@ impl TrustedProxies {
         for entry in forwarded_for
             .iter()
             .rev()
-            .flat_map(|value| value.rsplit(','))
-            .map(str::trim)
+            .flat_map(|value| value.rsplit(|&byte| byte == b','))
         {
-            match forwarded_address(entry) {
+            match std::str::from_utf8(entry)
+                .ok()
+                .and_then(|entry| forwarded_address(entry.trim()))
+            {
                 Some(address) => {
                     client = address;
                     if !self.trusts(address) {
@@ -130,6 +136,7 @@ fn forwarded_address(entry: &str) -> Option<IpAddr> {
         .or_else(|_| entry.parse::<SocketAddr>().map(|socket| socket.ip()))
         .ok()
         .or_else(|| entry.strip_prefix('[')?.strip_suffix(']')?.parse().ok())
+        .map(|address: IpAddr| address.to_canonical())
 }
 
 #[cfg(test)]
@@ -140,14 +147,20 @@ mod tests {
         text.parse().unwrap()
     }
 
+    /// The client by `trusted`, for header values given as text.
+    fn client_of(trusted: &TrustedProxies, peer: IpAddr, values: &[&str]) -> IpAddr {
+        let values: Vec<&[u8]> = values.iter().map(|value| value.as_bytes()).collect();
+        trusted.client(peer, &values)
+    }
+
     #[test]
     fn forwarded_for_counts_only_from_a_trusted_proxy() {
         let trusted: TrustedProxies = "10.0.9.0/24, 127.0.0.1".parse().unwrap();
-        let from_edge = trusted.client(ip("10.0.9.4"), &["203.0.113.7"]);
-        let from_client = trusted.client(ip("198.51.100.2"), &["203.0.113.7"]);
-        let through_two = trusted.client(ip("127.0.0.1"), &["203.0.113.7, 10.0.9.5"]);
-        let spoofed_left = trusted.client(ip("10.0.9.4"), &["1.2.3.4", "203.0.113.7"]);
-        let garbage = trusted.client(ip("10.0.9.4"), &["not an address"]);
+        let from_edge = client_of(&trusted, ip("10.0.9.4"), &["203.0.113.7"]);
+        let from_client = client_of(&trusted, ip("198.51.100.2"), &["203.0.113.7"]);
+        let through_two = client_of(&trusted, ip("127.0.0.1"), &["203.0.113.7, 10.0.9.5"]);
+        let spoofed_left = client_of(&trusted, ip("10.0.9.4"), &["1.2.3.4", "203.0.113.7"]);
+        let garbage = client_of(&trusted, ip("10.0.9.4"), &["not an address"]);
 
         assert_eq!(from_edge, ip("203.0.113.7"));
         assert_eq!(
@@ -171,25 +184,68 @@ mod tests {
         let edge = ip("10.0.9.4");
 
         assert_eq!(
-            trusted.client(edge, &["203.0.113.7:41234"]),
+            client_of(&trusted, edge, &["203.0.113.7:41234"]),
             ip("203.0.113.7")
         );
         assert_eq!(
-            trusted.client(edge, &["[2001:db8::7]:41234"]),
+            client_of(&trusted, edge, &["[2001:db8::7]:41234"]),
             ip("2001:db8::7")
         );
-        assert_eq!(trusted.client(edge, &["[2001:db8::7]"]), ip("2001:db8::7"));
         assert_eq!(
-            trusted.client(edge, &["203.0.113.7:41234, 10.0.9.5:80"]),
+            client_of(&trusted, edge, &["[2001:db8::7]"]),
+            ip("2001:db8::7")
+        );
+        assert_eq!(
+            client_of(&trusted, edge, &["203.0.113.7:41234, 10.0.9.5:80"]),
             ip("203.0.113.7"),
             "a trusted proxy with a port is passed over too"
         );
         assert_eq!(
-            trusted.client(edge, &["203.0.113.7:port"]),
+            client_of(&trusted, edge, &["203.0.113.7:port"]),
             edge,
             "garbage stops the walk at the last trusted address"
         );
-        assert_eq!(trusted.client(edge, &["[203.0.113.7"]), edge);
+        assert_eq!(client_of(&trusted, edge, &["[203.0.113.7"]), edge);
+    }
+
+    #[test]
+    fn ipv4_addresses_written_as_ipv6_are_the_ipv4_addresses() {
+        let trusted: TrustedProxies = "127.0.0.1, 10.0.0.0/8".parse().unwrap();
+
+        // A dual-stack socket reports an IPv4 peer as ::ffff:a.b.c.d.
+        assert_eq!(
+            client_of(&trusted, ip("::ffff:127.0.0.1"), &["203.0.113.7"]),
+            ip("203.0.113.7")
+        );
+        assert_eq!(
+            client_of(&trusted, ip("::ffff:198.51.100.2"), &["203.0.113.7"]),
+            ip("198.51.100.2"),
+            "an untrusted peer, as IPv4"
+        );
+        assert_eq!(
+            client_of(&trusted, ip("127.0.0.1"), &["203.0.113.7, ::ffff:10.1.2.3"]),
+            ip("203.0.113.7"),
+            "a trusted hop written as IPv6 is passed over"
+        );
+        assert_eq!(
+            client_of(&trusted, ip("127.0.0.1"), &["::ffff:203.0.113.7"]),
+            ip("203.0.113.7")
+        );
+    }
+
+    #[test]
+    fn bytes_that_are_not_text_stop_the_walk_only_where_they_are() {
+        let trusted: TrustedProxies = "10.0.9.0/24".parse().unwrap();
+        let edge = ip("10.0.9.4");
+        // A proxy that appends to the client's own line: the client wrote the first entry.
+        let line: &[u8] = b"\xff\xfe, 203.0.113.7";
+
+        assert_eq!(trusted.client(edge, &[line]), ip("203.0.113.7"));
+        assert_eq!(
+            trusted.client(edge, &[b"203.0.113.9, \xff"]),
+            edge,
+            "the proxy's own entry unreadable: nothing to its left is believed"
+        );
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use axum::{
     extract::{ConnectInfo, Request},
-    http::{HeaderMap, Method, header},
+    http::{HeaderMap, HeaderValue, Method, header},
 };
 
 use crate::counters::visitor::{self, TrustedProxies};
@@ -37,10 +37,10 @@ impl Client {
             .get::<ConnectInfo<SocketAddr>>()
             .map_or(IpAddr::V4(Ipv4Addr::LOCALHOST), |info| info.0.ip());
         let headers = request.headers();
-        let forwarded: Vec<&str> = headers
+        let forwarded: Vec<&[u8]> = headers
             .get_all("x-forwarded-for")
             .iter()
-            .filter_map(|value| value.to_str().ok())
+            .map(HeaderValue::as_bytes)
             .collect();
         let address = trusted.client(peer, &forwarded);
         let user_agent = headers
