@@ -69,7 +69,7 @@ pub async fn set_total(
         .store
         .set_total(&name, total, state.deadlines.store)
         .await
-        .map_err(admin_failed)?;
+        .map_err(|error| admin_failed(error, name == state.counters.tutorial))?;
     tracing::info!(
         action = "set",
         counter = %name,
@@ -101,7 +101,7 @@ pub async fn delete(
         .store
         .delete(&name, state.deadlines.store)
         .await
-        .map_err(|error| admin_failed(AdminError::Store(error)))?;
+        .map_err(|error| admin_failed(AdminError::Store(error), false))?;
     if !existed {
         return Err(ApiError::NotFound("no such counter"));
     }
@@ -275,12 +275,13 @@ async fn import_line(
         .import(&name, counter, state.deadlines.store)
         .await
         .map_err(|error| {
-            let (status, reason) = match admin_failed(error) {
+            let (status, reason) = match admin_failed(error, name == state.counters.tutorial) {
                 ApiError::TooManyCounters => (
                     StatusCode::INSUFFICIENT_STORAGE,
                     "there are as many counters as allowed (STACKDEMO_MAX_COUNTERS)",
                 ),
                 ApiError::Unavailable(reason) => (StatusCode::SERVICE_UNAVAILABLE, reason),
+                ApiError::Conflict(reason) => (StatusCode::CONFLICT, reason),
                 other => return other,
             };
             ApiError::ImportStopped(
@@ -320,18 +321,24 @@ fn counter_path(path: &str) -> Result<CounterName, ApiError> {
     parse_name(path)
 }
 
-fn admin_failed(error: AdminError) -> ApiError {
+/// What an administrator's change that failed is answered; `tutorial` when it was the
+/// tutorial's counter (which is not deleted).
+fn admin_failed(error: AdminError, tutorial: bool) -> ApiError {
     match error {
         AdminError::TooMany => ApiError::TooManyCounters,
+        // Retrying cannot help: someone must clear the key.
         AdminError::Store(error) if error.kind() == StoreErrorKind::WrongType => {
             tracing::warn!(
                 cause = error.detail(),
-                "an administrator's change refused: a key of the counter has the wrong type"
+                "an administrator's change refused: a key in Redis has the wrong type"
             );
-            ApiError::Conflict(
-                "a key of the counter holds a value of the wrong type; delete the counter \
-                 to start it again",
-            )
+            ApiError::Conflict(if tutorial {
+                "a key in Redis holds a value of the wrong type; the tutorial's keys are \
+                 fixed in Redis itself"
+            } else {
+                "a key in Redis holds a value of the wrong type; deleting the counter \
+                 clears its own keys"
+            })
         }
         AdminError::Store(error) => {
             tracing::warn!(

@@ -816,9 +816,23 @@ async fn the_administrator_deletes_a_counter_whose_key_has_the_wrong_type() {
     assert_eq!(set.status(), StatusCode::CONFLICT);
     let reason = set.text().await.unwrap();
     assert!(
-        reason.contains("wrong type") && reason.contains("delete"),
+        reason.contains("wrong type") && reason.contains("deleting the counter"),
         "{reason}"
     );
+    let import = client
+        .request_builder(Method::POST, "/api/admin/import")
+        .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+        .body("{\"name\":\"fine\",\"total\":3}\n{\"name\":\"broken\",\"total\":5}\n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(import.status(), StatusCode::CONFLICT);
+    let said = import.text().await.unwrap();
+    assert!(
+        said.contains("line 2") && said.contains("after 1 counters") && said.contains("wrong type"),
+        "the import says where it stopped and why: {said}"
+    );
+    assert_eq!(total(client, "fine").await, 3);
     assert_eq!(
         redis.query(&["GET", "hits:c:broken"]).await.unwrap(),
         redis::Value::BulkString(b"not a hash".to_vec()),
@@ -841,6 +855,26 @@ async fn the_administrator_deletes_a_counter_whose_key_has_the_wrong_type() {
         history["days"][0]["unique"], 1,
         "the earlier visitor is forgotten: {history}"
     );
+
+    // Only a day's sketch, made by hand for a name that never counted: deleted too.
+    let date = history["days"][0]["date"].as_str().unwrap();
+    let sketch = format!("hits:u:{date}:ghost");
+    redis
+        .query(&["SET", &sketch, "not a sketch"])
+        .await
+        .unwrap();
+    assert_eq!(
+        text(client, "/c/ghost").await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    let ghost = client
+        .request_builder(Method::DELETE, "/api/counters/ghost")
+        .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ghost.status(), StatusCode::OK);
+    assert_eq!(text(client, "/c/ghost").await.0, StatusCode::OK);
 }
 
 /// A total that is not a number is not listed as 0, which an export would carry and an

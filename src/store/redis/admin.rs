@@ -48,27 +48,27 @@ impl RedisSession {
         }
     }
 
-    /// Deletes a counter with its history; whether there was one. Its keys go whatever
-    /// they hold: deleting is how a counter whose key has the wrong type starts again.
+    /// Deletes a counter with its history; whether anything of it was there. Its keys go
+    /// whatever they hold: deleting is how a counter whose key has the wrong type starts
+    /// again. Its unique visitors go for every day its history names and every day that
+    /// may still have them (a sketch outlives its day by the days kept).
     pub async fn delete(&self, name: &CounterName, answer_by: Instant) -> Result<bool, StoreError> {
         let keys = &self.store.keys;
         let hash = keys.counter_days(name.as_str());
         let mut pipe = redis::pipe();
         pipe.cmd("HKEYS").arg(&hash);
-        let days: Vec<Day> = match self.query::<(Vec<String>,)>(&pipe, answer_by).await {
+        let mut days: Vec<Day> = match self.query::<(Vec<String>,)>(&pipe, answer_by).await {
             Ok((fields,)) => fields
                 .iter()
                 .filter_map(|field| Day::parse(field))
                 .collect(),
-            // No days to read: the unique visitors of every day that may still have them.
-            Err(error) if error.kind() == StoreErrorKind::WrongType => {
-                let today = self.today();
-                (0..=self.store.policy.retention_days)
-                    .map(|back| today.minus(back))
-                    .collect()
-            }
+            Err(error) if error.kind() == StoreErrorKind::WrongType => Vec::new(),
             Err(error) => return Err(error),
         };
+        let today = self.today();
+        days.extend((0..=self.store.policy.retention_days).map(|back| today.minus(back)));
+        days.sort_unstable();
+        days.dedup();
         let uniques: Vec<String> = days
             .into_iter()
             .map(|day| keys.uniques(name.as_str(), day))

@@ -297,12 +297,11 @@ return previous
 ";
 
 /// Deletes a counter: its total, history and unique visitors, and its registration.
-/// Returns 1 if there was such a counter.
+/// Returns 1 if any of them was there.
 ///
 /// KEYS: 1 the registry, 2 the counter's hash, then its unique-visitor keys. ARGV: 1 name.
 pub const DELETE: &str = r"
-local existed = redis.call('HDEL', KEYS[1], ARGV[1]) + redis.call('EXISTS', KEYS[2])
-redis.call('DEL', unpack(KEYS, 2))
+local existed = redis.call('HDEL', KEYS[1], ARGV[1]) + redis.call('DEL', unpack(KEYS, 2))
 if existed > 0 then return 1 end
 return 0
 ";
