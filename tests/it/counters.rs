@@ -47,6 +47,7 @@ for_each_backend!(
     a_badge_counts_and_shows_the_count_and_is_fetched_again_every_time,
     bad_administration_is_refused_with_a_clear_reason_and_changes_nothing,
     head_and_preflight_are_answered_as_browsers_expect,
+    a_day_at_its_limit_refuses_visits_as_at_the_limit_and_exports_what_imports,
 );
 
 const TOKEN: &str = "an-administrator-token-of-some-length";
@@ -105,6 +106,61 @@ async fn spawn_with_admin(backend: Backend, extra: &[&str]) -> (TestApp, tempfil
     let mut args = vec!["--rate-limit", "off", "--admin-token-file", &path];
     args.extend_from_slice(extra);
     (TestApp::spawn_with(backend, &args).await, token)
+}
+
+/// A day's visits at the most a total can hold (an import can put them there): the next
+/// visit is refused as at the limit, on either store, and nothing beyond it is kept, so
+/// that the export still imports.
+async fn a_day_at_its_limit_refuses_visits_as_at_the_limit_and_exports_what_imports(
+    backend: Backend,
+) {
+    let (app, _token) = spawn_with_admin(backend, &[]).await;
+    let client = &app.client;
+    text(client, "/c/today").await;
+    let (_, history) = json(client, Method::GET, "/api/counters/today/history?days=1").await;
+    let date = history["days"][0]["date"].as_str().unwrap().to_owned();
+    let line = json!({ "name": "full", "total": 5, "days": { date.clone(): i64::MAX } });
+    let admin = |method: Method, path: &str, body: String| {
+        client
+            .request_builder(method, path)
+            .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+            .body(body)
+            .send()
+    };
+    let imported = admin(Method::POST, "/api/admin/import", format!("{line}\n"))
+        .await
+        .unwrap();
+    assert_eq!(
+        imported.status(),
+        StatusCode::OK,
+        "{}",
+        imported.text().await.unwrap()
+    );
+
+    let (status, body) = text(client, "/c/full").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(body.contains("at its limit"), "{body}");
+    assert_eq!(
+        total(client, "full").await,
+        5,
+        "nothing of the visit is kept"
+    );
+
+    let export = admin(Method::GET, "/api/admin/export", String::new())
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let again = admin(Method::POST, "/api/admin/import", export.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        again.status(),
+        StatusCode::OK,
+        "{export}: {}",
+        again.text().await.unwrap()
+    );
 }
 
 async fn named_counters_count_apart_and_read_without_counting(backend: Backend) {

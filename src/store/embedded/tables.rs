@@ -216,6 +216,19 @@ impl<'txn> Tables<'txn> {
         else {
             return Ok(TallyResult::AtLimit);
         };
+        // Today's visits stay within what Redis and an export hold too (i64), checked
+        // before anything of the tally is written.
+        let before = self
+            .days
+            .get((name, day.0))
+            .map_err(classify)?
+            .map_or(0, |v| v.value());
+        let Some(today) = i64::try_from(before)
+            .ok()
+            .and_then(|before| before.checked_add(visits))
+        else {
+            return Ok(TallyResult::AtLimit);
+        };
         if tutorial {
             let replica = rules.identity.replica.as_str();
             let Some(share) = to_i64(self.get(name, replica)?)
@@ -237,13 +250,8 @@ impl<'txn> Tables<'txn> {
         if !registered {
             self.counters.insert(name, BY_VISIT).map_err(classify)?;
         }
-        let before = self
-            .days
-            .get((name, day.0))
-            .map_err(classify)?
-            .map_or(0, |v| v.value());
         self.days
-            .insert((name, day.0), before.saturating_add(tally.visits))
+            .insert((name, day.0), today as u64)
             .map_err(classify)?;
         if before == 0 {
             self.forget_before(

@@ -191,7 +191,7 @@ local function apply(i)
   end
   done[i] = 3
   local today = redis.pcall('HINCRBY', days[i], day, v)
-  if failed(today) then return refused(today.err, 'W') end
+  if failed(today) then return refused(today.err, 'L') end
   done[i], new_day[i] = 4, today == nv
   -- Last of the tally, as a sketch cannot forget: its visitors. The day's sketch lasts as
   -- long as the day's history.
