@@ -23,7 +23,8 @@ use redis::Script;
 /// Returns `{now_ms, replayed, results}`: per tally, comma-separated, the total after it
 /// (the exact string Redis holds: Lua numbers are doubles, which would round totals above
 /// 2^53) or why it was not counted: `U` unknown counter, `M` too many counters, `L` the
-/// total at its limit, `S` this replica's share at its limit, `W` a key of the wrong type.
+/// total (or the day's visits) at its limit, `S` this replica's share at its limit, `W` a
+/// key of the wrong type.
 ///
 /// Each batch's record is `"<batch>:<results>"` in a ring of slots (batch number modulo
 /// the slots kept), so the records stay bounded whatever fails. A batch whose record
