@@ -52,6 +52,9 @@ pub struct Activity {
     heads_written: AtomicU64,
     /// The status of hyper's own answer, 0 while there is none.
     refused: AtomicU16,
+    /// When bytes last came after an answer (or after the connection opened), in µs after
+    /// `accepted`: when the request after it began to arrive.
+    began_us: AtomicU64,
 }
 
 impl Activity {
@@ -63,15 +66,32 @@ impl Activity {
             answered: AtomicU64::new(0),
             heads_written: AtomicU64::new(0),
             refused: AtomicU16::new(0),
+            began_us: AtomicU64::new(0),
         })
     }
 
     /// The status hyper answered a request it could not parse with, if it did, and how
-    /// long the connection had been waiting since its last answer (or since it opened):
-    /// about how long that request took to arrive.
+    /// long since that request began: its first bytes after the last answer, or the last
+    /// answer itself when they had come with an earlier request.
     pub fn refused(&self) -> Option<(StatusCode, Duration)> {
         let status = StatusCode::from_u16(self.refused.load(Ordering::Relaxed)).ok()?;
-        Some((status, self.last_answer().elapsed()))
+        let began = self
+            .began_us
+            .load(Ordering::Relaxed)
+            .max(self.last_answer_us.load(Ordering::Relaxed));
+        Some((
+            status,
+            (self.accepted + Duration::from_micros(began)).elapsed(),
+        ))
+    }
+
+    /// Bytes came in: the first since the last answer mark when the next request began.
+    fn bytes_arrived(&self) {
+        let began = self.began_us.load(Ordering::Relaxed);
+        if began <= self.last_answer_us.load(Ordering::Relaxed) {
+            let now = self.accepted.elapsed().as_micros() as u64;
+            self.began_us.store(now.max(1), Ordering::Relaxed);
+        }
     }
 
     /// Marks a request as being served until the guard is dropped.
@@ -157,7 +177,11 @@ impl ConnectionIo {
         headers: Arc<[u8]>,
     ) -> Self {
         Self {
-            inner: TokioIo::new(ClientStream { stream, handover }),
+            inner: TokioIo::new(ClientStream {
+                stream,
+                handover,
+                activity: activity.clone(),
+            }),
             activity,
             headers,
             replacing: None,
@@ -256,10 +280,12 @@ impl Write for ConnectionIo {
 }
 
 /// The client's TCP stream, telling the connection's `Handover` when a flush has written
-/// everything out and when a read finds the client's end.
+/// everything out and when a read finds the client's end, and its `Activity` when bytes
+/// come in.
 pub struct ClientStream {
     stream: TcpStream,
     handover: Handover,
+    activity: Arc<Activity>,
 }
 
 impl AsyncRead for ClientStream {
@@ -271,8 +297,12 @@ impl AsyncRead for ClientStream {
         let room = buf.remaining();
         let before = buf.filled().len();
         let read = Pin::new(&mut self.stream).poll_read(cx, buf);
-        if room > 0 && matches!(read, Poll::Ready(Ok(()))) && buf.filled().len() == before {
-            self.handover.peer_closed();
+        if room > 0 && matches!(read, Poll::Ready(Ok(()))) {
+            if buf.filled().len() == before {
+                self.handover.peer_closed();
+            } else {
+                self.activity.bytes_arrived();
+            }
         }
         read
     }

@@ -714,19 +714,42 @@ async fn requests_refused_before_routing_are_logged_and_counted() {
         "c".repeat(17 * 1024)
     );
     assert_eq!(raw_exchange(address, big_head.as_bytes()).await.status, 431);
+    // Garbage on a keep-alive connection that has been idle: the line's latency is the
+    // garbage's own, not the idle time before it.
+    let idle = Duration::from_millis(1500);
+    let mut kept = TcpStream::connect(address).await.unwrap();
+    kept.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+        let mut chunk = [0u8; 1024];
+        let n = kept.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "the first answer came");
+        answer.extend_from_slice(&chunk[..n]);
+    }
+    tokio::time::sleep(idle).await;
+    kept.write_all(b"GET /a\x02b HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    kept.read_to_end(&mut rest).await.unwrap();
+    assert!(
+        String::from_utf8_lossy(&rest).contains("400 Bad Request"),
+        "{}",
+        String::from_utf8_lossy(&rest)
+    );
 
     // Counted as its connection closes, just after the answer.
     let series = |status: &str| {
         format!("http_requests_total{{route=\"{UNROUTED}\",method=\"other\",status=\"{status}\"}}")
     };
     wait_until(
-        "both refusals to be counted",
+        "the refusals to be counted",
         allowed(PROCESS_START),
         || async {
             let metrics = client.get("/metrics").await.text().await.unwrap();
-            ["400", "431"]
-                .iter()
-                .all(|status| metric_in(&metrics, &series(status)) == 1.0)
+            metric_in(&metrics, &series("400")) == 2.0 && metric_in(&metrics, &series("431")) == 1.0
         },
     )
     .await;
@@ -742,11 +765,13 @@ async fn requests_refused_before_routing_are_logged_and_counted() {
         .map(|line| {
             assert_eq!(line["method"], "-");
             assert_eq!(line["path"], "-");
+            let took = Duration::from_micros(line["latency_us"].as_u64().expect("a latency"));
+            assert!(took < idle, "the request's own time: {line}");
             line["status"].as_u64().expect("a status")
         })
         .collect();
     refused.sort_unstable();
-    assert_eq!(refused, [400, 431], "{text}");
+    assert_eq!(refused, [400, 400, 431], "{text}");
 }
 
 /// Text logs read from a pipe (`docker logs`, a file, `grep`) are plain text: terminal
