@@ -33,7 +33,7 @@ use crate::{
         name::HISTORY,
     },
     state::AppState,
-    store::{AdminError, CounterPage, ListError, StoreError, StoreErrorKind},
+    store::{AdminError, CounterPage, ListError, Previous, StoreError, StoreErrorKind},
 };
 
 /// The body of `PUT /api/counters/{name}`.
@@ -70,18 +70,26 @@ pub async fn set_total(
         .set_total(&name, total, state.deadlines.store)
         .await
         .map_err(|error| admin_failed(error, name == state.counters.tutorial))?;
+    let (created, previous) = match previous {
+        Previous::Made => (true, None),
+        Previous::Total(before) => (false, Some(before)),
+        Previous::Unreadable => (false, None),
+    };
     tracing::info!(
         action = "set",
         counter = %name,
-        created = previous.is_none(),
+        created,
         previous,
         total,
         "the administrator set a counter"
     );
-    Ok(
-        Json(json!({ "name": name.as_str(), "total": total, "previous": previous }))
-            .into_response(),
-    )
+    Ok(Json(json!({
+        "name": name.as_str(),
+        "total": total,
+        "previous": previous,
+        "created": created,
+    }))
+    .into_response())
 }
 
 /// `DELETE /api/counters/{name}`.

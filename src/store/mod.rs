@@ -115,6 +115,22 @@ impl From<StoreError> for ListError {
 /// of the next page, if there is one.
 pub type CounterPage = (Vec<(CounterName, Result<i64, StoreError>)>, Option<String>);
 
+/// A counter's total before the administrator set it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Previous {
+    /// There was no such counter: setting its total made it.
+    Made,
+    Total(i64),
+    /// There was such a counter, but its total was not a number (changed by hand).
+    Unreadable,
+}
+
+impl From<Option<i64>> for Previous {
+    fn from(total: Option<i64>) -> Self {
+        total.map_or(Previous::Made, Previous::Total)
+    }
+}
+
 impl From<StoreError> for AdminError {
     fn from(error: StoreError) -> Self {
         AdminError::Store(error)
@@ -282,19 +298,19 @@ impl WorkerStore {
     }
 
     /// Sets a counter's total (the administrator's), making the counter if there is none;
-    /// the total before, if there was one.
+    /// what it was before.
     pub async fn set_total(
         &self,
         name: &CounterName,
         total: i64,
         timeout: Duration,
-    ) -> Result<Option<i64>, AdminError> {
+    ) -> Result<Previous, AdminError> {
         let by = Instant::now() + timeout;
         let change = async {
             match self {
                 WorkerStore::Redis(s) => s.set_total(name, total, by).await,
-                WorkerStore::Embedded(s) => s.set_total(name, total).await,
-                WorkerStore::Memory(s) => s.set_total(name, total),
+                WorkerStore::Embedded(s) => s.set_total(name, total).await.map(Previous::from),
+                WorkerStore::Memory(s) => s.set_total(name, total).map(Previous::from),
             }
         };
         tokio::time::timeout_at(by, change)

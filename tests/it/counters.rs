@@ -957,6 +957,35 @@ async fn a_total_that_is_not_a_number_is_not_listed_as_zero() {
     }
 }
 
+/// Setting a total tells whether the counter was made by it, also over a total that is
+/// not a number (changed by hand): the counter was there, its total unreadable.
+#[tokio::test(flavor = "multi_thread")]
+async fn setting_a_total_over_one_that_is_not_a_number_says_the_counter_was_there() {
+    let (app, _token) = spawn_with_admin(Backend::Redis, &[]).await;
+    let redis = app.redis.as_ref().unwrap();
+    let client = &app.client;
+    text(client, "/c/damaged").await;
+    redis
+        .query(&["HSET", "hits:c:damaged", "total", "abc"])
+        .await
+        .unwrap();
+    let set = |name: &'static str| {
+        client
+            .request_builder(Method::PUT, &format!("/api/counters/{name}"))
+            .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+            .json(&json!({ "total": 7 }))
+            .send()
+    };
+
+    let over_damaged: Value = set("damaged").await.unwrap().json().await.unwrap();
+    let made: Value = set("brand-new").await.unwrap().json().await.unwrap();
+
+    assert_eq!(over_damaged["created"], false, "{over_damaged}");
+    assert_eq!(over_damaged["previous"], Value::Null, "{over_damaged}");
+    assert_eq!(made["created"], true, "{made}");
+    assert_eq!(total(client, "damaged").await, 7);
+}
+
 /// A unique-visitor sketch that Redis finds damaged refuses its own counter's visits, and
 /// the other counters of the same batches count.
 #[tokio::test(flavor = "multi_thread")]

@@ -14,7 +14,7 @@ use crate::{
         CounterName, Day,
         export::{CounterExport, REDIS_HLL, UniqueExport, is_redis_hll},
     },
-    store::{AdminError, StoreError, StoreErrorKind},
+    store::{AdminError, Previous, StoreError, StoreErrorKind},
 };
 
 /// Counters read per page when listing.
@@ -27,7 +27,7 @@ impl RedisSession {
         name: &CounterName,
         total: i64,
         answer_by: Instant,
-    ) -> Result<Option<i64>, AdminError> {
+    ) -> Result<Previous, AdminError> {
         let store = &self.store;
         let tutorial = *name == store.tutorial;
         let mut pipe = redis::pipe();
@@ -42,7 +42,10 @@ impl RedisSession {
             .arg(store.policy.max_counters)
             .arg(store.tutorial.as_str());
         match self.query::<(Option<String>,)>(&pipe, answer_by).await {
-            Ok((previous,)) => Ok(previous.and_then(|p| p.parse().ok())),
+            Ok((previous,)) => Ok(match previous {
+                None => Previous::Made,
+                Some(text) => text.parse().map_or(Previous::Unreadable, Previous::Total),
+            }),
             Err(error) if error.detail().contains("TOOMANY") => Err(AdminError::TooMany),
             Err(error) => Err(AdminError::Store(error)),
         }
