@@ -109,7 +109,7 @@ pub async fn delete(
         .store
         .delete(&name, state.deadlines.store)
         .await
-        .map_err(|error| admin_failed(AdminError::Store(error), false))?;
+        .map_err(|error| admin_failed(error, false))?;
     if !existed {
         return Err(ApiError::NotFound("no such counter"));
     }
@@ -334,6 +334,16 @@ fn counter_path(path: &str) -> Result<CounterName, ApiError> {
 fn admin_failed(error: AdminError, tutorial: bool) -> ApiError {
     match error {
         AdminError::TooMany => ApiError::TooManyCounters,
+        AdminError::Registry => {
+            tracing::warn!(
+                "an administrator's change refused: Redis's registry of counters has the \
+                 wrong type"
+            );
+            ApiError::Conflict(
+                "Redis's registry of counters holds a value of the wrong type; it is fixed \
+                 in Redis itself",
+            )
+        }
         // Retrying cannot help: someone must clear the key.
         AdminError::Store(error) if error.kind() == StoreErrorKind::WrongType => {
             tracing::warn!(

@@ -94,6 +94,9 @@ impl ReplicaStats {
 pub enum AdminError {
     /// A new counter, and there are as many as allowed.
     TooMany,
+    /// Redis's registry of counters holds a value of another type: no change can be made
+    /// until it is fixed in Redis.
+    Registry,
     Store(StoreError),
 }
 
@@ -319,16 +322,18 @@ impl WorkerStore {
     }
 
     /// Deletes a counter with its history; whether there was one.
-    pub async fn delete(&self, name: &CounterName, timeout: Duration) -> Result<bool, StoreError> {
+    pub async fn delete(&self, name: &CounterName, timeout: Duration) -> Result<bool, AdminError> {
         let by = Instant::now() + timeout;
-        bounded(by, async {
+        let change = async {
             match self {
                 WorkerStore::Redis(s) => s.delete(name, by).await,
-                WorkerStore::Embedded(s) => s.delete(name).await,
+                WorkerStore::Embedded(s) => s.delete(name).await.map_err(AdminError::Store),
                 WorkerStore::Memory(s) => Ok(s.delete(name)),
             }
-        })
-        .await
+        };
+        tokio::time::timeout_at(by, change)
+            .await
+            .unwrap_or_else(|_| Err(AdminError::Store(StoreError::timeout())))
     }
 
     /// A page of counters with their totals, from `cursor` (`None`: the first); the

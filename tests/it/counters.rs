@@ -957,6 +957,58 @@ async fn a_total_that_is_not_a_number_is_not_listed_as_zero() {
     }
 }
 
+/// Redis's registry of counters of the wrong type (set by hand) refuses every
+/// administrator's change with a reason that says so, not with advice about a counter's
+/// own keys; once it is fixed in Redis, changes go through.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_registry_of_the_wrong_type_is_named_as_what_refuses_changes() {
+    let (app, _token) = spawn_with_admin(Backend::Redis, &[]).await;
+    let redis = app.redis.as_ref().unwrap();
+    let client = &app.client;
+    text(client, "/c/page").await;
+    redis.query(&["DEL", "hits:counters"]).await.unwrap();
+    redis
+        .query(&["SET", "hits:counters", "not a hash"])
+        .await
+        .unwrap();
+    let admin = |method: Method, path: &'static str, body: &'static str| {
+        client
+            .request_builder(method, path)
+            .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+            .body(body)
+            .send()
+    };
+
+    for (method, path, body) in [
+        (Method::PUT, "/api/counters/page", "{\"total\":5}"),
+        (Method::DELETE, "/api/counters/page", ""),
+        (
+            Method::POST,
+            "/api/admin/import",
+            "{\"name\":\"page\",\"total\":5}\n",
+        ),
+    ] {
+        let refused = admin(method.clone(), path, body).await.unwrap();
+        assert_eq!(refused.status(), StatusCode::CONFLICT, "{method} {path}");
+        let reason = refused.text().await.unwrap();
+        assert!(
+            reason.contains("registry of counters"),
+            "{method} {path}: {reason}"
+        );
+    }
+    assert_eq!(
+        redis.query(&["GET", "hits:counters"]).await.unwrap(),
+        redis::Value::BulkString(b"not a hash".to_vec()),
+        "left as it is"
+    );
+
+    redis.query(&["DEL", "hits:counters"]).await.unwrap();
+    let set = admin(Method::PUT, "/api/counters/page", "{\"total\":5}")
+        .await
+        .unwrap();
+    assert_eq!(set.status(), StatusCode::OK);
+}
+
 /// Setting a total tells whether the counter was made by it, also over a total that is
 /// not a number (changed by hand): the counter was there, its total unreadable.
 #[tokio::test(flavor = "multi_thread")]

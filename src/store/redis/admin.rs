@@ -47,7 +47,7 @@ impl RedisSession {
                 Some(text) => text.parse().map_or(Previous::Unreadable, Previous::Total),
             }),
             Err(error) if error.detail().contains("TOOMANY") => Err(AdminError::TooMany),
-            Err(error) => Err(AdminError::Store(error)),
+            Err(error) => Err(self.admin_error(error, answer_by).await),
         }
     }
 
@@ -55,7 +55,7 @@ impl RedisSession {
     /// whatever they hold: deleting is how a counter whose key has the wrong type starts
     /// again. Its unique visitors go for every day its history names and every day that
     /// may still have them (a sketch outlives its day by the days kept).
-    pub async fn delete(&self, name: &CounterName, answer_by: Instant) -> Result<bool, StoreError> {
+    pub async fn delete(&self, name: &CounterName, answer_by: Instant) -> Result<bool, AdminError> {
         let keys = &self.store.keys;
         let hash = keys.counter_days(name.as_str());
         let mut pipe = redis::pipe();
@@ -66,7 +66,7 @@ impl RedisSession {
                 .filter_map(|field| Day::parse(field))
                 .collect(),
             Err(error) if error.kind() == StoreErrorKind::WrongType => Vec::new(),
-            Err(error) => return Err(error),
+            Err(error) => return Err(AdminError::Store(error)),
         };
         let today = self.today();
         days.extend((0..=self.store.policy.retention_days).map(|back| today.minus(back)));
@@ -84,7 +84,10 @@ impl RedisSession {
             .arg(&hash)
             .arg(&uniques)
             .arg(name.as_str());
-        let (existed,): (i64,) = self.query(&pipe, answer_by).await?;
+        let (existed,): (i64,) = match self.query(&pipe, answer_by).await {
+            Ok(existed) => existed,
+            Err(error) => return Err(self.admin_error(error, answer_by).await),
+        };
         Ok(existed == 1)
     }
 
@@ -213,7 +216,10 @@ impl RedisSession {
             .arg(&keys.registry)
             .hexists(&keys.registry, store.tutorial.as_str());
         let (known, registered, tutorial_known): (bool, u64, bool) =
-            self.query(&check, answer_by).await?;
+            match self.query(&check, answer_by).await {
+                Ok(checked) => checked,
+                Err(error) => return Err(self.admin_error(error, answer_by).await),
+            };
         // The tutorial's counter always has its place among the most allowed.
         let reserved = u64::from(!tutorial_known);
         if !known && *name != store.tutorial && registered + reserved >= store.policy.max_counters {
@@ -252,8 +258,24 @@ impl RedisSession {
             pipe.set(&key, sketch).ignore();
             pipe.cmd("EXPIREAT").arg(&key).arg(until).ignore();
         }
-        self.query::<()>(&pipe, answer_by)
-            .await
-            .map_err(AdminError::Store)
+        match self.query::<()>(&pipe, answer_by).await {
+            Ok(()) => Ok(()),
+            Err(error) => Err(self.admin_error(error, answer_by).await),
+        }
+    }
+
+    /// What an administrator's change that failed with `error` is refused for: a key of
+    /// the wrong type is the registry's when the registry is not a hash (then no change
+    /// can be made until it is fixed in Redis), or one of the counter's.
+    async fn admin_error(&self, error: StoreError, answer_by: Instant) -> AdminError {
+        if error.kind() != StoreErrorKind::WrongType {
+            return AdminError::Store(error);
+        }
+        let mut pipe = redis::pipe();
+        pipe.cmd("TYPE").arg(&self.store.keys.registry);
+        match self.query::<(String,)>(&pipe, answer_by).await {
+            Ok((kind,)) if kind != "hash" && kind != "none" => AdminError::Registry,
+            _ => AdminError::Store(error),
+        }
     }
 }
