@@ -272,6 +272,68 @@ async fn a_full_disk_makes_the_store_not_ready_until_space_is_freed() {
     );
 }
 
+/// A data file deleted while a full disk has made a commit fail (the database then refuses
+/// to be read until it is opened again): once space is freed, the service writes the
+/// counts back at the path from the file it still holds open, and counts on.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_data_file_deleted_after_a_failed_commit_is_written_back_once_space_is_freed() {
+    let disk = SmallDisk::mount(4 * 1024 * 1024);
+    let data = disk.path.join("data");
+    let file = data.join("stackdemo.redb");
+    let mut service = ServiceProcess::start(&[
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--workers",
+        "1",
+        "--rate-limit",
+        "off",
+    ])
+    .await;
+    // Counters enough for pages the restarted service has not read yet: the database
+    // serves pages it holds in memory even once it refuses the disk.
+    for page in 0..500 {
+        let answer = service.client.get(&format!("/c/page-{page}")).await;
+        assert_eq!(answer.status(), StatusCode::OK);
+    }
+    service.restart().await;
+    assert_eq!(service.client.visit().await, 1);
+    let filler = disk.path.join("filler");
+    fill(&filler).await;
+    // New counters until one needs room the disk does not have.
+    let mut made = 0;
+    loop {
+        let answer = service.client.get(&format!("/c/new-{made}")).await;
+        match answer.status() {
+            StatusCode::OK => made += 1,
+            StatusCode::SERVICE_UNAVAILABLE => break,
+            other => panic!("{other}: {}", answer.text().await.unwrap_or_default()),
+        }
+        assert!(made < 20_000, "the full disk never refused a visit");
+    }
+
+    // Within the second before the writer opens the database again.
+    std::fs::remove_file(&file).unwrap();
+    std::fs::remove_file(&filler).unwrap();
+
+    let deadlines = limits::deadlines(&[]);
+    service
+        .client
+        .wait_ready(allowed(REOPEN_DELAY * 2 + deadlines.store))
+        .await;
+    assert!(file.exists(), "the data file is back at its path");
+    assert_eq!(
+        service.client.visit().await,
+        2,
+        "counting resumed where it was"
+    );
+    for kept in ["page-499".to_owned(), format!("new-{}", made.max(1) - 1)] {
+        let read = service.client.get(&format!("/api/counters/{kept}")).await;
+        assert_eq!(read.status(), StatusCode::OK, "{kept} is kept");
+        let read: serde_json::Value = read.json().await.unwrap();
+        assert_eq!(read["total"], 1, "{kept}: {read}");
+    }
+}
+
 /// The number a service started anew on `data` gives its first visit, less one: the
 /// total its data file holds.
 async fn total_after_restart(data: &str) -> i64 {

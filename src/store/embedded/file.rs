@@ -112,10 +112,17 @@ impl Inner {
         let beside: PathBuf = folder.join(format!(".{}.restoring", super::FILE_NAME));
         let _ = std::fs::remove_file(&beside);
         {
-            let open = self.database()?;
             let copy = Database::create(&beside)
                 .map_err(|e| self.cannot("create", &io::Error::other(e)))?;
-            copy_all(&open, &copy)?;
+            let open = self.database()?;
+            if let Err(error) = copy_all(&open, &copy) {
+                // After an I/O error the open database refuses to read until it is
+                // opened again, and the path no longer names its file: opened again
+                // through the handle held on that file.
+                drop(open);
+                let held = self.open_held().map_err(|_| error)?;
+                copy_all(&held, &copy)?;
+            }
         }
         std::fs::rename(&beside, &self.path).map_err(|e| self.cannot("rename", &e))?;
         std::fs::File::open(folder)
@@ -127,6 +134,26 @@ impl Inner {
             "the data file was gone; the counts the service held are written there again"
         );
         Ok(())
+    }
+
+    /// The database opened again on the file it had open, through the handle held on it
+    /// (the file may be gone from the path); the open one is closed first, as a file is
+    /// opened by one database at a time.
+    fn open_held(&self) -> Result<Database, StoreError> {
+        let file = super::lock(&self.held)
+            .as_ref()
+            .and_then(|held| held.try_clone().ok())
+            .ok_or_else(|| {
+                StoreError::new(
+                    StoreErrorKind::FileGone,
+                    "no handle on the data file is held",
+                )
+            })?;
+        self.close()?;
+        let backend = redb::backends::FileBackend::new(file).map_err(classify)?;
+        Database::builder()
+            .create_with_backend(backend)
+            .map_err(classify)
     }
 
     /// Takes the database another file at the path holds, if it holds at least what the

@@ -74,6 +74,10 @@ struct Inner {
     db: RwLock<Option<Arc<Database>>>,
     /// Which file the database has open, as the path named it then.
     file: Mutex<Option<FileId>>,
+    /// A handle of its own on that file. After an I/O error the database refuses to read
+    /// until it is opened again; if the file is gone from the path by then, its counts are
+    /// read through this handle (`file::restore`).
+    held: Mutex<Option<std::fs::File>>,
     /// The last write's failure, until a write succeeds again.
     failing: Mutex<Option<StoreError>>,
     /// When the commit under way began.
@@ -104,10 +108,12 @@ impl EmbeddedStore {
         let path = dir.join(FILE_NAME);
         let db = open_database(&path, true)?;
         let file = FileId::at(&path).map_err(failed)?;
+        let held = hold(&path);
         let inner = Arc::new(Inner {
             path,
             db: RwLock::new(Some(Arc::new(db))),
             file: Mutex::new(file),
+            held: Mutex::new(held),
             failing: Mutex::new(None),
             committing_since: Mutex::new(None),
             identity: identity.clone(),
@@ -354,6 +360,17 @@ impl Inner {
     /// that still does after `READERS_GONE_WITHIN` (a disk that hangs) leaves it open,
     /// and the error says so.
     fn reopen(&self) -> Result<(), StoreError> {
+        self.close()?;
+        let db = open_database(&self.path, false)?;
+        *lock(&self.file) = FileId::at(&self.path).map_err(failed)?;
+        *lock(&self.held) = hold(&self.path);
+        *self.db.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(db));
+        Ok(())
+    }
+
+    /// Closes the open database, once the reads that hold it are done (at most
+    /// `READERS_GONE_WITHIN`); `database()` then fails until it is opened again.
+    fn close(&self) -> Result<(), StoreError> {
         let old = self.db.write().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(mut old) = old {
             let give_up_at = std::time::Instant::now() + READERS_GONE_WITHIN;
@@ -369,11 +386,18 @@ impl Inner {
             }
             drop(old);
         }
-        let db = open_database(&self.path, false)?;
-        *lock(&self.file) = FileId::at(&self.path).map_err(failed)?;
-        *self.db.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(db));
         Ok(())
     }
+}
+
+/// A handle on the file at `path`, read and write, as a database needs; none if it cannot
+/// be opened.
+fn hold(path: &Path) -> Option<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .ok()
 }
 
 /// Opens the database at `path`: an existing file must be a valid database (checked
