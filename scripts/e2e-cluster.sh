@@ -341,6 +341,20 @@ promotable() {
   local now; now=$(rcli "$1" 6379 CONFIG GET replica-priority | tail -1 | tr -d '\r')
   [ "$now" = 100 ] || { echo "$1 has replica-priority ${now:-unknown}"; return 1; }
 }
+# sentinels_see_promotable N: every sentinel lists N replicas of the primary, each with
+# priority 100. A failover reconfigures only the replicas the sentinels know of, and they
+# learn of a replica, or of its priority, from the primary's INFO every 10 s: a replica
+# attached since stays behind the old primary, out of their sight.
+sentinels_see_promotable() {
+  local seen
+  # shellcheck disable=SC2016 # the script runs in the container, with its own variables
+  seen=$(on node1 run --rm --network "${STACK}_webnet" -e REDISCLI_AUTH="$PASSWORD" "$REDIS_IMAGE" sh -c '
+    for address in $(getent ahostsv4 tasks.sentinel | cut -d" " -f1 | sort -u); do
+      timeout 2 redis-cli -h "$address" -p 26379 --raw SENTINEL REPLICAS mymaster 2>/dev/null |
+        awk "prev == \"slave-priority\" && \$0 == \"100\" {n++} {prev = \$0} END {print n+0}"
+    done' 2>/dev/null | tr -d '\r' | sort -u | tr '\n' ' ')
+  [ "$seen" = "$1 " ] || { echo "the sentinels see ${seen:-no} promotable replicas"; return 1; }
+}
 # sentinels_take_failover: SENTINEL FAILOVER accepted (the sentinels refuse it, with
 # NOGOODSLAVE, until they have watched the replicas for a while).
 sentinels_take_failover() { [ "$(rcli sentinel 26379 SENTINEL FAILOVER mymaster)" = OK ]; }
@@ -367,6 +381,7 @@ note "the count carried on into the HA stack: last visit before $count_before_ha
 
 # Move the primary to a worker, so that losing its node leaves the swarm's only manager
 # (and the edge on it) alone.
+wait_for 60 "every sentinel seeing both replicas promotable" sentinels_see_promotable 2
 wait_for 60 "the sentinels taking SENTINEL FAILOVER" sentinels_take_failover
 # Done when the new primary has both other servers as replicas again.
 wait_for 120 "SENTINEL FAILOVER completed, the new primary with 2 replicas" \
