@@ -605,6 +605,30 @@ async fn refused_in_time(
     }
 }
 
+/// Reads the service's whole output, from now until it exits.
+fn read_all(mut output: tokio::process::ChildStdout) -> tokio::task::JoinHandle<Vec<u8>> {
+    tokio::spawn(async move {
+        let mut text = Vec::new();
+        output
+            .read_to_end(&mut text)
+            .await
+            .expect("the output is read");
+        text
+    })
+}
+
+/// Stops the service with SIGTERM, expects it to exit 0 in time, and returns its output
+/// (read by `reader`) as text.
+async fn stopped_with_sigterm(
+    child: &mut tokio::process::Child,
+    reader: tokio::task::JoinHandle<Vec<u8>>,
+) -> String {
+    sigterm(child);
+    let status = tokio::time::timeout(allowed(PROCESS_START), child.wait()).await;
+    assert_eq!(status.expect("exits in time").unwrap().code(), Some(0));
+    String::from_utf8_lossy(&reader.await.unwrap()).into_owned()
+}
+
 fn sigterm(child: &tokio::process::Child) {
     let pid = nix::unistd::Pid::from_raw(child.id().expect("running") as i32);
     nix::sys::signal::kill(pid, Signal::SIGTERM).expect("the signal is sent");
@@ -622,7 +646,7 @@ const UNREAD_REQUESTS: usize = 20_000;
 async fn a_log_reader_that_stops_reading_stalls_nothing_and_loses_no_line_uncounted() {
     let dir = tempfile::tempdir().unwrap();
     let (mut child, client) = start_with_piped_log(dir.path(), "json").await;
-    let mut output = child.stdout.take().expect("its output");
+    let output = child.stdout.take().expect("its output");
 
     refused_in_time(&client, reqwest::Method::GET, "/unread/", UNREAD_REQUESTS).await;
     let dropped = client.metric("stackdemo_log_lines_dropped_total").await;
@@ -638,14 +662,8 @@ async fn a_log_reader_that_stops_reading_stalls_nothing_and_loses_no_line_uncoun
         "{rss_kib} KiB resident, over the stack's limit"
     );
 
-    let reader = tokio::spawn(async move {
-        let mut text = Vec::new();
-        output.read_to_end(&mut text).await.map(|_| text)
-    });
-    sigterm(&child);
-    let status = tokio::time::timeout(allowed(PROCESS_START), child.wait()).await;
-    assert_eq!(status.unwrap().unwrap().code(), Some(0));
-    let text = String::from_utf8(reader.await.unwrap().unwrap()).unwrap();
+    let reader = read_all(output);
+    let text = stopped_with_sigterm(&mut child, reader).await;
     let written = request_lines(&text, "/").count();
     let summary = text
         .lines()
@@ -701,11 +719,8 @@ async fn a_log_reader_stuck_for_good_does_not_keep_the_service_from_stopping() {
 async fn requests_refused_before_routing_are_logged_and_counted() {
     let dir = tempfile::tempdir().unwrap();
     let (mut child, client) = start_with_piped_log(dir.path(), "json").await;
-    let mut output = child.stdout.take().expect("its output");
-    let reader = tokio::spawn(async move {
-        let mut text = Vec::new();
-        output.read_to_end(&mut text).await.map(|_| text)
-    });
+    let output = child.stdout.take().expect("its output");
+    let reader = read_all(output);
     let address = client.base["http://".len()..].parse().unwrap();
     let bad_syntax = raw_exchange(address, b"GET /a\x01b HTTP/1.1\r\nHost: x\r\n\r\n").await;
     assert_eq!(bad_syntax.status, 400);
@@ -753,10 +768,7 @@ async fn requests_refused_before_routing_are_logged_and_counted() {
         },
     )
     .await;
-    sigterm(&child);
-    let status = tokio::time::timeout(allowed(PROCESS_START), child.wait()).await;
-    assert_eq!(status.unwrap().unwrap().code(), Some(0));
-    let text = String::from_utf8(reader.await.unwrap().unwrap()).expect("UTF-8");
+    let text = stopped_with_sigterm(&mut child, reader).await;
     // Each worker writes its own lines: in no order between workers.
     let mut refused: Vec<u64> = text
         .lines()
@@ -780,18 +792,12 @@ async fn requests_refused_before_routing_are_logged_and_counted() {
 async fn text_logs_written_to_a_pipe_carry_no_terminal_colour_codes() {
     let dir = tempfile::tempdir().unwrap();
     let (mut child, client) = start_with_piped_log(dir.path(), "text").await;
-    let mut output = child.stdout.take().expect("its output");
-    let reader = tokio::spawn(async move {
-        let mut text = Vec::new();
-        output.read_to_end(&mut text).await.map(|_| text)
-    });
+    let output = child.stdout.take().expect("its output");
+    let reader = read_all(output);
     // A visit (a line per request) and a refused administrator's request (a warning).
     assert_eq!(client.get("/").await.status(), StatusCode::OK);
     refused_in_time(&client, reqwest::Method::DELETE, "/api/counters/", 1).await;
-    sigterm(&child);
-    let status = tokio::time::timeout(allowed(PROCESS_START), child.wait()).await;
-    assert_eq!(status.unwrap().unwrap().code(), Some(0));
-    let text = String::from_utf8(reader.await.unwrap().unwrap()).expect("UTF-8 text");
+    let text = stopped_with_sigterm(&mut child, reader).await;
     assert!(text.contains("WARN"), "a warning was logged: {text}");
     assert!(
         text.contains("INFO"),
@@ -806,20 +812,14 @@ async fn text_logs_written_to_a_pipe_carry_no_terminal_colour_codes() {
 async fn in_text_too_the_last_line_says_how_many_lines_were_dropped() {
     let dir = tempfile::tempdir().unwrap();
     let (mut child, client) = start_with_piped_log(dir.path(), "text").await;
-    let mut output = child.stdout.take().expect("its output");
+    let output = child.stdout.take().expect("its output");
 
     refused_in_time(&client, reqwest::Method::GET, "/unread/", UNREAD_REQUESTS).await;
     let dropped = client.metric("stackdemo_log_lines_dropped_total").await;
     assert!(dropped > 0.0, "lines were dropped while nobody read them");
 
-    let reader = tokio::spawn(async move {
-        let mut text = Vec::new();
-        output.read_to_end(&mut text).await.map(|_| text)
-    });
-    sigterm(&child);
-    let status = tokio::time::timeout(allowed(PROCESS_START), child.wait()).await;
-    assert_eq!(status.unwrap().unwrap().code(), Some(0));
-    let text = String::from_utf8_lossy(&reader.await.unwrap().unwrap()).into_owned();
+    let reader = read_all(output);
+    let text = stopped_with_sigterm(&mut child, reader).await;
     let last = text.lines().last().expect("lines");
     assert!(last.contains(DROPPED_MESSAGE), "the last line: {last}");
 }
