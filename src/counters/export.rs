@@ -53,21 +53,27 @@ pub struct UniqueExport {
 
 impl CounterExport {
     /// What import refuses in a line beyond its shape, in words: a day that is not a date,
-    /// a day's visits beyond what a total can hold, a Redis sketch Redis would refuse.
-    /// The name and the total are checked by the caller.
-    pub fn check(&self) -> Result<(), String> {
+    /// or later than the day after `today` (hosts' clocks may differ by a day, not more:
+    /// a day in the future would stay in the history and, where it keeps the latest days,
+    /// push the real ones out), a day's visits beyond what a total can hold, a Redis
+    /// sketch Redis would refuse. The name and the total are checked by the caller.
+    pub fn check(&self, today: Day) -> Result<(), String> {
+        let latest = today.plus(1);
+        let date = |field: &str, day: &str| match Day::parse(day) {
+            None => Err(format!("{field}: {day:?} is not a date (YYYY-MM-DD)")),
+            Some(parsed) if parsed > latest => Err(format!(
+                "{field}: {day} is after {latest}, the day after today (UTC)"
+            )),
+            Some(_) => Ok(()),
+        };
         for (day, visits) in &self.days {
-            if Day::parse(day).is_none() {
-                return Err(format!("days: {day:?} is not a date (YYYY-MM-DD)"));
-            }
+            date("days", day)?;
             if i64::try_from(*visits).is_err() {
                 return Err(format!("days: {day}: at most {} visits", i64::MAX));
             }
         }
         for (day, unique) in &self.unique {
-            if Day::parse(day).is_none() {
-                return Err(format!("unique: {day:?} is not a date (YYYY-MM-DD)"));
-            }
+            date("unique", day)?;
             if unique.format == REDIS_HLL {
                 let valid = base64::engine::general_purpose::STANDARD
                     .decode(&unique.sketch)
@@ -168,17 +174,56 @@ mod tests {
 
     #[test]
     fn a_line_with_days_that_are_not_dates_or_too_many_visits_is_refused() {
+        let today = Day::parse("2026-11-30").unwrap();
         let mut counter = CounterExport {
             name: "a".into(),
             total: 1,
             ..CounterExport::default()
         };
         counter.days.insert("2026-11-30".into(), 3);
-        assert_eq!(counter.check(), Ok(()));
+        assert_eq!(counter.check(today), Ok(()));
         counter.days.insert("total".into(), 1);
-        assert!(counter.check().unwrap_err().contains("not a date"));
+        assert!(counter.check(today).unwrap_err().contains("not a date"));
         counter.days.remove("total");
         counter.days.insert("2026-11-29".into(), u64::MAX);
-        assert!(counter.check().unwrap_err().contains("at most"));
+        assert!(counter.check(today).unwrap_err().contains("at most"));
+    }
+
+    #[test]
+    fn a_line_with_days_after_tomorrow_is_refused() {
+        let today = Day::parse("2026-11-30").unwrap();
+        let mut counter = CounterExport {
+            name: "a".into(),
+            total: 1,
+            ..CounterExport::default()
+        };
+        counter.days.insert("2026-12-01".into(), 3);
+        assert_eq!(
+            counter.check(today),
+            Ok(()),
+            "another host's clock a day ahead"
+        );
+        counter.days.insert("2026-12-02".into(), 1);
+        assert!(
+            counter
+                .check(today)
+                .unwrap_err()
+                .contains("days: 2026-12-02 is after 2026-12-01")
+        );
+        counter.days.remove("2026-12-02");
+        counter.unique.insert(
+            "2099-01-01".into(),
+            UniqueExport {
+                estimate: 1,
+                format: HLLPP.into(),
+                sketch: String::new(),
+            },
+        );
+        assert!(
+            counter
+                .check(today)
+                .unwrap_err()
+                .contains("unique: 2099-01-01 is after")
+        );
     }
 }

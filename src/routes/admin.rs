@@ -28,7 +28,7 @@ use super::{
 };
 use crate::{
     counters::{
-        CounterName,
+        CounterName, Day,
         export::{CounterExport, MAX_LINE_BYTES},
         name::HISTORY,
     },
@@ -275,7 +275,7 @@ async fn import_line(
         ));
     }
     counter
-        .check()
+        .check(Day::today())
         .map_err(|bad| stopped(imported, &format!("line {number}: {bad}")))?;
     let total = counter.total;
     state

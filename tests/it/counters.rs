@@ -48,6 +48,7 @@ for_each_backend!(
     bad_administration_is_refused_with_a_clear_reason_and_changes_nothing,
     head_and_preflight_are_answered_as_browsers_expect,
     a_day_at_its_limit_refuses_visits_as_at_the_limit_and_exports_what_imports,
+    an_import_of_days_in_the_future_is_refused_and_todays_visits_stay_in_the_history,
 );
 
 const TOKEN: &str = "an-administrator-token-of-some-length";
@@ -160,6 +161,44 @@ async fn a_day_at_its_limit_refuses_visits_as_at_the_limit_and_exports_what_impo
         StatusCode::OK,
         "{export}: {}",
         again.text().await.unwrap()
+    );
+}
+
+/// Days after tomorrow in an import are refused, naming the line and the day: kept, they
+/// would stay in the history for good and, in Redis (which keeps a counter's latest days),
+/// push today's out when its first visit made the history one day too long.
+async fn an_import_of_days_in_the_future_is_refused_and_todays_visits_stay_in_the_history(
+    backend: Backend,
+) {
+    let (app, _token) = spawn_with_admin(backend, &["--history-days", "3"]).await;
+    let client = &app.client;
+    let future: serde_json::Map<String, Value> = (1..=4)
+        .map(|day| (format!("2099-01-0{day}"), json!(1)))
+        .collect();
+    let line = json!({ "name": "page", "total": 4, "days": future });
+    let imported = client
+        .request_builder(Method::POST, "/api/admin/import")
+        .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+        .body(format!("{line}\n"))
+        .send()
+        .await
+        .unwrap();
+    let status = imported.status();
+    let body = imported.text().await.unwrap();
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        body.contains("line 1") && body.contains("2099-01-01 is after"),
+        "{body}"
+    );
+
+    let (status, body) = text(client, "/c/page").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, history) = json(client, Method::GET, "/api/counters/page/history?days=3").await;
+    assert_eq!(history["days"][2]["visits"], 1, "today's visit: {history}");
+    assert_eq!(
+        total(client, "page").await,
+        1,
+        "nothing of the line was kept"
     );
 }
 
