@@ -92,6 +92,13 @@ async fn text(client: &TestClient, path: &str) -> (StatusCode, String) {
     (response.status(), response.text().await.unwrap_or_default())
 }
 
+/// A request of the administrator's: with the token.
+fn as_admin(client: &TestClient, method: Method, path: &str) -> reqwest::RequestBuilder {
+    client
+        .request_builder(method, path)
+        .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+}
+
 /// A file holding the administrator's token, and the arguments that name it.
 fn token_file() -> tempfile::NamedTempFile {
     let file = tempfile::NamedTempFile::new().unwrap();
@@ -121,13 +128,8 @@ async fn a_day_at_its_limit_refuses_visits_as_at_the_limit_and_exports_what_impo
     let (_, history) = json(client, Method::GET, "/api/counters/today/history?days=1").await;
     let date = history["days"][0]["date"].as_str().unwrap().to_owned();
     let line = json!({ "name": "full", "total": 5, "days": { date.clone(): i64::MAX } });
-    let admin = |method: Method, path: &str, body: String| {
-        client
-            .request_builder(method, path)
-            .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
-            .body(body)
-            .send()
-    };
+    let admin =
+        |method: Method, path: &str, body: String| as_admin(client, method, path).body(body).send();
     let imported = admin(Method::POST, "/api/admin/import", format!("{line}\n"))
         .await
         .unwrap();
@@ -176,9 +178,7 @@ async fn an_import_of_days_in_the_future_is_refused_and_todays_visits_stay_in_th
         .map(|day| (format!("2099-01-0{day}"), json!(1)))
         .collect();
     let line = json!({ "name": "page", "total": 4, "days": future });
-    let imported = client
-        .request_builder(Method::POST, "/api/admin/import")
-        .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+    let imported = as_admin(client, Method::POST, "/api/admin/import")
         .body(format!("{line}\n"))
         .send()
         .await
@@ -441,9 +441,7 @@ async fn the_administrator_sets_resets_and_deletes_and_no_one_else_can(backend: 
     let client = &app.client;
     text(client, "/c/page").await;
     let admin = |method: Method, path: &str, body: Option<Value>| {
-        let mut request = client
-            .request_builder(method, path)
-            .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"));
+        let mut request = as_admin(client, method, path);
         if let Some(body) = body {
             request = request.json(&body);
         }
@@ -517,10 +515,7 @@ async fn the_administrator_sets_resets_and_deletes_and_no_one_else_can(backend: 
     assert_eq!(tutorial.status(), StatusCode::BAD_REQUEST);
 
     let without_admin = TestApp::spawn_with(backend, &[]).await;
-    let off = without_admin
-        .client
-        .request_builder(Method::GET, "/api/admin/export")
-        .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+    let off = as_admin(&without_admin.client, Method::GET, "/api/admin/export")
         .send()
         .await
         .unwrap();
@@ -536,9 +531,7 @@ async fn closed_counters_count_only_what_the_administrator_created(backend: Back
     let client = &app.client;
 
     let (unknown, _) = text(client, "/c/someone/else").await;
-    let created = client
-        .request_builder(Method::PUT, "/api/counters/mine")
-        .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+    let created = as_admin(client, Method::PUT, "/api/counters/mine")
         .json(&json!({ "total": 0 }))
         .send()
         .await
@@ -756,14 +749,13 @@ async fn counters_exported_from_one_store_are_imported_into_the_other() {
         }
     }
     redis.client.visit().await;
-    let bearer = format!("Bearer {TOKEN}");
-    let export = |client: &TestClient| {
-        client
-            .request_builder(Method::GET, "/api/admin/export")
-            .header(header::AUTHORIZATION, bearer.clone())
-            .send()
-    };
-    let lines = export(&redis.client).await.unwrap().text().await.unwrap();
+    let lines = as_admin(&redis.client, Method::GET, "/api/admin/export")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     let parsed: Vec<Value> = lines
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -772,10 +764,7 @@ async fn counters_exported_from_one_store_are_imported_into_the_other() {
     assert_eq!(names, BTreeSet::from(["a", "b/c", "hits"]));
 
     for target in [&embedded, &again_redis] {
-        let imported = target
-            .client
-            .request_builder(Method::POST, "/api/admin/import")
-            .header(header::AUTHORIZATION, bearer.clone())
+        let imported = as_admin(&target.client, Method::POST, "/api/admin/import")
             .body(lines.clone())
             .send()
             .await
@@ -806,10 +795,7 @@ async fn counters_exported_from_one_store_are_imported_into_the_other() {
         "a Redis sketch moves to Redis"
     );
 
-    let garbage = embedded
-        .client
-        .request_builder(Method::POST, "/api/admin/import")
-        .header(header::AUTHORIZATION, bearer.clone())
+    let garbage = as_admin(&embedded.client, Method::POST, "/api/admin/import")
         .body("{\"name\":\"ok\",\"total\":1}\nnot json\n{\"name\":\"never\",\"total\":1}\n")
         .send()
         .await
@@ -896,9 +882,7 @@ async fn the_administrator_deletes_a_counter_whose_key_has_the_wrong_type() {
         .await
         .unwrap();
     let admin = |method: Method, body: Option<Value>| {
-        let mut request = client
-            .request_builder(method, "/api/counters/broken")
-            .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"));
+        let mut request = as_admin(client, method, "/api/counters/broken");
         if let Some(body) = body {
             request = request.json(&body);
         }
@@ -914,9 +898,7 @@ async fn the_administrator_deletes_a_counter_whose_key_has_the_wrong_type() {
         reason.contains("wrong type") && reason.contains("deleting the counter"),
         "{reason}"
     );
-    let import = client
-        .request_builder(Method::POST, "/api/admin/import")
-        .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+    let import = as_admin(client, Method::POST, "/api/admin/import")
         .body("{\"name\":\"fine\",\"total\":3}\n{\"name\":\"broken\",\"total\":5}\n")
         .send()
         .await
@@ -962,9 +944,7 @@ async fn the_administrator_deletes_a_counter_whose_key_has_the_wrong_type() {
         text(client, "/c/ghost").await.0,
         StatusCode::SERVICE_UNAVAILABLE
     );
-    let ghost = client
-        .request_builder(Method::DELETE, "/api/counters/ghost")
-        .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+    let ghost = as_admin(client, Method::DELETE, "/api/counters/ghost")
         .send()
         .await
         .unwrap();
@@ -1011,11 +991,7 @@ async fn a_registry_of_the_wrong_type_is_named_as_what_refuses_changes() {
         .await
         .unwrap();
     let admin = |method: Method, path: &'static str, body: &'static str| {
-        client
-            .request_builder(method, path)
-            .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
-            .body(body)
-            .send()
+        as_admin(client, method, path).body(body).send()
     };
 
     for (method, path, body) in [
@@ -1061,9 +1037,7 @@ async fn setting_a_total_over_one_that_is_not_a_number_says_the_counter_was_ther
         .await
         .unwrap();
     let set = |name: &'static str| {
-        client
-            .request_builder(Method::PUT, &format!("/api/counters/{name}"))
-            .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+        as_admin(client, Method::PUT, &format!("/api/counters/{name}"))
             .json(&json!({ "total": 7 }))
             .send()
     };
@@ -1146,15 +1120,11 @@ async fn the_administrators_changes_are_logged_and_the_token_is_not() {
         &[("RUST_LOG", "info")],
     )
     .await;
-    let bearer = format!("Bearer {TOKEN}");
     for (method, body) in [
         (Method::PUT, Some(json!({ "total": 42 }))),
         (Method::DELETE, None),
     ] {
-        let mut request = service
-            .client
-            .request_builder(method, "/api/counters/docs")
-            .header(header::AUTHORIZATION, bearer.clone());
+        let mut request = as_admin(&service.client, method, "/api/counters/docs");
         if let Some(body) = body {
             request = request.json(&body);
         }
@@ -1393,10 +1363,7 @@ async fn an_export_that_cannot_list_the_counters_is_refused_before_it_starts() {
     let redis = app.redis.as_ref().unwrap();
     redis.query(&["SET", "hits:counters", "x"]).await.unwrap();
 
-    let export = app
-        .client
-        .request_builder(Method::GET, "/api/admin/export")
-        .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+    let export = as_admin(&app.client, Method::GET, "/api/admin/export")
         .send()
         .await
         .unwrap();
