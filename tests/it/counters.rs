@@ -49,6 +49,7 @@ for_each_backend!(
     head_and_preflight_are_answered_as_browsers_expect,
     a_day_at_its_limit_refuses_visits_as_at_the_limit_and_exports_what_imports,
     an_import_of_days_in_the_future_is_refused_and_todays_visits_stay_in_the_history,
+    the_tutorials_counter_at_its_limit_is_not_ready_until_the_administrator_lowers_it,
 );
 
 const TOKEN: &str = "an-administrator-token-of-some-length";
@@ -200,6 +201,45 @@ async fn an_import_of_days_in_the_future_is_refused_and_todays_visits_stay_in_th
         1,
         "nothing of the line was kept"
     );
+}
+
+/// With the tutorial's counter at the most a total can hold every `GET /` is refused, so
+/// the replica says it is not ready, why, and is ready again once the total is lowered.
+async fn the_tutorials_counter_at_its_limit_is_not_ready_until_the_administrator_lowers_it(
+    backend: Backend,
+) {
+    let (app, _token) = spawn_with_admin(backend, &[]).await;
+    let client = &app.client;
+    let set = |total: i64| async move {
+        let response = as_admin(client, Method::PUT, "/api/counters/hits")
+            .json(&json!({ "total": total }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "setting {total}");
+    };
+    set(i64::MAX).await;
+
+    let refused = client.try_visit().await;
+    assert_eq!(
+        refused.status,
+        Some(StatusCode::SERVICE_UNAVAILABLE),
+        "{refused:?}"
+    );
+    let readiness = client.readiness().await;
+    assert!(
+        readiness.starts_with("503 ") && readiness.contains("the counter is at its limit"),
+        "/readyz answered {readiness}"
+    );
+
+    set(41).await;
+    assert_eq!(
+        client.ready_status().await,
+        StatusCode::OK,
+        "{}",
+        client.readiness().await
+    );
+    assert_eq!(client.visit().await, 42);
 }
 
 async fn named_counters_count_apart_and_read_without_counting(backend: Backend) {

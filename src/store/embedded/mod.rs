@@ -177,8 +177,9 @@ impl EmbeddedStore {
     }
 
     /// Answers when a write could be made now: the database is open, the last write did
-    /// not fail, the configured path names its file, and no commit has been under way for
-    /// longer than `slow`.
+    /// not fail, the configured path names its file, no commit has been under way for
+    /// longer than `slow`, and the tutorial's counter and this replica's share of it are
+    /// below their limit (as the Redis store's probe checks).
     pub async fn ready(&self, slow: Duration) -> Result<(), StoreError> {
         if let Some(error) = lock(&self.inner.failing).clone() {
             return Err(error);
@@ -191,7 +192,29 @@ impl EmbeddedStore {
             ));
         }
         let inner = self.inner.clone();
-        blocking(move || inner.database()?.begin_read().map(drop).map_err(classify)).await
+        blocking(move || {
+            let txn = inner.database()?.begin_read().map_err(classify)?;
+            let counts = txn.open_table(COUNTS).map_err(classify)?;
+            let key = inner.identity.counter_key.as_str();
+            let at_limit = |field: &str| -> Result<bool, StoreError> {
+                let held = counts.get((key, field)).map_err(classify)?;
+                Ok(held.is_some_and(|visits| visits.value() >= i64::MAX as u64))
+            };
+            if at_limit(TOTAL)? {
+                return Err(StoreError::new(
+                    StoreErrorKind::Limit,
+                    "the total is at its maximum",
+                ));
+            }
+            if at_limit(&inner.identity.replica)? {
+                return Err(StoreError::new(
+                    StoreErrorKind::ShareLimit,
+                    "this replica's share is at its maximum",
+                ));
+            }
+            Ok(())
+        })
+        .await
     }
 
     /// Resolves when the database keeps failing as damaged and the store has stopped
