@@ -43,6 +43,9 @@ kinds! {
     /// The server knows who we are but does not allow a command or key we need (an ACL).
     Permission => "permission", "counter store does not allow what counting needs";
     OutOfMemory => "out_of_memory", "counter store is out of memory";
+    /// The server may delete keys when memory runs short (a `maxmemory-policy` other than
+    /// `noeviction`), which would lose counts.
+    Eviction => "eviction", "counter store may evict counts";
     Busy => "busy", "counter store is busy";
     WrongType => "wrong_type", "counter store holds a key of the wrong type";
     /// The total is at the largest (or smallest) number it can hold.

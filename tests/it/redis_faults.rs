@@ -733,19 +733,7 @@ async fn what_refuses_every_visit_makes_the_service_not_ready_and_counts_nothing
         let before = redis.get_i64("hits").await;
         redis.query(change).await.unwrap();
 
-        for _ in 0..3 {
-            let refused = client.try_visit().await;
-            assert_eq!(
-                refused.body,
-                format!("Service Unavailable: {reason}\n"),
-                "{what}: {refused:?}"
-            );
-        }
-        let readiness = client.readiness().await;
-        assert!(
-            readiness.starts_with("503 ") && readiness.contains(reason),
-            "{what}: /readyz answered {readiness}"
-        );
+        refuses_every_visit(client, reason, what).await;
 
         redis.query(undo).await.unwrap();
         assert_eq!(
@@ -758,6 +746,102 @@ async fn what_refuses_every_visit_makes_the_service_not_ready_and_counts_nothing
         assert_eq!(client.visit().await, expected, "{what}: counting resumes");
     }
     assert_eq!(in_doubt(client).await, 0);
+}
+
+/// A Redis that may evict keys (a `maxmemory` limit with any `maxmemory-policy` but
+/// `noeviction`) deletes totals and batch records when its memory runs short, and
+/// counting would start again at 1. Under each such policy every visit is refused with
+/// the reason and `/readyz` says so at once, the log says what to change, also for a
+/// service started on such a server; no limit, or `noeviction`, counts again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redis_that_may_evict_keys_refuses_every_visit_until_it_may_not() {
+    let redis = RedisServer::start().await;
+    let service = ServiceProcess::start(&["--redis-url", &redis.url()]).await;
+    let mut expected = service.client.visit().await;
+    let reason = "counter store may evict counts";
+    let policies = [
+        "allkeys-lru",
+        "allkeys-lfu",
+        "allkeys-random",
+        "volatile-lru",
+        "volatile-lfu",
+        "volatile-random",
+        "volatile-ttl",
+    ];
+    for policy in policies {
+        redis
+            .query(&[
+                "CONFIG",
+                "SET",
+                "maxmemory-policy",
+                policy,
+                "maxmemory",
+                "1gb",
+            ])
+            .await
+            .unwrap();
+        refuses_every_visit(&service.client, reason, &format!("{policy} with a limit")).await;
+
+        redis
+            .query(&["CONFIG", "SET", "maxmemory", "0"])
+            .await
+            .unwrap();
+        service.client.wait_ready(allowed(defaults().store)).await;
+        expected += 1;
+        assert_eq!(
+            service.client.visit().await,
+            expected,
+            "{policy} without a limit counts"
+        );
+    }
+    assert!(
+        service.log().contains("maxmemory-policy is noeviction"),
+        "the log says what to change: {}",
+        service.log()
+    );
+
+    redis
+        .query(&[
+            "CONFIG",
+            "SET",
+            "maxmemory-policy",
+            "allkeys-lru",
+            "maxmemory",
+            "1gb",
+        ])
+        .await
+        .unwrap();
+    let started = ServiceProcess::start(&["--redis-url", &redis.url()]).await;
+    refuses_every_visit(&started.client, reason, "started on allkeys-lru").await;
+    redis
+        .query(&["CONFIG", "SET", "maxmemory-policy", "noeviction"])
+        .await
+        .unwrap();
+    started.client.wait_ready(allowed(defaults().store)).await;
+    expected += 1;
+    assert_eq!(started.client.visit().await, expected);
+    assert_eq!(
+        redis.get_i64("hits").await,
+        expected,
+        "a refused visit was counted"
+    );
+}
+
+/// Checks that `/readyz` and three visits are refused with `reason`.
+async fn refuses_every_visit(client: &TestClient, reason: &str, what: &str) {
+    let readiness = client.readiness().await;
+    assert!(
+        readiness.starts_with("503 ") && readiness.contains(reason),
+        "{what}: /readyz answered {readiness}"
+    );
+    for _ in 0..3 {
+        let refused = client.try_visit().await;
+        assert_eq!(
+            refused.body,
+            format!("Service Unavailable: {reason}\n"),
+            "{what}: {refused:?}"
+        );
+    }
 }
 
 /// A Redis reached through a unix socket (`unix:///path`), with the database in the query.

@@ -13,11 +13,13 @@
 //! - `reads`: readiness, the snapshot for `/api/stats`, heartbeats, counters' readings;
 //! - `admin`: the administrator's changes, and export;
 //! - `clock`: Redis's clock as seen from here, for write deadlines;
+//! - `eviction`: whether Redis may evict keys, which refuses visits;
 //! - `locate`: where the primary is; `failover`: how many replicas a write must reach so
 //!   that no failover discards it; `scripts`: the Lua scripts.
 
 mod admin;
 mod clock;
+mod eviction;
 mod failover;
 mod locate;
 mod reads;
@@ -35,7 +37,7 @@ use secrecy::ExposeSecret;
 use tokio_util::sync::CancellationToken;
 
 pub use self::session::RedisSession;
-use self::{locate::Locator, scripts::Scripts};
+use self::{eviction::EvictionWatch, locate::Locator, scripts::Scripts};
 use super::{Identity, StoreError, StoreErrorKind};
 use crate::{
     config::{RedisSettings, RedisTarget},
@@ -66,6 +68,8 @@ pub struct RedisStore {
     /// Connections the workers' sessions have opened so far: one opened by any ends
     /// every other session's reconnect delay.
     connections_opened: AtomicU64,
+    /// Whether Redis may evict keys, as last read.
+    eviction: EvictionWatch,
 }
 
 /// The keys, all under the counter key. A counter's name has no `:`, so no counter's
@@ -175,6 +179,7 @@ impl RedisStore {
             wait_aof: settings.wait_aof,
             timeout,
             connections_opened: AtomicU64::new(0),
+            eviction: EvictionWatch::default(),
         })
     }
 

@@ -16,8 +16,10 @@ impl RedisSession {
     /// follows whatever refuses visits: the server gone, a replica instead of the
     /// primary, too few replicas, a full memory, an ACL, a key of the wrong type, a total
     /// at its limit. And today's salt for visitors' hashes can be read: a key of another
-    /// type in its place refuses every visit to named counters.
+    /// type in its place refuses every visit to named counters. And Redis may not evict
+    /// keys (`eviction`), read afresh.
     pub async fn ready(&self, answer_by: Instant) -> Result<(), StoreError> {
+        self.check_eviction(answer_by).await?;
         self.probe(answer_by).await?;
         self.salt(self.today(), answer_by).await.map(|_| ())
     }
@@ -146,7 +148,8 @@ impl RedisSession {
         Ok(Some(CounterReading { total, days }))
     }
 
-    /// Marks this replica alive (and records its version); returns the total.
+    /// Marks this replica alive (and records its version), reads the eviction policy
+    /// again; returns the total.
     pub async fn heartbeat(&self, answer_by: Instant) -> Result<Option<i64>, StoreError> {
         let store = &self.store;
         let mut pipe = redis::pipe();
@@ -159,6 +162,8 @@ impl RedisSession {
             .arg(&store.identity.replica)
             .arg(&store.identity.version);
         let ((_now, total),): ((i64, Option<String>),) = self.query(&pipe, answer_by).await?;
+        // A policy that allows eviction is logged and refuses writes; the heartbeat stands.
+        let _ = self.check_eviction(answer_by).await;
         Ok(total.and_then(|total| total.parse().ok()))
     }
 

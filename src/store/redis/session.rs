@@ -248,7 +248,7 @@ impl RedisSession {
     }
 
     /// Connects to the primary, loads the scripts, checks the server's role (when
-    /// following sentinels) and reads its clock.
+    /// following sentinels), reads its clock and its eviction policy.
     async fn open(&self) -> Result<(MultiplexedConnection, Arc<AtomicBool>, u64), StoreError> {
         let store = &self.store;
         let (info, generation) = store.locator.primary().await?;
@@ -292,6 +292,7 @@ impl RedisSession {
             ));
         }
         self.check_capabilities(&mut connection).await?;
+        super::eviction::check_on_open(&store.eviction, &mut connection).await?;
         Ok((connection, closed, generation))
     }
 

@@ -159,6 +159,7 @@ impl RedisSession {
         prepared: &Prepared,
         answer_by: Instant,
     ) -> Result<Vec<TallyResult>, StoreError> {
+        self.store.eviction.check()?;
         let mut maybe_applied = false;
         let mut last = None;
         for _ in 0..MAX_ATTEMPTS {

@@ -1,0 +1,217 @@
+//! Whether Redis may evict keys. Under a `maxmemory` limit with any `maxmemory-policy`
+//! but `noeviction`, Redis deletes keys when memory runs short: a total (counting would
+//! start again at 1), the registry of counters, or a writer's batch records (they expire,
+//! so even the `volatile-*` policies take them, and a batch sent again would be applied
+//! twice). So while eviction is possible, visits are refused and the service is not
+//! ready, with the reason; counting resumes once the policy is `noeviction` (or there is
+//! no limit).
+//!
+//! The policy is read with `INFO memory` when a connection opens, by every readiness
+//! probe, and with every heartbeat (each second), so a change made while serving is
+//! noticed within a second. A server that does not allow `INFO` (an ACL) cannot be
+//! checked: that is logged once, and counting goes on.
+
+use std::sync::{
+    Mutex,
+    atomic::{AtomicBool, Ordering},
+};
+
+use tokio::time::Instant;
+
+use super::session::RedisSession;
+use crate::store::{StoreError, StoreErrorKind};
+
+/// The eviction policy as last read, shared by every worker's session.
+#[derive(Default)]
+pub(super) struct EvictionWatch {
+    /// Set while the last reading allowed eviction; read before every write.
+    evicting: AtomicBool,
+    /// What the last reading that allowed eviction said, for the error's detail.
+    reading: Mutex<String>,
+    /// Whether the server refusing `INFO` has been logged.
+    unknown_logged: AtomicBool,
+}
+
+impl EvictionWatch {
+    /// Refuses a write while the last reading allowed eviction.
+    pub fn check(&self) -> Result<(), StoreError> {
+        if !self.evicting.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let reading = self.reading.lock().unwrap_or_else(|e| e.into_inner());
+        Err(StoreError::new(StoreErrorKind::Eviction, reading.clone()))
+    }
+
+    /// Takes the text of `INFO memory`; logs when eviction becomes possible or stops being.
+    fn observe(&self, info: &str) -> Result<(), StoreError> {
+        match Policy::from_info(info) {
+            Some(policy) if policy.may_evict() => {
+                let reading = format!(
+                    "Redis may evict keys (maxmemory-policy {}, maxmemory {}): visits are \
+                     refused until maxmemory-policy is noeviction",
+                    policy.name, policy.maxmemory
+                );
+                *self.reading.lock().unwrap_or_else(|e| e.into_inner()) = reading.clone();
+                if !self.evicting.swap(true, Ordering::AcqRel) {
+                    tracing::error!(
+                        policy = policy.name,
+                        maxmemory = policy.maxmemory,
+                        "Redis may evict keys, which would lose counts: visits are refused \
+                         until maxmemory-policy is noeviction"
+                    );
+                }
+                Err(StoreError::new(StoreErrorKind::Eviction, reading))
+            }
+            _ => {
+                if self.evicting.swap(false, Ordering::AcqRel) {
+                    tracing::info!("Redis no longer evicts keys: visits are counted again");
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// A server that refused `INFO`: it cannot be checked; said once.
+    fn unknown(&self, error: &StoreError) {
+        if !self.unknown_logged.swap(true, Ordering::AcqRel) {
+            tracing::warn!(
+                cause = error.detail(),
+                "cannot read Redis's maxmemory-policy (INFO is not allowed): counts are \
+                 safe only under noeviction"
+            );
+        }
+    }
+}
+
+/// The part of `INFO memory` that says whether keys may be evicted.
+#[derive(Debug, PartialEq)]
+struct Policy<'a> {
+    name: &'a str,
+    maxmemory: u64,
+}
+
+impl<'a> Policy<'a> {
+    fn from_info(info: &'a str) -> Option<Self> {
+        let field = |name: &str| {
+            info.lines()
+                .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
+                .map(str::trim)
+        };
+        Some(Policy {
+            name: field("maxmemory_policy")?,
+            maxmemory: field("maxmemory")?.parse().ok()?,
+        })
+    }
+
+    /// Without a limit (`maxmemory 0`) nothing is evicted, whatever the policy.
+    fn may_evict(&self) -> bool {
+        self.maxmemory > 0 && self.name != "noeviction"
+    }
+}
+
+impl RedisSession {
+    /// Reads the eviction policy now: an error while Redis may evict keys.
+    pub(super) async fn check_eviction(&self, answer_by: Instant) -> Result<(), StoreError> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("INFO").arg("memory");
+        let watch = &self.store.eviction;
+        match self.query::<(String,)>(&pipe, answer_by).await {
+            Ok((info,)) => watch.observe(&info),
+            Err(error) if refused(&error) => {
+                watch.unknown(&error);
+                Ok(())
+            }
+            Err(error) => Err(error),
+        }
+    }
+}
+
+/// The server answered, but will not run `INFO` (an ACL, or the command renamed away).
+fn refused(error: &StoreError) -> bool {
+    match error.kind() {
+        StoreErrorKind::Permission => true,
+        StoreErrorKind::Failed => error.detail().contains("unknown command"),
+        _ => false,
+    }
+}
+
+/// Reads `INFO memory` on a connection just opened, before any write is sent on it.
+pub(super) async fn check_on_open(
+    watch: &EvictionWatch,
+    connection: &mut redis::aio::MultiplexedConnection,
+) -> Result<(), StoreError> {
+    let info: redis::RedisResult<String> = redis::cmd("INFO")
+        .arg("memory")
+        .query_async(connection)
+        .await;
+    match info.map_err(super::classify) {
+        Ok(info) => {
+            // Recorded for the writes; the connection itself is good.
+            let _ = watch.observe(&info);
+            Ok(())
+        }
+        Err(error) if refused(&error) => {
+            watch.unknown(&error);
+            Ok(())
+        }
+        Err(error) => Err(error),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const INFO: &str = "# Memory\r\nused_memory:1022448\r\nmaxmemory:1000000\r\n\
+        maxmemory_human:976.56K\r\nmaxmemory_policy:allkeys-lru\r\nlazyfree_pending_objects:0\r\n";
+
+    #[test]
+    fn the_policy_and_the_limit_are_read_from_info() {
+        assert_eq!(
+            Policy::from_info(INFO),
+            Some(Policy {
+                name: "allkeys-lru",
+                maxmemory: 1_000_000
+            })
+        );
+        assert_eq!(Policy::from_info("# Memory\r\nused_memory:1\r\n"), None);
+    }
+
+    #[test]
+    fn only_noeviction_or_no_limit_is_safe() {
+        let safe = [("noeviction", 1_000_000), ("allkeys-lru", 0)];
+        for (name, maxmemory) in safe {
+            assert!(
+                !Policy { name, maxmemory }.may_evict(),
+                "{name} {maxmemory}"
+            );
+        }
+        for name in [
+            "allkeys-lru",
+            "allkeys-lfu",
+            "allkeys-random",
+            "volatile-lru",
+            "volatile-lfu",
+            "volatile-random",
+            "volatile-ttl",
+        ] {
+            assert!(Policy { name, maxmemory: 1 }.may_evict(), "{name}");
+        }
+    }
+
+    #[test]
+    fn writes_are_refused_while_the_last_reading_allows_eviction_and_resume_after() {
+        let watch = EvictionWatch::default();
+        assert!(watch.check().is_ok());
+
+        let refused = watch.observe(INFO).unwrap_err();
+        assert_eq!(refused.kind(), StoreErrorKind::Eviction);
+        assert!(refused.detail().contains("allkeys-lru"), "{refused}");
+        assert_eq!(watch.check().unwrap_err().kind(), StoreErrorKind::Eviction);
+
+        watch
+            .observe(&INFO.replace("allkeys-lru", "noeviction"))
+            .unwrap();
+        assert!(watch.check().is_ok());
+    }
+}
