@@ -286,10 +286,14 @@ async fn import_line(
             let (status, reason) = match admin_failed(error, name == state.counters.tutorial) {
                 ApiError::TooManyCounters => (
                     StatusCode::INSUFFICIENT_STORAGE,
-                    "there are as many counters as allowed (STACKDEMO_MAX_COUNTERS)",
+                    "there are as many counters as allowed (STACKDEMO_MAX_COUNTERS)".to_owned(),
                 ),
-                ApiError::Unavailable(reason) => (StatusCode::SERVICE_UNAVAILABLE, reason),
-                ApiError::Conflict(reason) => (StatusCode::CONFLICT, reason),
+                ApiError::Unavailable(reason) => (StatusCode::SERVICE_UNAVAILABLE, reason.to_owned()),
+                ApiError::InDoubt { reason, .. } => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("{reason}, and the line may have been imported"),
+                ),
+                ApiError::Conflict(reason) => (StatusCode::CONFLICT, reason.to_owned()),
                 other => return other,
             };
             ApiError::ImportStopped(
@@ -362,9 +366,10 @@ fn admin_failed(error: AdminError, tutorial: bool) -> ApiError {
             tracing::warn!(
                 reason = error.code(),
                 cause = error.detail(),
+                in_doubt = error.in_doubt(),
                 "an administrator's change failed"
             );
-            ApiError::Unavailable(error.reason())
+            ApiError::change_failed(&error, "the change may have been made")
         }
     }
 }

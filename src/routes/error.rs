@@ -8,12 +8,23 @@ use axum::{
     response::{IntoResponse, Response},
 };
 
-use crate::counter::VisitError;
+use crate::{counter::VisitError, store::StoreError};
+
+/// What a 503 says of a visit whose write may have been applied anyway; `verify` and the
+/// tests tell such answers from refusals by it.
+pub const VISIT_IN_DOUBT: &str = "the visit may have been counted";
 
 #[derive(Debug)]
 pub enum ApiError {
     /// The store cannot serve right now; the reason is one of a fixed set of phrases.
     Unavailable(&'static str),
+    /// As `Unavailable`, for a change whose write may have been applied anyway (its
+    /// answer did not come back in time): the answer says that `outcome` may have
+    /// happened, so that a client can tell it from a change certainly not made.
+    InDoubt {
+        reason: &'static str,
+        outcome: &'static str,
+    },
     /// The request body is over the limit, announced or found while reading it.
     PayloadTooLarge,
     /// The request body could not be read: broken chunked encoding, or the client left.
@@ -38,11 +49,26 @@ pub enum ApiError {
     ImportStopped(StatusCode, String),
 }
 
+impl ApiError {
+    /// A store's failure to make a change: in doubt when its write may have been applied.
+    pub fn change_failed(error: &StoreError, outcome: &'static str) -> Self {
+        if error.in_doubt() {
+            ApiError::InDoubt {
+                reason: error.reason(),
+                outcome,
+            }
+        } else {
+            ApiError::Unavailable(error.reason())
+        }
+    }
+}
+
 impl From<VisitError> for ApiError {
     fn from(error: VisitError) -> Self {
         match error {
             VisitError::UnknownCounter => ApiError::NotFound("no such counter"),
             VisitError::TooManyCounters => ApiError::TooManyCounters,
+            VisitError::Store(error) => ApiError::change_failed(&error, VISIT_IN_DOUBT),
             other => ApiError::Unavailable(other.reason()),
         }
     }
@@ -55,6 +81,12 @@ impl IntoResponse for ApiError {
                 StatusCode::SERVICE_UNAVAILABLE,
                 [(header::RETRY_AFTER, "1")],
                 format!("Service Unavailable: {reason}\n"),
+            )
+                .into_response(),
+            ApiError::InDoubt { reason, outcome } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [(header::RETRY_AFTER, "1")],
+                format!("Service Unavailable: {reason}; {outcome}\n"),
             )
                 .into_response(),
             ApiError::PayloadTooLarge => {

@@ -30,7 +30,7 @@ use tower::ServiceBuilder;
 use tower_http::cors::CorsLayer;
 
 pub use self::{
-    error::ApiError,
+    error::{ApiError, VISIT_IN_DOUBT},
     headers::ServiceHeaders,
     metrics::{UNROUTED, install_recorder, record_unrouted},
 };

@@ -164,9 +164,7 @@ async fn visit(http: &reqwest::Client, url: &reqwest::Url, client: u64, run: Ins
             match read_bounded(response, MAX_ANSWER).await {
                 Err(BodyError::TooLarge) => Outcome::Failed("answer too large".into()),
                 Err(BodyError::Broken) => Outcome::Failed("body".into()),
-                Ok(_) if !status.is_success() => {
-                    Outcome::Failed(format!("http {}", status.as_u16()))
-                }
+                Ok(body) if !status.is_success() => Outcome::Failed(failure_kind(status, &body)),
                 Ok(body) => match parse_count(&body) {
                     Some(count) => Outcome::Counted {
                         count,
@@ -183,6 +181,18 @@ async fn visit(http: &reqwest::Client, url: &reqwest::Url, client: u64, run: Ins
         latency: started.elapsed(),
         finished: run.elapsed(),
         outcome,
+    }
+}
+
+/// A failure's kind: its status, and for a 503 that says the visit may have been counted
+/// (its write's answer was lost), `in doubt`.
+pub fn failure_kind(status: reqwest::StatusCode, body: &str) -> String {
+    let in_doubt = status == reqwest::StatusCode::SERVICE_UNAVAILABLE
+        && body.contains(crate::routes::VISIT_IN_DOUBT);
+    if in_doubt {
+        format!("http {} in doubt", status.as_u16())
+    } else {
+        format!("http {}", status.as_u16())
     }
 }
 

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
-use stackdemo::deadlines::Deadlines;
+use stackdemo::{deadlines::Deadlines, routes::VISIT_IN_DOUBT};
 
 use crate::helpers::{
     Load, RedisServer, ServiceProcess, TestApp, TestClient, allowed,
@@ -559,6 +559,37 @@ async fn a_hung_redis_gives_fast_503s_that_are_not_counted_when_it_wakes() {
 
     assert_eq!(first, 4, "visits answered 503 were counted when Redis woke");
     assert_eq!(redis.get_i64("hits").await, 4);
+}
+
+/// A client can tell a visit that may have been counted from one that was not. A write
+/// sent to a Redis that then hangs gets no answer: its 503 says the visit may have been
+/// counted, and it is reported in doubt. The visits after it, refused before anything
+/// was sent (the connection attempt to the hung server timed out), say only why, the same
+/// reason without the doubt.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_503_says_whether_the_visit_may_have_been_counted() {
+    let redis = RedisServer::start().await;
+    let service = service_on(&redis, &["--workers", "1"]).await;
+    service.client.visit().await;
+
+    redis.pause();
+    let mut answers = Vec::new();
+    for _ in 0..3 {
+        answers.push(service.client.try_visit().await);
+    }
+    redis.resume();
+
+    assert_eq!(
+        answers[0].body,
+        format!("Service Unavailable: counter store timed out; {VISIT_IN_DOUBT}\n")
+    );
+    for later in &answers[1..] {
+        assert_eq!(
+            later.body, "Service Unavailable: counter store timed out\n",
+            "nothing was sent: {later:?}"
+        );
+    }
+    assert_eq!(in_doubt(&service.client).await, 1);
 }
 
 /// `stackdemo_count` shows the total the store holds, also after the key is reset.
