@@ -14,7 +14,7 @@ use std::{
 };
 
 use reqwest::StatusCode;
-use stackdemo::verify::{Outcome, Report, Sample};
+use stackdemo::verify::{Outcome, Report, Sample, failure_kind};
 use tokio::task::JoinHandle;
 
 use super::{
@@ -330,7 +330,7 @@ fn sample(client: u64, latency: Duration, answer: &Answer) -> Sample {
             replica: answer.served_by.clone(),
             version: None,
         },
-        (Some(status), _) => Outcome::Failed(format!("http {}", status.as_u16())),
+        (Some(status), _) => Outcome::Failed(failure_kind(status, &answer.body)),
         (None, _) => Outcome::Failed("no answer".into()),
     };
     Sample {
@@ -431,21 +431,24 @@ impl History {
     /// - every acknowledged number is in `start+1 ..= end` (nothing acknowledged lost);
     /// - `0 ≤ (end − start) − acknowledged ≤ in_doubt ≤ not acknowledged`: what the store
     ///   counted beyond the acknowledged visits is reported in doubt, and no more visits
-    ///   are reported in doubt than got no 200 (or hung up after they got one).
+    ///   are reported in doubt than got no 200 (or hung up after they got one);
+    /// - what the clients were told agrees: each visit counted without a 200 was answered
+    ///   503 saying it may have been counted, or its client read no answer; and no more
+    ///   were told so than the services reported in doubt.
     ///
     /// Only 200 and 503 answers, hang-ups, and none (from a killed process) are allowed.
     /// A visit whose client hung up before it could be answered, if the store counted it,
     /// must have been reported in doubt; one whose client was slow to hang up may have
     /// been answered (`hang_up::Left::Late`), and is excused.
     pub fn assert_counting_held(&self, start: i64, end: i64, in_doubt: u64) -> Report {
-        self.assert_held(&Totals::from([(0, (start, end))]), in_doubt, 0)
+        self.assert_held(&Totals::from([(0, (start, end))]), in_doubt, 0, false)
     }
 
     /// `assert_counting_held` for each counter the clients visited, whose totals went
     /// from `totals[i].0` to `totals[i].1`: the promise per counter, what was counted
     /// without a 200 summed over all of them.
     pub fn assert_counters_held(&self, totals: &Totals, in_doubt: u64) -> Report {
-        self.assert_held(totals, in_doubt, 0)
+        self.assert_held(totals, in_doubt, 0, false)
     }
 
     /// The counters visited, by index (`Counters::name`).
@@ -487,10 +490,10 @@ impl History {
             .copied()
             .unwrap_or(0);
         let lost: u64 = kills.iter().map(|kill| self.hang_ups_lost_with(kill)).sum();
-        self.assert_held(totals, in_doubt, unanswered + lost)
+        self.assert_held(totals, in_doubt, unanswered + lost, !kills.is_empty())
     }
 
-    fn assert_held(&self, totals: &Totals, in_doubt: u64, unanswered: u64) -> Report {
+    fn assert_held(&self, totals: &Totals, in_doubt: u64, unanswered: u64, killed: bool) -> Report {
         let report = self.report();
         let unexpected: Vec<_> = report
             .failures
@@ -498,7 +501,7 @@ impl History {
             .filter(|kind| {
                 !matches!(
                     kind.as_str(),
-                    "http 503" | "no answer" | "hung up" | "hung up late"
+                    "http 503" | "http 503 in doubt" | "no answer" | "hung up" | "hung up late"
                 )
             })
             .collect();
@@ -563,6 +566,24 @@ impl History {
             "{in_doubt} reported in doubt, but only {} visits got no 200",
             report.failed
         );
+        // What the clients themselves were told: a visit counted without a 200 was
+        // answered that it may have been counted, or its client read no answer.
+        let kind = |kind: &str| report.failures.get(kind).copied().unwrap_or(0);
+        let told = kind("http 503 in doubt");
+        let not_read = kind("hung up") + late + kind("no answer");
+        assert!(
+            extra as u64 <= told + not_read,
+            "{extra} visits counted without a 200, but only {told} clients were told theirs \
+             may have been counted and {not_read} read no answer:\n{}",
+            self.refusals()
+        );
+        if !killed {
+            assert!(
+                told <= in_doubt,
+                "{told} clients were told their visit may have been counted, but only \
+                 {in_doubt} visits were reported in doubt"
+            );
+        }
         report
     }
 }
