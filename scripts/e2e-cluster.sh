@@ -265,7 +265,8 @@ gone=$SECONDS
 wait_for 60 "redis scaled to 0" service_at redis 0
 verify --requests 40 --concurrency 4 --timeout 2s >"$WORK/outage.json" || true
 [ "$(field "$WORK/outage.json" 'r["succeeded"]')" -eq 0 ] || fail "visits counted without Redis"
-[ "$(field "$WORK/outage.json" 'r["failures"].get("http 503", 0)')" -eq 40 ] || fail "not every visit got a 503: $(cat "$WORK/outage.json")"
+# A write sent just before Redis went may have got no answer: its 503 says it is in doubt.
+[ "$(field "$WORK/outage.json" 'r["failures"].get("http 503", 0) + r["failures"].get("http 503 in doubt", 0)')" -eq 40 ] || fail "not every visit got a 503: $(cat "$WORK/outage.json")"
 outage_p99=$(field "$WORK/outage.json" '"%.1f" % r["latency"]["p99_ms"]')
 while [ $((SECONDS - gone)) -lt 30 ]; do sleep 1; done
 on node1 service scale "${STACK}_redis=1" >/dev/null 2>&1 || true
