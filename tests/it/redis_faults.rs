@@ -698,10 +698,10 @@ async fn visits_are_refused_at_once_while_a_connection_attempt_hangs() {
 }
 
 /// What refuses every visit until an operator changes it (the server's memory full, too
-/// few replicas for its `min-replicas-to-write`, an ACL that takes away the script or the
-/// batch records, this replica's share at the 64-bit limit): each visit is refused with
-/// the reason and not counted, `/readyz` says not ready with the same reason, and both
-/// recover once the cause is undone.
+/// few replicas for its `min-replicas-to-write`, an ACL that takes away the script, a
+/// command it runs or the batch records, this replica's share at the 64-bit limit): each
+/// visit is refused with the reason and not counted, `/readyz` says not ready with the
+/// same reason, and both recover once the cause is undone.
 #[tokio::test(flavor = "multi_thread")]
 async fn what_refuses_every_visit_makes_the_service_not_ready_and_counts_nothing() {
     let redis = RedisServer::start().await;
@@ -716,7 +716,7 @@ async fn what_refuses_every_visit_makes_the_service_not_ready_and_counts_nothing
     let service = ServiceProcess::start(&["--redis-url", &url, "--workers", "1"]).await;
     let mut expected = service.client.visit().await;
     // (what, the change, how it is undone, the reason clients are told)
-    let cases: [(&str, &[&str], &[&str], &str); 5] = [
+    let cases: [(&str, &[&str], &[&str], &str); 6] = [
         (
             "memory full",
             &["CONFIG", "SET", "maxmemory", "1"],
@@ -732,6 +732,12 @@ async fn what_refuses_every_visit_makes_the_service_not_ready_and_counts_nothing
         (
             "scripts not allowed",
             &["ACL", "SETUSER", "counter", "-evalsha", "-eval"],
+            &["ACL", "SETUSER", "counter", "+@all"],
+            "counter store does not allow what counting needs",
+        ),
+        (
+            "a command the script runs not allowed",
+            &["ACL", "SETUSER", "counter", "-time"],
             &["ACL", "SETUSER", "counter", "+@all"],
             "counter store does not allow what counting needs",
         ),

@@ -245,6 +245,8 @@ fn classify(error: RedisError) -> StoreError {
         Some("MISCONF" | "READONLY" | "MASTERDOWN") => StoreErrorKind::ReadOnly,
         Some("NOAUTH" | "WRONGPASS") => StoreErrorKind::Auth,
         Some("NOPERM") => StoreErrorKind::Permission,
+        // An ACL that denies a command the script runs (`TIME`): Redis 7.0 says so as ERR.
+        Some("ERR") if detail.contains("can't run this command") => StoreErrorKind::Permission,
         Some("OOM") => StoreErrorKind::OutOfMemory,
         Some("BUSY") => StoreErrorKind::Busy,
         // A key of another type, or a unique-visitor sketch that is not a valid one.
