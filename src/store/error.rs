@@ -56,6 +56,8 @@ kinds! {
     Replication => "replication", "counter store could not replicate the visit in time";
     /// The server lacks a command a setting needs (WAITAOF on a server before 7.2).
     Unsupported => "unsupported", "counter store lacks a feature the configuration needs";
+    /// The sentinels that answered monitor no primary under the configured name.
+    UnknownPrimary => "unknown_primary", "counter store's sentinels know no primary of that name";
     /// A failover is under way: writes are held back until the new primary is known.
     Failover => "failover", "counter store is failing over";
     /// The server has no database of the number the URL names.

@@ -277,6 +277,42 @@ async fn one_hung_sentinel_does_not_keep_the_service_from_becoming_ready() {
     group.sentinels[0].resume();
 }
 
+/// A master name the sentinels do not monitor (a typo in `REDIS_MASTER_NAME`): `/readyz`
+/// and every visit say the sentinels know no primary of that name, not that the store is
+/// unreachable, and the log names the name that was set.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_master_name_no_sentinel_monitors_is_the_reason_given_and_logged() {
+    let group = RedisGroup::start(Flavor::Redis).await;
+    let sentinels = group.sentinel_list();
+    let args = [
+        "--redis-sentinels",
+        sentinels.as_str(),
+        "--redis-master-name",
+        "mymaster-typo",
+    ];
+    let service = ServiceProcess::start(&args).await;
+    let reason = "counter store's sentinels know no primary of that name";
+
+    // One lookup: every sentinel answers at once.
+    let limit = allowed(limits::deadlines(&args).store + Deadlines::SENTINEL_ANSWER);
+    let client = &service.client;
+    wait_or_explain(
+        "/readyz to give the reason",
+        limit,
+        || async { client.readiness().await.contains(reason) },
+        || async { format!("/readyz answered {}", client.readiness().await) },
+    )
+    .await;
+    let refused = client.try_visit().await;
+    assert_eq!(refused.body, format!("Service Unavailable: {reason}\n"));
+    assert!(
+        service.log().contains("mymaster-typo"),
+        "the log names the master name: {}",
+        service.log()
+    );
+    assert_eq!(group.total().await, 0);
+}
+
 /// A stale sentinel, first in the list, that monitors another server under the same name
 /// (left over from an old setup, or cut off with an old primary): the three that agree
 /// outvote it, and every visit is counted in their primary.

@@ -28,7 +28,7 @@ use std::{
     collections::HashMap,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -69,6 +69,8 @@ pub struct Locator {
     target: ReplicaTarget,
     /// Wakes the follower to ask the sentinels again now.
     refresh: Notify,
+    /// Whether sentinels that know no primary of the configured name have been logged.
+    unknown_said: AtomicBool,
 }
 
 enum Kind {
@@ -113,6 +115,7 @@ impl Locator {
             lookup: Mutex::new(None),
             target: ReplicaTarget::default(),
             refresh: Notify::new(),
+            unknown_said: AtomicBool::new(false),
         }
     }
 
@@ -204,6 +207,7 @@ impl Locator {
         let mut reports: Vec<SentinelReport> = Vec::new();
         let mut votes: HashMap<Address, usize> = HashMap::new();
         let mut last_error = None;
+        let mut unknown = 0;
         let mut told = false;
         while let Some(answer) = answers.next().await {
             match answer {
@@ -211,7 +215,7 @@ impl Locator {
                     *votes.entry(report.primary.clone()).or_default() += 1;
                     reports.push(report);
                 }
-                Ok(None) => {}
+                Ok(None) => unknown += 1,
                 Err(error) => last_error = Some(error),
             }
             if !told && let Some((primary, _)) = votes.iter().find(|(_, n)| **n >= majority) {
@@ -229,12 +233,26 @@ impl Locator {
                     let _ = tell.send(Some(Ok(())));
                 }
             }
+            // Sentinels answered, and none knows the name: most likely a wrong name (or
+            // sentinels not yet told to monitor it). Said once, until a primary is found.
+            None if unknown > 0 => {
+                let error = StoreError::new(
+                    StoreErrorKind::UnknownPrimary,
+                    format!(
+                        "{unknown} of {} sentinels answered and monitor no primary named \
+                         {:?}: check REDIS_MASTER_NAME (--redis-master-name)",
+                        sentinels.len(),
+                        target.master_name
+                    ),
+                );
+                if !self.unknown_said.swap(true, Ordering::AcqRel) {
+                    tracing::warn!(cause = error.detail(), "no primary found");
+                }
+                let _ = tell.send(Some(Err(error)));
+            }
             None => {
                 let error = last_error.unwrap_or_else(|| {
-                    StoreError::new(
-                        StoreErrorKind::Unreachable,
-                        format!("no sentinel knows a primary named {}", target.master_name),
-                    )
+                    StoreError::new(StoreErrorKind::Unreachable, "no sentinel answered")
                 });
                 let _ = tell.send(Some(Err(error)));
             }
@@ -251,6 +269,7 @@ impl Locator {
         let Kind::Sentinels(target) = &self.kind else {
             return;
         };
+        self.unknown_said.store(false, Ordering::Release);
         // The count is updated before the address: a session that moves to a new
         // primary finds the count for it.
         self.target.observe(&primary, reports, complete);
