@@ -881,6 +881,44 @@ async fn refuses_every_visit(client: &TestClient, reason: &str, what: &str) {
     }
 }
 
+/// A write that waited long for its replica does not set back this process's reading of
+/// Redis's clock by the wait (a reading taken before the wait, and taken as if it were
+/// taken when the answer came, would): once the replica confirms again, the next visit
+/// is counted, instead of being refused for arriving after its deadline. A planned
+/// failover, whose new primary has no replica for seconds, is a run of such waits.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_visit_after_a_long_wait_for_the_replica_is_counted_once_the_replica_confirms() {
+    let primary =
+        RedisServer::start_with(Flavor::Redis, None, &["--repl-diskless-sync-delay", "0"]).await;
+    let port = primary.port.to_string();
+    let replica =
+        RedisServer::start_with(Flavor::Redis, None, &["--replicaof", "127.0.0.1", &port]).await;
+    let service = service_on(&primary, &["--redis-min-replicas", "1", "--workers", "1"]).await;
+    wait_until(
+        "a visit confirmed by the replica",
+        allowed(PROCESS_START),
+        || async { service.client.try_visit().await.count.is_some() },
+    )
+    .await;
+
+    for round in 0..10 {
+        replica.pause();
+        let refused = service.client.try_visit().await;
+        replica.resume();
+        assert_eq!(
+            refused.body,
+            format!(
+                "Service Unavailable: counter store could not replicate the visit in time; \
+                 {VISIT_IN_DOUBT}\n"
+            ),
+            "round {round}"
+        );
+
+        let next = service.client.try_visit().await;
+        assert!(next.count.is_some(), "round {round}: {}", next.summary());
+    }
+}
+
 /// A Redis reached through a unix socket (`unix:///path`), with the database in the query.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_redis_on_a_unix_socket_counts() {

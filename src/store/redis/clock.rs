@@ -2,7 +2,9 @@
 //!
 //! A write carries the time on Redis's clock after which Redis must refuse it. That time
 //! comes from this process's monotonic clock plus an offset, measured from every answer
-//! that carries Redis's time (`TIME` when a connection opens, and every write).
+//! that carries Redis's time (`TIME` when a connection opens, and every write: the
+//! script's time, or with replicas to wait for, `TIME` after `WAIT`, which may have waited
+//! for hundreds of milliseconds since the script ran).
 
 use std::sync::{
     LazyLock,

@@ -211,6 +211,12 @@ impl RedisSession {
             // A failover is under way: nothing is sent.
             Err(error) => return Tried::Failed(error),
         };
+        if replicas_wanted.is_some() {
+            // Redis's clock after the wait, which may have lasted: the script's time,
+            // taken before it, would set Redis's clock back by as long (`clock`), and the
+            // next writes' deadlines would pass before they arrive.
+            pipe.cmd("TIME");
+        }
         let mut connection = live.connection.clone();
         let replies =
             match timeout_at(answer_by, pipe.query_async::<Vec<Value>>(&mut connection)).await {
@@ -242,31 +248,35 @@ impl RedisSession {
                     ));
                 }
             };
-        self.clock.observe(redis_now, received);
         let results = match parse_results(&results, prepared.tallies) {
             Ok(results) => results,
             Err(error) => return Tried::Failed(error),
         };
-        if let Some(wanted) = replicas_wanted {
-            let reached = replies.next().map(replicas_reached);
-            match reached {
-                Some(Ok(reached)) if reached >= wanted => {}
-                Some(Ok(reached)) => {
-                    self.store.locator.replicas_fell_short();
-                    return Tried::Failed(
-                        StoreError::new(
-                            StoreErrorKind::Replication,
-                            format!("the write reached {reached} of {wanted} replicas in time"),
-                        )
-                        .with_doubt(),
-                    );
-                }
-                Some(Err(error)) => return Tried::Failed(classify(error).with_doubt()),
-                None => {
-                    return Tried::Failed(
-                        StoreError::new(StoreErrorKind::Failed, "no answer to WAIT").with_doubt(),
-                    );
-                }
+        let Some(wanted) = replicas_wanted else {
+            self.clock.observe(redis_now, received);
+            return Tried::Done(results);
+        };
+        let reached = replies.next().map(replicas_reached);
+        if let Some(Ok((secs, micros))) = replies.next().map(<(i64, i64)>::from_redis_value) {
+            self.clock.observe(secs * 1000 + micros / 1000, received);
+        }
+        match reached {
+            Some(Ok(reached)) if reached >= wanted => {}
+            Some(Ok(reached)) => {
+                self.store.locator.replicas_fell_short();
+                return Tried::Failed(
+                    StoreError::new(
+                        StoreErrorKind::Replication,
+                        format!("the write reached {reached} of {wanted} replicas in time"),
+                    )
+                    .with_doubt(),
+                );
+            }
+            Some(Err(error)) => return Tried::Failed(classify(error).with_doubt()),
+            None => {
+                return Tried::Failed(
+                    StoreError::new(StoreErrorKind::Failed, "no answer to WAIT").with_doubt(),
+                );
             }
         }
         Tried::Done(results)
