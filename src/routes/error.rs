@@ -89,12 +89,20 @@ impl IntoResponse for ApiError {
                 format!("Service Unavailable: {reason}; {outcome}\n"),
             )
                 .into_response(),
-            ApiError::PayloadTooLarge => {
-                (StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large\n").into_response()
-            }
-            ApiError::BadBody => {
-                (StatusCode::BAD_REQUEST, "Bad Request: unreadable body\n").into_response()
-            }
+            // The rest of the body is not read, so the connection cannot carry another
+            // request: said, so that a client does not send its next one on it.
+            ApiError::PayloadTooLarge => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                [(header::CONNECTION, "close")],
+                "Payload Too Large\n",
+            )
+                .into_response(),
+            ApiError::BadBody => (
+                StatusCode::BAD_REQUEST,
+                [(header::CONNECTION, "close")],
+                "Bad Request: unreadable body\n",
+            )
+                .into_response(),
             ApiError::BadRequest(reason) => {
                 (StatusCode::BAD_REQUEST, format!("Bad Request: {reason}\n")).into_response()
             }

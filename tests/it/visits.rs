@@ -108,6 +108,14 @@ async fn oversized_bodies_get_413_and_do_not_count(backend: Backend) {
     let streamed = raw_exchange(app.address, chunked.as_bytes()).await;
 
     assert_eq!(announced.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(
+        announced
+            .headers()
+            .get(reqwest::header::CONNECTION)
+            .unwrap(),
+        "close",
+        "the body is not read: the connection cannot carry another request"
+    );
     assert_eq!(streamed.status, 413, "a chunked body over the limit");
     assert_eq!(
         streamed.body,
