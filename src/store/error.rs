@@ -62,6 +62,8 @@ kinds! {
     Failover => "failover", "counter store is failing over";
     /// The server has no database of the number the URL names.
     NoDatabase => "no_database", "counter store has no such database";
+    /// Redis no longer holds the data the service counted in (`redis::dataset`).
+    DataLost => "data_lost", "counter store no longer holds the counts";
     DiskFull => "disk_full", "counter store's disk is full";
     Damaged => "damaged", "counter store's data is damaged";
     /// The data file is no longer at the configured path (deleted, moved or replaced).

@@ -919,6 +919,85 @@ async fn a_visit_after_a_long_wait_for_the_replica_is_counted_once_the_replica_c
     }
 }
 
+/// Redis losing what it holds while the service runs (flushed, or made a copy of a server
+/// with other data, as a restart without persistence or a failover to a server that never
+/// copied the primary would do): counting on from what it holds would hand out
+/// acknowledged numbers again. Each way, `/readyz` and every visit say the store no
+/// longer holds the counts, the log says what happened and what to do, and nothing is
+/// counted; once the data is restored (with its mark), counting carries on from it. A
+/// service started on what Redis holds takes it as it is.
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_losing_its_data_refuses_every_visit_until_the_data_is_back() {
+    let redis = RedisServer::start().await;
+    let empty =
+        RedisServer::start_with(Flavor::Redis, None, &["--repl-diskless-sync-delay", "0"]).await;
+    let empty_port = empty.port.to_string();
+    let service = service_on(&redis, &[]).await;
+    let mut expected = 0;
+    for _ in 0..3 {
+        expected = service.client.visit().await;
+    }
+    let redis::Value::BulkString(mark) = redis.query(&["GET", "hits:dataset"]).await.unwrap()
+    else {
+        panic!("no mark of the data in Redis");
+    };
+    let mark = String::from_utf8(mark).unwrap();
+    let reason = "counter store no longer holds the counts";
+
+    let losses: [(&str, &[&[&str]]); 3] = [
+        ("FLUSHALL", &[&["FLUSHALL"]]),
+        ("FLUSHDB", &[&["FLUSHDB"]]),
+        (
+            "a copy of an empty server",
+            &[&["REPLICAOF", "127.0.0.1", &empty_port]],
+        ),
+    ];
+    for (what, commands) in losses {
+        for command in commands {
+            redis.query(command).await.unwrap();
+        }
+        if what == "a copy of an empty server" {
+            wait_until(
+                "the copy of the empty server",
+                allowed(PROCESS_START),
+                || async { redis.replication("master_link_status").await.as_deref() == Some("up") },
+            )
+            .await;
+            redis.query(&["REPLICAOF", "NO", "ONE"]).await.unwrap();
+        }
+
+        refuses_every_visit(&service.client, reason, what).await;
+        assert_eq!(
+            redis.get_i64("hits").await,
+            0,
+            "{what}: a refused visit counted"
+        );
+
+        // The data restored, as from a copy of Redis's files.
+        redis.set("hits", &expected.to_string()).await;
+        redis.set("hits:dataset", &mark).await;
+        service.client.wait_ready(allowed(defaults().store)).await;
+        expected += 1;
+        assert_eq!(service.client.visit().await, expected, "{what}: restored");
+    }
+    assert!(
+        service
+            .log()
+            .contains("Redis no longer holds the data this service counted in"),
+        "{}",
+        service.log()
+    );
+
+    redis.query(&["FLUSHALL"]).await.unwrap();
+    let started = service_on(&redis, &[]).await;
+    assert_eq!(
+        started.client.visit().await,
+        1,
+        "a new service takes what Redis holds"
+    );
+    refuses_every_visit(&service.client, reason, "the service that counted before").await;
+}
+
 /// A Redis reached through a unix socket (`unix:///path`), with the database in the query.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_redis_on_a_unix_socket_counts() {

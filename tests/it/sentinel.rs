@@ -476,15 +476,17 @@ async fn a_minority_of_sentinels_lost_stops_nothing() {
 async fn a_batch_sent_twice_is_applied_once() {
     let redis = RedisServer::start().await;
     let script = stackdemo::store::redis::scripts::ADD_VISITS;
+    redis.set("hits:dataset", "mark").await;
     // Five visits of the tutorial's counter and two of `page`, by two visitors.
     let send = async |batch: &str, deadline: &str| {
         let args = [
             "EVAL",
             script,
-            "9",
+            "10",
             "hits:batches:t",
             "hits:replicas",
             "hits:counters",
+            "hits:dataset",
             "hits",
             "hits:c:hits",
             "hits:u:2026-11-30:hits",
@@ -502,6 +504,7 @@ async fn a_batch_sent_twice_is_applied_once() {
             "100",
             "0",
             "hits",
+            "mark",
             "hits",
             "5",
             "1",

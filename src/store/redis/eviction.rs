@@ -135,26 +135,21 @@ fn refused(error: &StoreError) -> bool {
     }
 }
 
-/// Reads `INFO memory` on a connection just opened, before any write is sent on it.
-pub(super) async fn check_on_open(
-    watch: &EvictionWatch,
-    connection: &mut redis::aio::MultiplexedConnection,
-) -> Result<(), StoreError> {
-    let info: redis::RedisResult<String> = redis::cmd("INFO")
-        .arg("memory")
-        .query_async(connection)
-        .await;
-    match info.map_err(super::classify) {
-        Ok(info) => {
-            // Recorded for the writes; the connection itself is good.
-            let _ = watch.observe(&info);
-            Ok(())
+impl EvictionWatch {
+    /// Takes the answer to `INFO memory` on a connection just opened: recorded for the
+    /// writes (the connection itself is good), or, if the server refused it, said once.
+    pub fn observe_on_open(&self, info: Result<String, StoreError>) -> Result<(), StoreError> {
+        match info {
+            Ok(info) => {
+                let _ = self.observe(&info);
+                Ok(())
+            }
+            Err(error) if refused(&error) => {
+                self.unknown(&error);
+                Ok(())
+            }
+            Err(error) => Err(error),
         }
-        Err(error) if refused(&error) => {
-            watch.unknown(&error);
-            Ok(())
-        }
-        Err(error) => Err(error),
     }
 }
 

@@ -14,11 +14,13 @@
 //! - `admin`: the administrator's changes, and export;
 //! - `clock`: Redis's clock as seen from here, for write deadlines;
 //! - `eviction`: whether Redis may evict keys, which refuses visits;
+//! - `dataset`: the mark of the data counted in, gone when Redis lost it;
 //! - `locate`: where the primary is; `failover`: how many replicas a write must reach so
 //!   that no failover discards it; `scripts`: the Lua scripts.
 
 mod admin;
 mod clock;
+mod dataset;
 mod eviction;
 mod failover;
 mod locate;
@@ -37,7 +39,7 @@ use secrecy::ExposeSecret;
 use tokio_util::sync::CancellationToken;
 
 pub use self::session::RedisSession;
-use self::{eviction::EvictionWatch, locate::Locator, scripts::Scripts};
+use self::{dataset::DatasetMark, eviction::EvictionWatch, locate::Locator, scripts::Scripts};
 use super::{Identity, StoreError, StoreErrorKind};
 use crate::{
     config::{RedisSettings, RedisTarget},
@@ -70,6 +72,8 @@ pub struct RedisStore {
     connections_opened: AtomicU64,
     /// Whether Redis may evict keys, as last read.
     eviction: EvictionWatch,
+    /// The mark of the data this process counts in.
+    dataset: DatasetMark,
 }
 
 /// The keys, all under the counter key. A counter's name has no `:`, so no counter's
@@ -91,6 +95,8 @@ struct Keys {
     uniques_prefix: String,
     /// Followed by a day: that day's salt for visitors' hashes.
     salt_prefix: String,
+    /// The mark of the data the service counts in (`dataset`).
+    dataset: String,
 }
 
 impl Keys {
@@ -105,6 +111,7 @@ impl Keys {
             counter_prefix: format!("{key}:c:"),
             uniques_prefix: format!("{key}:u:"),
             salt_prefix: format!("{key}:salt:"),
+            dataset: format!("{key}:dataset"),
         }
     }
 
@@ -180,6 +187,7 @@ impl RedisStore {
             timeout,
             connections_opened: AtomicU64::new(0),
             eviction: EvictionWatch::default(),
+            dataset: DatasetMark::default(),
         })
     }
 
@@ -256,6 +264,7 @@ fn classify(error: RedisError) -> StoreError {
         Some("EXPIRED") => StoreErrorKind::Timeout,
         Some("LIMIT") => StoreErrorKind::Limit,
         Some("SHARELIMIT") => StoreErrorKind::ShareLimit,
+        Some("DATALOST") => StoreErrorKind::DataLost,
         Some("ERR") if detail.contains("overflow") => StoreErrorKind::Limit,
         _ if error.to_string().contains("refused to switch database") => StoreErrorKind::NoDatabase,
         Some("ERR") if detail.contains("not an integer") => StoreErrorKind::WrongType,

@@ -9,7 +9,8 @@ use redis::Script;
 /// nothing (readiness).
 ///
 /// KEYS: 1 this writer's batch records, 2 the hash of visits per replica (the tutorial
-/// counter's shares), 3 the registry of counters (name -> who created it), then three per
+/// counter's shares), 3 the registry of counters (name -> who created it), 4 the mark of
+/// the data the service counts in (`dataset`), then three per
 /// tally: the total (the tutorial's string key, INCR semantics; a named counter's hash,
 /// field `total`), the hash of visits per day, today's unique-visitor HyperLogLog.
 ///
@@ -17,7 +18,8 @@ use redis::Script;
 /// applied, 3 the batch's sequence number, 4 how many records the writer keeps, 5 how
 /// long (ms) they outlive its last write, 6 today (`YYYY-MM-DD`), 7 days of history
 /// kept, 8 when today's unique visitors expire (s), 9 counters at most, 10 `1` when only
-/// counters the administrator created count, 11 the tutorial counter's name; then per
+/// counters the administrator created count, 11 the tutorial counter's name, 12 the mark
+/// the service took; then per
 /// tally: its name, its visits, how many visitors follow, the visitors (salted hashes).
 ///
 /// Returns `{now_ms, replayed, results}`: per tally, comma-separated, the total after it
@@ -40,13 +42,20 @@ use redis::Script;
 /// Unique counts are estimates; visits are exact. In practice the only error that fails
 /// a whole batch, a full memory, comes at its first write.)
 ///
-/// Errors of its own: `EXPIRED` (past the deadline); for a probe also `LIMIT`,
+/// Errors of its own: `DATALOST` (Redis holds another mark, or none: it lost the data the
+/// service counted in, and nothing is written), `EXPIRED` (past the deadline); for a
+/// probe also `LIMIT`,
 /// `SHARELIMIT` and `WRONGTYPE`.
 pub const ADD_VISITS: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local records, shares, registry = KEYS[1], KEYS[2], KEYS[3]
 local replica, batch = ARGV[1], ARGV[3]
+local mark = redis.call('GET', KEYS[4])
+if mark ~= ARGV[12] then
+  local held = mark and 'another mark' or 'no mark'
+  return redis.error_reply('DATALOST the store holds ' .. held .. ', not the one of the data counted in')
+end
 local slot = tonumber(batch) % tonumber(ARGV[4])
 local recorded = redis.call('HGET', records, slot)
 if recorded then
@@ -73,7 +82,7 @@ local EXACT = 9007199254740992
 local names, visits, first, last, totals, days, uniques = {}, {}, {}, {}, {}, {}, {}
 local count = 0
 do
-  local a, k, n_args = 12, 4, #ARGV
+  local a, k, n_args = 13, 5, #ARGV
   while a <= n_args do
     count = count + 1
     local n = tonumber(ARGV[a + 2])

@@ -27,6 +27,18 @@ use crate::{
     store::{StoreError, StoreErrorKind, backoff::Backoff},
 };
 
+/// One reply of a pipeline sent with `ignore_errors`: its value, or its server error.
+fn reply<T: FromRedisValue>(value: Value) -> Result<T, StoreError> {
+    match <redis::RedisResult<T>>::from_redis_value(value) {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(error)) => Err(classify(error)),
+        Err(error) => Err(StoreError::new(
+            StoreErrorKind::Failed,
+            format!("unexpected reply: {error}"),
+        )),
+    }
+}
+
 /// Attempts of one call at most: the first on the connection at hand, then, if that
 /// connection turns out broken, on fresh ones (a new primary's, after a failover).
 pub(super) const MAX_ATTEMPTS: usize = 3;
@@ -248,7 +260,7 @@ impl RedisSession {
     }
 
     /// Connects to the primary, loads the scripts, checks the server's role (when
-    /// following sentinels), reads its clock and its eviction policy.
+    /// following sentinels), reads its clock, its eviction policy and the data's mark.
     async fn open(&self) -> Result<(MultiplexedConnection, Arc<AtomicBool>, u64), StoreError> {
         let store = &self.store;
         let (info, generation) = store.locator.primary().await?;
@@ -273,15 +285,27 @@ impl RedisSession {
             .get_multiplexed_async_connection_with_config(&config)
             .await
             .map_err(classify)?;
+        // Before anything is written: the mark's SET is a write.
+        self.check_capabilities(&mut connection).await?;
+        // Everything a connection needs to know first, in one round trip.
         let mut pipe = redis::pipe();
+        pipe.ignore_errors();
         for code in [super::scripts::ADD_VISITS, super::scripts::HEARTBEAT] {
-            pipe.cmd("SCRIPT").arg("LOAD").arg(code).ignore();
+            pipe.cmd("SCRIPT").arg("LOAD").arg(code);
         }
-        pipe.cmd("ROLE").cmd("TIME");
-        let (role, (secs, micros)): (Vec<Value>, (i64, i64)) =
-            pipe.query_async(&mut connection).await.map_err(classify)?;
+        pipe.cmd("ROLE").cmd("TIME").cmd("INFO").arg("memory");
+        let mark = store.dataset.add_check(&store.keys.dataset, &mut pipe);
+        let replies: Vec<Value> = pipe.query_async(&mut connection).await.map_err(classify)?;
+        let [load_visits, load_heartbeat, role, time, info, held]: [Value; 6] =
+            replies.try_into().map_err(|_| {
+                StoreError::new(StoreErrorKind::Failed, "unexpected reply to the setup")
+            })?;
+        reply::<String>(load_visits)?;
+        reply::<String>(load_heartbeat)?;
+        let (secs, micros): (i64, i64) = reply(time)?;
         self.clock
             .observe(secs * 1000 + micros / 1000, Instant::now());
+        let role: Vec<Value> = reply(role)?;
         let role_name = role
             .first()
             .and_then(|v| String::from_redis_value(v.clone()).ok());
@@ -291,8 +315,14 @@ impl RedisSession {
                 "the server the sentinels named is not the primary",
             ));
         }
-        self.check_capabilities(&mut connection).await?;
-        super::eviction::check_on_open(&store.eviction, &mut connection).await?;
+        store.eviction.observe_on_open(reply(info))?;
+        match reply(held) {
+            Ok(held) => store.dataset.observe(&store.keys.dataset, mark, held),
+            // A replica refuses the mark's SET (a fixed address that is not the primary);
+            // it refuses writes all the same, and reads are good.
+            Err(error) if error.kind() == StoreErrorKind::ReadOnly => {}
+            Err(error) => return Err(error),
+        }
         Ok((connection, closed, generation))
     }
 

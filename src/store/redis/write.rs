@@ -105,6 +105,7 @@ impl RedisSession {
             self.writer.records_key.clone(),
             keys.replicas.clone(),
             keys.registry.clone(),
+            keys.dataset.clone(),
         ];
         let unique_until = day
             .plus(policy.retention_days)
@@ -124,6 +125,7 @@ impl RedisSession {
                 b"0".to_vec()
             },
             store.tutorial.as_str().as_bytes().to_vec(),
+            store.dataset.id().as_bytes().to_vec(),
         ];
         for tally in tallies {
             let name = tally.counter.as_str();
@@ -238,6 +240,10 @@ impl RedisSession {
                 Ok(Err(error)) => {
                     if let Some(now) = expired_at(&error) {
                         self.clock.observe(now, received);
+                    }
+                    if error.code() == Some("DATALOST") {
+                        let detail = error.detail().unwrap_or_default();
+                        return Tried::Failed(self.store.dataset.lost(&store.keys.dataset, detail));
                     }
                     return self.failed_attempt(&live, error, false);
                 }

@@ -1,0 +1,99 @@
+//! Which data the service counts in. Redis can lose all it holds while the service runs:
+//! restarted without persistence, `FLUSHALL` or `FLUSHDB`, a `REPLICAOF` to a server with
+//! other data, a failover to a server that never copied the primary. Counting on from
+//! what it holds then would hand out numbers again that were acknowledged before.
+//!
+//! So the data carries a mark: a random id under `<key>:dataset`, made by the first
+//! connection to find none, and taken by every service process when it first connects.
+//! Every write carries the mark the process took, and the write script refuses one whose
+//! mark Redis no longer holds (`DATALOST`): visits are refused and the service is not
+//! ready, saying the store no longer holds the counts, until the data is restored (a copy
+//! of Redis's files, an export imported with the mark set back) or the service is
+//! restarted, which takes what Redis holds as it is.
+
+use std::sync::{
+    OnceLock,
+    atomic::{AtomicBool, Ordering},
+};
+
+use crate::store::{StoreError, StoreErrorKind};
+
+/// What a connection's setup asked of the mark.
+pub(super) enum Pending {
+    /// Set this one if there is none, and return what there was.
+    Take(String),
+    /// Read it.
+    Read,
+}
+
+/// The mark this process counts in, shared by every worker's session.
+#[derive(Default)]
+pub(super) struct DatasetMark {
+    id: OnceLock<String>,
+    /// Whether the mark's loss has been logged (and not its return since).
+    lost_said: AtomicBool,
+}
+
+impl DatasetMark {
+    /// The mark every write carries; empty, and so refused by every store, until a
+    /// connection has taken one.
+    pub fn id(&self) -> &str {
+        self.id.get().map_or("", String::as_str)
+    }
+
+    /// Adds to a connection's setup what checks the mark: the first time, takes the mark
+    /// Redis holds or makes one (processes starting together all take the one the
+    /// first of them set); after that, reads it.
+    pub fn add_check(&self, key: &str, pipe: &mut redis::Pipeline) -> Pending {
+        match self.id.get() {
+            Some(_) => {
+                pipe.cmd("GET").arg(key);
+                Pending::Read
+            }
+            None => {
+                let fresh: String = crate::counters::visitor::new_salt()
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect();
+                pipe.cmd("SET").arg(key).arg(&fresh).arg("NX").arg("GET");
+                Pending::Take(fresh)
+            }
+        }
+    }
+
+    /// Takes the answer to `add_check`'s command, on a connection to the primary: the
+    /// mark taken, or said once that Redis no longer holds it (writes are then refused
+    /// by the script).
+    pub fn observe(&self, key: &str, pending: Pending, held: Option<String>) {
+        match pending {
+            Pending::Take(fresh) => {
+                let _ = self.id.set(held.unwrap_or(fresh));
+            }
+            Pending::Read if held.as_deref() == self.id.get().map(String::as_str) => {
+                if self.lost_said.swap(false, Ordering::AcqRel) {
+                    tracing::info!("Redis holds the counts again: visits are counted");
+                }
+            }
+            Pending::Read => self.said_lost(key, held.is_some()),
+        }
+    }
+
+    /// A write refused because Redis holds another mark or none.
+    pub fn lost(&self, key: &str, detail: &str) -> StoreError {
+        self.said_lost(key, !detail.contains("no mark"));
+        StoreError::new(StoreErrorKind::DataLost, detail.to_owned())
+    }
+
+    fn said_lost(&self, key: &str, another: bool) {
+        if !self.lost_said.swap(true, Ordering::AcqRel) {
+            tracing::error!(
+                mark = key,
+                found = if another { "another" } else { "none" },
+                "Redis no longer holds the data this service counted in (restarted without \
+                 persistence, flushed, or another server in the primary's place): counting \
+                 on would hand out numbers again, so visits are refused. Restore the data, \
+                 or restart the service to count from what Redis holds now"
+            );
+        }
+    }
+}
