@@ -82,9 +82,27 @@ async fn json(client: &TestClient, method: Method, path: &str) -> (StatusCode, V
     (status, value)
 }
 
+/// A counter's total, read through the API. A read may be refused (503) when the store
+/// is slower than the read bound, as on a loaded machine: it is asked again.
 async fn total(client: &TestClient, name: &str) -> i64 {
-    let (status, value) = json(client, Method::GET, &format!("/api/counters/{name}")).await;
-    assert_eq!(status, StatusCode::OK, "reading {name}: {value}");
+    let path = format!("/api/counters/{name}");
+    let answer = std::sync::Mutex::new((StatusCode::SERVICE_UNAVAILABLE, String::new()));
+    crate::helpers::wait_or_explain(
+        &format!("a reading of {name}"),
+        allowed(Duration::from_secs(2)),
+        || async {
+            let response = client.get(&path).await;
+            let status = response.status();
+            let body = response.text().await.unwrap_or_default();
+            *answer.lock().unwrap() = (status, body);
+            status != StatusCode::SERVICE_UNAVAILABLE
+        },
+        || async { format!("the last answer: {:?}", answer.lock().unwrap()) },
+    )
+    .await;
+    let (status, body) = answer.into_inner().unwrap();
+    assert_eq!(status, StatusCode::OK, "reading {name}: {body}");
+    let value: Value = serde_json::from_str(&body).expect("JSON");
     value["total"].as_i64().expect("a total")
 }
 
