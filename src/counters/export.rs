@@ -11,10 +11,13 @@
 //! embedded store's); elsewhere the day's estimate stays in the file, and the day starts
 //! again from no visitors.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, fmt, marker::PhantomData};
 
 use base64::Engine;
-use serde::{Deserialize, Serialize};
+use serde::{
+    Deserialize, Deserializer, Serialize,
+    de::{Error as _, MapAccess, Visitor},
+};
 
 use super::Day;
 
@@ -33,11 +36,42 @@ pub struct CounterExport {
     pub name: String,
     pub total: i64,
     /// Visits per day (`YYYY-MM-DD`).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "each_day_once")]
     pub days: BTreeMap<String, u64>,
     /// Unique visitors per day.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "each_day_once")]
     pub unique: BTreeMap<String, UniqueExport>,
+}
+
+/// A map of days in which no day comes twice: JSON allows a repeated key, and a reader
+/// would keep one of the two values without a word.
+fn each_day_once<'de, D, V>(deserializer: D) -> Result<BTreeMap<String, V>, D::Error>
+where
+    D: Deserializer<'de>,
+    V: Deserialize<'de>,
+{
+    struct Days<V>(PhantomData<V>);
+
+    impl<'de, V: Deserialize<'de>> Visitor<'de> for Days<V> {
+        type Value = BTreeMap<String, V>;
+
+        fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
+            formatter.write_str("an object of days")
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut days = BTreeMap::new();
+            while let Some((day, value)) = map.next_entry::<String, V>()? {
+                if days.contains_key(&day) {
+                    return Err(A::Error::custom(format_args!("{day} is given twice")));
+                }
+                days.insert(day, value);
+            }
+            Ok(days)
+        }
+    }
+
+    deserializer.deserialize_map(Days(PhantomData))
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,6 +120,22 @@ impl CounterExport {
             }
         }
         Ok(())
+    }
+
+    /// Leaves out the days before `first`, which a store keeping its history from `first`
+    /// would not hold (it drops them at the counter's next new day); how many days were
+    /// left out. Call after `check`: days that are not dates stay.
+    pub fn keep_days_from(&mut self, first: Day) -> usize {
+        let before = |day: &String| Day::parse(day).is_some_and(|day| day < first);
+        let mut left_out: Vec<String> = self.days.keys().filter(|d| before(d)).cloned().collect();
+        left_out.extend(self.unique.keys().filter(|d| before(d)).cloned());
+        left_out.sort_unstable();
+        left_out.dedup();
+        for day in &left_out {
+            self.days.remove(day);
+            self.unique.remove(day);
+        }
+        left_out.len()
     }
 }
 
@@ -187,6 +237,59 @@ mod tests {
         counter.days.remove("total");
         counter.days.insert("2026-11-29".into(), u64::MAX);
         assert!(counter.check(today).unwrap_err().contains("at most"));
+    }
+
+    #[test]
+    fn a_day_given_twice_is_refused_not_taken_once() {
+        let line = r#"{"name":"a","total":5,"days":{"2026-11-30":2,"2026-11-30":3}}"#;
+        let error = serde_json::from_str::<CounterExport>(line).unwrap_err();
+        assert!(
+            error.to_string().contains("2026-11-30 is given twice"),
+            "{error}"
+        );
+
+        let unique = r#"{"estimate":1,"format":"hllpp-p14","sketch":""}"#;
+        let line = format!(
+            r#"{{"name":"a","total":5,"unique":{{"2026-11-29":{unique},"2026-11-29":{unique}}}}}"#
+        );
+        let error = serde_json::from_str::<CounterExport>(&line).unwrap_err();
+        assert!(
+            error.to_string().contains("2026-11-29 is given twice"),
+            "{error}"
+        );
+
+        let line = r#"{"name":"a","total":5,"days":{"2026-11-29":2,"2026-11-30":3}}"#;
+        let counter: CounterExport = serde_json::from_str(line).unwrap();
+        assert_eq!(counter.days.len(), 2);
+    }
+
+    #[test]
+    fn days_before_the_history_are_left_out() {
+        let mut counter = CounterExport {
+            name: "a".into(),
+            total: 9,
+            ..CounterExport::default()
+        };
+        for day in ["2026-11-27", "2026-11-28", "2026-11-29", "2026-11-30"] {
+            counter.days.insert(day.into(), 2);
+        }
+        let unique = UniqueExport {
+            estimate: 1,
+            format: HLLPP.into(),
+            sketch: String::new(),
+        };
+        counter.unique.insert("2026-11-26".into(), unique.clone());
+        counter.unique.insert("2026-11-28".into(), unique);
+
+        let left_out = counter.keep_days_from(Day::parse("2026-11-29").unwrap());
+
+        assert_eq!(left_out, 3, "26 (unique only), 27, 28 (both)");
+        assert_eq!(
+            counter.days.keys().collect::<Vec<_>>(),
+            ["2026-11-29", "2026-11-30"]
+        );
+        assert!(counter.unique.is_empty());
+        assert_eq!(counter.total, 9, "the total is not the days' sum");
     }
 
     #[test]

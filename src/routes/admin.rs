@@ -198,69 +198,86 @@ pub async fn export(
     Ok(response)
 }
 
+/// How far an import got.
+#[derive(Debug, Default)]
+struct Imported {
+    counters: u64,
+    /// Days before the history's first, left out.
+    days_left_out: u64,
+}
+
 /// `POST /api/admin/import`: lines as export writes them, read as they arrive (each at
-/// most `MAX_LINE_BYTES`). Each counter is one change; on a bad line the import stops
-/// and says which, and the counters before it stay imported.
+/// most `MAX_LINE_BYTES`, its newline apart). Each counter is one change; on a bad line
+/// the import stops and says which, and the counters before it stay imported. Days older
+/// than the history keeps are left out, and counted in the answer.
 pub async fn import(State(state): State<AppState>, request: Request) -> Result<Response, ApiError> {
     authorize(&state, request.headers())?;
     let wait = state.deadlines.request;
     let mut body = request.into_body().into_data_stream();
     let mut pending: Vec<u8> = Vec::new();
-    let mut imported = 0u64;
+    let mut imported = Imported::default();
     let mut line_number = 0u64;
+    let too_long = |imported: &Imported, number: u64| {
+        stopped(
+            imported,
+            &format!("line {number} is longer than {MAX_LINE_BYTES} bytes"),
+        )
+    };
     loop {
         let chunk = match timeout(wait, body.next()).await {
             Ok(Some(Ok(chunk))) => Some(chunk),
             Ok(None) => None,
             Ok(Some(Err(_))) => return Err(ApiError::BadBody),
-            Err(_) => return Err(stopped(imported, "the body stopped arriving")),
+            Err(_) => return Err(stopped(&imported, "the body stopped arriving")),
         };
         let ended = chunk.is_none();
         if let Some(chunk) = chunk {
             pending.extend_from_slice(&chunk);
         }
         while let Some(end) = pending.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = pending.drain(..=end).collect();
             line_number += 1;
-            imported += import_line(&state, &line, line_number, imported).await?;
+            if end > MAX_LINE_BYTES {
+                return Err(too_long(&imported, line_number));
+            }
+            let line: Vec<u8> = pending.drain(..=end).collect();
+            import_line(&state, &line, line_number, &mut imported).await?;
         }
         if pending.len() > MAX_LINE_BYTES {
-            return Err(stopped(
-                imported,
-                &format!(
-                    "line {} is longer than {MAX_LINE_BYTES} bytes",
-                    line_number + 1
-                ),
-            ));
+            return Err(too_long(&imported, line_number + 1));
         }
         if ended {
             if !pending.is_empty() {
                 line_number += 1;
                 let line = std::mem::take(&mut pending);
-                imported += import_line(&state, &line, line_number, imported).await?;
+                import_line(&state, &line, line_number, &mut imported).await?;
             }
             break;
         }
     }
     tracing::info!(
         action = "import",
-        counters = imported,
+        counters = imported.counters,
+        days_left_out = imported.days_left_out,
         "the administrator imported counters"
     );
-    Ok(Json(json!({ "imported": imported })).into_response())
+    Ok(Json(json!({
+        "imported": imported.counters,
+        "days_left_out": imported.days_left_out,
+    }))
+    .into_response())
 }
 
-/// Imports one line (blank lines are skipped); how many counters it held.
+/// Imports one line (blank lines are skipped) and adds what it held to `imported`.
 async fn import_line(
     state: &AppState,
     line: &[u8],
     number: u64,
-    imported: u64,
-) -> Result<u64, ApiError> {
+    imported: &mut Imported,
+) -> Result<(), ApiError> {
     if line.iter().all(u8::is_ascii_whitespace) {
-        return Ok(0);
+        return Ok(());
     }
-    let counter: CounterExport = serde_json::from_slice(line).map_err(|error| {
+    let mut counter: CounterExport = serde_json::from_slice(line).map_err(|error| {
         stopped(
             imported,
             &format!("line {number} is not a counter as export writes it ({error})"),
@@ -274,10 +291,14 @@ async fn import_line(
             &format!("line {number}: the total is a whole number from 0"),
         ));
     }
+    let today = Day::today();
     counter
-        .check(Day::today())
+        .check(today)
         .map_err(|bad| stopped(imported, &format!("line {number}: {bad}")))?;
+    let first_kept = today.minus(state.counters.policy.retention_days.saturating_sub(1));
+    let days_left_out = counter.keep_days_from(first_kept);
     let total = counter.total;
+    let done = imported.counters;
     state
         .store
         .import(&name, counter, state.deadlines.store)
@@ -298,16 +319,25 @@ async fn import_line(
             };
             ApiError::ImportStopped(
                 status,
-                format!("line {number} ({name}): {reason}; the import stopped there, after {imported} counters"),
+                format!("line {number} ({name}): {reason}; the import stopped there, after {done} counters"),
             )
         })?;
-    tracing::info!(action = "import", counter = %name, total, "the administrator imported a counter");
-    Ok(1)
+    tracing::info!(
+        action = "import",
+        counter = %name,
+        total,
+        days_left_out,
+        "the administrator imported a counter"
+    );
+    imported.counters += 1;
+    imported.days_left_out += days_left_out as u64;
+    Ok(())
 }
 
-fn stopped(imported: u64, reason: &str) -> ApiError {
+fn stopped(imported: &Imported, reason: &str) -> ApiError {
     ApiError::BadRequest(format!(
-        "{reason}; the import stopped there, after {imported} counters"
+        "{reason}; the import stopped there, after {} counters",
+        imported.counters
     ))
 }
 

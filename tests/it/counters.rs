@@ -49,6 +49,7 @@ for_each_backend!(
     head_and_preflight_are_answered_as_browsers_expect,
     a_day_at_its_limit_refuses_visits_as_at_the_limit_and_exports_what_imports,
     an_import_of_days_in_the_future_is_refused_and_todays_visits_stay_in_the_history,
+    an_import_takes_lines_up_to_the_limit_and_days_the_history_keeps_each_once,
     the_tutorials_counter_at_its_limit_is_not_ready_until_the_administrator_lowers_it,
 );
 
@@ -217,6 +218,121 @@ async fn an_import_of_days_in_the_future_is_refused_and_todays_visits_stay_in_th
     assert_eq!(
         total(client, "page").await,
         1,
+        "nothing of the line was kept"
+    );
+}
+
+/// An import reads each line up to `MAX_LINE_BYTES` however the body is cut, refuses a
+/// longer one even when its newline comes right after, leaves out days older than the
+/// history keeps (and says how many), and refuses a day given twice in a line instead of
+/// keeping one of its two values.
+async fn an_import_takes_lines_up_to_the_limit_and_days_the_history_keeps_each_once(
+    backend: Backend,
+) {
+    use stackdemo::counters::{Day, export::MAX_LINE_BYTES};
+
+    let (app, _token) = spawn_with_admin(backend, &["--history-days", "3"]).await;
+    let client = &app.client;
+    let padded = |line: &str, bytes: usize| format!("{line}{}", " ".repeat(bytes - line.len()));
+    // The longest line taken, then one a byte longer whose last byte and newline come
+    // in a chunk of their own.
+    let exact = padded(r#"{"name":"exact","total":1}"#, MAX_LINE_BYTES);
+    let long = padded(r#"{"name":"long","total":1}"#, MAX_LINE_BYTES + 1);
+    let body = format!("{exact}\n{long}");
+    let mut chunks: Vec<&[u8]> = body.as_bytes()[..body.len() - 1]
+        .chunks(64 * 1024)
+        .collect();
+    chunks.push(&body.as_bytes()[body.len() - 1..]);
+    let mut request = format!(
+        "POST /api/admin/import HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {TOKEN}\r\n\
+         Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    )
+    .into_bytes();
+    for (i, chunk) in chunks.iter().enumerate() {
+        let newline: &[u8] = if i == chunks.len() - 1 { b"\n" } else { b"" };
+        request.extend(format!("{:x}\r\n", chunk.len() + newline.len()).as_bytes());
+        request.extend(*chunk);
+        request.extend(newline);
+        request.extend(b"\r\n");
+    }
+    request.extend(b"0\r\n\r\n");
+    let answer = raw_exchange(app.address, &request).await;
+    assert_eq!(answer.status, 400, "{answer:?}");
+    assert!(
+        answer
+            .body
+            .contains(&format!("line 2 is longer than {MAX_LINE_BYTES} bytes"))
+            && answer.body.contains("after 1 counters"),
+        "{answer:?}"
+    );
+    assert_eq!(total(client, "exact").await, 1);
+    let (status, _) = json(client, Method::GET, "/api/counters/long").await;
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "the long line was not imported"
+    );
+
+    let today = Day::today();
+    let days = json!({
+        today.minus(5).to_string(): 4,
+        today.minus(3).to_string(): 3,
+        today.minus(1).to_string(): 2,
+        today.to_string(): 1,
+    });
+    let line = json!({ "name": "moved", "total": 10, "days": days });
+    let imported = as_admin(client, Method::POST, "/api/admin/import")
+        .body(format!("{line}\n"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(imported.status(), StatusCode::OK);
+    assert_eq!(
+        imported.json::<Value>().await.unwrap(),
+        json!({ "imported": 1, "days_left_out": 2 })
+    );
+    let (_, history) = json(client, Method::GET, "/api/counters/moved/history?days=3").await;
+    let visits: Vec<&Value> = history["days"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|day| &day["visits"])
+        .collect();
+    assert_eq!(visits, [&json!(0), &json!(2), &json!(1)], "{history}");
+    let export = as_admin(client, Method::GET, "/api/admin/export")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let moved: Value = export
+        .lines()
+        .map(|line| serde_json::from_str::<Value>(line).unwrap())
+        .find(|counter| counter["name"] == "moved")
+        .expect("the counter is exported");
+    assert_eq!(moved["total"], 10, "the total is not the days' sum");
+    assert_eq!(
+        moved["days"].as_object().unwrap().len(),
+        2,
+        "only the days the history keeps: {moved}"
+    );
+
+    let twice = format!(r#"{{"name":"moved","total":99,"days":{{"{today}":5,"{today}":6}}}}"#);
+    let refused = as_admin(client, Method::POST, "/api/admin/import")
+        .body(format!("{twice}\n"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+    let said = refused.text().await.unwrap();
+    assert!(
+        said.contains("line 1") && said.contains(&format!("{today} is given twice")),
+        "{said}"
+    );
+    assert_eq!(
+        total(client, "moved").await,
+        10,
         "nothing of the line was kept"
     );
 }
