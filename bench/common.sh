@@ -12,6 +12,7 @@ require_tools() {
   for tool in "$@"; do
     package=$tool
     [ "$tool" = callgrind_control ] && package=valgrind
+    case $tool in redis-cli | redis-benchmark) package=redis-tools ;; esac
     command -v "$tool" >/dev/null || { echo "bench needs $tool: apt-get install -y $package" >&2; exit 1; }
   done
 }
