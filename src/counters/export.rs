@@ -19,7 +19,7 @@ use serde::{
     de::{Error as _, MapAccess, Visitor},
 };
 
-use super::Day;
+use super::{Day, sketch::Sketch};
 
 /// The sketch format of Redis's HyperLogLog.
 pub const REDIS_HLL: &str = "redis-hll";
@@ -89,8 +89,8 @@ impl CounterExport {
     /// What import refuses in a line beyond its shape, in words: a day that is not a date,
     /// or later than the day after `today` (hosts' clocks may differ by a day, not more:
     /// a day in the future would stay in the history and, where it keeps the latest days,
-    /// push the real ones out), a day's visits beyond what a total can hold, a Redis
-    /// sketch Redis would refuse. The name and the total are checked by the caller.
+    /// push the real ones out), a day's visits beyond what a total can hold, a sketch
+    /// of a known format that its store would not take. The name and the total are checked by the caller.
     pub fn check(&self, today: Day) -> Result<(), String> {
         let latest = today.plus(1);
         let date = |field: &str, day: &str| match Day::parse(day) {
@@ -108,15 +108,18 @@ impl CounterExport {
         }
         for (day, unique) in &self.unique {
             date("unique", day)?;
-            if unique.format == REDIS_HLL {
-                let valid = base64::engine::general_purpose::STANDARD
-                    .decode(&unique.sketch)
-                    .is_ok_and(|sketch| is_redis_hll(&sketch));
-                if !valid {
-                    return Err(format!(
-                        "unique: {day}: the sketch is not a Redis HyperLogLog"
-                    ));
-                }
+            let decoded = || base64::engine::general_purpose::STANDARD.decode(&unique.sketch);
+            if unique.format == REDIS_HLL && !decoded().is_ok_and(|sketch| is_redis_hll(&sketch)) {
+                return Err(format!(
+                    "unique: {day}: the sketch is not a Redis HyperLogLog"
+                ));
+            }
+            if unique.format == HLLPP
+                && !decoded().is_ok_and(|sketch| Sketch::from_bytes(&sketch).is_some())
+            {
+                return Err(format!(
+                    "unique: {day}: the sketch is not one the embedded store writes"
+                ));
             }
         }
         Ok(())

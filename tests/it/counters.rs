@@ -900,6 +900,59 @@ async fn a_badge_counts_and_shows_the_count_and_is_fetched_again_every_time(back
     );
 }
 
+/// An embedded sketch of the right shape whose parts disagree (registers without their
+/// words) is refused by import, naming the line and the day: taken, it made every later
+/// visit of the counter panic in the store's writer, and every read of it after a restart.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_embedded_sketch_whose_parts_disagree_is_refused_by_import() {
+    use base64::Engine;
+
+    let (app, _token) = spawn_with_admin(Backend::Embedded, &[]).await;
+    let client = &app.client;
+    // Precision 14, its sizes, an empty sparse list and registers said to be 16 384, with
+    // no word to hold them.
+    let sketch: Vec<u8> = [
+        &[
+            0x0e, 0x80, 0x80, 0x01, 0x80, 0x80, 0x80, 0x08, 0xb3, 0x66, 0, 0, 0, 0, 1,
+        ][..],
+        &[0, 0x80, 0x80, 0x01, 0x80, 0x80, 0x01],
+    ]
+    .concat();
+    let today = today_utc();
+    let line = json!({
+        "name": "evil/sketch",
+        "total": 5,
+        "days": { today.clone(): 5 },
+        "unique": { today.clone(): {
+            "estimate": 1,
+            "format": "hllpp-p14",
+            "sketch": base64::engine::general_purpose::STANDARD.encode(sketch),
+        }},
+    });
+    let imported = as_admin(client, Method::POST, "/api/admin/import")
+        .body(format!("{line}\n"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(imported.status(), StatusCode::BAD_REQUEST);
+    let said = imported.text().await.unwrap();
+    assert!(
+        said.contains(&format!(
+            "line 1: unique: {today}: the sketch is not one the embedded store writes"
+        )),
+        "{said}"
+    );
+
+    let (status, body) = text(client, "/c/evil/sketch").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        total(client, "evil/sketch").await,
+        1,
+        "nothing of the line was kept"
+    );
+    client.wait_ready(allowed(Duration::from_secs(1))).await;
+}
+
 /// Export from one store and import into the other: totals and days move; unique
 /// sketches move between stores of one kind only.
 #[tokio::test(flavor = "multi_thread")]
