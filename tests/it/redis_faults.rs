@@ -592,6 +592,63 @@ async fn a_503_says_whether_the_visit_may_have_been_counted() {
     assert_eq!(in_doubt(&service.client).await, 1);
 }
 
+/// An administrator can tell a change that may have been made from one that was not, as
+/// a visitor can: a `PUT` sent to a Redis that then hangs says the change may have been
+/// made (it was: Redis runs it when it wakes); the one after it, refused before anything
+/// was sent, says only why, and is not made.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_administrators_change_to_a_hung_redis_says_whether_it_may_have_been_made() {
+    const TOKEN: &str = "an-administrator-token-of-some-length";
+    let token = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(token.path(), TOKEN).unwrap();
+    let redis = RedisServer::start().await;
+    let service = service_on(
+        &redis,
+        &["--admin-token-file", token.path().to_str().unwrap()],
+    )
+    .await;
+    let set = |total: i64| {
+        let request = service
+            .client
+            .request_builder(reqwest::Method::PUT, "/api/counters/pzset")
+            .header("authorization", format!("Bearer {TOKEN}"))
+            .body(format!("{{\"total\": {total}}}"));
+        async move {
+            let answer = request.send().await.unwrap();
+            (answer.status(), answer.text().await.unwrap())
+        }
+    };
+    assert_eq!(set(770).await.0, StatusCode::OK);
+
+    redis.pause();
+    let sent = set(771).await;
+    let not_sent = set(772).await;
+    redis.resume();
+
+    assert_eq!(
+        sent,
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Service Unavailable: counter store timed out; the change may have been made\n"
+                .to_owned()
+        )
+    );
+    assert_eq!(
+        not_sent,
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Service Unavailable: counter store timed out\n".to_owned()
+        ),
+        "nothing was sent"
+    );
+    let limit = allowed(redis_return(&defaults()));
+    wait_until("the change sent to be made", limit, || async {
+        redis.query(&["HGET", "hits:c:pzset", "total"]).await.ok()
+            == Some(redis::Value::BulkString(b"771".to_vec()))
+    })
+    .await;
+}
+
 /// `stackdemo_count` shows the total the store holds, also after the key is reset.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_count_metric_follows_the_total_down_when_it_is_reset() {

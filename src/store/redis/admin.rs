@@ -41,7 +41,7 @@ impl RedisSession {
             .arg(if tutorial { "1" } else { "0" })
             .arg(store.policy.max_counters)
             .arg(store.tutorial.as_str());
-        match self.query::<(Option<String>,)>(&pipe, answer_by).await {
+        match self.change::<(Option<String>,)>(&pipe, answer_by).await {
             Ok((previous,)) => Ok(match previous {
                 None => Previous::Made,
                 Some(text) => text.parse().map_or(Previous::Unreadable, Previous::Total),
@@ -84,7 +84,7 @@ impl RedisSession {
             .arg(&hash)
             .arg(&uniques)
             .arg(name.as_str());
-        let (existed,): (i64,) = match self.query(&pipe, answer_by).await {
+        let (existed,): (i64,) = match self.change(&pipe, answer_by).await {
             Ok(existed) => existed,
             Err(error) => return Err(self.admin_error(error, answer_by).await),
         };
@@ -258,7 +258,7 @@ impl RedisSession {
             pipe.set(&key, sketch).ignore();
             pipe.cmd("EXPIREAT").arg(&key).arg(until).ignore();
         }
-        match self.query::<()>(&pipe, answer_by).await {
+        match self.change::<()>(&pipe, answer_by).await {
             Ok(()) => Ok(()),
             Err(error) => Err(self.admin_error(error, answer_by).await),
         }

@@ -152,7 +152,8 @@ impl RedisSession {
     }
 
     /// Runs a pipeline that may safely run twice (reads, heartbeats), on a fresh
-    /// connection if the one at hand turns out broken.
+    /// connection if the one at hand turns out broken. An error never says the pipeline
+    /// may have been applied: changes go through `change`.
     pub(super) async fn query<T: FromRedisValue>(
         &self,
         pipe: &Pipeline,
@@ -172,6 +173,39 @@ impl RedisSession {
                 Err(_) => {
                     self.broken(&live, false);
                     return Err(StoreError::timeout());
+                }
+            }
+        }
+        Err(last.unwrap_or_else(StoreError::timeout))
+    }
+
+    /// Runs a pipeline that changes something (an administrator's change), whose answer
+    /// says what it changed: sent again on a fresh connection only when the attempt
+    /// before cannot have reached Redis. An attempt that may have been applied, and whose
+    /// answer did not come, ends in an error in doubt.
+    pub(super) async fn change<T: FromRedisValue>(
+        &self,
+        pipe: &Pipeline,
+        answer_by: Instant,
+    ) -> Result<T, StoreError> {
+        let mut last = None;
+        for _ in 0..MAX_ATTEMPTS {
+            let live = self.live(answer_by).await?;
+            let mut connection = live.connection.clone();
+            match timeout_at(answer_by, pipe.query_async::<T>(&mut connection)).await {
+                Ok(Ok(value)) => return Ok(value),
+                Ok(Err(error)) => match self.failed_attempt::<T>(&live, error, true) {
+                    Tried::Retry {
+                        error,
+                        maybe_sent: false,
+                    } => last = Some(error),
+                    Tried::Retry { error, .. } => return Err(error.with_doubt()),
+                    Tried::Failed(error) => return Err(error),
+                    Tried::Done(value) => return Ok(value),
+                },
+                Err(_) => {
+                    self.broken(&live, false);
+                    return Err(StoreError::timeout().with_doubt());
                 }
             }
         }
