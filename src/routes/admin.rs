@@ -117,6 +117,47 @@ pub async fn delete(
     Ok(Json(json!({ "name": name.as_str(), "deleted": true })).into_response())
 }
 
+/// How far an export got. Dropped before the end (the client went away, or its
+/// connection was closed), it says so in the log: the client has an incomplete file.
+#[derive(Debug, Default)]
+struct ExportProgress {
+    exported: u64,
+    /// The last page was handed over, or an error ended the export (and was logged).
+    ended: bool,
+}
+
+impl ExportProgress {
+    /// The last page was handed over.
+    fn finish(&mut self) {
+        if !self.ended {
+            self.ended = true;
+            tracing::info!(
+                action = "export",
+                counters = self.exported,
+                "the administrator exported every counter"
+            );
+        }
+    }
+
+    /// An error ended the export; `export_failed` said why.
+    fn failed(mut self) -> Self {
+        self.ended = true;
+        self
+    }
+}
+
+impl Drop for ExportProgress {
+    fn drop(&mut self) {
+        if !self.ended {
+            tracing::warn!(
+                action = "export",
+                counters = self.exported,
+                "the export stopped before its end: the connection closed"
+            );
+        }
+    }
+}
+
 /// `GET /api/admin/export`: every counter, a JSON line each, read a page at a time so
 /// that memory stays bounded however many there are. The first page is read before the
 /// answer starts: a store that cannot list is 503. A counter that cannot be read later
@@ -137,54 +178,59 @@ pub async fn export(
         Page(CounterPage),
         Cursor(String),
     }
-    let pages =
-        futures_util::stream::unfold((Some(Next::Page(first)), 0u64), move |(next, exported)| {
-            let state = state.clone();
-            async move {
-                let read = state.deadlines.stats_read();
-                let (counters, cursor) = match next? {
-                    Next::Page(page) => page,
-                    Next::Cursor(cursor) => match state.store.list(Some(cursor), read).await {
-                        Ok(page) => page,
-                        Err(ListError::Store(error)) => {
-                            return Some((Err(export_failed(None, &error, exported)), (None, 0)));
-                        }
-                        // The store's own cursor, which it always takes.
-                        Err(ListError::BadCursor) => {
-                            let error = StoreError::new(
-                                StoreErrorKind::Failed,
-                                "the store refused its own cursor",
-                            );
-                            return Some((Err(export_failed(None, &error, exported)), (None, 0)));
-                        }
-                    },
-                };
-                let mut lines = Vec::new();
-                let mut exported = exported;
-                for (name, _) in counters {
-                    match state.store.export(&name, read).await {
-                        Ok(Some(counter)) => {
-                            lines.extend(serde_json::to_vec(&counter).unwrap_or_default());
-                            lines.push(b'\n');
-                            exported += 1;
-                        }
-                        Ok(None) => {}
-                        Err(error) => {
-                            let failed = export_failed(Some(&name), &error, exported);
-                            return Some((Err(failed), (None, 0)));
-                        }
+    let start = (Some(Next::Page(first)), ExportProgress::default());
+    let pages = futures_util::stream::unfold(start, move |(next, mut progress)| {
+        let state = state.clone();
+        async move {
+            let read = state.deadlines.stats_read();
+            let Some(next) = next else {
+                progress.finish();
+                return None;
+            };
+            let exported = progress.exported;
+            let (counters, cursor) = match next {
+                Next::Page(page) => page,
+                Next::Cursor(cursor) => match state.store.list(Some(cursor), read).await {
+                    Ok(page) => page,
+                    Err(ListError::Store(error)) => {
+                        return Some((
+                            Err(export_failed(None, &error, exported)),
+                            (None, progress.failed()),
+                        ));
+                    }
+                    // The store's own cursor, which it always takes.
+                    Err(ListError::BadCursor) => {
+                        let error = StoreError::new(
+                            StoreErrorKind::Failed,
+                            "the store refused its own cursor",
+                        );
+                        return Some((
+                            Err(export_failed(None, &error, exported)),
+                            (None, progress.failed()),
+                        ));
+                    }
+                },
+            };
+            let mut lines = Vec::new();
+            let mut exported = exported;
+            for (name, _) in counters {
+                match state.store.export(&name, read).await {
+                    Ok(Some(counter)) => {
+                        lines.extend(serde_json::to_vec(&counter).unwrap_or_default());
+                        lines.push(b'\n');
+                        exported += 1;
+                    }
+                    Ok(None) => {}
+                    Err(error) => {
+                        let error = export_failed(Some(&name), &error, exported);
+                        return Some((Err(error), (None, progress.failed())));
                     }
                 }
-                if cursor.is_none() {
-                    tracing::info!(
-                        action = "export",
-                        counters = exported,
-                        "the administrator exported every counter"
-                    );
-                }
-                Some((Ok(Bytes::from(lines)), (cursor.map(Next::Cursor), exported)))
             }
-        });
+            progress.exported = exported;
+            Some((Ok(Bytes::from(lines)), (cursor.map(Next::Cursor), progress)))
+        }
+    });
     let mut response = Body::from_stream(pages).into_response();
     let headers = response.headers_mut();
     headers.insert(

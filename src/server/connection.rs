@@ -1,11 +1,13 @@
 //! One connection on a worker: hyper serves it, with two things added around it.
 //!
 //! - **An idle limit.** A connection with no request being served is closed once it has
-//!   been so for the header read timeout, counted from when it was accepted or its last
-//!   request was answered. That covers, with one timer per connection, a client that never
-//!   sends a byte (which hyper would wait for forever), one that sends
-//!   its headers too slowly, one that stops reading its answer, and an idle keep-alive
-//!   connection, so that silent sockets cannot hold every connection slot.
+//!   been so for the header read timeout, counted from when it was accepted, its last
+//!   request was answered, or a byte of an answer was last written (a streamed answer,
+//!   an export, goes on being written after its request was answered). That covers,
+//!   with one timer per connection, a client that never sends a byte (which hyper would
+//!   wait for forever), one that sends its headers too slowly, one that stops reading
+//!   its answer, and an idle keep-alive connection, so that silent sockets cannot hold
+//!   every connection slot.
 //! - **hyper's own answers made whole.** A request hyper cannot parse (bad syntax, a head
 //!   over the size limit) is answered by hyper itself, with an empty body and none of the
 //!   service's headers. Such an answer is recognised as it is written (a response head
@@ -47,6 +49,8 @@ pub struct Activity {
     in_flight: AtomicU32,
     /// When the last request was answered, in µs after `accepted`.
     last_answer_us: AtomicU64,
+    /// When bytes of an answer were last written out, in µs after `accepted`.
+    last_written_us: AtomicU64,
     /// Responses the service produced, and response heads written.
     answered: AtomicU64,
     heads_written: AtomicU64,
@@ -63,6 +67,7 @@ impl Activity {
             accepted: Instant::now(),
             in_flight: AtomicU32::new(0),
             last_answer_us: AtomicU64::new(0),
+            last_written_us: AtomicU64::new(0),
             answered: AtomicU64::new(0),
             heads_written: AtomicU64::new(0),
             refused: AtomicU16::new(0),
@@ -103,8 +108,20 @@ impl Activity {
         }
     }
 
-    fn last_answer(&self) -> Instant {
-        self.accepted + Duration::from_micros(self.last_answer_us.load(Ordering::Relaxed))
+    /// Bytes of an answer went out.
+    fn bytes_written(&self) {
+        let now = self.accepted.elapsed().as_micros() as u64;
+        self.last_written_us.store(now, Ordering::Relaxed);
+    }
+
+    /// When the connection last did something for its client: answered a request, or
+    /// wrote part of an answer.
+    fn last_activity(&self) -> Instant {
+        let at = self
+            .last_answer_us
+            .load(Ordering::Relaxed)
+            .max(self.last_written_us.load(Ordering::Relaxed));
+        self.accepted + Duration::from_micros(at)
     }
 
     /// Resolves once the connection has had no request under way for `limit`.
@@ -117,7 +134,7 @@ impl Activity {
                 deadline = now + limit;
                 continue;
             }
-            let idle_until = self.last_answer() + limit;
+            let idle_until = self.last_activity() + limit;
             if idle_until <= now {
                 return;
             }
@@ -281,7 +298,7 @@ impl Write for ConnectionIo {
 
 /// The client's TCP stream, telling the connection's `Handover` when a flush has written
 /// everything out and when a read finds the client's end, and its `Activity` when bytes
-/// come in.
+/// come in and go out.
 pub struct ClientStream {
     stream: TcpStream,
     handover: Handover,
@@ -314,7 +331,11 @@ impl AsyncWrite for ClientStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
+        let written = Pin::new(&mut self.stream).poll_write(cx, buf);
+        if matches!(written, Poll::Ready(Ok(1..))) {
+            self.activity.bytes_written();
+        }
+        written
     }
 
     /// hyper flushes once it has written everything it buffered: the answers handed over
@@ -391,6 +412,36 @@ mod tests {
         tokio::time::advance(Duration::from_secs(9)).await;
         tokio::task::yield_now().await;
         assert!(!idle.is_finished(), "idle for less than the limit");
+        tokio::time::advance(Duration::from_secs(2)).await;
+        idle.await.unwrap();
+    }
+
+    /// A streamed answer (an export) goes on being written after its request was
+    /// answered: the connection is idle only once nothing has been written for the limit.
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_writing_its_answer_is_not_idle() {
+        let activity = Activity::new();
+        let limit = Duration::from_secs(10);
+        activity.serving().answered();
+        let idle = tokio::spawn({
+            let activity = activity.clone();
+            async move { activity.idle_for(limit).await }
+        });
+        for _ in 0..5 {
+            tokio::time::advance(Duration::from_secs(6)).await;
+            activity.bytes_written();
+            tokio::task::yield_now().await;
+            assert!(
+                !idle.is_finished(),
+                "closed while its answer was being written"
+            );
+        }
+        tokio::time::advance(Duration::from_secs(9)).await;
+        tokio::task::yield_now().await;
+        assert!(
+            !idle.is_finished(),
+            "nothing written for less than the limit"
+        );
         tokio::time::advance(Duration::from_secs(2)).await;
         idle.await.unwrap();
     }

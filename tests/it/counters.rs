@@ -50,6 +50,7 @@ for_each_backend!(
     a_day_at_its_limit_refuses_visits_as_at_the_limit_and_exports_what_imports,
     an_import_of_days_in_the_future_is_refused_and_todays_visits_stay_in_the_history,
     an_import_takes_lines_up_to_the_limit_and_days_the_history_keeps_each_once,
+    each_exported_line_holds_its_total_and_days_of_one_moment,
     the_tutorials_counter_at_its_limit_is_not_ready_until_the_administrator_lowers_it,
 );
 
@@ -335,6 +336,100 @@ async fn an_import_takes_lines_up_to_the_limit_and_days_the_history_keeps_each_o
         10,
         "nothing of the line was kept"
     );
+}
+
+/// Every line of an export taken while visits count is one moment of its counter: its
+/// total is the sum of its days (nothing set by hand, nothing older than the history).
+async fn each_exported_line_holds_its_total_and_days_of_one_moment(backend: Backend) {
+    let (app, _token) = spawn_with_admin(backend, &[]).await;
+    let client = &app.client;
+    text(client, "/").await;
+    let visiting = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let visitors: Vec<_> = (0..6)
+        .map(|visitor| {
+            let (client, visiting) = (client.clone(), visiting.clone());
+            tokio::spawn(async move {
+                let mut visit = visitor;
+                while visiting.load(std::sync::atomic::Ordering::Relaxed) {
+                    let path = if visit % 5 == 0 {
+                        "/".to_owned()
+                    } else {
+                        format!("/c/moment/{}", visit % 20)
+                    };
+                    client.get(&path).await;
+                    visit += 1;
+                }
+            })
+        })
+        .collect();
+
+    let mut lines = 0;
+    for _ in 0..15 {
+        let export = as_admin(client, Method::GET, "/api/admin/export")
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        for line in export.lines() {
+            let counter: Value = serde_json::from_str(line).unwrap();
+            let days: i64 = counter["days"]
+                .as_object()
+                .unwrap()
+                .values()
+                .map(|visits| visits.as_i64().unwrap())
+                .sum();
+            assert_eq!(counter["total"].as_i64().unwrap(), days, "{line}");
+            lines += 1;
+        }
+    }
+    visiting.store(false, std::sync::atomic::Ordering::Relaxed);
+    for visitor in visitors {
+        visitor.await.unwrap();
+    }
+    assert!(
+        lines > 15,
+        "the exports held the counters visited: {lines} lines"
+    );
+}
+
+/// An export longer than the header read timeout is written whole: the connection is
+/// idle only once nothing has been written for that long (it was closed that long after
+/// the answer began, cutting the file at a line boundary, so that it looked whole).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_export_that_lasts_longer_than_the_idle_limit_is_written_whole() {
+    let (app, _token) = spawn_with_admin(Backend::Redis, &["--header-read-timeout", "300ms"]).await;
+    let client = &app.client;
+    let counters = 6000;
+    let lines: String = (0..counters)
+        .map(|i| format!("{{\"name\":\"long/export-{i}\",\"total\":{i}}}\n"))
+        .collect();
+    let imported = as_admin(client, Method::POST, "/api/admin/import")
+        .body(lines)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(imported.status(), StatusCode::OK);
+
+    let started = std::time::Instant::now();
+    let export = as_admin(client, Method::GET, "/api/admin/export")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .expect("the whole export, to its end");
+    let took = started.elapsed();
+    let names: BTreeSet<String> = export
+        .lines()
+        .filter_map(|line| {
+            let counter: Value = serde_json::from_str(line).unwrap();
+            counter["name"].as_str().map(str::to_owned)
+        })
+        .filter(|name| name.starts_with("long/export-"))
+        .collect();
+    assert_eq!(names.len(), counters, "every counter, in {took:?}");
 }
 
 /// With the tutorial's counter at the most a total can hold every `GET /` is refused, so

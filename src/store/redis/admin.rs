@@ -142,24 +142,35 @@ impl RedisSession {
             .collect())
     }
 
-    /// Everything a counter holds, for export; `None` when there is no such counter.
+    /// Everything a counter holds, for export; `None` when there is no such counter. The
+    /// total and the days are read at one moment (a named counter's are fields of one
+    /// hash; the tutorial's total is read in the same transaction), so that a line never
+    /// holds a total older than its days; the unique-visitor sketches, estimates, are
+    /// read just after.
     pub async fn export(
         &self,
         name: &CounterName,
         answer_by: Instant,
     ) -> Result<Option<CounterExport>, StoreError> {
         let keys = &self.store.keys;
-        let Some(total) = self
-            .totals(std::slice::from_ref(name), answer_by)
-            .await?
-            .pop()
-        else {
-            return Ok(None);
+        let days_key = keys.counter_days(name.as_str());
+        let (total, fields): (Option<String>, BTreeMap<String, String>) =
+            if *name == self.store.tutorial {
+                let mut pipe = redis::pipe();
+                pipe.atomic().get(&keys.total).hgetall(&days_key);
+                self.query(&pipe, answer_by).await?
+            } else {
+                let mut pipe = redis::pipe();
+                pipe.hgetall(&days_key);
+                let (fields,): (BTreeMap<String, String>,) = self.query(&pipe, answer_by).await?;
+                (fields.get("total").cloned(), fields)
+            };
+        let total: i64 = match total {
+            None => 0,
+            Some(total) => total.parse().map_err(|_| {
+                StoreError::new(StoreErrorKind::WrongType, "the total is not an integer")
+            })?,
         };
-        let total = total?;
-        let mut pipe = redis::pipe();
-        pipe.hgetall(keys.counter_days(name.as_str()));
-        let (fields,): (BTreeMap<String, String>,) = self.query(&pipe, answer_by).await?;
         let days: BTreeMap<String, u64> = fields
             .into_iter()
             .filter(|(field, _)| Day::parse(field).is_some())
