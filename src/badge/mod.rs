@@ -284,15 +284,25 @@ fn part_width(text: f64, geometry: &Geometry, empty: bool) -> f64 {
     (text + 2.0 * geometry.padding).round()
 }
 
-/// A colour: one of shields.io's names, or hex (3 or 6 digits, `#` optional).
 /// Characters a label may not hold: control characters, those XML does not allow
-/// (U+FFFE, U+FFFF: the SVG would not parse), and those that turn the direction of the
-/// text around it (which could make a badge read as another).
+/// (U+FFFE, U+FFFF: the SVG would not parse), and those that set or turn the direction
+/// of the text around them, embeddings, overrides, isolates and marks alike (which could
+/// make a badge read as another).
 fn unfit_for_label(c: char) -> bool {
     c.is_control()
-        || matches!(c, '\u{FFFE}' | '\u{FFFF}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+        || matches!(
+            c,
+            '\u{FFFE}'
+                | '\u{FFFF}'
+                | '\u{061C}'
+                | '\u{200E}'
+                | '\u{200F}'
+                | '\u{202A}'..='\u{202E}'
+                | '\u{2066}'..='\u{2069}'
+        )
 }
 
+/// A colour: one of shields.io's names, or hex (3 or 6 digits, `#` optional).
 fn color(given: Option<&str>, default: &str, setting: &str) -> Result<String, String> {
     let Some(given) = given else {
         return Ok(default.to_owned());
@@ -323,29 +333,32 @@ fn color(given: Option<&str>, default: &str, setting: &str) -> Result<String, St
     ))
 }
 
-/// `1234` → `1.2k`, `5600000` → `5.6M`: one decimal below ten, none above.
+/// `1234` → `1.2k`, `5600000` → `5.6M`: one decimal below ten, none above; a number that
+/// rounds to a thousand of one unit is one of the next (`999999` → `1M`).
 pub fn abbreviate(number: i64) -> String {
     const UNITS: [(f64, &str); 6] = [
-        (1e18, "E"),
-        (1e15, "P"),
-        (1e12, "T"),
-        (1e9, "G"),
-        (1e6, "M"),
         (1e3, "k"),
+        (1e6, "M"),
+        (1e9, "G"),
+        (1e12, "T"),
+        (1e15, "P"),
+        (1e18, "E"),
     ];
     let magnitude = (number as f64).abs();
-    for (size, unit) in UNITS {
-        if magnitude >= size {
-            let scaled = number as f64 / size;
-            let text = if scaled.abs() < 9.95 {
-                format!("{scaled:.1}")
-            } else {
-                format!("{scaled:.0}")
-            };
-            return format!("{}{unit}", text.trim_end_matches(".0"));
-        }
+    let Some(mut unit) = UNITS.iter().rposition(|&(size, _)| magnitude >= size) else {
+        return number.to_string();
+    };
+    let scaled = |unit: usize| number as f64 / UNITS[unit].0;
+    if scaled(unit).abs().round() >= 1000.0 && unit + 1 < UNITS.len() {
+        unit += 1;
     }
-    number.to_string()
+    let value = scaled(unit);
+    let text = if value.abs() < 9.95 {
+        format!("{value:.1}")
+    } else {
+        format!("{value:.0}")
+    };
+    format!("{}{}", text.trim_end_matches(".0"), UNITS[unit].1)
 }
 
 #[cfg(test)]
@@ -363,6 +376,19 @@ mod tests {
     }
 
     #[test]
+    fn a_label_that_turns_the_text_direction_is_refused() {
+        for mark in ['\u{200E}', '\u{200F}', '\u{061C}', '\u{202E}', '\u{2067}'] {
+            let label = format!("visits{mark}");
+            let refused = badge(&[("label", &label)]).unwrap_err();
+            assert!(refused.contains("direction"), "{mark:?}: {refused}");
+        }
+        assert!(
+            badge(&[("label", "visites ✓ مرحبا")]).is_ok(),
+            "other scripts are fine"
+        );
+    }
+
+    #[test]
     fn numbers_are_abbreviated_as_shields_does() {
         let cases = [
             (0, "0"),
@@ -371,6 +397,13 @@ mod tests {
             (1234, "1.2k"),
             (9_960, "10k"),
             (123_456, "123k"),
+            (999_499, "999k"),
+            (999_500, "1M"),
+            (999_999, "1M"),
+            (-999_999, "-1M"),
+            (1_000_000, "1M"),
+            (999_499_999, "999M"),
+            (999_500_000, "1G"),
             (5_600_000, "5.6M"),
             (-1500, "-1.5k"),
             (i64::MAX, "9.2E"),
