@@ -86,6 +86,28 @@ pub struct UniqueExport {
 }
 
 impl CounterExport {
+    /// A line of an export, or why it is not one, in words: not JSON, not an object (a
+    /// list of the same values is not taken for one), a field missing, unknown or of
+    /// another kind, a day given twice.
+    pub fn from_line(line: &[u8]) -> Result<Self, String> {
+        let value: serde_json::Value = serde_json::from_slice(line)
+            .map_err(|error| format!("not JSON (column {})", error.column()))?;
+        let Some(fields) = value.as_object() else {
+            return Err("not a JSON object".to_owned());
+        };
+        if let Some(unique) = fields.get("unique")
+            && !unique
+                .as_object()
+                .is_some_and(|days| days.values().all(serde_json::Value::is_object))
+        {
+            return Err(
+                "unique: an object of days, each an object (estimate, format, sketch)".to_owned(),
+            );
+        }
+        // From the text again, not the value: a value keeps one of a repeated key.
+        serde_json::from_slice(line).map_err(|error| error.to_string())
+    }
+
     /// What import refuses in a line beyond its shape, in words: a day that is not a date,
     /// or later than the day after `today` (hosts' clocks may differ by a day, not more:
     /// a day in the future would stay in the history and, where it keeps the latest days,
@@ -240,6 +262,30 @@ mod tests {
         counter.days.remove("total");
         counter.days.insert("2026-11-29".into(), u64::MAX);
         assert!(counter.check(today).unwrap_err().contains("at most"));
+    }
+
+    #[test]
+    fn a_line_is_read_as_an_object_and_refused_in_words() {
+        let line = br#"{"name":"a","total":5,"days":{"2026-11-30":5}}"#;
+        assert_eq!(CounterExport::from_line(line).unwrap().total, 5);
+        let refused = |line: &str| CounterExport::from_line(line.as_bytes()).unwrap_err();
+
+        assert_eq!(refused(r#"{"name":"a","#), "not JSON (column 12)");
+        assert_eq!(refused(r#"["a",5,{}]"#), "not a JSON object");
+        let list = r#"{"name":"a","total":1,"unique":{"2026-11-30":[1,"hllpp-p14",""]}}"#;
+        assert!(refused(list).starts_with("unique: an object of days"));
+        for line in [
+            r#"{"name":"a","total":"x"}"#,
+            r#"{"name":"a"}"#,
+            r#"{"name":"a","total":1,"extra":1}"#,
+            r#"{"name":"a","total":1,"unique":{"2026-11-30":{"estimate":1}}}"#,
+        ] {
+            let said = refused(line);
+            assert!(
+                !said.contains("struct") && !said.contains("Export"),
+                "{said}"
+            );
+        }
     }
 
     #[test]

@@ -323,10 +323,10 @@ async fn import_line(
     if line.iter().all(u8::is_ascii_whitespace) {
         return Ok(());
     }
-    let mut counter: CounterExport = serde_json::from_slice(line).map_err(|error| {
+    let mut counter = CounterExport::from_line(line).map_err(|error| {
         stopped(
             imported,
-            &format!("line {number} is not a counter as export writes it ({error})"),
+            &format!("line {number} is not a counter as export writes it: {error}"),
         )
     })?;
     let name = CounterName::parse(&counter.name)

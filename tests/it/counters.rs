@@ -1545,6 +1545,8 @@ async fn bad_administration_is_refused_with_a_clear_reason_and_changes_nothing(b
             r#"{"name":"kept","total":0,"days":{"total":1}}"#,
             "not a date",
         ),
+        (r#"["kept",0,{}]"#, "not a JSON object"),
+        (r#"{"name":"kept","total":"0"}"#, "invalid type"),
         (
             r#"{"name":"kept","total":0,"days":{"2026-13-45":1}}"#,
             "not a date",
