@@ -56,14 +56,12 @@ impl Client {
 }
 
 fn asks_not_to_count(query: Option<&str>, headers: &HeaderMap) -> bool {
-    let by_query = query.is_some_and(|query| {
-        query.split('&').any(|pair| {
-            matches!(
-                pair.split_once('='),
-                Some(("count", "0" | "false" | "no" | "off"))
-            )
-        })
-    });
+    let by_query = query.is_some()
+        && super::counters::query_pairs(query)
+            .iter()
+            .any(|(key, value)| {
+                key == "count" && matches!(value.as_str(), "0" | "false" | "no" | "off")
+            });
     by_query
         || headers
             .get_all(header::COOKIE)
@@ -95,6 +93,10 @@ mod tests {
 
         assert!(asks_not_to_count(Some("count=0"), &none));
         assert!(asks_not_to_count(Some("style=flat&count=false"), &none));
+        assert!(
+            asks_not_to_count(Some("count=%30"), &none),
+            "percent-encoded, as a form may send it"
+        );
         assert!(asks_not_to_count(None, &cookie));
         assert!(!asks_not_to_count(None, &none));
         assert!(!asks_not_to_count(Some("count=1"), &none));

@@ -140,7 +140,7 @@ pub async fn read_or_history(
 /// total cannot be read (a key of another type put in its place) is listed with `total`
 /// null and the reason, and the others as usual.
 pub async fn list(State(state): State<AppState>, uri: Uri) -> Result<Response, ApiError> {
-    let cursor = query_value(uri.query(), "cursor").map(str::to_owned);
+    let cursor = query_value(uri.query(), "cursor");
     let (page, next) = state
         .store
         .list(cursor, state.deadlines.stats_read())
@@ -239,7 +239,7 @@ async fn history(
                 ))
             })?,
     };
-    let csv = match query_value(query, "format") {
+    let csv = match query_value(query, "format").as_deref() {
         None => headers
             .get(header::ACCEPT)
             .and_then(|accept| accept.to_str().ok())
@@ -315,7 +315,7 @@ pub(super) fn parse_name(text: &str) -> Result<CounterName, ApiError> {
 
 /// The days a counter's page draws: 30, or 90 with `?days=90`.
 fn chart_days(query: Option<&str>) -> Result<u32, ApiError> {
-    match query_value(query, "days") {
+    match query_value(query, "days").as_deref() {
         None | Some("30") => Ok(30),
         Some("90") => Ok(90),
         Some(_) => Err(ApiError::BadRequest(
@@ -324,13 +324,22 @@ fn chart_days(query: Option<&str>) -> Result<u32, ApiError> {
     }
 }
 
-/// The value of `key` in a query string, as sent (names and values here need no
-/// decoding).
-/// A key without `=` has the empty value.
-pub(super) fn query_value<'q>(query: Option<&'q str>, key: &str) -> Option<&'q str> {
-    query?
-        .split('&')
-        .map(|pair| pair.split_once('=').unwrap_or((pair, "")))
-        .find(|(k, _)| *k == key)
+/// The values in a query string, percent-decoded as a browser encodes them (`%31` is `1`,
+/// `+` a space); a key without `=` has the empty value.
+pub(super) fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
+    query
+        .map(|query| {
+            form_urlencoded::parse(query.as_bytes())
+                .into_owned()
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The first value of `key` in a query string (see `query_pairs`).
+pub(super) fn query_value(query: Option<&str>, key: &str) -> Option<String> {
+    query_pairs(query)
+        .into_iter()
+        .find(|(k, _)| k == key)
         .map(|(_, v)| v)
 }

@@ -582,6 +582,13 @@ async fn the_history_comes_by_day_as_json_and_csv(backend: Backend) {
     .await;
     let (csv_status, csv) = text(client, "/api/counters/blog/post/history?days=3&format=csv").await;
     let (_, default) = json(client, Method::GET, "/api/counters/blog/post/history").await;
+    let (_, encoded) = json(
+        client,
+        Method::GET,
+        "/api/counters/blog/post/history?days=%33&format=%6Ason",
+    )
+    .await;
+    assert_eq!(encoded, history, "a query is read percent-decoded");
 
     assert_eq!(status, StatusCode::OK);
     let days = history["days"].as_array().unwrap();
