@@ -83,7 +83,7 @@ pub fn router(state: AppState) -> Router {
         )
         // Before the CORS layer, so that it wraps this answer too and a preflight
         // (`OPTIONS`), which no route takes, is answered by it rather than with 405.
-        .method_not_allowed_fallback(method_not_allowed)
+        .method_not_allowed_fallback(counter_method_not_allowed)
         .layer(cors);
     Router::new()
         .route("/", get(visit::visit).head(visit::head))
@@ -146,4 +146,16 @@ async fn not_found() -> impl IntoResponse {
 
 async fn method_not_allowed() -> impl IntoResponse {
     (StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed\n")
+}
+
+/// A method no route of the counter API takes: a counter's history says the methods it
+/// takes itself (the route it shares with the counter takes more).
+async fn counter_method_not_allowed(uri: axum::http::Uri) -> axum::response::Response {
+    if uri
+        .path()
+        .ends_with(&format!("/{}", crate::counters::name::HISTORY))
+    {
+        return ApiError::MethodNotAllowed.into_response();
+    }
+    method_not_allowed().await.into_response()
 }

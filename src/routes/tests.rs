@@ -169,6 +169,23 @@ async fn other_methods_get_405_with_allow_and_do_not_count() {
     assert_eq!(app.total(), 0);
 }
 
+/// A counter's history is only read: another method is 405 with the two that work
+/// (`PUT` and `DELETE` are the administrator's: without administration, 404).
+#[tokio::test]
+async fn a_history_allows_only_reading() {
+    let app = TestRouter::new();
+
+    for method in ["POST", "PATCH", "BREW"] {
+        let method = Method::from_bytes(method.as_bytes()).unwrap();
+        let (status, headers, _) = app.call(method.clone(), "/api/counters/a/history").await;
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{method}");
+        assert_eq!(headers[header::ALLOW], "GET, HEAD", "{method}");
+    }
+    let (status, headers, _) = app.call(Method::PATCH, "/api/counters/a").await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    assert!(headers[header::ALLOW].to_str().unwrap().contains("PUT"));
+}
+
 #[tokio::test]
 async fn head_answers_like_get_without_counting() {
     let app = TestRouter::new();
