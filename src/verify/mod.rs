@@ -23,7 +23,7 @@ use crate::config::parse_duration;
 pub struct VerifyArgs {
     /// URL to visit, e.g. http://localhost:8000/ (or a named counter's /c/{name}, or its
     /// badge, /badge/{name}.svg)
-    #[arg(long)]
+    #[arg(long, value_parser = http_url)]
     pub url: reqwest::Url,
 
     /// Visits to send in all (default 1000 unless --duration is given).
@@ -32,7 +32,7 @@ pub struct VerifyArgs {
 
     /// Send visits for this long instead (e.g. 30s). Ctrl-C or SIGTERM stops a run early
     /// and still prints the report.
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = longer_than_zero)]
     pub duration: Option<Duration>,
 
     /// Clients sending at the same time, each on its own connection.
@@ -40,12 +40,34 @@ pub struct VerifyArgs {
     pub concurrency: u64,
 
     /// Per-request timeout.
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, default_value = "5s", value_parser = longer_than_zero)]
     pub timeout: Duration,
 
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+/// An `http` or `https` URL with a host: what `verify` can visit.
+fn http_url(text: &str) -> Result<reqwest::Url, String> {
+    let url: reqwest::Url = text
+        .parse()
+        .map_err(|_| format!("'{text}' is not a URL (example: http://localhost:8000/)"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!("'{text}' is not an http or https URL"));
+    }
+    if url.host().is_none() {
+        return Err(format!("'{text}' names no host"));
+    }
+    Ok(url)
+}
+
+/// A duration that leaves time for a visit.
+fn longer_than_zero(text: &str) -> Result<Duration, String> {
+    match parse_duration(text)? {
+        Duration::ZERO => Err("is longer than 0 (examples: 5s, 500ms)".to_owned()),
+        duration => Ok(duration),
+    }
 }
 
 enum Limit {

@@ -66,8 +66,26 @@ async fn verify_fails_when_visits_fail() {
 
 #[tokio::test]
 async fn verify_refuses_bad_arguments_with_exit_code_2() {
-    let output = process::run(&["verify", "--url", "not a url"], &[]).await;
-    assert_eq!(output.status.code(), Some(2));
+    for (args, said) in [
+        (&["--url", "not a url"][..], "is not a URL"),
+        (
+            &["--url", "ftp://localhost/"],
+            "is not an http or https URL",
+        ),
+        (
+            &["--url", "http://127.0.0.1:1/", "--duration", "0s"],
+            "longer than 0",
+        ),
+        (
+            &["--url", "http://127.0.0.1:1/", "--timeout", "0"],
+            "longer than 0",
+        ),
+    ] {
+        let output = process::run(&[&["verify"][..], args].concat(), &[]).await;
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(said), "{args:?}: {stderr}");
+    }
     let output = process::run(
         &[
             "verify",
