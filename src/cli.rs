@@ -114,18 +114,26 @@ fn name_what_was_set(
         Some(env) if !on_command_line => env.to_string_lossy().into_owned(),
         _ => flag,
     };
+    let given = match error.get(ContextKind::InvalidValue) {
+        Some(ContextValue::String(value)) => value.as_str(),
+        _ => "",
+    };
+    if given.is_empty() {
+        return clap::Error::raw(error.kind(), format!("invalid {name}: it needs a value\n"));
+    }
     let reason = match (error.kind(), std::error::Error::source(&error)) {
         (ErrorKind::ValueValidation, Some(source)) => source.to_string(),
         _ => match error.get(ContextKind::ValidValue) {
-            Some(ContextValue::Strings(valid)) => format!("expected one of {}", valid.join(", ")),
+            Some(ContextValue::Strings(valid)) if !valid.is_empty() => {
+                format!("expected one of {}", valid.join(", "))
+            }
             _ => "not a valid value".to_owned(),
         },
     };
-    let value = match error.get(ContextKind::InvalidValue) {
-        Some(ContextValue::String(value)) if !arg.is_hide_env_values_set() => {
-            format!(" '{}'", redact_url(value))
-        }
-        _ => String::new(),
+    let value = if arg.is_hide_env_values_set() {
+        String::new()
+    } else {
+        format!(" '{}'", redact_url(given))
     };
     clap::Error::raw(error.kind(), format!("invalid {name}:{value} {reason}\n"))
 }
@@ -176,6 +184,19 @@ mod tests {
             error.to_string().contains("invalid --listen: 'nowhere'"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn a_flag_without_a_value_says_it_needs_one() {
+        for args in [
+            &["stackdemo", "--listen"][..],
+            &["stackdemo", "--data-dir", ""],
+            &["stackdemo", "serve", "--redis-url"],
+        ] {
+            let error = Cli::parse_args(args).unwrap_err().to_string();
+            assert!(error.contains(": it needs a value"), "{args:?}: {error}");
+            assert!(!error.contains("expected one of"), "{args:?}: {error}");
+        }
     }
 
     #[test]
