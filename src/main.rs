@@ -42,6 +42,10 @@ fn main() -> ExitCode {
 async fn run(command: Command) -> ExitCode {
     match command {
         Command::Serve(settings) => {
+            if let Err(reason) = telemetry::check_filter() {
+                eprintln!("error: invalid RUST_LOG: {reason}");
+                return ExitCode::from(2);
+            }
             // Held to the end: dropping it writes out the log lines still queued.
             let _log = telemetry::init(settings.log_format);
             let signals = match Signals::install() {

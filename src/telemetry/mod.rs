@@ -87,6 +87,22 @@ impl Drop for LogGuard {
 
 /// Installs the global subscriber and the panic hook, once per process: later calls
 /// (several services in one test process) change nothing.
+/// Checks the log filter `RUST_LOG` names, if it is set: a filter that does not parse
+/// would otherwise be dropped without a word for the default. The reason, if not.
+pub fn check_filter() -> Result<(), String> {
+    match std::env::var("RUST_LOG") {
+        Ok(filter) => check_filter_value(&filter),
+        Err(std::env::VarError::NotPresent) => Ok(()),
+        Err(std::env::VarError::NotUnicode(_)) => Err("it is not text".to_owned()),
+    }
+}
+
+fn check_filter_value(filter: &str) -> Result<(), String> {
+    EnvFilter::try_new(filter)
+        .map(drop)
+        .map_err(|error| format!("'{filter}' {error} (examples: info, warn,stackdemo=debug)"))
+}
+
 pub fn init(format: LogFormat) -> LogGuard {
     static ONCE: std::sync::Once = std::sync::Once::new();
     let mut guard = None;
@@ -147,4 +163,25 @@ fn install(format: LogFormat) -> (WorkerGuard, Option<request_log::Writer>) {
             .try_init()
     };
     (guard, request_lines)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_log_filter_that_does_not_parse_is_refused() {
+        for good in [
+            "info",
+            "warn,stackdemo=debug",
+            "stackdemo::routes=trace",
+            "",
+        ] {
+            assert_eq!(check_filter_value(good), Ok(()), "{good:?}");
+        }
+        for bad in ["stackdemo=loud", "=[{", "warn,,=x"] {
+            let reason = check_filter_value(bad).unwrap_err();
+            assert!(reason.starts_with(&format!("'{bad}'")), "{reason}");
+        }
+    }
 }

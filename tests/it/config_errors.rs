@@ -42,6 +42,8 @@ async fn a_bad_value_from_the_environment_names_the_variable() {
         ("STACKDEMO_REDIS_MIN_REPLICAS", "17"),
         ("REDIS_SENTINELS", "s1:notaport"),
         ("REDIS_URL", "http://example"),
+        ("RUST_LOG", "stackdemo=loud"),
+        ("RUST_LOG", "warn,,=x"),
     ];
     for (variable, value) in cases {
         let stderr = assert_refused(&[], &[(variable, value)], variable).await;
