@@ -181,7 +181,7 @@ impl Served<'_> {
                 None => {
                     tracing::info!(
                         target: REQUEST_TARGET,
-                        method = line.method,
+                        method = %LoggedPath::method(line.method),
                         path = %LoggedPath::of(line.path),
                         route = line.route,
                         replica = line.replica,

@@ -39,6 +39,9 @@ const EXIT_WAIT: Duration = Duration::from_secs(1);
 /// The most of a request's path its line holds (a path is as long as its request line
 /// allows, 16 KiB).
 pub const LOGGED_PATH: usize = 256;
+/// The most of a request's method its line holds: a method is any token a client sends,
+/// as long as its request line allows; the longest registered one has 17 letters.
+pub const LOGGED_METHOD: usize = 32;
 
 /// The target the line names: the module that logged it before it had a writer of its
 /// own, so that filters and searches on it keep working. `tracing`'s filter is asked
@@ -233,7 +236,9 @@ impl RequestLine<'_> {
         let _ = write!(out, "{}", humantime::format_rfc3339_micros(now));
         let _ = write!(out, "\",\"latency_us\":{}", self.latency_us);
         out.extend_from_slice(b",\"message\":\"request served\",\"method\":\"");
-        escaped(out, self.method);
+        let method = LoggedPath::method(self.method);
+        escaped(out, method.kept);
+        out.extend_from_slice(method.marker().as_bytes());
         out.extend_from_slice(b"\",\"path\":\"");
         let path = LoggedPath::of(self.path);
         escaped(out, path.kept);
@@ -246,8 +251,8 @@ impl RequestLine<'_> {
     }
 }
 
-/// A path as logged: at most `LOGGED_PATH` bytes of it (cut on a character's boundary),
-/// and `…` after it when it was cut.
+/// A path (or a method) as logged: at most `LOGGED_PATH` (`LOGGED_METHOD`) bytes of it,
+/// cut on a character's boundary, and `…` after it when it was cut.
 pub struct LoggedPath<'a> {
     pub kept: &'a str,
     pub cut: bool,
@@ -258,18 +263,26 @@ impl<'a> LoggedPath<'a> {
     const CUT: &'static str = "…";
 
     pub fn of(path: &'a str) -> Self {
-        if path.len() <= LOGGED_PATH {
+        Self::within(path, LOGGED_PATH)
+    }
+
+    pub fn method(method: &'a str) -> Self {
+        Self::within(method, LOGGED_METHOD)
+    }
+
+    fn within(text: &'a str, limit: usize) -> Self {
+        if text.len() <= limit {
             return Self {
-                kept: path,
+                kept: text,
                 cut: false,
             };
         }
-        let mut end = LOGGED_PATH;
-        while !path.is_char_boundary(end) {
+        let mut end = limit;
+        while !text.is_char_boundary(end) {
             end -= 1;
         }
         Self {
-            kept: &path[..end],
+            kept: &text[..end],
             cut: true,
         }
     }
@@ -404,5 +417,17 @@ mod tests {
         assert!(kept.len() <= LOGGED_PATH && kept.len() > LOGGED_PATH - 2);
         assert!(long.starts_with(kept));
         assert_eq!(written(&line("/short"))["path"], "/short");
+    }
+
+    #[test]
+    fn a_long_method_is_cut_and_marked() {
+        let method = "M".repeat(16_000);
+        let long = RequestLine {
+            method: &method,
+            ..line("/")
+        };
+        let fields = written(&long);
+        assert_eq!(fields["method"], format!("{}…", "M".repeat(LOGGED_METHOD)));
+        assert_eq!(written(&line("/"))["method"], "GET");
     }
 }
