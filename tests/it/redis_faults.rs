@@ -938,6 +938,38 @@ async fn refuses_every_visit(client: &TestClient, reason: &str, what: &str) {
     }
 }
 
+/// A Redis with a command the service needs renamed away (`rename-command SCRIPT ""`)
+/// refuses every visit, and readiness, for that reason, and the log does not blame
+/// another command.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_command_renamed_away_is_the_reason_given() {
+    let redis =
+        RedisServer::start_with(Flavor::Redis, None, &["--rename-command", "SCRIPT", ""]).await;
+    let service = ServiceProcess::start(&["--redis-url", &redis.url()]).await;
+
+    refuses_every_visit(
+        &service.client,
+        "counter store does not allow what counting needs",
+        "SCRIPT renamed away",
+    )
+    .await;
+    assert_eq!(redis.get_i64("hits").await, 0);
+    // Visits within the reconnection backoff are refused without trying; the first one
+    // after it tries, and its refusal names the command.
+    let client = &service.client;
+    wait_until(
+        "a refusal naming the command",
+        allowed(redis_return(&defaults())),
+        || async {
+            client.try_visit().await;
+            service.log().contains("unknown command 'SCRIPT'")
+        },
+    )
+    .await;
+    let log = service.log();
+    assert!(!log.contains("INFO is not allowed"), "{log}");
+}
+
 /// A write that waited long for its replica does not set back this process's reading of
 /// Redis's clock by the wait (a reading taken before the wait, and taken as if it were
 /// taken when the answer came, would): once the replica confirms again, the next visit

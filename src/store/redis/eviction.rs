@@ -126,13 +126,11 @@ impl RedisSession {
     }
 }
 
-/// The server answered, but will not run `INFO` (an ACL, or the command renamed away).
+/// The server answered, but will not run `INFO` (an ACL, or the command renamed away):
+/// an error about another command (a pipeline's first, `SCRIPT` renamed away) is not.
 fn refused(error: &StoreError) -> bool {
-    match error.kind() {
-        StoreErrorKind::Permission => true,
-        StoreErrorKind::Failed => error.detail().contains("unknown command"),
-        _ => false,
-    }
+    error.kind() == StoreErrorKind::Permission
+        && error.detail().to_ascii_lowercase().contains("'info'")
 }
 
 impl EvictionWatch {
@@ -156,6 +154,24 @@ impl EvictionWatch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_an_error_about_info_says_info_is_refused() {
+        let refusal = |detail: &str| StoreError::new(StoreErrorKind::Permission, detail.to_owned());
+        assert!(refused(&refusal(
+            "unknown command 'INFO', with args beginning with: 'memory' "
+        )));
+        assert!(refused(&refusal(
+            "this user has no permissions to run the 'info' command"
+        )));
+        assert!(!refused(&refusal(
+            "unknown command 'SCRIPT', with args beginning with: 'LOAD' "
+        )));
+        assert!(!refused(&StoreError::new(
+            StoreErrorKind::Failed,
+            "unknown command 'INFO'"
+        )));
+    }
 
     const INFO: &str = "# Memory\r\nused_memory:1022448\r\nmaxmemory:1000000\r\n\
         maxmemory_human:976.56K\r\nmaxmemory_policy:allkeys-lru\r\nlazyfree_pending_objects:0\r\n";

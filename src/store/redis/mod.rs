@@ -255,6 +255,8 @@ fn classify(error: RedisError) -> StoreError {
         Some("NOPERM") => StoreErrorKind::Permission,
         // An ACL that denies a command the script runs (`TIME`): Redis 7.0 says so as ERR.
         Some("ERR") if detail.contains("can't run this command") => StoreErrorKind::Permission,
+        // A command renamed away (`rename-command`), as good as denied.
+        Some("ERR") if detail.starts_with("unknown command") => StoreErrorKind::Permission,
         Some("OOM") => StoreErrorKind::OutOfMemory,
         Some("BUSY") => StoreErrorKind::Busy,
         // A key of another type, or a unique-visitor sketch that is not a valid one.
