@@ -3,6 +3,7 @@
 
 use std::{
     process::{ExitStatus, Output, Stdio},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -28,6 +29,9 @@ pub struct ServiceProcess {
     log: tempfile::NamedTempFile,
     args: Vec<String>,
     env: Vec<(String, String)>,
+    /// The embedded store's folder unless the settings name one: never the repository's
+    /// `data`, which every test started without a data dir would share.
+    data: Arc<tempfile::TempDir>,
 }
 
 impl ServiceProcess {
@@ -65,7 +69,7 @@ impl ServiceProcess {
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
-        match Self::launch_on(self.port, &args, &env).await {
+        match Self::launch_on(self.port, &args, &env, self.data.clone()).await {
             Ok(started) => *self = started,
             Err(output) => panic!(
                 "the service did not start again: {}",
@@ -75,10 +79,16 @@ impl ServiceProcess {
     }
 
     async fn launch(args: &[&str], env: &[(&str, &str)]) -> Result<Self, Output> {
-        Self::launch_on(free_port(), args, env).await
+        let data = Arc::new(tempfile::tempdir().expect("a data folder"));
+        Self::launch_on(free_port(), args, env, data).await
     }
 
-    async fn launch_on(port: u16, args: &[&str], env: &[(&str, &str)]) -> Result<Self, Output> {
+    async fn launch_on(
+        port: u16,
+        args: &[&str],
+        env: &[(&str, &str)],
+        data: Arc<tempfile::TempDir>,
+    ) -> Result<Self, Output> {
         let listen = format!("127.0.0.1:{port}");
         let log = tempfile::NamedTempFile::new().expect("a log file");
         let child = Command::new(binary())
@@ -92,6 +102,7 @@ impl ServiceProcess {
             ])
             .args(args)
             .env("RUST_LOG", "warn")
+            .env("STACKDEMO_DATA_DIR", data.path())
             .envs(env.iter().copied())
             .stdout(log.reopen().expect("the log file"))
             .stderr(Stdio::piped())
@@ -109,6 +120,7 @@ impl ServiceProcess {
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                 .collect(),
+            data,
         };
         // Its own client, so that no probe connection stays open and takes a slot.
         let probe = TestClient::without_keep_alive(process.client.base.clone());
@@ -183,9 +195,12 @@ impl ServiceProcess {
 /// `REDIS_URL` but what `env` gives). One still running after `limit` (a command expected
 /// to exit that serves instead) is killed, and the test fails.
 pub async fn run_within(limit: Duration, args: &[&str], env: &[(&str, &str)]) -> Output {
+    // Not the repository's `data` (see `ServiceProcess`).
+    let data = tempfile::tempdir().expect("a data folder");
     let child = Command::new(binary())
         .args(args)
         .env_remove("REDIS_URL")
+        .env("STACKDEMO_DATA_DIR", data.path())
         .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
