@@ -104,6 +104,15 @@ pub(super) enum Tried<T> {
     Failed(StoreError),
 }
 
+/// Whether a pipeline is sent again after an attempt that may have reached Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Resend {
+    /// Reads and heartbeats: running twice changes nothing.
+    Always,
+    /// Changes: only an attempt that cannot have reached Redis.
+    OnlyUnsent,
+}
+
 impl RedisSession {
     pub(super) fn new(store: Arc<RedisStore>) -> Self {
         let writer = BatchWriter::new(&store.keys.batches_prefix);
@@ -152,31 +161,13 @@ impl RedisSession {
     }
 
     /// Runs a pipeline that may safely run twice (reads, heartbeats), on a fresh
-    /// connection if the one at hand turns out broken. An error never says the pipeline
-    /// may have been applied: changes go through `change`.
+    /// connection if the one at hand turns out broken.
     pub(super) async fn query<T: FromRedisValue>(
         &self,
         pipe: &Pipeline,
         answer_by: Instant,
     ) -> Result<T, StoreError> {
-        let mut last = None;
-        for _ in 0..MAX_ATTEMPTS {
-            let live = self.live(answer_by).await?;
-            let mut connection = live.connection.clone();
-            match timeout_at(answer_by, pipe.query_async::<T>(&mut connection)).await {
-                Ok(Ok(value)) => return Ok(value),
-                Ok(Err(error)) => match self.failed_attempt::<T>(&live, error, true) {
-                    Tried::Retry { error, .. } => last = Some(error),
-                    Tried::Failed(error) => return Err(error),
-                    Tried::Done(value) => return Ok(value),
-                },
-                Err(_) => {
-                    self.broken(&live, false);
-                    return Err(StoreError::timeout());
-                }
-            }
-        }
-        Err(last.unwrap_or_else(StoreError::timeout))
+        self.attempts(pipe, answer_by, Resend::Always).await
     }
 
     /// Runs a pipeline that changes something (an administrator's change), whose answer
@@ -188,6 +179,15 @@ impl RedisSession {
         pipe: &Pipeline,
         answer_by: Instant,
     ) -> Result<T, StoreError> {
+        self.attempts(pipe, answer_by, Resend::OnlyUnsent).await
+    }
+
+    async fn attempts<T: FromRedisValue>(
+        &self,
+        pipe: &Pipeline,
+        answer_by: Instant,
+        resend: Resend,
+    ) -> Result<T, StoreError> {
         let mut last = None;
         for _ in 0..MAX_ATTEMPTS {
             let live = self.live(answer_by).await?;
@@ -195,17 +195,19 @@ impl RedisSession {
             match timeout_at(answer_by, pipe.query_async::<T>(&mut connection)).await {
                 Ok(Ok(value)) => return Ok(value),
                 Ok(Err(error)) => match self.failed_attempt::<T>(&live, error, true) {
-                    Tried::Retry {
-                        error,
-                        maybe_sent: false,
-                    } => last = Some(error),
-                    Tried::Retry { error, .. } => return Err(error.with_doubt()),
+                    Tried::Retry { error, maybe_sent } => {
+                        if maybe_sent && resend == Resend::OnlyUnsent {
+                            return Err(error.with_doubt());
+                        }
+                        last = Some(error);
+                    }
                     Tried::Failed(error) => return Err(error),
                     Tried::Done(value) => return Ok(value),
                 },
                 Err(_) => {
                     self.broken(&live, false);
-                    return Err(StoreError::timeout().with_doubt());
+                    // In doubt: it may have been applied.
+                    return Err(StoreError::timeout());
                 }
             }
         }
