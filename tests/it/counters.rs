@@ -8,6 +8,7 @@ use serde_json::{Value, json};
 
 use stackdemo::{
     cli::{Cli, Command},
+    deadlines::MIN_HEADER_READ,
     store::{Identity, Store},
 };
 
@@ -120,6 +121,27 @@ fn as_admin(client: &TestClient, method: Method, path: &str) -> reqwest::Request
         .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
 }
 
+/// Sends `lines` to the import as the administrator: the status and the body.
+async fn import(client: &TestClient, lines: impl Into<String>) -> (StatusCode, String) {
+    let response = as_admin(client, Method::POST, "/api/admin/import")
+        .body(lines.into())
+        .send()
+        .await
+        .unwrap();
+    (response.status(), response.text().await.unwrap())
+}
+
+/// The whole export, as the administrator; panics if it is cut short.
+async fn export(client: &TestClient) -> String {
+    as_admin(client, Method::GET, "/api/admin/export")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .expect("the whole export, to its end")
+}
+
 /// A file holding the administrator's token, and the arguments that name it.
 fn token_file() -> tempfile::NamedTempFile {
     let file = tempfile::NamedTempFile::new().unwrap();
@@ -199,13 +221,7 @@ async fn an_import_of_days_in_the_future_is_refused_and_todays_visits_stay_in_th
         .map(|day| (format!("2099-01-0{day}"), json!(1)))
         .collect();
     let line = json!({ "name": "page", "total": 4, "days": future });
-    let imported = as_admin(client, Method::POST, "/api/admin/import")
-        .body(format!("{line}\n"))
-        .send()
-        .await
-        .unwrap();
-    let status = imported.status();
-    let body = imported.text().await.unwrap();
+    let (status, body) = import(client, format!("{line}\n")).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert!(
         body.contains("line 1") && body.contains("2099-01-01 is after"),
@@ -282,14 +298,10 @@ async fn an_import_takes_lines_up_to_the_limit_and_days_the_history_keeps_each_o
         today.to_string(): 1,
     });
     let line = json!({ "name": "moved", "total": 10, "days": days });
-    let imported = as_admin(client, Method::POST, "/api/admin/import")
-        .body(format!("{line}\n"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(imported.status(), StatusCode::OK);
+    let (status, body) = import(client, format!("{line}\n")).await;
+    assert_eq!(status, StatusCode::OK);
     assert_eq!(
-        imported.json::<Value>().await.unwrap(),
+        serde_json::from_str::<Value>(&body).unwrap(),
         json!({ "imported": 1, "days_left_out": 2 })
     );
     let (_, history) = json(client, Method::GET, "/api/counters/moved/history?days=3").await;
@@ -300,13 +312,7 @@ async fn an_import_takes_lines_up_to_the_limit_and_days_the_history_keeps_each_o
         .map(|day| &day["visits"])
         .collect();
     assert_eq!(visits, [&json!(0), &json!(2), &json!(1)], "{history}");
-    let export = as_admin(client, Method::GET, "/api/admin/export")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let export = export(client).await;
     let moved: Value = export
         .lines()
         .map(|line| serde_json::from_str::<Value>(line).unwrap())
@@ -320,13 +326,8 @@ async fn an_import_takes_lines_up_to_the_limit_and_days_the_history_keeps_each_o
     );
 
     let twice = format!(r#"{{"name":"moved","total":99,"days":{{"{today}":5,"{today}":6}}}}"#);
-    let refused = as_admin(client, Method::POST, "/api/admin/import")
-        .body(format!("{twice}\n"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
-    let said = refused.text().await.unwrap();
+    let (status, said) = import(client, format!("{twice}\n")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(
         said.contains("line 1") && said.contains(&format!("{today} is given twice")),
         "{said}"
@@ -365,13 +366,7 @@ async fn each_exported_line_holds_its_total_and_days_of_one_moment(backend: Back
 
     let mut lines = 0;
     for _ in 0..15 {
-        let export = as_admin(client, Method::GET, "/api/admin/export")
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let export = export(client).await;
         for line in export.lines() {
             let counter: Value = serde_json::from_str(line).unwrap();
             let days: i64 = counter["days"]
@@ -396,30 +391,39 @@ async fn each_exported_line_holds_its_total_and_days_of_one_moment(backend: Back
 
 /// An export longer than the header read timeout is written whole: the connection is
 /// idle only once nothing has been written for that long (it was closed that long after
-/// the answer began, cutting the file at a line boundary, so that it looked whole).
+/// the answer began, cutting the file at a line boundary, so that it looked whole). The
+/// timeout is a third of how long an export of the same counters takes on this machine
+/// now, so that the whole export outlasts it while each page (of 30) is written well
+/// within it.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_export_that_lasts_longer_than_the_idle_limit_is_written_whole() {
-    let (app, _token) = spawn_with_admin(Backend::Redis, &["--header-read-timeout", "300ms"]).await;
-    let client = &app.client;
+    let (measuring, token) = spawn_with_admin(Backend::Redis, &[]).await;
     let counters = 6000;
     let lines: String = (0..counters)
         .map(|i| format!("{{\"name\":\"long/export-{i}\",\"total\":{i}}}\n"))
         .collect();
-    let imported = as_admin(client, Method::POST, "/api/admin/import")
-        .body(lines)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(imported.status(), StatusCode::OK);
-
+    let (status, body) = import(&measuring.client, lines).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
     let started = std::time::Instant::now();
-    let export = as_admin(client, Method::GET, "/api/admin/export")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .expect("the whole export, to its end");
+    export(&measuring.client).await;
+    let idle_limit = (started.elapsed() / 3).max(MIN_HEADER_READ);
+
+    let limit = format!("{}ms", idle_limit.as_millis());
+    let redis = measuring.redis.as_ref().unwrap().url();
+    let app = TestApp::spawn_on_redis(
+        &redis,
+        &[
+            "--rate-limit",
+            "off",
+            "--admin-token-file",
+            token.path().to_str().unwrap(),
+            "--header-read-timeout",
+            &limit,
+        ],
+    )
+    .await;
+    let started = std::time::Instant::now();
+    let export = export(&app.client).await;
     let took = started.elapsed();
     let names: BTreeSet<String> = export
         .lines()
@@ -429,7 +433,11 @@ async fn an_export_that_lasts_longer_than_the_idle_limit_is_written_whole() {
         })
         .filter(|name| name.starts_with("long/export-"))
         .collect();
-    assert_eq!(names.len(), counters, "every counter, in {took:?}");
+    assert_eq!(
+        names.len(),
+        counters,
+        "every counter, in {took:?} with an idle limit of {limit}"
+    );
 }
 
 /// With the tutorial's counter at the most a total can hold every `GET /` is refused, so
@@ -1031,13 +1039,8 @@ async fn an_embedded_sketch_whose_parts_disagree_is_refused_by_import() {
             "sketch": base64::engine::general_purpose::STANDARD.encode(sketch),
         }},
     });
-    let imported = as_admin(client, Method::POST, "/api/admin/import")
-        .body(format!("{line}\n"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(imported.status(), StatusCode::BAD_REQUEST);
-    let said = imported.text().await.unwrap();
+    let (status, said) = import(client, format!("{line}\n")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(
         said.contains(&format!(
             "line 1: unique: {today}: the sketch is not one the embedded store writes"
