@@ -29,6 +29,8 @@ pub enum ApiError {
     PayloadTooLarge,
     /// The request body could not be read: broken chunked encoding, or the client left.
     BadBody,
+    /// The request body did not end by the time it had to for an answer in time.
+    BodyTimedOut,
     /// The request cannot be served as sent; the reason says what to change.
     BadRequest(String),
     /// No such counter (or, for administration, administration is off).
@@ -101,6 +103,12 @@ impl IntoResponse for ApiError {
                 StatusCode::BAD_REQUEST,
                 [(header::CONNECTION, "close")],
                 "Bad Request: unreadable body\n",
+            )
+                .into_response(),
+            ApiError::BodyTimedOut => (
+                StatusCode::REQUEST_TIMEOUT,
+                [(header::CONNECTION, "close")],
+                "Request Timeout: the body did not arrive in time; not counted\n",
             )
                 .into_response(),
             ApiError::BadRequest(reason) => {

@@ -89,7 +89,7 @@ pub(super) async fn count(
     }
     match tokio::time::timeout_at(read_by, read_body(body)).await {
         Ok(read) => read?,
-        Err(_) => return Err(ApiError::Unavailable("request timed out")),
+        Err(_) => return Err(ApiError::BodyTimedOut),
     }
     Ok(state.counter.visit(counter, client.visitor).await?)
 }

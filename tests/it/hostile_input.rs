@@ -21,7 +21,7 @@ use crate::helpers::{RedisServer, ServiceProcess, allowed, limits};
 
 /// Statuses the service may answer with: its own, and hyper's for requests it cannot
 /// parse (made whole by the service). 100 is the interim answer to `Expect: 100-continue`.
-const ALLOWED: [u16; 11] = [100, 200, 400, 404, 405, 413, 414, 431, 501, 503, 505];
+const ALLOWED: [u16; 12] = [100, 200, 400, 404, 405, 408, 413, 414, 431, 501, 503, 505];
 
 const CONNECTIONS: usize = 240;
 const AT_ONCE: usize = 24;

@@ -306,7 +306,7 @@ async fn silent_connections_that_fill_every_slot_are_closed_in_time() {
 }
 
 /// A visit whose body ends too late to be counted within the request timeout is refused
-/// before it joins a batch: never answered 503 and counted.
+/// before it joins a batch: never answered 408 and counted.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_body_that_ends_near_the_request_timeout_is_refused_and_not_counted() {
     let redis = RedisServer::start().await;
@@ -348,7 +348,7 @@ async fn a_body_that_ends_near_the_request_timeout_is_refused_and_not_counted() 
     for (i, answer) in answers.into_iter().enumerate() {
         let answer = answer.unwrap().expect("an answer");
         if i % 2 == 0 {
-            assert_eq!(answer.status, 503, "a late body: {answer:?}");
+            assert_eq!(answer.status, 408, "a late body: {answer:?}");
         } else {
             assert_eq!(answer.status, 200, "an early body: {answer:?}");
             counted += 1;

@@ -6,7 +6,7 @@ use reqwest::{Method, StatusCode};
 
 use crate::helpers::{
     Backend, Load, TestApp, allowed,
-    client::raw_exchange,
+    client::{parse_raw, raw_bytes, raw_exchange},
     limits::{self, for_visits},
 };
 
@@ -30,6 +30,7 @@ for_each_backend!(
     concurrent_visits_get_distinct_contiguous_numbers,
     oversized_bodies_get_413_and_do_not_count,
     broken_chunked_bodies_get_400_and_do_not_count,
+    a_body_that_does_not_end_in_time_gets_408_and_does_not_count,
     oversized_headers_get_431_with_the_service_headers_and_do_not_count,
     header_lines_are_taken_up_to_the_documented_limit,
     requests_hyper_cannot_parse_get_400_with_the_service_headers,
@@ -137,6 +138,35 @@ async fn broken_chunked_bodies_get_400_and_do_not_count(backend: Backend) {
     assert_eq!(app.client.visit().await, 1);
 }
 
+/// The client's fault, not the store's: 408, not 503, and the connection closed, as the
+/// rest of the body would be taken for the next request. A body still arriving after the
+/// limit is not counted either, even if it ends before the connection closes.
+async fn a_body_that_does_not_end_in_time_gets_408_and_does_not_count(backend: Backend) {
+    const LIMITS: [&str; 4] = ["--request-timeout", "1s", "--store-timeout", "200ms"];
+    let app = TestApp::spawn_with(backend, &LIMITS).await;
+    let deadlines = limits::deadlines(&LIMITS);
+    let body_limit = deadlines.request - deadlines.visit();
+    let announced = b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nhalf";
+    let chunked = b"GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nhalf\r\n";
+
+    for request in [&announced[..], &chunked[..]] {
+        let started = std::time::Instant::now();
+        let answer = raw_bytes(app.address, request, allowed(deadlines.request))
+            .await
+            .expect("the service answers and closes the connection");
+        let answer = parse_raw(&answer).expect("a complete answer");
+
+        assert_eq!(answer.status, 408, "{answer:?}");
+        assert_eq!(
+            answer.body,
+            "Request Timeout: the body did not arrive in time; not counted\n"
+        );
+        assert_eq!(answer.header("connection"), Some("close"));
+        assert!(started.elapsed() >= body_limit, "answered before the limit");
+    }
+    assert_eq!(app.client.visit().await, 1);
+}
+
 /// Headers of up to 16 KiB are served (big cookies happen); more are refused, so that a
 /// connection cannot hold hundreds of kilobytes of them. The refusal is hyper's, made
 /// whole: it carries the headers every answer carries.
@@ -173,7 +203,7 @@ async fn requests_hyper_cannot_parse_get_400_with_the_service_headers(backend: B
     let app = TestApp::spawn(backend).await;
     // A good request, then garbage on the same connection: the first is answered by the
     // service, the second by hyper, made whole.
-    let answer = crate::helpers::client::raw_bytes(
+    let answer = raw_bytes(
         app.address,
         b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHo st: x\r\n\r\n",
         allowed(limits::deadlines(&[]).request),
@@ -183,7 +213,7 @@ async fn requests_hyper_cannot_parse_get_400_with_the_service_headers(backend: B
 
     let (first, rest) = answer.split_at(answer.find("HTTP/1.1 400").expect("a 400"));
     assert!(first.starts_with("HTTP/1.1 200"), "{answer}");
-    let refused = crate::helpers::client::parse_raw(rest).unwrap();
+    let refused = parse_raw(rest).unwrap();
     assert_eq!(refused.body, "Bad Request\n");
     assert_eq!(refused.header("x-served-by"), Some("test-replica"));
     assert_eq!(refused.header("connection"), Some("close"));
@@ -200,13 +230,9 @@ async fn cleartext_http2_is_refused_and_counts_nothing(backend: Backend) {
     let mut bytes = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
     bytes.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
     bytes.extend_from_slice(&[0, 0, 3, 1, 5, 0, 0, 0, 1, 0x82, 0x86, 0x84]);
-    let answer = crate::helpers::client::raw_bytes(
-        app.address,
-        &bytes,
-        allowed(limits::deadlines(&[]).request),
-    )
-    .await
-    .expect("the service closes the connection");
+    let answer = raw_bytes(app.address, &bytes, allowed(limits::deadlines(&[]).request))
+        .await
+        .expect("the service closes the connection");
 
     assert_eq!(answer, "", "no HTTP/2 frames, no answer");
     assert_eq!(app.client.visit().await, 1);
