@@ -49,10 +49,11 @@ pub async fn set_total(
     CounterPath(path): CounterPath,
     request: Request,
 ) -> Result<Response, ApiError> {
+    let read_by = state.deadlines.body_read_by(tokio::time::Instant::now());
     // The token before the body: without it, nothing of the body is read.
     authorize(&state, request.headers())?;
     let name = counter_path(&path)?;
-    let body = read_small_body(request.into_body()).await?;
+    let body = read_small_body(request.into_body(), read_by).await?;
     let bad = || ApiError::BadRequest("the body is {\"total\": N}, N a whole number from 0".into());
     // An object, as documented; serde would also take the fields as an array.
     let body: serde_json::Value = serde_json::from_slice(&body).map_err(|_| bad())?;

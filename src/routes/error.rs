@@ -108,7 +108,7 @@ impl IntoResponse for ApiError {
             ApiError::BodyTimedOut => (
                 StatusCode::REQUEST_TIMEOUT,
                 [(header::CONNECTION, "close")],
-                "Request Timeout: the body did not arrive in time; not counted\n",
+                "Request Timeout: the body did not arrive in time\n",
             )
                 .into_response(),
             ApiError::BadRequest(reason) => {

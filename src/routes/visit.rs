@@ -87,31 +87,26 @@ pub(super) async fn count(
     if let Some(limit) = limit {
         limit.check(client.address).map_err(ApiError::RateLimited)?;
     }
-    match tokio::time::timeout_at(read_by, read_body(body)).await {
-        Ok(read) => read?,
-        Err(_) => return Err(ApiError::BodyTimedOut),
+    // No visit needs a body, but one over the limit must be refused with 413 and not
+    // counted, also when it comes in chunks: the body limit layer refuses a too long
+    // announced length on its own, a chunked body only when it is read.
+    if !body.is_end_stream() {
+        read_small_body(body, read_by).await?;
     }
     Ok(state.counter.visit(counter, client.visitor).await?)
 }
 
-/// Reads and drops the body of a visit, before it counts. No visit needs a body, but one
-/// over the limit must be refused with 413 and not counted, also when it comes in chunks:
-/// the body limit layer refuses a too long announced length on its own, a chunked body
-/// only when it is read.
-async fn read_body(body: Body) -> Result<(), ApiError> {
-    if body.is_end_stream() {
-        return Ok(());
-    }
-    read_small_body(body).await.map(drop)
-}
-
-/// A body of at most `MAX_BODY_BYTES`, announced or in chunks: 413 when longer, 400 when
-/// it cannot be read.
-pub(super) async fn read_small_body(body: Body) -> Result<axum::body::Bytes, ApiError> {
-    match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
-        Ok(bytes) => Ok(bytes),
-        Err(error) if over_the_limit(&error) => Err(ApiError::PayloadTooLarge),
-        Err(_) => Err(ApiError::BadBody),
+/// A body of at most `MAX_BODY_BYTES`, announced or in chunks, ended by `read_by`: 413
+/// when longer, 400 when it cannot be read, 408 when it has not ended in time.
+pub(super) async fn read_small_body(
+    body: Body,
+    read_by: Instant,
+) -> Result<axum::body::Bytes, ApiError> {
+    match tokio::time::timeout_at(read_by, axum::body::to_bytes(body, MAX_BODY_BYTES)).await {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(error)) if over_the_limit(&error) => Err(ApiError::PayloadTooLarge),
+        Ok(Err(_)) => Err(ApiError::BadBody),
+        Err(_) => Err(ApiError::BodyTimedOut),
     }
 }
 

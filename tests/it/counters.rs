@@ -15,8 +15,8 @@ use stackdemo::{
 use crate::helpers::{
     Backend, Load, RedisServer, ServiceProcess, TestApp, TestClient, allowed,
     checker::{Counters, Totals},
-    client::raw_exchange,
-    limits::for_visits,
+    client::{parse_raw, raw_bytes, raw_exchange},
+    limits::{self, for_visits},
     wait_until,
 };
 
@@ -47,6 +47,7 @@ for_each_backend!(
     a_browser_that_asked_not_to_be_counted_is_not,
     a_badge_counts_and_shows_the_count_and_is_fetched_again_every_time,
     bad_administration_is_refused_with_a_clear_reason_and_changes_nothing,
+    an_administrators_change_whose_body_stalls_gets_408_and_changes_nothing,
     head_and_preflight_are_answered_as_browsers_expect,
     a_day_at_its_limit_refuses_visits_as_at_the_limit_and_exports_what_imports,
     an_import_of_days_in_the_future_is_refused_and_todays_visits_stay_in_the_history,
@@ -1609,6 +1610,30 @@ async fn bad_administration_is_refused_with_a_clear_reason_and_changes_nothing(b
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert!(body.starts_with("Bad Request: a counter's name"), "{body}");
     assert_eq!(total(client, "kept").await, 1);
+}
+
+/// A change whose body stops arriving is answered by the request timeout, as a visit is,
+/// and not made: without a bound the request would hold its connection for ever (the
+/// idle limit does not apply while a request is served).
+async fn an_administrators_change_whose_body_stalls_gets_408_and_changes_nothing(backend: Backend) {
+    const LIMITS: [&str; 4] = ["--request-timeout", "1s", "--store-timeout", "200ms"];
+    let (app, _token) = spawn_with_admin(backend, &LIMITS).await;
+    let deadlines = limits::deadlines(&LIMITS);
+    text(&app.client, "/c/kept").await;
+    let head =
+        format!("PUT /api/counters/kept HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n");
+    let announced = format!("{head}Content-Length: 14\r\n\r\n{{\"total\"");
+    let chunked = format!("{head}Transfer-Encoding: chunked\r\n\r\n8\r\n{{\"total\"\r\n");
+
+    for request in [announced, chunked] {
+        let answer = raw_bytes(app.address, request.as_bytes(), allowed(deadlines.request))
+            .await
+            .expect("an answer by the request timeout, and the connection closed");
+        let answer = parse_raw(&answer).expect("a complete answer");
+        assert_eq!(answer.status, 408, "{answer:?}");
+        assert_eq!(answer.header("connection"), Some("close"));
+    }
+    assert_eq!(total(&app.client, "kept").await, 1);
 }
 
 /// `HEAD` is answered as the `GET` without counting would be (its status and headers, no
