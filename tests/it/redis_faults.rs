@@ -2,7 +2,10 @@
 //! its integer, and what happens when Redis is missing, stopped, restarted, paused, closes
 //! idle connections, refuses writes or holds keys of the wrong type.
 
-use std::time::{Duration, Instant};
+use std::{
+    collections::BTreeSet,
+    time::{Duration, Instant},
+};
 
 use reqwest::StatusCode;
 use stackdemo::{deadlines::Deadlines, routes::VISIT_IN_DOUBT};
@@ -162,6 +165,9 @@ async fn a_key_of_the_wrong_type_refuses_the_visit_and_nothing_is_counted() {
             "hits:replicas",
             vec!["HSET", "hits:replicas", "process", "x"],
         ),
+        // The registry of counters, asked by every write of the tutorial's counter after
+        // its total is added to.
+        ("hits:counters", vec!["SET", "hits:counters", "a string"]),
     ];
     for record in &records {
         // Without an expiry: it would stay so for ever.
@@ -838,6 +844,105 @@ async fn what_refuses_every_visit_makes_the_service_not_ready_and_counts_nothing
         client.wait_ready(allowed(defaults().store)).await;
         expected += 1;
         assert_eq!(client.visit().await, expected, "{what}: counting resumes");
+    }
+    assert_eq!(in_doubt(client).await, 0);
+}
+
+/// Every command the write script runs, as it is written in the script.
+fn commands_of_the_write() -> BTreeSet<String> {
+    let script = stackdemo::store::redis::scripts::ADD_VISITS;
+    script
+        .split("call('")
+        .skip(1)
+        .filter_map(|rest| {
+            rest.split_once('\'')
+                .map(|(command, _)| command.to_ascii_lowercase())
+        })
+        .collect()
+}
+
+/// A counter's total as Redis holds it: the tutorial's key, or a named counter's hash.
+async fn total_of(redis: &RedisServer, key: &str) -> i64 {
+    let value = if key == "hits" {
+        redis.query(&["GET", key]).await
+    } else {
+        redis.query(&["HGET", key, "total"]).await
+    };
+    match value.unwrap() {
+        redis::Value::Nil => 0,
+        value => redis::from_redis_value::<i64>(value).unwrap(),
+    }
+}
+
+/// An ACL that denies any one command the write runs, generated from the script itself:
+/// a visit of the tutorial's counter, of a counter that exists and of a new one is either
+/// counted and answered, or refused and not counted at all (Lua does not roll back: a
+/// command that fails after the tally's first write must be undone by the script), and
+/// while visits of the tutorial's counter are refused the service is not ready.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_command_the_write_runs_denied_alone_counts_nothing_it_refuses() {
+    let redis = RedisServer::start().await;
+    redis
+        .query(&[
+            "ACL", "SETUSER", "counter", "on", ">pw", "~*", "&*", "+@all",
+        ])
+        .await
+        .unwrap();
+    let url = format!("redis://counter:pw@127.0.0.1:{}/0", redis.port);
+    let service =
+        ServiceProcess::start(&["--redis-url", &url, "--workers", "1", "--rate-limit", "off"])
+            .await;
+    let client = &service.client;
+    client.visit().await;
+    assert_eq!(client.get("/c/known").await.status(), StatusCode::OK);
+    let commands = commands_of_the_write();
+    assert!(
+        commands.len() > 10 && commands.contains("hexists"),
+        "{commands:?}"
+    );
+
+    for command in &commands {
+        let new = format!("new-{command}");
+        let visits = [
+            ("/".to_owned(), "hits".to_owned()),
+            ("/c/known".to_owned(), "hits:c:known".to_owned()),
+            (format!("/c/{new}"), format!("hits:c:{new}")),
+        ];
+        redis
+            .query(&["ACL", "SETUSER", "counter", &format!("-{command}")])
+            .await
+            .unwrap();
+        let mut tutorial_refused = false;
+        for (path, key) in &visits {
+            let before = total_of(&redis, key).await;
+            let answer = client.get(path).await;
+            let status = answer.status();
+            let body = answer.text().await.unwrap();
+            let after = total_of(&redis, key).await;
+            match status {
+                StatusCode::OK => assert_eq!(after, before + 1, "-{command}: {path} {body}"),
+                StatusCode::SERVICE_UNAVAILABLE => {
+                    assert_eq!(
+                        after, before,
+                        "-{command}: {path} refused ({body}) but counted"
+                    );
+                    tutorial_refused |= path == "/";
+                }
+                other => panic!("-{command}: {path} answered {other}: {body}"),
+            }
+        }
+        if tutorial_refused {
+            assert_eq!(
+                client.ready_status().await,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "-{command}: ready while visits are refused"
+            );
+        }
+        redis
+            .query(&["ACL", "SETUSER", "counter", "+@all"])
+            .await
+            .unwrap();
+        client.wait_ready(allowed(defaults().store)).await;
     }
     assert_eq!(in_doubt(client).await, 0);
 }

@@ -5,8 +5,9 @@
 use redis::Script;
 
 /// Adds a batch's visits, to any mix of counters, exactly once; with batch number 0 (a
-/// probe), checks that a write of the tutorial counter would succeed now and changes
-/// nothing (readiness).
+/// probe), checks that a write of the tutorial counter would succeed now, running each
+/// command such a write runs in a way that changes nothing (readiness: an ACL that denies
+/// any one of them makes the service not ready).
 ///
 /// KEYS: 1 this writer's batch records, 2 the hash of visits per replica (the tutorial
 /// counter's shares), 3 the registry of counters (name -> who created it), 4 the mark of
@@ -42,10 +43,14 @@ use redis::Script;
 /// Unique counts are estimates; visits are exact. In practice the only error that fails
 /// a whole batch, a full memory, comes at its first write.)
 ///
+/// Every command after a tally's first write is called with `pcall`, so that its error
+/// (a key of the wrong type, a command an ACL denies) is met by the undo rather than
+/// ending the script with the writes before it applied.
+///
 /// Errors of its own: `DATALOST` (Redis holds another mark, or none: it lost the data the
-/// service counted in, and nothing is written), `EXPIRED` (past the deadline); for a
-/// probe also `LIMIT`,
-/// `SHARELIMIT` and `WRONGTYPE`.
+/// service counted in, and nothing is written), `EXPIRED` (past the deadline), `PARTIAL`
+/// (a write failed and undoing it failed too: the batch's visits may have been counted);
+/// for a probe also `LIMIT`, `SHARELIMIT` and `WRONGTYPE`.
 pub const ADD_VISITS: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -68,11 +73,11 @@ if recorded then
     return {now, 1, results}
   end
 end
+local day, keep, unique_until = ARGV[6], tonumber(ARGV[7]), ARGV[8]
+local max_counters, closed, tutorial = tonumber(ARGV[9]), ARGV[10] == '1', ARGV[11]
 if now > tonumber(ARGV[2]) then
   return redis.error_reply('EXPIRED write reached Redis after its deadline, at ' .. string.format('%.0f', now))
 end
-local day, keep, unique_until = ARGV[6], tonumber(ARGV[7]), ARGV[8]
-local max_counters, closed, tutorial = tonumber(ARGV[9]), ARGV[10] == '1', ARGV[11]
 local MAX = '9223372036854775807'
 -- Integers Lua holds exactly (its numbers are doubles).
 local EXACT = 9007199254740992
@@ -115,9 +120,22 @@ if batch == '0' then
     end
     if total == MAX then return redis.error_reply('LIMIT the total is at its limit') end
     if share == MAX then return redis.error_reply('SHARELIMIT the share of this replica is at its limit') end
+    -- Every other command of the write, each in a way that changes nothing: the
+    -- registry's entry set to what it is (or to what the first visit sets), a field no
+    -- name can have deleted, today's sketch made as its first visit makes it.
     redis.call('HLEN', registry)
+    redis.call('HEXISTS', registry, names[i])
+    redis.call('HSET', registry, names[i], redis.call('HGET', registry, names[i]) or 'visit')
+    redis.call('HDEL', registry, '')
     redis.call('INCRBY', totals[i], 0)
+    redis.call('DECRBY', totals[i], 0)
     redis.call('HINCRBY', shares, replica, 0)
+    if kind == 'none' then
+      redis.call('PFADD', uniques[i])
+      redis.call('EXPIREAT', uniques[i], unique_until)
+    else
+      redis.call('PFADD', uniques[i])
+    end
   end
   redis.call('PEXPIRE', records, ARGV[5])
   return {now, 0, ''}
@@ -130,24 +148,32 @@ local done, made, registered_now, new_day = {}, {}, {}, {}
 -- Counters in the registry, once asked.
 local registered = nil
 
+-- The first error of a command that undoes a write, if one failed: what was written
+-- then stays, and the batch's visits may have been counted.
+local undo_failed = nil
+local function revert(...)
+  local result = redis.pcall(...)
+  if failed(result) then undo_failed = undo_failed or result.err end
+end
+
 local function undo(i)
   local v, total, day_key = tonumber(visits[i]), totals[i], days[i]
   local reached = done[i] or 0
   if reached >= 4 then
-    if new_day[i] then redis.call('HDEL', day_key, day) else redis.call('HINCRBY', day_key, day, -v) end
+    if new_day[i] then revert('HDEL', day_key, day) else revert('HINCRBY', day_key, day, -v) end
   end
-  if reached >= 3 and names[i] == tutorial then redis.call('HINCRBY', shares, replica, -v) end
+  if reached >= 3 and names[i] == tutorial then revert('HINCRBY', shares, replica, -v) end
   if reached >= 2 and registered_now[i] then
-    redis.call('HDEL', registry, names[i])
+    revert('HDEL', registry, names[i])
     registered, registered_now[i] = registered - 1, nil
   end
   if reached >= 1 then
     if names[i] == tutorial then
-      redis.call('DECRBY', total, v)
+      revert('DECRBY', total, v)
     elseif made[i] then
-      redis.call('HDEL', total, 'total')
+      revert('HDEL', total, 'total')
     else
-      redis.call('HINCRBY', total, 'total', -v)
+      revert('HINCRBY', total, 'total', -v)
     end
   end
   done[i] = nil
@@ -181,18 +207,29 @@ local function apply(i)
   end
   if failed(total) then return refusal(total.err, 'L') or total end
   done[i], made[i] = 1, total == nv and not is_tutorial
+  -- Every command from here on may fail (a key of the wrong type, a command an ACL
+  -- denies), and its failure must undo what the tally wrote: `pcall` throughout.
   -- A name seen for the first time (or again after a reset to 0): registered, if it may be.
-  if (total == nv or is_tutorial) and redis.call('HEXISTS', registry, name) == 0 then
-    registered = registered or redis.call('HLEN', registry)
-    if not is_tutorial then
-      if closed then undo(i) return 'U' end
-      -- The tutorial's counter always has its place among the most allowed.
-      local reserved = 1 - redis.call('HEXISTS', registry, tutorial)
-      if registered + reserved >= max_counters then undo(i) return 'M' end
+  if total == nv or is_tutorial then
+    local known = redis.pcall('HEXISTS', registry, name)
+    if failed(known) then return refused(known.err) end
+    if known == 0 then
+      if not registered then
+        local n = redis.pcall('HLEN', registry)
+        if failed(n) then return refused(n.err) end
+        registered = n
+      end
+      if not is_tutorial then
+        if closed then undo(i) return 'U' end
+        -- The tutorial's counter always has its place among the most allowed.
+        local tutorial_known = redis.pcall('HEXISTS', registry, tutorial)
+        if failed(tutorial_known) then return refused(tutorial_known.err) end
+        if registered + 1 - tutorial_known >= max_counters then undo(i) return 'M' end
+      end
+      local result = redis.pcall('HSET', registry, name, 'visit')
+      if failed(result) then return refused(result.err) end
+      registered, registered_now[i] = registered + 1, true
     end
-    local result = redis.pcall('HSET', registry, name, 'visit')
-    if failed(result) then return refused(result.err) end
-    registered, registered_now[i] = registered + 1, true
   end
   done[i] = 2
   if is_tutorial then
@@ -208,52 +245,64 @@ local function apply(i)
   if last[i] >= first[i] then
     local result = redis.pcall('PFADD', uniques[i], unpack(ARGV, first[i], last[i]))
     if failed(result) then return refused(result.err, 'W') end
-    if today == nv then redis.call('EXPIREAT', uniques[i], unique_until) end
+    if today == nv then
+      result = redis.pcall('EXPIREAT', uniques[i], unique_until)
+      if failed(result) then return refused(result.err) end
+    end
   end
   if math.abs(total) < EXACT then return string.format('%d', total) end
-  if is_tutorial then return redis.call('GET', key) end
-  return redis.call('HGET', key, 'total')
+  local exact
+  if is_tutorial then exact = redis.pcall('GET', key) else exact = redis.pcall('HGET', key, 'total') end
+  if failed(exact) then return refused(exact.err) end
+  return exact
 end
 
-local function undo_all()
+-- The batch fails with `err`, everything of it undone; or, where that failed too, with
+-- `PARTIAL`: its visits may have been counted.
+local function fail(err)
   for i = count, 1, -1 do
     if done[i] then undo(i) end
   end
+  if undo_failed then
+    return redis.error_reply('PARTIAL a write could not be undone (' .. undo_failed .. ') after ' .. err)
+  end
+  return redis.error_reply(err)
 end
 
 local results = {}
 for i = 1, count do
   local result = apply(i)
-  if failed(result) then
-    undo_all()
-    return redis.error_reply(result.err)
-  end
+  if failed(result) then return fail(result.err) end
   results[i] = result
 end
+-- A tally refused alone whose own undo failed.
+if undo_failed then return fail('a refused tally') end
 local encoded = table.concat(results, ',')
 
 local stored = redis.pcall('HSET', records, slot, batch .. ':' .. encoded)
-if failed(stored) then
-  undo_all()
-  return stored
-end
+if failed(stored) then return fail(stored.err) end
 stored = redis.pcall('PEXPIRE', records, ARGV[5])
 if failed(stored) then
-  if recorded then redis.call('HSET', records, slot, recorded) else redis.call('HDEL', records, slot) end
-  undo_all()
-  return stored
+  if recorded then revert('HSET', records, slot, recorded) else revert('HDEL', records, slot) end
+  return fail(stored.err)
 end
 
--- Housekeeping, once a day per counter: the history keeps its last days only.
+-- Housekeeping, once a day per counter: the history keeps its last days only. The
+-- batch is counted and recorded by now, so an error here is left for the next day's
+-- first visit (the script must not fail after counting).
 for i = 1, count do
-  if new_day[i] and redis.call('HLEN', days[i]) > keep + 1 then
-    local dates = {}
-    for _, field in ipairs(redis.call('HKEYS', days[i])) do
-      if field ~= 'total' then dates[#dates + 1] = field end
-    end
-    table.sort(dates)
-    for j = 1, #dates - keep do
-      redis.call('HDEL', days[i], dates[j])
+  local fields = new_day[i] and redis.pcall('HLEN', days[i])
+  if type(fields) == 'number' and fields > keep + 1 then
+    local all = redis.pcall('HKEYS', days[i])
+    if not failed(all) then
+      local dates = {}
+      for _, field in ipairs(all) do
+        if field ~= 'total' then dates[#dates + 1] = field end
+      end
+      table.sort(dates)
+      for j = 1, #dates - keep do
+        redis.pcall('HDEL', days[i], dates[j])
+      end
     end
   end
 end
@@ -294,15 +343,28 @@ if not known and ARGV[3] == '0' then
     return redis.error_reply('TOOMANY there are as many counters as allowed')
   end
 end
-local previous
-if ARGV[3] == '1' then
+local tutorial = ARGV[3] == '1'
+local previous, set
+if tutorial then
   previous = redis.call('GET', KEYS[2])
-  redis.call('SET', KEYS[2], ARGV[2])
+  set = redis.pcall('SET', KEYS[2], ARGV[2])
 else
   previous = redis.call('HGET', KEYS[2], 'total')
-  redis.call('HSET', KEYS[2], 'total', ARGV[2])
+  set = redis.pcall('HSET', KEYS[2], 'total', ARGV[2])
 end
-redis.call('HSET', KEYS[1], ARGV[1], 'admin')
+if type(set) == 'table' and set.err then return set end
+-- Lua does not roll back: a registry that refuses the entry puts the total back.
+local registered = redis.pcall('HSET', KEYS[1], ARGV[1], 'admin')
+if type(registered) == 'table' and registered.err then
+  if tutorial then
+    if previous then redis.pcall('SET', KEYS[2], previous) else redis.pcall('DEL', KEYS[2]) end
+  elseif previous then
+    redis.pcall('HSET', KEYS[2], 'total', previous)
+  else
+    redis.pcall('HDEL', KEYS[2], 'total')
+  end
+  return registered
+end
 return previous
 ";
 

@@ -241,6 +241,10 @@ impl RedisSession {
                     if let Some(now) = expired_at(&error) {
                         self.clock.observe(now, received);
                     }
+                    // A write the script could not undo whole: its visits may be counted.
+                    if error.code() == Some("PARTIAL") {
+                        return Tried::Failed(classify(error).with_doubt());
+                    }
                     if error.code() == Some("DATALOST") {
                         let detail = error.detail().unwrap_or_default();
                         return Tried::Failed(self.store.dataset.lost(&store.keys.dataset, detail));
