@@ -78,6 +78,10 @@ impl Deadlines {
     pub const RECONNECT_BACKOFF_MAX: Duration = Duration::from_millis(500);
     /// How long one sentinel may take to answer a lookup before it is left out of it.
     pub const SENTINEL_ANSWER: Duration = Duration::from_millis(500);
+    /// A connection the service ends is closed once the client has sent nothing for this
+    /// long (what it sends until then is read and dropped), and at most the header read
+    /// timeout after it was ended (`server::connection::close_gracefully`).
+    pub const LINGER_QUIET: Duration = Duration::from_millis(500);
 
     pub fn new(
         header_read: Duration,

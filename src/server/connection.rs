@@ -18,6 +18,12 @@
 //! - **Which answers were written out.** A flush that succeeds confirms the counted
 //!   visits whose answers were handed to the connection (`delivery::Handover`), and a
 //!   read that finds the client's end marks them as ones the client may not read.
+//!   Two things keep "written out" true of what the client then gets. The kernel holds at
+//!   most `UNSENT_AT_MOST` bytes not yet sent (`TCP_NOTSENT_LOWAT`), so that bytes are
+//!   written as the client takes them, not in bursts of a megabyte-sized send buffer: a
+//!   client reading slowly but steadily is never idle. And a connection the service ends
+//!   is closed gracefully (`close_gracefully`): closed with requests still unread, a
+//!   socket sends a reset, and the kernel throws away the answers it had not sent yet.
 
 use std::{
     io,
@@ -39,7 +45,42 @@ use tokio::{
     time::Instant,
 };
 
-use crate::delivery::Handover;
+use crate::{deadlines::Deadlines, delivery::Handover};
+
+/// The most bytes of answers the kernel holds for a connection before sending them
+/// (`TCP_NOTSENT_LOWAT`). Writing stops there, and goes on as the client takes what was
+/// sent; without it a send buffer grows to megabytes and is refilled only once a third
+/// of it has gone, which a client reading 100 KB/s takes longer than the idle limit to do.
+pub const UNSENT_AT_MOST: u32 = 16 * 1024;
+
+/// Ends a connection the service is done with, as a socket of its own (a duplicate of
+/// the one hyper served, whose closing does not close it) without losing what it wrote:
+/// the answers are followed by the end of the stream, and what the client still sends
+/// (pipelined requests, a body not read) is read and dropped until the client closes its
+/// end, sends nothing for `Deadlines::LINGER_QUIET`, or `limit` has passed. Only then is
+/// the socket closed, with nothing unread, so that no reset discards answers the kernel
+/// had not sent yet, as lingering close in nginx and Apache does.
+pub async fn close_gracefully(socket: std::net::TcpStream, limit: Duration) {
+    use tokio::io::AsyncReadExt;
+
+    if socket.shutdown(std::net::Shutdown::Write).is_err() {
+        // Not connected any more: nothing left to deliver.
+        return;
+    }
+    let Ok(mut stream) = TcpStream::from_std(socket) else {
+        return;
+    };
+    let until = Instant::now() + limit;
+    let mut dropped = vec![0; 4096];
+    loop {
+        let quiet_until = (Instant::now() + Deadlines::LINGER_QUIET).min(until);
+        match tokio::time::timeout_at(quiet_until, stream.read(&mut dropped)).await {
+            Ok(Ok(1..)) => {}
+            // The client's end, an error, or quiet for long enough.
+            _ => return,
+        }
+    }
+}
 
 /// What the service did on one connection, shared by its service wrapper, its I/O
 /// wrapper and its idle watch.

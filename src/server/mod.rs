@@ -103,6 +103,7 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
+        let _ = socket2::SockRef::from(&stream).set_tcp_notsent_lowat(connection::UNSENT_AT_MOST);
         let stream = match stream.into_std() {
             Ok(stream) => stream,
             Err(error) => {

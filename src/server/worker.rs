@@ -31,7 +31,7 @@ use tower::ServiceExt;
 
 use super::{
     MAX_HEADER_BYTES, ServeOptions,
-    connection::{Activity, ConnectionIo},
+    connection::{Activity, ConnectionIo, close_gracefully},
 };
 use crate::delivery::Handover;
 
@@ -165,6 +165,8 @@ fn run(
             else {
                 break;
             };
+            // The same socket, for closing it gracefully once hyper is done with it.
+            let closing = stream.try_clone().ok();
             let stream = match TcpStream::from_std(stream) {
                 Ok(stream) => stream,
                 Err(error) => {
@@ -213,6 +215,9 @@ fn run(
                     () = activity.idle_for(idle_limit) => {
                         tracing::debug!("closed a connection idle for the header read timeout");
                     }
+                }
+                if let Some(socket) = closing {
+                    close_gracefully(socket, idle_limit).await;
                 }
                 if let Some((status, took)) = activity.refused() {
                     unrouted(status, took);

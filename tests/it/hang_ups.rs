@@ -167,3 +167,91 @@ async fn a_client_that_half_closes_after_its_request_gets_its_answer() {
     }
     assert_eq!(redis.get_i64("hits").await, first + 20);
 }
+
+/// A client that sends many visits at once (pipelined, each asking for the page, 8 KB)
+/// and reads its answers only later, with a small receive buffer: the service writes
+/// what the connection takes and holds the rest, and the connection, idle past the limit,
+/// is ended with answers in the kernel's send queue and requests unread. Ended
+/// gracefully, every answer written out still reaches the client: the visits counted are
+/// those whose answers it read and those reported in doubt (the answers the service
+/// held), none lost in between to a reset.
+#[tokio::test(flavor = "multi_thread")]
+async fn answers_written_before_the_service_ends_a_connection_reach_a_client_that_reads_late() {
+    // 8 MB of answers: more than any send buffer holds (4 MB at most by default).
+    const VISITS: usize = 1000;
+    const PAGE_VISIT: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\nAccept: text/html\r\n\r\n";
+    let args = ["--header-read-timeout", "300ms"];
+    let service =
+        ServiceProcess::start_with_env(&args, &[("RUST_LOG", "warn,stackdemo::server=debug")])
+            .await;
+    let deadlines = limits::deadlines(&args);
+    let address: std::net::SocketAddr = format!("127.0.0.1:{}", service.port).parse().unwrap();
+    let counted_before = service.client.visit().await;
+    let doubt_before = in_doubt(&service).await;
+
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.connect(&address.into()).unwrap();
+    let mut stream: std::net::TcpStream = socket.into();
+    let mut sending = stream.try_clone().unwrap();
+    let sent = std::thread::spawn(move || {
+        use std::io::Write;
+        // Refused part way when the service ends the connection: what was sent is sent.
+        let _ = sending.write_all(&PAGE_VISIT.repeat(VISITS));
+    });
+    wait_until(
+        "the service to end the connection, idle for the limit",
+        allowed(deadlines.header_read * 4 + deadlines.visit()),
+        || async { service.log().contains("closed a connection idle") },
+    )
+    .await;
+
+    let (text, ended) = tokio::task::spawn_blocking(move || {
+        use std::io::Read;
+        stream
+            .set_read_timeout(Some(allowed(deadlines.header_read * 4)))
+            .unwrap();
+        let mut received = Vec::new();
+        let mut buffer = [0u8; 4096];
+        let ended = loop {
+            match stream.read(&mut buffer) {
+                Ok(0) => break "the end of the stream".to_owned(),
+                Ok(n) => received.extend_from_slice(&buffer[..n]),
+                Err(error) => break error.to_string(),
+            }
+        };
+        (String::from_utf8_lossy(&received).into_owned(), ended)
+    })
+    .await
+    .unwrap();
+    sent.join().unwrap();
+    // Whole answers only: one cut short at the end tells its number but was not delivered.
+    let numbers: std::collections::BTreeSet<i64> = text
+        .split("HTTP/1.1 200 OK")
+        .skip(1)
+        .filter(|answer| answer.trim_end().ends_with("</html>"))
+        .map(|answer| {
+            let (_, rest) = answer.split_once("id=\"count\">").unwrap();
+            rest.split('<').next().unwrap().parse().unwrap()
+        })
+        .collect();
+    let counted = service.client.visit().await - 1 - counted_before;
+    let reported = in_doubt(&service).await - doubt_before;
+
+    assert_eq!(
+        ended,
+        "the end of the stream",
+        "{} answers read",
+        numbers.len()
+    );
+    assert!(
+        (counted as usize) < VISITS,
+        "every visit was answered before the end: the test saw nothing"
+    );
+    assert_eq!(
+        numbers.len() as i64 + reported,
+        counted,
+        "{counted} visits counted, {} answers read, {reported} reported in doubt",
+        numbers.len()
+    );
+}
