@@ -57,13 +57,19 @@ pub async fn visit(State(state): State<AppState>, request: Request) -> Result<Re
     Ok(response)
 }
 
-/// Counts a visit of a named counter, within the counters' rate limit (`count`).
+/// Counts a visit of a named counter, within the counters' rate limit (`count`); the
+/// tutorial's counter, named, within the tutorial's limit as well, which no route escapes.
 pub(super) async fn count_named(
     state: &AppState,
     counter: CounterName,
     client: &Client,
     body: Body,
 ) -> Result<Counted, ApiError> {
+    if counter == state.counters.tutorial
+        && let Some(limit) = &state.counters.tutorial_rate_limit
+    {
+        limit.check(client.address).map_err(ApiError::RateLimited)?;
+    }
     count(
         state,
         counter,

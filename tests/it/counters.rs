@@ -874,6 +874,28 @@ async fn over_the_rate_limit_a_visit_is_refused_with_429_and_not_counted(backend
         11,
         "the tutorial's / is not limited unless set"
     );
+
+    // The tutorial's limit holds for its counter on every route, the named ones too.
+    let app = TestApp::spawn_with(
+        backend,
+        &["--tutorial-rate-limit", "2/1m", "--rate-limit", "off"],
+    )
+    .await;
+    let client = &app.client;
+    client.visit().await;
+    client.visit().await;
+    for path in ["/", "/c/hits", "/badge/hits.svg"] {
+        let refused = client.get(path).await;
+        assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS, "{path}");
+    }
+    let refused = client
+        .request_builder(Method::POST, "/api/counters/hits")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(total(client, "hits").await, 2);
+    assert_eq!(text(client, "/c/other").await.0, StatusCode::OK);
 }
 
 /// The most counters include the tutorial's, whether it was visited before the others or
