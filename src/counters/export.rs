@@ -209,6 +209,18 @@ pub fn is_redis_hll(bytes: &[u8]) -> bool {
     }
 }
 
+/// `sketch` (a Redis HyperLogLog) with its cached cardinality marked stale, so that Redis
+/// counts its registers at the next `PFCOUNT` rather than answering the cached number,
+/// which an imported sketch could set to anything.
+pub fn with_stale_cache(mut sketch: Vec<u8>) -> Vec<u8> {
+    // The cache is the header's last 8 bytes, little-endian; the top bit of the last one
+    // says it is stale.
+    if let Some(last) = sketch.get_mut(HLL_HEADER - 1) {
+        *last |= 0x80;
+    }
+    sketch
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1081,6 +1081,38 @@ async fn an_embedded_sketch_whose_parts_disagree_is_refused_by_import() {
     client.wait_ready(allowed(Duration::from_secs(1))).await;
 }
 
+/// A Redis sketch whose header caches a count it does not hold (the cache says it is
+/// fresh): imported, Redis would answer that number for the day's unique visitors, more
+/// than the day's visits. The import marks the cache stale, so Redis counts the registers.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_imported_redis_sketch_is_counted_from_its_registers_not_its_cached_count() {
+    use base64::Engine;
+
+    let (app, _token) = spawn_with_admin(Backend::Redis, &[]).await;
+    let client = &app.client;
+    // Sparse, no register set, a cached count of 2^63 - 1 said to be fresh.
+    let mut sketch = b"HYLL\x01\0\0\0".to_vec();
+    sketch.extend(i64::MAX.to_le_bytes());
+    sketch.extend([0x7f, 0xff]);
+    let today = today_utc();
+    let line = json!({
+        "name": "cached/count",
+        "total": 3,
+        "days": { today.clone(): 3 },
+        "unique": { today.clone(): {
+            "estimate": 3,
+            "format": "redis-hll",
+            "sketch": base64::engine::general_purpose::STANDARD.encode(sketch),
+        }},
+    });
+    let (status, said) = import(client, format!("{line}\n")).await;
+    assert_eq!(status, StatusCode::OK, "{said}");
+
+    let (status, read) = json(client, Method::GET, "/api/counters/cached/count").await;
+    assert_eq!(status, StatusCode::OK, "{read}");
+    assert_eq!(read["today"]["unique"], 0, "{read}");
+}
+
 /// Export from one store and import into the other: totals and days move; unique
 /// sketches move between stores of one kind only.
 #[tokio::test(flavor = "multi_thread")]

@@ -12,7 +12,7 @@ use super::{scripts, session::RedisSession};
 use crate::{
     counters::{
         CounterName, Day,
-        export::{CounterExport, REDIS_HLL, UniqueExport, is_redis_hll},
+        export::{CounterExport, REDIS_HLL, UniqueExport, is_redis_hll, with_stale_cache},
     },
     store::{AdminError, Previous, StoreError, StoreErrorKind},
 };
@@ -266,7 +266,7 @@ impl RedisSession {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs());
             let key = keys.uniques(name.as_str(), day);
-            pipe.set(&key, sketch).ignore();
+            pipe.set(&key, with_stale_cache(sketch)).ignore();
             pipe.cmd("EXPIREAT").arg(&key).arg(until).ignore();
         }
         match self.change::<()>(&pipe, answer_by).await {
