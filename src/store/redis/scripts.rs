@@ -120,16 +120,17 @@ if batch == '0' then
     end
     if total == MAX then return redis.error_reply('LIMIT the total is at its limit') end
     if share == MAX then return redis.error_reply('SHARELIMIT the share of this replica is at its limit') end
-    -- Every other command of the write, each in a way that changes nothing: the
-    -- registry's entry set to what it is (or to what the first visit sets), a field no
-    -- name can have deleted, today's sketch made as its first visit makes it.
+    -- Every other command of the write, each in a way that changes nothing: this
+    -- replica's share set to what it is, a field no name can have deleted, today's
+    -- sketch made as its first visit makes it. The total first, as in a write: Redis
+    -- refuses a script's writes for a full memory only until its first write.
     redis.call('HLEN', registry)
     redis.call('HEXISTS', registry, names[i])
-    redis.call('HSET', registry, names[i], redis.call('HGET', registry, names[i]) or 'visit')
-    redis.call('HDEL', registry, '')
     redis.call('INCRBY', totals[i], 0)
     redis.call('DECRBY', totals[i], 0)
     redis.call('HINCRBY', shares, replica, 0)
+    redis.call('HSET', shares, replica, redis.call('HGET', shares, replica))
+    redis.call('HDEL', registry, '')
     if kind == 'none' then
       redis.call('PFADD', uniques[i])
       redis.call('EXPIREAT', uniques[i], unique_until)
