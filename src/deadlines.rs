@@ -50,6 +50,11 @@ pub struct Deadlines {
     /// A connection with no request being served is closed after this long: silent
     /// clients, slow headers and idle keep-alive connections alike.
     pub header_read: Duration,
+    /// A connection whose client has taken nothing of an answer being written for this
+    /// long is closed. Longer than `header_read` as a rule: a client reading slowly
+    /// through a large receive buffer shows the service no progress until a sixteenth of
+    /// that buffer is free (TCP's window opens in steps), several seconds at 100 KB/s.
+    pub send: Duration,
     /// A request is answered by then (see the chain for visits).
     pub request: Duration,
     /// One store call: a write with its retries, a readiness ping, a stats read.
@@ -63,6 +68,7 @@ pub struct Deadlines {
 pub enum DeadlineError {
     StoreTooShort,
     HeaderReadTooShort,
+    SendTooShort,
     RequestNotAboveVisit,
     ShutdownZero,
 }
@@ -85,12 +91,14 @@ impl Deadlines {
 
     pub fn new(
         header_read: Duration,
+        send: Duration,
         request: Duration,
         store: Duration,
         shutdown: Duration,
     ) -> Result<Self, DeadlineError> {
         let deadlines = Self {
             header_read,
+            send,
             request,
             store,
             shutdown,
@@ -100,6 +108,9 @@ impl Deadlines {
         }
         if header_read < MIN_HEADER_READ {
             return Err(DeadlineError::HeaderReadTooShort);
+        }
+        if send < MIN_HEADER_READ {
+            return Err(DeadlineError::SendTooShort);
         }
         if request <= deadlines.visit() {
             return Err(DeadlineError::RequestNotAboveVisit);
@@ -153,7 +164,7 @@ mod tests {
 
     #[test]
     fn the_defaults_keep_the_chain() {
-        let d = Deadlines::new(ms(10_000), ms(5_000), ms(400), ms(10_000)).unwrap();
+        let d = Deadlines::new(ms(10_000), ms(60_000), ms(5_000), ms(400), ms(10_000)).unwrap();
         assert_eq!(d.visit(), ms(800));
         let start = Instant::now();
         assert_eq!(d.body_read_by(start), start + ms(4_200));
@@ -163,24 +174,28 @@ mod tests {
     #[test]
     fn a_request_timeout_that_does_not_leave_room_for_a_visit_is_refused() {
         assert_eq!(
-            Deadlines::new(ms(10_000), ms(800), ms(400), ms(1)),
+            Deadlines::new(ms(10_000), ms(60_000), ms(800), ms(400), ms(1)),
             Err(DeadlineError::RequestNotAboveVisit)
         );
-        assert!(Deadlines::new(ms(10_000), ms(801), ms(400), ms(1)).is_ok());
+        assert!(Deadlines::new(ms(10_000), ms(60_000), ms(801), ms(400), ms(1)).is_ok());
     }
 
     #[test]
     fn bounds_that_would_break_the_service_are_refused() {
         assert_eq!(
-            Deadlines::new(ms(10_000), ms(5_000), ms(0), ms(1)),
+            Deadlines::new(ms(10_000), ms(60_000), ms(5_000), ms(0), ms(1)),
             Err(DeadlineError::StoreTooShort)
         );
         assert_eq!(
-            Deadlines::new(ms(0), ms(5_000), ms(400), ms(1)),
+            Deadlines::new(ms(0), ms(60_000), ms(5_000), ms(400), ms(1)),
             Err(DeadlineError::HeaderReadTooShort)
         );
         assert_eq!(
-            Deadlines::new(ms(10_000), ms(5_000), ms(400), ms(0)),
+            Deadlines::new(ms(10_000), ms(0), ms(5_000), ms(400), ms(1)),
+            Err(DeadlineError::SendTooShort)
+        );
+        assert_eq!(
+            Deadlines::new(ms(10_000), ms(60_000), ms(5_000), ms(400), ms(0)),
             Err(DeadlineError::ShutdownZero)
         );
     }

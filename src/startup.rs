@@ -156,6 +156,7 @@ impl Application {
             }),
             serve_options: ServeOptions {
                 header_read_timeout: checked.deadlines.header_read,
+                send_timeout: checked.deadlines.send,
                 shutdown_timeout: checked.deadlines.shutdown,
                 max_connections: settings.max_connections as usize,
                 workers: settings.worker_count(),

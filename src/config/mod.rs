@@ -106,6 +106,12 @@ pub struct Settings {
           value_parser = parse_duration)]
     pub header_read_timeout: Duration,
 
+    /// A connection whose client takes none of an answer being written for this long is
+    /// closed.
+    #[arg(long, env = "STACKDEMO_SEND_TIMEOUT", default_value = "60s",
+          value_parser = parse_duration)]
+    pub send_timeout: Duration,
+
     /// A request is answered by then (503 if it could not be served).
     #[arg(long, env = "STACKDEMO_REQUEST_TIMEOUT", default_value = "5s",
           value_parser = parse_duration)]
@@ -268,6 +274,7 @@ impl Settings {
     fn deadlines(&self) -> Result<Deadlines, ConfigError> {
         Deadlines::new(
             self.header_read_timeout,
+            self.send_timeout,
             self.request_timeout,
             self.store_timeout,
             self.shutdown_timeout,
@@ -279,6 +286,13 @@ impl Settings {
             ),
             DeadlineError::HeaderReadTooShort => self.error(
                 Setting::HeaderReadTimeout,
+                format!(
+                    "must be at least {}",
+                    humantime::format_duration(MIN_HEADER_READ)
+                ),
+            ),
+            DeadlineError::SendTooShort => self.error(
+                Setting::SendTimeout,
                 format!(
                     "must be at least {}",
                     humantime::format_duration(MIN_HEADER_READ)

@@ -38,6 +38,7 @@ settings! {
     LogFormat => "log_format",
     ShutdownTimeout => "shutdown_timeout",
     HeaderReadTimeout => "header_read_timeout",
+    SendTimeout => "send_timeout",
     RequestTimeout => "request_timeout",
     StoreTimeout => "store_timeout",
     MaxConnections => "max_connections",

@@ -50,6 +50,7 @@ impl TestRouter {
         let shared = Store::Memory(store.clone());
         let deadlines = Deadlines::new(
             std::time::Duration::from_secs(10),
+            std::time::Duration::from_secs(60),
             std::time::Duration::from_secs(5),
             std::time::Duration::from_millis(400),
             std::time::Duration::from_secs(10),

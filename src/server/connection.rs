@@ -3,11 +3,12 @@
 //! - **An idle limit.** A connection with no request being served is closed once it has
 //!   been so for the header read timeout, counted from when it was accepted, its last
 //!   request was answered, or a byte of an answer was last written (a streamed answer,
-//!   an export, goes on being written after its request was answered). That covers,
-//!   with one timer per connection, a client that never sends a byte (which hyper would
-//!   wait for forever), one that sends its headers too slowly, one that stops reading
-//!   its answer, and an idle keep-alive connection, so that silent sockets cannot hold
-//!   every connection slot.
+//!   an export, goes on being written after its request was answered); while an answer
+//!   waits for the client to take what was written before it, for the send timeout
+//!   instead. That covers, with one timer per connection, a client that never sends a
+//!   byte (which hyper would wait for forever), one that sends its headers too slowly,
+//!   one that stops reading its answer, and an idle keep-alive connection, so that
+//!   silent sockets cannot hold every connection slot.
 //! - **hyper's own answers made whole.** A request hyper cannot parse (bad syntax, a head
 //!   over the size limit) is answered by hyper itself, with an empty body and none of the
 //!   service's headers. Such an answer is recognised as it is written (a response head
@@ -18,19 +19,17 @@
 //! - **Which answers were written out.** A flush that succeeds confirms the counted
 //!   visits whose answers were handed to the connection (`delivery::Handover`), and a
 //!   read that finds the client's end marks them as ones the client may not read.
-//!   Two things keep "written out" true of what the client then gets. The kernel holds at
-//!   most `UNSENT_AT_MOST` bytes not yet sent (`TCP_NOTSENT_LOWAT`), so that bytes are
-//!   written as the client takes them, not in bursts of a megabyte-sized send buffer: a
-//!   client reading slowly but steadily is never idle. And a connection the service ends
-//!   is closed gracefully (`close_gracefully`): closed with requests still unread, a
-//!   socket sends a reset, and the kernel throws away the answers it had not sent yet.
+//!   A connection the service ends is closed gracefully (`close_gracefully`), so that
+//!   "written out" stays true of what the client then gets: closed with requests still
+//!   unread, a socket sends a reset, and the kernel throws away the answers it had not
+//!   sent yet.
 
 use std::{
     io,
     pin::Pin,
     sync::{
         Arc,
-        atomic::{AtomicU16, AtomicU32, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicU64, Ordering},
     },
     task::{Context, Poll, ready},
     time::Duration,
@@ -46,12 +45,6 @@ use tokio::{
 };
 
 use crate::{deadlines::Deadlines, delivery::Handover};
-
-/// The most bytes of answers the kernel holds for a connection before sending them
-/// (`TCP_NOTSENT_LOWAT`). Writing stops there, and goes on as the client takes what was
-/// sent; without it a send buffer grows to megabytes and is refilled only once a third
-/// of it has gone, which a client reading 100 KB/s takes longer than the idle limit to do.
-pub const UNSENT_AT_MOST: u32 = 16 * 1024;
 
 /// Ends a connection the service is done with, as a socket of its own (a duplicate of
 /// the one hyper served, whose closing does not close it) without losing what it wrote:
@@ -92,6 +85,8 @@ pub struct Activity {
     last_answer_us: AtomicU64,
     /// When bytes of an answer were last written out, in µs after `accepted`.
     last_written_us: AtomicU64,
+    /// The last write found the socket full: the client has not taken what was sent.
+    write_waiting: AtomicBool,
     /// Responses the service produced, and response heads written.
     answered: AtomicU64,
     heads_written: AtomicU64,
@@ -109,6 +104,7 @@ impl Activity {
             in_flight: AtomicU32::new(0),
             last_answer_us: AtomicU64::new(0),
             last_written_us: AtomicU64::new(0),
+            write_waiting: AtomicBool::new(false),
             answered: AtomicU64::new(0),
             heads_written: AtomicU64::new(0),
             refused: AtomicU16::new(0),
@@ -153,6 +149,12 @@ impl Activity {
     fn bytes_written(&self) {
         let now = self.accepted.elapsed().as_micros() as u64;
         self.last_written_us.store(now, Ordering::Relaxed);
+        self.write_waiting.store(false, Ordering::Relaxed);
+    }
+
+    /// A write found the socket full.
+    fn write_waits(&self) {
+        self.write_waiting.store(true, Ordering::Relaxed);
     }
 
     /// When the connection last did something for its client: answered a request, or
@@ -165,8 +167,10 @@ impl Activity {
         self.accepted + Duration::from_micros(at)
     }
 
-    /// Resolves once the connection has had no request under way for `limit`.
-    pub async fn idle_for(&self, limit: Duration) {
+    /// Resolves once the connection has had no request under way and written nothing
+    /// for `limit`, or for `send_limit` while what it wrote waits for the client to take
+    /// it; says which.
+    pub async fn idle_for(&self, limit: Duration, send_limit: Duration) -> Idle {
         let mut deadline = self.accepted + limit;
         loop {
             tokio::time::sleep_until(deadline).await;
@@ -175,11 +179,36 @@ impl Activity {
                 deadline = now + limit;
                 continue;
             }
-            let idle_until = self.last_activity() + limit;
+            let waiting = self.write_waiting.load(Ordering::Relaxed);
+            let idle_until = self.last_activity() + if waiting { send_limit } else { limit };
             if idle_until <= now {
-                return;
+                return if waiting {
+                    Idle::NotTaking
+                } else {
+                    Idle::NoRequest
+                };
             }
             deadline = idle_until;
+        }
+    }
+}
+
+/// Why a connection was idle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Idle {
+    /// No request under way for the header read timeout.
+    NoRequest,
+    /// The client took nothing of an answer for the send timeout.
+    NotTaking,
+}
+
+impl Idle {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Idle::NoRequest => "closed a connection idle for the header read timeout",
+            Idle::NotTaking => {
+                "closed a connection whose client took nothing of its answer for the send timeout"
+            }
         }
     }
 }
@@ -373,8 +402,10 @@ impl AsyncWrite for ClientStream {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let written = Pin::new(&mut self.stream).poll_write(cx, buf);
-        if matches!(written, Poll::Ready(Ok(1..))) {
-            self.activity.bytes_written();
+        match written {
+            Poll::Ready(Ok(1..)) => self.activity.bytes_written(),
+            Poll::Pending => self.activity.write_waits(),
+            _ => {}
         }
         written
     }
@@ -443,7 +474,7 @@ mod tests {
         tokio::time::advance(Duration::from_secs(15)).await;
         let idle = tokio::spawn({
             let activity = activity.clone();
-            async move { activity.idle_for(limit).await }
+            async move { activity.idle_for(limit, 6 * limit).await }
         });
         tokio::time::advance(Duration::from_secs(20)).await;
         tokio::task::yield_now().await;
@@ -466,7 +497,7 @@ mod tests {
         activity.serving().answered();
         let idle = tokio::spawn({
             let activity = activity.clone();
-            async move { activity.idle_for(limit).await }
+            async move { activity.idle_for(limit, 6 * limit).await }
         });
         for _ in 0..5 {
             tokio::time::advance(Duration::from_secs(6)).await;
@@ -484,6 +515,37 @@ mod tests {
             "nothing written for less than the limit"
         );
         tokio::time::advance(Duration::from_secs(2)).await;
-        idle.await.unwrap();
+        assert_eq!(idle.await.unwrap(), Idle::NoRequest);
+    }
+
+    /// An answer whose client has not taken what was written (the socket full) keeps
+    /// its connection for the send limit, counted from the last byte written.
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_waiting_for_its_client_to_take_its_answer_has_the_send_limit() {
+        let activity = Activity::new();
+        let (limit, send_limit) = (Duration::from_secs(10), Duration::from_secs(60));
+        activity.serving().answered();
+        activity.bytes_written();
+        activity.write_waits();
+        let idle = tokio::spawn({
+            let activity = activity.clone();
+            async move { activity.idle_for(limit, send_limit).await }
+        });
+        tokio::time::advance(Duration::from_secs(59)).await;
+        tokio::task::yield_now().await;
+        assert!(!idle.is_finished(), "closed before the send limit");
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(idle.await.unwrap(), Idle::NotTaking);
+
+        // Once the client takes it, the header read limit again.
+        let activity = Activity::new();
+        activity.write_waits();
+        activity.bytes_written();
+        let idle = tokio::spawn({
+            let activity = activity.clone();
+            async move { activity.idle_for(limit, send_limit).await }
+        });
+        tokio::time::advance(Duration::from_secs(11)).await;
+        assert_eq!(idle.await.unwrap(), Idle::NoRequest);
     }
 }

@@ -47,6 +47,7 @@ const MAX_HEADER_BYTES: usize = 16 * 1024;
 #[derive(Debug, Clone, Copy)]
 pub struct ServeOptions {
     pub header_read_timeout: Duration,
+    pub send_timeout: Duration,
     pub shutdown_timeout: Duration,
     pub max_connections: usize,
     /// Worker threads; at least one.
@@ -103,7 +104,6 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let _ = socket2::SockRef::from(&stream).set_tcp_notsent_lowat(connection::UNSENT_AT_MOST);
         let stream = match stream.into_std() {
             Ok(stream) => stream,
             Err(error) => {

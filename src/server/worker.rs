@@ -204,6 +204,7 @@ fn run(
             let open = open.clone();
             let unrouted = unrouted.clone();
             let idle_limit = options.header_read_timeout;
+            let send_limit = options.send_timeout;
             connections.spawn(async move {
                 tokio::select! {
                     biased;
@@ -212,8 +213,8 @@ fn run(
                             tracing::debug!(%error, "connection ended with an error");
                         }
                     }
-                    () = activity.idle_for(idle_limit) => {
-                        tracing::debug!("closed a connection idle for the header read timeout");
+                    idle = activity.idle_for(idle_limit, send_limit) => {
+                        tracing::debug!("{}", idle.describe());
                     }
                 }
                 if let Some(socket) = closing {

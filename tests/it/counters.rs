@@ -441,6 +441,56 @@ async fn an_export_that_lasts_longer_than_the_idle_limit_is_written_whole() {
     );
 }
 
+/// A client that stops reading an export for longer than the header read timeout, as one
+/// reading slowly through a large receive buffer seems to (TCP shows the service no
+/// progress until a sixteenth of that buffer is free), gets it whole: the send timeout,
+/// not the header read timeout, bounds a wait for the client to take an answer.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_export_whose_client_pauses_past_the_header_read_timeout_is_written_whole() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    const COUNTERS: usize = 600;
+    let args = ["--header-read-timeout", "200ms", "--send-timeout", "10s"];
+    let (app, _token) = spawn_with_admin(Backend::Embedded, &args).await;
+    let deadlines = limits::deadlines(&args);
+    let today = stackdemo::counters::Day::today();
+    let days: String = (0..100)
+        .map(|back| format!("\"{}\":1", today.minus(back)))
+        .collect::<Vec<_>>()
+        .join(",");
+    let lines: String = (0..COUNTERS)
+        .map(|i| format!("{{\"name\":\"paused/export-{i}\",\"total\":100,\"days\":{{{days}}}}}\n"))
+        .collect();
+    let (status, body) = import(&app.client, lines).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    let mut stream = tokio::net::TcpStream::connect(app.address).await.unwrap();
+    stream
+        .write_all(
+            format!(
+                "GET /api/admin/export HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\
+                 Connection: close\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut received = vec![0u8; 64 * 1024];
+    stream.read_exact(&mut received).await.unwrap();
+    // The client's pause: several header read timeouts, well within the send timeout.
+    tokio::time::sleep(deadlines.header_read * 5).await;
+    stream.read_to_end(&mut received).await.unwrap();
+    let text = String::from_utf8_lossy(&received);
+
+    assert_eq!(
+        text.matches("\"name\":\"paused/export-").count(),
+        COUNTERS,
+        "{} bytes",
+        received.len()
+    );
+    assert!(text.ends_with("0\r\n\r\n"), "the export's end");
+}
+
 /// With the tutorial's counter at the most a total can hold every `GET /` is refused, so
 /// the replica says it is not ready, why, and is ready again once the total is lowered.
 async fn the_tutorials_counter_at_its_limit_is_not_ready_until_the_administrator_lowers_it(

@@ -180,7 +180,7 @@ async fn answers_written_before_the_service_ends_a_connection_reach_a_client_tha
     // 8 MB of answers: more than any send buffer holds (4 MB at most by default).
     const VISITS: usize = 1000;
     const PAGE_VISIT: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\nAccept: text/html\r\n\r\n";
-    let args = ["--header-read-timeout", "300ms"];
+    let args = ["--header-read-timeout", "300ms", "--send-timeout", "300ms"];
     let service =
         ServiceProcess::start_with_env(&args, &[("RUST_LOG", "warn,stackdemo::server=debug")])
             .await;
@@ -200,9 +200,13 @@ async fn answers_written_before_the_service_ends_a_connection_reach_a_client_tha
         let _ = sending.write_all(&PAGE_VISIT.repeat(VISITS));
     });
     wait_until(
-        "the service to end the connection, idle for the limit",
-        allowed(deadlines.header_read * 4 + deadlines.visit()),
-        || async { service.log().contains("closed a connection idle") },
+        "the service to end the connection, its answer not taken for the send timeout",
+        allowed(deadlines.send * 4 + deadlines.visit()),
+        || async {
+            service
+                .log()
+                .contains("closed a connection whose client took nothing")
+        },
     )
     .await;
 
