@@ -81,6 +81,30 @@ async fn a_second_process_on_the_same_data_dir_is_refused() {
     assert!(String::from_utf8_lossy(&second.stderr).contains("in use by another process"));
 }
 
+/// The data file deleted while the service runs: until the service has put it back (it is
+/// paused here, so that it cannot), a second service on the folder is refused all the
+/// same; it would have made a new file and answered numbers the first had answered.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_process_is_refused_while_the_data_file_is_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let first = ServiceProcess::start(&["--data-dir", data]).await;
+    first.client.visit().await;
+
+    first.signal(Signal::SIGSTOP);
+    std::fs::remove_file(dir.path().join("stackdemo.redb")).unwrap();
+    let second = process::run(&["--listen", "127.0.0.1:0", "--data-dir", data], &[]).await;
+    first.signal(Signal::SIGCONT);
+
+    assert_refused_naming_the_data_dir(&second);
+    assert!(String::from_utf8_lossy(&second.stderr).contains("in use by another process"));
+    first
+        .client
+        .wait_ready(allowed(Duration::from_secs(2)))
+        .await;
+    assert_eq!(first.client.visit().await, 2, "the first counts on");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn concurrent_visits_share_transactions() {
     let dir = tempfile::tempdir().unwrap();

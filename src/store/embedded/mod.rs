@@ -25,6 +25,7 @@ mod tables;
 mod writer;
 
 use std::{
+    io,
     panic::{AssertUnwindSafe, catch_unwind},
     path::{Path, PathBuf},
     sync::{
@@ -89,6 +90,8 @@ struct Inner {
     /// The administrator's changes so far (`tables::SketchCache`).
     changes: AtomicU64,
     gave_up: CancellationToken,
+    /// This process's lock on the data folder, held while it runs (`lock_folder`).
+    _folder: std::fs::File,
 }
 
 impl EmbeddedStore {
@@ -105,6 +108,7 @@ impl EmbeddedStore {
                 format!("cannot create {}: {e}", dir.display()),
             )
         })?;
+        let folder = lock_folder(dir)?;
         let path = dir.join(FILE_NAME);
         let db = open_database(&path, true)?;
         let file = FileId::at(&path).map_err(failed)?;
@@ -121,6 +125,7 @@ impl EmbeddedStore {
             policy,
             changes: AtomicU64::new(0),
             gave_up: CancellationToken::new(),
+            _folder: folder,
         });
         let (writer, requests) = mpsc::channel();
         let writer_inner = inner.clone();
@@ -410,6 +415,28 @@ impl Inner {
             drop(old);
         }
         Ok(())
+    }
+}
+
+/// Locks the data folder for this process (an advisory lock on the folder itself, which
+/// outlives its file). The database file is locked too, but an operator may delete it
+/// while the service runs, and until the service has put it back, a second service on
+/// the folder would find no lock, make a new file and count from 1 again.
+fn lock_folder(dir: &Path) -> Result<std::fs::File, StoreError> {
+    let failed = |error: io::Error| {
+        StoreError::new(
+            StoreErrorKind::Failed,
+            format!("cannot open {}: {error}", dir.display()),
+        )
+    };
+    let folder = std::fs::File::open(dir).map_err(failed)?;
+    match folder.try_lock() {
+        Ok(()) => Ok(folder),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::new(
+            StoreErrorKind::Failed,
+            format!("{} is in use by another process", dir.display()),
+        )),
+        Err(std::fs::TryLockError::Error(error)) => Err(failed(error)),
     }
 }
 
