@@ -262,6 +262,9 @@ pub async fn import(State(state): State<AppState>, request: Request) -> Result<R
     let wait = state.deadlines.request;
     let mut body = request.into_body().into_data_stream();
     let mut pending: Vec<u8> = Vec::new();
+    // How much of `pending` is known to hold no newline: each byte is looked at once,
+    // however small the chunks the body comes in.
+    let mut searched = 0;
     let mut imported = Imported::default();
     let mut line_number = 0u64;
     let too_long = |imported: &Imported, number: u64| {
@@ -281,14 +284,21 @@ pub async fn import(State(state): State<AppState>, request: Request) -> Result<R
         if let Some(chunk) = chunk {
             pending.extend_from_slice(&chunk);
         }
-        while let Some(end) = pending.iter().position(|&b| b == b'\n') {
+        // The lines this chunk completed, then what is left of the last one moved to the
+        // front once.
+        let mut start = 0;
+        while let Some(at) = pending[searched..].iter().position(|&b| b == b'\n') {
+            let end = searched + at;
             line_number += 1;
-            if end > MAX_LINE_BYTES {
+            if end - start > MAX_LINE_BYTES {
                 return Err(too_long(&imported, line_number));
             }
-            let line: Vec<u8> = pending.drain(..=end).collect();
-            import_line(&state, &line, line_number, &mut imported).await?;
+            import_line(&state, &pending[start..=end], line_number, &mut imported).await?;
+            start = end + 1;
+            searched = start;
         }
+        pending.drain(..start);
+        searched = pending.len();
         if pending.len() > MAX_LINE_BYTES {
             return Err(too_long(&imported, line_number + 1));
         }
