@@ -5,6 +5,7 @@
 //! A request goes acceptor → worker (`server`) → router (`routes`) → batcher (`counter`)
 //! → store (`store`); `deadlines` holds every time bound, `startup` puts it together.
 
+pub mod accept;
 pub mod badge;
 pub mod chart;
 pub mod cli;

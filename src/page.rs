@@ -19,30 +19,11 @@ const CSP: &str = "default-src 'none'; style-src 'unsafe-inline'; script-src 'un
 /// True when the `Accept` header ranks HTML above plain text. Clients that send `*/*` or
 /// nothing (curl, scripts) keep the tutorial's plain text.
 pub fn prefers_html(accept: Option<&HeaderValue>) -> bool {
-    let Some(accept) = accept.and_then(|v| v.to_str().ok()) else {
-        return false;
-    };
-    let (mut html, mut text) = (None::<f32>, None::<f32>);
-    let mut any = 0.0_f32;
-    for item in accept.split(',') {
-        let mut parts = item.split(';').map(str::trim);
-        let media = parts.next().unwrap_or("").to_ascii_lowercase();
-        let quality = parts
-            .filter_map(|p| p.strip_prefix("q=").and_then(|q| q.parse::<f32>().ok()))
-            .next()
-            .unwrap_or(1.0);
-        match media.as_str() {
-            "text/html" | "application/xhtml+xml" => html = Some(html.unwrap_or(0.0).max(quality)),
-            "text/plain" => text = Some(quality),
-            "text/*" | "*/*" => any = any.max(quality),
-            _ => {}
-        }
-    }
-    // HTML must be named explicitly; a wildcard alone means "whatever you have".
-    match html {
-        Some(q) if q > 0.0 => q >= text.unwrap_or(any),
-        _ => false,
-    }
+    crate::accept::prefers(
+        accept,
+        &["text/html", "application/xhtml+xml"],
+        "text/plain",
+    )
 }
 
 /// The headers the page is sent with.

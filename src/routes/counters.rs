@@ -240,10 +240,11 @@ async fn history(
             })?,
     };
     let csv = match query_value(query, "format").as_deref() {
-        None => headers
-            .get(header::ACCEPT)
-            .and_then(|accept| accept.to_str().ok())
-            .is_some_and(|accept| accept.contains("text/csv")),
+        None => crate::accept::prefers(
+            headers.get(header::ACCEPT),
+            &["text/csv"],
+            "application/json",
+        ),
         Some("csv") => true,
         Some("json") => false,
         Some(_) => return Err(ApiError::BadRequest("format is json or csv".into())),
