@@ -13,7 +13,7 @@ use axum::{
     Json,
     body::{Body, Bytes},
     extract::{Request, State},
-    http::{HeaderMap, HeaderValue, StatusCode, header},
+    http::{HeaderMap, HeaderValue, Method, StatusCode, header},
     response::{IntoResponse, Response},
 };
 use futures_util::StreamExt;
@@ -165,6 +165,7 @@ impl Drop for ExportProgress {
 /// cuts the transfer short (the client sees an incomplete body), and the log says which.
 pub async fn export(
     State(state): State<AppState>,
+    method: Method,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     authorize(&state, &headers)?;
@@ -173,6 +174,12 @@ pub async fn export(
         .list(None, state.deadlines.stats_read())
         .await
         .map_err(list_failed)?;
+    if method == Method::HEAD {
+        // The answer's head, as the export's would be; nothing is exported.
+        let mut response = ().into_response();
+        set_export_headers(response.headers_mut());
+        return Ok(response);
+    }
     tracing::info!(action = "export", "the administrator began an export");
     // A page at hand (the first), or the cursor of the next; `None` after the last page.
     enum Next {
@@ -233,7 +240,11 @@ pub async fn export(
         }
     });
     let mut response = Body::from_stream(pages).into_response();
-    let headers = response.headers_mut();
+    set_export_headers(response.headers_mut());
+    Ok(response)
+}
+
+fn set_export_headers(headers: &mut HeaderMap) {
     headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/x-ndjson"),
@@ -242,7 +253,6 @@ pub async fn export(
         header::CONTENT_DISPOSITION,
         HeaderValue::from_static("attachment; filename=\"counters.jsonl\""),
     );
-    Ok(response)
 }
 
 /// How far an import got.

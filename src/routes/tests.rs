@@ -195,6 +195,24 @@ async fn head_answers_like_get_without_counting() {
 
     assert_eq!(status, StatusCode::OK);
     assert_eq!(headers[header::CONTENT_TYPE], "text/plain; charset=utf-8");
+    assert_eq!(headers[header::VARY], "Accept");
+    assert!(body.is_empty());
+
+    // A browser's HEAD gets the page's headers, as its GET would.
+    let (status, headers, body) = app
+        .send(
+            Request::builder()
+                .method(Method::HEAD)
+                .uri("/")
+                .header(header::ACCEPT, "text/html")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers[header::CONTENT_TYPE], "text/html; charset=utf-8");
+    assert_eq!(headers[header::VARY], "Accept");
+    assert!(headers.contains_key(header::CONTENT_SECURITY_POLICY));
     assert!(body.is_empty());
     assert_eq!(app.total(), 0);
 }

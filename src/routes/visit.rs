@@ -5,7 +5,7 @@
 use axum::{
     body::{Body, HttpBody},
     extract::{Request, State},
-    http::{HeaderValue, header},
+    http::{HeaderMap, HeaderName, HeaderValue, header},
     response::{IntoResponse, Response},
 };
 use http_body_util::LengthLimitError;
@@ -37,24 +37,25 @@ pub async fn visit(State(state): State<AppState>, request: Request) -> Result<Re
     )
     .await?;
     let number = counted.number();
-    let (text, headers) = if html {
-        (
-            page::render(number, &state.replica, &state.version),
-            &page::HEADERS[..],
-        )
+    let text = if html {
+        page::render(number, &state.replica, &state.version)
     } else {
-        (
-            format!("Hello World! I have been seen {number} times.\n"),
-            &[(header::CONTENT_TYPE, "text/plain; charset=utf-8")][..],
-        )
+        format!("Hello World! I have been seen {number} times.\n")
     };
     let mut response = Body::new(AnsweredBody::new(text, counted, handover)).into_response();
-    let response_headers = response.headers_mut();
-    response_headers.insert(header::VARY, HeaderValue::from_static("Accept"));
-    for (name, value) in headers {
-        response_headers.insert(name.clone(), HeaderValue::from_static(value));
-    }
+    set_kind(response.headers_mut(), html);
     Ok(response)
+}
+
+/// The headers that say which kind of answer `/` gave (the page or the tutorial's text),
+/// the same for `GET` and `HEAD`.
+fn set_kind(headers: &mut HeaderMap, html: bool) {
+    const TEXT: [(HeaderName, &str); 1] = [(header::CONTENT_TYPE, "text/plain; charset=utf-8")];
+    headers.insert(header::VARY, HeaderValue::from_static("Accept"));
+    let kind: &[(HeaderName, &str)] = if html { &page::HEADERS } else { &TEXT };
+    for (name, value) in kind {
+        headers.insert(name.clone(), HeaderValue::from_static(value));
+    }
 }
 
 /// Counts a visit of a named counter, within the counters' rate limit (`count`); the
@@ -130,6 +131,9 @@ fn over_the_limit(error: &(dyn std::error::Error + 'static)) -> bool {
 
 /// `HEAD /` answers like `GET /` would, but is not a visit: probes and link checkers
 /// must not move the counter.
-pub async fn head() -> impl IntoResponse {
-    [(header::CONTENT_TYPE, "text/plain; charset=utf-8")]
+pub async fn head(request: Request) -> Response {
+    let html = page::prefers_html(request.headers().get(header::ACCEPT));
+    let mut response = ().into_response();
+    set_kind(response.headers_mut(), html);
+    response
 }

@@ -1576,6 +1576,13 @@ async fn the_administrators_changes_are_logged_and_the_token_is_not() {
         .await
         .unwrap();
     assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+    // A HEAD of the export: its head, no export begun, none said to be cut short.
+    let head = as_admin(&service.client, Method::HEAD, "/api/admin/export")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.status(), StatusCode::OK);
+    assert_eq!(head.headers()[header::CONTENT_TYPE], "application/x-ndjson");
 
     // Log lines are written a moment after the answer: warnings at once, the rest by the
     // log's writer thread, so the refusal may come before the changes.
@@ -1590,6 +1597,7 @@ async fn the_administrators_changes_are_logged_and_the_token_is_not() {
     )
     .await;
     let log = service.log();
+    assert!(!log.contains("export"), "{log}");
     let lines: Vec<Value> = log
         .lines()
         .map(|line| serde_json::from_str(line).expect("a JSON line"))
