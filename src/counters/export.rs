@@ -105,7 +105,7 @@ impl CounterExport {
             );
         }
         // From the text again, not the value: a value keeps one of a repeated key.
-        serde_json::from_slice(line).map_err(|error| error.to_string())
+        serde_json::from_slice(line).map_err(|error| in_words(&error))
     }
 
     /// What import refuses in a line beyond its shape, in words: a day that is not a date,
@@ -162,6 +162,24 @@ impl CounterExport {
         }
         left_out.len()
     }
+}
+
+/// serde's account of a field of the wrong kind, in the service's words: the numbers
+/// named by what they hold rather than by Rust's types, the position left out (the
+/// caller names the line).
+fn in_words(error: &serde_json::Error) -> String {
+    let text = error.to_string();
+    let text = text.split(" at line ").next().unwrap_or(&text);
+    [
+        ("expected i64", "expected a whole number"),
+        ("expected u64", "expected a whole number from 0"),
+        ("struct CounterExport", "a counter"),
+        ("struct UniqueExport", "an estimate, format and sketch"),
+    ]
+    .iter()
+    .fold(text.to_owned(), |text, (rust, words)| {
+        text.replace(rust, words)
+    })
 }
 
 /// Registers in Redis's HyperLogLog.
@@ -224,6 +242,22 @@ pub fn with_stale_cache(mut sketch: Vec<u8>) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_field_of_the_wrong_kind_is_said_without_rust_types() {
+        for line in [
+            r#"{"name":"a","total":"0"}"#,
+            r#"{"name":"a","total":1.5}"#,
+            r#"{"name":"a","total":0,"days":{"2026-01-01":-1}}"#,
+            r#"{"name":"a","total":0,"unique":{"2026-01-01":{"estimate":-1,"format":"x","sketch":""}}}"#,
+        ] {
+            let error = CounterExport::from_line(line.as_bytes()).unwrap_err();
+            assert!(error.contains("whole number"), "{line}: {error}");
+            for rust in ["i64", "u64", "struct", "line 1"] {
+                assert!(!error.contains(rust), "{line}: {error}");
+            }
+        }
+    }
 
     /// An empty sparse sketch: one XZERO run over every register, as `PFADD` of nothing
     /// makes it.
