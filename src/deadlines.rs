@@ -24,8 +24,9 @@
 //! layer, which would drop a visit whose write is under way; it keeps to the chain above
 //! by itself.
 //!
-//! At shutdown, connections get `shutdown` to finish; the batcher then has `visit` to
-//! answer what it holds, which is the longest a queued visit can take.
+//! At shutdown, connections get `shutdown` to finish, and those closing gracefully
+//! `LINGER_QUIET` more; the batcher then has `visit` to answer what it holds, which is
+//! the longest a queued visit can take.
 //!
 //! A call that needs a Redis connection while another call is opening one waits for that
 //! attempt at most `CONNECT_WAIT` from its start: an attempt that hangs then costs one

@@ -28,7 +28,7 @@ use std::{
     io,
     pin::Pin,
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicU64, Ordering},
     },
     task::{Context, Poll, ready},
@@ -46,23 +46,31 @@ use tokio::{
 
 use crate::{deadlines::Deadlines, delivery::Handover};
 
-/// Ends a connection the service is done with, as a socket of its own (a duplicate of
-/// the one hyper served, whose closing does not close it) without losing what it wrote:
-/// the answers are followed by the end of the stream, and what the client still sends
-/// (pipelined requests, a body not read) is read and dropped until the client closes its
-/// end, sends nothing for `Deadlines::LINGER_QUIET`, or `limit` has passed. Only then is
-/// the socket closed, with nothing unread, so that no reset discards answers the kernel
-/// had not sent yet, as lingering close in nginx and Apache does.
-pub async fn close_gracefully(socket: std::net::TcpStream, limit: Duration) {
+/// Ends the connection of `activity` once hyper is done with it (hyper hands its socket
+/// back when it drops it), without losing what it wrote: the answers are followed by the
+/// end of the stream, and what the client still sends (pipelined requests, a body not
+/// read) is read and dropped until the client closes its end, sends nothing for
+/// `Deadlines::LINGER_QUIET`, or `limit` has passed. Only then is the socket closed, with
+/// nothing unread, so that no reset discards answers the kernel had not sent yet, as
+/// lingering close in nginx and Apache does.
+pub async fn close_gracefully(activity: &Activity, limit: Duration) {
     use tokio::io::AsyncReadExt;
 
-    if socket.shutdown(std::net::Shutdown::Write).is_err() {
+    let closing = activity
+        .closing
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take();
+    let Some(mut stream) = closing else {
+        return;
+    };
+    if socket2::SockRef::from(&stream)
+        .shutdown(std::net::Shutdown::Write)
+        .is_err()
+    {
         // Not connected any more: nothing left to deliver.
         return;
     }
-    let Ok(mut stream) = TcpStream::from_std(socket) else {
-        return;
-    };
     let until = Instant::now() + limit;
     let mut dropped = vec![0; 4096];
     loop {
@@ -87,6 +95,8 @@ pub struct Activity {
     last_written_us: AtomicU64,
     /// The last write found the socket full: the client has not taken what was sent.
     write_waiting: AtomicBool,
+    /// The socket, once hyper is done with it, to be closed gracefully.
+    closing: Mutex<Option<TcpStream>>,
     /// Responses the service produced, and response heads written.
     answered: AtomicU64,
     heads_written: AtomicU64,
@@ -105,6 +115,7 @@ impl Activity {
             last_answer_us: AtomicU64::new(0),
             last_written_us: AtomicU64::new(0),
             write_waiting: AtomicBool::new(false),
+            closing: Mutex::new(None),
             answered: AtomicU64::new(0),
             heads_written: AtomicU64::new(0),
             refused: AtomicU16::new(0),
@@ -188,7 +199,13 @@ impl Activity {
                     Idle::NoRequest
                 };
             }
-            deadline = idle_until;
+            // While waiting, looked at again within the shorter limit: the client may take
+            // the rest and the connection fall idle.
+            deadline = if waiting {
+                idle_until.min(now + limit)
+            } else {
+                idle_until
+            };
         }
     }
 }
@@ -265,7 +282,7 @@ impl ConnectionIo {
     ) -> Self {
         Self {
             inner: TokioIo::new(ClientStream {
-                stream,
+                stream: Some(stream),
                 handover,
                 activity: activity.clone(),
             }),
@@ -370,9 +387,32 @@ impl Write for ConnectionIo {
 /// everything out and when a read finds the client's end, and its `Activity` when bytes
 /// come in and go out.
 pub struct ClientStream {
-    stream: TcpStream,
+    /// `None` only once dropped: the stream then goes to `Activity::closing`.
+    stream: Option<TcpStream>,
     handover: Handover,
     activity: Arc<Activity>,
+}
+
+impl ClientStream {
+    fn stream(&mut self) -> io::Result<&mut TcpStream> {
+        self.stream
+            .as_mut()
+            .ok_or_else(|| io::ErrorKind::NotConnected.into())
+    }
+}
+
+/// hyper is done with the connection: the socket is handed to the connection's task,
+/// which closes it gracefully, rather than closed here.
+impl Drop for ClientStream {
+    fn drop(&mut self) {
+        if let Some(stream) = self.stream.take() {
+            *self
+                .activity
+                .closing
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = Some(stream);
+        }
+    }
 }
 
 impl AsyncRead for ClientStream {
@@ -383,7 +423,10 @@ impl AsyncRead for ClientStream {
     ) -> Poll<io::Result<()>> {
         let room = buf.remaining();
         let before = buf.filled().len();
-        let read = Pin::new(&mut self.stream).poll_read(cx, buf);
+        let read = match self.stream() {
+            Ok(stream) => Pin::new(stream).poll_read(cx, buf),
+            Err(error) => return Poll::Ready(Err(error)),
+        };
         if room > 0 && matches!(read, Poll::Ready(Ok(()))) {
             if buf.filled().len() == before {
                 self.handover.peer_closed();
@@ -401,7 +444,10 @@ impl AsyncWrite for ClientStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let written = Pin::new(&mut self.stream).poll_write(cx, buf);
+        let written = match self.stream() {
+            Ok(stream) => Pin::new(stream).poll_write(cx, buf),
+            Err(error) => return Poll::Ready(Err(error)),
+        };
         match written {
             Poll::Ready(Ok(1..)) => self.activity.bytes_written(),
             Poll::Pending => self.activity.write_waits(),
@@ -416,11 +462,15 @@ impl AsyncWrite for ClientStream {
     /// since hyper last read (a client's close is something to read); only then is the
     /// socket asked (a peek, which reads nothing), to tell a close from a next request.
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let flushed = Pin::new(&mut self.stream).poll_flush(cx);
-        if matches!(flushed, Poll::Ready(Ok(()))) && self.handover.awaiting() {
-            let closed = match self.stream.poll_read_ready(cx) {
+        let this = &mut *self;
+        let Some(stream) = this.stream.as_mut() else {
+            return Poll::Ready(Err(io::ErrorKind::NotConnected.into()));
+        };
+        let flushed = Pin::new(&mut *stream).poll_flush(cx);
+        if matches!(flushed, Poll::Ready(Ok(()))) && this.handover.awaiting() {
+            let closed = match stream.poll_read_ready(cx) {
                 Poll::Pending => false,
-                Poll::Ready(Ok(())) => peer_has_closed(&self.stream),
+                Poll::Ready(Ok(())) => peer_has_closed(stream),
                 Poll::Ready(Err(_)) => true,
             };
             if closed {
@@ -432,7 +482,10 @@ impl AsyncWrite for ClientStream {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
+        match self.stream() {
+            Ok(stream) => Pin::new(stream).poll_shutdown(cx),
+            Err(error) => Poll::Ready(Err(error)),
+        }
     }
 }
 
@@ -546,6 +599,23 @@ mod tests {
             async move { activity.idle_for(limit, send_limit).await }
         });
         tokio::time::advance(Duration::from_secs(11)).await;
+        assert_eq!(idle.await.unwrap(), Idle::NoRequest);
+
+        // The client takes the rest while the watch waits on the send limit: idle from
+        // then on, closed after the header read limit, not the send limit.
+        let activity = Activity::new();
+        activity.bytes_written();
+        activity.write_waits();
+        let idle = tokio::spawn({
+            let activity = activity.clone();
+            async move { activity.idle_for(limit, send_limit).await }
+        });
+        tokio::time::advance(Duration::from_secs(11)).await;
+        tokio::task::yield_now().await;
+        activity.bytes_written();
+        tokio::time::advance(Duration::from_secs(21)).await;
+        tokio::task::yield_now().await;
+        assert!(idle.is_finished(), "held for the send limit once idle");
         assert_eq!(idle.await.unwrap(), Idle::NoRequest);
     }
 }

@@ -33,7 +33,7 @@ use super::{
     MAX_HEADER_BYTES, ServeOptions,
     connection::{Activity, ConnectionIo, close_gracefully},
 };
-use crate::delivery::Handover;
+use crate::{deadlines::Deadlines, delivery::Handover};
 
 /// What a worker serves, made on the worker's own runtime by the `make_worker` function
 /// given to `serve`.
@@ -165,8 +165,6 @@ fn run(
             else {
                 break;
             };
-            // The same socket, for closing it gracefully once hyper is done with it.
-            let closing = stream.try_clone().ok();
             let stream = match TcpStream::from_std(stream) {
                 Ok(stream) => stream,
                 Err(error) => {
@@ -217,12 +215,10 @@ fn run(
                         tracing::debug!("{}", idle.describe());
                     }
                 }
-                if let Some(socket) = closing {
-                    close_gracefully(socket, idle_limit).await;
-                }
                 if let Some((status, took)) = activity.refused() {
                     unrouted(status, took);
                 }
+                close_gracefully(&activity, idle_limit).await;
                 open.fetch_sub(1, Ordering::Relaxed);
                 drop(slot);
             });
@@ -236,6 +232,11 @@ fn run(
                 stop.cancelled().await;
             }
         }
+        // Connections still closing gracefully get a moment to end; what is left is cut.
+        let _ = tokio::time::timeout(Deadlines::LINGER_QUIET, async {
+            while connections.join_next().await.is_some() {}
+        })
+        .await;
         connections.shutdown().await;
         drop(router);
         wind_down.await;

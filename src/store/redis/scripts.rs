@@ -131,12 +131,11 @@ if batch == '0' then
     redis.call('HINCRBY', shares, replica, 0)
     redis.call('HSET', shares, replica, redis.call('HGET', shares, replica))
     redis.call('HDEL', registry, '')
-    if kind == 'none' then
-      redis.call('PFADD', uniques[i])
-      redis.call('EXPIREAT', uniques[i], unique_until)
-    else
-      redis.call('PFADD', uniques[i])
-    end
+    -- The expiry first, on no key at all (which changes nothing), so that an ACL that
+    -- denies it leaves no sketch made without one.
+    if kind == 'none' then redis.call('EXPIREAT', uniques[i], unique_until) end
+    redis.call('PFADD', uniques[i])
+    redis.call('EXPIREAT', uniques[i], unique_until)
   end
   redis.call('PEXPIRE', records, ARGV[5])
   return {now, 0, ''}
