@@ -504,6 +504,16 @@ fn peer_has_closed(stream: &TcpStream) -> bool {
 mod tests {
     use super::*;
 
+    /// The idle watch of `activity`, running.
+    fn watch(
+        activity: &Arc<Activity>,
+        limit: Duration,
+        send_limit: Duration,
+    ) -> tokio::task::JoinHandle<Idle> {
+        let activity = activity.clone();
+        tokio::spawn(async move { activity.idle_for(limit, send_limit).await })
+    }
+
     #[test]
     fn a_replaced_answer_is_a_whole_response_with_the_service_headers() {
         let answer = whole_answer(
@@ -525,10 +535,7 @@ mod tests {
         let limit = Duration::from_secs(10);
         let serving = activity.serving();
         tokio::time::advance(Duration::from_secs(15)).await;
-        let idle = tokio::spawn({
-            let activity = activity.clone();
-            async move { activity.idle_for(limit, 6 * limit).await }
-        });
+        let idle = watch(&activity, limit, 6 * limit);
         tokio::time::advance(Duration::from_secs(20)).await;
         tokio::task::yield_now().await;
         assert!(!idle.is_finished(), "a request under way keeps it open");
@@ -548,10 +555,7 @@ mod tests {
         let activity = Activity::new();
         let limit = Duration::from_secs(10);
         activity.serving().answered();
-        let idle = tokio::spawn({
-            let activity = activity.clone();
-            async move { activity.idle_for(limit, 6 * limit).await }
-        });
+        let idle = watch(&activity, limit, 6 * limit);
         for _ in 0..5 {
             tokio::time::advance(Duration::from_secs(6)).await;
             activity.bytes_written();
@@ -580,10 +584,7 @@ mod tests {
         activity.serving().answered();
         activity.bytes_written();
         activity.write_waits();
-        let idle = tokio::spawn({
-            let activity = activity.clone();
-            async move { activity.idle_for(limit, send_limit).await }
-        });
+        let idle = watch(&activity, limit, send_limit);
         tokio::time::advance(Duration::from_secs(59)).await;
         tokio::task::yield_now().await;
         assert!(!idle.is_finished(), "closed before the send limit");
@@ -594,10 +595,7 @@ mod tests {
         let activity = Activity::new();
         activity.write_waits();
         activity.bytes_written();
-        let idle = tokio::spawn({
-            let activity = activity.clone();
-            async move { activity.idle_for(limit, send_limit).await }
-        });
+        let idle = watch(&activity, limit, send_limit);
         tokio::time::advance(Duration::from_secs(11)).await;
         assert_eq!(idle.await.unwrap(), Idle::NoRequest);
 
@@ -606,10 +604,7 @@ mod tests {
         let activity = Activity::new();
         activity.bytes_written();
         activity.write_waits();
-        let idle = tokio::spawn({
-            let activity = activity.clone();
-            async move { activity.idle_for(limit, send_limit).await }
-        });
+        let idle = watch(&activity, limit, send_limit);
         tokio::time::advance(Duration::from_secs(11)).await;
         tokio::task::yield_now().await;
         activity.bytes_written();

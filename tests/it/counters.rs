@@ -1083,13 +1083,30 @@ async fn a_badge_counts_and_shows_the_count_and_is_fetched_again_every_time(back
     );
 }
 
+/// An import line of a counter with `visits` today and `sketch` (of `format`) as today's
+/// unique visitors.
+fn with_sketch_today(name: &str, visits: u64, format: &str, sketch: &[u8]) -> String {
+    use base64::Engine;
+
+    let today = today_utc();
+    let line = json!({
+        "name": name,
+        "total": visits,
+        "days": { today.clone(): visits },
+        "unique": { today: {
+            "estimate": visits,
+            "format": format,
+            "sketch": base64::engine::general_purpose::STANDARD.encode(sketch),
+        }},
+    });
+    format!("{line}\n")
+}
+
 /// An embedded sketch of the right shape whose parts disagree (registers without their
 /// words) is refused by import, naming the line and the day: taken, it made every later
 /// visit of the counter panic in the store's writer, and every read of it after a restart.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_embedded_sketch_whose_parts_disagree_is_refused_by_import() {
-    use base64::Engine;
-
     let (app, _token) = spawn_with_admin(Backend::Embedded, &[]).await;
     let client = &app.client;
     // Precision 14, its sizes, an empty sparse list and registers said to be 16 384, with
@@ -1102,17 +1119,8 @@ async fn an_embedded_sketch_whose_parts_disagree_is_refused_by_import() {
     ]
     .concat();
     let today = today_utc();
-    let line = json!({
-        "name": "evil/sketch",
-        "total": 5,
-        "days": { today.clone(): 5 },
-        "unique": { today.clone(): {
-            "estimate": 1,
-            "format": "hllpp-p14",
-            "sketch": base64::engine::general_purpose::STANDARD.encode(sketch),
-        }},
-    });
-    let (status, said) = import(client, format!("{line}\n")).await;
+    let line = with_sketch_today("evil/sketch", 5, "hllpp-p14", &sketch);
+    let (status, said) = import(client, line).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(
         said.contains(&format!(
@@ -1136,26 +1144,14 @@ async fn an_embedded_sketch_whose_parts_disagree_is_refused_by_import() {
 /// than the day's visits. The import marks the cache stale, so Redis counts the registers.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_imported_redis_sketch_is_counted_from_its_registers_not_its_cached_count() {
-    use base64::Engine;
-
     let (app, _token) = spawn_with_admin(Backend::Redis, &[]).await;
     let client = &app.client;
     // Sparse, no register set, a cached count of 2^63 - 1 said to be fresh.
     let mut sketch = b"HYLL\x01\0\0\0".to_vec();
     sketch.extend(i64::MAX.to_le_bytes());
     sketch.extend([0x7f, 0xff]);
-    let today = today_utc();
-    let line = json!({
-        "name": "cached/count",
-        "total": 3,
-        "days": { today.clone(): 3 },
-        "unique": { today.clone(): {
-            "estimate": 3,
-            "format": "redis-hll",
-            "sketch": base64::engine::general_purpose::STANDARD.encode(sketch),
-        }},
-    });
-    let (status, said) = import(client, format!("{line}\n")).await;
+    let line = with_sketch_today("cached/count", 3, "redis-hll", &sketch);
+    let (status, said) = import(client, line).await;
     assert_eq!(status, StatusCode::OK, "{said}");
 
     let (status, read) = json(client, Method::GET, "/api/counters/cached/count").await;

@@ -191,6 +191,9 @@ async fn answers_written_before_the_service_ends_a_connection_reach_a_client_tha
 
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
+    // Every request in the kernel at once, so that they reach the service while it
+    // closes gracefully without this process having to run again first.
+    socket.set_send_buffer_size(1 << 20).unwrap();
     socket.connect(&address.into()).unwrap();
     let mut stream: std::net::TcpStream = socket.into();
     let mut sending = stream.try_clone().unwrap();

@@ -760,6 +760,21 @@ async fn visits_are_refused_at_once_while_a_connection_attempt_hangs() {
     assert_eq!(first.status, Some(StatusCode::SERVICE_UNAVAILABLE));
 }
 
+/// The service with one worker on `redis` as a user of its own, `counter`, allowed
+/// everything, so that its permissions can be taken away (`ACL SETUSER counter -…`).
+async fn service_as_acl_user(redis: &RedisServer, extra: &[&str]) -> ServiceProcess {
+    redis
+        .query(&[
+            "ACL", "SETUSER", "counter", "on", ">pw", "~*", "&*", "+@all",
+        ])
+        .await
+        .unwrap();
+    let url = format!("redis://counter:pw@127.0.0.1:{}/0", redis.port);
+    let mut args = vec!["--redis-url", url.as_str(), "--workers", "1"];
+    args.extend_from_slice(extra);
+    ServiceProcess::start(&args).await
+}
+
 /// What refuses every visit until an operator changes it (the server's memory full, too
 /// few replicas for its `min-replicas-to-write`, an ACL that takes away the script, a
 /// command it runs or the batch records, this replica's share at the 64-bit limit): each
@@ -768,15 +783,7 @@ async fn visits_are_refused_at_once_while_a_connection_attempt_hangs() {
 #[tokio::test(flavor = "multi_thread")]
 async fn what_refuses_every_visit_makes_the_service_not_ready_and_counts_nothing() {
     let redis = RedisServer::start().await;
-    // A user of its own, so that its permissions can be taken away under load.
-    redis
-        .query(&[
-            "ACL", "SETUSER", "counter", "on", ">pw", "~*", "&*", "+@all",
-        ])
-        .await
-        .unwrap();
-    let url = format!("redis://counter:pw@127.0.0.1:{}/0", redis.port);
-    let service = ServiceProcess::start(&["--redis-url", &url, "--workers", "1"]).await;
+    let service = service_as_acl_user(&redis, &[]).await;
     let mut expected = service.client.visit().await;
     // (what, the change, how it is undone, the reason clients are told)
     let cases: [(&str, &[&str], &[&str], &str); 6] = [
@@ -882,16 +889,7 @@ async fn total_of(redis: &RedisServer, key: &str) -> i64 {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_command_the_write_runs_denied_alone_counts_nothing_it_refuses() {
     let redis = RedisServer::start().await;
-    redis
-        .query(&[
-            "ACL", "SETUSER", "counter", "on", ">pw", "~*", "&*", "+@all",
-        ])
-        .await
-        .unwrap();
-    let url = format!("redis://counter:pw@127.0.0.1:{}/0", redis.port);
-    let service =
-        ServiceProcess::start(&["--redis-url", &url, "--workers", "1", "--rate-limit", "off"])
-            .await;
+    let service = service_as_acl_user(&redis, &["--rate-limit", "off"]).await;
     let client = &service.client;
     client.visit().await;
     assert_eq!(client.get("/c/known").await.status(), StatusCode::OK);
