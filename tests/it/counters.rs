@@ -1331,13 +1331,12 @@ async fn the_administrator_deletes_a_counter_whose_key_has_the_wrong_type() {
         reason.contains("wrong type") && reason.contains("deleting the counter"),
         "{reason}"
     );
-    let import = as_admin(client, Method::POST, "/api/admin/import")
-        .body("{\"name\":\"fine\",\"total\":3}\n{\"name\":\"broken\",\"total\":5}\n")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(import.status(), StatusCode::CONFLICT);
-    let said = import.text().await.unwrap();
+    let (status, said) = import(
+        client,
+        "{\"name\":\"fine\",\"total\":3}\n{\"name\":\"broken\",\"total\":5}\n",
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT);
     assert!(
         said.contains("line 2") && said.contains("after 1 counters") && said.contains("wrong type"),
         "the import says where it stopped and why: {said}"
@@ -1347,6 +1346,18 @@ async fn the_administrator_deletes_a_counter_whose_key_has_the_wrong_type() {
         redis.query(&["GET", "hits:c:broken"]).await.unwrap(),
         redis::Value::BulkString(b"not a hash".to_vec()),
         "a refused change changes nothing"
+    );
+    // A name never counted, whose key was put there by hand: not registered either.
+    redis.query(&["SET", "hits:c:stray", "x"]).await.unwrap();
+    let (status, said) = import(client, "{\"name\":\"stray\",\"total\":5}\n").await;
+    assert_eq!(status, StatusCode::CONFLICT, "{said}");
+    assert_eq!(
+        redis
+            .query(&["HEXISTS", "hits:counters", "stray"])
+            .await
+            .unwrap(),
+        redis::Value::Int(0),
+        "a refused import registers nothing"
     );
 
     let deleted = admin(Method::DELETE, None).await.unwrap();

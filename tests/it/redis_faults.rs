@@ -3,7 +3,7 @@
 //! idle connections, refuses writes or holds keys of the wrong type.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeSet, HashMap},
     time::{Duration, Instant},
 };
 
@@ -855,9 +855,8 @@ async fn what_refuses_every_visit_makes_the_service_not_ready_and_counts_nothing
     assert_eq!(in_doubt(client).await, 0);
 }
 
-/// Every command the write script runs, as it is written in the script.
-fn commands_of_the_write() -> BTreeSet<String> {
-    let script = stackdemo::store::redis::scripts::ADD_VISITS;
+/// Every command a script runs, as it is written in the script.
+fn commands_of(script: &str) -> BTreeSet<String> {
     script
         .split("call('")
         .skip(1)
@@ -893,7 +892,7 @@ async fn a_command_the_write_runs_denied_alone_counts_nothing_it_refuses() {
     let client = &service.client;
     client.visit().await;
     assert_eq!(client.get("/c/known").await.status(), StatusCode::OK);
-    let commands = commands_of_the_write();
+    let commands = commands_of(stackdemo::store::redis::scripts::ADD_VISITS);
     assert!(
         commands.len() > 10 && commands.contains("hexists"),
         "{commands:?}"
@@ -943,6 +942,115 @@ async fn a_command_the_write_runs_denied_alone_counts_nothing_it_refuses() {
         client.wait_ready(allowed(defaults().store)).await;
     }
     assert_eq!(in_doubt(client).await, 0);
+}
+
+/// What Redis holds of a counter: its hash and its registration.
+async fn counter_state(
+    redis: &RedisServer,
+    name: &str,
+) -> (HashMap<String, String>, Option<String>) {
+    let hash = redis
+        .query(&["HGETALL", &format!("hits:c:{name}")])
+        .await
+        .unwrap();
+    let registered = redis.query(&["HGET", "hits:counters", name]).await.unwrap();
+    (
+        redis::from_redis_value(hash).unwrap(),
+        redis::from_redis_value(registered).unwrap(),
+    )
+}
+
+/// An administrator's change is made whole, or refused and not made at all, or said to
+/// have maybe been made, whatever one command of its script an ACL denies, alone or with
+/// the registry of counters kept read-only (Lua does not roll back: a change refused half
+/// way must be undone, and an undo refused too must be told).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_administrators_change_refused_half_way_is_undone_or_said_to_be_in_doubt() {
+    const TOKEN: &str = "an-administrator-token-of-some-length";
+    let token = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(token.path(), TOKEN).unwrap();
+    let redis = RedisServer::start().await;
+    let token_path = token.path().to_str().unwrap();
+    let extra = ["--rate-limit", "off", "--admin-token-file", token_path];
+    let service = service_as_acl_user(&redis, &extra).await;
+    let client = &service.client;
+    let change = |method: reqwest::Method, name: &str, body: &'static str| {
+        let request = client
+            .request_builder(method, &format!("/api/counters/{name}"))
+            .header("authorization", format!("Bearer {TOKEN}"))
+            .body(body);
+        async move {
+            let answer = request.send().await.unwrap();
+            (answer.status(), answer.text().await.unwrap())
+        }
+    };
+    let scripts = [
+        stackdemo::store::redis::scripts::SET_TOTAL,
+        stackdemo::store::redis::scripts::DELETE,
+    ];
+    let commands: BTreeSet<String> = scripts.into_iter().flat_map(commands_of).collect();
+    assert!(commands.contains("hdel"), "{commands:?}");
+    // Every key writable but the registry.
+    let read_only_registry = [
+        "resetkeys",
+        "~hits",
+        "~hits:[^c]*",
+        "~hits:c:*",
+        "%R~hits:counters",
+    ]
+    .map(String::from)
+    .to_vec();
+    let mut faults = vec![read_only_registry.clone()];
+    for command in &commands {
+        faults.push(vec![format!("-{command}")]);
+        let mut both = read_only_registry.clone();
+        both.push(format!("-{command}"));
+        faults.push(both);
+    }
+    let mut in_doubt_seen = 0;
+    for (i, fault) in faults.iter().enumerate() {
+        let (new, set, deleted) = (format!("new{i}"), format!("set{i}"), format!("gone{i}"));
+        for name in [&set, &deleted] {
+            assert_eq!(
+                client.get(&format!("/c/{name}")).await.status(),
+                StatusCode::OK
+            );
+        }
+        let mut acl = vec!["ACL", "SETUSER", "counter"];
+        acl.extend(fault.iter().map(String::as_str));
+        redis.query(&acl).await.unwrap();
+        let changes = [
+            (reqwest::Method::PUT, new, "{\"total\": 7}"),
+            (reqwest::Method::PUT, set, "{\"total\": 7}"),
+            (reqwest::Method::DELETE, deleted, ""),
+        ];
+        for (method, name, body) in changes {
+            let before = counter_state(&redis, &name).await;
+            let (status, said) = change(method.clone(), &name, body).await;
+            let (hash, registered) = counter_state(&redis, &name).await;
+            let what = format!("{fault:?}: {method} {name} answered {status} {said:?}");
+            if status == StatusCode::OK {
+                let made = if method == reqwest::Method::PUT {
+                    hash.get("total").map(String::as_str) == Some("7") && registered.is_some()
+                } else {
+                    hash.is_empty() && registered.is_none()
+                };
+                assert!(made, "{what}, and is not made");
+            } else if said.contains("the change may have been made") {
+                in_doubt_seen += 1;
+            } else {
+                assert_eq!((hash, registered), before, "{what}, and is half made");
+            }
+        }
+        redis
+            .query(&["ACL", "SETUSER", "counter", "+@all", "resetkeys", "~*"])
+            .await
+            .unwrap();
+    }
+    assert!(
+        in_doubt_seen > 0,
+        "a refused registry and a refused undo leave a change in doubt"
+    );
 }
 
 /// A Redis that may evict keys (a `maxmemory` limit with any `maxmemory-policy` but

@@ -220,23 +220,33 @@ impl RedisSession {
     ) -> Result<(), AdminError> {
         let store = &self.store;
         let keys = &store.keys;
+        let hash = keys.counter_days(name.as_str());
         let mut check = redis::pipe();
         check
             .hexists(&keys.registry, name.as_str())
             .cmd("HLEN")
             .arg(&keys.registry)
-            .hexists(&keys.registry, store.tutorial.as_str());
-        let (known, registered, tutorial_known): (bool, u64, bool) =
+            .hexists(&keys.registry, store.tutorial.as_str())
+            .cmd("TYPE")
+            .arg(&hash);
+        let (known, registered, tutorial_known, kind): (bool, u64, bool, String) =
             match self.query(&check, answer_by).await {
                 Ok(checked) => checked,
                 Err(error) => return Err(self.admin_error(error, answer_by).await),
             };
+        // A transaction applies the commands that do not fail: the counter's hash of the
+        // wrong type would leave its registration and sketches made and its total not.
+        if kind != "hash" && kind != "none" {
+            return Err(AdminError::Store(StoreError::new(
+                StoreErrorKind::WrongType,
+                format!("the counter's key holds a {kind}"),
+            )));
+        }
         // The tutorial's counter always has its place among the most allowed.
         let reserved = u64::from(!tutorial_known);
         if !known && *name != store.tutorial && registered + reserved >= store.policy.max_counters {
             return Err(AdminError::TooMany);
         }
-        let hash = keys.counter_days(name.as_str());
         let mut pipe = redis::pipe();
         pipe.atomic();
         pipe.hset(&keys.registry, name.as_str(), "admin").ignore();

@@ -231,8 +231,8 @@ fn with_password(info: ConnectionInfo, password: Option<&secrecy::SecretString>)
 }
 
 /// Sorts a Redis error into what a client may be told; the full text stays in the detail.
-/// Whether a write may have been applied is for the caller to say: it knows whether the
-/// command was sent.
+/// Whether a write may have been applied is for the caller to say (it knows whether the
+/// command was sent), but for a script's `PARTIAL`: applied in part, and so in doubt.
 fn classify(error: RedisError) -> StoreError {
     // A command of a pipeline that failed: its server error, not the pipeline's.
     let first = error
@@ -280,5 +280,6 @@ fn classify(error: RedisError) -> StoreError {
         }
         _ => StoreErrorKind::Failed,
     };
-    StoreError::new(kind, error.to_string())
+    // A script that could not undo what it began: the change may have been made.
+    StoreError::new(kind, error.to_string()).doubt_if(code == Some("PARTIAL"))
 }

@@ -353,15 +353,20 @@ else
   set = redis.pcall('HSET', KEYS[2], 'total', ARGV[2])
 end
 if type(set) == 'table' and set.err then return set end
--- Lua does not roll back: a registry that refuses the entry puts the total back.
+-- Lua does not roll back: a registry that refuses the entry puts the total back, and
+-- says `PARTIAL` (the change may have been made) when that is refused too.
 local registered = redis.pcall('HSET', KEYS[1], ARGV[1], 'admin')
 if type(registered) == 'table' and registered.err then
+  local undone
   if tutorial then
-    if previous then redis.pcall('SET', KEYS[2], previous) else redis.pcall('DEL', KEYS[2]) end
+    if previous then undone = redis.pcall('SET', KEYS[2], previous) else undone = redis.pcall('DEL', KEYS[2]) end
   elseif previous then
-    redis.pcall('HSET', KEYS[2], 'total', previous)
+    undone = redis.pcall('HSET', KEYS[2], 'total', previous)
   else
-    redis.pcall('HDEL', KEYS[2], 'total')
+    undone = redis.pcall('HDEL', KEYS[2], 'total')
+  end
+  if type(undone) == 'table' and undone.err then
+    return redis.error_reply('PARTIAL the total could not be put back (' .. undone.err .. ') after ' .. registered.err)
   end
   return registered
 end
@@ -373,8 +378,15 @@ return previous
 ///
 /// KEYS: 1 the registry, 2 the counter's hash, then its unique-visitor keys. ARGV: 1 name.
 pub const DELETE: &str = r"
-local existed = redis.call('HDEL', KEYS[1], ARGV[1]) + redis.call('DEL', unpack(KEYS, 2))
-if existed > 0 then return 1 end
+-- A registry of the wrong type refuses the change before anything is deleted.
+redis.call('HEXISTS', KEYS[1], ARGV[1])
+local existed = redis.call('DEL', unpack(KEYS, 2))
+-- The keys are gone: a registry that refuses to let the name go leaves the change half made.
+local unregistered = redis.pcall('HDEL', KEYS[1], ARGV[1])
+if type(unregistered) == 'table' and unregistered.err then
+  return redis.error_reply('PARTIAL the counter was deleted but not its registration (' .. unregistered.err .. ')')
+end
+if existed + unregistered > 0 then return 1 end
 return 0
 ";
 

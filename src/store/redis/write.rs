@@ -243,7 +243,7 @@ impl RedisSession {
                     }
                     // A write the script could not undo whole: its visits may be counted.
                     if error.code() == Some("PARTIAL") {
-                        return Tried::Failed(classify(error).with_doubt());
+                        return Tried::Failed(classify(error));
                     }
                     if error.code() == Some("DATALOST") {
                         let detail = error.detail().unwrap_or_default();
