@@ -21,7 +21,7 @@ use axum::{
     Router,
     error_handling::HandleErrorLayer,
     extract::Request,
-    http::{Method, StatusCode, header},
+    http::{HeaderValue, Method, StatusCode, header},
     middleware,
     response::IntoResponse,
     routing::get,
@@ -84,7 +84,8 @@ pub fn router(state: AppState) -> Router {
         // Before the CORS layer, so that it wraps this answer too and a preflight
         // (`OPTIONS`), which no route takes, is answered by it rather than with 405.
         .method_not_allowed_fallback(counter_method_not_allowed)
-        .layer(cors);
+        .layer(cors)
+        .layer(middleware::from_fn(history_preflight));
     Router::new()
         .route("/", get(visit::visit).head(visit::head))
         .route("/c/{*name}", get(counters::visit))
@@ -148,14 +149,38 @@ async fn method_not_allowed() -> impl IntoResponse {
     (StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed\n")
 }
 
+/// Whether a path of the counter API is a counter's history, which shares its route with
+/// the counter but takes only the methods that read it.
+fn is_history(path: &str) -> bool {
+    path.strip_suffix(crate::counters::name::HISTORY)
+        .is_some_and(|rest| rest.ends_with('/'))
+}
+
 /// A method no route of the counter API takes: a counter's history says the methods it
 /// takes itself (the route it shares with the counter takes more).
 async fn counter_method_not_allowed(uri: axum::http::Uri) -> axum::response::Response {
-    if uri
-        .path()
-        .ends_with(&format!("/{}", crate::counters::name::HISTORY))
-    {
+    if is_history(uri.path()) {
         return ApiError::MethodNotAllowed.into_response();
     }
     method_not_allowed().await.into_response()
+}
+
+/// A preflight (`OPTIONS`) of a counter's history says the methods a history takes, as
+/// its 405 does, not the ones of the route it shares with the counter. (The router adds
+/// its own `Allow` only where there is none.)
+async fn history_preflight(request: Request, next: middleware::Next) -> axum::response::Response {
+    let history = request.method() == Method::OPTIONS && is_history(request.uri().path());
+    let mut response = next.run(request).await;
+    if history {
+        let headers = response.headers_mut();
+        headers.insert(
+            header::ALLOW,
+            HeaderValue::from_static(error::HISTORY_METHODS),
+        );
+        headers.insert(
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            HeaderValue::from_static("GET,HEAD"),
+        );
+    }
+    response
 }

@@ -1805,6 +1805,20 @@ async fn head_and_preflight_are_answered_as_browsers_expect(backend: Backend) {
         .unwrap();
     assert_eq!(posted.status(), StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(posted.headers()[header::ALLOW], "GET, HEAD");
+    // A history's preflight and `OPTIONS` say the methods a history takes, as its 405.
+    let preflight = client
+        .request_builder(Method::OPTIONS, "/api/counters/seen/history")
+        .header(header::ORIGIN, "https://page.example")
+        .header(header::ACCESS_CONTROL_REQUEST_METHOD, "GET")
+        .send()
+        .await
+        .unwrap();
+    assert!(preflight.status().is_success());
+    assert_eq!(preflight.headers()[header::ALLOW], "GET, HEAD");
+    assert_eq!(
+        preflight.headers()[header::ACCESS_CONTROL_ALLOW_METHODS],
+        "GET,HEAD"
+    );
     assert_eq!(total(client, "seen").await, 1);
 }
 
