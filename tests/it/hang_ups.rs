@@ -9,6 +9,9 @@ use tokio::{
     net::TcpStream,
 };
 
+use nix::sys::signal::Signal;
+use stackdemo::deadlines::Deadlines;
+
 use crate::helpers::{
     RedisServer, ServiceProcess, allowed,
     client::parse_raw,
@@ -168,6 +171,65 @@ async fn a_client_that_half_closes_after_its_request_gets_its_answer() {
     assert_eq!(redis.get_i64("hits").await, first + 20);
 }
 
+/// Visits asking for the page (8 KB of answer each): sent many at once, more than any
+/// send buffer holds (4 MB at most by default).
+const PAGE_VISIT: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\nAccept: text/html\r\n\r\n";
+const PIPELINED_VISITS: usize = 1000;
+
+/// A connection to `port` with a small receive buffer, on which `PIPELINED_VISITS` page
+/// visits are being sent at once (by a thread, joined by the handle), none of them read.
+fn pipelined_page_visits(port: u16) -> (std::net::TcpStream, std::thread::JoinHandle<()>) {
+    let address: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    // Every request in the kernel at once, so that they reach the service while it
+    // closes gracefully without this process having to run again first.
+    socket.set_send_buffer_size(1 << 20).unwrap();
+    socket.connect(&address.into()).unwrap();
+    let stream: std::net::TcpStream = socket.into();
+    let mut sending = stream.try_clone().unwrap();
+    let sent = std::thread::spawn(move || {
+        use std::io::Write;
+        // Refused part way when the service ends the connection: what was sent is sent.
+        let _ = sending.write_all(&PAGE_VISIT.repeat(PIPELINED_VISITS));
+    });
+    (stream, sent)
+}
+
+/// Reads `stream` to its end (or an error, or `limit` without a byte): the numbers of the
+/// whole page answers read, in order, and how the stream ended. An answer cut short at
+/// the end tells its number but was not delivered.
+async fn read_page_answers(
+    mut stream: std::net::TcpStream,
+    limit: std::time::Duration,
+) -> (Vec<i64>, String) {
+    tokio::task::spawn_blocking(move || {
+        use std::io::Read;
+        stream.set_read_timeout(Some(limit)).unwrap();
+        let mut received = Vec::new();
+        let mut buffer = [0u8; 4096];
+        let ended = loop {
+            match stream.read(&mut buffer) {
+                Ok(0) => break "the end of the stream".to_owned(),
+                Ok(n) => received.extend_from_slice(&buffer[..n]),
+                Err(error) => break error.to_string(),
+            }
+        };
+        let numbers = String::from_utf8_lossy(&received)
+            .split("HTTP/1.1 200 OK")
+            .skip(1)
+            .filter(|answer| answer.trim_end().ends_with("</html>"))
+            .map(|answer| {
+                let (_, rest) = answer.split_once("id=\"count\">").unwrap();
+                rest.split('<').next().unwrap().parse().unwrap()
+            })
+            .collect();
+        (numbers, ended)
+    })
+    .await
+    .unwrap()
+}
+
 /// A client that sends many visits at once (pipelined, each asking for the page, 8 KB)
 /// and reads its answers only later, with a small receive buffer: the service writes
 /// what the connection takes and holds the rest, and the connection, idle past the limit,
@@ -177,31 +239,15 @@ async fn a_client_that_half_closes_after_its_request_gets_its_answer() {
 /// held), none lost in between to a reset.
 #[tokio::test(flavor = "multi_thread")]
 async fn answers_written_before_the_service_ends_a_connection_reach_a_client_that_reads_late() {
-    // 8 MB of answers: more than any send buffer holds (4 MB at most by default).
-    const VISITS: usize = 1000;
-    const PAGE_VISIT: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\nAccept: text/html\r\n\r\n";
     let args = ["--header-read-timeout", "300ms", "--send-timeout", "300ms"];
     let service =
         ServiceProcess::start_with_env(&args, &[("RUST_LOG", "warn,stackdemo::server=debug")])
             .await;
     let deadlines = limits::deadlines(&args);
-    let address: std::net::SocketAddr = format!("127.0.0.1:{}", service.port).parse().unwrap();
     let counted_before = service.client.visit().await;
     let doubt_before = in_doubt(&service).await;
 
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    // Every request in the kernel at once, so that they reach the service while it
-    // closes gracefully without this process having to run again first.
-    socket.set_send_buffer_size(1 << 20).unwrap();
-    socket.connect(&address.into()).unwrap();
-    let mut stream: std::net::TcpStream = socket.into();
-    let mut sending = stream.try_clone().unwrap();
-    let sent = std::thread::spawn(move || {
-        use std::io::Write;
-        // Refused part way when the service ends the connection: what was sent is sent.
-        let _ = sending.write_all(&PAGE_VISIT.repeat(VISITS));
-    });
+    let (stream, sent) = pipelined_page_visits(service.port);
     wait_until(
         "the service to end the connection, its answer not taken for the send timeout",
         allowed(deadlines.send * 4 + deadlines.visit()),
@@ -213,35 +259,8 @@ async fn answers_written_before_the_service_ends_a_connection_reach_a_client_tha
     )
     .await;
 
-    let (text, ended) = tokio::task::spawn_blocking(move || {
-        use std::io::Read;
-        stream
-            .set_read_timeout(Some(allowed(deadlines.header_read * 4)))
-            .unwrap();
-        let mut received = Vec::new();
-        let mut buffer = [0u8; 4096];
-        let ended = loop {
-            match stream.read(&mut buffer) {
-                Ok(0) => break "the end of the stream".to_owned(),
-                Ok(n) => received.extend_from_slice(&buffer[..n]),
-                Err(error) => break error.to_string(),
-            }
-        };
-        (String::from_utf8_lossy(&received).into_owned(), ended)
-    })
-    .await
-    .unwrap();
+    let (numbers, ended) = read_page_answers(stream, allowed(deadlines.header_read * 4)).await;
     sent.join().unwrap();
-    // Whole answers only: one cut short at the end tells its number but was not delivered.
-    let numbers: std::collections::BTreeSet<i64> = text
-        .split("HTTP/1.1 200 OK")
-        .skip(1)
-        .filter(|answer| answer.trim_end().ends_with("</html>"))
-        .map(|answer| {
-            let (_, rest) = answer.split_once("id=\"count\">").unwrap();
-            rest.split('<').next().unwrap().parse().unwrap()
-        })
-        .collect();
     let counted = service.client.visit().await - 1 - counted_before;
     let reported = in_doubt(&service).await - doubt_before;
 
@@ -252,7 +271,7 @@ async fn answers_written_before_the_service_ends_a_connection_reach_a_client_tha
         numbers.len()
     );
     assert!(
-        (counted as usize) < VISITS,
+        (counted as usize) < PIPELINED_VISITS,
         "every visit was answered before the end: the test saw nothing"
     );
     assert_eq!(
@@ -261,4 +280,49 @@ async fn answers_written_before_the_service_ends_a_connection_reach_a_client_tha
         "{counted} visits counted, {} answers read, {reported} reported in doubt",
         numbers.len()
     );
+}
+
+/// The same client at shutdown: the service stops after the answer it is writing, with
+/// pipelined requests unread. The client, reading again, gets every answer written, in
+/// order and none missing, then the end of the stream, not a reset; the service exits 0.
+#[tokio::test(flavor = "multi_thread")]
+async fn at_shutdown_a_client_with_requests_unread_gets_every_answer_written_and_the_end() {
+    let args = ["--shutdown-timeout", "5s"];
+    let mut service = ServiceProcess::start(&args).await;
+    let deadlines = limits::deadlines(&args);
+    let counted_before = service.client.visit().await;
+    let visits = || service.client.metric("stackdemo_visits_total");
+    let visits_before = visits().await;
+
+    let (stream, sent) = pipelined_page_visits(service.port);
+    wait_until(
+        "the service to answer visits of the connection",
+        allowed(deadlines.visit()),
+        || async { visits().await > visits_before },
+    )
+    .await;
+    service.signal(Signal::SIGTERM);
+
+    let (numbers, ended) = read_page_answers(stream, allowed(deadlines.shutdown)).await;
+    sent.join().unwrap();
+    let exit = service
+        .wait(allowed(
+            deadlines.shutdown + Deadlines::LINGER_QUIET + limits::PROCESS_START,
+        ))
+        .await;
+
+    assert_eq!(
+        ended,
+        "the end of the stream",
+        "{} answers read",
+        numbers.len()
+    );
+    assert!(
+        !numbers.is_empty() && numbers.len() < PIPELINED_VISITS,
+        "{} of {PIPELINED_VISITS} answers read: the test saw nothing",
+        numbers.len()
+    );
+    let expected: Vec<i64> = (counted_before + 1..).take(numbers.len()).collect();
+    assert_eq!(numbers, expected, "answers missing or out of order");
+    assert_eq!(exit.code(), Some(0));
 }
