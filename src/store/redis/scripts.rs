@@ -112,30 +112,33 @@ if batch == '0' then
     local total = redis.pcall('GET', totals[i])
     local today = redis.pcall('HGET', days[i], day)
     local share = redis.pcall('HGET', shares, replica)
-    local kind = redis.call('TYPE', uniques[i]).ok
     if failed(total) or failed(today) or failed(share) or not integer(total)
-        or not integer(today) or not integer(share)
-        or (kind ~= 'none' and (kind ~= 'string' or redis.call('GETRANGE', uniques[i], 0, 3) ~= 'HYLL')) then
+        or not integer(today) or not integer(share) then
       return redis.error_reply('WRONGTYPE a key of the counter holds the wrong kind of value')
     end
     if total == MAX then return redis.error_reply('LIMIT the total is at its limit') end
     if share == MAX then return redis.error_reply('SHARELIMIT the share of this replica is at its limit') end
-    -- Every other command of the write, each in a way that changes nothing: this
-    -- replica's share set to what it is, a field no name can have deleted, today's
-    -- sketch made as its first visit makes it. The total first, as in a write: Redis
-    -- refuses a script's writes for a full memory only until its first write.
-    redis.call('HLEN', registry)
-    redis.call('HEXISTS', registry, names[i])
+    -- Every other command the write runs now (not those that only undo one), each in a
+    -- way that changes nothing: this replica's share set to what it is, the registry
+    -- (only while the name is new) by a field no name can have deleted, today's sketch
+    -- made as its first visit makes it. The total first, as in a write: Redis refuses a
+    -- script's writes for a full memory only until its first write.
     redis.call('INCRBY', totals[i], 0)
-    redis.call('DECRBY', totals[i], 0)
+    if redis.call('HEXISTS', registry, names[i]) == 0 then
+      redis.call('HLEN', registry)
+      redis.call('HDEL', registry, '')
+    end
     redis.call('HINCRBY', shares, replica, 0)
     redis.call('HSET', shares, replica, redis.call('HGET', shares, replica))
-    redis.call('HDEL', registry, '')
-    -- The expiry first, on no key at all (which changes nothing), so that an ACL that
-    -- denies it leaves no sketch made without one.
-    if kind == 'none' then redis.call('EXPIREAT', uniques[i], unique_until) end
-    redis.call('PFADD', uniques[i])
-    redis.call('EXPIREAT', uniques[i], unique_until)
+    -- The sketch's expiry, which a write sets with the day's first visit, before the
+    -- sketch is made (on no key at all it changes nothing; on a sketch of today, it sets
+    -- what it is), so that an ACL that denies it leaves no sketch made without one. Then
+    -- the sketch, which Redis checks (a key of another kind, or a damaged sketch, is
+    -- refused), made if there is none yet, as its first visit makes it.
+    if not today then redis.call('EXPIREAT', uniques[i], unique_until) end
+    if redis.call('PFADD', uniques[i]) == 1 or not today then
+      redis.call('EXPIREAT', uniques[i], unique_until)
+    end
   end
   redis.call('PEXPIRE', records, ARGV[5])
   return {now, 0, ''}
