@@ -385,13 +385,22 @@ impl Settings {
         use secrecy::ExposeSecret;
 
         let token = self.read_secret(Setting::AdminTokenFile, self.admin_token_file.as_ref())?;
-        if let Some(token) = &token
-            && token.expose_secret().chars().count() < MIN_ADMIN_TOKEN
-        {
-            return Err(self.error(
-                Setting::AdminTokenFile,
-                format!("holds a token shorter than {MIN_ADMIN_TOKEN} characters"),
-            ));
+        if let Some(token) = &token {
+            let token = token.expose_secret();
+            if token.chars().count() < MIN_ADMIN_TOKEN {
+                return Err(self.error(
+                    Setting::AdminTokenFile,
+                    format!("holds a token shorter than {MIN_ADMIN_TOKEN} characters"),
+                ));
+            }
+            // What a request's header could not carry would make a token no request has.
+            if token.chars().any(char::is_control) || token.trim() != token {
+                return Err(self.error(
+                    Setting::AdminTokenFile,
+                    "holds a token no request can send: one with a control character (a \
+                     line break inside it, a tab), or beginning or ending with a space",
+                ));
+            }
         }
         if self.counters == CounterMode::Closed && token.is_none() {
             return Err(self.error(
@@ -417,6 +426,11 @@ impl Settings {
         };
         let cannot =
             |e: std::io::Error| self.error(id, format!("cannot read {}: {e}", path.display()));
+        // Read only if it is a file: opening a named pipe would wait for a writer, and
+        // start-up with it, for good.
+        if !std::fs::metadata(path).map_err(cannot)?.is_file() {
+            return Err(self.error(id, format!("{} is not a file", path.display())));
+        }
         let mut bytes = Vec::new();
         std::fs::File::open(path)
             .map_err(cannot)?

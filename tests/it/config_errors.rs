@@ -146,6 +146,63 @@ async fn an_unreadable_password_file_is_refused() {
     .await;
 }
 
+/// Files that cannot hold a secret are refused at once: a named pipe (opening it would
+/// wait for a writer, and start-up with it), a folder; and an administrator's token that
+/// no request could send (blank, a line break or another control character inside, a
+/// space at either end).
+#[tokio::test]
+async fn secret_files_that_cannot_be_used_are_refused_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let fifo = fifo.to_str().unwrap();
+    let folder = dir.path().to_str().unwrap();
+    let listen = ("STACKDEMO_LISTEN", "127.0.0.1:0");
+    let redis = ("REDIS_URL", "redis://127.0.0.1:1");
+    for path in [fifo, folder] {
+        for (variable, with) in [
+            ("STACKDEMO_ADMIN_TOKEN_FILE", None),
+            ("REDIS_PASSWORD_FILE", Some(redis)),
+        ] {
+            let mut env = vec![listen, (variable, path)];
+            env.extend(with);
+            let stderr = assert_refused(&[], &env, variable).await;
+            assert!(
+                stderr.contains("is not a file"),
+                "{variable}={path}: {stderr}"
+            );
+        }
+    }
+    for token in [
+        " ".repeat(20),
+        "an-administrator\ntoken".to_owned(),
+        "an-administrator\0token".to_owned(),
+        "an-administrator\ttoken".to_owned(),
+        " an-administrator-token".to_owned(),
+        "an-administrator-token ".to_owned(),
+    ] {
+        let file = dir.path().join("token");
+        std::fs::write(&file, format!("{token}\n")).unwrap();
+        let stderr = assert_refused(
+            &[],
+            &[
+                listen,
+                ("STACKDEMO_ADMIN_TOKEN_FILE", file.to_str().unwrap()),
+            ],
+            "STACKDEMO_ADMIN_TOKEN_FILE",
+        )
+        .await;
+        assert!(
+            stderr.contains("no request can send"),
+            "{token:?}: {stderr}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn redis_settings_without_redis_are_refused() {
     let listen = ("STACKDEMO_LISTEN", "127.0.0.1:0");
