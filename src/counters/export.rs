@@ -130,6 +130,12 @@ impl CounterExport {
         }
         for (day, unique) in &self.unique {
             date("unique", day)?;
+            if unique.format != REDIS_HLL && unique.format != HLLPP {
+                return Err(format!(
+                    "unique: {day}: {:?} is not a sketch format ({REDIS_HLL} or {HLLPP})",
+                    unique.format
+                ));
+            }
             let decoded = || base64::engine::general_purpose::STANDARD.decode(&unique.sketch);
             if unique.format == REDIS_HLL && !decoded().is_ok_and(|sketch| is_redis_hll(&sketch)) {
                 return Err(format!(
@@ -169,7 +175,13 @@ impl CounterExport {
 /// caller names the line).
 fn in_words(error: &serde_json::Error) -> String {
     let text = error.to_string();
-    let text = text.split(" at line ").next().unwrap_or(&text);
+    let mut text = text.split(" at line ").next().unwrap_or(&text).to_owned();
+    // serde_json reads a whole number beyond 64 bits as a fraction, and says so.
+    if let Some(rest) = text.strip_prefix("invalid type: floating point `")
+        && let Some((_, expected)) = rest.split_once("`, ")
+    {
+        text = format!("a fraction, or a whole number out of range; {expected}");
+    }
     [
         ("expected i64", "expected a whole number"),
         ("expected u64", "expected a whole number from 0"),
@@ -250,13 +262,36 @@ mod tests {
             r#"{"name":"a","total":1.5}"#,
             r#"{"name":"a","total":0,"days":{"2026-01-01":-1}}"#,
             r#"{"name":"a","total":0,"unique":{"2026-01-01":{"estimate":-1,"format":"x","sketch":""}}}"#,
+            // Beyond 64 bits: read as a fraction by serde_json, not to be called one alone.
+            r#"{"name":"a","total":18446744073709551616}"#,
         ] {
             let error = CounterExport::from_line(line.as_bytes()).unwrap_err();
             assert!(error.contains("whole number"), "{line}: {error}");
-            for rust in ["i64", "u64", "struct", "line 1"] {
+            for rust in ["i64", "u64", "struct", "line 1", "floating point", "e+19"] {
                 assert!(!error.contains(rust), "{line}: {error}");
             }
         }
+    }
+
+    #[test]
+    fn a_sketch_of_no_known_format_is_refused_not_left_out() {
+        let mut counter = CounterExport {
+            name: "a".into(),
+            total: 1,
+            ..CounterExport::default()
+        };
+        counter.unique.insert(
+            "2026-11-30".into(),
+            UniqueExport {
+                estimate: 1,
+                format: "foo".into(),
+                sketch: String::new(),
+            },
+        );
+        let said = counter
+            .check(Day::parse("2026-11-30").unwrap())
+            .unwrap_err();
+        assert!(said.contains("\"foo\" is not a sketch format"), "{said}");
     }
 
     /// An empty sparse sketch: one XZERO run over every register, as `PFADD` of nothing

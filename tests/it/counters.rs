@@ -54,6 +54,7 @@ for_each_backend!(
     an_import_takes_lines_up_to_the_limit_and_days_the_history_keeps_each_once,
     each_exported_line_holds_its_total_and_days_of_one_moment,
     the_tutorials_counter_at_its_limit_is_not_ready_until_the_administrator_lowers_it,
+    an_imported_counter_replaces_the_one_of_its_name_whole,
 );
 
 const TOKEN: &str = "an-administrator-token-of-some-length";
@@ -1542,6 +1543,62 @@ async fn a_damaged_sketch_refuses_its_counter_only() {
         1,
         "nothing refused was counted"
     );
+}
+
+/// An import is a counter as it was: one of the same name is replaced whole, its total,
+/// days and unique visitors those of the line, none of its own kept beside them (a
+/// restored copy would otherwise carry days and visitors it never had).
+async fn an_imported_counter_replaces_the_one_of_its_name_whole(backend: Backend) {
+    let (app, _token) = spawn_with_admin(backend, &[]).await;
+    let client = &app.client;
+    let today = stackdemo::counters::Day::today();
+    let yesterday = today.minus(1).to_string();
+    let today = today.to_string();
+    let (status, said) = import(
+        client,
+        format!("{{\"name\":\"page\",\"total\":7,\"days\":{{\"{yesterday}\":7}}}}\n"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{said}");
+    for n in 0..3 {
+        let visit = client
+            .request_builder(Method::GET, "/c/page")
+            .header(header::USER_AGENT, format!("visitor {n}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(visit.status(), StatusCode::OK);
+    }
+
+    let (status, said) = import(
+        client,
+        format!("{{\"name\":\"page\",\"total\":5,\"days\":{{\"{today}\":5}}}}\n"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{said}");
+
+    let (_, read) = json(client, Method::GET, "/api/counters/page").await;
+    assert_eq!(read["total"], 5, "{read}");
+    assert_eq!(read["today"]["visits"], 5, "{read}");
+    assert_eq!(
+        read["today"]["unique"], 0,
+        "the visitors before are not kept: {read}"
+    );
+    let (_, history) = json(client, Method::GET, "/api/counters/page/history?days=2").await;
+    assert_eq!(history["days"][0]["date"], yesterday.as_str(), "{history}");
+    assert_eq!(
+        history["days"][0]["visits"], 0,
+        "the days before are not kept: {history}"
+    );
+    let line = export(client)
+        .await
+        .lines()
+        .find(|line| line.contains("\"page\""))
+        .map(str::to_owned)
+        .unwrap();
+    let line: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(line["days"], json!({ today.as_str(): 5 }), "{line}");
+    assert_eq!(line["unique"], json!({}), "{line}");
 }
 
 /// Today, as the stores name days (UTC).

@@ -505,6 +505,8 @@ pub(super) fn import(
             .counts
             .insert((key, TOTAL), counter.total.max(0) as u64)
             .map_err(classify)?;
+        // The counter becomes the line's: days and sketches it does not give are gone.
+        tables.forget_before(key, Day(u32::MAX))?;
         for (day, visits) in &counter.days {
             if let Some(day) = Day::parse(day) {
                 tables

@@ -221,27 +221,22 @@ impl RedisSession {
         let store = &self.store;
         let keys = &store.keys;
         let hash = keys.counter_days(name.as_str());
+        // The days the counter has now, whose sketches go with them. Asked before the
+        // transaction, which applies the commands that do not fail: a hash of the wrong
+        // type refuses the import here, before the name is registered.
         let mut check = redis::pipe();
         check
             .hexists(&keys.registry, name.as_str())
             .cmd("HLEN")
             .arg(&keys.registry)
             .hexists(&keys.registry, store.tutorial.as_str())
-            .cmd("TYPE")
+            .cmd("HKEYS")
             .arg(&hash);
-        let (known, registered, tutorial_known, kind): (bool, u64, bool, String) =
+        let (known, registered, tutorial_known, fields): (bool, u64, bool, Vec<String>) =
             match self.query(&check, answer_by).await {
                 Ok(checked) => checked,
                 Err(error) => return Err(self.admin_error(error, answer_by).await),
             };
-        // A transaction applies the commands that do not fail: the counter's hash of the
-        // wrong type would leave its registration and sketches made and its total not.
-        if kind != "hash" && kind != "none" {
-            return Err(AdminError::Store(StoreError::new(
-                StoreErrorKind::WrongType,
-                format!("the counter's key holds a {kind}"),
-            )));
-        }
         // The tutorial's counter always has its place among the most allowed.
         let reserved = u64::from(!tutorial_known);
         if !known && *name != store.tutorial && registered + reserved >= store.policy.max_counters {
@@ -250,6 +245,11 @@ impl RedisSession {
         let mut pipe = redis::pipe();
         pipe.atomic();
         pipe.hset(&keys.registry, name.as_str(), "admin").ignore();
+        // The counter becomes the line's: days and sketches it does not give are gone.
+        pipe.del(&hash).ignore();
+        for day in fields.iter().filter_map(|field| Day::parse(field)) {
+            pipe.del(keys.uniques(name.as_str(), day)).ignore();
+        }
         if *name == store.tutorial {
             pipe.set(&keys.total, counter.total).ignore();
         } else {
