@@ -114,11 +114,16 @@ impl Application {
             .check_configuration(checked.deadlines.store)
             .await
             .map_err(|error| {
-                let setting = match error.kind() {
-                    StoreErrorKind::Unsupported => Setting::RedisWaitAof,
-                    _ => Setting::RedisUrl,
-                };
-                ServiceError::Config(settings.error(setting, error.detail()))
+                ServiceError::Config(match error.kind() {
+                    StoreErrorKind::Unsupported => {
+                        settings.error(Setting::RedisWaitAof, error.detail())
+                    }
+                    // The client library's account of it names its own types.
+                    _ => settings.error(
+                        Setting::RedisUrl,
+                        "the Redis server has no database of the number it names",
+                    ),
+                })
             })?;
         let listener = bind(settings).await?;
 
