@@ -85,8 +85,9 @@ impl Drop for LogGuard {
     }
 }
 
-/// Installs the global subscriber and the panic hook, once per process: later calls
-/// (several services in one test process) change nothing.
+/// The level when `RUST_LOG` is unset or empty.
+const DEFAULT_FILTER: &str = "info";
+
 /// Checks the log filter `RUST_LOG` names, if it is set: a filter that does not parse
 /// would otherwise be dropped without a word for the default. The reason, if not.
 pub fn check_filter() -> Result<(), String> {
@@ -97,12 +98,27 @@ pub fn check_filter() -> Result<(), String> {
     }
 }
 
+/// The log filter: `RUST_LOG`'s, or the default where it is unset or empty (as for every
+/// other setting, empty means unset; an empty filter would log nothing at all).
+fn filter() -> EnvFilter {
+    let given = std::env::var("RUST_LOG").unwrap_or_default();
+    let given = given.trim();
+    EnvFilter::try_new(if given.is_empty() {
+        DEFAULT_FILTER
+    } else {
+        given
+    })
+    .unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER))
+}
+
 fn check_filter_value(filter: &str) -> Result<(), String> {
     EnvFilter::try_new(filter)
         .map(drop)
         .map_err(|error| format!("'{filter}' {error} (examples: info, warn,stackdemo=debug)"))
 }
 
+/// Installs the global subscriber and the panic hook, once per process: later calls
+/// (several services in one test process) change nothing.
 pub fn init(format: LogFormat) -> LogGuard {
     static ONCE: std::sync::Once = std::sync::Once::new();
     let mut guard = None;
@@ -136,7 +152,7 @@ fn install(format: LogFormat) -> (WorkerGuard, Option<request_log::Writer>) {
     // Every level through the queue: a warning written at once would wait for an output
     // that does not move, and the request with it.
     let writer = queued;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = filter();
     let json = match format {
         LogFormat::Json => true,
         LogFormat::Text => false,

@@ -14,7 +14,11 @@ use tokio::{
     net::TcpStream,
 };
 
-use stackdemo::{deadlines::Deadlines, routes::UNROUTED, telemetry::DROPPED_MESSAGE};
+use stackdemo::{
+    deadlines::Deadlines,
+    routes::UNROUTED,
+    telemetry::{DROPPED_MESSAGE, FLUSH_EVERY},
+};
 
 use crate::helpers::{
     Backend, RedisServer, ServiceProcess, TestApp, TestClient, allowed,
@@ -784,6 +788,19 @@ async fn requests_refused_before_routing_are_logged_and_counted() {
         .collect();
     refused.sort_unstable();
     assert_eq!(refused, [400, 400, 431], "{text}");
+}
+
+/// An empty `RUST_LOG` is unset, as an empty value of any setting is: the default level,
+/// not a filter that logs nothing (a stack file's `RUST_LOG=` silenced the service).
+#[tokio::test]
+async fn an_empty_log_filter_logs_at_the_default_level() {
+    let service = ServiceProcess::start_with_env(&[], &[("RUST_LOG", "")]).await;
+    assert_eq!(service.client.get("/").await.status(), StatusCode::OK);
+    wait_until("the request's line", allowed(FLUSH_EVERY * 2), || async {
+        service.log().contains("\"status\":200")
+    })
+    .await;
+    assert!(service.log().contains("listening"), "{}", service.log());
 }
 
 /// Text logs read from a pipe (`docker logs`, a file, `grep`) are plain text: terminal
