@@ -60,6 +60,12 @@ impl Cli {
         if !named {
             args.insert(args.len().min(1), "serve".into());
         }
+        if let Some(name) = not_utf8(&command, &args) {
+            return Err(clap::Error::raw(
+                ErrorKind::InvalidUtf8,
+                format!("invalid {name}: not UTF-8 text\n"),
+            ));
+        }
         let matches = command
             .try_get_matches_from_mut(&args)
             .map_err(|error| name_what_was_set(error, &command, &args))?;
@@ -74,6 +80,39 @@ impl Cli {
         }
         Ok(cli)
     }
+}
+
+/// The setting, as the user gave it, whose value is not UTF-8 (clap refuses it without
+/// saying which): an argument (named by its flag), or an environment variable of the
+/// subcommand to run that no flag on the command line overrides.
+fn not_utf8(command: &clap::Command, args: &[OsString]) -> Option<String> {
+    let flag_of = |arg: &OsString| {
+        let bytes = arg.as_encoded_bytes();
+        let flag = bytes.split(|&b| b == b'=').next().unwrap_or(bytes);
+        std::str::from_utf8(flag)
+            .ok()
+            .filter(|flag| flag.starts_with("--"))
+            .map(str::to_owned)
+    };
+    for (i, arg) in args.iter().enumerate().skip(1) {
+        if arg.to_str().is_some() {
+            continue;
+        }
+        // `--flag=value`, or `--flag value`.
+        let named = flag_of(arg).or_else(|| args.get(i - 1).and_then(flag_of));
+        return Some(named.unwrap_or_else(|| format!("argument {i}")));
+    }
+    let subcommand = command.find_subcommand(args.get(1)?.to_str()?)?;
+    subcommand.get_arguments().find_map(|arg| {
+        let env = arg.get_env()?;
+        let value = std::env::var_os(env)?;
+        let overridden = arg.get_long().is_some_and(|long| {
+            let flag = format!("--{long}");
+            args.iter()
+                .any(|given| flag_of(given).as_deref() == Some(flag.as_str()))
+        });
+        (value.to_str().is_none() && !overridden).then(|| env.to_string_lossy().into_owned())
+    })
 }
 
 /// Rewrites clap's error for a bad value so that it names what the user set: the
@@ -122,7 +161,10 @@ fn name_what_was_set(
         return clap::Error::raw(error.kind(), format!("invalid {name}: it needs a value\n"));
     }
     let reason = match (error.kind(), std::error::Error::source(&error)) {
-        (ErrorKind::ValueValidation, Some(source)) => source.to_string(),
+        // A parser's reason may quote the value too.
+        (ErrorKind::ValueValidation, Some(source)) => {
+            source.to_string().replace(given, &shortened(given))
+        }
         _ => match error.get(ContextKind::ValidValue) {
             Some(ContextValue::Strings(valid)) if !valid.is_empty() => {
                 format!("expected one of {}", valid.join(", "))
@@ -133,9 +175,20 @@ fn name_what_was_set(
     let value = if arg.is_hide_env_values_set() {
         String::new()
     } else {
-        format!(" '{}'", redact_url(given))
+        format!(" '{}'", shortened(&redact_url(given)))
     };
     clap::Error::raw(error.kind(), format!("invalid {name}:{value} {reason}\n"))
+}
+
+/// The characters of a value shown in an error: enough to tell which it was.
+const SHOWN_CHARS: usize = 64;
+
+/// `value` as an error shows it: its beginning, when it is long.
+fn shortened(value: &str) -> String {
+    match value.char_indices().nth(SHOWN_CHARS) {
+        Some((end, _)) => format!("{}…", &value[..end]),
+        None => value.to_owned(),
+    }
 }
 
 #[cfg(test)]
@@ -172,9 +225,37 @@ mod tests {
         let error = settings.check().unwrap_err();
         assert_eq!(error.setting, "--store-timeout");
         assert!(
-            error.reason.contains("STACKDEMO_REQUEST_TIMEOUT"),
+            error
+                .reason
+                .contains("the request timeout (5s, its default)"),
             "{error}"
         );
+    }
+
+    /// Of two settings that do not fit together, the one the user set is named.
+    #[test]
+    fn a_setting_left_at_its_default_is_not_blamed() {
+        let error = serve(&["stackdemo", "--request-timeout", "1ns"])
+            .check()
+            .unwrap_err();
+        assert_eq!(error.setting, "--request-timeout");
+        assert!(
+            error
+                .reason
+                .contains("the store timeout (400ms, its default)"),
+            "{error}"
+        );
+        let error = serve(&[
+            "stackdemo",
+            "--request-timeout",
+            "1s",
+            "--store-timeout",
+            "600ms",
+        ])
+        .check()
+        .unwrap_err();
+        assert_eq!(error.setting, "--store-timeout");
+        assert!(error.reason.contains("--request-timeout (1s)"), "{error}");
     }
 
     #[test]
@@ -184,6 +265,37 @@ mod tests {
             error.to_string().contains("invalid --listen: 'nowhere'"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn a_value_that_is_not_utf8_is_named_by_its_flag() {
+        use std::os::unix::ffi::OsStringExt;
+
+        let junk = OsString::from_vec(vec![0xff, 0xfe]);
+        let mut joined = b"--replica=".to_vec();
+        joined.extend([0xff]);
+        for args in [
+            vec!["stackdemo".into(), "--replica".into(), junk.clone()],
+            vec!["stackdemo".into(), OsString::from_vec(joined)],
+        ] {
+            let error = Cli::parse_args(args).unwrap_err().to_string();
+            assert_eq!(error, "error: invalid --replica: not UTF-8 text\n");
+        }
+    }
+
+    #[test]
+    fn a_long_value_is_shown_by_its_beginning_once() {
+        let value = "9".repeat(5000);
+        for flag in ["--rate-limit", "--listen", "--workers"] {
+            let error = Cli::parse_args(["stackdemo", flag, &value])
+                .unwrap_err()
+                .to_string();
+            assert!(error.len() < 400, "{flag}: {error}");
+            assert!(
+                error.contains(&format!("'{}…'", &value[..64])),
+                "{flag}: {error}"
+            );
+        }
     }
 
     #[test]

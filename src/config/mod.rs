@@ -299,14 +299,30 @@ impl Settings {
                 ),
             ),
             // A visit may wait for its batch to start and then for its write: both must
-            // end before the request timeout.
-            DeadlineError::RequestNotAboveVisit => self.error(
-                Setting::StoreTimeout,
-                format!(
-                    "must be less than half of {}",
-                    self.origins.name(Setting::RequestTimeout)
-                ),
-            ),
+            // end before the request timeout. The one the user set is at fault; of two,
+            // the store timeout.
+            DeadlineError::RequestNotAboveVisit => {
+                let request = humantime::format_duration(self.request_timeout);
+                let store = humantime::format_duration(self.store_timeout);
+                if self.origins.given(Setting::RequestTimeout)
+                    && !self.origins.given(Setting::StoreTimeout)
+                {
+                    self.error(
+                        Setting::RequestTimeout,
+                        format!("must be more than twice the store timeout ({store}, its default)"),
+                    )
+                } else {
+                    let request = if self.origins.given(Setting::RequestTimeout) {
+                        format!("{} ({request})", self.origins.name(Setting::RequestTimeout))
+                    } else {
+                        format!("the request timeout ({request}, its default)")
+                    };
+                    self.error(
+                        Setting::StoreTimeout,
+                        format!("must be less than half of {request}"),
+                    )
+                }
+            }
             DeadlineError::ShutdownZero => {
                 self.error(Setting::ShutdownTimeout, "must be above zero")
             }

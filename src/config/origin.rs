@@ -16,6 +16,8 @@ struct Origin {
     flag: Option<String>,
     env: Option<String>,
     from_command_line: bool,
+    /// Given at all: on the command line or in the environment.
+    given: bool,
 }
 
 impl Origins {
@@ -30,6 +32,11 @@ impl Origins {
                     env: arg.get_env().map(|env| env.to_string_lossy().into_owned()),
                     from_command_line: matches.try_contains_id(id).is_ok_and(|present| present)
                         && matches.value_source(id) == Some(ValueSource::CommandLine),
+                    given: matches.try_contains_id(id).is_ok_and(|present| present)
+                        && matches!(
+                            matches.value_source(id),
+                            Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+                        ),
                 };
                 (id.to_owned(), origin)
             })
@@ -47,6 +54,11 @@ impl Origins {
             None => None,
         }
         .unwrap_or_else(|| id.to_owned())
+    }
+
+    /// Whether the user gave `setting` at all, rather than leaving its default.
+    pub fn given(&self, setting: Setting) -> bool {
+        self.0.get(setting.id()).is_some_and(|origin| origin.given)
     }
 }
 

@@ -51,6 +51,33 @@ async fn a_bad_value_from_the_environment_names_the_variable() {
     }
 }
 
+/// A variable whose value is not UTF-8 text is named, as any other bad value is.
+#[tokio::test]
+async fn a_variable_that_is_not_utf8_text_is_named() {
+    use std::os::unix::ffi::OsStringExt;
+
+    for variable in ["STACKDEMO_MAX_COUNTERS", "REDIS_URL", "STACKDEMO_REPLICA"] {
+        let output = tokio::process::Command::new(crate::helpers::process::binary())
+            .env(variable, std::ffi::OsString::from_vec(vec![0xff, 0xfe]))
+            .env("STACKDEMO_LISTEN", "127.0.0.1:0")
+            .kill_on_drop(true)
+            .output();
+        let output = tokio::time::timeout(
+            crate::helpers::allowed(crate::helpers::limits::PROCESS_START),
+            output,
+        )
+        .await
+        .expect("refused at once")
+        .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{variable}: {stderr}");
+        assert!(
+            stderr.contains(&format!("invalid {variable}: not UTF-8 text")),
+            "{variable}: {stderr}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn settings_that_would_break_the_service_are_refused() {
     let listen = ("STACKDEMO_LISTEN", "127.0.0.1:0");
@@ -319,4 +346,20 @@ async fn waiting_for_append_only_files_on_a_server_without_waitaof_is_refused_at
         redis::Value::Int(0),
         "nothing is written to the server"
     );
+}
+
+/// A database number the server has not (it has 16 unless configured otherwise): refused
+/// at start with exit 2, naming the setting, in words and not in the client library's.
+#[tokio::test]
+async fn a_database_the_server_lacks_is_refused_at_start() {
+    let redis = RedisServer::start().await;
+    let url = format!("redis://127.0.0.1:{}/20", redis.port);
+    let stderr = assert_refused(
+        &[],
+        &[("STACKDEMO_LISTEN", "127.0.0.1:0"), ("REDIS_URL", &url)],
+        "REDIS_URL",
+    )
+    .await;
+    assert!(stderr.contains("no database of the number"), "{stderr}");
+    assert!(!stderr.contains("ResponseError"), "{stderr}");
 }
