@@ -52,12 +52,12 @@ pub struct VerifyArgs {
 fn http_url(text: &str) -> Result<reqwest::Url, String> {
     let url: reqwest::Url = text
         .parse()
-        .map_err(|_| format!("'{text}' is not a URL (example: http://localhost:8000/)"))?;
+        .map_err(|_| "is not a URL (example: http://localhost:8000/)".to_owned())?;
     if !matches!(url.scheme(), "http" | "https") {
-        return Err(format!("'{text}' is not an http or https URL"));
+        return Err("is not an http or https URL".to_owned());
     }
     if url.host().is_none() {
-        return Err(format!("'{text}' names no host"));
+        return Err("names no host".to_owned());
     }
     Ok(url)
 }
@@ -65,7 +65,7 @@ fn http_url(text: &str) -> Result<reqwest::Url, String> {
 /// A duration that leaves time for a visit.
 fn longer_than_zero(text: &str) -> Result<Duration, String> {
     match parse_duration(text)? {
-        Duration::ZERO => Err("is longer than 0 (examples: 5s, 500ms)".to_owned()),
+        Duration::ZERO => Err("must be longer than 0 (examples: 5s, 500ms)".to_owned()),
         duration => Ok(duration),
     }
 }

@@ -67,18 +67,21 @@ async fn verify_fails_when_visits_fail() {
 #[tokio::test]
 async fn verify_refuses_bad_arguments_with_exit_code_2() {
     for (args, said) in [
-        (&["--url", "not a url"][..], "is not a URL"),
+        (
+            &["--url", "not a url"][..],
+            "invalid --url: 'not a url' is not a URL",
+        ),
         (
             &["--url", "ftp://localhost/"],
-            "is not an http or https URL",
+            "invalid --url: 'ftp://localhost/' is not an http or https URL",
         ),
         (
             &["--url", "http://127.0.0.1:1/", "--duration", "0s"],
-            "longer than 0",
+            "invalid --duration: '0s' must be longer than 0",
         ),
         (
             &["--url", "http://127.0.0.1:1/", "--timeout", "0"],
-            "longer than 0",
+            "invalid --timeout: '0' must be longer than 0",
         ),
     ] {
         let output = process::run(&[&["verify"][..], args].concat(), &[]).await;
