@@ -270,6 +270,16 @@ async fn an_unusable_data_dir_is_refused() {
         "STACKDEMO_DATA_DIR",
     )
     .await;
+    let stderr = assert_refused(
+        &[],
+        &[
+            ("STACKDEMO_LISTEN", "127.0.0.1:0"),
+            ("STACKDEMO_DATA_DIR", file.path().to_str().unwrap()),
+        ],
+        "STACKDEMO_DATA_DIR",
+    )
+    .await;
+    assert!(stderr.contains("is not a folder"), "{stderr}");
 }
 
 /// A client subcommand takes only its own settings: a server setting in the environment

@@ -102,6 +102,12 @@ impl EmbeddedStore {
         identity: &Identity,
         policy: CounterPolicy,
     ) -> Result<Self, StoreError> {
+        if dir.exists() && !dir.is_dir() {
+            return Err(StoreError::new(
+                StoreErrorKind::Failed,
+                format!("{} is not a folder", dir.display()),
+            ));
+        }
         std::fs::create_dir_all(dir).map_err(|e| {
             StoreError::new(
                 StoreErrorKind::Failed,
