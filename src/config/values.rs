@@ -205,6 +205,13 @@ pub fn parse_host_port(text: &str) -> Result<HostPort, String> {
     if host.is_empty() || host.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err("expected host:port".to_owned());
     }
+    if host.parse::<std::net::IpAddr>().is_err() && !is_host_name(host) {
+        return Err(
+            "the host must be an IP address or a DNS name (letters, digits, '-', '_' and \
+             dots, at most 63 characters between dots and 253 in all)"
+                .to_owned(),
+        );
+    }
     let port = match port {
         None => SENTINEL_PORT,
         Some(port) => port
@@ -217,6 +224,19 @@ pub fn parse_host_port(text: &str) -> Result<HostPort, String> {
         host: host.to_owned(),
         port,
     })
+}
+
+/// Whether `host` could be a DNS name: what resolves on a Swarm's network too (a service's
+/// name holds `_`).
+fn is_host_name(host: &str) -> bool {
+    let host = host.strip_suffix('.').unwrap_or(host);
+    host.len() <= 253
+        && host.split('.').all(|label| {
+            (1..=63).contains(&label.len())
+                && label
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        })
 }
 
 pub fn parse_counter_key(text: &str) -> Result<String, String> {
@@ -321,5 +341,12 @@ mod tests {
         assert_eq!(parse_host_port("[::1]:7").unwrap().host, "::1");
         assert!(parse_host_port("s1:0").is_err());
         assert!(parse_host_port(":26379").is_err());
+        assert_eq!(
+            parse_host_port("stackdemo_sentinel.").unwrap().host,
+            "stackdemo_sentinel."
+        );
+        for junk in ["10/0s", "é∞☃", &"x".repeat(64), "a..b", "a b", "[::1"] {
+            assert!(parse_host_port(junk).is_err(), "{junk}");
+        }
     }
 }
