@@ -56,11 +56,12 @@ pub async fn set_total(
     let body = read_small_body(request.into_body(), read_by).await?;
     let bad = || ApiError::BadRequest("the body is {\"total\": N}, N a whole number from 0".into());
     // An object, as documented; serde would also take the fields as an array.
-    let body: serde_json::Value = serde_json::from_slice(&body).map_err(|_| bad())?;
-    if !body.is_object() {
+    let value: serde_json::Value = serde_json::from_slice(&body).map_err(|_| bad())?;
+    if !value.is_object() {
         return Err(bad());
     }
-    let SetTotal { total } = SetTotal::deserialize(body).map_err(|_| bad())?;
+    // From the text again, not the value: a value keeps one of a repeated `total`.
+    let SetTotal { total } = serde_json::from_slice(&body).map_err(|_| bad())?;
     if total < 0 {
         return Err(ApiError::BadRequest(
             "the total is a whole number from 0".into(),

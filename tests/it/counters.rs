@@ -1721,8 +1721,11 @@ async fn bad_administration_is_refused_with_a_clear_reason_and_changes_nothing(b
         !answer.body.contains("length limit"),
         "a library's words: {answer:?}"
     );
-    let (status, body) = send(Method::PUT, "/api/counters/kept", "[5]".into()).await;
-    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    for refused in ["[5]", r#"{"total":3,"total":4}"#] {
+        let (status, body) = send(Method::PUT, "/api/counters/kept", refused.into()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{refused}: {body}");
+    }
+    assert_eq!(total(client, "kept").await, 1, "a refused change changes nothing");
     let (status, body) = send(Method::PUT, "/api/counters/kept/history", "{}".into()).await;
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{body}");
 
