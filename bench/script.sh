@@ -35,9 +35,10 @@ calls_sha=$(cli script load "for i = 1, 10 do redis.call('TIME') end return 1")
 # visitors, so that each call adds new ones to the sketch.
 today=$(date -u +%F)
 cli set hits:dataset bench-mark >/dev/null
-keys=(hits:batches:bench hits:replicas hits:counters hits:dataset hits hits:days "hits:u:$today")
+keys=(hits:batches:bench hits:replicas hits:counters hits:dataset hits:writes hits hits:days
+  "hits:u:$today")
 args=(bench 99999999999999 __rand_int__ 64 600000 "$today" 400 4102444800 50000 0 hits bench-mark
-  hits "$VISITS" "$VISITS")
+  0 another-mark hits "$VISITS" "$VISITS")
 for _ in $(seq 1 "$VISITS"); do args+=(__rand_int__); done
 
 # Runs script $1 CALLS times; prints its µs per call and the µs per call of the commands

@@ -1725,7 +1725,11 @@ async fn bad_administration_is_refused_with_a_clear_reason_and_changes_nothing(b
         let (status, body) = send(Method::PUT, "/api/counters/kept", refused.into()).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{refused}: {body}");
     }
-    assert_eq!(total(client, "kept").await, 1, "a refused change changes nothing");
+    assert_eq!(
+        total(client, "kept").await,
+        1,
+        "a refused change changes nothing"
+    );
     let (status, body) = send(Method::PUT, "/api/counters/kept/history", "{}".into()).await;
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{body}");
 

@@ -1261,6 +1261,7 @@ async fn redis_losing_its_data_refuses_every_visit_until_the_data_is_back() {
         ),
     ];
     for (what, commands) in losses {
+        let writes = redis.get_i64("hits:writes").await;
         for command in commands {
             redis.query(command).await.unwrap();
         }
@@ -1283,6 +1284,7 @@ async fn redis_losing_its_data_refuses_every_visit_until_the_data_is_back() {
 
         // The data restored, as from a copy of Redis's files.
         redis.set("hits", &expected.to_string()).await;
+        redis.set("hits:writes", &writes.to_string()).await;
         redis.set("hits:dataset", &mark).await;
         service.client.wait_ready(allowed(defaults().store)).await;
         expected += 1;
@@ -1304,6 +1306,61 @@ async fn redis_losing_its_data_refuses_every_visit_until_the_data_is_back() {
         "a new service takes what Redis holds"
     );
     refuses_every_visit(&service.client, reason, "the service that counted before").await;
+}
+
+/// Redis gone back to an older copy of its data, mark and all: here its snapshot, loaded
+/// after a crash (Redis's default persistence; a restored backup, or a server that fell
+/// behind made primary, are the same). Counting on from it would hand out acknowledged
+/// numbers again. A service process that had a later write acknowledged finds it so, and
+/// then every process refuses every visit, and is not ready, also one whose own writes
+/// are all in the copy; the log says what happened and what to do. A service started on
+/// what Redis holds takes it as it is.
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_gone_back_to_an_older_copy_refuses_every_visit_in_every_process() {
+    let mut redis = RedisServer::start_with(Flavor::Redis, None, &["--appendonly", "no"]).await;
+    let first = service_on(&redis, &[]).await;
+    let second = service_on(&redis, &[]).await;
+    first.client.visit().await;
+    second.client.visit().await;
+    redis.query(&["SAVE"]).await.unwrap();
+    let saved = first.client.visit().await;
+    first.client.visit().await;
+
+    redis.kill().await;
+    redis.start_again().await;
+    assert_eq!(
+        redis.get_i64("hits").await,
+        saved - 1,
+        "the snapshot is loaded"
+    );
+
+    let reason = "counter store no longer holds the counts";
+    refuses_every_visit(&first.client, reason, "the process that counted on").await;
+    refuses_every_visit(
+        &second.client,
+        reason,
+        "a process whose writes are all in the copy",
+    )
+    .await;
+    assert_eq!(
+        redis.get_i64("hits").await,
+        saved - 1,
+        "a refused visit counted"
+    );
+    assert!(
+        first
+            .log()
+            .contains("Redis holds an older copy of the data"),
+        "{}",
+        first.log()
+    );
+
+    let started = service_on(&redis, &[]).await;
+    assert_eq!(
+        started.client.visit().await,
+        saved,
+        "a new service takes what Redis holds"
+    );
 }
 
 /// A Redis reached through a unix socket (`unix:///path`), with the database in the query.

@@ -482,11 +482,12 @@ async fn a_batch_sent_twice_is_applied_once() {
         let args = [
             "EVAL",
             script,
-            "10",
+            "11",
             "hits:batches:t",
             "hits:replicas",
             "hits:counters",
             "hits:dataset",
+            "hits:writes",
             "hits",
             "hits:c:hits",
             "hits:u:2026-11-30:hits",
@@ -505,6 +506,8 @@ async fn a_batch_sent_twice_is_applied_once() {
             "0",
             "hits",
             "mark",
+            "0",
+            "another mark",
             "hits",
             "5",
             "1",
@@ -518,7 +521,7 @@ async fn a_batch_sent_twice_is_applied_once() {
         redis.query(&args).await
     };
     let far = "99999999999999";
-    type Reply = (i64, i64, String);
+    type Reply = (i64, i64, String, i64);
 
     let first: Reply = redis::from_redis_value(send("1", far).await.unwrap()).unwrap();
     let again: Reply = redis::from_redis_value(send("1", "0").await.unwrap()).unwrap();
@@ -532,6 +535,11 @@ async fn a_batch_sent_twice_is_applied_once() {
         "the second send replays the first"
     );
     assert_eq!(next.2, "10,4");
+    assert_eq!(
+        (first.3, again.3, next.3),
+        (1, 0, 2),
+        "each write applied is numbered; a replay tells no number"
+    );
     assert!(late.is_err(), "a write past its deadline is refused");
     assert_eq!(redis.get_i64("hits").await, 10);
     let hget = async |key: &str, field: &str| redis.query(&["HGET", key, field]).await.unwrap();

@@ -10,10 +10,16 @@
 //! ready, saying the store no longer holds the counts, until the data is restored (a copy
 //! of Redis's files, an export imported with the mark set back) or the service is
 //! restarted, which takes what Redis holds as it is.
+//!
+//! Data can also go back in time with its mark: a snapshot loaded after a crash, a backup
+//! restored, a server that fell behind made primary. So every write is numbered too, and
+//! each process remembers the number of the last write acknowledged to it: a write that
+//! finds Redis at a lower number puts a new mark in place (`scripts::ADD_VISITS`), and
+//! every process then refuses as above.
 
 use std::sync::{
     OnceLock,
-    atomic::{AtomicBool, Ordering},
+    atomic::{AtomicBool, AtomicI64, Ordering},
 };
 
 use crate::store::{StoreError, StoreErrorKind};
@@ -27,14 +33,52 @@ pub(super) enum Pending {
 }
 
 /// The mark this process counts in, shared by every worker's session.
-#[derive(Default)]
 pub(super) struct DatasetMark {
     id: OnceLock<String>,
+    /// The number of the last write acknowledged to this process.
+    acknowledged: AtomicI64,
+    /// The mark a write puts in place when it finds an older copy of the data.
+    replacement: String,
     /// Whether the mark's loss has been logged (and not its return since).
     lost_said: AtomicBool,
 }
 
+impl Default for DatasetMark {
+    fn default() -> Self {
+        Self {
+            id: OnceLock::new(),
+            acknowledged: AtomicI64::new(0),
+            replacement: fresh_mark(),
+            lost_said: AtomicBool::new(false),
+        }
+    }
+}
+
+/// A mark no data has yet.
+fn fresh_mark() -> String {
+    crate::counters::visitor::new_salt()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 impl DatasetMark {
+    /// The number of the last write acknowledged to this process: Redis holding a lower
+    /// one has gone back to an older copy.
+    pub fn acknowledged(&self) -> i64 {
+        self.acknowledged.load(Ordering::Acquire)
+    }
+
+    /// A write numbered `number` was acknowledged (its replicas, if any, confirmed it).
+    pub fn acknowledge(&self, number: i64) {
+        self.acknowledged.fetch_max(number, Ordering::AcqRel);
+    }
+
+    /// The mark a write puts in place when it finds an older copy of the data.
+    pub fn replacement(&self) -> &str {
+        &self.replacement
+    }
+
     /// The mark every write carries; empty, and so refused by every store, until a
     /// connection has taken one.
     pub fn id(&self) -> &str {
@@ -51,10 +95,7 @@ impl DatasetMark {
                 Pending::Read
             }
             None => {
-                let fresh: String = crate::counters::visitor::new_salt()
-                    .iter()
-                    .map(|b| format!("{b:02x}"))
-                    .collect();
+                let fresh = fresh_mark();
                 pipe.cmd("SET").arg(key).arg(&fresh).arg("NX").arg("GET");
                 Pending::Take(fresh)
             }
@@ -78,9 +119,24 @@ impl DatasetMark {
         }
     }
 
-    /// A write refused because Redis holds another mark or none.
+    /// A write refused because Redis holds another mark or none, or an older copy of
+    /// the data.
     pub fn lost(&self, key: &str, detail: &str) -> StoreError {
-        self.said_lost(key, !detail.contains("no mark"));
+        if detail.contains("older copy") {
+            if !self.lost_said.swap(true, Ordering::AcqRel) {
+                tracing::error!(
+                    mark = key,
+                    acknowledged = self.acknowledged(),
+                    "Redis holds an older copy of the data this service counted in (a \
+                     snapshot loaded after a crash, a backup restored, a server that fell \
+                     behind made primary): counting on would hand out numbers again, so \
+                     visits are refused, by every service process. Restore the latest data, \
+                     or restart the services to count from what Redis holds now"
+                );
+            }
+        } else {
+            self.said_lost(key, !detail.contains("no mark"));
+        }
         StoreError::new(StoreErrorKind::DataLost, detail.to_owned())
     }
 
@@ -90,9 +146,10 @@ impl DatasetMark {
                 mark = key,
                 found = if another { "another" } else { "none" },
                 "Redis no longer holds the data this service counted in (restarted without \
-                 persistence, flushed, or another server in the primary's place): counting \
-                 on would hand out numbers again, so visits are refused. Restore the data, \
-                 or restart the service to count from what Redis holds now"
+                 persistence, flushed, another server in the primary's place, or an older \
+                 copy found by another service process): counting on would hand out \
+                 numbers again, so visits are refused. Restore the data, or restart the \
+                 service to count from what Redis holds now"
             );
         }
     }

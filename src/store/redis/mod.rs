@@ -97,6 +97,8 @@ struct Keys {
     salt_prefix: String,
     /// The mark of the data the service counts in (`dataset`).
     dataset: String,
+    /// The number of the last write (`dataset`).
+    writes: String,
 }
 
 impl Keys {
@@ -112,6 +114,7 @@ impl Keys {
             uniques_prefix: format!("{key}:u:"),
             salt_prefix: format!("{key}:salt:"),
             dataset: format!("{key}:dataset"),
+            writes: format!("{key}:writes"),
         }
     }
 

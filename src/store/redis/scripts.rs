@@ -11,7 +11,8 @@ use redis::Script;
 ///
 /// KEYS: 1 this writer's batch records, 2 the hash of visits per replica (the tutorial
 /// counter's shares), 3 the registry of counters (name -> who created it), 4 the mark of
-/// the data the service counts in (`dataset`), then three per
+/// the data the service counts in (`dataset`), 5 the number of the last write (`writes`),
+/// then three per
 /// tally: the total (the tutorial's string key, INCR semantics; a named counter's hash,
 /// field `total`), the hash of visits per day, today's unique-visitor HyperLogLog.
 ///
@@ -20,10 +21,17 @@ use redis::Script;
 /// long (ms) they outlive its last write, 6 today (`YYYY-MM-DD`), 7 days of history
 /// kept, 8 when today's unique visitors expire (s), 9 counters at most, 10 `1` when only
 /// counters the administrator created count, 11 the tutorial counter's name, 12 the mark
-/// the service took; then per
+/// the service took, 13 the number of the last write acknowledged to this service
+/// process, 14 the mark to put in place when Redis holds an older copy; then per
 /// tally: its name, its visits, how many visitors follow, the visitors (salted hashes).
 ///
-/// Returns `{now_ms, replayed, results}`: per tally, comma-separated, the total after it
+/// Every write is numbered (`INCRBY` of `writes`), so that data that went back to an older
+/// copy (a snapshot loaded after a crash, a backup restored, a stale server made primary)
+/// shows itself: it holds a lower number than a write already acknowledged. The write
+/// that finds it so puts a new mark in place, so that every process refuses to count on
+/// (`DATALOST`) until the data is restored or the services are restarted.
+///
+/// Returns `{now_ms, replayed, results, write}`: per tally, comma-separated, the total after it
 /// (the exact string Redis holds: Lua numbers are doubles, which would round totals above
 /// 2^53) or why it was not counted: `U` unknown counter, `M` too many counters, `L` the
 /// total (or the day's visits) at its limit, `S` this replica's share at its limit, `W` a
@@ -61,6 +69,14 @@ if mark ~= ARGV[12] then
   local held = mark and 'another mark' or 'no mark'
   return redis.error_reply('DATALOST the store holds ' .. held .. ', not the one of the data counted in')
 end
+local written = redis.call('GET', KEYS[5])
+if written and not string.match(written, '^%d+$') then
+  return redis.error_reply('WRONGTYPE the number of the last write is not a number')
+end
+if tonumber(written or '0') < tonumber(ARGV[13]) then
+  redis.call('SET', KEYS[4], ARGV[14])
+  return redis.error_reply('DATALOST the store holds an older copy of the data counted in (write ' .. (written or '0') .. ', and ' .. ARGV[13] .. ' was acknowledged)')
+end
 local slot = tonumber(batch) % tonumber(ARGV[4])
 local recorded = redis.call('HGET', records, slot)
 if recorded then
@@ -68,9 +84,10 @@ if recorded then
   if applied == batch then
     -- A write of its own, so that a WAIT after this reply waits for the replicas to
     -- reach at least this point, and so past the batch's first application: WAIT waits
-    -- for the connection's last write, and a fresh connection has none.
+    -- for the connection's last write, and a fresh connection has none. Its number is
+    -- not known again (0): only a write's own number is ever acknowledged.
     redis.call('PEXPIRE', records, ARGV[5])
-    return {now, 1, results}
+    return {now, 1, results, 0}
   end
 end
 local day, keep, unique_until = ARGV[6], tonumber(ARGV[7]), ARGV[8]
@@ -87,7 +104,7 @@ local EXACT = 9007199254740992
 local names, visits, first, last, totals, days, uniques = {}, {}, {}, {}, {}, {}, {}
 local count = 0
 do
-  local a, k, n_args = 13, 5, #ARGV
+  local a, k, n_args = 15, 6, #ARGV
   while a <= n_args do
     count = count + 1
     local n = tonumber(ARGV[a + 2])
@@ -123,6 +140,7 @@ if batch == '0' then
     -- (only while the name is new) by a field no name can have deleted, today's sketch
     -- made as its first visit makes it. The total first, as in a write: Redis refuses a
     -- script's writes for a full memory only until its first write.
+    redis.call('INCRBY', KEYS[5], 0)
     redis.call('INCRBY', totals[i], 0)
     if redis.call('HEXISTS', registry, names[i]) == 0 then
       redis.call('HLEN', registry)
@@ -141,7 +159,7 @@ if batch == '0' then
     end
   end
   redis.call('PEXPIRE', records, ARGV[5])
-  return {now, 0, ''}
+  return {now, 0, '', 0}
 end
 
 -- What each counted tally did, to undo it: its total made (a name's first count), its
@@ -272,6 +290,8 @@ local function fail(err)
   return redis.error_reply(err)
 end
 
+-- The write's number, its first write: a full memory refuses it here, before any tally.
+local number = redis.call('INCRBY', KEYS[5], 1)
 local results = {}
 for i = 1, count do
   local result = apply(i)
@@ -309,7 +329,7 @@ for i = 1, count do
     end
   end
 end
-return {now, 0, encoded}
+return {now, 0, encoded, number}
 ";
 
 /// Records this replica as alive at the server's clock, so replicas on hosts with skewed

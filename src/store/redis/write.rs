@@ -106,6 +106,7 @@ impl RedisSession {
             keys.replicas.clone(),
             keys.registry.clone(),
             keys.dataset.clone(),
+            keys.writes.clone(),
         ];
         let unique_until = day
             .plus(policy.retention_days)
@@ -126,6 +127,8 @@ impl RedisSession {
             },
             store.tutorial.as_str().as_bytes().to_vec(),
             store.dataset.id().as_bytes().to_vec(),
+            store.dataset.acknowledged().to_string().into_bytes(),
+            store.dataset.replacement().as_bytes().to_vec(),
         ];
         for tally in tallies {
             let name = tally.counter.as_str();
@@ -234,8 +237,8 @@ impl RedisSession {
         let received = Instant::now();
         let mut replies = replies.into_iter();
         let script = replies.next().unwrap_or(Value::Nil);
-        let (redis_now, _replayed, results) =
-            match <RedisResult<(i64, i64, String)>>::from_redis_value(script) {
+        let (redis_now, _replayed, results, number) =
+            match <RedisResult<(i64, i64, String, i64)>>::from_redis_value(script) {
                 Ok(Ok(reply)) => reply,
                 Ok(Err(error)) => {
                     if let Some(now) = expired_at(&error) {
@@ -264,6 +267,7 @@ impl RedisSession {
         };
         let Some(wanted) = replicas_wanted else {
             self.clock.observe(redis_now, received);
+            store.dataset.acknowledge(number);
             return Tried::Done(results);
         };
         let reached = replies.next().map(replicas_reached);
@@ -289,6 +293,7 @@ impl RedisSession {
                 );
             }
         }
+        store.dataset.acknowledge(number);
         Tried::Done(results)
     }
 
