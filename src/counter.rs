@@ -33,6 +33,7 @@ use crate::{
     deadlines::Deadlines,
     delivery::Counted,
     store::{StoreError, StoreErrorKind},
+    telemetry::Throttle,
 };
 
 /// Where the batcher records visits: the store, or a stand-in in tests.
@@ -368,13 +369,24 @@ fn refuse(visits: impl Iterator<Item = Visit>, count: u64, error: &StoreError) {
     if error.in_doubt() {
         counter!("stackdemo_visits_in_doubt_total").increment(count);
     }
-    tracing::warn!(
-        visits = count,
-        reason = error.code(),
-        in_doubt = error.in_doubt(),
-        cause = error.detail(),
-        "store write failed"
-    );
+    // A failing store fails every write: a line a second says so (a write in doubt,
+    // always), the metrics count each.
+    static FAILED: Throttle = Throttle::new();
+    let left_out = if error.in_doubt() {
+        Some(0)
+    } else {
+        FAILED.allow(std::time::Instant::now())
+    };
+    if let Some(left_out) = left_out {
+        tracing::warn!(
+            visits = count,
+            reason = error.code(),
+            in_doubt = error.in_doubt(),
+            cause = error.detail(),
+            failed_writes_not_logged = left_out,
+            "store write failed"
+        );
+    }
     for visit in visits {
         let _ = visit.reply.send(Err(VisitError::Store(error.clone())));
     }

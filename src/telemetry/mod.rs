@@ -20,10 +20,12 @@
 //! request a fraction of what an event does (bench/README.md).
 
 mod request_log;
+mod throttle;
 
 pub use request_log::{
     DROPPED_MESSAGE, FLUSH_EVERY, LoggedPath, RequestLine, RequestLog, TARGET as REQUEST_TARGET,
 };
+pub use throttle::{THROTTLE_EVERY, Throttle};
 
 use std::{
     io::{BufWriter, IsTerminal},

@@ -1363,6 +1363,40 @@ async fn redis_gone_back_to_an_older_copy_refuses_every_visit_in_every_process()
     );
 }
 
+/// A store that fails every write fails thousands a second under load: the log says so
+/// once a second (with how many failed writes it left out), not once a write, while the
+/// metrics count each.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_store_failing_every_write_is_logged_once_a_second() {
+    const VISITS: u64 = 200;
+    let redis = RedisServer::start().await;
+    let service = service_on(&redis, &[]).await;
+    service.client.visit().await;
+    redis
+        .query(&["CONFIG", "SET", "maxmemory", "1"])
+        .await
+        .unwrap();
+
+    let started = Instant::now();
+    for _ in 0..VISITS {
+        let refused = service.client.try_visit().await;
+        assert_eq!(refused.status, Some(StatusCode::SERVICE_UNAVAILABLE));
+    }
+    let took = started.elapsed();
+    let failed = service
+        .client
+        .metric("stackdemo_store_errors_total{reason=\"out_of_memory\"}")
+        .await as u64;
+
+    assert_eq!(failed, VISITS, "every failed write counted");
+    let lines = service.log().matches("store write failed").count() as u64;
+    let at_most = took.as_secs() + 1;
+    assert!(
+        (1..=at_most).contains(&lines),
+        "{lines} lines for {VISITS} failed writes in {took:?}"
+    );
+}
+
 /// A Redis reached through a unix socket (`unix:///path`), with the database in the query.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_redis_on_a_unix_socket_counts() {

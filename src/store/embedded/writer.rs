@@ -31,6 +31,7 @@ use super::{
 use crate::{
     counters::{Tally, TallyResult},
     store::{StoreError, StoreErrorKind},
+    telemetry::Throttle,
 };
 
 /// How long the writer thread looks for the next request after a commit before it goes
@@ -65,6 +66,8 @@ pub(super) struct Write {
 pub(super) fn write_loop(inner: &Inner, requests: &mpsc::Receiver<Write>, spin_limit: Duration) {
     let mut spin = Duration::ZERO;
     let mut damaged_in_a_row = 0;
+    // A full disk fails every commit: a line a second says so.
+    let failed_lines = Throttle::new();
     let mut sketches = SketchCache::default();
     loop {
         let first = match next_write(requests, spin) {
@@ -128,12 +131,15 @@ pub(super) fn write_loop(inner: &Inner, requests: &mpsc::Receiver<Write>, spin_l
             }
             Err(error) => {
                 sketches.clear();
-                tracing::error!(
-                    visits = count,
-                    reason = error.code(),
-                    cause = error.detail(),
-                    "embedded store write failed"
-                );
+                if let Some(left_out) = failed_lines.allow(std::time::Instant::now()) {
+                    tracing::error!(
+                        visits = count,
+                        reason = error.code(),
+                        cause = error.detail(),
+                        failed_writes_not_logged = left_out,
+                        "embedded store write failed"
+                    );
+                }
                 // Not ready before anyone hears of the failure: a client that got its 503
                 // and asks /readyz at once must not find the store ready.
                 *lock(&inner.failing) = Some(error.clone());
