@@ -369,13 +369,14 @@ fn refuse(visits: impl Iterator<Item = Visit>, count: u64, error: &StoreError) {
     if error.in_doubt() {
         counter!("stackdemo_visits_in_doubt_total").increment(count);
     }
-    // A failing store fails every write: a line a second says so (a write in doubt,
-    // always), the metrics count each.
-    static FAILED: Throttle = Throttle::new();
+    // A failing store fails every write: a line a second for each reason says so, apart
+    // for writes tried and writes not tried (the store's own words are in the first), a
+    // write in doubt always; the metrics count each.
+    static FAILED: Throttle<(&'static str, bool)> = Throttle::new();
     let left_out = if error.in_doubt() {
         Some(0)
     } else {
-        FAILED.allow(std::time::Instant::now())
+        FAILED.allow((error.code(), error.was_tried()), std::time::Instant::now())
     };
     if let Some(left_out) = left_out {
         tracing::warn!(

@@ -51,12 +51,9 @@ impl Backoff {
     /// worker has connected since.
     pub fn check(&self, connected: u64) -> Result<(), StoreError> {
         match self.closed_until {
-            Some(until) if Instant::now() < until && connected == self.connected_at_failure => {
-                Err(StoreError::new(
-                    self.last,
-                    "not tried: waiting before the next connection attempt",
-                ))
-            }
+            Some(until) if Instant::now() < until && connected == self.connected_at_failure => Err(
+                StoreError::not_tried(self.last, "waiting before the next connection attempt"),
+            ),
             _ => Ok(()),
         }
     }

@@ -73,6 +73,9 @@ kinds! {
 
 /// A store failure: a kind whose reason is safe to send, a detail that only goes to logs,
 /// and whether the write it ended may have been applied anyway.
+/// How the detail of a call refused before anything was sent begins.
+const NOT_TRIED: &str = "not tried: ";
+
 #[derive(Debug, Clone)]
 pub struct StoreError {
     kind: StoreErrorKind,
@@ -87,6 +90,17 @@ impl StoreError {
             detail: detail.into(),
             in_doubt: false,
         }
+    }
+
+    /// A call refused before anything was sent (a reconnection to wait for), for `why`.
+    pub fn not_tried(kind: StoreErrorKind, why: &str) -> Self {
+        Self::new(kind, format!("{NOT_TRIED}{why}"))
+    }
+
+    /// Whether the call reached the point of sending anything: the store's own words are
+    /// in the detail of one that did.
+    pub fn was_tried(&self) -> bool {
+        !self.detail.starts_with(NOT_TRIED)
     }
 
     /// A call that got no answer in time: it may or may not have taken effect.

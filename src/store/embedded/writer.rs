@@ -66,7 +66,7 @@ pub(super) struct Write {
 pub(super) fn write_loop(inner: &Inner, requests: &mpsc::Receiver<Write>, spin_limit: Duration) {
     let mut spin = Duration::ZERO;
     let mut damaged_in_a_row = 0;
-    // A full disk fails every commit: a line a second says so.
+    // A full disk fails every commit: a line a second for each reason says so.
     let failed_lines = Throttle::new();
     let mut sketches = SketchCache::default();
     loop {
@@ -131,7 +131,8 @@ pub(super) fn write_loop(inner: &Inner, requests: &mpsc::Receiver<Write>, spin_l
             }
             Err(error) => {
                 sketches.clear();
-                if let Some(left_out) = failed_lines.allow(std::time::Instant::now()) {
+                if let Some(left_out) = failed_lines.allow(error.code(), std::time::Instant::now())
+                {
                     tracing::error!(
                         visits = count,
                         reason = error.code(),

@@ -241,9 +241,9 @@ impl RedisSession {
                 }
             };
             if timeout_at(wait_until, connected).await.is_err() {
-                return Err(StoreError::new(
+                return Err(StoreError::not_tried(
                     StoreErrorKind::Unreachable,
-                    "not tried: another call is still connecting",
+                    "another call is still connecting",
                 ));
             }
         };
