@@ -608,9 +608,17 @@ async fn an_administrators_change_to_a_hung_redis_says_whether_it_may_have_been_
     let token = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(token.path(), TOKEN).unwrap();
     let redis = RedisServer::start().await;
+    // One worker, whose connection to Redis the first change opens: with two, the next
+    // change could come to the other, whose connection, opened only then, would not
+    // reach the hung Redis, and nothing would be sent.
     let service = service_on(
         &redis,
-        &["--admin-token-file", token.path().to_str().unwrap()],
+        &[
+            "--admin-token-file",
+            token.path().to_str().unwrap(),
+            "--workers",
+            "1",
+        ],
     )
     .await;
     let set = |total: i64| {

@@ -150,6 +150,14 @@ impl RedisSession {
                 maybe_sent: false,
             };
         }
+        if error.is_timeout() {
+            // The client's own response timeout (the store timeout), which can fire in
+            // the same tick as the call's deadline and win: a call on the wire may have
+            // been applied, as when the deadline fires first. Later calls should not
+            // queue behind it on this connection.
+            self.broken(live, false);
+            return Tried::Failed(classify(error).doubt_if(on_the_wire));
+        }
         if error.is_io_error() || error.is_connection_dropped() || error.is_unrecoverable_error() {
             self.broken(live, true);
             return Tried::Retry {
