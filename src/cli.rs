@@ -94,15 +94,33 @@ fn not_utf8(command: &clap::Command, args: &[OsString]) -> Option<String> {
             .filter(|flag| flag.starts_with("--"))
             .map(str::to_owned)
     };
+    let subcommand = args
+        .get(1)
+        .and_then(|name| command.find_subcommand(name.to_str()?));
+    // A flag of the subcommand that takes a value.
+    let takes_value = |flag: &str| {
+        subcommand.is_some_and(|subcommand| {
+            subcommand.get_arguments().any(|arg| {
+                arg.get_long()
+                    .is_some_and(|long| flag == format!("--{long}"))
+                    && arg.get_action().takes_values()
+            })
+        })
+    };
     for (i, arg) in args.iter().enumerate().skip(1) {
         if arg.to_str().is_some() {
             continue;
         }
         // `--flag=value`, or `--flag value`.
-        let named = flag_of(arg).or_else(|| args.get(i - 1).and_then(flag_of));
+        let before = args
+            .get(i - 1)
+            .filter(|before| before.to_str().is_some_and(|b| !b.contains('=')))
+            .and_then(flag_of)
+            .filter(|flag| takes_value(flag));
+        let named = flag_of(arg).or(before);
         return Some(named.unwrap_or_else(|| format!("argument {i}")));
     }
-    let subcommand = command.find_subcommand(args.get(1)?.to_str()?)?;
+    let subcommand = subcommand?;
     subcommand.get_arguments().find_map(|arg| {
         let env = arg.get_env()?;
         let value = std::env::var_os(env)?;
@@ -280,6 +298,13 @@ mod tests {
         ] {
             let error = Cli::parse_args(args).unwrap_err().to_string();
             assert_eq!(error, "error: invalid --replica: not UTF-8 text\n");
+        }
+        // After a flag that takes no value, or one given its value: not that flag's.
+        for before in ["--redis-wait-aof", "--replica=a"] {
+            let args = vec!["stackdemo".into(), before.into(), junk.clone()];
+            let error = Cli::parse_args(args).unwrap_err().to_string();
+            assert!(!error.contains(before), "{error}");
+            assert!(error.contains("not UTF-8 text"), "{error}");
         }
     }
 

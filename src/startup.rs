@@ -119,10 +119,11 @@ impl Application {
                         settings.error(Setting::RedisWaitAof, error.detail())
                     }
                     // The client library's account of it names its own types.
-                    _ => settings.error(
+                    StoreErrorKind::NoDatabase => settings.error(
                         Setting::RedisUrl,
                         "the Redis server has no database of the number it names",
                     ),
+                    _ => settings.error(Setting::RedisUrl, error.reason()),
                 })
             })?;
         let listener = bind(settings).await?;

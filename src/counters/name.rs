@@ -10,6 +10,11 @@ pub const MAX_LEN: usize = 128;
 /// (`/api/counters/{name}/history`), so no counter may end with it.
 pub const HISTORY: &str = "history";
 
+/// What a path of the counter API names before `/history`, if it names a history.
+pub fn history_of(path: &str) -> Option<&str> {
+    path.strip_suffix(HISTORY)?.strip_suffix('/')
+}
+
 /// A counter's name: 1 to 128 characters of `A-Z a-z 0-9 . _ -` and `/`; slashes only
 /// between segments (not first, not last, not two in a row); no segment `.` or `..`;
 /// the last segment not `history`. Cheap to clone.

@@ -30,7 +30,7 @@ use crate::{
     counters::{
         CounterName, Day,
         export::{CounterExport, MAX_LINE_BYTES},
-        name::HISTORY,
+        name::history_of,
     },
     state::AppState,
     store::{AdminError, CounterPage, ListError, Previous, StoreError, StoreErrorKind},
@@ -425,7 +425,7 @@ fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
 
 /// The counter a path names; the history is not changed on its own.
 fn counter_path(path: &str) -> Result<CounterName, ApiError> {
-    if path.ends_with(&format!("/{HISTORY}")) {
+    if history_of(path).is_some() {
         return Err(ApiError::MethodNotAllowed);
     }
     parse_name(path)

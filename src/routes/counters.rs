@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use super::{ApiError, client::Client, visit::count_named};
 use crate::{
-    counters::{CounterName, CounterReading, DayReading, name::HISTORY},
+    counters::{CounterName, CounterReading, DayReading, name::history_of},
     delivery::{AnsweredBody, Handover},
     page,
     state::AppState,
@@ -115,6 +115,10 @@ pub struct CounterJson {
 }
 
 /// `GET /api/counters/{name}` (and `HEAD`): the counter, not counting a visit; or, for
+/// The methods a counter's history takes (it shares its route with the counter, which
+/// takes more): its `Allow`.
+pub const HISTORY_METHODS: &str = "GET, HEAD";
+
 /// `{name}/history`, its counts per day.
 pub async fn read_or_history(
     State(state): State<AppState>,
@@ -122,7 +126,7 @@ pub async fn read_or_history(
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    if let Some(name) = path.strip_suffix(HISTORY).and_then(|p| p.strip_suffix('/')) {
+    if let Some(name) = history_of(&path) {
         return history(&state, &parse_name(name)?, uri.query(), &headers).await;
     }
     let name = parse_name(&path)?;
@@ -183,7 +187,7 @@ pub async fn count_visit(
     CounterPath(path): CounterPath,
     request: Request,
 ) -> Result<Response, ApiError> {
-    if path.ends_with(&format!("/{HISTORY}")) {
+    if history_of(&path).is_some() {
         return Err(ApiError::MethodNotAllowed);
     }
     let name = parse_name(&path)?;

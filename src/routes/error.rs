@@ -14,9 +14,6 @@ use crate::{counter::VisitError, store::StoreError};
 /// tests tell such answers from refusals by it.
 pub const VISIT_IN_DOUBT: &str = "the visit may have been counted";
 
-/// The methods a counter's history takes, for its `Allow`.
-pub(super) const HISTORY_METHODS: &str = "GET, HEAD";
-
 #[derive(Debug)]
 pub enum ApiError {
     /// The store cannot serve right now; the reason is one of a fixed set of phrases.
@@ -147,7 +144,7 @@ impl IntoResponse for ApiError {
             }
             ApiError::MethodNotAllowed => (
                 StatusCode::METHOD_NOT_ALLOWED,
-                [(header::ALLOW, HISTORY_METHODS)],
+                [(header::ALLOW, super::counters::HISTORY_METHODS)],
                 "Method Not Allowed: a counter's history is only read\n",
             )
                 .into_response(),

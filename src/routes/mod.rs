@@ -34,7 +34,7 @@ pub use self::{
     headers::ServiceHeaders,
     metrics::{UNROUTED, install_recorder, record_unrouted},
 };
-use crate::state::AppState;
+use crate::{counters::name::history_of, state::AppState};
 
 /// Requests with a larger body are refused with 413, but for imports, which are read a
 /// line at a time.
@@ -149,17 +149,10 @@ async fn method_not_allowed() -> impl IntoResponse {
     (StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed\n")
 }
 
-/// Whether a path of the counter API is a counter's history, which shares its route with
-/// the counter but takes only the methods that read it.
-fn is_history(path: &str) -> bool {
-    path.strip_suffix(crate::counters::name::HISTORY)
-        .is_some_and(|rest| rest.ends_with('/'))
-}
-
 /// A method no route of the counter API takes: a counter's history says the methods it
 /// takes itself (the route it shares with the counter takes more).
 async fn counter_method_not_allowed(uri: axum::http::Uri) -> axum::response::Response {
-    if is_history(uri.path()) {
+    if history_of(uri.path()).is_some() {
         return ApiError::MethodNotAllowed.into_response();
     }
     method_not_allowed().await.into_response()
@@ -169,18 +162,13 @@ async fn counter_method_not_allowed(uri: axum::http::Uri) -> axum::response::Res
 /// its 405 does, not the ones of the route it shares with the counter. (The router adds
 /// its own `Allow` only where there is none.)
 async fn history_preflight(request: Request, next: middleware::Next) -> axum::response::Response {
-    let history = request.method() == Method::OPTIONS && is_history(request.uri().path());
+    let history = request.method() == Method::OPTIONS && history_of(request.uri().path()).is_some();
     let mut response = next.run(request).await;
     if history {
         let headers = response.headers_mut();
-        headers.insert(
-            header::ALLOW,
-            HeaderValue::from_static(error::HISTORY_METHODS),
-        );
-        headers.insert(
-            header::ACCESS_CONTROL_ALLOW_METHODS,
-            HeaderValue::from_static("GET,HEAD"),
-        );
+        let methods = HeaderValue::from_static(counters::HISTORY_METHODS);
+        headers.insert(header::ALLOW, methods.clone());
+        headers.insert(header::ACCESS_CONTROL_ALLOW_METHODS, methods);
     }
     response
 }

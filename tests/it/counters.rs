@@ -1881,7 +1881,7 @@ async fn head_and_preflight_are_answered_as_browsers_expect(backend: Backend) {
     assert_eq!(preflight.headers()[header::ALLOW], "GET, HEAD");
     assert_eq!(
         preflight.headers()[header::ACCESS_CONTROL_ALLOW_METHODS],
-        "GET,HEAD"
+        "GET, HEAD"
     );
     assert_eq!(total(client, "seen").await, 1);
 }

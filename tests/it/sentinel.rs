@@ -537,8 +537,8 @@ async fn a_batch_sent_twice_is_applied_once() {
     assert_eq!(next.2, "10,4");
     assert_eq!(
         (first.3, again.3, next.3),
-        (1, 0, 2),
-        "each write applied is numbered; a replay tells no number"
+        (1, 1, 2),
+        "each write applied is numbered; a replay tells the first application's number"
     );
     assert!(late.is_err(), "a write past its deadline is refused");
     assert_eq!(redis.get_i64("hits").await, 10);

@@ -245,9 +245,17 @@ impl RedisSession {
         let mut pipe = redis::pipe();
         pipe.atomic();
         pipe.hset(&keys.registry, name.as_str(), "admin").ignore();
-        // The counter becomes the line's: days and sketches it does not give are gone.
+        // The counter becomes the line's: days and sketches it does not give are gone,
+        // those of the days it had and today's (a visit since may have made it).
         pipe.del(&hash).ignore();
-        for day in fields.iter().filter_map(|field| Day::parse(field)) {
+        let mut days: Vec<Day> = fields
+            .iter()
+            .filter_map(|field| Day::parse(field))
+            .collect();
+        days.push(self.today());
+        days.sort_unstable();
+        days.dedup();
+        for day in days {
             pipe.del(keys.uniques(name.as_str(), day)).ignore();
         }
         if *name == store.tutorial {

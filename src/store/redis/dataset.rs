@@ -7,9 +7,9 @@
 //! connection to find none, and taken by every service process when it first connects.
 //! Every write carries the mark the process took, and the write script refuses one whose
 //! mark Redis no longer holds (`DATALOST`): visits are refused and the service is not
-//! ready, saying the store no longer holds the counts, until the data is restored (a copy
-//! of Redis's files, an export imported with the mark set back) or the service is
-//! restarted, which takes what Redis holds as it is.
+//! ready, saying the store no longer holds the counts, until the latest data is restored
+//! (a copy of Redis's files taken after the last visit counted: an older one is refused
+//! as below) or the service is restarted, which takes what Redis holds as it is.
 //!
 //! Data can also go back in time with its mark: a snapshot loaded after a crash, a backup
 //! restored, a server that fell behind made primary. So every write is numbered too, and
@@ -130,8 +130,9 @@ impl DatasetMark {
                     "Redis holds an older copy of the data this service counted in (a \
                      snapshot loaded after a crash, a backup restored, a server that fell \
                      behind made primary): counting on would hand out numbers again, so \
-                     visits are refused, by every service process. Restore the latest data, \
-                     or restart the services to count from what Redis holds now"
+                     visits are refused, by every service process. Restore the latest data \
+                     (an older copy is refused the same way), or restart the services to \
+                     count from what Redis holds now"
                 );
             }
         } else {
@@ -148,8 +149,9 @@ impl DatasetMark {
                 "Redis no longer holds the data this service counted in (restarted without \
                  persistence, flushed, another server in the primary's place, or an older \
                  copy found by another service process): counting on would hand out \
-                 numbers again, so visits are refused. Restore the data, or restart the \
-                 service to count from what Redis holds now"
+                 numbers again, so visits are refused. Restore the latest data (an older \
+                 copy is refused the same way), or restart the service to count from what \
+                 Redis holds now"
             );
         }
     }

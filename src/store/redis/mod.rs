@@ -97,7 +97,7 @@ struct Keys {
     salt_prefix: String,
     /// The mark of the data the service counts in (`dataset`).
     dataset: String,
-    /// The number of the last write (`dataset`).
+    /// The number of the last write (`writes`, checked as `dataset` says).
     writes: String,
 }
 

@@ -6,8 +6,9 @@ use redis::Script;
 
 /// Adds a batch's visits, to any mix of counters, exactly once; with batch number 0 (a
 /// probe), checks that a write of the tutorial counter would succeed now, running each
-/// command such a write runs in a way that changes nothing (readiness: an ACL that denies
-/// any one of them makes the service not ready).
+/// command such a write runs in a way that changes no count (readiness: an ACL that
+/// denies any one of them makes the service not ready). A probe, as a write, puts a new
+/// mark in place when it finds an older copy of the data (below).
 ///
 /// KEYS: 1 this writer's batch records, 2 the hash of visits per replica (the tutorial
 /// counter's shares), 3 the registry of counters (name -> who created it), 4 the mark of
@@ -31,13 +32,14 @@ use redis::Script;
 /// that finds it so puts a new mark in place, so that every process refuses to count on
 /// (`DATALOST`) until the data is restored or the services are restarted.
 ///
-/// Returns `{now_ms, replayed, results, write}`: per tally, comma-separated, the total after it
+/// Returns `{now_ms, replayed, results, write}`: `write` the write's number (a replay's:
+/// its first application's; a probe's: 0); per tally, comma-separated, the total after it
 /// (the exact string Redis holds: Lua numbers are doubles, which would round totals above
 /// 2^53) or why it was not counted: `U` unknown counter, `M` too many counters, `L` the
 /// total (or the day's visits) at its limit, `S` this replica's share at its limit, `W` a
 /// key of the wrong type.
 ///
-/// Each batch's record is `"<batch>:<results>"` in a ring of slots (batch number modulo
+/// Each batch's record is `"<batch>:<write number>:<results>"` in a ring of slots (batch number modulo
 /// the slots kept), so the records stay bounded whatever fails. A batch whose record
 /// exists was applied by an earlier attempt: its recorded results come back and nothing
 /// is added again. Its records' expiry is renewed all the same: a write, so that a `WAIT`
@@ -56,9 +58,11 @@ use redis::Script;
 /// ending the script with the writes before it applied.
 ///
 /// Errors of its own: `DATALOST` (Redis holds another mark, or none: it lost the data the
-/// service counted in, and nothing is written), `EXPIRED` (past the deadline), `PARTIAL`
-/// (a write failed and undoing it failed too: the batch's visits may have been counted);
-/// for a probe also `LIMIT`, `SHARELIMIT` and `WRONGTYPE`.
+/// service counted in, and nothing is written; or it holds an older copy, and only the new
+/// mark is written), `EXPIRED` (past the deadline), `PARTIAL` (a write failed and undoing
+/// it failed too: the batch's visits may have been counted), `WRONGTYPE` (the number of
+/// the last write is not a number); for a probe also `LIMIT`, `SHARELIMIT` and
+/// `WRONGTYPE` for the counter's keys.
 pub const ADD_VISITS: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -80,14 +84,14 @@ end
 local slot = tonumber(batch) % tonumber(ARGV[4])
 local recorded = redis.call('HGET', records, slot)
 if recorded then
-  local applied, results = string.match(recorded, '^(%d+):(.*)$')
+  local applied, number, results = string.match(recorded, '^(%d+):(%d+):(.*)$')
   if applied == batch then
     -- A write of its own, so that a WAIT after this reply waits for the replicas to
     -- reach at least this point, and so past the batch's first application: WAIT waits
-    -- for the connection's last write, and a fresh connection has none. Its number is
-    -- not known again (0): only a write's own number is ever acknowledged.
+    -- for the connection's last write, and a fresh connection has none. The number is
+    -- the first application's: acknowledged now, as its results are.
     redis.call('PEXPIRE', records, ARGV[5])
-    return {now, 1, results, 0}
+    return {now, 1, results, tonumber(number)}
   end
 end
 local day, keep, unique_until = ARGV[6], tonumber(ARGV[7]), ARGV[8]
@@ -136,10 +140,12 @@ if batch == '0' then
     if total == MAX then return redis.error_reply('LIMIT the total is at its limit') end
     if share == MAX then return redis.error_reply('SHARELIMIT the share of this replica is at its limit') end
     -- Every other command the write runs now (not those that only undo one), each in a
-    -- way that changes nothing: this replica's share set to what it is, the registry
-    -- (only while the name is new) by a field no name can have deleted, today's sketch
-    -- made as its first visit makes it. The total first, as in a write: Redis refuses a
-    -- script's writes for a full memory only until its first write.
+    -- way that changes nothing: the write's number and the total added 0 to (the number
+    -- first, as in a write: Redis refuses a script's writes for a full memory only until
+    -- its first write), this replica's share set to what it is, the registry (only while
+    -- the name is new) written by deleting a field no name can have, which stands for
+    -- the registration a first visit writes, today's sketch made as its first visit
+    -- makes it.
     redis.call('INCRBY', KEYS[5], 0)
     redis.call('INCRBY', totals[i], 0)
     if redis.call('HEXISTS', registry, names[i]) == 0 then
@@ -302,7 +308,7 @@ end
 if undo_failed then return fail('a refused tally') end
 local encoded = table.concat(results, ',')
 
-local stored = redis.pcall('HSET', records, slot, batch .. ':' .. encoded)
+local stored = redis.pcall('HSET', records, slot, batch .. ':' .. number .. ':' .. encoded)
 if failed(stored) then return fail(stored.err) end
 stored = redis.pcall('PEXPIRE', records, ARGV[5])
 if failed(stored) then
@@ -357,7 +363,8 @@ return {now, total}
 /// tutorial's name.
 ///
 /// Errors of its own: `TOOMANY` (a new counter, and there are as many as allowed, the
-/// tutorial's counter always among them).
+/// tutorial's counter always among them), `PARTIAL` (the registry refused the entry and
+/// the total could not be put back: the change may have been made).
 pub const SET_TOTAL: &str = r"
 local known = redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1
 if not known and ARGV[3] == '0' then
@@ -400,14 +407,24 @@ return previous
 /// Returns 1 if any of them was there.
 ///
 /// KEYS: 1 the registry, 2 the counter's hash, then its unique-visitor keys. ARGV: 1 name.
+///
+/// The registration goes first, then the keys; keys that cannot be deleted put the
+/// registration back, so a refusal changes nothing. Errors of its own: `PARTIAL` (the
+/// keys could not be deleted and the registration not put back: the change may have been
+/// made in part).
 pub const DELETE: &str = r"
--- A registry of the wrong type refuses the change before anything is deleted.
-redis.call('HEXISTS', KEYS[1], ARGV[1])
-local existed = redis.call('DEL', unpack(KEYS, 2))
--- The keys are gone: a registry that refuses to let the name go leaves the change half made.
+local registered = redis.call('HGET', KEYS[1], ARGV[1])
 local unregistered = redis.pcall('HDEL', KEYS[1], ARGV[1])
-if type(unregistered) == 'table' and unregistered.err then
-  return redis.error_reply('PARTIAL the counter was deleted but not its registration (' .. unregistered.err .. ')')
+if type(unregistered) == 'table' and unregistered.err then return unregistered end
+local existed = redis.pcall('DEL', unpack(KEYS, 2))
+if type(existed) == 'table' and existed.err then
+  if registered then
+    local back = redis.pcall('HSET', KEYS[1], ARGV[1], registered)
+    if type(back) == 'table' and back.err then
+      return redis.error_reply('PARTIAL the counter was unregistered but its keys not deleted (' .. existed.err .. ')')
+    end
+  end
+  return existed
 end
 if existed + unregistered > 0 then return 1 end
 return 0
