@@ -26,7 +26,8 @@
 //!
 //! At shutdown, connections get `shutdown` to finish, and those closing gracefully
 //! `LINGER_QUIET` more; the batcher then has `visit` to answer what it holds, which is
-//! the longest a queued visit can take.
+//! the longest a queued visit can take; the replica's heartbeat is removed within
+//! `depart`. So the process exits within `exit` of the signal.
 //!
 //! A call that needs a Redis connection while another call is opening one waits for that
 //! attempt at most `CONNECT_WAIT` from its start: an attempt that hangs then costs one
@@ -35,6 +36,9 @@
 use std::time::Duration;
 
 use tokio::time::Instant;
+
+/// The most that removing the heartbeat at exit may take.
+const DEPART_MAX: Duration = Duration::from_millis(500);
 
 /// The least store timeout that is accepted: below it a Redis round trip on a busy host,
 /// or one fsync, would not fit.
@@ -141,6 +145,17 @@ impl Deadlines {
     /// How long the batcher gets at shutdown to answer the visits it holds.
     pub fn drain(&self) -> Duration {
         self.visit()
+    }
+
+    /// How long removing this replica's heartbeat may take at exit: a courtesy to
+    /// `/api/stats` (the heartbeat also expires), which a hung store must not hold up.
+    pub fn depart(&self) -> Duration {
+        self.store.min(DEPART_MAX)
+    }
+
+    /// The longest from a stop signal to the process's exit.
+    pub fn exit(&self) -> Duration {
+        self.shutdown + Self::LINGER_QUIET + self.drain() + self.depart()
     }
 
     /// Bound on one read for `/api/stats`.

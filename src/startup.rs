@@ -224,7 +224,7 @@ impl Application {
             let _ = task.await;
         }
         let departing = factory.store.for_worker();
-        if let Err(error) = departing.depart(factory.deadlines.store).await {
+        if let Err(error) = departing.depart(factory.deadlines.depart()).await {
             tracing::debug!(cause = error.detail(), "could not remove the heartbeat");
         }
         tracing::info!("stopped");
@@ -360,7 +360,13 @@ async fn heartbeat(
             _ = ticks.tick() => {}
             () = stop.cancelled() => return,
         }
-        match store.heartbeat(timeout).await {
+        // A heartbeat under way when the service stops is given up: a hung Redis would
+        // hold the exit for the store timeout.
+        let beat = tokio::select! {
+            beat = store.heartbeat(timeout) => beat,
+            () = stop.cancelled() => return,
+        };
+        match beat {
             Ok(Some(total)) => gauge.reset(total),
             Ok(None) => gauge.reset(0),
             Err(error) => tracing::debug!(cause = error.detail(), "heartbeat failed"),

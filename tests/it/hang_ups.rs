@@ -10,7 +10,6 @@ use tokio::{
 };
 
 use nix::sys::signal::Signal;
-use stackdemo::deadlines::Deadlines;
 
 use crate::helpers::{
     RedisServer, ServiceProcess, allowed,
@@ -306,9 +305,7 @@ async fn at_shutdown_a_client_with_requests_unread_gets_every_answer_written_and
     let (numbers, ended) = read_page_answers(stream, allowed(deadlines.shutdown)).await;
     sent.join().unwrap();
     let exit = service
-        .wait(allowed(
-            deadlines.shutdown + Deadlines::LINGER_QUIET + limits::PROCESS_START,
-        ))
+        .wait(allowed(deadlines.exit() + limits::PROCESS_START))
         .await;
 
     assert_eq!(

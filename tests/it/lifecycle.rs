@@ -165,9 +165,7 @@ async fn a_visit_still_running_at_the_shutdown_deadline_is_cut_off_and_not_count
         cut_after < cut_by,
         "cut at the 300 ms deadline, not when the 3 s store timeout answered: {cut_after:?}"
     );
-    let exit = service
-        .wait(allowed(deadlines.shutdown + deadlines.drain()))
-        .await;
+    let exit = service.wait(allowed(deadlines.exit())).await;
     assert_eq!(exit.code(), Some(0));
     redis.query(&["CLIENT", "UNPAUSE"]).await.unwrap();
     wait_until(
@@ -181,6 +179,39 @@ async fn a_visit_still_running_at_the_shutdown_deadline_is_cut_off_and_not_count
         1,
         "the cut-off visit was not counted"
     );
+}
+
+/// A Redis that hangs holds the exit no longer than the shutdown timeout and the bound on
+/// removing this replica's heartbeat: a heartbeat under way is given up, and the removal
+/// does not wait the store timeout (both did, one after the other).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hung_redis_does_not_hold_the_exit_for_the_store_timeout() {
+    let redis = RedisServer::start().await;
+    let url = redis.url();
+    let args = [
+        "--redis-url",
+        &url,
+        "--store-timeout",
+        "4s",
+        "--request-timeout",
+        "9s",
+        "--shutdown-timeout",
+        "300ms",
+    ];
+    let mut service = ServiceProcess::start(&args).await;
+    let deadlines = limits::deadlines(&args);
+    service.client.visit().await;
+    redis.pause();
+
+    service.signal(Signal::SIGTERM);
+    let exit = service
+        .wait(allowed(
+            deadlines.shutdown + Deadlines::LINGER_QUIET + deadlines.depart(),
+        ))
+        .await;
+    redis.resume();
+
+    assert_eq!(exit.code(), Some(0));
 }
 
 #[tokio::test(flavor = "multi_thread")]
