@@ -1229,6 +1229,83 @@ async fn a_visit_after_a_long_wait_for_the_replica_is_counted_once_the_replica_c
     }
 }
 
+/// An administrator's change, as a visit, is answered as made only once the replicas a
+/// write waits for have it: with the replica hung, setting, deleting and importing are
+/// each told they may have been made (they were, on the primary: a failover to the
+/// replica would take them back), and with the replica back, made.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_administrators_change_waits_for_the_replicas_a_visit_waits_for() {
+    const TOKEN: &str = "an-administrator-token-of-some-length";
+    let token = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(token.path(), TOKEN).unwrap();
+    let primary =
+        RedisServer::start_with(Flavor::Redis, None, &["--repl-diskless-sync-delay", "0"]).await;
+    let port = primary.port.to_string();
+    let replica =
+        RedisServer::start_with(Flavor::Redis, None, &["--replicaof", "127.0.0.1", &port]).await;
+    let token_path = token.path().to_str().unwrap();
+    let service = service_on(
+        &primary,
+        &[
+            "--redis-min-replicas",
+            "1",
+            "--admin-token-file",
+            token_path,
+        ],
+    )
+    .await;
+    wait_until(
+        "a visit confirmed by the replica",
+        allowed(PROCESS_START),
+        || async { service.client.try_visit().await.count.is_some() },
+    )
+    .await;
+    let change = |method: reqwest::Method, path: &'static str, body: &'static str| {
+        let request = service
+            .client
+            .request_builder(method, path)
+            .header("authorization", format!("Bearer {TOKEN}"))
+            .body(body);
+        async move {
+            let answer = request.send().await.unwrap();
+            (answer.status(), answer.text().await.unwrap())
+        }
+    };
+    let changes = [
+        (reqwest::Method::PUT, "/api/counters/page", "{\"total\": 5}"),
+        (reqwest::Method::DELETE, "/api/counters/page", ""),
+        (
+            reqwest::Method::POST,
+            "/api/admin/import",
+            "{\"name\":\"page\",\"total\":9}\n",
+        ),
+    ];
+
+    replica.pause();
+    let mut refused = Vec::new();
+    for (method, path, body) in changes.clone() {
+        refused.push(change(method, path, body).await);
+    }
+    replica.resume();
+
+    for (status, said) in &refused {
+        assert_eq!(*status, StatusCode::SERVICE_UNAVAILABLE, "{said}");
+        // "the change may have been made", or for an import's line "the line may have
+        // been imported".
+        assert!(said.contains("may have been"), "{said}");
+    }
+    wait_until(
+        "a visit confirmed by the replica again",
+        allowed(PROCESS_START),
+        || async { service.client.try_visit().await.count.is_some() },
+    )
+    .await;
+    for (method, path, body) in changes {
+        let (status, said) = change(method, path, body).await;
+        assert!(status.is_success(), "{path}: {status} {said}");
+    }
+}
+
 /// Redis losing what it holds while the service runs (flushed, or made a copy of a server
 /// with other data, as a restart without persistence or a failover to a server that never
 /// copied the primary would do): counting on from what it holds would hand out

@@ -181,13 +181,44 @@ impl RedisSession {
     /// Runs a pipeline that changes something (an administrator's change), whose answer
     /// says what it changed: sent again on a fresh connection only when the attempt
     /// before cannot have reached Redis. An attempt that may have been applied, and whose
-    /// answer did not come, ends in an error in doubt.
+    /// answer did not come, ends in an error in doubt. As a visit's write, a change is
+    /// done only once the replicas a write waits for have it (`WAIT` after it, on the
+    /// same connection): else a failover could take back a change answered as made.
     pub(super) async fn change<T: FromRedisValue>(
         &self,
         pipe: &Pipeline,
         answer_by: Instant,
     ) -> Result<T, StoreError> {
         self.attempts(pipe, answer_by, Resend::OnlyUnsent).await
+    }
+
+    /// Waits, on `connection`, for the replicas a write waits for to have what it
+    /// wrote: an error in doubt if they do not confirm it in time.
+    async fn replicated(
+        &self,
+        connection: &mut redis::aio::MultiplexedConnection,
+        answer_by: Instant,
+    ) -> Result<(), StoreError> {
+        let mut pipe = redis::pipe();
+        let wanted = match self.add_replication_wait(&mut pipe, Instant::now(), answer_by) {
+            Ok(Some(wanted)) => wanted,
+            Ok(None) => return Ok(()),
+            Err(error) => return Err(error.with_doubt()),
+        };
+        let reached = match timeout_at(answer_by, pipe.query_async::<(Value,)>(connection)).await {
+            Ok(Ok((reply,))) => super::write::replicas_reached(reply).map_err(classify),
+            Ok(Err(error)) => Err(classify(error)),
+            Err(_) => Err(StoreError::timeout()),
+        };
+        match reached {
+            Ok(reached) if reached >= wanted => Ok(()),
+            Ok(reached) => Err(StoreError::new(
+                StoreErrorKind::Replication,
+                format!("the change reached {reached} of {wanted} replicas in time"),
+            )
+            .with_doubt()),
+            Err(error) => Err(error.with_doubt()),
+        }
     }
 
     async fn attempts<T: FromRedisValue>(
@@ -201,6 +232,12 @@ impl RedisSession {
             let live = self.live(answer_by).await?;
             let mut connection = live.connection.clone();
             match timeout_at(answer_by, pipe.query_async::<T>(&mut connection)).await {
+                Ok(Ok(value)) if resend == Resend::OnlyUnsent => {
+                    return self
+                        .replicated(&mut connection, answer_by)
+                        .await
+                        .map(|()| value);
+                }
                 Ok(Ok(value)) => return Ok(value),
                 Ok(Err(error)) => match self.failed_attempt::<T>(&live, error, true) {
                     Tried::Retry { error, maybe_sent } => {

@@ -333,7 +333,7 @@ impl RedisSession {
     /// and with sentinels the failover rule); returns how many must. Redis waits at most
     /// until halfway to the answer deadline, so that its answer is back in time. An
     /// error, and nothing to send, while a failover is under way.
-    fn add_replication_wait(
+    pub(super) fn add_replication_wait(
         &self,
         pipe: &mut Pipeline,
         now: Instant,
@@ -363,7 +363,7 @@ fn expired_at(error: &RedisError) -> Option<i64> {
 }
 
 /// How many replicas WAIT (an integer) or WAITAOF (local and replica counts) confirmed.
-fn replicas_reached(reply: Value) -> RedisResult<i64> {
+pub(super) fn replicas_reached(reply: Value) -> RedisResult<i64> {
     match reply {
         Value::Int(replicas) => Ok(replicas),
         Value::Array(counts) => {
