@@ -73,14 +73,13 @@ kinds! {
 
 /// A store failure: a kind whose reason is safe to send, a detail that only goes to logs,
 /// and whether the write it ended may have been applied anyway.
-/// How the detail of a call refused before anything was sent begins.
-const NOT_TRIED: &str = "not tried: ";
-
 #[derive(Debug, Clone)]
 pub struct StoreError {
     kind: StoreErrorKind,
     detail: String,
     in_doubt: bool,
+    /// Refused before anything was sent: no words of the store's in `detail`.
+    not_tried: bool,
 }
 
 impl StoreError {
@@ -89,18 +88,22 @@ impl StoreError {
             kind,
             detail: detail.into(),
             in_doubt: false,
+            not_tried: false,
         }
     }
 
     /// A call refused before anything was sent (a reconnection to wait for), for `why`.
     pub fn not_tried(kind: StoreErrorKind, why: &str) -> Self {
-        Self::new(kind, format!("{NOT_TRIED}{why}"))
+        Self {
+            not_tried: true,
+            ..Self::new(kind, format!("not tried: {why}"))
+        }
     }
 
     /// Whether the call reached the point of sending anything: the store's own words are
     /// in the detail of one that did.
     pub fn was_tried(&self) -> bool {
-        !self.detail.starts_with(NOT_TRIED)
+        !self.not_tried
     }
 
     /// A call that got no answer in time: it may or may not have taken effect.

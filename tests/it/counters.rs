@@ -13,7 +13,9 @@ use stackdemo::{
 };
 
 use crate::helpers::{
-    Backend, Load, RedisServer, ServiceProcess, TestApp, TestClient, allowed,
+    Backend, Load, RedisServer, ServiceProcess, TestApp, TestClient,
+    admin::{TOKEN, as_admin, token_file},
+    allowed,
     checker::{Counters, Totals},
     client::{parse_raw, raw_bytes, raw_exchange},
     limits::{self, for_visits},
@@ -56,8 +58,6 @@ for_each_backend!(
     the_tutorials_counter_at_its_limit_is_not_ready_until_the_administrator_lowers_it,
     an_imported_counter_replaces_the_one_of_its_name_whole,
 );
-
-const TOKEN: &str = "an-administrator-token-of-some-length";
 
 /// A worker's handle on the store `args` configure, without the service around it.
 fn open_store(args: &[&str]) -> stackdemo::store::WorkerStore {
@@ -116,13 +116,6 @@ async fn text(client: &TestClient, path: &str) -> (StatusCode, String) {
     (response.status(), response.text().await.unwrap_or_default())
 }
 
-/// A request of the administrator's: with the token.
-fn as_admin(client: &TestClient, method: Method, path: &str) -> reqwest::RequestBuilder {
-    client
-        .request_builder(method, path)
-        .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
-}
-
 /// Sends `lines` to the import as the administrator: the status and the body.
 async fn import(client: &TestClient, lines: impl Into<String>) -> (StatusCode, String) {
     let response = as_admin(client, Method::POST, "/api/admin/import")
@@ -142,13 +135,6 @@ async fn export(client: &TestClient) -> String {
         .text()
         .await
         .expect("the whole export, to its end")
-}
-
-/// A file holding the administrator's token, and the arguments that name it.
-fn token_file() -> tempfile::NamedTempFile {
-    let file = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(file.path(), format!("{TOKEN}\n")).unwrap();
-    file
 }
 
 /// The service on `backend` with the administrator's token, no rate limit and `extra`;

@@ -229,6 +229,12 @@ async fn read_page_answers(
     .unwrap()
 }
 
+/// The stream `read_page_answers` read ended with the service's end of it, not a reset
+/// that discarded answers on their way.
+fn assert_ended_cleanly(ended: &str, answers: usize) {
+    assert_eq!(ended, "the end of the stream", "{answers} answers read");
+}
+
 /// A client that sends many visits at once (pipelined, each asking for the page, 8 KB)
 /// and reads its answers only later, with a small receive buffer: the service writes
 /// what the connection takes and holds the rest, and the connection, idle past the limit,
@@ -263,12 +269,7 @@ async fn answers_written_before_the_service_ends_a_connection_reach_a_client_tha
     let counted = service.client.visit().await - 1 - counted_before;
     let reported = in_doubt(&service).await - doubt_before;
 
-    assert_eq!(
-        ended,
-        "the end of the stream",
-        "{} answers read",
-        numbers.len()
-    );
+    assert_ended_cleanly(&ended, numbers.len());
     assert!(
         (counted as usize) < PIPELINED_VISITS,
         "every visit was answered before the end: the test saw nothing"
@@ -308,12 +309,7 @@ async fn at_shutdown_a_client_with_requests_unread_gets_every_answer_written_and
         .wait(allowed(deadlines.exit() + limits::PROCESS_START))
         .await;
 
-    assert_eq!(
-        ended,
-        "the end of the stream",
-        "{} answers read",
-        numbers.len()
-    );
+    assert_ended_cleanly(&ended, numbers.len());
     assert!(
         !numbers.is_empty() && numbers.len() < PIPELINED_VISITS,
         "{} of {PIPELINED_VISITS} answers read: the test saw nothing",

@@ -7,11 +7,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use reqwest::StatusCode;
+use reqwest::{Method, StatusCode};
 use stackdemo::{deadlines::Deadlines, routes::VISIT_IN_DOUBT};
 
 use crate::helpers::{
-    Load, RedisServer, ServiceProcess, TestApp, TestClient, allowed,
+    Load, RedisServer, ServiceProcess, TestApp, TestClient,
+    admin::{admin_change, token_file},
+    allowed,
     limits::{self, PROCESS_START, for_visits, redis_return},
     redis::Flavor,
     wait_or_explain, wait_until,
@@ -604,9 +606,7 @@ async fn a_503_says_whether_the_visit_may_have_been_counted() {
 /// was sent, says only why, and is not made.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_administrators_change_to_a_hung_redis_says_whether_it_may_have_been_made() {
-    const TOKEN: &str = "an-administrator-token-of-some-length";
-    let token = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(token.path(), TOKEN).unwrap();
+    let token = token_file();
     let redis = RedisServer::start().await;
     // One worker, whose connection to Redis the first change opens: with two, the next
     // change could come to the other, whose connection, opened only then, would not
@@ -622,15 +622,8 @@ async fn an_administrators_change_to_a_hung_redis_says_whether_it_may_have_been_
     )
     .await;
     let set = |total: i64| {
-        let request = service
-            .client
-            .request_builder(reqwest::Method::PUT, "/api/counters/pzset")
-            .header("authorization", format!("Bearer {TOKEN}"))
-            .body(format!("{{\"total\": {total}}}"));
-        async move {
-            let answer = request.send().await.unwrap();
-            (answer.status(), answer.text().await.unwrap())
-        }
+        let body = format!("{{\"total\": {total}}}");
+        admin_change(&service.client, Method::PUT, "/api/counters/pzset", body)
     };
     assert_eq!(set(770).await.0, StatusCode::OK);
 
@@ -982,23 +975,14 @@ async fn counter_state(
 /// must be told).
 #[tokio::test(flavor = "multi_thread")]
 async fn an_administrators_change_refused_half_way_is_undone_or_said_to_be_in_doubt() {
-    const TOKEN: &str = "an-administrator-token-of-some-length";
-    let token = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(token.path(), TOKEN).unwrap();
+    let token = token_file();
     let redis = RedisServer::start().await;
     let token_path = token.path().to_str().unwrap();
     let extra = ["--rate-limit", "off", "--admin-token-file", token_path];
     let service = service_as_acl_user(&redis, &extra).await;
     let client = &service.client;
-    let change = |method: reqwest::Method, name: &str, body: &'static str| {
-        let request = client
-            .request_builder(method, &format!("/api/counters/{name}"))
-            .header("authorization", format!("Bearer {TOKEN}"))
-            .body(body);
-        async move {
-            let answer = request.send().await.unwrap();
-            (answer.status(), answer.text().await.unwrap())
-        }
+    let change = |method: Method, name: &str, body: &'static str| {
+        admin_change(client, method, &format!("/api/counters/{name}"), body)
     };
     let scripts = [
         stackdemo::store::redis::scripts::SET_TOTAL,
@@ -1030,9 +1014,9 @@ async fn an_administrators_change_refused_half_way_is_undone_or_said_to_be_in_do
         acl.extend(fault.iter().map(String::as_str));
         redis.query(&acl).await.unwrap();
         let changes = [
-            (reqwest::Method::PUT, new, "{\"total\": 7}"),
-            (reqwest::Method::PUT, set, "{\"total\": 7}"),
-            (reqwest::Method::DELETE, deleted, ""),
+            (Method::PUT, new, "{\"total\": 7}"),
+            (Method::PUT, set, "{\"total\": 7}"),
+            (Method::DELETE, deleted, ""),
         ];
         for (method, name, body) in changes {
             let before = counter_state(&redis, &name).await;
@@ -1040,7 +1024,7 @@ async fn an_administrators_change_refused_half_way_is_undone_or_said_to_be_in_do
             let (hash, registered) = counter_state(&redis, &name).await;
             let what = format!("{fault:?}: {method} {name} answered {status} {said:?}");
             if status == StatusCode::OK {
-                let made = if method == reqwest::Method::PUT {
+                let made = if method == Method::PUT {
                     hash.get("total").map(String::as_str) == Some("7") && registered.is_some()
                 } else {
                     hash.is_empty() && registered.is_none()
@@ -1235,9 +1219,7 @@ async fn a_visit_after_a_long_wait_for_the_replica_is_counted_once_the_replica_c
 /// replica would take them back), and with the replica back, made.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_administrators_change_waits_for_the_replicas_a_visit_waits_for() {
-    const TOKEN: &str = "an-administrator-token-of-some-length";
-    let token = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(token.path(), TOKEN).unwrap();
+    let token = token_file();
     let primary =
         RedisServer::start_with(Flavor::Redis, None, &["--repl-diskless-sync-delay", "0"]).await;
     let port = primary.port.to_string();
@@ -1260,22 +1242,14 @@ async fn an_administrators_change_waits_for_the_replicas_a_visit_waits_for() {
         || async { service.client.try_visit().await.count.is_some() },
     )
     .await;
-    let change = |method: reqwest::Method, path: &'static str, body: &'static str| {
-        let request = service
-            .client
-            .request_builder(method, path)
-            .header("authorization", format!("Bearer {TOKEN}"))
-            .body(body);
-        async move {
-            let answer = request.send().await.unwrap();
-            (answer.status(), answer.text().await.unwrap())
-        }
+    let change = |method: Method, path: &'static str, body: &'static str| {
+        admin_change(&service.client, method, path, body)
     };
     let changes = [
-        (reqwest::Method::PUT, "/api/counters/page", "{\"total\": 5}"),
-        (reqwest::Method::DELETE, "/api/counters/page", ""),
+        (Method::PUT, "/api/counters/page", "{\"total\": 5}"),
+        (Method::DELETE, "/api/counters/page", ""),
         (
-            reqwest::Method::POST,
+            Method::POST,
             "/api/admin/import",
             "{\"name\":\"page\",\"total\":9}\n",
         ),

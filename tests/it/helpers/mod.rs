@@ -5,6 +5,7 @@
 //! Nothing here blocks a test's async runtime: processes are Tokio children, Redis is
 //! asked through async connections, and waits sleep on Tokio's timer.
 
+pub mod admin;
 pub mod app;
 pub mod checker;
 pub mod client;
