@@ -2,10 +2,11 @@
 //!
 //! - **An idle limit.** A connection with no request being served is closed once it has
 //!   been so for the header read timeout, counted from when it was accepted, its last
-//!   request was answered, or a byte of an answer was last written (a streamed answer,
-//!   an export, goes on being written after its request was answered); while an answer
-//!   waits for the client to take what was written before it, for the send timeout
-//!   instead. That covers, with one timer per connection, a client that never sends a
+//!   request was answered, or a byte of an answer was last written; a request is served
+//!   until its answer has been produced to its end (a streamed answer, an export, goes on
+//!   being produced after its head). While an answer waits for the client to take what
+//!   was written before it, the limit is the send timeout instead, a request under way
+//!   or not. That covers, with one timer per connection, a client that never sends a
 //!   byte (which hyper would wait for forever), one that sends its headers too slowly,
 //!   one that stops reading its answer, and an idle keep-alive connection, so that
 //!   silent sockets cannot hold every connection slot.
@@ -35,8 +36,15 @@ use std::{
     time::Duration,
 };
 
-use axum::http::StatusCode;
-use hyper::rt::{Read, ReadBufCursor, Write};
+use axum::{
+    body::{Body, Bytes},
+    http::StatusCode,
+    response::Response,
+};
+use hyper::{
+    body::{Body as HttpBody, Frame, SizeHint},
+    rt::{Read, ReadBufCursor, Write},
+};
 use hyper_util::rt::TokioIo;
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
@@ -179,18 +187,19 @@ impl Activity {
     }
 
     /// Resolves once the connection has had no request under way and written nothing
-    /// for `limit`, or for `send_limit` while what it wrote waits for the client to take
-    /// it; says which.
+    /// for `limit`, or has written nothing for `send_limit` while what it wrote waits for
+    /// the client to take it (a request under way or not); says which.
     pub async fn idle_for(&self, limit: Duration, send_limit: Duration) -> Idle {
         let mut deadline = self.accepted + limit;
         loop {
             tokio::time::sleep_until(deadline).await;
             let now = Instant::now();
-            if self.in_flight.load(Ordering::Relaxed) > 0 {
+            let waiting = self.write_waiting.load(Ordering::Relaxed);
+            if !waiting && self.in_flight.load(Ordering::Relaxed) > 0 {
+                // The service's turn, bounded by its own deadlines.
                 deadline = now + limit;
                 continue;
             }
-            let waiting = self.write_waiting.load(Ordering::Relaxed);
             let idle_until = self.last_activity() + if waiting { send_limit } else { limit };
             if idle_until <= now {
                 return if waiting {
@@ -230,28 +239,76 @@ impl Idle {
     }
 }
 
-/// A request being served; dropping it (answered or cancelled) ends that.
+/// A request being served: from its arrival until its answer has been produced to its end
+/// (a streamed answer, an export, goes on being produced after its head), or it was
+/// cancelled. Dropping it ends that.
 pub struct Serving {
     activity: Arc<Activity>,
     answered: bool,
 }
 
 impl Serving {
-    /// The service produced its response.
-    pub fn answered(mut self) {
+    /// The service produced `response`. An answer with a body of known length is
+    /// produced whole; a streamed one keeps the request under way until its body ends
+    /// (or hyper drops it), so that the connection is not idle while the service, not
+    /// its client, is the one taking time.
+    pub fn answered(mut self, response: Response) -> Response {
         self.answered = true;
+        let activity = &self.activity;
+        activity.answered.fetch_add(1, Ordering::Relaxed);
+        let since = activity.accepted.elapsed().as_micros() as u64;
+        activity.last_answer_us.fetch_max(since, Ordering::Relaxed);
+        let body = response.body();
+        if body.is_end_stream() || body.size_hint().exact().is_some() {
+            return response;
+        }
+        response.map(|body| {
+            Body::new(Producing {
+                body,
+                serving: Some(self),
+            })
+        })
     }
 }
 
 impl Drop for Serving {
     fn drop(&mut self) {
         let activity = &self.activity;
-        if self.answered {
-            activity.answered.fetch_add(1, Ordering::Relaxed);
+        if !self.answered {
+            let since = activity.accepted.elapsed().as_micros() as u64;
+            activity.last_answer_us.fetch_max(since, Ordering::Relaxed);
         }
-        let since = activity.accepted.elapsed().as_micros() as u64;
-        activity.last_answer_us.fetch_max(since, Ordering::Relaxed);
         activity.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A streamed answer's body, its request under way until its last frame.
+struct Producing {
+    body: Body,
+    serving: Option<Serving>,
+}
+
+impl HttpBody for Producing {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let frame = ready!(Pin::new(&mut self.body).poll_frame(cx));
+        if frame.is_none() {
+            self.serving = None;
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -540,7 +597,7 @@ mod tests {
         tokio::task::yield_now().await;
         assert!(!idle.is_finished(), "a request under way keeps it open");
 
-        serving.answered();
+        serving.answered(Response::default());
         tokio::time::advance(Duration::from_secs(9)).await;
         tokio::task::yield_now().await;
         assert!(!idle.is_finished(), "idle for less than the limit");
@@ -554,7 +611,7 @@ mod tests {
     async fn a_connection_writing_its_answer_is_not_idle() {
         let activity = Activity::new();
         let limit = Duration::from_secs(10);
-        activity.serving().answered();
+        activity.serving().answered(Response::default());
         let idle = watch(&activity, limit, 6 * limit);
         for _ in 0..5 {
             tokio::time::advance(Duration::from_secs(6)).await;
@@ -575,13 +632,68 @@ mod tests {
         assert_eq!(idle.await.unwrap(), Idle::NoRequest);
     }
 
+    /// A streamed answer (an export) whose next part the service takes longer than the
+    /// limit to produce keeps its connection: the service is the one taking time. Once
+    /// its body has ended, the connection is idle.
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_whose_answer_is_still_being_produced_is_not_idle() {
+        use http_body_util::BodyExt;
+
+        let activity = Activity::new();
+        let limit = Duration::from_secs(10);
+        let (produce, produced) = tokio::sync::oneshot::channel::<()>();
+        let page = futures_util::stream::once(async move {
+            produced.await.map(|()| Bytes::from_static(b"a page\n"))
+        });
+        let response = activity
+            .serving()
+            .answered(Response::new(Body::from_stream(page)));
+        let idle = watch(&activity, limit, 6 * limit);
+        let read = tokio::spawn(response.into_body().collect());
+        tokio::time::advance(3 * limit).await;
+        tokio::task::yield_now().await;
+        assert!(!idle.is_finished(), "closed while its answer was produced");
+
+        produce.send(()).unwrap();
+        read.await.unwrap().unwrap();
+        tokio::time::advance(limit - Duration::from_secs(1)).await;
+        tokio::task::yield_now().await;
+        assert!(!idle.is_finished(), "idle for less than the limit");
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(idle.await.unwrap(), Idle::NoRequest);
+    }
+
+    /// A streamed answer still being produced whose client takes nothing of it is closed
+    /// after the send limit all the same.
+    #[tokio::test(start_paused = true)]
+    async fn a_streamed_answer_its_client_does_not_take_has_the_send_limit() {
+        let activity = Activity::new();
+        let (limit, send_limit) = (Duration::from_secs(10), Duration::from_secs(60));
+        let pages = futures_util::stream::pending::<Result<Bytes, io::Error>>();
+        let _response = activity
+            .serving()
+            .answered(Response::new(Body::from_stream(pages)));
+        activity.bytes_written();
+        activity.write_waits();
+        let idle = watch(&activity, limit, send_limit);
+        tokio::time::advance(send_limit - Duration::from_secs(1)).await;
+        tokio::task::yield_now().await;
+        assert!(!idle.is_finished(), "closed before the send limit");
+        tokio::time::advance(Duration::from_secs(2)).await;
+        let closed = tokio::time::timeout(limit, idle).await;
+        assert_eq!(
+            closed.expect("open after the send limit").unwrap(),
+            Idle::NotTaking
+        );
+    }
+
     /// An answer whose client has not taken what was written (the socket full) keeps
     /// its connection for the send limit, counted from the last byte written.
     #[tokio::test(start_paused = true)]
     async fn a_connection_waiting_for_its_client_to_take_its_answer_has_the_send_limit() {
         let activity = Activity::new();
         let (limit, send_limit) = (Duration::from_secs(10), Duration::from_secs(60));
-        activity.serving().answered();
+        activity.serving().answered(Response::default());
         activity.bytes_written();
         activity.write_waits();
         let idle = watch(&activity, limit, send_limit);

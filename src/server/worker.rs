@@ -190,11 +190,7 @@ fn run(
                     })
                     .map_future(move |response| {
                         let serving = on_call.serving();
-                        async move {
-                            let response = response.await;
-                            serving.answered();
-                            response
-                        }
+                        async move { response.await.map(|response| serving.answered(response)) }
                     }),
             );
             let io = ConnectionIo::new(stream, activity.clone(), handover, headers.clone());
