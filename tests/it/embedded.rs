@@ -523,3 +523,87 @@ async fn an_immutable_data_file_is_refused_as_a_permission_problem() {
     assert!(stderr.contains("permission denied"), "{stderr}");
     assert!(!stderr.contains("not a valid database"), "{stderr}");
 }
+
+/// A service stopped (SIGTERM) at once after its data file was deleted, before it looked
+/// again: it writes the counts it holds back at the path as it stops, so that a restart
+/// counts on instead of from 1.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_service_stopped_at_once_after_its_data_file_was_deleted_writes_it_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let args = ["--data-dir", data];
+    let deadlines = limits::deadlines(&args);
+    let mut service = ServiceProcess::start(&args).await;
+    for _ in 0..20 {
+        service.client.visit().await;
+    }
+
+    tokio::fs::remove_file(dir.path().join(DATA_FILE))
+        .await
+        .unwrap();
+    service.signal(Signal::SIGTERM);
+    let status = service
+        .wait(allowed(deadlines.exit() + PROCESS_START))
+        .await;
+
+    assert_eq!(status.code(), Some(0), "{}", service.log());
+    assert_eq!(total_after_restart(data).await, 20, "counting goes on");
+}
+
+/// A service stopped (SIGTERM) while an older copy of its data file is in the way (it
+/// refuses to count from it, and looks again every second): it exits in time, leaves the
+/// older copy alone, and saves the counts it holds beside it, saying where; put in place,
+/// that file counts on from them.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_service_stopped_while_an_older_copy_is_in_the_way_exits_and_saves_its_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let args = ["--data-dir", data];
+    let deadlines = limits::deadlines(&args);
+    let mut service = ServiceProcess::start(&args).await;
+    let file = dir.path().join(DATA_FILE);
+    let older = dir.path().join("older.redb");
+    for _ in 0..10 {
+        service.client.visit().await;
+    }
+    tokio::fs::copy(&file, &older).await.unwrap();
+    for _ in 0..10 {
+        service.client.visit().await;
+    }
+    tokio::fs::rename(&older, &file).await.unwrap();
+    // The writer found it, and looks again every second.
+    wait_until(
+        "the writer to refuse the older copy",
+        allowed(FILE_CHECK + REOPEN_DELAY),
+        || async {
+            service
+                .log()
+                .contains("holds less than this service has counted")
+        },
+    )
+    .await;
+
+    service.signal(Signal::SIGTERM);
+    let status = service
+        .wait(allowed(deadlines.exit() + PROCESS_START))
+        .await;
+
+    assert_eq!(status.code(), Some(0), "{}", service.log());
+    let log = service.log();
+    let saved = log
+        .split("\"saved\":\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or_else(|| panic!("the log says where the counts are: {log}"));
+    assert_eq!(
+        total_after_restart(data).await,
+        10,
+        "the older copy is left alone"
+    );
+    tokio::fs::rename(saved, &file).await.unwrap();
+    assert_eq!(
+        total_after_restart(data).await,
+        20,
+        "the saved file counts on"
+    );
+}

@@ -110,29 +110,42 @@ impl Inner {
         let folder = self.path.parent().unwrap_or(Path::new("."));
         std::fs::create_dir_all(folder).map_err(|e| self.cannot("make the folder", &e))?;
         let beside: PathBuf = folder.join(format!(".{}.restoring", super::FILE_NAME));
-        let _ = std::fs::remove_file(&beside);
-        {
-            let copy = Database::create(&beside)
-                .map_err(|e| self.cannot("create", &io::Error::other(e)))?;
-            let open = self.database()?;
-            if let Err(error) = copy_all(&open, &copy) {
-                // After an I/O error the open database refuses to read until it is
-                // opened again, and the path no longer names its file: opened again
-                // through the handle held on that file.
-                drop(open);
-                let held = self.open_held().map_err(|_| error)?;
-                copy_all(&held, &copy)?;
-            }
-        }
+        self.write_copy(&beside)?;
         std::fs::rename(&beside, &self.path).map_err(|e| self.cannot("rename", &e))?;
-        std::fs::File::open(folder)
-            .and_then(|folder| folder.sync_all())
-            .map_err(|e| self.cannot("sync the folder", &e))?;
+        sync_folder(folder).map_err(|e| self.cannot("sync the folder", &e))?;
         self.reopen()?;
         tracing::warn!(
             path = %self.path.display(),
             "the data file was gone; the counts the service held are written there again"
         );
+        Ok(())
+    }
+
+    /// Writes the counts the open database holds to a new file beside the configured
+    /// path, named for the time (`stackdemo.redb.saved-<seconds since 1970>`), for when
+    /// another file is in the way as the service stops; returns its path.
+    pub(super) fn save_beside(&self) -> Result<PathBuf, StoreError> {
+        let folder = self.path.parent().unwrap_or(Path::new("."));
+        let seconds = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_secs());
+        let saved = folder.join(format!("{}.saved-{seconds}", super::FILE_NAME));
+        self.write_copy(&saved)?;
+        sync_folder(folder).map_err(|e| self.cannot("sync the folder", &e))?;
+        Ok(saved)
+    }
+
+    /// Writes everything the open database holds to a new database at `to`, durably.
+    fn write_copy(&self, to: &Path) -> Result<(), StoreError> {
+        let _ = std::fs::remove_file(to);
+        let copy = Database::create(to).map_err(|e| self.cannot("create", &io::Error::other(e)))?;
+        if let Err(error) = self.database().and_then(|open| copy_all(&open, &copy)) {
+            // After an I/O error the open database refuses to read until it is opened
+            // again (or it is not open, after a failed attempt), and the path may no
+            // longer name its file: opened again through the handle held on that file.
+            let held = self.open_held().map_err(|_| error)?;
+            copy_all(&held, &copy)?;
+        }
         Ok(())
     }
 
@@ -211,6 +224,10 @@ impl Inner {
             ),
         )
     }
+}
+
+fn sync_folder(folder: &Path) -> io::Result<()> {
+    std::fs::File::open(folder).and_then(|folder| folder.sync_all())
 }
 
 type Counts = BTreeMap<(String, String), u64>;

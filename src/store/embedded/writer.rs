@@ -8,7 +8,10 @@
 //! caller whose write was taken waits for the commit.
 //!
 //! When a commit fails, the writer reports the failure before answering anyone, opens the
-//! database again and writes to it until it works (`recover`).
+//! database again and writes to it until it works (`recover`), refusing what is sent to it
+//! meanwhile. When the store is dropped, the writer makes sure the counts it holds are at
+//! the configured path (or, where another file holding less is in the way, beside it)
+//! before it ends (`at_exit`), so that the next start counts on from them.
 
 use std::{
     num::NonZero,
@@ -72,10 +75,10 @@ pub(super) fn write_loop(inner: &Inner, requests: &mpsc::Receiver<Write>, spin_l
     loop {
         let first = match next_write(requests, spin) {
             Next::Write(write) => write,
-            Next::Closed => return,
+            Next::Closed => return at_exit(inner),
             Next::Idle => {
                 if let Err(error) = inner.check_file()
-                    && !failed_write(inner, &error, &mut damaged_in_a_row)
+                    && !failed_write(inner, requests, &error, &mut damaged_in_a_row)
                 {
                     return;
                 }
@@ -147,7 +150,7 @@ pub(super) fn write_loop(inner: &Inner, requests: &mpsc::Receiver<Write>, spin_l
                 for write in writes {
                     let _ = write.reply.send(Err(error.clone()));
                 }
-                if !failed_write(inner, &error, &mut damaged_in_a_row) {
+                if !failed_write(inner, requests, &error, &mut damaged_in_a_row) {
                     return;
                 }
             }
@@ -156,28 +159,56 @@ pub(super) fn write_loop(inner: &Inner, requests: &mpsc::Receiver<Write>, spin_l
 }
 
 /// After a failed write (or a data file found gone): reports the failure and recovers;
-/// false when the store gives up (a database that keeps failing as damaged).
-fn failed_write(inner: &Inner, error: &StoreError, damaged_in_a_row: &mut u32) -> bool {
+/// false when the writer is to end: the store gives up (a database that keeps failing as
+/// damaged), or it was dropped meanwhile.
+fn failed_write(
+    inner: &Inner,
+    requests: &mpsc::Receiver<Write>,
+    error: &StoreError,
+    damaged_in_a_row: &mut u32,
+) -> bool {
     *lock(&inner.failing) = Some(error.clone());
     if error.kind() == StoreErrorKind::Damaged {
         *damaged_in_a_row += 1;
     }
-    if *damaged_in_a_row >= DAMAGED_FAILURES_TO_GIVE_UP || !recover(inner) {
-        tracing::error!("the embedded store's database keeps failing as damaged; giving up");
-        inner.gave_up.cancel();
-        return false;
+    let recovered = if *damaged_in_a_row >= DAMAGED_FAILURES_TO_GIVE_UP {
+        Recovery::GaveUp
+    } else {
+        recover(inner, requests)
+    };
+    match recovered {
+        Recovery::Writes => true,
+        Recovery::GaveUp => {
+            tracing::error!("the embedded store's database keeps failing as damaged; giving up");
+            inner.gave_up.cancel();
+            false
+        }
+        Recovery::Closed => {
+            at_exit(inner);
+            false
+        }
     }
-    true
+}
+
+/// How recovering ended.
+enum Recovery {
+    /// A write succeeded: counting goes on.
+    Writes,
+    /// The database keeps failing as damaged.
+    GaveUp,
+    /// The store was dropped (the service stopping).
+    Closed,
 }
 
 /// Puts the data file right if the path no longer names it (`file`), opens the database
-/// again and writes to it, until a write succeeds, pausing between attempts; false if the
-/// database keeps failing as damaged. Meanwhile the store reports the failure (not ready),
-/// and writes sent to it are called back by their callers.
-fn recover(inner: &Inner) -> bool {
+/// again and writes to it, until a write succeeds, pausing between attempts. Meanwhile
+/// the store reports the failure (not ready), and a write sent to it is refused with it.
+fn recover(inner: &Inner, requests: &mpsc::Receiver<Write>) -> Recovery {
     let mut damaged = 0;
     loop {
-        thread::sleep(REOPEN_DELAY);
+        if !refuse_until(inner, requests, std::time::Instant::now() + REOPEN_DELAY) {
+            return Recovery::Closed;
+        }
         // A write of no visits: it touches the same pages a visit does, so it fails as
         // long as a visit would.
         let probe = Tally {
@@ -198,7 +229,7 @@ fn recover(inner: &Inner) -> bool {
             Ok(_) => {
                 tracing::info!("embedded store writes again");
                 *lock(&inner.failing) = None;
-                return true;
+                return Recovery::Writes;
             }
             Err(error) => {
                 tracing::warn!(
@@ -209,12 +240,65 @@ fn recover(inner: &Inner) -> bool {
                 if error.kind() == StoreErrorKind::Damaged {
                     damaged += 1;
                     if damaged >= DAMAGED_FAILURES_TO_GIVE_UP {
-                        return false;
+                        return Recovery::GaveUp;
                     }
                 }
                 *lock(&inner.failing) = Some(error);
             }
         }
+    }
+}
+
+/// Until `until`, refuses every write sent (with the failure the store reports, as none
+/// of them is committed); false as soon as the store has been dropped.
+fn refuse_until(
+    inner: &Inner,
+    requests: &mpsc::Receiver<Write>,
+    until: std::time::Instant,
+) -> bool {
+    loop {
+        let left = until.saturating_duration_since(std::time::Instant::now());
+        match requests.recv_timeout(left) {
+            Ok(write) => {
+                let taken = write
+                    .state
+                    .compare_exchange(WAITING, TAKEN, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok();
+                if taken {
+                    let failure = lock(&inner.failing).clone().unwrap_or_else(|| {
+                        StoreError::new(StoreErrorKind::Failed, "the store is recovering")
+                    });
+                    let _ = write.reply.send(Err(failure));
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => return true,
+            Err(mpsc::RecvTimeoutError::Disconnected) => return false,
+        }
+    }
+}
+
+/// The store is being dropped: the counts it holds must be where the next start looks,
+/// or it would count from 1 again, or from an older copy. A data file gone since the
+/// last look is written again; another file in the way that holds less is left alone,
+/// and the counts are written beside it, for the operator to put in its place.
+fn at_exit(inner: &Inner) {
+    let Err(error) = inner.put_file_right() else {
+        return;
+    };
+    match inner.save_beside() {
+        Ok(saved) => tracing::error!(
+            cause = error.detail(),
+            saved = %saved.display(),
+            "the data file is not where the next start looks for it; the counts this \
+             service held are saved beside it: put that file in its place to count on \
+             from them"
+        ),
+        Err(saving) => tracing::error!(
+            cause = error.detail(),
+            saving = saving.detail(),
+            "the data file is not where the next start looks for it, and the counts this \
+             service held could not be saved: they are lost"
+        ),
     }
 }
 
