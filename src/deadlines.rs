@@ -136,6 +136,13 @@ impl Deadlines {
         self.queue_wait() + self.store
     }
 
+    /// How long past its write's deadline a visit waits for an embedded commit already
+    /// under way (a disk that stalls), for it still to be answered within the request
+    /// timeout; then it is answered as in doubt.
+    pub fn commit_grace(&self) -> Duration {
+        self.request.saturating_sub(self.visit())
+    }
+
     /// The latest a visit's body may end, after its head arrived at `start`, for the
     /// visit still to be answered within the request timeout.
     pub fn body_read_by(&self, start: Instant) -> Instant {

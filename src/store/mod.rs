@@ -164,9 +164,12 @@ impl Store {
                 policy,
                 deadlines.store,
             )?)),
-            StoreSettings::Embedded { data_dir } => {
-                Store::Embedded(Arc::new(EmbeddedStore::open(data_dir, identity, policy)?))
-            }
+            StoreSettings::Embedded { data_dir } => Store::Embedded(Arc::new(EmbeddedStore::open(
+                data_dir,
+                identity,
+                policy,
+                deadlines.commit_grace(),
+            )?)),
         })
     }
 

@@ -10,7 +10,7 @@ use reqwest::StatusCode;
 
 use crate::helpers::{
     Load, ServiceProcess, TestApp, allowed,
-    disk::{SmallDisk, fill},
+    disk::{FreezableDisk, SmallDisk, fill},
     limits::{self, PROCESS_START, for_visits},
     process, wait_until,
 };
@@ -605,5 +605,57 @@ async fn a_service_stopped_while_an_older_copy_is_in_the_way_exits_and_saves_its
         total_after_restart(data).await,
         20,
         "the saved file counts on"
+    );
+}
+
+/// A disk that stalls (frozen) under a commit: the visits waiting on it are answered
+/// within the request timeout, 503, and the one whose commit was under way as in doubt,
+/// rather than held until the disk comes back (after which the service answered 200,
+/// past every client's and edge's timeout). Once the disk is back, what those visits
+/// counted is no more than what was reported in doubt.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_disk_that_stalls_under_a_commit_answers_its_visits_in_time_in_doubt() {
+    const VISITS: usize = 4;
+    let disk = FreezableDisk::mount();
+    let data = disk.path.join("data");
+    let args = ["--data-dir", data.to_str().unwrap()];
+    let deadlines = limits::deadlines(&args);
+    let service = ServiceProcess::start(&args).await;
+    let before = service.client.visit().await;
+
+    let frozen = disk.freeze();
+    let visits = (0..VISITS).map(|_| {
+        let client = service.client.clone();
+        async move { client.try_visit().await }
+    });
+    let answers = tokio::time::timeout(
+        allowed(deadlines.request),
+        futures_util::future::join_all(visits),
+    )
+    .await;
+    drop(frozen);
+
+    let answers = answers.expect("every visit answered within the request timeout");
+    let mut said_in_doubt = 0;
+    for answer in &answers {
+        assert_eq!(
+            answer.status,
+            Some(StatusCode::SERVICE_UNAVAILABLE),
+            "{answer:?}"
+        );
+        said_in_doubt += usize::from(answer.body.contains("may have been counted"));
+    }
+    assert!(
+        said_in_doubt >= 1,
+        "the visit whose commit stalled: {answers:?}"
+    );
+    service
+        .client
+        .wait_ready(allowed(deadlines.store + REOPEN_DELAY))
+        .await;
+    let counted = service.client.visit().await - 1 - before;
+    assert!(
+        counted as u64 <= in_doubt(&service).await,
+        "{counted} counted while frozen, more than reported in doubt"
     );
 }

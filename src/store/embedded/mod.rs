@@ -10,9 +10,10 @@
 //!
 //! A write is either taken by the writer or called back by its caller, never both (the
 //! hand-off is in `writer`): a caller that gives up before the writer took its write
-//! leaves it uncommitted, and a caller whose write was taken waits for the commit, however
-//! slow the disk, since a commit under way cannot be called back. So a visit answered 503
-//! is never committed.
+//! leaves it uncommitted, and a caller whose write was taken waits for the commit, since a
+//! commit under way cannot be called back: so a visit answered 503 is never committed,
+//! unless the disk stalls past the time its visits must be answered by, when they are
+//! answered as in doubt.
 //!
 //! When a write fails (a full disk, an I/O error, a panic inside redb on a damaged
 //! file), the store reports not-ready and the writer opens the database again, until it
@@ -66,6 +67,8 @@ pub struct EmbeddedStore {
     /// so that the database file is closed when the store is gone.
     writer: Option<mpsc::Sender<Write>>,
     writer_thread: Option<thread::JoinHandle<()>>,
+    /// How long past its deadline a write whose commit is under way is waited for.
+    commit_grace: Duration,
 }
 
 /// What the writer thread and the readers share.
@@ -97,10 +100,12 @@ struct Inner {
 impl EmbeddedStore {
     /// Opens (or creates) the database in `dir`. Fails when the folder cannot be used, the
     /// file is not a valid database, or another process holds it.
+    /// A write taken for a commit is waited for until `commit_grace` past its deadline.
     pub fn open(
         dir: &Path,
         identity: &Identity,
         policy: CounterPolicy,
+        commit_grace: Duration,
     ) -> Result<Self, StoreError> {
         if dir.exists() && !dir.is_dir() {
             return Err(StoreError::new(
@@ -143,6 +148,7 @@ impl EmbeddedStore {
             inner,
             writer: Some(writer),
             writer_thread: Some(writer_thread),
+            commit_grace,
         })
     }
 
@@ -181,8 +187,17 @@ impl EmbeddedStore {
                         "the writer did not take the write in time; it was called back",
                     ));
                 }
-                // Taken: its commit is under way and cannot be called back.
-                answer.await.unwrap_or_else(|_| Err(writer_ended()))
+                // Taken: its commit is under way and cannot be called back. Waited for
+                // while its visits can still be answered in time; then in doubt.
+                match timeout_at(answer_by + self.commit_grace, answer).await {
+                    Ok(result) => result.unwrap_or_else(|_| Err(writer_ended())),
+                    Err(_) => Err(StoreError::new(
+                        StoreErrorKind::Timeout,
+                        "the commit under way did not end in time (a disk that stalls); it \
+                         may yet be made",
+                    )
+                    .with_doubt()),
+                }
             }
         }
     }
