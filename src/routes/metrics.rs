@@ -99,8 +99,10 @@ pub async fn render(State(state): State<AppState>) -> impl IntoResponse {
 /// served`: method, path, route, replica, status, latency) when it is answered. Every
 /// label takes its value from a small fixed set, so that no request can create new
 /// series: unmatched paths share one route label (as requests refused before routing
-/// share `UNROUTED`), methods other than the standard ones share one method label, and
-/// statuses are the service's own.
+/// share `UNROUTED`), methods no route serves share one method label (as do requests
+/// refused for their method or form), statuses are the service's own, and the latency
+/// is by route alone. However clients vary their requests, the page stays some tens of
+/// kilobytes, which every connection may hold while its client is slow to take it.
 pub async fn track(
     request: Request,
     next: Next,
@@ -120,7 +122,7 @@ pub async fn track(
     let status = response.status().as_u16();
     let request = Served {
         method: method.as_str(),
-        method_label: method_label(&method),
+        method_label: method_label(&method, response.status()),
         path: uri.as_ref().map(Uri::path),
         route,
         status,
@@ -192,28 +194,38 @@ impl Served<'_> {
                 }
             }
         }
+        // The latency by route alone: a histogram is a dozen series, and one for every
+        // method and status a client can provoke would let clients grow the page.
+        histogram!("http_request_duration_seconds", "route" => self.route.clone())
+            .record(self.latency.as_secs_f64());
         let labels = [
             ("route", self.route),
             ("method", self.method_label.to_owned()),
             ("status", self.status.to_string()),
         ];
         counter!("http_requests_total", &labels).increment(1);
-        histogram!("http_request_duration_seconds", &labels).record(self.latency.as_secs_f64());
     }
 }
 
-/// The method as a metric label: one of the standard methods, or `other`.
-fn method_label(method: &Method) -> &'static str {
+/// The method as a metric label: one of the methods some route serves, or `other`; also
+/// `other` for a request refused for its method or its form whatever the method (405, 408,
+/// 413), so that clients cannot make a series for every method on every route.
+fn method_label(method: &Method, status: StatusCode) -> &'static str {
+    if matches!(
+        status,
+        StatusCode::METHOD_NOT_ALLOWED
+            | StatusCode::REQUEST_TIMEOUT
+            | StatusCode::PAYLOAD_TOO_LARGE
+    ) {
+        return "other";
+    }
     match *method {
         Method::GET => "GET",
         Method::HEAD => "HEAD",
         Method::POST => "POST",
         Method::PUT => "PUT",
         Method::DELETE => "DELETE",
-        Method::PATCH => "PATCH",
         Method::OPTIONS => "OPTIONS",
-        Method::CONNECT => "CONNECT",
-        Method::TRACE => "TRACE",
         _ => "other",
     }
 }
