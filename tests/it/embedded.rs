@@ -659,3 +659,119 @@ async fn a_disk_that_stalls_under_a_commit_answers_its_visits_in_time_in_doubt()
         "{counted} counted while frozen, more than reported in doubt"
     );
 }
+
+/// What an operator may do to the data file in place while the service runs.
+#[derive(Debug, Clone, Copy)]
+enum InPlace {
+    /// A backup copied onto it (`cp backup.redb stackdemo.redb`: the same file, rewritten).
+    BackupCopiedOnto,
+    /// `truncate -s 0`.
+    Truncated,
+    /// Pages in its middle overwritten (`dd conv=notrunc`).
+    Overwritten,
+}
+
+/// The data file written in place by another process while the service runs: the service
+/// stops counting at once and for good (not ready, saying why), since neither the file
+/// nor what its open database remembers of it can be trusted any more; it exits cleanly
+/// on SIGTERM without writing to it, and the next start takes the file as it is (a
+/// backup: counting from it; an empty file: refused). Before, it went on answering 200 into a file that the next
+/// start refused as damaged, with every count in it.
+async fn a_data_file_written_in_place(change: InPlace) {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let args = ["--data-dir", data];
+    let deadlines = limits::deadlines(&args);
+    let mut service = ServiceProcess::start(&args).await;
+    let file = dir.path().join(DATA_FILE);
+    let backup = dir.path().join("backup.redb");
+    for _ in 0..10 {
+        service.client.visit().await;
+    }
+    tokio::fs::copy(&file, &backup).await.unwrap();
+    for _ in 0..10 {
+        service.client.visit().await;
+    }
+
+    let len = tokio::fs::metadata(&file).await.unwrap().len();
+    tokio::task::spawn_blocking({
+        let file = file.clone();
+        move || {
+            use std::{io::Write, os::unix::fs::FileExt};
+            match change {
+                InPlace::BackupCopiedOnto => {
+                    std::fs::copy(&backup, &file).unwrap();
+                }
+                InPlace::Truncated => {
+                    std::fs::OpenOptions::new()
+                        .write(true)
+                        .open(&file)
+                        .unwrap()
+                        .set_len(0)
+                        .unwrap();
+                }
+                InPlace::Overwritten => {
+                    let opened = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
+                    opened.write_all_at(&vec![0xa5; 8192], len / 2).unwrap();
+                    (&opened).flush().unwrap();
+                }
+            }
+        }
+    })
+    .await
+    .unwrap();
+
+    let client = &service.client;
+    wait_until("not ready, saying why", allowed(FILE_CHECK), || async {
+        client.readiness().await.contains("missing or replaced")
+    })
+    .await;
+    // Past the writer's next looks: still refused.
+    let refused_until = std::time::Instant::now() + REOPEN_DELAY * 2;
+    while std::time::Instant::now() < refused_until {
+        let answer = client.try_visit().await;
+        assert_eq!(
+            answer.status,
+            Some(StatusCode::SERVICE_UNAVAILABLE),
+            "{change:?}"
+        );
+    }
+    assert!(
+        service.log().contains("was written by another process"),
+        "the log says why: {}",
+        service.log()
+    );
+    service.signal(Signal::SIGTERM);
+    let status = service
+        .wait(allowed(deadlines.exit() + PROCESS_START))
+        .await;
+    assert_eq!(status.code(), Some(0), "{}", service.log());
+
+    match change {
+        InPlace::BackupCopiedOnto => {
+            assert_eq!(total_after_restart(data).await, 10, "the backup counts on");
+        }
+        InPlace::Truncated => {
+            let output = process::run(&["--listen", "127.0.0.1:0", "--data-dir", data], &[]).await;
+            assert_refused_naming_the_data_dir(&output);
+        }
+        // Damage in the middle of the file: refused at start or served correctly, as
+        // `a_damaged_data_file_is_refused_at_start_or_served_correctly…` shows.
+        InPlace::Overwritten => {}
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backup_copied_onto_the_data_file_while_serving_stops_counting_until_restarted() {
+    a_data_file_written_in_place(InPlace::BackupCopiedOnto).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_data_file_truncated_while_serving_stops_counting() {
+    a_data_file_written_in_place(InPlace::Truncated).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_data_file_overwritten_in_place_while_serving_stops_counting() {
+    a_data_file_written_in_place(InPlace::Overwritten).await;
+}

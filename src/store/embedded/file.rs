@@ -17,13 +17,26 @@
 //! - anything else (a database that holds less, a file that is not one): it is neither
 //!   counted from nor overwritten; the store stays not ready, says why, and looks again
 //!   every second, so removing that file lets the service restore its own.
+//!
+//! The file itself written by another process (`cp` of a backup onto it, `truncate`, `dd`):
+//! the open database no longer knows what its pages hold, so neither its counts nor the
+//! file can be trusted from then on. The store stops counting for good (not ready, saying
+//! why) and the next start takes the file as it finds it: the counts it holds, or, if it
+//! is not a valid database, a refusal. A writer is seen by inotify when it closes the file
+//! (`IN_CLOSE_WRITE`, which this process's open handles never send).
 
 use std::{
     collections::BTreeMap,
     io,
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
+    sync::{
+        Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
 };
+
+use inotify::{Inotify, WatchMask};
 
 use redb::{
     Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
@@ -56,6 +69,62 @@ impl FileId {
     }
 }
 
+/// Watches the open data file for another process writing to it in place, by inotify:
+/// a close after writing (`IN_CLOSE_WRITE`) that is not this process's own (the watch is
+/// made anew after each of its own opens and closes). Once seen, it stays seen.
+pub struct Writers {
+    watch: Mutex<Option<Inotify>>,
+    seen: AtomicBool,
+}
+
+impl Writers {
+    pub fn new() -> Self {
+        Self {
+            watch: Mutex::new(None),
+            seen: AtomicBool::new(false),
+        }
+    }
+
+    /// Watches the file at `path` from now on, in place of the file watched before. Where
+    /// inotify cannot be had (its limits reached), the file is not watched, and the log
+    /// says so.
+    pub fn watch(&self, path: &Path) {
+        let watch = Inotify::init().and_then(|inotify| {
+            inotify.watches().add(path, WatchMask::CLOSE_WRITE)?;
+            Ok(inotify)
+        });
+        let watch = watch
+            .inspect_err(|error| {
+                tracing::warn!(
+                    %error,
+                    path = %path.display(),
+                    "cannot watch the data file for other processes writing to it"
+                );
+            })
+            .ok();
+        *super::lock(&self.watch) = watch;
+    }
+
+    /// Whether another process has written to the watched file.
+    fn seen(&self) -> bool {
+        if self.seen.load(Ordering::Relaxed) {
+            return true;
+        }
+        let mut watch = super::lock(&self.watch);
+        let Some(inotify) = watch.as_mut() else {
+            return false;
+        };
+        let mut buffer = [0u8; 1024];
+        let written = inotify
+            .read_events(&mut buffer)
+            .is_ok_and(|mut events| events.next().is_some());
+        if written {
+            self.seen.store(true, Ordering::Relaxed);
+        }
+        written
+    }
+}
+
 /// What the configured path holds now, against the file the database has open.
 enum AtPath {
     Ours,
@@ -82,6 +151,7 @@ impl Inner {
     /// An error unless the configured path names the file the database has open.
     pub(super) fn check_file(&self) -> Result<(), StoreError> {
         match self.at_path()? {
+            AtPath::Ours if self.writers.seen() => Err(self.written_by_another()),
             AtPath::Ours => Ok(()),
             AtPath::Nothing => Err(StoreError::new(
                 StoreErrorKind::FileGone,
@@ -98,6 +168,7 @@ impl Inner {
     /// module says; an error says why it cannot yet.
     pub(super) fn put_file_right(&self) -> Result<(), StoreError> {
         match self.at_path()? {
+            AtPath::Ours if self.writers.seen() => Err(self.written_by_another()),
             AtPath::Ours => Ok(()),
             AtPath::Nothing => self.restore(),
             AtPath::Another => self.adopt(),
@@ -208,6 +279,24 @@ impl Inner {
         self.reopen()?;
         tracing::warn!(path = %self.path.display(), "the data file was replaced; counting from the new one");
         Ok(())
+    }
+
+    /// Whether another process wrote to the open data file in place: then nothing the
+    /// open database holds can be trusted, nor written anywhere.
+    pub(super) fn written_in_place(&self) -> bool {
+        self.writers.seen()
+    }
+
+    fn written_by_another(&self) -> StoreError {
+        StoreError::new(
+            StoreErrorKind::FileGone,
+            format!(
+                "{} was written by another process while the service had it open; the \
+                 service counts no more until it is restarted, and then counts from what \
+                 the file holds",
+                self.path.display()
+            ),
+        )
     }
 
     fn cannot(&self, what: &str, error: &io::Error) -> StoreError {

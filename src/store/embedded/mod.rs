@@ -82,6 +82,8 @@ struct Inner {
     /// until it is opened again; if the file is gone from the path by then, its counts are
     /// read through this handle (`file::restore`).
     held: Mutex<Option<std::fs::File>>,
+    /// Whether another process wrote to that file in place (`file::Writers`).
+    writers: file::Writers,
     /// The last write's failure, until a write succeeds again.
     failing: Mutex<Option<StoreError>>,
     /// When the commit under way began.
@@ -128,6 +130,7 @@ impl EmbeddedStore {
             path,
             db: RwLock::new(Some(Arc::new(db))),
             file: Mutex::new(file),
+            writers: file::Writers::new(),
             held: Mutex::new(held),
             failing: Mutex::new(None),
             committing_since: Mutex::new(None),
@@ -139,6 +142,7 @@ impl EmbeddedStore {
             _folder: folder,
         });
         let (writer, requests) = mpsc::channel();
+        inner.writers.watch(&inner.path);
         let writer_inner = inner.clone();
         let writer_thread = thread::Builder::new()
             .name("stackdemo-writer".into())
@@ -414,7 +418,17 @@ impl Inner {
         *lock(&self.file) = FileId::at(&self.path).map_err(failed)?;
         *lock(&self.held) = hold(&self.path);
         *self.db.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(db));
+        // Watched from now on: this process's own closes of the file are behind it.
+        self.writers.watch(&self.path);
         Ok(())
+    }
+
+    /// Lets go of the open database without closing it, as the process ends: closing it
+    /// writes to its file, which another process has written since (`file::Writers`).
+    fn abandon(&self) {
+        if let Some(db) = self.db.write().unwrap_or_else(|e| e.into_inner()).take() {
+            std::mem::forget(db);
+        }
     }
 
     /// Closes the open database, once the reads that hold it are done (at most

@@ -282,6 +282,15 @@ fn refuse_until(
 /// last look is written again; another file in the way that holds less is left alone,
 /// and the counts are written beside it, for the operator to put in its place.
 fn at_exit(inner: &Inner) {
+    if inner.written_in_place() {
+        inner.abandon();
+        tracing::error!(
+            path = %inner.path.display(),
+            "the data file was written by another process while the service had it open: \
+             the next start counts from what it holds"
+        );
+        return;
+    }
     let Err(error) = inner.put_file_right() else {
         return;
     };
