@@ -105,6 +105,32 @@ async fn a_second_process_is_refused_while_the_data_file_is_deleted() {
     assert_eq!(first.client.visit().await, 2, "the first counts on");
 }
 
+/// The data folder moved away while the service runs: until the service has made it again
+/// at its path (it is paused here, so that it cannot), a second service on the path is
+/// refused all the same; it found no lock (the folder's went with the folder), made a
+/// new folder and answered numbers the first had answered.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_process_is_refused_while_the_data_folder_is_moved_away() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data_str = data.to_str().unwrap();
+    let first = ServiceProcess::start(&["--data-dir", data_str]).await;
+    first.client.visit().await;
+
+    first.signal(Signal::SIGSTOP);
+    std::fs::rename(&data, dir.path().join("moved")).unwrap();
+    let second = process::run(&["--listen", "127.0.0.1:0", "--data-dir", data_str], &[]).await;
+    first.signal(Signal::SIGCONT);
+
+    assert_refused_naming_the_data_dir(&second);
+    assert!(String::from_utf8_lossy(&second.stderr).contains("in use by another process"));
+    first
+        .client
+        .wait_ready(allowed(FILE_CHECK + REOPEN_DELAY))
+        .await;
+    assert_eq!(first.client.visit().await, 2, "the first counts on");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn concurrent_visits_share_transactions() {
     let dir = tempfile::tempdir().unwrap();

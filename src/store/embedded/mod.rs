@@ -95,8 +95,10 @@ struct Inner {
     /// The administrator's changes so far (`tables::SketchCache`).
     changes: AtomicU64,
     gave_up: CancellationToken,
-    /// This process's lock on the data folder, held while it runs (`lock_folder`).
+    /// This process's locks on the data folder and on its path, held while it runs
+    /// (`lock_folder`, `lock_path`).
     _folder: std::fs::File,
+    _path: std::os::unix::net::UnixListener,
 }
 
 impl EmbeddedStore {
@@ -122,6 +124,7 @@ impl EmbeddedStore {
             )
         })?;
         let folder = lock_folder(dir)?;
+        let path_lock = lock_path(dir)?;
         let path = dir.join(FILE_NAME);
         let db = open_database(&path, true)?;
         let file = FileId::at(&path).map_err(failed)?;
@@ -140,6 +143,7 @@ impl EmbeddedStore {
             changes: AtomicU64::new(0),
             gave_up: CancellationToken::new(),
             _folder: folder,
+            _path: path_lock,
         });
         let (writer, requests) = mpsc::channel();
         inner.writers.watch(&inner.path);
@@ -473,6 +477,35 @@ fn lock_folder(dir: &Path) -> Result<std::fs::File, StoreError> {
         )),
         Err(std::fs::TryLockError::Error(error)) => Err(failed(error)),
     }
+}
+
+/// Locks the data folder's path for this process, on this host: an abstract Unix socket
+/// named for the path. The folder's own lock stays with the folder, so while the folder
+/// is moved away (until the service has made it again at its path) a second service
+/// started on the path would find no lock, make a new folder and count from 1 again.
+fn lock_path(dir: &Path) -> Result<std::os::unix::net::UnixListener, StoreError> {
+    use std::{hash::Hasher, os::linux::net::SocketAddrExt, os::unix::net};
+
+    let path = std::fs::canonicalize(dir).map_err(|error| {
+        StoreError::new(
+            StoreErrorKind::Failed,
+            format!("cannot open {}: {error}", dir.display()),
+        )
+    })?;
+    let mut hasher = siphasher::sip::SipHasher13::new();
+    hasher.write(path.as_os_str().as_encoded_bytes());
+    let name = format!("stackdemo-data-dir-{:016x}", hasher.finish());
+    let address = net::SocketAddr::from_abstract_name(name.as_bytes()).map_err(failed)?;
+    net::UnixListener::bind_addr(&address).map_err(|error| {
+        if error.kind() == io::ErrorKind::AddrInUse {
+            StoreError::new(
+                StoreErrorKind::Failed,
+                format!("{} is in use by another process", dir.display()),
+            )
+        } else {
+            failed(error)
+        }
+    })
 }
 
 /// A handle on the file at `path`, read and write, as a database needs; none if it cannot
