@@ -54,14 +54,15 @@ impl CounterName {
             ));
         }
         if segments.last() == Some(&HISTORY) {
-            return Err(BadName("a counter name does not end with /history"));
+            return Err(BadName(
+                "a counter name is not 'history' and does not end with /history",
+            ));
         }
         Ok(Self(text.into()))
     }
 
-    /// The tutorial counter's name: the counter key as it is. Its own rules
-    /// (`--counter-key`) allow what a name would not; such a counter counts `GET /` but
-    /// cannot be named in a path.
+    /// A name the store holds, or the counter key, as it is: both were checked as names
+    /// before they were written or taken.
     pub fn of_key(key: &str) -> Self {
         Self(key.into())
     }

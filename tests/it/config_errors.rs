@@ -39,6 +39,9 @@ async fn a_bad_value_from_the_environment_names_the_variable() {
         ("STACKDEMO_LOG_FORMAT", "xml"),
         ("STACKDEMO_REPLICA", ""),
         ("STACKDEMO_COUNTER_KEY", "has space"),
+        // A Redis-style key: the tutorial's counter is read, set and exported by its
+        // name, and an export holding it could not be imported.
+        ("STACKDEMO_COUNTER_KEY", "app:hits"),
         ("STACKDEMO_REDIS_MIN_REPLICAS", "17"),
         ("REDIS_SENTINELS", "s1:notaport"),
         ("REDIS_URL", "http://example"),
