@@ -60,7 +60,11 @@ pub struct WasReady(AtomicBool);
 
 impl WasReady {
     pub fn mark(&self) {
-        self.0.store(true, Ordering::Relaxed);
+        // Read first: every visit marks it, and a store would take the line from the
+        // other workers' caches each time.
+        if !self.0.load(Ordering::Relaxed) {
+            self.0.store(true, Ordering::Relaxed);
+        }
     }
 
     pub fn get(&self) -> bool {

@@ -13,7 +13,7 @@ pub async fn live() -> &'static str {
 
 /// `GET /readyz`: 200 when the store could count a visit now, 503 with a short reason and
 /// its code when not. `was_ready` tells the container health check whether this replica
-/// has been ready since it started.
+/// has been ready since it started: answered a readiness probe 200, or counted a visit.
 pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
     let store = state.store.kind();
     match state.store.ready(state.deadlines.store).await {

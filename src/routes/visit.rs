@@ -100,7 +100,10 @@ pub(super) async fn count(
     if !body.is_end_stream() {
         read_small_body(body, read_by).await?;
     }
-    Ok(state.counter.visit(counter, client.visitor).await?)
+    let counted = state.counter.visit(counter, client.visitor).await?;
+    // A counted visit shows the store ready as well as a readiness probe does.
+    state.was_ready.mark();
+    Ok(counted)
 }
 
 /// A body of at most `MAX_BODY_BYTES`, announced or in chunks, ended by `read_by`: 413

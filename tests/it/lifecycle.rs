@@ -552,6 +552,11 @@ async fn healthcheck_is_healthy_when_ready_or_when_only_the_store_went_away() {
         String::from_utf8_lossy(&ready.stderr)
     );
 
+    // One that counted a visit but was never asked whether it is ready: ready before all
+    // the same.
+    let counted = ServiceProcess::start(&["--redis-url", &url]).await;
+    counted.client.visit().await;
+
     // Ready before: a Redis outage leaves it healthy (not ready), so Swarm does not
     // restart every replica at once.
     redis.kill().await;
@@ -561,6 +566,17 @@ async fn healthcheck_is_healthy_when_ready_or_when_only_the_store_went_away() {
     );
     let outage = run(&["healthcheck"], vec![("STACKDEMO_LISTEN", listen.clone())]).await;
     assert_eq!(outage.status.code(), Some(0));
+    let counted_outage = run(
+        &["healthcheck"],
+        vec![("STACKDEMO_LISTEN", format!("127.0.0.1:{}", counted.port))],
+    )
+    .await;
+    assert_eq!(
+        counted_outage.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&counted_outage.stderr)
+    );
 
     // Never ready: unhealthy, so that a rolling update to it rolls back.
     let never = ServiceProcess::start(&["--redis-url", &url]).await;
