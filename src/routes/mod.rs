@@ -70,6 +70,8 @@ pub fn router(state: AppState) -> Router {
         .allow_origin(tower_http::cors::Any)
         .allow_methods([Method::GET, Method::HEAD, Method::POST])
         .allow_headers([header::CONTENT_TYPE])
+        // A script told 429 or 503 can read when to try again.
+        .expose_headers([header::RETRY_AFTER])
         .max_age(Duration::from_secs(3600));
     let counters = Router::new()
         .route("/badge/{*name}", get(badge::badge))

@@ -927,10 +927,16 @@ async fn over_the_rate_limit_a_visit_is_refused_with_429_and_not_counted(backend
     }
     let refused = client
         .request_builder(Method::POST, "/api/counters/hits")
+        .header(header::ORIGIN, "https://example.com")
         .send()
         .await
         .unwrap();
     assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        refused.headers()[header::ACCESS_CONTROL_EXPOSE_HEADERS],
+        "retry-after",
+        "a page's script can read when to try again"
+    );
     assert_eq!(total(client, "hits").await, 2);
     assert_eq!(text(client, "/c/other").await.0, StatusCode::OK);
 }
