@@ -128,6 +128,20 @@ impl CounterReading {
 pub struct DayReading {
     pub date: String,
     pub visits: u64,
-    /// About how many distinct visitors came (a HyperLogLog estimate, about 1 %).
+    /// About how many distinct visitors came (a HyperLogLog estimate, about 1 %), never
+    /// more than the visits.
     pub unique: u64,
+}
+
+impl DayReading {
+    /// A day's reading from its visits and the estimate of its distinct visitors, which
+    /// can be a little above the visits (1 000 visits by as many visitors may be estimated
+    /// at 1 008): capped at them.
+    pub fn new(date: String, visits: u64, estimate: u64) -> Self {
+        Self {
+            date,
+            visits,
+            unique: estimate.min(visits),
+        }
+    }
 }

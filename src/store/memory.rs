@@ -90,11 +90,11 @@ impl MemoryStore {
             .rev()
             .map(|ago| {
                 let key = (name.clone(), today.minus(ago));
-                DayReading {
-                    date: key.1.to_string(),
-                    visits: counts.days.get(&key).copied().unwrap_or(0),
-                    unique: counts.uniques.get_mut(&key).map_or(0, Sketch::count),
-                }
+                DayReading::new(
+                    key.1.to_string(),
+                    counts.days.get(&key).copied().unwrap_or(0),
+                    counts.uniques.get_mut(&key).map_or(0, Sketch::count),
+                )
             })
             .collect();
         Some(CounterReading { total, days })

@@ -755,6 +755,11 @@ async fn unique_visitors_are_estimated_within_the_sketchs_error(backend: Backend
             "{estimate} for {visitors} visitors ({backend:?})"
         );
         assert_eq!(reading.total, visitors as i64);
+        assert!(
+            reading.today().unique <= reading.today().visits,
+            "never more visitors than visits: {:?}",
+            reading.today()
+        );
     }
 }
 

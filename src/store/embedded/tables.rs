@@ -338,10 +338,12 @@ pub(super) fn read_counter(
         }
     }
     let days = (first.0..=today.0)
-        .map(|d| DayReading {
-            date: Day(d).to_string(),
-            visits: visits.get(&d).copied().unwrap_or(0),
-            unique: unique.get(&d).copied().unwrap_or(0),
+        .map(|d| {
+            DayReading::new(
+                Day(d).to_string(),
+                visits.get(&d).copied().unwrap_or(0),
+                unique.get(&d).copied().unwrap_or(0),
+            )
         })
         .collect();
     Ok(Some(CounterReading {

@@ -139,10 +139,12 @@ impl RedisSession {
             .iter()
             .zip(visits)
             .zip(uniques)
-            .map(|((date, visits), unique)| DayReading {
-                date: date.to_string(),
-                visits: visits.unwrap_or(0),
-                unique: redis::from_redis_value(unique).unwrap_or(0),
+            .map(|((date, visits), unique)| {
+                DayReading::new(
+                    date.to_string(),
+                    visits.unwrap_or(0),
+                    redis::from_redis_value(unique).unwrap_or(0),
+                )
             })
             .collect();
         Ok(Some(CounterReading { total, days }))
