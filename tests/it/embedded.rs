@@ -385,10 +385,14 @@ async fn a_data_file_deleted_after_a_failed_commit_is_written_back_once_space_is
 }
 
 /// The number a service started anew on `data` gives its first visit, less one: the
-/// total its data file holds.
+/// total its data file holds. The service has exited when this returns (a process killed
+/// on drop still holds the folder for a moment, and a next start would be refused).
 async fn total_after_restart(data: &str) -> i64 {
-    let restarted = ServiceProcess::start(&["--data-dir", data]).await;
-    restarted.client.visit().await - 1
+    let mut restarted = ServiceProcess::start(&["--data-dir", data]).await;
+    let total = restarted.client.visit().await - 1;
+    restarted.signal(Signal::SIGKILL);
+    restarted.wait(allowed(PROCESS_START)).await;
+    total
 }
 
 /// What an operator may do to a data folder while the service runs, under load: the
