@@ -333,32 +333,36 @@ fn color(given: Option<&str>, default: &str, setting: &str) -> Result<String, St
     ))
 }
 
-/// `1234` → `1.2k`, `5600000` → `5.6M`: one decimal below ten, none above; a number that
-/// rounds to a thousand of one unit is one of the next (`999999` → `1M`).
+/// `1234` → `1.2k`, `5600000` → `5.6M`: one decimal below ten, none above, rounded half
+/// away from zero in whole numbers (so that `1050` and `1950` round alike, to `1.1k` and
+/// `2k`); a number that rounds to a thousand of one unit is one of the next (`999999` →
+/// `1M`).
 pub fn abbreviate(number: i64) -> String {
-    const UNITS: [(f64, &str); 6] = [
-        (1e3, "k"),
-        (1e6, "M"),
-        (1e9, "G"),
-        (1e12, "T"),
-        (1e15, "P"),
-        (1e18, "E"),
-    ];
-    let magnitude = (number as f64).abs();
-    let Some(mut unit) = UNITS.iter().rposition(|&(size, _)| magnitude >= size) else {
+    const UNITS: [&str; 6] = ["k", "M", "G", "T", "P", "E"];
+    let magnitude = u128::from(number.unsigned_abs());
+    if magnitude < 1000 {
         return number.to_string();
-    };
-    let scaled = |unit: usize| number as f64 / UNITS[unit].0;
-    if scaled(unit).abs().round() >= 1000.0 && unit + 1 < UNITS.len() {
-        unit += 1;
     }
-    let value = scaled(unit);
-    let text = if value.abs() < 9.95 {
-        format!("{value:.1}")
-    } else {
-        format!("{value:.0}")
+    // `magnitude / size`, in `per`ths of a unit, rounded half up.
+    let rounded = |size: u128, per: u128| (magnitude * per + size / 2) / size;
+    let mut unit = 0;
+    let mut size: u128 = 1000;
+    while unit + 1 < UNITS.len() && magnitude >= size * 1000 {
+        unit += 1;
+        size *= 1000;
+    }
+    if rounded(size, 1) >= 1000 && unit + 1 < UNITS.len() {
+        unit += 1;
+        size *= 1000;
+    }
+    let sign = if number < 0 { "-" } else { "" };
+    let tenths = rounded(size, 10);
+    let text = match (tenths < 100, tenths % 10) {
+        (true, 0) => format!("{}", tenths / 10),
+        (true, tenth) => format!("{}.{tenth}", tenths / 10),
+        (false, _) => format!("{}", rounded(size, 1)),
     };
-    format!("{}{}", text.trim_end_matches(".0"), UNITS[unit].1)
+    format!("{sign}{text}{}", UNITS[unit])
 }
 
 #[cfg(test)]
@@ -406,7 +410,15 @@ mod tests {
             (999_500_000, "1G"),
             (5_600_000, "5.6M"),
             (-1500, "-1.5k"),
+            // Halves round alike, whatever their nearest binary fraction.
+            (1050, "1.1k"),
+            (1150, "1.2k"),
+            (1950, "2k"),
+            (-1950, "-2k"),
+            (9_949, "9.9k"),
+            (9_950, "10k"),
             (i64::MAX, "9.2E"),
+            (i64::MIN, "-9.2E"),
         ];
         for (number, text) in cases {
             assert_eq!(abbreviate(number), text, "{number}");
