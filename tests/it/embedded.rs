@@ -131,6 +131,62 @@ async fn a_second_process_is_refused_while_the_data_folder_is_moved_away() {
     assert_eq!(first.client.visit().await, 2, "the first counts on");
 }
 
+/// A bind mount, undone on drop.
+struct BindMount(std::path::PathBuf);
+
+impl BindMount {
+    fn new(from: &Path, at: &Path) -> Self {
+        nix::mount::mount(
+            Some(from),
+            at,
+            None::<&str>,
+            nix::mount::MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .expect("a bind mount (the tests run as root)");
+        Self(at.to_owned())
+    }
+}
+
+impl Drop for BindMount {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+/// As above, with the second service given the folder through a bind mount of the folder
+/// it is in: another path, the same place.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_process_is_refused_through_a_bind_mount_while_the_folder_is_moved_away() {
+    let dir = tempfile::tempdir().unwrap();
+    let parent = dir.path().join("parent");
+    let bound = dir.path().join("bound");
+    std::fs::create_dir_all(&parent).unwrap();
+    std::fs::create_dir_all(&bound).unwrap();
+    let data = parent.join("data");
+    let first = ServiceProcess::start(&["--data-dir", data.to_str().unwrap()]).await;
+    first.client.visit().await;
+    let _bound = BindMount::new(&parent, &bound);
+
+    first.signal(Signal::SIGSTOP);
+    std::fs::rename(&data, dir.path().join("moved")).unwrap();
+    let through = bound.join("data");
+    let second = process::run(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            through.to_str().unwrap(),
+        ],
+        &[],
+    )
+    .await;
+    first.signal(Signal::SIGCONT);
+
+    assert_refused_naming_the_data_dir(&second);
+    assert!(String::from_utf8_lossy(&second.stderr).contains("in use by another process"));
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn concurrent_visits_share_transactions() {
     let dir = tempfile::tempdir().unwrap();
@@ -699,6 +755,10 @@ enum InPlace {
     Truncated,
     /// Pages in its middle overwritten (`dd conv=notrunc`).
     Overwritten,
+    /// Truncated by its path, never opened (`truncate(2)`, as `os.truncate` does).
+    TruncatedByPath,
+    /// Overwritten by a writer that keeps it open.
+    WrittenKeptOpen,
 }
 
 /// The data file written in place by another process while the service runs: the service
@@ -724,9 +784,9 @@ async fn a_data_file_written_in_place(change: InPlace) {
     }
 
     let len = tokio::fs::metadata(&file).await.unwrap().len();
-    tokio::task::spawn_blocking({
+    let kept_open = tokio::task::spawn_blocking({
         let file = file.clone();
-        move || {
+        move || -> Option<std::fs::File> {
             use std::{io::Write, os::unix::fs::FileExt};
             match change {
                 InPlace::BackupCopiedOnto => {
@@ -745,7 +805,16 @@ async fn a_data_file_written_in_place(change: InPlace) {
                     opened.write_all_at(&vec![0xa5; 8192], len / 2).unwrap();
                     (&opened).flush().unwrap();
                 }
+                InPlace::TruncatedByPath => {
+                    nix::unistd::truncate(&file, 0).unwrap();
+                }
+                InPlace::WrittenKeptOpen => {
+                    let opened = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
+                    opened.write_all_at(&vec![0xa5; 8192], len / 2).unwrap();
+                    return Some(opened);
+                }
             }
+            None
         }
     })
     .await
@@ -771,6 +840,7 @@ async fn a_data_file_written_in_place(change: InPlace) {
         "the log says why: {}",
         service.log()
     );
+    drop(kept_open);
     service.signal(Signal::SIGTERM);
     let status = service
         .wait(allowed(deadlines.exit() + PROCESS_START))
@@ -781,13 +851,13 @@ async fn a_data_file_written_in_place(change: InPlace) {
         InPlace::BackupCopiedOnto => {
             assert_eq!(total_after_restart(data).await, 10, "the backup counts on");
         }
-        InPlace::Truncated => {
+        InPlace::Truncated | InPlace::TruncatedByPath => {
             let output = process::run(&["--listen", "127.0.0.1:0", "--data-dir", data], &[]).await;
             assert_refused_naming_the_data_dir(&output);
         }
         // Damage in the middle of the file: refused at start or served correctly, as
         // `a_damaged_data_file_is_refused_at_start_or_served_correctly…` shows.
-        InPlace::Overwritten => {}
+        InPlace::Overwritten | InPlace::WrittenKeptOpen => {}
     }
 }
 
@@ -804,4 +874,110 @@ async fn a_data_file_truncated_while_serving_stops_counting() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_data_file_overwritten_in_place_while_serving_stops_counting() {
     a_data_file_written_in_place(InPlace::Overwritten).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_data_file_truncated_by_its_path_while_serving_stops_counting() {
+    a_data_file_written_in_place(InPlace::TruncatedByPath).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_data_file_overwritten_by_a_writer_that_keeps_it_open_stops_counting() {
+    a_data_file_written_in_place(InPlace::WrittenKeptOpen).await;
+}
+
+/// Once the data file has been written in place, whatever appears at the path since (a
+/// valid database with more counts renamed into place) is neither taken nor written: the
+/// service stays refusing, and leaves both files as they are, until it is restarted.
+#[tokio::test(flavor = "multi_thread")]
+async fn after_the_data_file_was_written_in_place_nothing_at_the_path_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let other = dir.path().join("other");
+    data_with_visits(&other, 50).await;
+    let args = ["--data-dir", data.to_str().unwrap()];
+    let service = ServiceProcess::start(&args).await;
+    for _ in 0..3 {
+        service.client.visit().await;
+    }
+    let file = data.join(DATA_FILE);
+    let written = tokio::fs::read(&file).await.unwrap();
+    // Written in place with what it holds: the same bytes, another writer.
+    tokio::fs::write(&file, &written).await.unwrap();
+    let client = &service.client;
+    wait_until("not ready", allowed(FILE_CHECK), || async {
+        client.readiness().await.contains("missing or replaced")
+    })
+    .await;
+    let replacement = data.join("replacement.redb");
+    tokio::fs::copy(other.join(DATA_FILE), &replacement)
+        .await
+        .unwrap();
+    let replaced_with = tokio::fs::read(&replacement).await.unwrap();
+    let old = dir.path().join("old.redb");
+    tokio::fs::hard_link(&file, &old).await.unwrap();
+    tokio::fs::rename(&replacement, &file).await.unwrap();
+
+    // Past the writer's next looks: still refused, neither file written.
+    let refused_until = std::time::Instant::now() + (FILE_CHECK + REOPEN_DELAY) * 2;
+    while std::time::Instant::now() < refused_until {
+        let answer = client.try_visit().await;
+        assert_eq!(answer.status, Some(StatusCode::SERVICE_UNAVAILABLE));
+    }
+    assert!(
+        tokio::fs::read(&old).await.unwrap() == written,
+        "the old file was written"
+    );
+    assert!(
+        tokio::fs::read(&file).await.unwrap() == replaced_with,
+        "the new file was written"
+    );
+}
+
+/// A data file made immutable (`chattr +i`, on a file system that has it) while a visit
+/// is written, and made writable again: the service counts on by itself. It closed and
+/// opened the file again meanwhile, which is not another process writing to it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_data_file_made_immutable_for_a_while_is_written_again_once_it_is_not() {
+    let disk = FreezableDisk::mount();
+    let data = disk.path.join("data");
+    let args = ["--data-dir", data.to_str().unwrap()];
+    let deadlines = limits::deadlines(&args);
+    let service = ServiceProcess::start(&args).await;
+    let before = service.client.visit().await;
+    let file = data.join(DATA_FILE);
+    let chattr = |flag: &'static str| {
+        let file = file.clone();
+        async move {
+            let status = tokio::process::Command::new("chattr")
+                .arg(flag)
+                .arg(&file)
+                .status()
+                .await
+                .expect("chattr (e2fsprogs) runs");
+            assert!(status.success(), "chattr {flag}");
+        }
+    };
+
+    chattr("+i").await;
+    let refused = service.client.try_visit().await;
+    assert_eq!(
+        refused.status,
+        Some(StatusCode::SERVICE_UNAVAILABLE),
+        "{refused:?}"
+    );
+    // The writer has tried again at least once.
+    wait_until(
+        "the writer to try again",
+        allowed(REOPEN_DELAY * 2),
+        || async { service.log().contains("cannot write yet") },
+    )
+    .await;
+    chattr("-i").await;
+
+    service
+        .client
+        .wait_ready(allowed(REOPEN_DELAY * 2 + deadlines.store))
+        .await;
+    assert_eq!(service.client.visit().await, before + 1, "counting goes on");
 }

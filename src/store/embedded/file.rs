@@ -69,11 +69,18 @@ impl FileId {
     }
 }
 
-/// Watches the open data file for another process writing to it in place, by inotify:
-/// a close after writing (`IN_CLOSE_WRITE`) that is not this process's own (the watch is
-/// made anew after each of its own opens and closes). Once seen, it stays seen.
+/// Watches the open data file for another process writing to it in place, in two ways:
+/// inotify, for a close after writing (`IN_CLOSE_WRITE`) that is not this process's own
+/// (the watch is made anew after each of its own opens and closes); and the file's size
+/// and modification time, which only this process's commits may change (`own_write`
+/// records them after each), for a writer that keeps the file open or truncates it by its
+/// path. A write racing with a commit of this process is missed by the second. Opening
+/// the file for writing, or setting its time (`touch`), counts as a write: the service
+/// cannot tell. Once seen, it stays seen.
 pub struct Writers {
     watch: Mutex<Option<Inotify>>,
+    /// The file's size and modification time after this process's last write.
+    after_own: Mutex<Option<(u64, i64, i64)>>,
     seen: AtomicBool,
 }
 
@@ -81,14 +88,16 @@ impl Writers {
     pub fn new() -> Self {
         Self {
             watch: Mutex::new(None),
+            after_own: Mutex::new(None),
             seen: AtomicBool::new(false),
         }
     }
 
-    /// Watches the file at `path` from now on, in place of the file watched before. Where
-    /// inotify cannot be had (its limits reached), the file is not watched, and the log
-    /// says so.
+    /// Watches the file at `path` from now on, in place of the file watched before, as
+    /// this process has just written, opened or closed it. Where inotify cannot be had
+    /// (its limits reached), only the size and time are watched, and the log says so.
     pub fn watch(&self, path: &Path) {
+        self.own_write(path);
         let watch = Inotify::init().and_then(|inotify| {
             inotify.watches().add(path, WatchMask::CLOSE_WRITE)?;
             Ok(inotify)
@@ -98,31 +107,61 @@ impl Writers {
                 tracing::warn!(
                     %error,
                     path = %path.display(),
-                    "cannot watch the data file for other processes writing to it"
+                    "cannot watch the data file for other processes closing it after writing"
                 );
             })
             .ok();
         *super::lock(&self.watch) = watch;
     }
 
-    /// Whether another process has written to the watched file.
-    fn seen(&self) -> bool {
-        if self.seen.load(Ordering::Relaxed) {
+    /// This process has written the file at `path` (opened it, closed it): its size and
+    /// time now are its own.
+    fn own_write(&self, path: &Path) {
+        *super::lock(&self.after_own) = stamp(path);
+    }
+
+    /// Runs `write`, a write of this process to the file at `path` (a commit, made or
+    /// failed), and takes the file's size and time after it as its own; a look for other
+    /// writers waits meanwhile, so that it never takes this process's write for theirs.
+    pub fn own_write_with<T>(&self, path: &Path, write: impl FnOnce() -> T) -> T {
+        let mut own = super::lock(&self.after_own);
+        let written = write();
+        *own = stamp(path);
+        written
+    }
+
+    /// Whether another process has been seen writing to the file, without looking again.
+    pub fn already_seen(&self) -> bool {
+        self.seen.load(Ordering::Relaxed)
+    }
+
+    /// Whether another process has written to the watched file at `path`.
+    fn seen(&self, path: &Path) -> bool {
+        if self.already_seen() {
             return true;
         }
-        let mut watch = super::lock(&self.watch);
-        let Some(inotify) = watch.as_mut() else {
-            return false;
-        };
-        let mut buffer = [0u8; 1024];
-        let written = inotify
-            .read_events(&mut buffer)
-            .is_ok_and(|mut events| events.next().is_some());
+        let closed_after_writing = super::lock(&self.watch).as_mut().is_some_and(|inotify| {
+            let mut buffer = [0u8; 1024];
+            inotify
+                .read_events(&mut buffer)
+                .is_ok_and(|mut events| events.next().is_some())
+        });
+        // Looked at with the record held: no write of this process is half way meanwhile.
+        let own = super::lock(&self.after_own);
+        let changed = own.is_some_and(|own| stamp(path).is_some_and(|now| now != own));
+        drop(own);
+        let written = closed_after_writing || changed;
         if written {
             self.seen.store(true, Ordering::Relaxed);
         }
         written
     }
+}
+
+/// The size and modification time of the file at `path`, if it can be read.
+fn stamp(path: &Path) -> Option<(u64, i64, i64)> {
+    let metadata = std::fs::metadata(path).ok()?;
+    Some((metadata.len(), metadata.mtime(), metadata.mtime_nsec()))
 }
 
 /// What the configured path holds now, against the file the database has open.
@@ -151,7 +190,7 @@ impl Inner {
     /// An error unless the configured path names the file the database has open.
     pub(super) fn check_file(&self) -> Result<(), StoreError> {
         match self.at_path()? {
-            AtPath::Ours if self.writers.seen() => Err(self.written_by_another()),
+            AtPath::Ours if self.writers.seen(&self.path) => Err(self.written_by_another()),
             AtPath::Ours => Ok(()),
             AtPath::Nothing => Err(StoreError::new(
                 StoreErrorKind::FileGone,
@@ -167,8 +206,13 @@ impl Inner {
     /// Makes the configured path name a database this service may count from, as the
     /// module says; an error says why it cannot yet.
     pub(super) fn put_file_right(&self) -> Result<(), StoreError> {
+        // For good: neither the open database nor the file it had open is to be trusted,
+        // nor written, nor closed (closing writes), whatever appears at the path since.
+        if self.writers.already_seen() {
+            return Err(self.written_by_another());
+        }
         match self.at_path()? {
-            AtPath::Ours if self.writers.seen() => Err(self.written_by_another()),
+            AtPath::Ours if self.writers.seen(&self.path) => Err(self.written_by_another()),
             AtPath::Ours => Ok(()),
             AtPath::Nothing => self.restore(),
             AtPath::Another => self.adopt(),
@@ -207,7 +251,16 @@ impl Inner {
     }
 
     /// Writes everything the open database holds to a new database at `to`, durably.
+    /// Nothing is left at `to` when it cannot be written whole.
     fn write_copy(&self, to: &Path) -> Result<(), StoreError> {
+        let written = self.write_copy_at(to);
+        if written.is_err() {
+            let _ = std::fs::remove_file(to);
+        }
+        written
+    }
+
+    fn write_copy_at(&self, to: &Path) -> Result<(), StoreError> {
         let _ = std::fs::remove_file(to);
         let copy = Database::create(to).map_err(|e| self.cannot("create", &io::Error::other(e)))?;
         if let Err(error) = self.database().and_then(|open| copy_all(&open, &copy)) {
@@ -284,7 +337,7 @@ impl Inner {
     /// Whether another process wrote to the open data file in place: then nothing the
     /// open database holds can be trusted, nor written anywhere.
     pub(super) fn written_in_place(&self) -> bool {
-        self.writers.seen()
+        self.writers.already_seen()
     }
 
     fn written_by_another(&self) -> StoreError {

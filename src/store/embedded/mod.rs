@@ -328,9 +328,12 @@ impl EmbeddedStore {
             return Err(StoreError::new(error.kind(), error.detail()).into());
         }
         self.inner.check_file()?;
+        let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || {
-            catch_unwind(AssertUnwindSafe(change)).unwrap_or_else(|_| {
-                Err(StoreError::new(StoreErrorKind::Damaged, "panicked during a change").into())
+            inner.writers.own_write_with(&inner.path, || {
+                catch_unwind(AssertUnwindSafe(change)).unwrap_or_else(|_| {
+                    Err(StoreError::new(StoreErrorKind::Damaged, "panicked during a change").into())
+                })
             })
         })
         .await
@@ -418,13 +421,16 @@ impl Inner {
     /// and the error says so.
     fn reopen(&self) -> Result<(), StoreError> {
         self.close()?;
-        let db = open_database(&self.path, false)?;
-        *lock(&self.file) = FileId::at(&self.path).map_err(failed)?;
-        *lock(&self.held) = hold(&self.path);
-        *self.db.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(db));
-        // Watched from now on: this process's own closes of the file are behind it.
+        let opened = open_database(&self.path, false).and_then(|db| {
+            *lock(&self.file) = FileId::at(&self.path).map_err(failed)?;
+            *lock(&self.held) = hold(&self.path);
+            *self.db.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(db));
+            Ok(())
+        });
+        // Watched from now on, opened or not: this process's own closes of the file (and
+        // an open that failed) are behind it.
         self.writers.watch(&self.path);
-        Ok(())
+        opened
     }
 
     /// Lets go of the open database without closing it, as the process ends: closing it
@@ -479,21 +485,31 @@ fn lock_folder(dir: &Path) -> Result<std::fs::File, StoreError> {
     }
 }
 
-/// Locks the data folder's path for this process, on this host: an abstract Unix socket
-/// named for the path. The folder's own lock stays with the folder, so while the folder
-/// is moved away (until the service has made it again at its path) a second service
-/// started on the path would find no lock, make a new folder and count from 1 again.
+/// Locks the data folder's place for this process: an abstract Unix socket named for
+/// the folder it is in (its device and inode, whatever path or bind mount names it) and
+/// its name there. The folder's own lock goes with the folder, so while the folder is
+/// moved away (until the service has made it again in its place) a second service started
+/// on it would find no lock, make a new folder and count from 1 again. Abstract sockets
+/// belong to a network namespace: services in different ones (containers sharing a
+/// volume) do not see each other's.
 fn lock_path(dir: &Path) -> Result<std::os::unix::net::UnixListener, StoreError> {
-    use std::{hash::Hasher, os::linux::net::SocketAddrExt, os::unix::net};
+    use std::{
+        hash::Hasher,
+        os::{linux::net::SocketAddrExt, unix::fs::MetadataExt, unix::net},
+    };
 
-    let path = std::fs::canonicalize(dir).map_err(|error| {
+    let cannot = |error: io::Error| {
         StoreError::new(
             StoreErrorKind::Failed,
             format!("cannot open {}: {error}", dir.display()),
         )
-    })?;
+    };
+    let path = std::fs::canonicalize(dir).map_err(cannot)?;
+    let parent = std::fs::metadata(path.parent().unwrap_or(Path::new("/"))).map_err(cannot)?;
     let mut hasher = siphasher::sip::SipHasher13::new();
-    hasher.write(path.as_os_str().as_encoded_bytes());
+    hasher.write_u64(parent.dev());
+    hasher.write_u64(parent.ino());
+    hasher.write(path.file_name().unwrap_or_default().as_encoded_bytes());
     let name = format!("stackdemo-data-dir-{:016x}", hasher.finish());
     let address = net::SocketAddr::from_abstract_name(name.as_bytes()).map_err(failed)?;
     net::UnixListener::bind_addr(&address).map_err(|error| {

@@ -115,7 +115,11 @@ pub(super) fn write_loop(inner: &Inner, requests: &mpsc::Receiver<Write>, spin_l
         let result = inner
             .check_file()
             .and_then(|()| inner.database())
-            .and_then(|db| guarded(|| tables::commit(&db, &inner.rules(), &batches, &mut sketches)))
+            .and_then(|db| {
+                inner.writers.own_write_with(&inner.path, || {
+                    guarded(|| tables::commit(&db, &inner.rules(), &batches, &mut sketches))
+                })
+            })
             .and_then(|results| {
                 inner
                     .check_file()
@@ -223,7 +227,11 @@ fn recover(inner: &Inner, requests: &mpsc::Receiver<Write>) -> Recovery {
                 let db = inner.database()?;
                 let rules = inner.rules();
                 let probe = [probe];
-                guarded(|| tables::commit(&db, &rules, &[&probe[..]], &mut SketchCache::default()))
+                inner.writers.own_write_with(&inner.path, || {
+                    guarded(|| {
+                        tables::commit(&db, &rules, &[&probe[..]], &mut SketchCache::default())
+                    })
+                })
             });
         match attempt {
             Ok(_) => {
