@@ -126,6 +126,11 @@ async fn import(client: &TestClient, lines: impl Into<String>) -> (StatusCode, S
     (response.status(), response.text().await.unwrap())
 }
 
+/// A store timeout well above a store call's time on a loaded machine, for tests of
+/// exports and imports of thousands of counters, which are not about the timeout: one
+/// call past it would cut an export short or stop an import, rightly.
+const PATIENT_STORE: [&str; 4] = ["--store-timeout", "2s", "--request-timeout", "10s"];
+
 /// The whole export, as the administrator; panics if it is cut short.
 async fn export(client: &TestClient) -> String {
     as_admin(client, Method::GET, "/api/admin/export")
@@ -330,7 +335,7 @@ async fn an_import_takes_lines_up_to_the_limit_and_days_the_history_keeps_each_o
 /// Every line of an export taken while visits count is one moment of its counter: its
 /// total is the sum of its days (nothing set by hand, nothing older than the history).
 async fn each_exported_line_holds_its_total_and_days_of_one_moment(backend: Backend) {
-    let (app, _token) = spawn_with_admin(backend, &[]).await;
+    let (app, _token) = spawn_with_admin(backend, &PATIENT_STORE).await;
     let client = &app.client;
     text(client, "/").await;
     let visiting = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
@@ -385,7 +390,7 @@ async fn each_exported_line_holds_its_total_and_days_of_one_moment(backend: Back
 /// within it.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_export_that_lasts_longer_than_the_idle_limit_is_written_whole() {
-    let (measuring, token) = spawn_with_admin(Backend::Redis, &[]).await;
+    let (measuring, token) = spawn_with_admin(Backend::Redis, &PATIENT_STORE).await;
     let counters = 6000;
     let lines: String = (0..counters)
         .map(|i| format!("{{\"name\":\"long/export-{i}\",\"total\":{i}}}\n"))
@@ -407,6 +412,10 @@ async fn an_export_that_lasts_longer_than_the_idle_limit_is_written_whole() {
             token.path().to_str().unwrap(),
             "--header-read-timeout",
             &limit,
+            PATIENT_STORE[0],
+            PATIENT_STORE[1],
+            PATIENT_STORE[2],
+            PATIENT_STORE[3],
         ],
     )
     .await;
@@ -587,8 +596,17 @@ async fn named_counters_count_apart_and_read_without_counting(backend: Backend) 
     );
 }
 
+/// In a process of its own: the in-doubt count is process-wide, and other tests' services
+/// in this one report theirs.
 async fn many_counters_under_concurrency_get_distinct_contiguous_numbers_each(backend: Backend) {
-    let app = TestApp::spawn_with(backend, &["--rate-limit", "off"]).await;
+    let (dir, redis) = (tempfile::tempdir().unwrap(), RedisServer::start().await);
+    let url = redis.url();
+    let mut args = match backend {
+        Backend::Redis => vec!["--redis-url", url.as_str()],
+        Backend::Embedded => vec!["--data-dir", dir.path().to_str().unwrap()],
+    };
+    args.extend(["--rate-limit", "off"]);
+    let app = ServiceProcess::start(&args).await;
     let load = Load::start_on_counters(
         std::slice::from_ref(&app.client),
         16,

@@ -694,11 +694,11 @@ async fn a_service_stopped_while_an_older_copy_is_in_the_way_exits_and_saves_its
     );
 }
 
-/// A disk that stalls (frozen) under a commit: the visits waiting on it are answered
-/// within the request timeout, 503, and the one whose commit was under way as in doubt,
-/// rather than held until the disk comes back (after which the service answered 200,
-/// past every client's and edge's timeout). Once the disk is back, what those visits
-/// counted is no more than what was reported in doubt.
+/// A disk that stalls (frozen) under a commit: readiness answers, not ready, and the
+/// visits waiting on it are answered within the request timeout, 503, and the one whose
+/// commit was under way as in doubt, rather than held until the disk comes back (after
+/// which the service answered 200, past every client's and edge's timeout). Once the
+/// disk is back, what those visits counted is no more than what was reported in doubt.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_disk_that_stalls_under_a_commit_answers_its_visits_in_time_in_doubt() {
     const VISITS: usize = 4;
@@ -717,10 +717,16 @@ async fn a_disk_that_stalls_under_a_commit_answers_its_visits_in_time_in_doubt()
     let answers = tokio::time::timeout(
         allowed(deadlines.request),
         futures_util::future::join_all(visits),
-    )
-    .await;
+    );
+    // Meanwhile readiness answers, and says not ready once the commit has taken longer
+    // than the store timeout: it does not wait for the disk either.
+    let readiness = tokio::time::timeout(allowed(deadlines.store * 4), async {
+        while service.client.ready_status().await != StatusCode::SERVICE_UNAVAILABLE {}
+    });
+    let (answers, readiness) = tokio::join!(answers, readiness);
     drop(frozen);
 
+    readiness.expect("readiness answered, not ready, while the disk stalled");
     let answers = answers.expect("every visit answered within the request timeout");
     let mut said_in_doubt = 0;
     for answer in &answers {

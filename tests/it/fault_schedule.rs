@@ -66,12 +66,21 @@ fn millis(rng: &mut Rng, range: std::ops::Range<u64>) -> Duration {
 }
 
 /// Each counter the clients visited, with its total as `client`'s service reads it
-/// now; every one began at 0.
+/// now; every one began at 0. A read refused (503: a read past the store timeout on a
+/// loaded machine) is asked again, a few times.
 async fn totals(client: &TestClient, history: &History) -> Totals {
+    const READS: usize = 5;
     let mut totals = Totals::new();
     for index in history.visited() {
         let name = history.counters().name(index);
-        let response = client.get(&format!("/api/counters/{name}")).await;
+        let path = format!("/api/counters/{name}");
+        let mut response = client.get(&path).await;
+        for _ in 1..READS {
+            if response.status() != StatusCode::SERVICE_UNAVAILABLE {
+                break;
+            }
+            response = client.get(&path).await;
+        }
         let total = match response.status() {
             StatusCode::NOT_FOUND => 0,
             StatusCode::OK => {

@@ -146,10 +146,13 @@ impl Writers {
                 .read_events(&mut buffer)
                 .is_ok_and(|mut events| events.next().is_some())
         });
-        // Looked at with the record held: no write of this process is half way meanwhile.
-        let own = super::lock(&self.after_own);
-        let changed = own.is_some_and(|own| stamp(path).is_some_and(|now| now != own));
-        drop(own);
+        // Looked at with the record held, so that no write of this process is half way;
+        // while one is (a commit, which a stalled disk can hold for long), not waited
+        // for: the next look, after it, compares.
+        let changed = self
+            .after_own
+            .try_lock()
+            .is_ok_and(|own| own.is_some_and(|own| stamp(path).is_some_and(|now| now != own)));
         let written = closed_after_writing || changed;
         if written {
             self.seen.store(true, Ordering::Relaxed);
