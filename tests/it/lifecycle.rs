@@ -419,7 +419,7 @@ async fn half_sent_requests_on_every_connection_fit_the_stack_memory_limit() {
     wait_until(
         "the service to read every head",
         allowed(Duration::from_secs(1)),
-        || async { unread_bytes(service.port) == 0 },
+        || async { queued_bytes(service.port, Queue::Receive) == 0 },
     )
     .await;
     let rss_mb = service.rss_kib() / 1024;
@@ -429,22 +429,6 @@ async fn half_sent_requests_on_every_connection_fit_the_stack_memory_limit() {
         "{rss_mb} MB resident with 1024 half-sent heads"
     );
     drop(open);
-}
-
-/// Bytes the service's sockets on `port` hold for their clients to take (`/proc/net/tcp`):
-/// kernel memory that counts against the container's limit too.
-fn unsent_bytes(port: u16) -> u64 {
-    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
-    table
-        .lines()
-        .skip(1)
-        .filter_map(|line| {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            let local_port = u16::from_str_radix(fields.get(1)?.rsplit(':').next()?, 16).ok()?;
-            let tx_queue = u64::from_str_radix(fields.get(4)?.split(':').next()?, 16).ok()?;
-            (local_port == port).then_some(tx_queue)
-        })
-        .sum()
 }
 
 /// Every connection but a few asking for the largest answers a client can get without
@@ -523,7 +507,8 @@ async fn answers_nobody_takes_on_every_connection_fit_the_stack_memory_limit() {
             .expect("an answer begins")
             .unwrap();
     }
-    let used_mb = (service.rss_kib() * 1024 + unsent_bytes(service.port)) / (1024 * 1024);
+    let used_mb =
+        (service.rss_kib() * 1024 + queued_bytes(service.port, Queue::Send)) / (1024 * 1024);
 
     assert!(
         used_mb < STACK_MEMORY_MB,
@@ -634,9 +619,19 @@ async fn connections_beyond_the_bound_wait_until_one_closes() {
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
 }
 
-/// Bytes received on the service's connections that it has not read yet (the receive
-/// queues of the established sockets on its port, from /proc/net/tcp).
-fn unread_bytes(port: u16) -> u64 {
+/// Which of its sockets' queues.
+#[derive(Clone, Copy, PartialEq)]
+enum Queue {
+    /// Bytes written that the client has not taken yet: kernel memory that counts against
+    /// the container's limit too.
+    Send,
+    /// Bytes received that the service has not read yet.
+    Receive,
+}
+
+/// The bytes in one queue of the service's established connections on `port`, from
+/// /proc/net/tcp.
+fn queued_bytes(port: u16, queue: Queue) -> u64 {
     let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
     table
         .lines()
@@ -645,8 +640,10 @@ fn unread_bytes(port: u16) -> u64 {
             let fields: Vec<&str> = line.split_whitespace().collect();
             let local_port = u16::from_str_radix(fields.get(1)?.rsplit(':').next()?, 16).ok()?;
             let established = *fields.get(3)? == "01";
-            let rx_queue = u64::from_str_radix(fields.get(4)?.split(':').nth(1)?, 16).ok()?;
-            (local_port == port && established).then_some(rx_queue)
+            let (tx, rx) = fields.get(4)?.split_once(':')?;
+            let bytes = if queue == Queue::Send { tx } else { rx };
+            let bytes = u64::from_str_radix(bytes, 16).ok()?;
+            (local_port == port && established).then_some(bytes)
         })
         .sum()
 }

@@ -419,3 +419,57 @@ fn copy<K: redb::Key + 'static, V: redb::Value + 'static>(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{sync::mpsc, time::Duration};
+
+    use super::*;
+
+    /// A look for other writers while a write of this process is under way (a commit a
+    /// stalled disk holds) answers at once, and does not take that write for another's;
+    /// once it is done, a change by another writer is seen.
+    #[test]
+    fn a_look_for_other_writers_does_not_wait_for_a_write_of_this_process() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data");
+        std::fs::write(&path, b"before").unwrap();
+        // This process's handle, open from before the watch on, as the database's is.
+        let handle =
+            std::sync::Arc::new(std::fs::OpenOptions::new().write(true).open(&path).unwrap());
+        let writers = std::sync::Arc::new(Writers::new());
+        writers.watch(&path);
+
+        let (started, writing) = mpsc::channel();
+        let (finish, finished) = mpsc::channel::<()>();
+        let own = std::thread::spawn({
+            let (writers, path, handle) = (writers.clone(), path.clone(), handle.clone());
+            move || {
+                writers.own_write_with(&path, || {
+                    started.send(()).unwrap();
+                    finished.recv().unwrap();
+                    std::os::unix::fs::FileExt::write_all_at(&*handle, b"this process's", 6)
+                        .unwrap();
+                });
+            }
+        });
+        writing.recv().unwrap();
+        let (looked, look) = mpsc::channel();
+        std::thread::spawn({
+            let (writers, path) = (writers.clone(), path.clone());
+            move || looked.send(writers.seen(&path)).unwrap()
+        });
+        let seen = look.recv_timeout(Duration::from_secs(10));
+        finish.send(()).unwrap();
+        own.join().unwrap();
+
+        assert_eq!(seen, Ok(false), "answered at once, no other writer");
+        assert!(!writers.seen(&path), "this process's own write");
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .and_then(|mut file| std::io::Write::write_all(&mut file, b", and another's"))
+            .unwrap();
+        assert!(writers.seen(&path), "another writer");
+    }
+}
