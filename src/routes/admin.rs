@@ -34,6 +34,7 @@ use crate::{
     },
     state::AppState,
     store::{AdminError, CounterPage, ListError, Previous, StoreError, StoreErrorKind},
+    telemetry::Throttle,
 };
 
 /// The body of `PUT /api/counters/{name}`.
@@ -50,9 +51,10 @@ pub async fn set_total(
     request: Request,
 ) -> Result<Response, ApiError> {
     let read_by = state.deadlines.body_read_by(tokio::time::Instant::now());
-    // The token before the body: without it, nothing of the body is read.
-    authorize(&state, request.headers())?;
+    // The path first (a history is not changed, token or not), then the token before the
+    // body: without it, nothing of the body is read.
     let name = counter_path(&path)?;
+    authorize(&state, request.headers())?;
     let body = read_small_body(request.into_body(), read_by).await?;
     let bad = || ApiError::BadRequest("the body is {\"total\": N}, N a whole number from 0".into());
     // An object, as documented; serde would also take the fields as an array.
@@ -100,8 +102,8 @@ pub async fn delete(
     CounterPath(path): CounterPath,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    authorize(&state, &headers)?;
     let name = counter_path(&path)?;
+    authorize(&state, &headers)?;
     if name == state.counters.tutorial {
         return Err(ApiError::BadRequest(
             "the tutorial's counter is not deleted; set its total to 0 instead".into(),
@@ -419,7 +421,15 @@ fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     if token.allows(headers.get(header::AUTHORIZATION)) {
         return Ok(());
     }
-    tracing::warn!("an administrator's request without the administrator's token was refused");
+    // Anyone can send these, thousands a second: a line a second says that it happens and
+    // how many were left out (the request log has each, with its status).
+    static REFUSED: Throttle<()> = Throttle::new();
+    if let Some(left_out) = REFUSED.allow((), std::time::Instant::now()) {
+        tracing::warn!(
+            refusals_not_logged = left_out,
+            "an administrator's request without the administrator's token was refused"
+        );
+    }
     Err(ApiError::Unauthorized)
 }
 

@@ -49,11 +49,10 @@ pub async fn visit(
 ) -> Result<Response, ApiError> {
     let name = parse_name(&name)?;
     let html = page::prefers_html(request.headers().get(header::ACCEPT));
-    let days = if html {
-        chart_days(request.uri().query())?
-    } else {
-        1
-    };
+    // Checked for every client, so that a link is refused alike wherever it is followed
+    // (and a refused one is not counted); only the page draws the days.
+    let chart = chart_days(request.uri().query())?;
+    let days = if html { chart } else { 1 };
     let handover = request.extensions().get::<Handover>().cloned();
     let client = Client::of(&request, &state.counters.trusted_proxies);
     if !client.counts {
@@ -114,11 +113,11 @@ pub struct CounterJson {
     pub today: DayReading,
 }
 
-/// `GET /api/counters/{name}` (and `HEAD`): the counter, not counting a visit; or, for
 /// The methods a counter's history takes (it shares its route with the counter, which
 /// takes more): its `Allow`.
 pub const HISTORY_METHODS: &str = "GET, HEAD";
 
+/// `GET /api/counters/{name}` (and `HEAD`): the counter, not counting a visit; or, for
 /// `{name}/history`, its counts per day.
 pub async fn read_or_history(
     State(state): State<AppState>,

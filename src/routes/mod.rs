@@ -24,7 +24,7 @@ use axum::{
     http::{HeaderValue, Method, StatusCode, header},
     middleware,
     response::IntoResponse,
-    routing::get,
+    routing::{MethodRouter, get},
 };
 use tower::ServiceBuilder;
 use tower_http::cors::CorsLayer;
@@ -49,6 +49,9 @@ pub fn router(state: AppState) -> Router {
     let headers = ServiceHeaders::new(&state.replica, &state.version);
     let replica: std::sync::Arc<str> = state.replica.as_str().into();
     let request_log = state.request_log.clone();
+    // Pages anywhere may read counts and badges from scripts (see `cors`); what is only
+    // read allows only the methods that read.
+    let reads = cors(&[Method::GET, Method::HEAD]);
     // Every route but the visit is cut off at the request timeout. A visit keeps to it by
     // itself (see `deadlines`): cut off while its write is under way, it could be counted
     // after being answered 503.
@@ -56,7 +59,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(health::live))
         .route("/readyz", get(health::ready))
         .route("/metrics", get(metrics::render))
-        .route("/api/stats", get(stats::stats))
+        .route("/api/stats", read_only(get(stats::stats), &reads))
         .layer(
             ServiceBuilder::new()
                 .layer(HandleErrorLayer::new(|_: tower::BoxError| async {
@@ -64,17 +67,7 @@ pub fn router(state: AppState) -> Router {
                 }))
                 .timeout(state.deadlines.request),
         );
-    // Pages anywhere may read counts and badges from scripts; no cookie or credential is
-    // involved.
-    let cors = CorsLayer::new()
-        .allow_origin(tower_http::cors::Any)
-        .allow_methods([Method::GET, Method::HEAD, Method::POST])
-        .allow_headers([header::CONTENT_TYPE])
-        // A script told 429 or 503 can read when to try again.
-        .expose_headers([header::RETRY_AFTER])
-        .max_age(Duration::from_secs(3600));
     let counters = Router::new()
-        .route("/badge/{*name}", get(badge::badge))
         .route("/api/counters", get(counters::list))
         .route(
             "/api/counters/{*path}",
@@ -86,11 +79,12 @@ pub fn router(state: AppState) -> Router {
         // Before the CORS layer, so that it wraps this answer too and a preflight
         // (`OPTIONS`), which no route takes, is answered by it rather than with 405.
         .method_not_allowed_fallback(counter_method_not_allowed)
-        .layer(cors)
+        .layer(cors(&[Method::GET, Method::HEAD, Method::POST]))
         .layer(middleware::from_fn(history_preflight));
     Router::new()
         .route("/", get(visit::visit).head(visit::head))
         .route("/c/{*name}", get(counters::visit))
+        .route("/badge/{*name}", read_only(get(badge::badge), &reads))
         .route("/ignore-me", get(ignore_me))
         .route("/api/admin/export", get(admin::export))
         .route(IMPORT_PATH, axum::routing::post(admin::import))
@@ -110,6 +104,24 @@ pub fn router(state: AppState) -> Router {
                 .layer(body_limit::RefuseLargeBodiesLayer),
         )
         .with_state(state)
+}
+
+/// Any page's scripts may use `methods` (no cookie or credential is involved), and read
+/// when to try again after a 429 or 503.
+fn cors(methods: &[Method]) -> CorsLayer {
+    CorsLayer::new()
+        .allow_origin(tower_http::cors::Any)
+        .allow_methods(methods.to_vec())
+        .allow_headers([header::CONTENT_TYPE])
+        .expose_headers([header::RETRY_AFTER])
+        .max_age(Duration::from_secs(3600))
+}
+
+/// A route only read, open to scripts on any page. Its 405 is set before the CORS layer,
+/// so that the layer wraps that answer too and answers a preflight (`OPTIONS`, which no
+/// route takes) rather than the 405.
+fn read_only(route: MethodRouter<AppState>, cors: &CorsLayer) -> MethodRouter<AppState> {
+    route.fallback(method_not_allowed).layer(cors.clone())
 }
 
 /// `GET /ignore-me`: this browser's visits are no longer counted (a cookie); with

@@ -170,13 +170,13 @@ async fn other_methods_get_405_with_allow_and_do_not_count() {
     assert_eq!(app.total(), 0);
 }
 
-/// A counter's history is only read: another method is 405 with the two that work
-/// (`PUT` and `DELETE` are the administrator's: without administration, 404).
+/// A counter's history is only read: another method is 405 with the two that work, the
+/// administrator's `PUT` and `DELETE` too, whoever sends them.
 #[tokio::test]
 async fn a_history_allows_only_reading() {
     let app = TestRouter::new();
 
-    for method in ["POST", "PATCH", "BREW"] {
+    for method in ["POST", "PATCH", "BREW", "PUT", "DELETE"] {
         let method = Method::from_bytes(method.as_bytes()).unwrap();
         let (status, headers, _) = app.call(method.clone(), "/api/counters/a/history").await;
         assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{method}");
@@ -185,6 +185,83 @@ async fn a_history_allows_only_reading() {
     let (status, headers, _) = app.call(Method::PATCH, "/api/counters/a").await;
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
     assert!(headers[header::ALLOW].to_str().unwrap().contains("PUT"));
+}
+
+/// `?days=` on a counter's page is 30 or 90, whoever follows the link: anything else is
+/// 400 and not counted, for a browser and for a script alike.
+#[tokio::test]
+async fn a_counters_page_refuses_days_it_does_not_draw_and_counts_nothing() {
+    let app = TestRouter::new();
+    let page = crate::counters::CounterName::parse("page").unwrap();
+
+    for accept in ["text/html", "*/*"] {
+        for days in ["abc", "7", "", "30x"] {
+            let (status, _, body) = app
+                .send(
+                    Request::builder()
+                        .uri(format!("/c/page?days={days}"))
+                        .header(header::ACCEPT, accept)
+                        .body(Body::empty())
+                        .unwrap(),
+                )
+                .await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{accept} days={days}");
+            assert!(body.contains("30 or 90"), "{body}");
+        }
+    }
+    assert!(app.store.counter(&page, 1).is_none(), "nothing counted");
+
+    let (status, _, body) = app.call(Method::GET, "/c/page?days=90").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, "Hello World! I have been seen 1 times.\n");
+}
+
+/// A page's script may read the stats and the badges, and count through the counter API:
+/// each preflight allows what its path takes, and each answer may be read across origins.
+#[tokio::test]
+async fn scripts_on_other_pages_may_use_what_each_path_takes() {
+    let app = TestRouter::new();
+    let preflight = |path: &str| {
+        Request::builder()
+            .method(Method::OPTIONS)
+            .uri(path)
+            .header(header::ORIGIN, "https://page.example")
+            .header(header::ACCESS_CONTROL_REQUEST_METHOD, "GET")
+            .body(Body::empty())
+            .unwrap()
+    };
+
+    for (path, methods) in [
+        ("/api/stats", "GET,HEAD"),
+        ("/badge/page.svg", "GET,HEAD"),
+        ("/api/counters/page", "GET,HEAD,POST"),
+        ("/api/counters", "GET,HEAD,POST"),
+    ] {
+        let (status, headers, _) = app.send(preflight(path)).await;
+        assert!(status.is_success(), "{path}: {status}");
+        assert_eq!(headers[header::ACCESS_CONTROL_ALLOW_ORIGIN], "*", "{path}");
+        let allowed = headers[header::ACCESS_CONTROL_ALLOW_METHODS]
+            .to_str()
+            .unwrap()
+            .replace(' ', "");
+        assert_eq!(allowed, methods, "{path}");
+    }
+    for path in ["/api/stats", "/badge/page.svg"] {
+        let (status, headers, _) = app
+            .send(
+                Request::builder()
+                    .uri(path)
+                    .header(header::ORIGIN, "https://page.example")
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{path}");
+        assert_eq!(headers[header::ACCESS_CONTROL_ALLOW_ORIGIN], "*", "{path}");
+    }
+    let (status, headers, _) = app.call(Method::POST, "/badge/page.svg").await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(headers[header::ALLOW], "GET,HEAD");
 }
 
 #[tokio::test]
