@@ -291,7 +291,17 @@ pub async fn import(State(state): State<AppState>, request: Request) -> Result<R
             Ok(Some(Ok(chunk))) => Some(chunk),
             Ok(None) => None,
             Ok(Some(Err(_))) => return Err(ApiError::BadBody),
-            Err(_) => return Err(stopped(&imported, "the body stopped arriving")),
+            Err(_) => {
+                return Err(ApiError::ImportStopped(
+                    StatusCode::REQUEST_TIMEOUT,
+                    format!(
+                        "the body stopped arriving for {}; the import stopped there, after \
+                         {} counters",
+                        humantime::format_duration(wait),
+                        imported.counters
+                    ),
+                ));
+            }
         };
         let ended = chunk.is_none();
         if let Some(chunk) = chunk {
@@ -355,10 +365,14 @@ async fn import_line(
     })?;
     let name = CounterName::parse(&counter.name)
         .map_err(|bad| stopped(imported, &format!("line {number}: {bad}")))?;
-    if counter.total < 0 {
+    // What an export of Redis holds, Redis takes back: a total set below zero by hand.
+    if counter.total < 0 && !state.store.holds_totals_below_zero() {
         return Err(stopped(
             imported,
-            &format!("line {number}: the total is a whole number from 0"),
+            &format!(
+                "line {number}: the total is below zero, which only Redis holds (this \
+                 store counts from 0)"
+            ),
         ));
     }
     let today = Day::today();

@@ -148,14 +148,24 @@ impl IntoResponse for ApiError {
                 "Method Not Allowed: a counter's history is only read\n",
             )
                 .into_response(),
-            ApiError::ImportStopped(status, reason) => (
-                status,
-                format!(
-                    "{}: {reason}\n",
-                    status.canonical_reason().unwrap_or("Error")
-                ),
-            )
-                .into_response(),
+            ApiError::ImportStopped(status, reason) => {
+                let mut response = (
+                    status,
+                    format!(
+                        "{}: {reason}\n",
+                        status.canonical_reason().unwrap_or("Error")
+                    ),
+                )
+                    .into_response();
+                // The rest of a body that stopped is not read: the connection cannot
+                // take another request.
+                if status == StatusCode::REQUEST_TIMEOUT {
+                    response
+                        .headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                response
+            }
         }
     }
 }

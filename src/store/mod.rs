@@ -258,6 +258,13 @@ impl WorkerStore {
         }
     }
 
+    /// Whether a total below zero can be held: Redis's totals are `INCR`'s signed
+    /// integers (a total set below zero by hand counts up through it), the other stores
+    /// count from zero.
+    pub fn holds_totals_below_zero(&self) -> bool {
+        matches!(self, WorkerStore::Redis(_))
+    }
+
     /// Answers when the store could count a visit now.
     pub async fn ready(&self, timeout: Duration) -> Result<(), StoreError> {
         let by = Instant::now() + timeout;

@@ -1426,6 +1426,76 @@ async fn the_administrator_deletes_a_counter_whose_key_has_the_wrong_type() {
     assert_eq!(text(client, "/c/ghost").await.0, StatusCode::OK);
 }
 
+/// A Redis total set below zero by hand counts up through zero, as `INCR` does: its
+/// export imports into Redis as it was, and into the embedded store, which counts from
+/// 0, not at all (the line and the reason said), rather than as another number.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redis_total_set_below_zero_moves_to_redis_whole_and_not_elsewhere() {
+    let token = token_file();
+    let path = token.path().to_str().unwrap().to_owned();
+    let args = ["--rate-limit", "off", "--admin-token-file", path.as_str()];
+    let from = TestApp::spawn_with(Backend::Redis, &args).await;
+    text(&from.client, "/c/below").await;
+    from.redis
+        .as_ref()
+        .unwrap()
+        .query(&["HSET", "hits:c:below", "total", "-1500"])
+        .await
+        .unwrap();
+    let (_, seen) = text(&from.client, "/c/below").await;
+    assert_eq!(seen, "Hello World! I have been seen -1499 times.\n");
+
+    let lines = export(&from.client).await;
+    let below = lines
+        .lines()
+        .find(|line| line.contains("\"below\""))
+        .expect("the counter exported");
+
+    let to_redis = TestApp::spawn_with(Backend::Redis, &args).await;
+    let (status, body) = import(&to_redis.client, format!("{below}\n")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(total(&to_redis.client, "below").await, -1499);
+    let to_embedded = TestApp::spawn_with(Backend::Embedded, &args).await;
+    let (status, body) = import(&to_embedded.client, format!("{below}\n")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        body.contains("line 1") && body.contains("below zero"),
+        "{body}"
+    );
+    let (status, _) = json(&to_embedded.client, Method::GET, "/api/counters/below").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "nothing imported");
+}
+
+/// A day of a counter whose visits are not a count (changed by hand in Redis: a word, a
+/// number below zero or past what a count holds) cuts the export short, as an
+/// unreadable total does: left out, the export would look whole without that day.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_day_whose_visits_are_not_a_count_cuts_the_export_short() {
+    let (app, _token) = spawn_with_admin(Backend::Redis, &[]).await;
+    let redis = app.redis.as_ref().unwrap();
+    text(&app.client, "/c/kept").await;
+    text(&app.client, "/c/edited").await;
+    let yesterday = stackdemo::counters::Day::today().minus(1).to_string();
+    export(&app.client).await;
+
+    for visits in ["abc", "-3", "99999999999999999999"] {
+        redis
+            .query(&["HSET", "hits:c:edited", &yesterday, visits])
+            .await
+            .unwrap();
+        let response = as_admin(&app.client, Method::GET, "/api/admin/export")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let ended = response.text().await;
+        assert!(
+            ended.is_err(),
+            "{visits}: an export that looks whole: {ended:?}"
+        );
+    }
+}
+
 /// A total that is not a number is not listed as 0, which an export would carry and an
 /// import make true; a cursor that no listing gave is 400.
 #[tokio::test(flavor = "multi_thread")]
@@ -1858,8 +1928,14 @@ async fn an_administrators_change_whose_body_stalls_gets_408_and_changes_nothing
         format!("PUT /api/counters/kept HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n");
     let announced = format!("{head}Content-Length: 14\r\n\r\n{{\"total\"");
     let chunked = format!("{head}Transfer-Encoding: chunked\r\n\r\n8\r\n{{\"total\"\r\n");
+    // An import is read a line at a time, each part of it waited for as long as a
+    // request may take.
+    let import = format!(
+        "POST /api/admin/import HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\
+         Transfer-Encoding: chunked\r\n\r\n10\r\n{{\"name\":\"kept\",\"\r\n"
+    );
 
-    for request in [announced, chunked] {
+    for request in [announced, chunked, import] {
         let answer = raw_bytes(app.address, request.as_bytes(), allowed(deadlines.request))
             .await
             .expect("an answer by the request timeout, and the connection closed");

@@ -171,11 +171,21 @@ impl RedisSession {
                 StoreError::new(StoreErrorKind::WrongType, "the total is not an integer")
             })?,
         };
-        let days: BTreeMap<String, u64> = fields
-            .into_iter()
-            .filter(|(field, _)| Day::parse(field).is_some())
-            .filter_map(|(field, visits)| Some((field, visits.parse().ok()?)))
-            .collect();
+        // A day whose visits are not a count (changed by hand) stops the export, as an
+        // unreadable total does: left out, the export would look whole without it.
+        let mut days: BTreeMap<String, u64> = BTreeMap::new();
+        for (field, visits) in fields {
+            if Day::parse(&field).is_none() {
+                continue;
+            }
+            let visits = visits.parse().map_err(|_| {
+                StoreError::new(
+                    StoreErrorKind::WrongType,
+                    format!("the visits of {field} are not a whole number from 0"),
+                )
+            })?;
+            days.insert(field, visits);
+        }
         let mut pipe = redis::pipe();
         for day in days.keys().filter_map(|d| Day::parse(d)) {
             let key = keys.uniques(name.as_str(), day);
