@@ -14,7 +14,7 @@ use std::{
 
 use clap::Args;
 
-use crate::config::parse_duration;
+use crate::verify::longer_than_zero;
 
 #[derive(Debug, Clone, Args)]
 pub struct HealthcheckArgs {
@@ -23,7 +23,7 @@ pub struct HealthcheckArgs {
     pub listen: SocketAddr,
 
     /// How long the check may take in all.
-    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    #[arg(long, default_value = "2s", value_parser = longer_than_zero)]
     pub timeout: Duration,
 }
 
@@ -42,6 +42,7 @@ pub async fn check(args: &HealthcheckArgs) -> Result<&'static str, String> {
     let url = format!("http://{}/readyz", probe_address(args.listen));
     let client = reqwest::Client::builder()
         .timeout(args.timeout)
+        .redirect(reqwest::redirect::Policy::none())
         .no_proxy()
         .build()
         .map_err(|e| e.to_string())?;
@@ -51,18 +52,26 @@ pub async fn check(args: &HealthcheckArgs) -> Result<&'static str, String> {
         .await
         .map_err(|e| format!("{url}: {e}"))?;
     let status = response.status();
-    if status.is_success() {
-        return Ok("ready");
-    }
-    let body = crate::verify::read_bounded(response, crate::verify::MAX_ANSWER)
-        .await
-        .unwrap_or_default();
+    // The service's own words, read whole: a 200 from something else on the port, or an
+    // answer cut short or too large, is not a ready service.
+    let body = match crate::verify::read_bounded(response, crate::verify::MAX_ANSWER).await {
+        Ok(body) => body,
+        Err(error) => return Err(format!("{url}: {status}, {}", error.reason())),
+    };
     let readiness: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-    if readiness["was_ready"] == true {
+    if status == reqwest::StatusCode::OK && readiness["status"] == "ready" {
+        Ok("ready")
+    } else if status == reqwest::StatusCode::SERVICE_UNAVAILABLE && readiness["was_ready"] == true {
         Ok("not ready, but ready before: a store outage, which a restart would not mend")
     } else {
-        Err(format!("{url}: {status} {}", body.trim()))
+        Err(format!("{url}: {status} {}", shown(&body)))
     }
+}
+
+/// An answer as the reason shows it: its first line, at most 200 characters.
+fn shown(body: &str) -> String {
+    let line = body.trim().lines().next().unwrap_or_default();
+    line.chars().take(200).collect()
 }
 
 #[cfg(test)]

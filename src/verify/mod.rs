@@ -59,11 +59,27 @@ fn http_url(text: &str) -> Result<reqwest::Url, String> {
     if url.host().is_none() {
         return Err("names no host".to_owned());
     }
+    // Each answer must carry its visit's number, whole: a badge may show another number
+    // (today's, the visitors'), or an abbreviated one, and `count=0` counts nothing.
+    for (key, value) in url.query_pairs() {
+        let shows_the_number = match &*key {
+            "abbreviated" => value == "false",
+            "show" => value == "total",
+            "count" => value != "0",
+            _ => true,
+        };
+        if !shows_the_number {
+            return Err(format!(
+                "asks for {key}={value}: verify reads each visit's own number, whole, \
+                 from its answer"
+            ));
+        }
+    }
     Ok(url)
 }
 
 /// A duration that leaves time for a visit.
-fn longer_than_zero(text: &str) -> Result<Duration, String> {
+pub fn longer_than_zero(text: &str) -> Result<Duration, String> {
     match parse_duration(text)? {
         Duration::ZERO => Err("must be longer than 0 (examples: 5s, 500ms)".to_owned()),
         duration => Ok(duration),
@@ -121,8 +137,11 @@ pub async fn run(args: &VerifyArgs) -> Report {
         let timeout = args.timeout;
         clients.push(tokio::spawn(async move {
             // One connection per client, as separate users would have.
+            // A redirect is an answer of its own, not a visit: followed, it could visit
+            // another service and pass.
             let http = reqwest::Client::builder()
                 .timeout(timeout)
+                .redirect(reqwest::redirect::Policy::none())
                 .pool_max_idle_per_host(1)
                 .no_proxy()
                 .build()
@@ -184,8 +203,7 @@ async fn visit(http: &reqwest::Client, url: &reqwest::Url, client: u64, run: Ins
             let replica = header("x-served-by");
             let version = header("x-app-version");
             match read_bounded(response, MAX_ANSWER).await {
-                Err(BodyError::TooLarge) => Outcome::Failed("answer too large".into()),
-                Err(BodyError::Broken) => Outcome::Failed("body".into()),
+                Err(error) => Outcome::Failed(error.reason().into()),
                 Ok(body) if !status.is_success() => Outcome::Failed(failure_kind(status, &body)),
                 Ok(body) => match parse_count(&body) {
                     Some(count) => Outcome::Counted {
@@ -231,6 +249,16 @@ pub enum BodyError {
     Broken,
 }
 
+impl BodyError {
+    /// What a report says of it.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            BodyError::TooLarge => "answer too large",
+            BodyError::Broken => "body",
+        }
+    }
+}
+
 /// Reads an answer's body as text, at most `limit` bytes of it.
 pub async fn read_bounded(
     mut response: reqwest::Response,
@@ -262,7 +290,28 @@ pub fn parse_count(body: &str) -> Option<i64> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_count;
+    use super::{http_url, parse_count};
+
+    #[test]
+    fn urls_whose_answers_do_not_carry_the_visits_number_are_refused() {
+        for url in [
+            "http://h/badge/a.svg?abbreviated=true",
+            "http://h/badge/a.svg?show=unique",
+            "http://h/badge/a.svg?show=today",
+            "http://h/c/a?count=0",
+            "http://h/c/a?x=1&count=%30",
+        ] {
+            let refused = http_url(url).unwrap_err();
+            assert!(refused.contains("own number"), "{url}: {refused}");
+        }
+        for url in [
+            "http://h/badge/a.svg?abbreviated=false&show=total&label=x",
+            "http://h/c/a?count=1",
+            "http://h/",
+        ] {
+            assert!(http_url(url).is_ok(), "{url}");
+        }
+    }
 
     #[test]
     fn counts_are_read_from_the_tutorial_text() {

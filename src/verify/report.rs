@@ -49,6 +49,9 @@ pub struct Report {
     pub per_version: BTreeMap<String, u64>,
     /// Counts that more than one successful response carried.
     pub duplicate_counts: u64,
+    /// Successful responses that carried a count an earlier one had carried (fifty
+    /// answers of one count are one duplicate count and 49 duplicate answers).
+    pub duplicate_answers: u64,
     /// Responses whose count was not above the same client's previous one.
     pub out_of_order: u64,
     pub lowest_count: Option<i64>,
@@ -100,6 +103,9 @@ impl Report {
                     *report.per_version.entry(version).or_default() += 1;
                     let times = seen.entry(*count).or_default();
                     *times += 1;
+                    if *times > 1 {
+                        report.duplicate_answers += 1;
+                    }
                     if *times == 2 {
                         report.duplicate_counts += 1;
                     }
@@ -194,7 +200,15 @@ impl fmt::Display for Report {
                 self.clients_failed
             )?;
         }
-        writeln!(f, "duplicates: {}", self.duplicate_counts)?;
+        write!(f, "duplicates: {}", self.duplicate_counts)?;
+        if self.duplicate_answers > 0 {
+            write!(
+                f,
+                " counts, carried by {} answers more than once",
+                self.duplicate_answers
+            )?;
+        }
+        writeln!(f)?;
         writeln!(f, "out of order per client: {}", self.out_of_order)?;
         write!(
             f,
@@ -236,6 +250,21 @@ mod tests {
             Report::from_samples(vec![counted(0, 1), counted(1, 1)], Duration::from_secs(1));
         assert_eq!(report.duplicate_counts, 1);
         assert!(!report.passed());
+    }
+
+    #[test]
+    fn every_answer_repeating_a_count_is_told() {
+        let mut samples: Vec<_> = (0..50).map(|client| counted(client, 5)).collect();
+        samples.extend([counted(0, 6), counted(1, 6), counted(2, 7)]);
+        let report = Report::from_samples(samples, Duration::from_secs(1));
+        assert_eq!(report.duplicate_counts, 2);
+        assert_eq!(report.duplicate_answers, 50);
+        assert!(
+            report
+                .to_string()
+                .contains("duplicates: 2 counts, carried by 50 answers more than once"),
+            "{report}"
+        );
     }
 
     #[test]

@@ -83,6 +83,10 @@ async fn verify_refuses_bad_arguments_with_exit_code_2() {
             &["--url", "http://127.0.0.1:1/", "--timeout", "0"],
             "invalid --timeout: '0' must be longer than 0",
         ),
+        (
+            &["--url", "http://127.0.0.1:1/badge/a.svg?abbreviated=true"],
+            "verify reads each visit's own number",
+        ),
     ] {
         let output = process::run(&[&["verify"][..], args].concat(), &[]).await;
         assert_eq!(output.status.code(), Some(2), "{args:?}");
@@ -181,9 +185,122 @@ async fn answers_without_end_are_cut_off_and_memory_stays_small() {
     assert!(peak_kib < 64 * 1024, "verify grew to {peak_kib} KiB");
     assert_eq!(
         health.status.code(),
-        Some(0),
-        "a 200 from /readyz is healthy"
+        Some(1),
+        "a /readyz answer without end is not the service's: {}",
+        String::from_utf8_lossy(&health.stderr)
     );
+}
+
+/// A server that answers every request with `answer` and closes the connection.
+fn answering(answer: String) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let address = listener.local_addr().unwrap();
+    let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+    let server = tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let answer = answer.clone();
+            tokio::spawn(async move {
+                let mut request = [0u8; 4096];
+                let _ = stream.read(&mut request).await;
+                let _ = stream.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    (address, server)
+}
+
+fn http_answer(status: &str, headers: &str, body: &str) -> String {
+    format!(
+        "HTTP/1.1 {status}\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// The healthcheck takes only the service's own readiness for ready: a 200 from
+/// something else on the port, a body cut short, or a redirect is unhealthy; a 503 of a
+/// service that was ready before is healthy (a store outage), one that never was is not.
+#[tokio::test(flavor = "multi_thread")]
+async fn healthcheck_is_healthy_only_on_the_services_own_readiness() {
+    let cut_short =
+        "HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{\"status\":\"ready\"}".to_owned();
+    for (answer, healthy) in [
+        (http_answer("200 OK", "", r#"{"status":"ready"}"#), true),
+        (http_answer("200 OK", "", "hello"), false),
+        (
+            http_answer("200 OK", "", r#"{"status":"unavailable"}"#),
+            false,
+        ),
+        (cut_short, false),
+        (
+            http_answer("302 Found", "Location: http://127.0.0.1:1/\r\n", ""),
+            false,
+        ),
+        (
+            http_answer(
+                "503 Service Unavailable",
+                "",
+                r#"{"status":"unavailable","was_ready":true}"#,
+            ),
+            true,
+        ),
+        (
+            http_answer(
+                "503 Service Unavailable",
+                "",
+                r#"{"status":"unavailable","was_ready":false}"#,
+            ),
+            false,
+        ),
+    ] {
+        let (address, server) = answering(answer.clone());
+        let health = process::run_within(
+            allowed(PROCESS_START + Duration::from_secs(2)),
+            &["healthcheck", "--listen", &address.to_string()],
+            &[],
+        )
+        .await;
+        server.abort();
+        assert_eq!(
+            health.status.code(),
+            Some(if healthy { 0 } else { 1 }),
+            "{answer:?}: {}",
+            String::from_utf8_lossy(&health.stderr)
+        );
+    }
+    let output = process::run(&["healthcheck", "--timeout", "0s"], &[]).await;
+    assert_eq!(output.status.code(), Some(2));
+}
+
+/// `verify` does not follow a redirect: it is an answer without a visit's number, and
+/// followed it could count a visit on another service and pass.
+#[tokio::test(flavor = "multi_thread")]
+async fn verify_fails_on_a_redirect_rather_than_follow_it() {
+    let app = TestApp::spawn(Backend::Embedded).await;
+    let location = format!("Location: {}/\r\n", app.client.base);
+    let (address, server) = answering(http_answer("302 Found", &location, ""));
+
+    let output = process::run_within(
+        allowed(for_visits(10)),
+        &[
+            "verify",
+            "--url",
+            &format!("http://{address}/"),
+            "--requests",
+            "10",
+            "--json",
+        ],
+        &[],
+    )
+    .await;
+    server.abort();
+
+    assert_eq!(output.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["succeeded"], 0, "{report}");
+    assert_eq!(app.client.visit().await, 1, "no visit reached the service");
 }
 
 /// The peak resident memory of a running process, in KiB.
