@@ -1416,6 +1416,61 @@ async fn redis_gone_back_to_an_older_copy_refuses_every_visit_in_every_process()
     );
 }
 
+/// Redis gone back to an older copy is found by a process that counted nothing since the
+/// copy was taken, with the one that counted the visits the copy lacks gone: each process
+/// keeps up, every second, with the writes of the others.
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_gone_back_to_an_older_copy_is_found_by_a_process_that_did_not_count_since() {
+    let mut redis = RedisServer::start_with(Flavor::Redis, None, &["--appendonly", "no"]).await;
+    let counted = service_on(&redis, &["--replica", "counted"]).await;
+    let idle = service_on(&redis, &["--replica", "idle"]).await;
+    counted.client.visit().await;
+    idle.client.visit().await;
+    redis.query(&["SAVE"]).await.unwrap();
+    let mut last = 0;
+    for _ in 0..20 {
+        last = counted.client.visit().await;
+    }
+    // The idle process's next heartbeat, which comes after its write of no visits.
+    let time = |value: redis::Value| -> i64 {
+        let redis::Value::Array(parts) = value else {
+            panic!("TIME: {value:?}")
+        };
+        let part = |at: usize| match &parts[at] {
+            redis::Value::BulkString(text) => String::from_utf8_lossy(text).parse::<i64>().unwrap(),
+            other => panic!("TIME: {other:?}"),
+        };
+        part(0) * 1000 + part(1) / 1000
+    };
+    let after = time(redis.query(&["TIME"]).await.unwrap());
+    wait_until(
+        "the idle process's heartbeat",
+        allowed(Duration::from_secs(2)),
+        || async {
+            match redis.query(&["ZSCORE", "hits:heartbeats", "idle"]).await {
+                Ok(redis::Value::BulkString(at)) => {
+                    String::from_utf8_lossy(&at).parse::<f64>().unwrap_or(0.0) > after as f64
+                }
+                Ok(redis::Value::Double(at)) => at > after as f64,
+                _ => false,
+            }
+        },
+    )
+    .await;
+    drop(counted);
+
+    redis.kill().await;
+    redis.start_again().await;
+    assert!(redis.get_i64("hits").await < last, "the snapshot is loaded");
+
+    refuses_every_visit(
+        &idle.client,
+        "counter store no longer holds the counts",
+        "a process that counted nothing since the copy",
+    )
+    .await;
+}
+
 /// A store that fails every write fails thousands a second under load: the log says so
 /// once a second (with how many failed writes it left out), not once a write, while the
 /// metrics count each.

@@ -150,9 +150,18 @@ impl RedisSession {
         Ok(Some(CounterReading { total, days }))
     }
 
-    /// Marks this replica alive (and records its version), reads the eviction policy
-    /// again; returns the total.
+    /// Makes a write of no visits, as a visit's (see `dataset`), then marks this replica
+    /// alive (and records its version) and reads the eviction policy again; returns the
+    /// total.
+    ///
+    /// The write keeps this process's number of the last acknowledged write up with
+    /// every process's writes, not only its own: Redis gone back to a copy older than what
+    /// any process had acknowledged a second before is found by every process, and at
+    /// once, though the ones that counted those visits are idle or gone.
     pub async fn heartbeat(&self, answer_by: Instant) -> Result<Option<i64>, StoreError> {
+        if let Err(error) = self.probe(answer_by).await {
+            tracing::debug!(cause = error.detail(), "the heartbeat's write failed");
+        }
         let store = &self.store;
         let mut pipe = redis::pipe();
         pipe.cmd("EVALSHA")

@@ -33,7 +33,7 @@ use redis::Script;
 /// (`DATALOST`) until the data is restored or the services are restarted.
 ///
 /// Returns `{now_ms, replayed, results, write}`: `write` the write's number (a replay's:
-/// its first application's; a probe's: 0); per tally, comma-separated, the total after it
+/// its first application's; a probe's: the last write's, whosever it was); per tally, comma-separated, the total after it
 /// (the exact string Redis holds: Lua numbers are doubles, which would round totals above
 /// 2^53) or why it was not counted: `U` unknown counter, `M` too many counters, `L` the
 /// total (or the day's visits) at its limit, `S` this replica's share at its limit, `W` a
@@ -165,7 +165,9 @@ if batch == '0' then
     end
   end
   redis.call('PEXPIRE', records, ARGV[5])
-  return {now, 0, '', 0}
+  -- The number of the last write, every process's: once replicas confirm this probe,
+  -- they hold that write too, and it is acknowledged to this process.
+  return {now, 0, '', tonumber(written or '0')}
 end
 
 -- What each counted tally did, to undo it: its total made (a name's first count), its

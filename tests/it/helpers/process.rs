@@ -91,15 +91,15 @@ impl ServiceProcess {
     ) -> Result<Self, Output> {
         let listen = format!("127.0.0.1:{port}");
         let log = tempfile::NamedTempFile::new().expect("a log file");
+        // Named `process` unless the test names it.
+        let replica = if args.contains(&"--replica") {
+            &[][..]
+        } else {
+            &["--replica", "process"][..]
+        };
         let child = Command::new(binary())
-            .args([
-                "--listen",
-                &listen,
-                "--log-format",
-                "json",
-                "--replica",
-                "process",
-            ])
+            .args(["--listen", &listen, "--log-format", "json"])
+            .args(replica)
             .args(args)
             .env("RUST_LOG", "warn")
             .env("STACKDEMO_DATA_DIR", data.path())
