@@ -44,7 +44,10 @@
 //! is promoted before the service has asked the sentinels again (every second, and at
 //! once on their events); a replica whose link to the primary has been down a little
 //! longer than ten times `down-after-milliseconds` when the primary fails (the sentinels
-//! may still promote it, the count no longer waits for it).
+//! may still promote it, the count no longer waits for it); a fit replica cut off before
+//! the primary fails, while the primary has a replica the sentinels do not count as fit
+//! (down in their view, or announcing another's address), whose acknowledgement `WAIT`
+//! takes in its place.
 
 use std::{
     collections::{BTreeSet, HashMap},
