@@ -28,7 +28,10 @@ pub fn render(days: &[DayReading]) -> String {
     );
     let _ = write!(
         svg,
-        r#"<line x1="{LEFT}" y1="{y}" x2="{WIDTH}" y2="{y}" class="axis"/><text x="{x}" y="{t}" class="label" text-anchor="end">{most}</text><text x="{x}" y="{y}" class="label" text-anchor="end">0</text>"#,
+        r#"<line x1="{LEFT}" y1="{y}" x2="{WIDTH}" y2="{y}" class="axis"/><text x="{x}" y="{t}" class="label" text-anchor="end">{top}</text><text x="{x}" y="{y}" class="label" text-anchor="end">0</text>"#,
+        // Abbreviated (1.2M), so that any count fits the room left of the axis; the
+        // title has it whole.
+        top = crate::badge::abbreviate(i64::try_from(most).unwrap_or(i64::MAX)),
         y = HEIGHT - BOTTOM,
         x = LEFT - 6.0,
         t = TOP + 10.0,
@@ -70,6 +73,14 @@ mod tests {
             visits,
             unique,
         }
+    }
+
+    #[test]
+    fn the_busiest_days_count_fits_left_of_the_axis_and_is_whole_in_the_title() {
+        let svg = render(&[day("2026-11-29", 1_234_567, 10), day("2026-11-30", 5, 1)]);
+
+        assert!(svg.contains(r#"text-anchor="end">1.2M</text>"#), "{svg}");
+        assert!(svg.contains("most in a day: 1234567"), "{svg}");
     }
 
     #[test]

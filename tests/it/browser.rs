@@ -65,6 +65,14 @@ async fn the_page_shows_the_count_the_replica_and_the_live_view() {
     web3.client.visit().await;
     let named = web1.client.get("/c/docs/intro").await;
     assert_eq!(named.status(), 200);
+    // A total past what a double holds exactly, and one that is not a number at all.
+    for (name, total) in [("big", "9007199254740993"), ("broken", "abc")] {
+        assert_eq!(web1.client.get(&format!("/c/{name}")).await.status(), 200);
+        redis
+            .query(&["HSET", &format!("hits:c:{name}"), "total", total])
+            .await
+            .unwrap();
+    }
     // A replica that stopped stays in the totals but is shown as gone.
     web3.stop().await;
     let url = format!("{}/", web1.client.base);
@@ -102,6 +110,14 @@ async fn the_page_shows_the_count_the_replica_and_the_live_view() {
     assert!(
         dom.contains(r#"href="/c/docs/intro?count=0""#) && dom.contains(r#"data-counters="ok""#),
         "the page links each counter's page:\n{dom}"
+    );
+    assert!(
+        dom.contains("9007199254740993 visits"),
+        "a total past 2^53, exact:\n{dom}"
+    );
+    assert!(
+        dom.contains("total unreadable: ") && !dom.contains("null visits"),
+        "a total that is not a number, said so:\n{dom}"
     );
     assert!(!log.contains("Uncaught"), "JavaScript errors:\n{log}");
     assert_eq!(
