@@ -354,6 +354,11 @@ async fn import_line(
     number: u64,
     imported: &mut Imported,
 ) -> Result<(), ApiError> {
+    // A file saved by an editor that begins it with a byte order mark is the same file.
+    let line = match line.strip_prefix(b"\xEF\xBB\xBF") {
+        Some(rest) if number == 1 => rest,
+        _ => line,
+    };
     if line.iter().all(u8::is_ascii_whitespace) {
         return Ok(());
     }

@@ -52,7 +52,12 @@ pub async fn visit(
     // Checked for every client, so that a link is refused alike wherever it is followed
     // (and a refused one is not counted); only the page draws the days.
     let chart = chart_days(request.uri().query())?;
-    let days = if html { chart } else { 1 };
+    // No more days than the history keeps.
+    let days = if html {
+        chart.min(state.counters.policy.retention_days)
+    } else {
+        1
+    };
     let handover = request.extensions().get::<Handover>().cloned();
     let client = Client::of(&request, &state.counters.trusted_proxies);
     if !client.counts {

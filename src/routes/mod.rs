@@ -68,7 +68,6 @@ pub fn router(state: AppState) -> Router {
                 .timeout(state.deadlines.request),
         );
     let counters = Router::new()
-        .route("/api/counters", get(counters::list))
         .route(
             "/api/counters/{*path}",
             get(counters::read_or_history)
@@ -85,6 +84,7 @@ pub fn router(state: AppState) -> Router {
         .route("/", get(visit::visit).head(visit::head))
         .route("/c/{*name}", get(counters::visit))
         .route("/badge/{*name}", read_only(get(badge::badge), &reads))
+        .route("/api/counters", read_only(get(counters::list), &reads))
         .route("/ignore-me", get(ignore_me))
         .route("/api/admin/export", get(admin::export))
         .route(IMPORT_PATH, axum::routing::post(admin::import))

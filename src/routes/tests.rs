@@ -216,6 +216,33 @@ async fn a_counters_page_refuses_days_it_does_not_draw_and_counts_nothing() {
     assert_eq!(body, "Hello World! I have been seen 1 times.\n");
 }
 
+/// A counter's page draws no more days than the history keeps, and links its history
+/// as the history takes it (`days` at most the days kept).
+#[tokio::test]
+async fn a_counters_page_draws_at_most_the_days_kept() {
+    let mut settings = CounterSettings::default();
+    settings.policy.retention_days = 2;
+    let app = TestRouter::with(0, settings);
+
+    let (status, _, page) = app
+        .send(
+            Request::builder()
+                .uri("/c/page")
+                .header(header::ACCEPT, "text/html")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains("The last 2 days"), "{page}");
+    assert!(page.contains("history?days=2&amp;format=csv"), "{page}");
+    let (status, _, _) = app
+        .call(Method::GET, "/api/counters/page/history?days=2&format=csv")
+        .await;
+    assert_eq!(status, StatusCode::OK);
+}
+
 /// A page's script may read the stats and the badges, and count through the counter API:
 /// each preflight allows what its path takes, and each answer may be read across origins.
 #[tokio::test]
@@ -235,7 +262,7 @@ async fn scripts_on_other_pages_may_use_what_each_path_takes() {
         ("/api/stats", "GET,HEAD"),
         ("/badge/page.svg", "GET,HEAD"),
         ("/api/counters/page", "GET,HEAD,POST"),
-        ("/api/counters", "GET,HEAD,POST"),
+        ("/api/counters", "GET,HEAD"),
     ] {
         let (status, headers, _) = app.send(preflight(path)).await;
         assert!(status.is_success(), "{path}: {status}");
