@@ -620,6 +620,9 @@ async fn many_counters_under_concurrency_get_distinct_contiguous_numbers_each(ba
         Backend::Embedded => vec!["--data-dir", dir.path().to_str().unwrap()],
     };
     args.extend(["--rate-limit", "off"]);
+    // Not about timeouts: every visit is to be counted, a store call past the default
+    // timeout on a loaded machine too.
+    args.extend(PATIENT_STORE);
     let app = ServiceProcess::start(&args).await;
     let load = Load::start_on_counters(
         std::slice::from_ref(&app.client),
@@ -1424,6 +1427,23 @@ async fn the_administrator_deletes_a_counter_whose_key_has_the_wrong_type() {
         .unwrap();
     assert_eq!(ghost.status(), StatusCode::OK);
     assert_eq!(text(client, "/c/ghost").await.0, StatusCode::OK);
+}
+
+/// An export saved by an editor that puts a byte order mark before it imports as it is;
+/// a mark anywhere else is not a counter.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_import_saved_with_a_byte_order_mark_is_taken() {
+    let (app, _token) = spawn_with_admin(Backend::Embedded, &[]).await;
+    let lines = "\u{feff}{\"name\":\"marked\",\"total\":7}\n{\"name\":\"next\",\"total\":2}\n";
+
+    let (status, body) = import(&app.client, lines).await;
+
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(total(&app.client, "marked").await, 7);
+    assert_eq!(total(&app.client, "next").await, 2);
+    let (status, body) = import(&app.client, "{\"name\":\"a\",\"total\":1}\n\u{feff}{}\n").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body.contains("line 2"), "{body}");
 }
 
 /// A Redis total set below zero by hand counts up through zero, as `INCR` does: its
