@@ -582,3 +582,59 @@ async fn sentinels_win_over_a_redis_url_from_the_image() {
     assert_eq!(service.client.visit().await, before + 1);
     assert_eq!(group.total().await, before + 1);
 }
+
+/// A replica connected to the primary that the sentinels cannot use (its announced
+/// address reaches nothing) confirms writes as any replica does (`WAIT`). Were it not
+/// waited for, it would stand in for a fit replica cut off from the primary, and a
+/// failover to that replica would lose the visits acknowledged meanwhile: with a fit
+/// replica cut off, no visit is acknowledged.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_the_sentinels_cannot_use_does_not_stand_in_for_a_fit_one() {
+    let group = RedisGroup::start(Flavor::Redis).await;
+    let primary = group.nodes[0].port.to_string();
+    let nowhere = crate::helpers::free_port().to_string();
+    let stray = RedisServer::start_with(
+        Flavor::Redis,
+        None,
+        &[
+            "--replicaof",
+            "127.0.0.1",
+            &primary,
+            "--replica-announce-port",
+            &nowhere,
+        ],
+    )
+    .await;
+    crate::helpers::wait_until(
+        "the stray replica in sync",
+        allowed(Duration::from_secs(5)),
+        || async { stray.replication("master_link_status").await.as_deref() == Some("up") },
+    )
+    .await;
+    let sentinels = group.sentinel_list();
+    let service = ServiceProcess::start(&["--redis-sentinels", &sentinels, "--workers", "1"]).await;
+    crate::helpers::wait_until(
+        "the service to see the stray replica",
+        allowed(Duration::from_secs(3)),
+        || async {
+            service
+                .log()
+                .contains("replicas the sentinels do not count")
+        },
+    )
+    .await;
+    service.client.visit().await;
+
+    group.nodes[1]
+        .query(&["REPLICAOF", "127.0.0.1", &nowhere])
+        .await
+        .unwrap();
+    for _ in 0..5 {
+        let refused = service.client.try_visit().await;
+        assert_eq!(
+            refused.status,
+            Some(StatusCode::SERVICE_UNAVAILABLE),
+            "acknowledged while a fit replica was cut off: {refused:?}"
+        );
+    }
+}

@@ -13,7 +13,10 @@
 //! primary yet cannot confirm it, so visits are refused until it has. A replica they
 //! would not promote (priority 0) is counted all the same: `WAIT` takes any replica's
 //! acknowledgement, so with n short of it, its acknowledgement could stand in for that of
-//! a replica that may be promoted.
+//! a replica that may be promoted. For the same reason, so is every replica connected to
+//! the primary (as the primary says, every second) that the sentinels do not count: one
+//! they see as down (a password or an announced address they cannot reach it by) or do
+//! not know yet, and each beyond the first that gives one address as another does.
 //!
 //! A server listed as a replica that reports itself a primary is not waited for: the old
 //! primary after a planned failover does so until the sentinels convert it (seconds
@@ -44,10 +47,10 @@
 //! is promoted before the service has asked the sentinels again (every second, and at
 //! once on their events); a replica whose link to the primary has been down a little
 //! longer than ten times `down-after-milliseconds` when the primary fails (the sentinels
-//! may still promote it, the count no longer waits for it); a fit replica cut off before
-//! the primary fails, while the primary has a replica the sentinels do not count as fit
-//! (down in their view, or announcing another's address), whose acknowledgement `WAIT`
-//! takes in its place.
+//! may still promote it, the count no longer waits for it); a replica that announces the
+//! address of another, once that other is cut off (the primary then lists one replica at
+//! that address, which the sentinels count as the one they know), if the cut-off one is
+//! promoted.
 
 use std::{
     collections::{BTreeSet, HashMap},
@@ -154,6 +157,11 @@ struct TargetState {
     /// The primary the count is for.
     primary: Option<Address>,
     replicas: usize,
+    /// The addresses of the replicas counted in `replicas`.
+    fit: BTreeSet<Address>,
+    /// The replicas the primary itself last said were connected and current (its
+    /// `INFO replication`), by the address it gives each.
+    online: Vec<Address>,
     /// A sentinel leads a failover now: nothing may be acknowledged.
     failing_over: bool,
     /// Primaries followed before, which report themselves primaries until converted.
@@ -172,8 +180,10 @@ impl ReplicaTarget {
                 state.former_primaries.insert(old);
             }
             state.former_primaries.remove(primary);
-            // What was seen of the old primary says nothing of the new one's failover.
+            // What was seen of the old primary says nothing of the new one's failover,
+            // nor of its replicas.
             state.failing_over = false;
+            state.online.clear();
         }
         let about_ours: Vec<&SentinelReport> =
             reports.iter().filter(|r| &r.primary == primary).collect();
@@ -202,7 +212,24 @@ impl ReplicaTarget {
                 });
         if fit.len() > state.replicas || clear {
             state.replicas = fit.len();
+            state.fit = fit.into_iter().cloned().collect();
+        } else {
+            state.fit.extend(fit.into_iter().cloned());
         }
+    }
+
+    /// Takes what `primary` said of its replicas: the address of each that is connected
+    /// and current (`state=online`), as `INFO replication` gives it. Returns how many of
+    /// them the sentinels do not count, when that changed.
+    pub fn observe_primary(&self, primary: &Address, online: Vec<Address>) -> Option<usize> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if state.primary.as_ref() != Some(primary) {
+            return None;
+        }
+        let before = state.standing_in();
+        state.online = online;
+        let after = state.standing_in();
+        (after != before).then_some(after)
     }
 
     /// How many replicas a write must reach: all the sentinels could promote, and at
@@ -215,8 +242,45 @@ impl ReplicaTarget {
                 "a sentinel is failing the primary over; writes wait for the new one",
             ));
         }
-        Ok(at_least.max(u8::try_from(state.replicas).unwrap_or(u8::MAX)))
+        Ok(at_least.max(u8::try_from(state.replicas + state.standing_in()).unwrap_or(u8::MAX)))
     }
+}
+
+impl TargetState {
+    /// The replicas connected to the primary that could confirm a write in place of one
+    /// a failover could promote: each the sentinels do not count as fit (down in their
+    /// view, never seen by them, announcing an address they cannot reach), and each
+    /// beyond the first that gives the same address as another.
+    fn standing_in(&self) -> usize {
+        let mut counted = BTreeSet::new();
+        self.online
+            .iter()
+            .filter(|address| !(self.fit.contains(*address) && counted.insert(*address)))
+            .count()
+    }
+}
+
+/// The replicas `INFO replication` says are connected and current: the address of each
+/// `slaveN:ip=…,port=…,state=online,…` line.
+pub fn online_replicas(info: &str) -> Vec<Address> {
+    info.lines()
+        .filter(|line| {
+            line.strip_prefix("slave")
+                .and_then(|rest| rest.split_once(':'))
+                .is_some_and(|(n, _)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .filter_map(|line| {
+            let (_, fields) = line.split_once(':')?;
+            let field = |name: &str| {
+                fields
+                    .split(',')
+                    .find_map(|pair| pair.trim().strip_prefix(name)?.strip_prefix('='))
+            };
+            (field("state")? == "online")
+                .then(|| Some((field("ip")?.to_owned(), field("port")?.parse().ok()?)))
+                .flatten()
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -242,6 +306,52 @@ mod tests {
             failover_in_progress: false,
             replicas,
         }
+    }
+
+    #[test]
+    fn a_replica_the_sentinels_cannot_use_confirms_every_write_beside_the_fit_ones() {
+        let target = ReplicaTarget::default();
+        let unfit = ReplicaReport {
+            fit: false,
+            ..replica(4)
+        };
+        target.observe(
+            &address(1),
+            &[report(1, vec![replica(2), replica(3), unfit])],
+            true,
+        );
+        assert_eq!(target.replicas_to_wait(1).unwrap(), 2);
+
+        // Down in the sentinels' view, or not known to them at all, but connected.
+        target.observe_primary(&address(1), vec![address(2), address(3), address(4)]);
+        assert_eq!(target.replicas_to_wait(1).unwrap(), 3);
+        target.observe_primary(&address(1), vec![address(2), address(3), address(9)]);
+        assert_eq!(target.replicas_to_wait(1).unwrap(), 3);
+        // A fit one cut off: the other two cannot stand in for it.
+        target.observe_primary(&address(1), vec![address(2), address(4)]);
+        assert_eq!(target.replicas_to_wait(1).unwrap(), 3);
+        // Two that give one address: either could be the one the sentinels know.
+        target.observe_primary(&address(1), vec![address(2), address(3), address(3)]);
+        assert_eq!(target.replicas_to_wait(1).unwrap(), 3);
+        target.observe_primary(&address(1), vec![address(2), address(3)]);
+        assert_eq!(target.replicas_to_wait(1).unwrap(), 2);
+        // What another server said is not this primary's.
+        target.observe_primary(&address(7), vec![address(5), address(6)]);
+        assert_eq!(target.replicas_to_wait(1).unwrap(), 2);
+    }
+
+    #[test]
+    fn the_replicas_online_are_read_from_info_replication() {
+        let info = "# Replication\r\nrole:master\r\nconnected_slaves:3\r\n\
+                    slave0:ip=10.0.0.2,port=6379,state=online,offset=100,lag=0\r\n\
+                    slave1:ip=10.0.0.3,port=6380,state=wait_bgsave,offset=0,lag=0\r\n\
+                    slave2:ip=10.0.0.4,port=6381,state=online,offset=100,lag=1\r\n\
+                    slave_read_repl_offset:5\r\nmaster_repl_offset:100\r\n";
+
+        assert_eq!(
+            online_replicas(info),
+            vec![("10.0.0.2".to_owned(), 6379), ("10.0.0.4".to_owned(), 6381)]
+        );
     }
 
     #[test]

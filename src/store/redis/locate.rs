@@ -228,10 +228,11 @@ impl Locator {
         let winner = votes.into_iter().max_by_key(|(_, n)| *n).map(|(a, _)| a);
         match winner {
             Some(primary) => {
-                self.adopt(primary, &reports, true);
+                self.adopt(primary.clone(), &reports, true);
                 if !told {
                     let _ = tell.send(Some(Ok(())));
                 }
+                self.ask_primary(target, &primary).await;
             }
             // Sentinels answered, and none knows the name: most likely a wrong name (or
             // sentinels not yet told to monitor it). Said once, until a primary is found.
@@ -258,6 +259,54 @@ impl Locator {
             }
         }
         self.end_lookup();
+    }
+
+    /// Asks `primary` which replicas are connected to it and current: any of them can
+    /// confirm a write (`WAIT`), the ones the sentinels cannot use too (see `failover`).
+    /// What it said before stands when it does not answer.
+    async fn ask_primary(&self, target: &Sentinels, primary: &Address) {
+        let info = target
+            .primary_template
+            .clone()
+            .set_addr(ConnectionAddr::Tcp(primary.0.clone(), primary.1));
+        let asked = tokio::time::timeout(SENTINEL_TIMEOUT, async {
+            let client = Client::open(info).map_err(classify)?;
+            let config = AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(SENTINEL_TIMEOUT))
+                .set_response_timeout(Some(SENTINEL_TIMEOUT));
+            let mut connection = client
+                .get_multiplexed_async_connection_with_config(&config)
+                .await
+                .map_err(classify)?;
+            redis::cmd("INFO")
+                .arg("replication")
+                .query_async::<String>(&mut connection)
+                .await
+                .map_err(classify)
+        })
+        .await
+        .unwrap_or_else(|_| Err(StoreError::timeout()));
+        match asked {
+            Ok(info) => {
+                let online = super::failover::online_replicas(&info);
+                match self.target.observe_primary(primary, online) {
+                    Some(0) => tracing::info!(
+                        "every replica connected to the primary is one the sentinels know"
+                    ),
+                    Some(unknown) => tracing::warn!(
+                        replicas = unknown,
+                        "replicas the sentinels do not count are connected to the primary \
+                         (new to them, or ones they cannot reach: check each replica's \
+                         password and announced address); writes wait for them too"
+                    ),
+                    None => {}
+                }
+            }
+            Err(error) => tracing::debug!(
+                cause = error.detail(),
+                "asking the primary for its replicas failed"
+            ),
+        }
     }
 
     fn end_lookup(&self) {
