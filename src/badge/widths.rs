@@ -1,7 +1,9 @@
 //! Advance widths of the printable ASCII characters (space to `~`) in DejaVu Sans and
 //! DejaVu Sans Bold, in font units (2048 to the em), read from the fonts' `hmtx` tables.
-//! A test reads the installed fonts and checks every number; any other character is
-//! taken as wide as `W` (no badge is clipped, at worst a little wide).
+//! A test reads the installed fonts and checks every number; a character that takes no
+//! room of its own (a combining accent, a zero-width space or joiner, a variation
+//! selector: width 0 in Unicode's terms) is taken as 0, any other as wide as `W` (no badge
+//! is clipped, at worst a little wide).
 
 /// Font units per em of both fonts.
 pub const UNITS_PER_EM: f64 = 2048.0;
@@ -38,6 +40,7 @@ pub fn text_width(text: &str, bold: bool, size: f64) -> f64 {
         .chars()
         .map(|c| match c {
             ' '..='~' => u64::from(table[c as usize - 32]),
+            _ if unicode_width::UnicodeWidthChar::width(c) == Some(0) => 0,
             _ => u64::from(widest),
         })
         .sum();
@@ -79,5 +82,19 @@ mod tests {
         assert!((text_width("hits", false, 11.0) - 3737.0 * 11.0 / 2048.0).abs() < 1e-9);
         assert!(text_width("WWW", true, 11.0) > text_width("WWW", false, 11.0));
         assert_eq!(text_width("é", false, 11.0), text_width("W", false, 11.0));
+    }
+
+    #[test]
+    fn characters_that_take_no_room_add_none() {
+        // A combining acute accent, a zero-width space, a joiner, an emoji's variation
+        // selector.
+        for mark in ['\u{301}', '\u{200B}', '\u{200D}', '\u{FE0F}'] {
+            assert_eq!(
+                text_width(&format!("a{mark}{mark}{mark}b"), false, 11.0),
+                text_width("ab", false, 11.0),
+                "{:X}",
+                mark as u32
+            );
+        }
     }
 }
