@@ -22,6 +22,12 @@ use self::{admin::AdminToken, rate_limit::RateLimiter, visitor::TrustedProxies};
 pub use self::{day::Day, name::CounterName};
 use crate::config::CounterSettings;
 
+/// Whether a query's `key=value` asks to be shown a counter without counting a visit
+/// (`count=0`, or `false`, `no`, `off`).
+pub fn declines_counting(key: &str, value: &str) -> bool {
+    key == "count" && matches!(value, "0" | "false" | "no" | "off")
+}
+
 /// What the counting and reading routes of every worker share.
 pub struct CounterRules {
     /// The tutorial's counter, the one named by the counter key.

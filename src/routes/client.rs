@@ -59,9 +59,7 @@ fn asks_not_to_count(query: Option<&str>, headers: &HeaderMap) -> bool {
     let by_query = query.is_some()
         && super::counters::query_pairs(query)
             .iter()
-            .any(|(key, value)| {
-                key == "count" && matches!(value.as_str(), "0" | "false" | "no" | "off")
-            });
+            .any(|(key, value)| crate::counters::declines_counting(key, value));
     by_query
         || headers
             .get_all(header::COOKIE)

@@ -65,7 +65,7 @@ fn http_url(text: &str) -> Result<reqwest::Url, String> {
         let shows_the_number = match &*key {
             "abbreviated" => value == "false",
             "show" => value == "total",
-            "count" => value != "0",
+            "count" => !crate::counters::declines_counting(&key, &value),
             _ => true,
         };
         if !shows_the_number {
@@ -300,6 +300,7 @@ mod tests {
             "http://h/badge/a.svg?show=today",
             "http://h/c/a?count=0",
             "http://h/c/a?x=1&count=%30",
+            "http://h/c/a?count=off",
         ] {
             let refused = http_url(url).unwrap_err();
             assert!(refused.contains("own number"), "{url}: {refused}");

@@ -1451,10 +1451,7 @@ async fn an_import_saved_with_a_byte_order_mark_is_taken() {
 /// 0, not at all (the line and the reason said), rather than as another number.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_redis_total_set_below_zero_moves_to_redis_whole_and_not_elsewhere() {
-    let token = token_file();
-    let path = token.path().to_str().unwrap().to_owned();
-    let args = ["--rate-limit", "off", "--admin-token-file", path.as_str()];
-    let from = TestApp::spawn_with(Backend::Redis, &args).await;
+    let (from, _token) = spawn_with_admin(Backend::Redis, &[]).await;
     text(&from.client, "/c/below").await;
     from.redis
         .as_ref()
@@ -1471,11 +1468,11 @@ async fn a_redis_total_set_below_zero_moves_to_redis_whole_and_not_elsewhere() {
         .find(|line| line.contains("\"below\""))
         .expect("the counter exported");
 
-    let to_redis = TestApp::spawn_with(Backend::Redis, &args).await;
+    let (to_redis, _token) = spawn_with_admin(Backend::Redis, &[]).await;
     let (status, body) = import(&to_redis.client, format!("{below}\n")).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(total(&to_redis.client, "below").await, -1499);
-    let to_embedded = TestApp::spawn_with(Backend::Embedded, &args).await;
+    let (to_embedded, _token) = spawn_with_admin(Backend::Embedded, &[]).await;
     let (status, body) = import(&to_embedded.client, format!("{below}\n")).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert!(

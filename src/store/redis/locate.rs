@@ -34,7 +34,10 @@ use std::{
 };
 
 use futures_util::{StreamExt, stream::FuturesUnordered};
-use redis::{AsyncConnectionConfig, Client, ConnectionAddr, ConnectionInfo, IntoConnectionInfo};
+use redis::{
+    AsyncConnectionConfig, Client, ConnectionAddr, ConnectionInfo, IntoConnectionInfo,
+    aio::MultiplexedConnection,
+};
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -71,6 +74,8 @@ pub struct Locator {
     refresh: Notify,
     /// Whether sentinels that know no primary of the configured name have been logged.
     unknown_said: AtomicBool,
+    /// Whether a primary that does not allow `INFO replication` has been logged.
+    info_denied_said: AtomicBool,
 }
 
 enum Kind {
@@ -116,6 +121,7 @@ impl Locator {
             target: ReplicaTarget::default(),
             refresh: Notify::new(),
             unknown_said: AtomicBool::new(false),
+            info_denied_said: AtomicBool::new(false),
         }
     }
 
@@ -270,14 +276,7 @@ impl Locator {
             .clone()
             .set_addr(ConnectionAddr::Tcp(primary.0.clone(), primary.1));
         let asked = tokio::time::timeout(SENTINEL_TIMEOUT, async {
-            let client = Client::open(info).map_err(classify)?;
-            let config = AsyncConnectionConfig::new()
-                .set_connection_timeout(Some(SENTINEL_TIMEOUT))
-                .set_response_timeout(Some(SENTINEL_TIMEOUT));
-            let mut connection = client
-                .get_multiplexed_async_connection_with_config(&config)
-                .await
-                .map_err(classify)?;
+            let mut connection = connect(&info).await?;
             redis::cmd("INFO")
                 .arg("replication")
                 .query_async::<String>(&mut connection)
@@ -301,6 +300,18 @@ impl Locator {
                     ),
                     None => {}
                 }
+            }
+            // Said once: without it, a replica the sentinels cannot use may confirm
+            // writes in place of one they can promote.
+            Err(error)
+                if error.kind() == StoreErrorKind::Permission
+                    && !self.info_denied_said.swap(true, Ordering::AcqRel) =>
+            {
+                tracing::warn!(
+                    cause = error.detail(),
+                    "the primary does not allow INFO replication: writes wait only for the \
+                     replicas the sentinels count"
+                );
             }
             Err(error) => tracing::debug!(
                 cause = error.detail(),
@@ -493,6 +504,19 @@ async fn resolved(sentinels: &[ConnectionInfo]) -> Vec<ConnectionInfo> {
     addresses
 }
 
+/// A connection of its own to a sentinel, or to the primary, for one question: made and
+/// answered each within `SENTINEL_TIMEOUT`.
+async fn connect(info: &ConnectionInfo) -> Result<MultiplexedConnection, StoreError> {
+    let client = Client::open(info.clone()).map_err(classify)?;
+    let config = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(SENTINEL_TIMEOUT))
+        .set_response_timeout(Some(SENTINEL_TIMEOUT));
+    client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .map_err(classify)
+}
+
 /// One instance as `SENTINEL MASTER` and `SENTINEL REPLICAS` describe it: field → value.
 type Fields = HashMap<String, String>;
 
@@ -502,14 +526,7 @@ async fn ask_one(
     sentinel: &ConnectionInfo,
     master_name: &str,
 ) -> Result<Option<SentinelReport>, StoreError> {
-    let client = Client::open(sentinel.clone()).map_err(classify)?;
-    let config = AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(SENTINEL_TIMEOUT))
-        .set_response_timeout(Some(SENTINEL_TIMEOUT));
-    let mut connection = client
-        .get_multiplexed_async_connection_with_config(&config)
-        .await
-        .map_err(classify)?;
+    let mut connection = connect(sentinel).await?;
     let mut pipe = redis::pipe();
     pipe.cmd("SENTINEL")
         .arg("MASTER")
