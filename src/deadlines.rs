@@ -89,6 +89,12 @@ impl Deadlines {
     pub const RECONNECT_BACKOFF_MAX: Duration = Duration::from_millis(500);
     /// How long one sentinel may take to answer a lookup before it is left out of it.
     pub const SENTINEL_ANSWER: Duration = Duration::from_millis(500);
+    /// A replica the primary has not heard from for this long (its `INFO replication`
+    /// `lag`, in whole seconds; a replica answers every second) is taken as unable to
+    /// confirm writes: one the sentinels do not count is then not waited for
+    /// (`store::redis::failover`), so that a hung replica costs no more than until the
+    /// sentinels see it down.
+    pub const REPLICA_SILENT: Duration = Duration::from_secs(2);
     /// A connection the service ends is closed once the client has sent nothing for this
     /// long (what it sends until then is read and dropped), and at most the header read
     /// timeout after it was ended (`server::connection::close_gracefully`).

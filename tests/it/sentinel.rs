@@ -13,7 +13,7 @@ use crate::helpers::{
     Load, RedisServer, ServiceProcess, TestClient, allowed,
     limits::{self, for_visits, redis_return},
     redis::Flavor,
-    sentinel::{FAILOVER, MASTER_NAME, RedisGroup, SentinelProcess},
+    sentinel::{DOWN_AFTER, FAILOVER, MASTER_NAME, RedisGroup, SentinelProcess},
     wait_or_explain,
 };
 
@@ -217,6 +217,41 @@ async fn a_replica_killed_under_load_stops_counting_only_until_the_sentinels_see
     let replica = (0..3).find(|&n| n != primary).unwrap();
     group.nodes[replica].kill().await;
     more_visits(&load, &group, 500, bound).await;
+    let history = load.stop().await;
+
+    history.assert_counting_held(0, group.total().await, in_doubt(&services).await);
+    let outage = history.longest_outage();
+    assert!(
+        outage < bound,
+        "no visit counted for {outage:?}; refused clients were told:\n{}",
+        history.refusals()
+    );
+}
+
+/// A replica hung (paused) under load, still connected to the primary: visits are
+/// refused only until the sentinels see it down (or the primary has not heard from it
+/// for `REPLICA_SILENT`), not until the primary drops it (`repl-timeout`, a minute), and
+/// nothing is lost.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_hung_under_load_stops_counting_only_until_the_sentinels_see_it_down() {
+    let group = RedisGroup::start(Flavor::Redis).await;
+    let (services, deadlines) = services(&group, &["--redis-min-replicas", "1"]).await;
+    // The sentinels seeing it down, or its silence long enough, then a lookup and the
+    // writes refused meanwhile.
+    let bound = allowed(
+        DOWN_AFTER.max(Deadlines::REPLICA_SILENT)
+            + Deadlines::SENTINEL_ANSWER
+            + deadlines.store * 2,
+    );
+    let entries: Vec<_> = services.iter().map(|s| s.client.clone()).collect();
+    let load = Load::start_on(&entries, 16);
+    more_visits(&load, &group, 300, Duration::ZERO).await;
+
+    let primary = group.primary().await.expect("a primary");
+    let replica = (0..3).find(|&n| n != primary).unwrap();
+    group.nodes[replica].pause();
+    more_visits(&load, &group, 500, bound).await;
+    group.nodes[replica].resume();
     let history = load.stop().await;
 
     history.assert_counting_held(0, group.total().await, in_doubt(&services).await);

@@ -16,7 +16,9 @@
 //! a replica that may be promoted. For the same reason, so is every replica connected to
 //! the primary (as the primary says, every second) that the sentinels do not count: one
 //! they see as down (a password or an announced address they cannot reach it by) or do
-//! not know yet, and each beyond the first that gives one address as another does.
+//! not know yet, and each beyond the first that gives one address as another does; not
+//! one the primary has not heard from for `Deadlines::REPLICA_SILENT` (hung, it confirms
+//! nothing, and waiting for it would refuse every visit until the primary drops it).
 //!
 //! A server listed as a replica that reports itself a primary is not waited for: the old
 //! primary after a planned failover does so until the sentinels convert it (seconds
@@ -57,7 +59,10 @@ use std::{
     sync::Mutex,
 };
 
-use crate::store::{StoreError, StoreErrorKind};
+use crate::{
+    deadlines::Deadlines,
+    store::{StoreError, StoreErrorKind},
+};
 
 /// A Redis server's address, as the sentinels name it.
 pub type Address = (String, u16);
@@ -261,7 +266,8 @@ impl TargetState {
 }
 
 /// The replicas `INFO replication` says are connected and current: the address of each
-/// `slaveN:ip=…,port=…,state=online,…` line.
+/// `slaveN:ip=…,port=…,state=online,…,lag=…` line whose lag is under
+/// `Deadlines::REPLICA_SILENT` (a hung replica confirms nothing).
 pub fn online_replicas(info: &str) -> Vec<Address> {
     info.lines()
         .filter(|line| {
@@ -276,7 +282,8 @@ pub fn online_replicas(info: &str) -> Vec<Address> {
                     .split(',')
                     .find_map(|pair| pair.trim().strip_prefix(name)?.strip_prefix('='))
             };
-            (field("state")? == "online")
+            let lag: u64 = field("lag")?.parse().ok()?;
+            (field("state")? == "online" && lag < Deadlines::REPLICA_SILENT.as_secs())
                 .then(|| Some((field("ip")?.to_owned(), field("port")?.parse().ok()?)))
                 .flatten()
         })
@@ -341,11 +348,12 @@ mod tests {
     }
 
     #[test]
-    fn the_replicas_online_are_read_from_info_replication() {
-        let info = "# Replication\r\nrole:master\r\nconnected_slaves:3\r\n\
+    fn the_replicas_online_and_heard_from_are_read_from_info_replication() {
+        let info = "# Replication\r\nrole:master\r\nconnected_slaves:4\r\n\
                     slave0:ip=10.0.0.2,port=6379,state=online,offset=100,lag=0\r\n\
                     slave1:ip=10.0.0.3,port=6380,state=wait_bgsave,offset=0,lag=0\r\n\
                     slave2:ip=10.0.0.4,port=6381,state=online,offset=100,lag=1\r\n\
+                    slave3:ip=10.0.0.5,port=6382,state=online,offset=90,lag=7\r\n\
                     slave_read_repl_offset:5\r\nmaster_repl_offset:100\r\n";
 
         assert_eq!(
