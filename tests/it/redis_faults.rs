@@ -7,6 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use nix::sys::signal::Signal;
 use reqwest::{Method, StatusCode};
 use stackdemo::{deadlines::Deadlines, routes::VISIT_IN_DOUBT};
 
@@ -158,6 +159,15 @@ async fn a_key_of_the_wrong_type_refuses_the_visit_and_nothing_is_counted() {
         .map(|key| redis::from_redis_value(key).unwrap())
         .collect();
     assert!(!records.is_empty(), "the write keeps batch records");
+    let redis::Value::Array(written) = redis.query(&["KEYS", "hits:written:*"]).await.unwrap()
+    else {
+        panic!("KEYS answers an array");
+    };
+    let written: Vec<String> = written
+        .into_iter()
+        .map(|key| redis::from_redis_value(key).unwrap())
+        .collect();
+    assert_eq!(written.len(), 1, "the process's number of its last write");
     // (key, the wrong value)
     let mut cases = vec![
         ("hits", vec!["RPUSH", "hits", "a list"]),
@@ -175,6 +185,9 @@ async fn a_key_of_the_wrong_type_refuses_the_visit_and_nothing_is_counted() {
         // Without an expiry: it would stay so for ever.
         cases.push((record.as_str(), vec!["SET", record.as_str(), "a string"]));
     }
+    let own = written[0].as_str();
+    cases.push((own, vec!["SET", own, "not a number"]));
+    cases.push((own, vec!["HSET", own, "number", "1"]));
 
     let mut expected = 1;
     for (key, wrong) in cases {
@@ -216,7 +229,7 @@ async fn a_key_of_the_wrong_type_refuses_the_visit_and_nothing_is_counted() {
         redis.query(&["DEL", key]).await.unwrap();
         if let redis::Value::BulkString(dump) = saved {
             redis
-                .query_bytes(&[b"RESTORE", key.as_bytes(), b"0", &dump])
+                .query_bytes(&[b"RESTORE", key.as_bytes(), b"0", &dump, b"REPLACE"])
                 .await
                 .unwrap();
         }
@@ -1303,6 +1316,10 @@ async fn redis_losing_its_data_refuses_every_visit_until_the_data_is_back() {
         panic!("no mark of the data in Redis");
     };
     let mark = String::from_utf8(mark).unwrap();
+    let redis::Value::Array(own) = redis.query(&["KEYS", "hits:written:*"]).await.unwrap() else {
+        panic!("KEYS answers an array");
+    };
+    let own: String = redis::from_redis_value(own[0].clone()).unwrap();
     let reason = "counter store no longer holds the counts";
 
     let losses: [(&str, &[&[&str]]); 3] = [
@@ -1315,6 +1332,7 @@ async fn redis_losing_its_data_refuses_every_visit_until_the_data_is_back() {
     ];
     for (what, commands) in losses {
         let writes = redis.get_i64("hits:writes").await;
+        let own_writes = redis.get_i64(&own).await;
         for command in commands {
             redis.query(command).await.unwrap();
         }
@@ -1335,9 +1353,11 @@ async fn redis_losing_its_data_refuses_every_visit_until_the_data_is_back() {
             "{what}: a refused visit counted"
         );
 
-        // The data restored, as from a copy of Redis's files.
+        // The data restored, as from a copy of Redis's files: the total, the number of
+        // the last write and of this process's, the mark.
         redis.set("hits", &expected.to_string()).await;
         redis.set("hits:writes", &writes.to_string()).await;
+        redis.set(&own, &own_writes.to_string()).await;
         redis.set("hits:dataset", &mark).await;
         service.client.wait_ready(allowed(defaults().store)).await;
         expected += 1;
@@ -1469,6 +1489,57 @@ async fn redis_gone_back_to_an_older_copy_is_found_by_a_process_that_did_not_cou
         "a process that counted nothing since the copy",
     )
     .await;
+}
+
+/// A copy taken just before one process's last visits, restored, and another process's
+/// writes since carrying the number of the last write past theirs before the first
+/// process writes again: that process finds the copy older all the same (its own last
+/// write is not in it), and every process refuses. The other process, which heard of no
+/// write after the copy (paused here), answers some of those numbers again before that:
+/// the window the README states.
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_gone_back_to_an_older_copy_is_found_though_other_writes_passed_its_number() {
+    let mut redis = RedisServer::start_with(Flavor::Redis, None, &["--appendonly", "no"]).await;
+    let counted = service_on(&redis, &["--replica", "counted"]).await;
+    let other = service_on(&redis, &["--replica", "other"]).await;
+    counted.client.visit().await;
+    other.client.visit().await;
+    other.signal(Signal::SIGSTOP);
+    redis.query(&["SAVE"]).await.unwrap();
+    let mut last = 0;
+    for _ in 0..5 {
+        last = counted.client.visit().await;
+    }
+    counted.signal(Signal::SIGSTOP);
+
+    redis.kill().await;
+    redis.start_again().await;
+    assert!(redis.get_i64("hits").await < last, "the snapshot is loaded");
+    other.signal(Signal::SIGCONT);
+    other
+        .client
+        .wait_ready(allowed(redis_return(&defaults())))
+        .await;
+    for _ in 0..10 {
+        other.client.visit().await;
+    }
+    counted.signal(Signal::SIGCONT);
+
+    let reason = "counter store no longer holds the counts";
+    refuses_every_visit(
+        &counted.client,
+        reason,
+        "the process whose visits the copy lacks",
+    )
+    .await;
+    refuses_every_visit(&other.client, reason, "every other process").await;
+    assert!(
+        counted
+            .log()
+            .contains("Redis holds an older copy of the data"),
+        "{}",
+        counted.log()
+    );
 }
 
 /// A store that fails every write fails thousands a second under load: the log says so

@@ -15,13 +15,19 @@
 //! restored, a server that fell behind made primary. So every write is numbered too, and
 //! each process remembers the number of the last write acknowledged to it: a write that
 //! finds Redis at a lower number puts a new mark in place (`scripts::ADD_VISITS`), and
-//! every process then refuses as above.
+//! every process then refuses as above. Other processes' writes can carry the number
+//! past that one before the process writes again, so each process also remembers its own
+//! last acknowledged write, whose number its writes leave under a key of its own: a copy
+//! without that write holds a lower number there, whatever the others wrote since.
 
 use std::sync::{
-    OnceLock,
+    Mutex, OnceLock,
     atomic::{AtomicBool, AtomicI64, Ordering},
 };
 
+use tokio::time::Instant;
+
+use super::OWN_WRITE_SURE;
 use crate::store::{StoreError, StoreErrorKind};
 
 /// What a connection's setup asked of the mark.
@@ -37,6 +43,8 @@ pub(super) struct DatasetMark {
     id: OnceLock<String>,
     /// The number of the last write acknowledged to this process.
     acknowledged: AtomicI64,
+    /// This process's own last acknowledged write, while Redis is sure to hold its number.
+    own: Mutex<Option<OwnWrite>>,
     /// The mark a write puts in place when it finds an older copy of the data.
     replacement: String,
     /// Whether the mark's loss has been logged (and not its return since).
@@ -48,10 +56,19 @@ impl Default for DatasetMark {
         Self {
             id: OnceLock::new(),
             acknowledged: AtomicI64::new(0),
+            own: Mutex::new(None),
             replacement: fresh_mark(),
             lost_said: AtomicBool::new(false),
         }
     }
+}
+
+/// A write of this process acknowledged to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct OwnWrite {
+    number: i64,
+    /// When the last write or probe that renewed the number's key in Redis was sent.
+    renewed: Instant,
 }
 
 /// A mark no data has yet.
@@ -72,6 +89,35 @@ impl DatasetMark {
     /// A write numbered `number` was acknowledged (its replicas, if any, confirmed it).
     pub fn acknowledge(&self, number: i64) {
         self.acknowledged.fetch_max(number, Ordering::AcqRel);
+    }
+
+    /// The number of this process's own last acknowledged write, which Redis must hold
+    /// under this process's key; 0 when there is none it is sure to hold (no write yet, or
+    /// none renewed for `OWN_WRITE_SURE`).
+    pub fn own(&self, now: Instant) -> i64 {
+        match *self.own.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some(own) if now.saturating_duration_since(own.renewed) < OWN_WRITE_SURE => own.number,
+            _ => 0,
+        }
+    }
+
+    /// A write of this process numbered `number`, or a probe (`None`), sent at `sent`,
+    /// was acknowledged: either renewed the key of this process's number.
+    pub fn own_renewed(&self, number: Option<i64>, sent: Instant) {
+        let mut own = self.own.lock().unwrap_or_else(|e| e.into_inner());
+        let sure = own.filter(|own| sent.saturating_duration_since(own.renewed) < OWN_WRITE_SURE);
+        *own = match (sure, number) {
+            (Some(own), number) => Some(OwnWrite {
+                number: own.number.max(number.unwrap_or(0)),
+                renewed: own.renewed.max(sent),
+            }),
+            (None, Some(number)) => Some(OwnWrite {
+                number,
+                renewed: sent,
+            }),
+            // Redis may have dropped the key meanwhile: nothing to ask for until a write.
+            (None, None) => None,
+        };
     }
 
     /// The mark a write puts in place when it finds an older copy of the data.
@@ -154,5 +200,32 @@ impl DatasetMark {
                  Redis holds now"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_process_asks_for_its_own_last_write_while_redis_is_sure_to_hold_it() {
+        let mark = DatasetMark::default();
+        let start = Instant::now();
+        assert_eq!(mark.own(start), 0, "no write yet");
+
+        mark.own_renewed(Some(7), start);
+        mark.own_renewed(Some(5), start);
+        assert_eq!(mark.own(start), 7, "the last write, answers out of order");
+        mark.own_renewed(None, start + Duration::from_secs(200));
+        assert_eq!(mark.own(start + OWN_WRITE_SURE), 7, "renewed by a probe");
+
+        let silent = start + Duration::from_secs(200) + OWN_WRITE_SURE;
+        assert_eq!(mark.own(silent), 0, "Redis may have dropped it");
+        mark.own_renewed(None, silent);
+        assert_eq!(mark.own(silent), 0, "a probe does not bring it back");
+        mark.own_renewed(Some(9), silent);
+        assert_eq!(mark.own(silent), 9, "the next write sets it again");
     }
 }

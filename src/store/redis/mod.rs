@@ -52,6 +52,12 @@ const BATCH_RECORDS_KEPT: u64 = 64;
 /// How long a writer's batch records outlive its last write: long enough for any retry,
 /// short enough that the records of replicas long gone do not pile up.
 const BATCH_RECORDS_TTL: Duration = Duration::from_secs(600);
+/// How long after the write or probe that last renewed it a process's number of its last
+/// write (which lasts `BATCH_RECORDS_TTL`) is sure to be in Redis still, though this
+/// process's clock and Redis's run at different rates: past it, the process does not
+/// ask for it (`dataset`), so that Redis out of reach for longer is not taken for an
+/// older copy.
+const OWN_WRITE_SURE: Duration = Duration::from_secs(BATCH_RECORDS_TTL.as_secs() / 2);
 
 /// What every worker's session shares.
 pub struct RedisStore {
@@ -99,6 +105,8 @@ struct Keys {
     dataset: String,
     /// The number of the last write (`writes`, checked as `dataset` says).
     writes: String,
+    /// The number of this process's last write, under a token of its own (`dataset`).
+    written: String,
 }
 
 impl Keys {
@@ -115,6 +123,7 @@ impl Keys {
             salt_prefix: format!("{key}:salt:"),
             dataset: format!("{key}:dataset"),
             writes: format!("{key}:writes"),
+            written: format!("{key}:written:{:016x}", fastrand::u64(..)),
         }
     }
 

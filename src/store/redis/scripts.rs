@@ -13,7 +13,7 @@ use redis::Script;
 /// KEYS: 1 this writer's batch records, 2 the hash of visits per replica (the tutorial
 /// counter's shares), 3 the registry of counters (name -> who created it), 4 the mark of
 /// the data the service counts in (`dataset`), 5 the number of the last write (`writes`),
-/// then three per
+/// 6 the number of this service process's last write (`written:<process>`), then three per
 /// tally: the total (the tutorial's string key, INCR semantics; a named counter's hash,
 /// field `total`), the hash of visits per day, today's unique-visitor HyperLogLog.
 ///
@@ -23,14 +23,19 @@ use redis::Script;
 /// kept, 8 when today's unique visitors expire (s), 9 counters at most, 10 `1` when only
 /// counters the administrator created count, 11 the tutorial counter's name, 12 the mark
 /// the service took, 13 the number of the last write acknowledged to this service
-/// process, 14 the mark to put in place when Redis holds an older copy; then per
-/// tally: its name, its visits, how many visitors follow, the visitors (salted hashes).
+/// process, 14 the mark to put in place when Redis holds an older copy, 15 the number of
+/// this process's own last write acknowledged to it (0: none to check); then per tally: its name, its visits, how many visitors follow, the visitors (salted hashes).
 ///
 /// Every write is numbered (`INCRBY` of `writes`), so that data that went back to an older
 /// copy (a snapshot loaded after a crash, a backup restored, a stale server made primary)
-/// shows itself: it holds a lower number than a write already acknowledged. The write
-/// that finds it so puts a new mark in place, so that every process refuses to count on
-/// (`DATALOST`) until the data is restored or the services are restarted.
+/// shows itself: it holds a lower number than a write already acknowledged. Other
+/// processes' writes after the copy came back can pass that number, so each process's
+/// writes also leave the number of its last one under a key of its own (renewed by its
+/// probes, lasting as long as its batch records): a copy that lacks the last write
+/// acknowledged to a process lacks that number too, whatever the others wrote since. The
+/// write that finds an older copy puts a new mark in place, so that every process
+/// refuses to count on (`DATALOST`) until the data is restored or the services are
+/// restarted.
 ///
 /// Returns `{now_ms, replayed, results, write}`: `write` the write's number (a replay's:
 /// its first application's; a probe's: the last write's, whosever it was); per tally, comma-separated, the total after it
@@ -67,6 +72,9 @@ pub const ADD_VISITS: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local records, shares, registry = KEYS[1], KEYS[2], KEYS[3]
+local function failed(result)
+  return type(result) == 'table' and result.err
+end
 local replica, batch = ARGV[1], ARGV[3]
 local mark = redis.call('GET', KEYS[4])
 if mark ~= ARGV[12] then
@@ -77,9 +85,17 @@ local written = redis.call('GET', KEYS[5])
 if written and not string.match(written, '^%d+$') then
   return redis.error_reply('WRONGTYPE the number of the last write is not a number')
 end
+local mine = redis.pcall('GET', KEYS[6])
+if failed(mine) or (mine and not string.match(mine, '^%d+$')) then
+  return redis.error_reply('WRONGTYPE the number of this process\'s last write is not a number')
+end
 if tonumber(written or '0') < tonumber(ARGV[13]) then
   redis.call('SET', KEYS[4], ARGV[14])
   return redis.error_reply('DATALOST the store holds an older copy of the data counted in (write ' .. (written or '0') .. ', and ' .. ARGV[13] .. ' was acknowledged)')
+end
+if tonumber(mine or '0') < tonumber(ARGV[15]) then
+  redis.call('SET', KEYS[4], ARGV[14])
+  return redis.error_reply('DATALOST the store holds an older copy of the data counted in (without write ' .. ARGV[15] .. ', acknowledged to this process)')
 end
 local slot = tonumber(batch) % tonumber(ARGV[4])
 local recorded = redis.call('HGET', records, slot)
@@ -91,6 +107,7 @@ if recorded then
     -- for the connection's last write, and a fresh connection has none. The number is
     -- the first application's: acknowledged now, as its results are.
     redis.call('PEXPIRE', records, ARGV[5])
+    redis.call('PEXPIRE', KEYS[6], ARGV[5])
     return {now, 1, results, tonumber(number)}
   end
 end
@@ -108,7 +125,7 @@ local EXACT = 9007199254740992
 local names, visits, first, last, totals, days, uniques = {}, {}, {}, {}, {}, {}, {}
 local count = 0
 do
-  local a, k, n_args = 15, 6, #ARGV
+  local a, k, n_args = 16, 7, #ARGV
   while a <= n_args do
     count = count + 1
     local n = tonumber(ARGV[a + 2])
@@ -118,10 +135,6 @@ do
     a = a + 3 + n
     k = k + 3
   end
-end
-
-local function failed(result)
-  return type(result) == 'table' and result.err
 end
 
 -- A probe: every check a write of the tutorial's counter makes, and a write of nothing.
@@ -165,6 +178,8 @@ if batch == '0' then
     end
   end
   redis.call('PEXPIRE', records, ARGV[5])
+  -- This process's number, renewed as a write sets it.
+  redis.call('SET', KEYS[6], mine or '0', 'PX', ARGV[5])
   -- The number of the last write, every process's: once replicas confirm this probe,
   -- they hold that write too, and it is acknowledged to this process.
   return {now, 0, '', tonumber(written or '0')}
@@ -300,6 +315,10 @@ end
 
 -- The write's number, its first write: a full memory refuses it here, before any tally.
 local number = redis.call('INCRBY', KEYS[5], 1)
+-- This process's, which only ever grows: a failed batch leaves it past the process's
+-- last acknowledged write, which is all it must not fall below.
+local mine_set = redis.pcall('SET', KEYS[6], number, 'PX', ARGV[5])
+if failed(mine_set) then return redis.error_reply(mine_set.err) end
 local results = {}
 for i = 1, count do
   local result = apply(i)

@@ -107,6 +107,7 @@ impl RedisSession {
             keys.registry.clone(),
             keys.dataset.clone(),
             keys.writes.clone(),
+            keys.written.clone(),
         ];
         let unique_until = day
             .plus(policy.retention_days)
@@ -129,6 +130,7 @@ impl RedisSession {
             store.dataset.id().as_bytes().to_vec(),
             store.dataset.acknowledged().to_string().into_bytes(),
             store.dataset.replacement().as_bytes().to_vec(),
+            store.dataset.own(Instant::now()).to_string().into_bytes(),
         ];
         for tally in tallies {
             let name = tally.counter.as_str();
@@ -267,7 +269,7 @@ impl RedisSession {
         };
         let Some(wanted) = replicas_wanted else {
             self.clock.observe(redis_now, received);
-            store.dataset.acknowledge(number);
+            self.acknowledged(prepared, number, now);
             return Tried::Done(results);
         };
         let reached = replies.next().map(replicas_reached);
@@ -293,8 +295,18 @@ impl RedisSession {
                 );
             }
         }
-        store.dataset.acknowledge(number);
+        self.acknowledged(prepared, number, now);
         Tried::Done(results)
+    }
+
+    /// A write (or probe) sent at `sent` was acknowledged: its number (a probe's, the
+    /// last write's, whosever it was) is one Redis must not fall below, and this process's
+    /// own number was renewed.
+    fn acknowledged(&self, prepared: &Prepared, number: i64, sent: Instant) {
+        let dataset = &self.store.dataset;
+        dataset.acknowledge(number);
+        let own = (prepared.batch != 0).then_some(number);
+        dataset.own_renewed(own, sent);
     }
 
     /// Today's salt for visitors' hashes: the one Redis holds for the day (made by the
