@@ -75,7 +75,7 @@ pub async fn set_total(
         .await
         .map_err(|error| admin_failed(error, name == state.counters.tutorial))?;
     let (created, previous) = match previous {
-        Previous::Made => (true, None),
+        Previous::Absent => (true, None),
         Previous::Total(before) => (false, Some(before)),
         Previous::Unreadable => (false, None),
     };
@@ -109,16 +109,26 @@ pub async fn delete(
             "the tutorial's counter is not deleted; set its total to 0 instead".into(),
         ));
     }
-    let existed = state
+    let previous = match state
         .store
         .delete(&name, state.deadlines.store)
         .await
-        .map_err(|error| admin_failed(error, false))?;
-    if !existed {
-        return Err(ApiError::NotFound("no such counter"));
-    }
-    tracing::info!(action = "delete", counter = %name, "the administrator deleted a counter");
-    Ok(Json(json!({ "name": name.as_str(), "deleted": true })).into_response())
+        .map_err(|error| admin_failed(error, false))?
+    {
+        Previous::Absent => return Err(ApiError::NotFound("no such counter")),
+        Previous::Total(total) => Some(total),
+        Previous::Unreadable => None,
+    };
+    tracing::info!(
+        action = "delete",
+        counter = %name,
+        previous,
+        "the administrator deleted a counter"
+    );
+    Ok(
+        Json(json!({ "name": name.as_str(), "deleted": true, "previous": previous }))
+            .into_response(),
+    )
 }
 
 /// How far an export got. Dropped before the end (the client went away, or its

@@ -110,11 +110,12 @@ impl MemoryStore {
         Ok(counts.totals.insert(name.clone(), total))
     }
 
-    pub fn delete(&self, name: &CounterName) -> bool {
+    /// Deletes a counter; returns its total, if there was one.
+    pub fn delete(&self, name: &CounterName) -> Option<i64> {
         let mut counts = self.lock();
         counts.days.retain(|(counter, _), _| counter != name);
         counts.uniques.retain(|(counter, _), _| counter != name);
-        counts.totals.remove(name).is_some()
+        counts.totals.remove(name)
     }
 
     pub fn list(&self) -> Vec<(CounterName, i64)> {

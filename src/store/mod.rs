@@ -118,11 +118,11 @@ impl From<StoreError> for ListError {
 /// of the next page, if there is one.
 pub type CounterPage = (Vec<(CounterName, Result<i64, StoreError>)>, Option<String>);
 
-/// A counter's total before the administrator set it.
+/// A counter's total before the administrator set it or deleted it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Previous {
-    /// There was no such counter: setting its total made it.
-    Made,
+    /// There was no such counter: setting its total made it; deleting it found nothing.
+    Absent,
     Total(i64),
     /// There was such a counter, but its total was not a number (changed by hand).
     Unreadable,
@@ -130,7 +130,7 @@ pub enum Previous {
 
 impl From<Option<i64>> for Previous {
     fn from(total: Option<i64>) -> Self {
-        total.map_or(Previous::Made, Previous::Total)
+        total.map_or(Previous::Absent, Previous::Total)
     }
 }
 
@@ -332,13 +332,17 @@ impl WorkerStore {
     }
 
     /// Deletes a counter with its history; whether there was one.
-    pub async fn delete(&self, name: &CounterName, timeout: Duration) -> Result<bool, AdminError> {
+    pub async fn delete(
+        &self,
+        name: &CounterName,
+        timeout: Duration,
+    ) -> Result<Previous, AdminError> {
         let by = Instant::now() + timeout;
         let change = async {
             match self {
                 WorkerStore::Redis(s) => s.delete(name, by).await,
                 WorkerStore::Embedded(s) => s.delete(name).await.map_err(AdminError::Store),
-                WorkerStore::Memory(s) => Ok(s.delete(name)),
+                WorkerStore::Memory(s) => Ok(s.delete(name).into()),
             }
         };
         tokio::time::timeout_at(by, change)

@@ -865,6 +865,11 @@ async fn the_administrator_sets_resets_and_deletes_and_no_one_else_can(backend: 
         .await
         .unwrap();
     assert_eq!(deleted.status(), StatusCode::OK);
+    assert_eq!(
+        deleted.json::<Value>().await.unwrap()["previous"],
+        1,
+        "the total it held"
+    );
     let (status, _) = json(client, Method::GET, "/api/counters/page").await;
     assert_eq!(status, StatusCode::NOT_FOUND, "deleted with its history");
     let again = admin(Method::DELETE, "/api/counters/page", None)
@@ -1808,7 +1813,12 @@ async fn the_administrators_changes_are_logged_and_the_token_is_not() {
         (&json!("docs"), &json!(true), &json!(42)),
         "{set}"
     );
-    assert_eq!(logged("delete")["counter"], "docs");
+    let delete = logged("delete");
+    assert_eq!(
+        (&delete["counter"], &delete["previous"]),
+        (&json!("docs"), &json!(42)),
+        "the total it held: {delete}"
+    );
     let refusals = log
         .lines()
         .filter(|line| line.contains("without the administrator's token"))

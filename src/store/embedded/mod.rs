@@ -50,7 +50,7 @@ use self::{
     tables::{COUNTS, TOTAL},
     writer::{CALLED_BACK, WAITING, Write, spin_limit, write_loop},
 };
-use super::{AdminError, Identity, ReplicaStats, Snapshot, StoreError, StoreErrorKind};
+use super::{AdminError, Identity, Previous, ReplicaStats, Snapshot, StoreError, StoreErrorKind};
 use crate::counters::{
     CounterName, CounterPolicy, CounterReading, Tally, TallyResult, export::CounterExport,
 };
@@ -282,7 +282,7 @@ impl EmbeddedStore {
     }
 
     /// Deletes a counter with its history; whether there was one.
-    pub async fn delete(&self, name: &CounterName) -> Result<bool, StoreError> {
+    pub async fn delete(&self, name: &CounterName) -> Result<Previous, StoreError> {
         let inner = self.inner.clone();
         let name = name.clone();
         self.admin(move || tables::delete(&*inner.database()?, &inner.rules(), &name))

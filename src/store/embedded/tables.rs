@@ -25,7 +25,7 @@ use crate::{
         sketch::Sketch,
         visitor,
     },
-    store::{AdminError, Identity, StoreError},
+    store::{AdminError, Identity, Previous, StoreError},
 };
 
 pub(super) const COUNTS: TableDefinition<(&str, &str), u64> = TableDefinition::new("counts");
@@ -385,9 +385,9 @@ pub(super) fn delete(
     db: &Database,
     rules: &Rules<'_>,
     name: &CounterName,
-) -> Result<bool, StoreError> {
+) -> Result<Previous, StoreError> {
     let txn = begin_change(db, rules.changes)?;
-    let existed = {
+    let previous = {
         let mut tables = Tables::open(&txn)?;
         let key = name.as_str();
         let registered = tables.counters.remove(key).map_err(classify)?.is_some();
@@ -395,12 +395,17 @@ pub(super) fn delete(
             .counts
             .remove((key, TOTAL))
             .map_err(classify)?
-            .is_some();
+            .map(|total| total.value() as i64);
         tables.forget_before(key, Day(u32::MAX))?;
-        registered || total
+        match total {
+            Some(total) => Previous::Total(total),
+            // Counted from 0: a counter made holds its total from its first change.
+            None if registered => Previous::Total(0),
+            None => Previous::Absent,
+        }
     };
     txn.commit().map_err(|e| classify(e).with_doubt())?;
-    Ok(existed)
+    Ok(previous)
 }
 
 /// Up to `limit` counters' names after `after`, in name order, with their totals.

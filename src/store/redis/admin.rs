@@ -43,7 +43,7 @@ impl RedisSession {
             .arg(store.tutorial.as_str());
         match self.change::<(Option<String>,)>(&pipe, answer_by).await {
             Ok((previous,)) => Ok(match previous {
-                None => Previous::Made,
+                None => Previous::Absent,
                 Some(text) => text.parse().map_or(Previous::Unreadable, Previous::Total),
             }),
             Err(error) if error.detail().contains("TOOMANY") => Err(AdminError::TooMany),
@@ -55,7 +55,11 @@ impl RedisSession {
     /// whatever they hold: deleting is how a counter whose key has the wrong type starts
     /// again. Its unique visitors go for every day its history names and every day that
     /// may still have them (a sketch outlives its day by the days kept).
-    pub async fn delete(&self, name: &CounterName, answer_by: Instant) -> Result<bool, AdminError> {
+    pub async fn delete(
+        &self,
+        name: &CounterName,
+        answer_by: Instant,
+    ) -> Result<Previous, AdminError> {
         let keys = &self.store.keys;
         let hash = keys.counter_days(name.as_str());
         let mut pipe = redis::pipe();
@@ -84,11 +88,16 @@ impl RedisSession {
             .arg(&hash)
             .arg(&uniques)
             .arg(name.as_str());
-        let (existed,): (i64,) = match self.change(&pipe, answer_by).await {
-            Ok(existed) => existed,
+        let ((existed, total),): ((i64, String),) = match self.change(&pipe, answer_by).await {
+            Ok(deleted) => deleted,
             Err(error) => return Err(self.admin_error(error, answer_by).await),
         };
-        Ok(existed == 1)
+        Ok(match (existed, total.as_str()) {
+            (0, _) => Previous::Absent,
+            // Registered, not counted yet: made by a first visit whose count was undone.
+            (_, "") => Previous::Total(0),
+            (_, total) => total.parse().map_or(Previous::Unreadable, Previous::Total),
+        })
     }
 
     /// A page of counters' names, from `cursor` (0: the first page); the cursor of the

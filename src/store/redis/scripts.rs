@@ -425,7 +425,8 @@ return previous
 ";
 
 /// Deletes a counter: its total, history and unique visitors, and its registration.
-/// Returns 1 if any of them was there.
+/// Returns `{existed, total}`: 1 if any of them was there, and the total it held (empty
+/// when there was none, `?` when it was not readable: a key of another kind).
 ///
 /// KEYS: 1 the registry, 2 the counter's hash, then its unique-visitor keys. ARGV: 1 name.
 ///
@@ -435,6 +436,8 @@ return previous
 /// made in part).
 pub const DELETE: &str = r"
 local registered = redis.call('HGET', KEYS[1], ARGV[1])
+local total = redis.pcall('HGET', KEYS[2], 'total')
+if type(total) == 'table' then total = '?' end
 local unregistered = redis.pcall('HDEL', KEYS[1], ARGV[1])
 if type(unregistered) == 'table' and unregistered.err then return unregistered end
 local existed = redis.pcall('DEL', unpack(KEYS, 2))
@@ -447,8 +450,8 @@ if type(existed) == 'table' and existed.err then
   end
   return existed
 end
-if existed + unregistered > 0 then return 1 end
-return 0
+if existed + unregistered > 0 then return {1, total or ''} end
+return {0, ''}
 ";
 
 /// The scripts, hashed once.
