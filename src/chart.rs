@@ -3,7 +3,10 @@
 
 use std::fmt::Write;
 
-use crate::{counters::DayReading, page::escape};
+use crate::{
+    counters::DayReading,
+    page::{count_of, escape},
+};
 
 const WIDTH: f64 = 720.0;
 const HEIGHT: f64 = 200.0;
@@ -42,10 +45,10 @@ pub fn render(days: &[DayReading]) -> String {
         let unique = plot_height * day.unique.min(day.visits) as f64 / most as f64;
         let _ = write!(
             svg,
-            r#"<g><title>{date}: {visits} visits, about {unique_count} unique visitors</title><rect x="{x:.1}" y="{y:.1}" width="{bar:.1}" height="{height:.1}" class="visits"/><rect x="{x:.1}" y="{uy:.1}" width="{bar:.1}" height="{unique:.1}" class="unique"/></g>"#,
+            r#"<g><title>{date}: {visits}, about {unique_count}</title><rect x="{x:.1}" y="{y:.1}" width="{bar:.1}" height="{height:.1}" class="visits"/><rect x="{x:.1}" y="{uy:.1}" width="{bar:.1}" height="{unique:.1}" class="unique"/></g>"#,
             date = escape(&day.date),
-            visits = day.visits,
-            unique_count = day.unique,
+            visits = count_of(day.visits, "visit"),
+            unique_count = count_of(day.unique, "unique visitor"),
             y = HEIGHT - BOTTOM - height,
             uy = HEIGHT - BOTTOM - unique,
         );

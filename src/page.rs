@@ -56,8 +56,10 @@ pub fn counter(
             let today = reading.today();
             (
                 format!(
-                    "Today ({}): {} visits, about {} unique visitors.",
-                    today.date, today.visits, today.unique
+                    "Today ({}): {}, about {}.",
+                    today.date,
+                    count_of(today.visits, "visit"),
+                    count_of(today.unique, "unique visitor")
                 ),
                 chart::render(&reading.days),
             )
@@ -83,6 +85,15 @@ pub fn counter(
         .replace("{{name}}", &escape(name.as_str()))
 }
 
+/// `n` of `what`: "1 visit", "2 visits".
+pub fn count_of(n: u64, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
+}
+
 /// Escapes text for HTML element content and quoted attribute values.
 pub fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
@@ -105,6 +116,13 @@ mod tests {
 
     fn accept(value: &str) -> bool {
         prefers_html(Some(&HeaderValue::from_str(value).unwrap()))
+    }
+
+    #[test]
+    fn a_count_of_one_is_singular() {
+        assert_eq!(count_of(1, "visit"), "1 visit");
+        assert_eq!(count_of(0, "unique visitor"), "0 unique visitors");
+        assert_eq!(count_of(21, "visit"), "21 visits");
     }
 
     #[test]

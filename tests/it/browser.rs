@@ -104,7 +104,7 @@ async fn the_page_shows_the_count_the_replica_and_the_live_view() {
     );
     assert!(
         dom.contains(r#"data-replica="constructor""#)
-            && dom.contains("1 visits (17%), v0.1.0, gone"),
+            && dom.contains("1 visit (17%), v0.1.0, gone"),
         "the stopped replica is listed as gone:\n{dom}"
     );
     assert!(
