@@ -642,7 +642,17 @@ async fn many_counters_under_concurrency_get_distinct_contiguous_numbers_each(ba
     let in_doubt = app.client.metric("stackdemo_visits_in_doubt_total").await as u64;
     let report = history.assert_counters_held(&totals, in_doubt);
 
-    assert_eq!(report.failed, 0, "{}", history.refusals());
+    assert_eq!(
+        report.failed,
+        0,
+        "{}\n{}",
+        history.refusals(),
+        app.log()
+            .lines()
+            .filter(|line| !line.contains("\"GET\""))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
     assert!(totals.len() > 100, "{} counters visited", totals.len());
     let counted: i64 = totals.values().map(|(_, end)| end).sum();
     assert_eq!(counted, report.succeeded as i64, "every visit counted once");

@@ -15,6 +15,7 @@ use crate::helpers::{
     Load, RedisServer, ServiceProcess, TestApp, TestClient,
     admin::{admin_change, token_file},
     allowed,
+    client::Answer,
     limits::{self, PROCESS_START, for_visits, redis_return},
     redis::Flavor,
     wait_or_explain, wait_until,
@@ -1539,6 +1540,87 @@ async fn redis_gone_back_to_an_older_copy_is_found_though_other_writes_passed_it
             .contains("Redis holds an older copy of the data"),
         "{}",
         counted.log()
+    );
+}
+
+/// A service process paused (SIGSTOP; a busy host stalls its threads the same way) while
+/// Redis's answer to a write waits to be read: that answer tells Redis's time as if read
+/// when it was, longer ago than it seems. A visit sent and answered after the pause, in
+/// time, is not refused for arriving at Redis after its deadline (every pause that caught
+/// an answer so refused the next visit: the deadlines were set early by the pause).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pause_with_redis_answers_waiting_does_not_refuse_the_visits_after_it() {
+    const PAUSES: usize = 10;
+    const CLIENTS: usize = 4;
+    let redis = RedisServer::start().await;
+    let service = service_on(&redis, &["--store-timeout", "400ms"]).await;
+    // Longer than half the store timeout, the time a write has to reach Redis.
+    let pause = Duration::from_millis(300);
+    let running = Duration::from_millis(300);
+    service.client.visit().await;
+
+    // A few clients, so that a write is under way whenever the process is paused.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let visiting: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let stop = stop.clone();
+            let client = service.client.clone();
+            tokio::spawn(async move {
+                let mut visits = Vec::new();
+                while !stop.is_cancelled() {
+                    let sent = Instant::now();
+                    let answer = client.try_visit().await;
+                    visits.push((sent, Instant::now(), answer));
+                }
+                visits
+            })
+        })
+        .collect();
+    // When the process ran: from each continue to the next stop.
+    let mut runs = Vec::new();
+    let mut from = Instant::now();
+    for _ in 0..PAUSES {
+        tokio::time::sleep(running).await;
+        service.signal(Signal::SIGSTOP);
+        runs.push((from, Instant::now()));
+        tokio::time::sleep(pause).await;
+        service.signal(Signal::SIGCONT);
+        from = Instant::now();
+    }
+    tokio::time::sleep(running).await;
+    stop.cancel();
+    let mut visits = Vec::new();
+    for client in visiting {
+        visits.extend(client.await.unwrap());
+    }
+    runs.push((from, Instant::now()));
+
+    let within_a_run = |sent: Instant, answered: Instant| {
+        runs.iter()
+            .any(|&(from, until)| sent > from && answered < until)
+    };
+    let refused: Vec<&Answer> = visits
+        .iter()
+        .filter(|(sent, answered, _)| within_a_run(*sent, *answered))
+        .map(|(_, _, answer)| answer)
+        .filter(|answer| answer.status != Some(StatusCode::OK))
+        .collect();
+    let in_runs = visits
+        .iter()
+        .filter(|(sent, answered, _)| within_a_run(*sent, *answered))
+        .count();
+    assert!(in_runs > 0, "no visit went through while the process ran");
+    assert!(
+        refused.is_empty(),
+        "{} of {in_runs} visits made while the process ran were refused, the first: {:?}\n{}",
+        refused.len(),
+        refused[0],
+        service
+            .log()
+            .lines()
+            .filter(|line| !line.contains("\"GET\""))
+            .collect::<Vec<_>>()
+            .join("\n")
     );
 }
 

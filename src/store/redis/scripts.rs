@@ -114,7 +114,7 @@ end
 local day, keep, unique_until = ARGV[6], tonumber(ARGV[7]), ARGV[8]
 local max_counters, closed, tutorial = tonumber(ARGV[9]), ARGV[10] == '1', ARGV[11]
 if now > tonumber(ARGV[2]) then
-  return redis.error_reply('EXPIRED write reached Redis after its deadline, at ' .. string.format('%.0f', now))
+  return redis.error_reply('EXPIRED write reached Redis after its deadline (' .. ARGV[2] .. '), at ' .. string.format('%.0f', now))
 end
 local MAX = '9223372036854775807'
 -- Integers Lua holds exactly (its numbers are doubles).

@@ -376,7 +376,9 @@ impl RedisSession {
         }
         pipe.cmd("ROLE").cmd("TIME").cmd("INFO").arg("memory");
         let mark = store.dataset.add_check(&store.keys.dataset, &mut pipe);
+        let sent = Instant::now();
         let replies: Vec<Value> = pipe.query_async(&mut connection).await.map_err(classify)?;
+        let received = Instant::now();
         let [load_visits, load_heartbeat, role, time, info, held]: [Value; 6] =
             replies.try_into().map_err(|_| {
                 StoreError::new(StoreErrorKind::Failed, "unexpected reply to the setup")
@@ -385,7 +387,7 @@ impl RedisSession {
         reply::<String>(load_heartbeat)?;
         let (secs, micros): (i64, i64) = reply(time)?;
         self.clock
-            .observe(secs * 1000 + micros / 1000, Instant::now());
+            .observe(secs * 1000 + micros / 1000, sent, received);
         let role: Vec<Value> = reply(role)?;
         let role_name = role
             .first()

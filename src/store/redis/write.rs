@@ -243,8 +243,8 @@ impl RedisSession {
             match <RedisResult<(i64, i64, String, i64)>>::from_redis_value(script) {
                 Ok(Ok(reply)) => reply,
                 Ok(Err(error)) => {
-                    if let Some(now) = expired_at(&error) {
-                        self.clock.observe(now, received);
+                    if let Some(redis_now) = expired_at(&error) {
+                        self.clock.observe(redis_now, now, received);
                     }
                     // A write the script could not undo whole: its visits may be counted.
                     if error.code() == Some("PARTIAL") {
@@ -268,13 +268,14 @@ impl RedisSession {
             Err(error) => return Tried::Failed(error),
         };
         let Some(wanted) = replicas_wanted else {
-            self.clock.observe(redis_now, received);
+            self.clock.observe(redis_now, now, received);
             self.acknowledged(prepared, number, now);
             return Tried::Done(results);
         };
         let reached = replies.next().map(replicas_reached);
         if let Some(Ok((secs, micros))) = replies.next().map(<(i64, i64)>::from_redis_value) {
-            self.clock.observe(secs * 1000 + micros / 1000, received);
+            self.clock
+                .observe(secs * 1000 + micros / 1000, now, received);
         }
         match reached {
             Some(Ok(reached)) if reached >= wanted => {}
