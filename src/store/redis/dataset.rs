@@ -25,6 +25,8 @@ use std::sync::{
     atomic::{AtomicBool, AtomicI64, Ordering},
 };
 
+use std::time::{Duration, SystemTime};
+
 use tokio::time::Instant;
 
 use super::OWN_WRITE_SURE;
@@ -68,7 +70,46 @@ impl Default for DatasetMark {
 struct OwnWrite {
     number: i64,
     /// When the last write or probe that renewed the number's key in Redis was sent.
-    renewed: Instant,
+    renewed: Moment,
+}
+
+/// A moment on both of this process's clocks. The monotonic clock stands still while the
+/// host is suspended, and Redis's expiries do not (on a laptop running both, a closed
+/// lid); the wall clock moves on through a suspension but may be set back or forward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Moment {
+    monotonic: Instant,
+    wall: SystemTime,
+}
+
+impl Moment {
+    pub fn now() -> Self {
+        Self {
+            monotonic: Instant::now(),
+            wall: SystemTime::now(),
+        }
+    }
+
+    /// How long since `earlier`, as the clock that moved most tells it; `None` when the
+    /// wall clock went back, and how long it has been cannot be told.
+    fn since(&self, earlier: &Moment) -> Option<Duration> {
+        let wall = self.wall.duration_since(earlier.wall).ok()?;
+        Some(wall.max(self.monotonic.saturating_duration_since(earlier.monotonic)))
+    }
+
+    /// Whether Redis is sure to hold still what was renewed at `renewed`.
+    fn sure_since(&self, renewed: &Moment) -> bool {
+        self.since(renewed)
+            .is_some_and(|past| past < OWN_WRITE_SURE)
+    }
+
+    #[cfg(test)]
+    fn plus(&self, past: Duration) -> Self {
+        Self {
+            monotonic: self.monotonic + past,
+            wall: self.wall + past,
+        }
+    }
 }
 
 /// A mark no data has yet.
@@ -94,22 +135,27 @@ impl DatasetMark {
     /// The number of this process's own last acknowledged write, which Redis must hold
     /// under this process's key; 0 when there is none it is sure to hold (no write yet, or
     /// none renewed for `OWN_WRITE_SURE`).
-    pub fn own(&self, now: Instant) -> i64 {
+    pub fn own(&self, now: Moment) -> i64 {
         match *self.own.lock().unwrap_or_else(|e| e.into_inner()) {
-            Some(own) if now.saturating_duration_since(own.renewed) < OWN_WRITE_SURE => own.number,
+            Some(own) if now.sure_since(&own.renewed) => own.number,
             _ => 0,
         }
     }
 
     /// A write of this process numbered `number`, or a probe (`None`), sent at `sent`,
     /// was acknowledged: either renewed the key of this process's number.
-    pub fn own_renewed(&self, number: Option<i64>, sent: Instant) {
+    pub fn own_renewed(&self, number: Option<i64>, sent: Moment) {
         let mut own = self.own.lock().unwrap_or_else(|e| e.into_inner());
-        let sure = own.filter(|own| sent.saturating_duration_since(own.renewed) < OWN_WRITE_SURE);
+        let sure = own.filter(|own| sent.sure_since(&own.renewed));
         *own = match (sure, number) {
             (Some(own), number) => Some(OwnWrite {
                 number: own.number.max(number.unwrap_or(0)),
-                renewed: own.renewed.max(sent),
+                // The later of the two: answers come in any order.
+                renewed: if sent.since(&own.renewed).is_some() {
+                    sent
+                } else {
+                    own.renewed
+                },
             }),
             (None, Some(number)) => Some(OwnWrite {
                 number,
@@ -205,27 +251,50 @@ impl DatasetMark {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
 
-    #[tokio::test(start_paused = true)]
-    async fn a_process_asks_for_its_own_last_write_while_redis_is_sure_to_hold_it() {
+    #[test]
+    fn a_process_asks_for_its_own_last_write_while_redis_is_sure_to_hold_it() {
         let mark = DatasetMark::default();
-        let start = Instant::now();
+        let start = Moment::now();
         assert_eq!(mark.own(start), 0, "no write yet");
 
         mark.own_renewed(Some(7), start);
         mark.own_renewed(Some(5), start);
         assert_eq!(mark.own(start), 7, "the last write, answers out of order");
-        mark.own_renewed(None, start + Duration::from_secs(200));
-        assert_eq!(mark.own(start + OWN_WRITE_SURE), 7, "renewed by a probe");
+        mark.own_renewed(None, start.plus(Duration::from_secs(200)));
+        assert_eq!(
+            mark.own(start.plus(OWN_WRITE_SURE)),
+            7,
+            "renewed by a probe"
+        );
 
-        let silent = start + Duration::from_secs(200) + OWN_WRITE_SURE;
+        let silent = start.plus(Duration::from_secs(200) + OWN_WRITE_SURE);
         assert_eq!(mark.own(silent), 0, "Redis may have dropped it");
         mark.own_renewed(None, silent);
         assert_eq!(mark.own(silent), 0, "a probe does not bring it back");
         mark.own_renewed(Some(9), silent);
         assert_eq!(mark.own(silent), 9, "the next write sets it again");
+    }
+
+    /// The monotonic clock stands still while the host is suspended; Redis's expiries run
+    /// on. Nor is a wall clock set back taken for time that has not passed.
+    #[test]
+    fn a_suspended_host_or_a_clock_set_back_does_not_ask_for_what_may_have_expired() {
+        let mark = DatasetMark::default();
+        let start = Moment::now();
+        mark.own_renewed(Some(7), start);
+
+        let resumed = Moment {
+            monotonic: start.monotonic + Duration::from_secs(1),
+            wall: start.wall + OWN_WRITE_SURE,
+        };
+        assert_eq!(mark.own(resumed), 0, "suspended for longer than it is sure");
+        let set_back = Moment {
+            monotonic: start.monotonic + Duration::from_secs(1),
+            wall: start.wall - Duration::from_secs(1),
+        };
+        assert_eq!(mark.own(set_back), 0, "the wall clock set back");
+        assert_eq!(mark.own(start.plus(Duration::from_secs(1))), 7);
     }
 }

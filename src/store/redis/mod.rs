@@ -54,9 +54,9 @@ const BATCH_RECORDS_KEPT: u64 = 64;
 const BATCH_RECORDS_TTL: Duration = Duration::from_secs(600);
 /// How long after the write or probe that last renewed it a process's number of its last
 /// write (which lasts `BATCH_RECORDS_TTL`) is sure to be in Redis still, though this
-/// process's clock and Redis's run at different rates: past it, the process does not
-/// ask for it (`dataset`), so that Redis out of reach for longer is not taken for an
-/// older copy.
+/// process's clocks and Redis's run at different rates: past it, on either clock
+/// (`dataset::Moment`), the process does not ask for it, so that Redis out of reach for
+/// longer, or a host suspended, is not taken for an older copy.
 const OWN_WRITE_SURE: Duration = Duration::from_secs(BATCH_RECORDS_TTL.as_secs() / 2);
 
 /// What every worker's session shares.

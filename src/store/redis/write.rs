@@ -17,6 +17,7 @@ use tokio::time::{Instant, timeout_at};
 
 use super::{
     BATCH_RECORDS_KEPT, BATCH_RECORDS_TTL, classify,
+    dataset::Moment,
     session::{MAX_ATTEMPTS, RedisSession, Tried},
 };
 use crate::{
@@ -130,7 +131,7 @@ impl RedisSession {
             store.dataset.id().as_bytes().to_vec(),
             store.dataset.acknowledged().to_string().into_bytes(),
             store.dataset.replacement().as_bytes().to_vec(),
-            store.dataset.own(Instant::now()).to_string().into_bytes(),
+            store.dataset.own(Moment::now()).to_string().into_bytes(),
         ];
         for tally in tallies {
             let name = tally.counter.as_str();
@@ -190,6 +191,7 @@ impl RedisSession {
             Err(error) => return Tried::Failed(error),
         };
         let now = Instant::now();
+        let sent = Moment::now();
         if now >= answer_by {
             return Tried::Failed(StoreError::new(
                 StoreErrorKind::Timeout,
@@ -269,7 +271,7 @@ impl RedisSession {
         };
         let Some(wanted) = replicas_wanted else {
             self.clock.observe(redis_now, now, received);
-            self.acknowledged(prepared, number, now);
+            self.acknowledged(prepared, number, sent);
             return Tried::Done(results);
         };
         let reached = replies.next().map(replicas_reached);
@@ -296,14 +298,14 @@ impl RedisSession {
                 );
             }
         }
-        self.acknowledged(prepared, number, now);
+        self.acknowledged(prepared, number, sent);
         Tried::Done(results)
     }
 
     /// A write (or probe) sent at `sent` was acknowledged: its number (a probe's, the
     /// last write's, whosever it was) is one Redis must not fall below, and this process's
     /// own number was renewed.
-    fn acknowledged(&self, prepared: &Prepared, number: i64, sent: Instant) {
+    fn acknowledged(&self, prepared: &Prepared, number: i64, sent: Moment) {
         let dataset = &self.store.dataset;
         dataset.acknowledge(number);
         let own = (prepared.batch != 0).then_some(number);
