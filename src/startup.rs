@@ -24,7 +24,7 @@ use crate::{
 };
 
 /// How often a replica announces that it is alive and reads the total for its gauge.
-const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How often histogram samples are folded into buckets.
 const METRICS_UPKEEP_INTERVAL: Duration = Duration::from_secs(1);

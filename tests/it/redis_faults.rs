@@ -9,7 +9,7 @@ use std::{
 
 use nix::sys::signal::Signal;
 use reqwest::{Method, StatusCode};
-use stackdemo::{deadlines::Deadlines, routes::VISIT_IN_DOUBT};
+use stackdemo::{deadlines::Deadlines, routes::VISIT_IN_DOUBT, startup::HEARTBEAT_INTERVAL};
 
 use crate::helpers::{
     Load, RedisServer, ServiceProcess, TestApp, TestClient,
@@ -1059,6 +1059,76 @@ async fn an_administrators_change_refused_half_way_is_undone_or_said_to_be_in_do
         in_doubt_seen > 0,
         "a refused change whose undo is refused too is in doubt"
     );
+}
+
+/// A limit set below what Redis holds, under an eviction policy, evicts keys at once; undone
+/// at once, no reading of the policy sees it, and the counters whose keys went would count
+/// from 1 again, handing out their numbers again. Keys evicted are taken for counts lost:
+/// every process refuses within a heartbeat, until the services are restarted.
+#[tokio::test(flavor = "multi_thread")]
+async fn keys_evicted_under_a_limit_undone_at_once_are_taken_for_counts_lost() {
+    let redis =
+        RedisServer::start_with(Flavor::Redis, None, &["--enable-debug-command", "local"]).await;
+    let service = service_on(&redis, &["--rate-limit", "off"]).await;
+    let other = service_on(&redis, &["--rate-limit", "off"]).await;
+    for page in 0..50 {
+        let answer = service.client.try_visit_at(&format!("/c/page{page}")).await;
+        assert_eq!(answer.count, Some(1), "{answer:?}");
+    }
+    // Other data beside the counts, as a shared Redis holds.
+    redis
+        .query(&["DEBUG", "POPULATE", "20000", "other"])
+        .await
+        .unwrap();
+    let used: u64 = redis
+        .info("memory", "used_memory")
+        .await
+        .unwrap()
+        .parse()
+        .unwrap();
+    let limit = (used - 100_000).to_string();
+    redis
+        .query(&[
+            "CONFIG",
+            "SET",
+            "maxmemory-policy",
+            "allkeys-random",
+            "maxmemory",
+            &limit,
+        ])
+        .await
+        .unwrap();
+    redis
+        .query(&[
+            "CONFIG",
+            "SET",
+            "maxmemory",
+            "0",
+            "maxmemory-policy",
+            "noeviction",
+        ])
+        .await
+        .unwrap();
+    let evicted = redis.info("stats", "evicted_keys").await.unwrap();
+    assert_ne!(evicted, "0", "keys were evicted");
+
+    let reason = "counter store no longer holds the counts";
+    for (process, what) in [(&service, "the process"), (&other, "every other process")] {
+        wait_until(
+            "visits refused for the keys evicted",
+            allowed(HEARTBEAT_INTERVAL + defaults().store),
+            || async { process.client.readiness().await.contains(reason) },
+        )
+        .await;
+        refuses_every_visit(&process.client, reason, what).await;
+    }
+    assert!(
+        service.log().contains("Redis evicted keys"),
+        "{}",
+        service.log()
+    );
+    let started = service_on(&redis, &[]).await;
+    started.client.visit().await;
 }
 
 /// A Redis that may evict keys (a `maxmemory` limit with any `maxmemory-policy` but

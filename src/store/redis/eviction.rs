@@ -6,10 +6,18 @@
 //! ready, with the reason; counting resumes once the policy is `noeviction` (or there is
 //! no limit).
 //!
-//! The policy is read with `INFO memory` when a connection opens, by every readiness
-//! probe, and with every heartbeat (each second), so a change made while serving is
-//! noticed within a second. A server that does not allow `INFO` (an ACL) cannot be
-//! checked: that is logged once, and counting goes on.
+//! The policy is read with `INFO memory` when a connection opens, and with `INFO` by
+//! every readiness probe and with every heartbeat (each second), so a change made while
+//! serving is noticed within a second. A server that does not allow `INFO` (an ACL)
+//! cannot be checked: that is logged once, and counting goes on.
+//!
+//! A limit set below what Redis holds evicts keys at once, before any reading can see
+//! the policy, and the policy may be undone as fast: the counters whose keys went would
+//! count from 1 again. So every reading also takes how many keys the server has evicted
+//! (`evicted_keys`, with the server's `run_id`): one more than the last reading of the
+//! same server saw, and the data counted in is taken for lost, as when Redis loses what
+//! it holds (`dataset`): a new mark is put in place, and every service process refuses
+//! until the latest data is restored or the services are restarted.
 
 use std::sync::{
     Mutex,
@@ -30,6 +38,31 @@ pub(super) struct EvictionWatch {
     reading: Mutex<String>,
     /// Whether the server refusing `INFO` has been logged.
     unknown_logged: AtomicBool,
+    /// The keys evicted as last read, and by which server.
+    evictions: Mutex<Option<Evictions>>,
+}
+
+/// How many keys a server has evicted since it started (or its statistics were reset).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Evictions {
+    run_id: String,
+    evicted: u64,
+}
+
+impl Evictions {
+    fn from_info(info: &str) -> Option<Self> {
+        Some(Self {
+            run_id: info_field(info, "run_id")?.to_owned(),
+            evicted: info_field(info, "evicted_keys")?.parse().ok()?,
+        })
+    }
+}
+
+/// A field of `INFO`'s text.
+fn info_field<'a>(info: &'a str, name: &str) -> Option<&'a str> {
+    info.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
+        .map(str::trim)
 }
 
 impl EvictionWatch {
@@ -71,6 +104,23 @@ impl EvictionWatch {
         }
     }
 
+    /// Keys the server that answered `info` evicted since the last reading of it that was
+    /// `seen`; 0 at the first.
+    fn evicted(&self, info: &str) -> u64 {
+        let Some(now) = Evictions::from_info(info) else {
+            return 0;
+        };
+        match &*self.evictions.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some(last) if last.run_id == now.run_id => now.evicted.saturating_sub(last.evicted),
+            _ => 0,
+        }
+    }
+
+    /// Takes `info` as the reading the next ones are compared with.
+    fn seen(&self, info: &str) {
+        *self.evictions.lock().unwrap_or_else(|e| e.into_inner()) = Evictions::from_info(info);
+    }
+
     /// A server that refused `INFO`: it cannot be checked; said once.
     fn unknown(&self, error: &StoreError) {
         if !self.unknown_logged.swap(true, Ordering::AcqRel) {
@@ -92,14 +142,9 @@ struct Policy<'a> {
 
 impl<'a> Policy<'a> {
     fn from_info(info: &'a str) -> Option<Self> {
-        let field = |name: &str| {
-            info.lines()
-                .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
-                .map(str::trim)
-        };
         Some(Policy {
-            name: field("maxmemory_policy")?,
-            maxmemory: field("maxmemory")?.parse().ok()?,
+            name: info_field(info, "maxmemory_policy")?,
+            maxmemory: info_field(info, "maxmemory")?.parse().ok()?,
         })
     }
 
@@ -110,19 +155,53 @@ impl<'a> Policy<'a> {
 }
 
 impl RedisSession {
-    /// Reads the eviction policy now: an error while Redis may evict keys.
+    /// Reads the eviction policy now: an error while Redis may evict keys. Keys evicted
+    /// since the last reading put a new mark in place (the module's comment).
     pub(super) async fn check_eviction(&self, answer_by: Instant) -> Result<(), StoreError> {
         let mut pipe = redis::pipe();
-        pipe.cmd("INFO").arg("memory");
+        // The default sections: the server's run_id, memory, stats.
+        pipe.cmd("INFO");
         let watch = &self.store.eviction;
         match self.query::<(String,)>(&pipe, answer_by).await {
-            Ok((info,)) => watch.observe(&info),
+            Ok((info,)) => {
+                let evicted = watch.evicted(&info);
+                // Seen once the mark is replaced: until then, the next reading tries again.
+                if evicted == 0 || self.lost_to_eviction(evicted, answer_by).await.is_ok() {
+                    watch.seen(&info);
+                }
+                watch.observe(&info)
+            }
             Err(error) if refused(&error) => {
                 watch.unknown(&error);
                 Ok(())
             }
             Err(error) => Err(error),
         }
+    }
+}
+
+impl RedisSession {
+    /// Keys were evicted: the data counted in is taken for lost, by every process.
+    async fn lost_to_eviction(&self, evicted: u64, answer_by: Instant) -> Result<(), StoreError> {
+        let store = &self.store;
+        let mut pipe = redis::pipe();
+        pipe.cmd("EVAL")
+            .arg(super::scripts::REPLACE_MARK)
+            .arg(1)
+            .arg(&store.keys.dataset)
+            .arg(store.dataset.id())
+            .arg(store.dataset.replacement());
+        let (replaced,): (i64,) = self.query(&pipe, answer_by).await?;
+        if replaced == 1 {
+            tracing::error!(
+                evicted,
+                "Redis evicted keys (a maxmemory limit under an eviction policy, however \
+                 briefly): counts may be lost, and counting on would hand out numbers \
+                 again, so visits are refused, by every service process. Restore the \
+                 latest data, or restart the services to count from what Redis holds now"
+            );
+        }
+        Ok(())
     }
 }
 
@@ -208,6 +287,23 @@ mod tests {
         ] {
             assert!(Policy { name, maxmemory: 1 }.may_evict(), "{name}");
         }
+    }
+
+    #[test]
+    fn keys_evicted_since_the_last_reading_of_the_same_server_are_told() {
+        let info = |run_id: &str, evicted: u64| {
+            format!("# Server\r\nrun_id:{run_id}\r\n# Stats\r\nevicted_keys:{evicted}\r\n")
+        };
+        let watch = EvictionWatch::default();
+        assert_eq!(watch.evicted(&info("a", 5)), 0, "the first reading");
+        watch.seen(&info("a", 5));
+        assert_eq!(watch.evicted(&info("a", 5)), 0);
+        assert_eq!(watch.evicted(&info("a", 8)), 3);
+        assert_eq!(watch.evicted(&info("a", 9)), 4, "until seen");
+        watch.seen(&info("a", 9));
+        assert_eq!(watch.evicted(&info("b", 20)), 0, "another server");
+        assert_eq!(watch.evicted(&info("a", 0)), 0, "statistics reset");
+        assert_eq!(watch.evicted("# Stats\r\n"), 0, "nothing to tell by");
     }
 
     #[test]

@@ -454,6 +454,15 @@ if existed + unregistered > 0 then return {1, total or ''} end
 return {0, ''}
 ";
 
+/// Puts a new mark in place of the one the service took (ARGV 1: it, 2 the new one) in
+/// `dataset` (KEYS 1), if it is still there: every process then refuses to count on
+/// (`DATALOST`). Returns 1 if it replaced it.
+pub const REPLACE_MARK: &str = r"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2])
+return 1
+";
+
 /// The scripts, hashed once.
 #[derive(Clone)]
 pub struct Scripts {
