@@ -24,7 +24,8 @@ use redis::Script;
 /// counters the administrator created count, 11 the tutorial counter's name, 12 the mark
 /// the service took, 13 the number of the last write acknowledged to this service
 /// process, 14 the mark to put in place when Redis holds an older copy, 15 the number of
-/// this process's own last write acknowledged to it (0: none to check); then per tally: its name, its visits, how many visitors follow, the visitors (salted hashes).
+/// this process's own last write acknowledged to it (0: none to check); then per tally:
+/// its name, its visits, how many visitors follow, the visitors (salted hashes).
 ///
 /// Every write is numbered (`INCRBY` of `writes`), so that data that went back to an older
 /// copy (a snapshot loaded after a crash, a backup restored, a stale server made primary)
