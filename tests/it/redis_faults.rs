@@ -1064,7 +1064,8 @@ async fn an_administrators_change_refused_half_way_is_undone_or_said_to_be_in_do
 /// A limit set below what Redis holds, under an eviction policy, evicts keys at once; undone
 /// at once, no reading of the policy sees it, and the counters whose keys went would count
 /// from 1 again, handing out their numbers again. Keys evicted are taken for counts lost:
-/// every process refuses within a heartbeat, until the services are restarted.
+/// every process refuses within a heartbeat, until the services are restarted; so too
+/// after the statistics were reset, fewer keys evicted than before.
 #[tokio::test(flavor = "multi_thread")]
 async fn keys_evicted_under_a_limit_undone_at_once_are_taken_for_counts_lost() {
     let redis =
@@ -1080,13 +1081,50 @@ async fn keys_evicted_under_a_limit_undone_at_once_are_taken_for_counts_lost() {
         .query(&["DEBUG", "POPULATE", "20000", "other"])
         .await
         .unwrap();
+    let evicted = evict_at_once(&redis, 100_000).await;
+    assert!(evicted > 0, "keys were evicted");
+
+    let reason = "counter store no longer holds the counts";
+    let refused_within_a_heartbeat = async |process: &ServiceProcess, what: &str| {
+        wait_until(
+            "visits refused for the keys evicted",
+            allowed(HEARTBEAT_INTERVAL + defaults().store),
+            || async { process.client.readiness().await.contains(reason) },
+        )
+        .await;
+        refuses_every_visit(&process.client, reason, what).await;
+    };
+    refused_within_a_heartbeat(&service, "the process").await;
+    refused_within_a_heartbeat(&other, "every other process").await;
+    assert!(
+        service.log().contains("Redis evicted keys"),
+        "{}",
+        service.log()
+    );
+
+    let started = service_on(&redis, &[]).await;
+    started.client.visit().await;
+    // A readiness probe reads how many keys were evicted so far.
+    started.client.wait_ready(allowed(defaults().store)).await;
+    redis.query(&["CONFIG", "RESETSTAT"]).await.unwrap();
+    let fewer = evict_at_once(&redis, 20_000).await;
+    assert!(
+        (1..evicted).contains(&fewer),
+        "{fewer} keys evicted after {evicted}"
+    );
+    refused_within_a_heartbeat(&started, "after the statistics were reset").await;
+}
+
+/// Sets a limit `below` bytes under what Redis holds, with `allkeys-random`, and undoes
+/// it at once; returns how many keys Redis has evicted.
+async fn evict_at_once(redis: &RedisServer, below: u64) -> u64 {
     let used: u64 = redis
         .info("memory", "used_memory")
         .await
         .unwrap()
         .parse()
         .unwrap();
-    let limit = (used - 100_000).to_string();
+    let limit = (used - below).to_string();
     redis
         .query(&[
             "CONFIG",
@@ -1109,26 +1147,12 @@ async fn keys_evicted_under_a_limit_undone_at_once_are_taken_for_counts_lost() {
         ])
         .await
         .unwrap();
-    let evicted = redis.info("stats", "evicted_keys").await.unwrap();
-    assert_ne!(evicted, "0", "keys were evicted");
-
-    let reason = "counter store no longer holds the counts";
-    for (process, what) in [(&service, "the process"), (&other, "every other process")] {
-        wait_until(
-            "visits refused for the keys evicted",
-            allowed(HEARTBEAT_INTERVAL + defaults().store),
-            || async { process.client.readiness().await.contains(reason) },
-        )
-        .await;
-        refuses_every_visit(&process.client, reason, what).await;
-    }
-    assert!(
-        service.log().contains("Redis evicted keys"),
-        "{}",
-        service.log()
-    );
-    let started = service_on(&redis, &[]).await;
-    started.client.visit().await;
+    redis
+        .info("stats", "evicted_keys")
+        .await
+        .unwrap()
+        .parse()
+        .unwrap()
 }
 
 /// A Redis that may evict keys (a `maxmemory` limit with any `maxmemory-policy` but

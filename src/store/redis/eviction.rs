@@ -111,7 +111,14 @@ impl EvictionWatch {
             return 0;
         };
         match &*self.evictions.lock().unwrap_or_else(|e| e.into_inner()) {
-            Some(last) if last.run_id == now.run_id => now.evicted.saturating_sub(last.evicted),
+            Some(last) if last.run_id == now.run_id => {
+                match now.evicted.checked_sub(last.evicted) {
+                    Some(more) => more,
+                    // The statistics were reset (`CONFIG RESETSTAT`) since: what it counts now
+                    // was evicted after.
+                    None => now.evicted,
+                }
+            }
             _ => 0,
         }
     }
@@ -303,6 +310,11 @@ mod tests {
         watch.seen(&info("a", 9));
         assert_eq!(watch.evicted(&info("b", 20)), 0, "another server");
         assert_eq!(watch.evicted(&info("a", 0)), 0, "statistics reset");
+        assert_eq!(
+            watch.evicted(&info("a", 3)),
+            3,
+            "evicted since the statistics were reset"
+        );
         assert_eq!(watch.evicted("# Stats\r\n"), 0, "nothing to tell by");
     }
 
