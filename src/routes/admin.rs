@@ -32,6 +32,7 @@ use crate::{
         export::{CounterExport, MAX_LINE_BYTES},
         name::history_of,
     },
+    page::count_of,
     state::AppState,
     store::{AdminError, CounterPage, ListError, Previous, StoreError, StoreErrorKind},
     telemetry::Throttle,
@@ -408,7 +409,9 @@ async fn import_line(
                     StatusCode::INSUFFICIENT_STORAGE,
                     "there are as many counters as allowed (STACKDEMO_MAX_COUNTERS)".to_owned(),
                 ),
-                ApiError::Unavailable(reason) => (StatusCode::SERVICE_UNAVAILABLE, reason.to_owned()),
+                ApiError::Unavailable(reason) => {
+                    (StatusCode::SERVICE_UNAVAILABLE, reason.to_owned())
+                }
                 ApiError::InDoubt { reason, .. } => (
                     StatusCode::SERVICE_UNAVAILABLE,
                     format!("{reason}, and the line may have been imported"),
@@ -418,7 +421,10 @@ async fn import_line(
             };
             ApiError::ImportStopped(
                 status,
-                format!("line {number} ({name}): {reason}; the import stopped there, after {done} counters"),
+                format!(
+                    "line {number} ({name}): {reason}; the import stopped there, after {}",
+                    count_of(done, "counter")
+                ),
             )
         })?;
     tracing::info!(
@@ -435,8 +441,8 @@ async fn import_line(
 
 fn stopped(imported: &Imported, reason: &str) -> ApiError {
     ApiError::BadRequest(format!(
-        "{reason}; the import stopped there, after {} counters",
-        imported.counters
+        "{reason}; the import stopped there, after {}",
+        count_of(imported.counters, "counter")
     ))
 }
 

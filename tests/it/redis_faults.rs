@@ -151,23 +151,9 @@ async fn a_key_of_the_wrong_type_refuses_the_visit_and_nothing_is_counted() {
     let redis = RedisServer::start().await;
     let app = service_on(&redis, &["--workers", "1"]).await;
     assert_eq!(app.client.visit().await, 1);
-    let redis::Value::Array(records) = redis.query(&["KEYS", "hits:batches:*"]).await.unwrap()
-    else {
-        panic!("KEYS answers an array");
-    };
-    let records: Vec<String> = records
-        .into_iter()
-        .map(|key| redis::from_redis_value(key).unwrap())
-        .collect();
+    let records = redis.keys("hits:batches:*").await;
     assert!(!records.is_empty(), "the write keeps batch records");
-    let redis::Value::Array(written) = redis.query(&["KEYS", "hits:written:*"]).await.unwrap()
-    else {
-        panic!("KEYS answers an array");
-    };
-    let written: Vec<String> = written
-        .into_iter()
-        .map(|key| redis::from_redis_value(key).unwrap())
-        .collect();
+    let written = redis.keys("hits:written:*").await;
     assert_eq!(written.len(), 1, "the process's number of its last write");
     // (key, the wrong value)
     let mut cases = vec![
@@ -1411,10 +1397,7 @@ async fn redis_losing_its_data_refuses_every_visit_until_the_data_is_back() {
         panic!("no mark of the data in Redis");
     };
     let mark = String::from_utf8(mark).unwrap();
-    let redis::Value::Array(own) = redis.query(&["KEYS", "hits:written:*"]).await.unwrap() else {
-        panic!("KEYS answers an array");
-    };
-    let own: String = redis::from_redis_value(own[0].clone()).unwrap();
+    let own = redis.keys("hits:written:*").await.remove(0);
     let reason = "counter store no longer holds the counts";
 
     let losses: [(&str, &[&[&str]]); 3] = [
@@ -1644,16 +1627,20 @@ async fn redis_gone_back_to_an_older_copy_is_found_though_other_writes_passed_it
 /// an answer so refused the next visit: the deadlines were set early by the pause).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_pause_with_redis_answers_waiting_does_not_refuse_the_visits_after_it() {
-    const PAUSES: usize = 10;
-    const CLIENTS: usize = 4;
+    const PAUSES: usize = 5;
+    const CLIENTS: usize = 16;
     let redis = RedisServer::start().await;
-    let service = service_on(&redis, &["--store-timeout", "400ms"]).await;
-    // Longer than half the store timeout, the time a write has to reach Redis.
-    let pause = Duration::from_millis(300);
-    let running = Duration::from_millis(300);
+    let args = ["--store-timeout", "2s"];
+    let service = service_on(&redis, &args).await;
+    // Longer than half the store timeout, the time a write has to reach Redis: every
+    // answer read after it would have set the deadlines past. (Half the timeout is also
+    // the delay a write sent after a pause would need to be refused for itself: a loaded
+    // machine does not come near it.)
+    let pause = limits::deadlines(&args).store * 3 / 4;
+    let running = pause;
     service.client.visit().await;
 
-    // A few clients, so that a write is under way whenever the process is paused.
+    // Enough clients that a write is under way whenever the process is paused.
     let stop = tokio_util::sync::CancellationToken::new();
     let visiting: Vec<_> = (0..CLIENTS)
         .map(|_| {

@@ -140,6 +140,12 @@ impl RedisServer {
         query_at(info, args).await
     }
 
+    /// The keys matching `pattern` (`KEYS`).
+    pub async fn keys(&self, pattern: &str) -> Vec<String> {
+        let value = self.query(&["KEYS", pattern]).await.expect("KEYS answers");
+        redis::from_redis_value(value).expect("KEYS answers names")
+    }
+
     /// The integer under `key`, 0 when missing.
     pub async fn get_i64(&self, key: &str) -> i64 {
         match self.query(&["GET", key]).await.expect("GET answers") {
