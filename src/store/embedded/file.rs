@@ -36,7 +36,7 @@ use std::{
     },
 };
 
-use inotify::{Inotify, WatchMask};
+use inotify::{EventMask, Inotify, WatchMask};
 
 use redb::{
     Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
@@ -71,10 +71,11 @@ impl FileId {
 
 /// Watches the open data file for another process writing to it in place, in two ways:
 /// inotify, for a close after writing (`IN_CLOSE_WRITE`) that is not this process's own
-/// (the watch is made anew after each of its own opens and closes); and the file's size
-/// and modification time, which only this process's commits may change (`own_write`
-/// records them after each), for a writer that keeps the file open or truncates it by its
-/// path. A write racing with a commit of this process is missed by the second. Opening
+/// (the watch is made anew after each of its own opens and closes, `reopen_with`); and the
+/// file's size and modification time, which only this process's commits may change
+/// (`own_write_with` records them after each), for a writer that keeps the file open or
+/// truncates it by its path. A write racing with a commit or a reopening of this process
+/// is missed by the second. Opening
 /// the file for writing, or setting its time (`touch`), counts as a write: the service
 /// cannot tell. Once seen, it stays seen.
 pub struct Writers {
@@ -93,11 +94,20 @@ impl Writers {
         }
     }
 
-    /// Watches the file at `path` from now on, in place of the file watched before, as
-    /// this process has just written, opened or closed it. Where inotify cannot be had
-    /// (its limits reached), only the size and time are watched, and the log says so.
+    /// Watches the file at `path` from now on, as this process has just opened it.
     pub fn watch(&self, path: &Path) {
-        self.own_write(path);
+        self.reopen_with(path, || ());
+    }
+
+    /// Runs `reopen`, in which this process closes the database and opens the file at
+    /// `path` (the same file or another), and watches that file from then on, in place of
+    /// the file watched before. A look for other writers waits meanwhile: this process's
+    /// own closes are not theirs, and the watch made after them does not see them. Where
+    /// inotify cannot be had (its limits reached), only the size and time are watched, and
+    /// the log says so.
+    pub fn reopen_with<T>(&self, path: &Path, reopen: impl FnOnce() -> T) -> T {
+        let mut own = super::lock(&self.after_own);
+        let reopened = reopen();
         let watch = Inotify::init().and_then(|inotify| {
             inotify.watches().add(path, WatchMask::CLOSE_WRITE)?;
             Ok(inotify)
@@ -112,12 +122,8 @@ impl Writers {
             })
             .ok();
         *super::lock(&self.watch) = watch;
-    }
-
-    /// This process has written the file at `path` (opened it, closed it): its size and
-    /// time now are its own.
-    fn own_write(&self, path: &Path) {
-        *super::lock(&self.after_own) = stamp(path);
+        *own = stamp(path);
+        reopened
     }
 
     /// Runs `write`, a write of this process to the file at `path` (a commit, made or
@@ -140,22 +146,37 @@ impl Writers {
         if self.already_seen() {
             return true;
         }
+        // Looked at with the record held, so that no write, close or open of this process
+        // is half way; while one is (a commit, which a stalled disk can hold for long), not
+        // waited for: the next look, after it, compares, and reads what inotify kept.
+        let own = match self.after_own.try_lock() {
+            Ok(own) => own,
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return false,
+        };
         let closed_after_writing = super::lock(&self.watch).as_mut().is_some_and(|inotify| {
             let mut buffer = [0u8; 1024];
-            inotify
-                .read_events(&mut buffer)
-                .is_ok_and(|mut events| events.next().is_some())
+            // Only a close after writing; an `IN_IGNORED` (the watch gone with the file)
+            // is not one. A queue that overflowed may have held one.
+            inotify.read_events(&mut buffer).is_ok_and(|mut events| {
+                events.any(|event| {
+                    event
+                        .mask
+                        .intersects(EventMask::CLOSE_WRITE | EventMask::Q_OVERFLOW)
+                })
+            })
         });
-        // Looked at with the record held, so that no write of this process is half way;
-        // while one is (a commit, which a stalled disk can hold for long), not waited
-        // for: the next look, after it, compares.
-        let changed = self
-            .after_own
-            .try_lock()
-            .is_ok_and(|own| own.is_some_and(|own| stamp(path).is_some_and(|now| now != own)));
+        let now = stamp(path);
+        let changed = own.is_some_and(|own| now.is_some_and(|now| now != own));
         let written = closed_after_writing || changed;
-        if written {
-            self.seen.store(true, Ordering::Relaxed);
+        if written && !self.seen.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                path = %path.display(),
+                closed_after_writing,
+                size_and_time_before = ?*own,
+                size_and_time_now = ?now,
+                "another process wrote to the data file"
+            );
         }
         written
     }
@@ -425,6 +446,47 @@ mod tests {
     use std::{sync::mpsc, time::Duration};
 
     use super::*;
+
+    /// This process's own close of the file while it opens the database again is not
+    /// taken for another's, by a look during it or after; another process's write after
+    /// it is.
+    #[test]
+    fn a_close_of_this_process_while_it_reopens_is_not_taken_for_another_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data");
+        std::fs::write(&path, b"before").unwrap();
+        let handle = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        let writers = std::sync::Arc::new(Writers::new());
+        writers.watch(&path);
+
+        let (closed, reopening) = mpsc::channel();
+        let (finish, finished) = mpsc::channel::<()>();
+        let own = std::thread::spawn({
+            let (writers, path) = (writers.clone(), path.clone());
+            move || {
+                writers.reopen_with(&path, || {
+                    std::os::unix::fs::FileExt::write_all_at(&handle, b"this process's", 6)
+                        .unwrap();
+                    drop(handle);
+                    closed.send(()).unwrap();
+                    finished.recv().unwrap();
+                });
+            }
+        });
+        reopening.recv().unwrap();
+        let during = writers.seen(&path);
+        finish.send(()).unwrap();
+        own.join().unwrap();
+
+        assert!(!during, "a look while this process reopens");
+        assert!(!writers.seen(&path), "a look after it");
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .and_then(|mut file| std::io::Write::write_all(&mut file, b", and another's"))
+            .unwrap();
+        assert!(writers.seen(&path), "another writer");
+    }
 
     /// A look for other writers while a write of this process is under way (a commit a
     /// stalled disk holds) answers at once, and does not take that write for another's;

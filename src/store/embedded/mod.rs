@@ -420,17 +420,15 @@ impl Inner {
     /// that still does after `READERS_GONE_WITHIN` (a disk that hangs) leaves it open,
     /// and the error says so.
     fn reopen(&self) -> Result<(), StoreError> {
-        self.close()?;
-        let opened = open_database(&self.path, false).and_then(|db| {
+        // Watched from after this process's own closes of the file, opened or not.
+        self.writers.reopen_with(&self.path, || {
+            self.close()?;
+            let db = open_database(&self.path, false)?;
             *lock(&self.file) = FileId::at(&self.path).map_err(failed)?;
             *lock(&self.held) = hold(&self.path);
             *self.db.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(db));
             Ok(())
-        });
-        // Watched from now on, opened or not: this process's own closes of the file (and
-        // an open that failed) are behind it.
-        self.writers.watch(&self.path);
-        opened
+        })
     }
 
     /// Lets go of the open database without closing it, as the process ends: closing it
