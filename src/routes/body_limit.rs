@@ -52,7 +52,17 @@ where
         if announced.is_some_and(|length| length > MAX_BODY_BYTES as u64)
             && request.uri().path() != IMPORT_PATH
         {
-            return Either::Left(ready(Ok(ApiError::PayloadTooLarge.into_response())));
+            let mut refused = ApiError::PayloadTooLarge.into_response();
+            // Refused before the routes' CORS layers: a page's script that sent it may
+            // read why, as it may read the counter API's answers (the refusal says
+            // nothing else).
+            if request.headers().contains_key(header::ORIGIN) {
+                refused.headers_mut().insert(
+                    header::ACCESS_CONTROL_ALLOW_ORIGIN,
+                    header::HeaderValue::from_static("*"),
+                );
+            }
+            return Either::Left(ready(Ok(refused)));
         }
         Either::Right(self.inner.call(request))
     }

@@ -358,6 +358,23 @@ async fn a_body_over_the_limit_gets_413_and_does_not_count() {
     );
     assert_eq!(announced.2, streamed.2, "the same answer both ways");
     assert_eq!(small.0, StatusCode::OK, "a small body is read and dropped");
+    // A page's script posting to the counter API can read that answer too.
+    let from_a_page = app
+        .send(
+            Request::post("/api/counters/blog")
+                .header(header::ORIGIN, "https://example.org")
+                .header(header::CONTENT_LENGTH, big.len())
+                .body(Body::from(big.clone()))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(from_a_page.0, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(
+        from_a_page.1[header::ACCESS_CONTROL_ALLOW_ORIGIN],
+        "*",
+        "{:?}",
+        from_a_page.1
+    );
     assert_eq!(app.total(), 1);
 }
 
