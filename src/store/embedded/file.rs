@@ -43,7 +43,7 @@ use redb::{
 };
 
 use super::{
-    Inner, classify, open_database,
+    Inner, Length, classify, open_database,
     tables::{self, COUNTS},
 };
 use crate::store::{StoreError, StoreErrorKind};
@@ -80,6 +80,8 @@ impl FileId {
 /// cannot tell. Once seen, it stays seen.
 pub struct Writers {
     watch: Mutex<Option<Inotify>>,
+    /// The length redb gave the file (`backend`).
+    length: Length,
     /// The file's size and modification time after this process's last write.
     after_own: Mutex<Option<(u64, i64, i64)>>,
     seen: AtomicBool,
@@ -89,9 +91,15 @@ impl Writers {
     pub fn new() -> Self {
         Self {
             watch: Mutex::new(None),
+            length: Length::default(),
             after_own: Mutex::new(None),
             seen: AtomicBool::new(false),
         }
+    }
+
+    /// The length redb gives the file, for the database opened on it to keep.
+    pub fn length(&self) -> Length {
+        self.length.clone()
     }
 
     /// Watches the file at `path` from now on, as this process has just opened it.
@@ -168,6 +176,10 @@ impl Writers {
         });
         let now = stamp(path);
         let changed = own.is_some_and(|own| now.is_some_and(|now| now != own));
+        // Not the length redb gave it: truncated by another, also while a commit was
+        // under way (whose end took the file's size and time as its own).
+        let resized = now.is_some_and(|(length, ..)| length != self.length.get());
+        let changed = changed || resized;
         let written = closed_after_writing || changed;
         if written && !self.seen.swap(true, Ordering::Relaxed) {
             tracing::warn!(
@@ -320,7 +332,7 @@ impl Inner {
     /// Takes the database another file at the path holds, if it holds at least what the
     /// open one does for every key.
     fn adopt(&self) -> Result<(), StoreError> {
-        let theirs = open_database(&self.path, true).map_err(|error| {
+        let theirs = open_database(&self.path, true, Length::default()).map_err(|error| {
             StoreError::new(
                 StoreErrorKind::FileGone,
                 format!(
@@ -333,22 +345,15 @@ impl Inner {
         })?;
         let ours = counts(&*self.database()?)?;
         let found = counts(&theirs)?;
-        if let Some(((key, field), mine)) = ours
-            .iter()
-            .find(|(at, mine)| found.get(*at).is_none_or(|theirs| theirs < *mine))
-        {
+        if let Some(((key, field), theirs, mine)) = first_short(&ours, &found) {
             let what = if field.is_empty() { "total" } else { field };
             return Err(StoreError::new(
                 StoreErrorKind::FileGone,
                 format!(
                     "{} was replaced by a database that holds less than this service has \
-                     counted ({key} {what}: {} < {mine}); it is not counted from. Remove it, \
-                     and the service writes the counts it holds there",
+                     counted ({key} {what}: {theirs} < {mine}); it is not counted from. \
+                     Remove it, and the service writes the counts it holds there",
                     self.path.display(),
-                    found
-                        .get(&(key.clone(), field.clone()))
-                        .copied()
-                        .unwrap_or(0),
                 ),
             ));
         }
@@ -411,6 +416,15 @@ fn counts(db: &Database) -> Result<Counts, StoreError> {
     Ok(counts)
 }
 
+/// The first count `found` holds less of than `ours`, with both; a count it lacks is 0
+/// (the tutorial's counter at 0, which a recovering store writes, is not more than none).
+fn first_short<'a>(ours: &'a Counts, found: &Counts) -> Option<(&'a (String, String), u64, u64)> {
+    ours.iter().find_map(|(at, &mine)| {
+        let theirs = found.get(at).copied().unwrap_or(0);
+        (theirs < mine).then_some((at, theirs, mine))
+    })
+}
+
 /// Copies everything `from` holds into `to`, in one durable transaction.
 fn copy_all(from: &Database, to: &Database) -> Result<(), StoreError> {
     let read = from.begin_read().map_err(classify)?;
@@ -447,6 +461,46 @@ mod tests {
 
     use super::*;
 
+    /// Another process truncating the file while a commit of this process is under way
+    /// is seen after the commit, though the commit's end took the file's size and time as
+    /// its own: the file's length is not the one redb gave it.
+    #[test]
+    fn a_truncate_during_a_commit_of_this_process_is_seen_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data");
+        std::fs::write(&path, vec![1; 4096]).unwrap();
+        let handle = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        let writers = Writers::new();
+        writers.length().set(4096);
+        writers.watch(&path);
+
+        writers.own_write_with(&path, || {
+            nix::unistd::truncate(&path, 0).unwrap();
+            // A page of the commit, written where redb writes it; the length redb gave
+            // the file does not change.
+            std::os::unix::fs::FileExt::write_all_at(&handle, &[2; 512], 1024).unwrap();
+        });
+
+        assert!(writers.seen(&path), "truncated during the commit");
+    }
+
+    /// A database put in place that lacks a count this service holds at 0 is not taken
+    /// for holding less on that account; the count it does hold less of is named.
+    #[test]
+    fn a_count_at_zero_missing_from_another_database_is_not_less() {
+        let key = |name: &str| (name.to_owned(), String::new());
+        let ours: Counts = [(key("hits"), 0), (key("z0"), 210), (key("z1"), 5)].into();
+        let found: Counts = [(key("z0"), 10), (key("z1"), 7)].into();
+        assert_eq!(first_short(&ours, &found), Some((&key("z0"), 10, 210)));
+
+        let more: Counts = [(key("z0"), 300), (key("z1"), 7)].into();
+        assert_eq!(
+            first_short(&ours, &more),
+            None,
+            "holds at least as much of each"
+        );
+    }
+
     /// This process's own close of the file while it opens the database again is not
     /// taken for another's, by a look during it or after; another process's write after
     /// it is.
@@ -457,6 +511,7 @@ mod tests {
         std::fs::write(&path, b"before").unwrap();
         let handle = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
         let writers = std::sync::Arc::new(Writers::new());
+        writers.length().set(6);
         writers.watch(&path);
 
         let (closed, reopening) = mpsc::channel();
@@ -467,6 +522,7 @@ mod tests {
                 writers.reopen_with(&path, || {
                     std::os::unix::fs::FileExt::write_all_at(&handle, b"this process's", 6)
                         .unwrap();
+                    writers.length().set(20);
                     drop(handle);
                     closed.send(()).unwrap();
                     finished.recv().unwrap();
@@ -500,6 +556,7 @@ mod tests {
         let handle =
             std::sync::Arc::new(std::fs::OpenOptions::new().write(true).open(&path).unwrap());
         let writers = std::sync::Arc::new(Writers::new());
+        writers.length().set(6);
         writers.watch(&path);
 
         let (started, writing) = mpsc::channel();
@@ -512,6 +569,8 @@ mod tests {
                     finished.recv().unwrap();
                     std::os::unix::fs::FileExt::write_all_at(&*handle, b"this process's", 6)
                         .unwrap();
+                    // As redb's backend records it.
+                    writers.length().set(20);
                 });
             }
         });

@@ -21,6 +21,7 @@
 //! damaged makes the store give up (`gave_up`), and the service exits so that the
 //! orchestrator can replace it; on start, such a file is refused with a clear error.
 
+mod backend;
 mod file;
 mod tables;
 mod writer;
@@ -46,6 +47,7 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 
 use self::{
+    backend::{Length, TrackedFile},
     file::FileId,
     tables::{COUNTS, TOTAL},
     writer::{CALLED_BACK, WAITING, Write, spin_limit, write_loop},
@@ -126,14 +128,15 @@ impl EmbeddedStore {
         let folder = lock_folder(dir)?;
         let path_lock = lock_path(dir)?;
         let path = dir.join(FILE_NAME);
-        let db = open_database(&path, true)?;
+        let writers = file::Writers::new();
+        let db = open_database(&path, true, writers.length())?;
         let file = FileId::at(&path).map_err(failed)?;
         let held = hold(&path);
         let inner = Arc::new(Inner {
             path,
             db: RwLock::new(Some(Arc::new(db))),
             file: Mutex::new(file),
-            writers: file::Writers::new(),
+            writers,
             held: Mutex::new(held),
             failing: Mutex::new(None),
             committing_since: Mutex::new(None),
@@ -423,7 +426,7 @@ impl Inner {
         // Watched from after this process's own closes of the file, opened or not.
         self.writers.reopen_with(&self.path, || {
             self.close()?;
-            let db = open_database(&self.path, false)?;
+            let db = open_database(&self.path, false, self.writers.length())?;
             *lock(&self.file) = FileId::at(&self.path).map_err(failed)?;
             *lock(&self.held) = hold(&self.path);
             *self.db.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(db));
@@ -533,21 +536,35 @@ fn hold(path: &Path) -> Option<std::fs::File> {
 }
 
 /// Opens the database at `path`: an existing file must be a valid database (checked
-/// whole when `check` is set, as at start); a missing one is created.
-fn open_database(path: &Path, check: bool) -> Result<Database, StoreError> {
-    let exists = path.try_exists().map_err(|e| {
-        StoreError::new(
-            StoreErrorKind::Failed,
-            format!("cannot read {}: {e}", path.display()),
-        )
-    })?;
+/// whole when `check` is set, as at start); a missing one is created. `length` follows
+/// the length redb gives the file (`backend`).
+fn open_database(path: &Path, check: bool, length: Length) -> Result<Database, StoreError> {
+    let empty = match std::fs::metadata(path) {
+        Ok(metadata) => metadata.len() == 0,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => false,
+        Err(error) => {
+            return Err(StoreError::new(
+                StoreErrorKind::Failed,
+                format!("cannot read {}: {error}", path.display()),
+            ));
+        }
+    };
     let opened = guarded(|| {
-        let result = if exists {
-            let mut builder = Database::builder();
-            builder.set_check_integrity_on_open(check);
+        let mut builder = Database::builder();
+        builder.set_check_integrity_on_open(check);
+        let result = if empty {
+            // Refused: only a missing file is made a new database.
             builder.open(path)
         } else {
-            Database::create(path)
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(path)
+                .map_err(redb::DatabaseError::from)
+                .and_then(|file| TrackedFile::new(file, length))
+                .and_then(|file| builder.create_with_backend(file))
         };
         result.map_err(|e| describe(path, e.into()))
     })?;
