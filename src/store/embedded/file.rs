@@ -461,18 +461,26 @@ mod tests {
 
     use super::*;
 
+    /// A file holding `content`, this process's handle on it (open from before the watch
+    /// on, as the database's is), and its writers watched, with the length redb would
+    /// have given it.
+    fn watched_file(content: &[u8]) -> (tempfile::TempDir, PathBuf, std::fs::File, Writers) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data");
+        std::fs::write(&path, content).unwrap();
+        let handle = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        let writers = Writers::new();
+        writers.length().set(content.len() as u64);
+        writers.watch(&path);
+        (dir, path, handle, writers)
+    }
+
     /// Another process truncating the file while a commit of this process is under way
     /// is seen after the commit, though the commit's end took the file's size and time as
     /// its own: the file's length is not the one redb gave it.
     #[test]
     fn a_truncate_during_a_commit_of_this_process_is_seen_after_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("data");
-        std::fs::write(&path, vec![1; 4096]).unwrap();
-        let handle = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
-        let writers = Writers::new();
-        writers.length().set(4096);
-        writers.watch(&path);
+        let (_dir, path, handle, writers) = watched_file(&[1; 4096]);
 
         writers.own_write_with(&path, || {
             nix::unistd::truncate(&path, 0).unwrap();
@@ -506,13 +514,8 @@ mod tests {
     /// it is.
     #[test]
     fn a_close_of_this_process_while_it_reopens_is_not_taken_for_another_writer() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("data");
-        std::fs::write(&path, b"before").unwrap();
-        let handle = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
-        let writers = std::sync::Arc::new(Writers::new());
-        writers.length().set(6);
-        writers.watch(&path);
+        let (_dir, path, handle, writers) = watched_file(b"before");
+        let writers = std::sync::Arc::new(writers);
 
         let (closed, reopening) = mpsc::channel();
         let (finish, finished) = mpsc::channel::<()>();
@@ -549,15 +552,8 @@ mod tests {
     /// once it is done, a change by another writer is seen.
     #[test]
     fn a_look_for_other_writers_does_not_wait_for_a_write_of_this_process() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("data");
-        std::fs::write(&path, b"before").unwrap();
-        // This process's handle, open from before the watch on, as the database's is.
-        let handle =
-            std::sync::Arc::new(std::fs::OpenOptions::new().write(true).open(&path).unwrap());
-        let writers = std::sync::Arc::new(Writers::new());
-        writers.length().set(6);
-        writers.watch(&path);
+        let (_dir, path, handle, writers) = watched_file(b"before");
+        let (handle, writers) = (std::sync::Arc::new(handle), std::sync::Arc::new(writers));
 
         let (started, writing) = mpsc::channel();
         let (finish, finished) = mpsc::channel::<()>();
