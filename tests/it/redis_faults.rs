@@ -1082,10 +1082,11 @@ async fn keys_evicted_under_a_limit_undone_at_once_are_taken_for_counts_lost() {
     };
     refused_within_a_heartbeat(&service, "the process").await;
     refused_within_a_heartbeat(&other, "every other process").await;
+    // The mark itself may be among the keys evicted, and found gone first.
+    let log = service.log();
     assert!(
-        service.log().contains("Redis evicted keys"),
-        "{}",
-        service.log()
+        log.contains("Redis evicted keys") || log.contains("keys evicted"),
+        "the log says why: {log}"
     );
 
     let started = service_on(&redis, &[]).await;

@@ -239,8 +239,8 @@ impl DatasetMark {
                 mark = key,
                 found = if another { "another" } else { "none" },
                 "Redis no longer holds the data this service counted in (restarted without \
-                 persistence, flushed, another server in the primary's place, or an older \
-                 copy found by another service process): counting on would hand out \
+                 persistence, flushed, keys evicted, another server in the primary's place, \
+                 or an older copy found by another service process): counting on would hand out \
                  numbers again, so visits are refused. Restore the latest data (an older \
                  copy is refused the same way), or restart the service to count from what \
                  Redis holds now"
