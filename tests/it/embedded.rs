@@ -892,40 +892,6 @@ async fn a_data_file_overwritten_by_a_writer_that_keeps_it_open_stops_counting()
     a_data_file_written_in_place(InPlace::WrittenKeptOpen).await;
 }
 
-/// The data file truncated by its path while visits keep coming, so that a commit is
-/// under way almost all the time: a truncate during one is seen after it (the file's
-/// length is not the one the database gave it), and counting stops. Before, most such
-/// truncates went unseen: visits were acknowledged into a file the next start refused.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_data_file_truncated_by_its_path_under_load_stops_counting() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().to_str().unwrap();
-    let service = ServiceProcess::start(&["--data-dir", data]).await;
-    let load = Load::start(&service.client, 8);
-    load.wait_for_acknowledged(200, for_visits(200), || async { String::new() })
-        .await;
-
-    nix::unistd::truncate(&dir.path().join(DATA_FILE), 0).unwrap();
-
-    let client = &service.client;
-    wait_until("not ready, saying why", allowed(FILE_CHECK), || async {
-        client.readiness().await.contains("missing or replaced")
-    })
-    .await;
-    let answer = client.try_visit().await;
-    assert_eq!(
-        answer.status,
-        Some(StatusCode::SERVICE_UNAVAILABLE),
-        "{answer:?}"
-    );
-    load.stop().await;
-    assert!(
-        service.log().contains("was written by another process"),
-        "the log says why: {}",
-        service.log()
-    );
-}
-
 /// Once the data file has been written in place, whatever appears at the path since (a
 /// valid database with more counts renamed into place) is neither taken nor written: the
 /// service stays refusing, and leaves both files as they are, until it is restarted.
