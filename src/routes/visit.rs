@@ -2,6 +2,8 @@
 //! tutorial's app answers, unless the client prefers HTML (a browser), which gets the
 //! page. And `count`, the one way every route counts a visit.
 
+use std::convert::Infallible;
+
 use axum::{
     body::{Body, HttpBody},
     extract::{Request, State},
@@ -133,10 +135,12 @@ fn over_the_limit(error: &(dyn std::error::Error + 'static)) -> bool {
 }
 
 /// `HEAD /` answers like `GET /` would, but is not a visit: probes and link checkers
-/// must not move the counter.
+/// must not move the counter. The length of a visit's answer depends on its number, so
+/// none is given (an empty body would say `Content-Length: 0`).
 pub async fn head(request: Request) -> Response {
     let html = page::prefers_html(request.headers().get(header::ACCEPT));
-    let mut response = ().into_response();
+    let length_unknown = futures_util::stream::empty::<Result<axum::body::Bytes, Infallible>>();
+    let mut response = Body::from_stream(length_unknown).into_response();
     set_kind(response.headers_mut(), html);
     response
 }

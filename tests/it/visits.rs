@@ -59,6 +59,19 @@ async fn a_visit_answers_the_tutorial_text_and_headers(backend: Backend) {
         response.text().await.unwrap(),
         "Hello World! I have been seen 1 times.\n"
     );
+
+    // HEAD gets GET's headers and is not a visit. The length of a visit's answer depends
+    // on its number: none is given, rather than a wrong one.
+    let head = app.client.request(Method::HEAD, "/").await;
+    assert_eq!(head.status(), StatusCode::OK);
+    assert_eq!(head.headers()["content-type"], "text/plain; charset=utf-8");
+    assert_eq!(head.headers()["x-served-by"], "test-replica");
+    assert_eq!(
+        head.headers().get("content-length"),
+        None,
+        "HEAD / gave a length"
+    );
+    assert_eq!(app.client.visit().await, 2, "HEAD must not count");
 }
 
 async fn sequential_visits_count_up_by_one(backend: Backend) {
