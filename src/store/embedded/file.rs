@@ -83,7 +83,7 @@ pub struct Writers {
     /// The length redb gave the file (`backend`).
     length: Length,
     /// The file's size and modification time after this process's last write.
-    after_own: Mutex<Option<(u64, i64, i64)>>,
+    after_own: Mutex<Option<Stamp>>,
     seen: AtomicBool,
 }
 
@@ -175,10 +175,15 @@ impl Writers {
             })
         });
         let now = stamp(path);
+        // Another file put at the path since the path was looked at (a copy renamed into
+        // place) is not a write to this one: the next look at the path finds it.
+        if own.is_some_and(|own| now.is_some_and(|now| now.file != own.file)) {
+            return false;
+        }
         let changed = own.is_some_and(|own| now.is_some_and(|now| now != own));
         // Not the length redb gave it: truncated by another, also while a commit was
         // under way (whose end took the file's size and time as its own).
-        let resized = now.is_some_and(|(length, ..)| length != self.length.get());
+        let resized = now.is_some_and(|now| now.length != self.length.get());
         let changed = changed || resized;
         let written = closed_after_writing || changed;
         if written && !self.seen.swap(true, Ordering::Relaxed) {
@@ -194,10 +199,25 @@ impl Writers {
     }
 }
 
-/// The size and modification time of the file at `path`, if it can be read.
-fn stamp(path: &Path) -> Option<(u64, i64, i64)> {
+/// Which file was at a path, with its size and modification time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    file: FileId,
+    length: u64,
+    modified: (i64, i64),
+}
+
+/// The file at `path`, its size and modification time, if it can be read.
+fn stamp(path: &Path) -> Option<Stamp> {
     let metadata = std::fs::metadata(path).ok()?;
-    Some((metadata.len(), metadata.mtime(), metadata.mtime_nsec()))
+    Some(Stamp {
+        file: FileId {
+            device: metadata.dev(),
+            inode: metadata.ino(),
+        },
+        length: metadata.len(),
+        modified: (metadata.mtime(), metadata.mtime_nsec()),
+    })
 }
 
 /// What the configured path holds now, against the file the database has open.
@@ -490,6 +510,29 @@ mod tests {
         });
 
         assert!(writers.seen(&path), "truncated during the commit");
+    }
+
+    /// Another file renamed into the path's place between the look at the path (which
+    /// found the open file there) and the look for other writers is not taken for a write
+    /// to the open file, which would stop counting for good: the next look at the path
+    /// finds the other file. A write in place after it is still seen.
+    #[test]
+    fn a_file_put_in_place_during_a_look_is_not_taken_for_a_write_in_place() {
+        let (dir, path, _handle, writers) = watched_file(&[1; 4096]);
+
+        let other = dir.path().join("older");
+        std::fs::write(&other, [3; 1024]).unwrap();
+        std::fs::rename(&other, &path).unwrap();
+
+        assert!(!writers.seen(&path), "another file at the path");
+        writers.watch(&path);
+        writers.length().set(1024);
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .and_then(|mut file| std::io::Write::write_all(&mut file, b"another's"))
+            .unwrap();
+        assert!(writers.seen(&path), "a write in place");
     }
 
     /// A database put in place that lacks a count this service holds at 0 is not taken
