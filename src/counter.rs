@@ -306,18 +306,13 @@ async fn commit<L: VisitLog>(
                 let error = match refused {
                     TallyResult::Unknown => VisitError::UnknownCounter,
                     TallyResult::TooMany => VisitError::TooManyCounters,
-                    TallyResult::ShareAtLimit => VisitError::Store(StoreError::new(
-                        StoreErrorKind::ShareLimit,
-                        "this replica's share is at its limit",
-                    )),
-                    TallyResult::WrongType => VisitError::Store(StoreError::new(
-                        StoreErrorKind::WrongType,
-                        format!("a key of counter {} is not a counter's", tally.counter),
-                    )),
-                    _ => VisitError::Store(StoreError::new(
-                        StoreErrorKind::Limit,
-                        "the total is at its limit",
-                    )),
+                    store => {
+                        // The store's refusal of this counter alone, which an operator
+                        // must put right: counted and logged as a failed write is.
+                        let error = tally_refusal(store, &tally.counter);
+                        refuse(visits.into_iter(), tally.visits, &error);
+                        continue;
+                    }
                 };
                 for visit in visits {
                     let _ = visit.reply.send(Err(error.clone()));
@@ -340,6 +335,28 @@ async fn commit<L: VisitLog>(
 
 /// The visits of a batch grouped by counter, each group in arrival order, with the tally
 /// the store writes for it.
+/// Why the store refused one counter's tally, for a result that is not a count.
+fn tally_refusal(result: TallyResult, counter: &CounterName) -> StoreError {
+    match result {
+        TallyResult::ShareAtLimit => StoreError::new(
+            StoreErrorKind::ShareLimit,
+            "this replica's share is at its limit",
+        ),
+        TallyResult::WrongType => StoreError::new(
+            StoreErrorKind::WrongType,
+            format!("a key of counter {counter} is not a counter's"),
+        ),
+        TallyResult::Gone => StoreError::new(
+            StoreErrorKind::TotalGone,
+            format!(
+                "the total of counter {counter} is gone, yet the registry of counters holds \
+                 it: restore the total, set it with the admin API, or delete the counter"
+            ),
+        ),
+        _ => StoreError::new(StoreErrorKind::Limit, "the total is at its limit"),
+    }
+}
+
 fn by_counter(visits: Vec<Visit>) -> (Vec<Tally>, Vec<Vec<Visit>>) {
     let mut tallies: Vec<Tally> = Vec::new();
     let mut groups: Vec<Vec<Visit>> = Vec::new();

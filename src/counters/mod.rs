@@ -91,6 +91,9 @@ pub enum TallyResult {
     /// One of the counter's keys holds something that is not a counter's (an operator
     /// wrote it); nothing of the tally was applied.
     WrongType,
+    /// The counter is in the registry but its total is gone (an operator deleted or
+    /// renamed it): counting from 1 again would repeat its numbers; nothing was applied.
+    Gone,
 }
 
 /// Which counters count a visit, and how many there may be.

@@ -64,6 +64,8 @@ kinds! {
     NoDatabase => "no_database", "counter store has no such database";
     /// Redis no longer holds the data the service counted in (`redis::dataset`).
     DataLost => "data_lost", "counter store no longer holds the counts";
+    /// A counter in the registry whose total is gone (deleted or renamed by hand).
+    TotalGone => "total_gone", "counter store no longer holds this counter's total";
     DiskFull => "disk_full", "counter store's disk is full";
     Damaged => "damaged", "counter store's data is damaged";
     /// The data file is no longer at the configured path (deleted, moved or replaced).

@@ -143,6 +143,87 @@ async fn at_the_limit_of_a_64_bit_total_visits_get_503_and_nothing_is_counted() 
     assert_eq!(in_doubt(&app.client).await, 0);
 }
 
+/// A counter's total deleted or renamed away by hand while the registry of counters still
+/// holds the counter: counting on from 1 would hand out its numbers a second time. Its
+/// visits are refused with the reason (the tutorial's counter: the service is not ready
+/// either), nothing is written, other counters count, and counting goes on from where it
+/// was once the total is back.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_total_deleted_by_hand_is_not_counted_from_1_again() {
+    let redis = RedisServer::start().await;
+    let app = service_on(&redis, &["--workers", "1", "--rate-limit", "off"]).await;
+    for n in 1..=3 {
+        assert_eq!(app.client.visit().await, n);
+    }
+    for n in 1..=2 {
+        assert_eq!(app.client.try_visit_at("/c/page").await.count, Some(n));
+    }
+    let gone = "Service Unavailable: counter store no longer holds this counter's total\n";
+
+    redis.query(&["RENAME", "hits", "saved"]).await.unwrap();
+    let refused = app.client.try_visit().await;
+    assert_eq!(
+        refused.status,
+        Some(StatusCode::SERVICE_UNAVAILABLE),
+        "{refused:?}"
+    );
+    assert_eq!(refused.body, gone);
+    assert_eq!(
+        app.client.ready_status().await,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert_eq!(
+        redis.query(&["EXISTS", "hits"]).await.unwrap(),
+        redis::Value::Int(0),
+        "a total was written again"
+    );
+    assert_eq!(app.client.try_visit_at("/c/page").await.count, Some(3));
+    redis.query(&["RENAME", "saved", "hits"]).await.unwrap();
+    assert_eq!(app.client.visit().await, 4);
+    assert_eq!(app.client.ready_status().await, StatusCode::OK);
+
+    // A named counter's total, a field of its hash beside its days.
+    redis
+        .query(&["HDEL", "hits:c:page", "total"])
+        .await
+        .unwrap();
+    let refused = app.client.try_visit_at("/c/page").await;
+    assert_eq!(
+        refused.status,
+        Some(StatusCode::SERVICE_UNAVAILABLE),
+        "{refused:?}"
+    );
+    assert_eq!(refused.body, gone);
+    let read = app.client.get("/api/counters/page").await;
+    assert_eq!(read.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        read.text()
+            .await
+            .unwrap()
+            .contains("no longer holds this counter's total"),
+        "reading it says why"
+    );
+    assert_eq!(app.client.visit().await, 5, "other counters count");
+    assert_eq!(app.client.ready_status().await, StatusCode::OK);
+    redis
+        .query(&["HSET", "hits:c:page", "total", "3"])
+        .await
+        .unwrap();
+    assert_eq!(app.client.try_visit_at("/c/page").await.count, Some(4));
+    assert_eq!(in_doubt(&app.client).await, 0);
+    assert_eq!(
+        app.client
+            .metric("stackdemo_store_errors_total{reason=\"total_gone\"}")
+            .await,
+        2.0,
+        "each refused write is counted by its reason"
+    );
+    assert!(
+        app.log().contains("the total of counter hits is gone"),
+        "the refusal is logged with its cause"
+    );
+}
+
 /// Every key a write touches, given a value of the wrong type: the visit is refused,
 /// nothing at all is counted (Lua does not roll back on its own: the write script must),
 /// and the service is not ready until the key is mended.

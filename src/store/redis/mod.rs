@@ -279,6 +279,7 @@ fn classify(error: RedisError) -> StoreError {
         Some("LIMIT") => StoreErrorKind::Limit,
         Some("SHARELIMIT") => StoreErrorKind::ShareLimit,
         Some("DATALOST") => StoreErrorKind::DataLost,
+        Some("GONE") => StoreErrorKind::TotalGone,
         Some("ERR") if detail.contains("overflow") => StoreErrorKind::Limit,
         _ if error.to_string().contains("refused to switch database") => StoreErrorKind::NoDatabase,
         Some("ERR") if detail.contains("not an integer") => StoreErrorKind::WrongType,

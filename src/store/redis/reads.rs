@@ -129,6 +129,13 @@ impl RedisSession {
         if !registered && total.is_none() && !tutorial {
             return Ok(None);
         }
+        if registered && total.is_none() {
+            // Deleted or renamed by hand: visits are refused for it (`ADD_VISITS`).
+            return Err(StoreError::new(
+                StoreErrorKind::TotalGone,
+                format!("counter {name}: its total is gone, yet the registry holds it"),
+            ));
+        }
         let total = match total {
             Some(total) => total.parse().map_err(|_| wrong("the total"))?,
             None => 0,

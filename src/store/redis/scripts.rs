@@ -43,7 +43,14 @@ use redis::Script;
 /// (the exact string Redis holds: Lua numbers are doubles, which would round totals above
 /// 2^53) or why it was not counted: `U` unknown counter, `M` too many counters, `L` the
 /// total (or the day's visits) at its limit, `S` this replica's share at its limit, `W` a
-/// key of the wrong type.
+/// key of the wrong type, `G` the total of a counter in the registry gone.
+///
+/// A counter in the registry has its total: a total gone from under it (deleted, renamed,
+/// expired by hand) would count from 1 again and hand out its numbers a second time. So
+/// a tally whose total is not there asks the registry, and a counter it knows is refused
+/// (`G`) with nothing written, until the total is back (restored, or set by the
+/// administrator) or the counter is deleted. A total set to a lower number by hand is not
+/// seen: the administrator's API is the way to set one.
 ///
 /// Each batch's record is `"<batch>:<write number>:<results>"` in a ring of slots (batch number modulo
 /// the slots kept), so the records stay bounded whatever fails. A batch whose record
@@ -67,8 +74,8 @@ use redis::Script;
 /// service counted in, and nothing is written; or it holds an older copy, and only the new
 /// mark is written), `EXPIRED` (past the deadline), `PARTIAL` (a write failed and undoing
 /// it failed too: the batch's visits may have been counted), `WRONGTYPE` (the number of
-/// the last write is not a number); for a probe also `LIMIT`, `SHARELIMIT` and
-/// `WRONGTYPE` for the counter's keys.
+/// the last write is not a number); for a probe also `LIMIT`, `SHARELIMIT`,
+/// `WRONGTYPE` for the counter's keys and `GONE` for its total gone.
 pub const ADD_VISITS: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -152,6 +159,10 @@ if batch == '0' then
       return redis.error_reply('WRONGTYPE a key of the counter holds the wrong kind of value')
     end
     if total == MAX then return redis.error_reply('LIMIT the total is at its limit') end
+    -- Before the write of nothing below, which would make the total again at 0.
+    if not total and redis.call('HEXISTS', registry, names[i]) == 1 then
+      return redis.error_reply('GONE the total of counter ' .. names[i] .. ' is gone from under its entry in the registry')
+    end
     if share == MAX then return redis.error_reply('SHARELIMIT the share of this replica is at its limit') end
     -- Every other command the write runs now (not those that only undo one), each in a
     -- way that changes nothing: the write's number and the total added 0 to (the number
@@ -161,6 +172,7 @@ if batch == '0' then
     -- the registration a first visit writes, today's sketch made as its first visit
     -- makes it.
     redis.call('INCRBY', KEYS[5], 0)
+    redis.call('EXISTS', totals[i])
     redis.call('INCRBY', totals[i], 0)
     if redis.call('HEXISTS', registry, names[i]) == 0 then
       redis.call('HLEN', registry)
@@ -243,6 +255,16 @@ local function apply(i)
   local function refused(err, overflow)
     undo(i)
     return refusal(err, overflow) or {err = err}
+  end
+  -- A total not there is a new counter's, or one gone from under its registration:
+  -- nothing written yet, so a refusal needs no undo.
+  local there
+  if is_tutorial then there = redis.pcall('EXISTS', key) else there = redis.pcall('HEXISTS', key, 'total') end
+  if failed(there) then return refusal(there.err, 'L') or there end
+  if there == 0 then
+    local known = redis.pcall('HEXISTS', registry, name)
+    if failed(known) then return refusal(known.err, 'L') or known end
+    if known == 1 then return 'G' end
   end
   local total
   if is_tutorial then

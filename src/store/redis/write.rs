@@ -404,6 +404,7 @@ fn parse_results(text: &str, tallies: usize) -> Result<Vec<TallyResult>, StoreEr
             "L" => Some(TallyResult::AtLimit),
             "S" => Some(TallyResult::ShareAtLimit),
             "W" => Some(TallyResult::WrongType),
+            "G" => Some(TallyResult::Gone),
             total => total.parse().ok().map(TallyResult::Counted),
         })
         .collect::<Option<_>>()
