@@ -379,20 +379,25 @@ async fn a_body_that_ends_near_the_request_timeout_is_refused_and_not_counted() 
     });
     let answers = futures_util::future::join_all(visits).await;
 
-    let mut counted = 0;
+    // An early body is counted, as a rule; on a loaded host its write may miss the store
+    // timeout (503, counted only if it says it may have been).
+    let (mut counted, mut in_doubt) = (0, 0);
     for (i, answer) in answers.into_iter().enumerate() {
         let answer = answer.unwrap().expect("an answer");
         if i % 2 == 0 {
             assert_eq!(answer.status, 408, "a late body: {answer:?}");
+        } else if answer.status == 503 {
+            in_doubt += i64::from(answer.body.contains("may have been counted"));
         } else {
             assert_eq!(answer.status, 200, "an early body: {answer:?}");
             counted += 1;
         }
     }
-    assert_eq!(
-        redis.get_i64("hits").await,
-        counted,
-        "a visit answered 503 was counted"
+    assert!(counted > 0, "no early body was counted");
+    let total = redis.get_i64("hits").await;
+    assert!(
+        (counted..=counted + in_doubt).contains(&total),
+        "{total} counted, {counted} answered 200 and {in_doubt} in doubt: a refused visit was counted"
     );
 }
 
