@@ -620,6 +620,43 @@ async fn sentinels_win_over_a_redis_url_from_the_image() {
     assert_eq!(group.total().await, before + 1);
 }
 
+/// A Redis that asks for a password, behind sentinels that have none of their own (they
+/// watch it with `auth-pass`): the service, given the Redis password and no sentinel
+/// password, asks the sentinels with it, as they may have the same one; refused, as a
+/// sentinel without a password refuses any, it asks them without. It counts, and follows
+/// a failover.
+#[tokio::test(flavor = "multi_thread")]
+async fn sentinels_without_a_password_in_front_of_a_redis_with_one() {
+    let group = RedisGroup::start_with_password(Flavor::Redis, "node-secret").await;
+    let secret = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(secret.path(), "node-secret\n").unwrap();
+    let sentinels = group.sentinel_list();
+    let service = ServiceProcess::start(&[
+        "--redis-sentinels",
+        &sentinels,
+        "--redis-password-file",
+        secret.path().to_str().unwrap(),
+        "--workers",
+        "1",
+    ])
+    .await;
+    service
+        .client
+        .wait_ready(allowed(Duration::from_secs(2)))
+        .await;
+    assert_eq!(service.client.visit().await, 1);
+
+    group.planned_failover().await;
+    crate::helpers::wait_until(
+        "a visit counted on the new primary",
+        allowed(FAILOVER),
+        || async { service.client.try_visit().await.status == Some(StatusCode::OK) },
+    )
+    .await;
+    let counted = service.client.visit().await;
+    assert_eq!(group.total().await, counted);
+}
+
 /// A replica connected to the primary that the sentinels cannot use (its announced
 /// address reaches nothing) confirms writes as any replica does (`WAIT`). Were it not
 /// waited for, it would stand in for a fit replica cut off from the primary, and a

@@ -88,6 +88,10 @@ struct Sentinels {
     master_name: String,
     /// Applied to the address the sentinels give: password, database.
     primary_template: ConnectionInfo,
+    /// The sentinels are asked with the Redis password, having none set of their own. A
+    /// sentinel that has no password refuses a connection that gives one; it is asked
+    /// again without.
+    password_inherited: bool,
 }
 
 impl Locator {
@@ -101,12 +105,14 @@ impl Locator {
         sentinels: Vec<ConnectionInfo>,
         master_name: String,
         primary_template: ConnectionInfo,
+        password_inherited: bool,
     ) -> Self {
         Self::with(
             Kind::Sentinels(Box::new(Sentinels {
                 sentinels,
                 master_name,
                 primary_template,
+                password_inherited,
             })),
             None,
         )
@@ -202,10 +208,11 @@ impl Locator {
         let sentinels = resolved(&target.sentinels).await;
         let majority = sentinels.len() / 2 + 1;
         let master_name = target.master_name.as_str();
+        let inherited = target.password_inherited;
         let mut answers: FuturesUnordered<_> = sentinels
             .iter()
             .map(|sentinel| async move {
-                tokio::time::timeout(SENTINEL_TIMEOUT, ask_one(sentinel, master_name))
+                tokio::time::timeout(SENTINEL_TIMEOUT, ask_one(sentinel, master_name, inherited))
                     .await
                     .unwrap_or_else(|_| Err(StoreError::timeout()))
             })
@@ -439,12 +446,20 @@ impl Locator {
             return;
         };
         let (master_name, primary_template) = (&target.master_name, &target.primary_template);
-        let subscribed = async {
-            let client = Client::open(sentinel.clone()).map_err(classify)?;
-            let mut pubsub = tokio::time::timeout(SENTINEL_TIMEOUT, client.get_async_pubsub())
+        let subscribe = |sentinel: ConnectionInfo| async move {
+            let client = Client::open(sentinel).map_err(classify)?;
+            tokio::time::timeout(SENTINEL_TIMEOUT, client.get_async_pubsub())
                 .await
                 .map_err(|_| StoreError::timeout())?
-                .map_err(classify)?;
+                .map_err(classify)
+        };
+        let subscribed = async {
+            let mut pubsub = match subscribe(sentinel.clone()).await {
+                Err(error) if refused_password(&error, target.password_inherited) => {
+                    subscribe(without_password(&sentinel)).await?
+                }
+                subscribed => subscribed?,
+            };
             pubsub.psubscribe("*").await.map_err(classify)?;
             let mut messages = pubsub.on_message();
             while let Some(message) = messages.next().await {
@@ -525,8 +540,14 @@ type Fields = HashMap<String, String>;
 async fn ask_one(
     sentinel: &ConnectionInfo,
     master_name: &str,
+    password_inherited: bool,
 ) -> Result<Option<SentinelReport>, StoreError> {
-    let mut connection = connect(sentinel).await?;
+    let mut connection = match connect(sentinel).await {
+        Err(error) if refused_password(&error, password_inherited) => {
+            connect(&without_password(sentinel)).await?
+        }
+        connected => connected?,
+    };
     let mut pipe = redis::pipe();
     pipe.cmd("SENTINEL")
         .arg("MASTER")
@@ -541,6 +562,20 @@ async fn ask_one(
         Err(error) if error.code() == Some("ERR") => Ok(None),
         Err(error) => Err(classify(error)),
     }
+}
+
+/// Whether a sentinel refused the Redis password it was given for want of one of its own:
+/// one without a password refuses any (`AUTH … called without any password configured`),
+/// which the client reports as a failed authentication.
+fn refused_password(error: &StoreError, password_inherited: bool) -> bool {
+    password_inherited && error.kind() == StoreErrorKind::Auth
+}
+
+/// `sentinel`'s connection settings without a password.
+fn without_password(sentinel: &ConnectionInfo) -> ConnectionInfo {
+    sentinel
+        .clone()
+        .set_redis_settings(redis::RedisConnectionInfo::default())
 }
 
 /// The connection settings of one sentinel.

@@ -184,7 +184,8 @@ impl RedisStore {
                     .iter()
                     .map(|s| locate::sentinel_info(&s.host, s.port, &sentinel_template))
                     .collect::<Result<_, _>>()?;
-                Locator::sentinels(sentinels, master_name.clone(), primary)
+                let password_inherited = password.is_none() && settings.password.is_some();
+                Locator::sentinels(sentinels, master_name.clone(), primary, password_inherited)
             }
         };
         Ok(Self {

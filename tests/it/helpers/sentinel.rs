@@ -69,16 +69,29 @@ impl RedisGroup {
 
     /// `start`, with settings of its own for each node (the primary first).
     pub async fn start_with(flavor: Flavor, extra: [&[&str]; 3]) -> Self {
+        Self::start_servers(flavor, None, extra).await
+    }
+
+    /// `start`, every server asking for `password` and giving it to its primary, the
+    /// sentinels given it to watch them (`auth-pass`) and having none of their own.
+    pub async fn start_with_password(flavor: Flavor, password: &str) -> Self {
+        Self::start_servers(flavor, Some(password), [&[], &[], &[]]).await
+    }
+
+    async fn start_servers(flavor: Flavor, password: Option<&str>, extra: [&[&str]; 3]) -> Self {
+        let auth: Vec<&str> = password.map_or(vec![], |p| vec!["--masterauth", p]);
         let mut settings = NODE_SETTINGS.to_vec();
+        settings.extend(&auth);
         settings.extend(extra[0]);
-        let primary = RedisServer::start_with(flavor, None, &settings).await;
+        let primary = RedisServer::start_with(flavor, password, &settings).await;
         let primary_port = primary.port.to_string();
         let mut nodes = vec![primary];
         for own in &extra[1..] {
             let mut settings = NODE_SETTINGS.to_vec();
+            settings.extend(&auth);
             settings.extend(["--replicaof", "127.0.0.1", &primary_port]);
             settings.extend(*own);
-            nodes.push(RedisServer::start_with(flavor, None, &settings).await);
+            nodes.push(RedisServer::start_with(flavor, password, &settings).await);
         }
         let group_nodes = &nodes;
         wait_until("both replicas in sync", allowed(PROCESS_START), || async {
@@ -92,7 +105,7 @@ impl RedisGroup {
         .await;
         let mut sentinels = Vec::new();
         for _ in 0..3 {
-            sentinels.push(SentinelProcess::start(flavor, nodes[0].port).await);
+            sentinels.push(SentinelProcess::start(flavor, nodes[0].port, password).await);
         }
         let group = Self { nodes, sentinels };
         // Sentinels find each other through hello messages every 2 s, and the replicas
@@ -256,10 +269,12 @@ impl RedisGroup {
 impl SentinelProcess {
     /// A sentinel of its own watching the server on `primary_port` as `mymaster`.
     pub async fn start_watching(flavor: Flavor, primary_port: u16) -> Self {
-        Self::start(flavor, primary_port).await
+        Self::start(flavor, primary_port, None).await
     }
 
-    async fn start(flavor: Flavor, primary_port: u16) -> Self {
+    /// A sentinel watching the server on `primary_port`, with `auth_pass` the password
+    /// that server and its replicas ask for.
+    async fn start(flavor: Flavor, primary_port: u16, auth_pass: Option<&str>) -> Self {
         let dir = tempfile::tempdir().expect("a temporary folder");
         let port = free_port();
         let config = dir.path().join("sentinel.conf");
@@ -270,10 +285,13 @@ impl SentinelProcess {
                  sentinel monitor {MASTER_NAME} 127.0.0.1 {primary_port} 2\n\
                  sentinel down-after-milliseconds {MASTER_NAME} {down}\n\
                  sentinel failover-timeout {MASTER_NAME} {failover}\n\
-                 sentinel parallel-syncs {MASTER_NAME} 2\n",
+                 sentinel parallel-syncs {MASTER_NAME} 2\n{auth}",
                 dir = dir.path().display(),
                 down = DOWN_AFTER.as_millis(),
                 failover = FAILOVER_TIMEOUT.as_millis(),
+                auth = auth_pass.map_or(String::new(), |password| {
+                    format!("sentinel auth-pass {MASTER_NAME} {password}\n")
+                }),
             ),
         )
         .expect("the sentinel's config");
