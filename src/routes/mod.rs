@@ -2,13 +2,13 @@
 
 mod admin;
 mod badge;
-mod body_limit;
 mod client;
 mod counters;
 mod error;
 mod headers;
 mod health;
 mod metrics;
+mod refused_early;
 mod stats;
 mod visit;
 
@@ -101,7 +101,7 @@ pub fn router(state: AppState) -> Router {
                     headers.apply(response.headers_mut());
                     response
                 })
-                .layer(body_limit::RefuseLargeBodiesLayer),
+                .layer(refused_early::RefuseEarlyLayer),
         )
         .with_state(state)
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use axum::{
     Router,
     body::Body,
-    http::{Method, Request, StatusCode, header},
+    http::{HeaderValue, Method, Request, StatusCode, header},
 };
 use http_body_util::BodyExt;
 use tower::ServiceExt;
@@ -80,7 +80,22 @@ impl TestRouter {
         }
     }
 
-    async fn send(&self, request: Request<Body>) -> (StatusCode, axum::http::HeaderMap, String) {
+    /// Sends `request` with a `Host`, as every HTTP/1.1 client sends one, unless it has.
+    async fn send(
+        &self,
+        mut request: Request<Body>,
+    ) -> (StatusCode, axum::http::HeaderMap, String) {
+        request
+            .headers_mut()
+            .entry(header::HOST)
+            .or_insert(HeaderValue::from_static("test"));
+        self.send_as_is(request).await
+    }
+
+    async fn send_as_is(
+        &self,
+        request: Request<Body>,
+    ) -> (StatusCode, axum::http::HeaderMap, String) {
         let response = self.router.clone().oneshot(request).await.unwrap();
         let status = response.status();
         let headers = response.headers().clone();
@@ -289,6 +304,39 @@ async fn scripts_on_other_pages_may_use_what_each_path_takes() {
     let (status, headers, _) = app.call(Method::POST, "/badge/page.svg").await;
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(headers[header::ALLOW], "GET,HEAD");
+}
+
+/// HTTP/1.1 asks a server to refuse a request without a `Host`, or with more than one;
+/// HTTP/1.0 has no such rule. A refused request counts nothing.
+#[tokio::test]
+async fn an_http_1_1_request_needs_one_host() {
+    let app = TestRouter::new();
+    let without = Request::builder().uri("/").body(Body::empty()).unwrap();
+    let two = Request::builder()
+        .uri("/c/page")
+        .header(header::HOST, "a")
+        .header(header::HOST, "b")
+        .body(Body::empty())
+        .unwrap();
+    for request in [without, two] {
+        let (status, _, body) = app.send_as_is(request).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(
+            body,
+            "Bad Request: an HTTP/1.1 request needs one Host header\n"
+        );
+    }
+    let old = Request::builder()
+        .uri("/")
+        .version(axum::http::Version::HTTP_10)
+        .body(Body::empty())
+        .unwrap();
+    let (status, _, body) = app.send_as_is(old).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        body, "Hello World! I have been seen 1 times.\n",
+        "the refused counted nothing"
+    );
 }
 
 #[tokio::test]

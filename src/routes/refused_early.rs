@@ -1,14 +1,17 @@
-//! Requests whose announced body is over the limit are refused before any handler runs
-//! (but imports, read a line at a time);
-//! a body without an announced length is refused by the visit as it reads it
-//! (`visit::read_body`). A plain tower layer, so that every request does not pay for a
-//! boxed middleware.
+//! Requests refused before any handler runs, by what their head says:
+//! - an HTTP/1.1 request without a `Host`, or with more than one: 400, as HTTP/1.1 asks
+//!   of a server (RFC 9112, 3.2; HTTP/1.0 has no such rule);
+//! - an announced body over the limit: 413 (but imports, read a line at a time); a body
+//!   without an announced length is refused by the visit as it reads it
+//!   (`visit::read_body`).
+//!
+//! A plain tower layer, so that every request does not pay for a boxed middleware.
 
 use std::task::{Context, Poll};
 
 use axum::{
     extract::Request,
-    http::header,
+    http::{Version, header},
     response::{IntoResponse, Response},
 };
 use futures_util::future::{Either, Ready, ready};
@@ -17,22 +20,22 @@ use tower::{Layer, Service};
 use super::{ApiError, IMPORT_PATH, MAX_BODY_BYTES};
 
 #[derive(Clone, Copy, Default)]
-pub struct RefuseLargeBodiesLayer;
+pub struct RefuseEarlyLayer;
 
-impl<S> Layer<S> for RefuseLargeBodiesLayer {
-    type Service = RefuseLargeBodies<S>;
+impl<S> Layer<S> for RefuseEarlyLayer {
+    type Service = RefuseEarly<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        RefuseLargeBodies { inner }
+        RefuseEarly { inner }
     }
 }
 
 #[derive(Clone)]
-pub struct RefuseLargeBodies<S> {
+pub struct RefuseEarly<S> {
     inner: S,
 }
 
-impl<S> Service<Request> for RefuseLargeBodies<S>
+impl<S> Service<Request> for RefuseEarly<S>
 where
     S: Service<Request, Response = Response>,
 {
@@ -45,6 +48,13 @@ where
     }
 
     fn call(&mut self, request: Request) -> Self::Future {
+        if request.version() == Version::HTTP_11
+            && request.headers().get_all(header::HOST).iter().count() != 1
+        {
+            let refused =
+                ApiError::BadRequest("an HTTP/1.1 request needs one Host header".to_owned());
+            return Either::Left(ready(Ok(refused.into_response())));
+        }
         let announced = request
             .headers()
             .get(header::CONTENT_LENGTH)
