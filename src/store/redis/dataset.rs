@@ -221,7 +221,8 @@ impl DatasetMark {
                     acknowledged = self.acknowledged(),
                     "Redis holds an older copy of the data this service counted in (a \
                      snapshot loaded after a crash, a backup restored, a server that fell \
-                     behind made primary): counting on would hand out numbers again, so \
+                     behind made primary), or lost the record of a write (keys evicted, or \
+                     deleted by hand): counting on would hand out numbers again, so \
                      visits are refused, by every service process. Restore the latest data \
                      (an older copy is refused the same way), or restart the services to \
                      count from what Redis holds now"
@@ -239,8 +240,10 @@ impl DatasetMark {
                 mark = key,
                 found = if another { "another" } else { "none" },
                 "Redis no longer holds the data this service counted in (restarted without \
-                 persistence, flushed, keys evicted, another server in the primary's place, \
-                 or an older copy found by another service process): counting on would hand out \
+                 persistence, flushed, keys evicted, another server in the primary's place; \
+                 or a service process, this one's readiness probe included, found an older \
+                 copy or the record of a write lost, and put a new mark in place): counting \
+                 on would hand out \
                  numbers again, so visits are refused. Restore the latest data (an older \
                  copy is refused the same way), or restart the service to count from what \
                  Redis holds now"
