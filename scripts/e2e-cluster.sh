@@ -33,9 +33,10 @@ cleanup() {
     on node1 node ls 2>/dev/null || true
     on node1 stack ps "$STACK" --no-trunc 2>/dev/null | head -40 || true
     timeout 20 $DOCKER -H unix:///run/stackdemo-cluster/node1/docker.sock service logs --tail 3 "${STACK}_web" 2>/dev/null | cut -c1-300 || true
-    # With the HA variant: what the servers and the sentinels did last.
-    for service in redis redis-b redis-c sentinel; do
-      timeout 20 $DOCKER -H unix:///run/stackdemo-cluster/node1/docker.sock service logs --tail 20 "${STACK}_$service" 2>/dev/null | cut -c1-300 || true
+    # The edge's last requests (HAProxy's log: the server each went to, and how it ended),
+    # and with the HA variant, what the servers and the sentinels did last.
+    for service in edge redis redis-b redis-c sentinel; do
+      timeout 20 $DOCKER -H unix:///run/stackdemo-cluster/node1/docker.sock service logs --tail 60 "${STACK}_$service" 2>/dev/null | cut -c1-300 || true
     done
   fi
   for pid in $(jobs -p); do kill "$pid" 2>/dev/null || true; done
