@@ -23,9 +23,13 @@ pub use self::{day::Day, name::CounterName};
 use crate::config::CounterSettings;
 
 /// Whether a query's `key=value` asks to be shown a counter without counting a visit
-/// (`count=0`, or `false`, `no`, `off`).
+/// (`count=0`, or `false`, `no`, `off`, in any case; a zero written with more digits).
 pub fn declines_counting(key: &str, value: &str) -> bool {
-    key == "count" && matches!(value, "0" | "false" | "no" | "off")
+    key == "count"
+        && (["false", "no", "off"]
+            .iter()
+            .any(|word| value.eq_ignore_ascii_case(word))
+            || (!value.is_empty() && value.bytes().all(|digit| digit == b'0')))
 }
 
 /// What the counting and reading routes of every worker share.

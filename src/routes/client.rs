@@ -95,9 +95,14 @@ mod tests {
             asks_not_to_count(Some("count=%30"), &none),
             "percent-encoded, as a form may send it"
         );
+        for written in ["count=FALSE", "count=Off", "count=No", "count=00"] {
+            assert!(asks_not_to_count(Some(written), &none), "{written}");
+        }
         assert!(asks_not_to_count(None, &cookie));
         assert!(!asks_not_to_count(None, &none));
         assert!(!asks_not_to_count(Some("count=1"), &none));
+        assert!(!asks_not_to_count(Some("count="), &none));
+        assert!(!asks_not_to_count(Some("count=10"), &none));
         assert!(!asks_not_to_count(Some("discount=0"), &none));
         assert!(!asks_not_to_count(None, &other_cookie));
     }
