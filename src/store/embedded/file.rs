@@ -495,6 +495,15 @@ mod tests {
         (dir, path, handle, writers)
     }
 
+    /// Another writer's write to the end of the file at `path`, closing it after.
+    fn append_as_another(path: &Path, bytes: &[u8]) {
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(path)
+            .and_then(|mut file| std::io::Write::write_all(&mut file, bytes))
+            .unwrap();
+    }
+
     /// Another process truncating the file while a commit of this process is under way
     /// is seen after the commit, though the commit's end took the file's size and time as
     /// its own: the file's length is not the one redb gave it.
@@ -527,11 +536,7 @@ mod tests {
         assert!(!writers.seen(&path), "another file at the path");
         writers.watch(&path);
         writers.length().set(1024);
-        std::fs::OpenOptions::new()
-            .append(true)
-            .open(&path)
-            .and_then(|mut file| std::io::Write::write_all(&mut file, b"another's"))
-            .unwrap();
+        append_as_another(&path, b"another's");
         assert!(writers.seen(&path), "a write in place");
     }
 
@@ -582,11 +587,7 @@ mod tests {
 
         assert!(!during, "a look while this process reopens");
         assert!(!writers.seen(&path), "a look after it");
-        std::fs::OpenOptions::new()
-            .append(true)
-            .open(&path)
-            .and_then(|mut file| std::io::Write::write_all(&mut file, b", and another's"))
-            .unwrap();
+        append_as_another(&path, b", and another's");
         assert!(writers.seen(&path), "another writer");
     }
 
@@ -625,11 +626,7 @@ mod tests {
 
         assert_eq!(seen, Ok(false), "answered at once, no other writer");
         assert!(!writers.seen(&path), "this process's own write");
-        std::fs::OpenOptions::new()
-            .append(true)
-            .open(&path)
-            .and_then(|mut file| std::io::Write::write_all(&mut file, b", and another's"))
-            .unwrap();
+        append_as_another(&path, b", and another's");
         assert!(writers.seen(&path), "another writer");
     }
 }
