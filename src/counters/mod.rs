@@ -22,14 +22,21 @@ use self::{admin::AdminToken, rate_limit::RateLimiter, visitor::TrustedProxies};
 pub use self::{day::Day, name::CounterName};
 use crate::config::CounterSettings;
 
-/// Whether a query's `key=value` asks to be shown a counter without counting a visit
-/// (`count=0`, or `false`, `no`, `off`, in any case; a zero written with more digits).
-pub fn declines_counting(key: &str, value: &str) -> bool {
-    key == "count"
-        && (["false", "no", "off"]
-            .iter()
-            .any(|word| value.eq_ignore_ascii_case(word))
-            || (!value.is_empty() && value.bytes().all(|digit| digit == b'0')))
+/// What a query's `count=` says: `Some(false)` declines counting (`0`, `false`, `no`,
+/// `off`, in any case; a zero written with more digits), `Some(true)` counts (`1` or
+/// another number, `true`, `yes`, `on`, or nothing after `=`), and `None` is neither, which
+/// a request is refused for rather than guessed at: `count=flase` meant not to count.
+pub fn count_flag(value: &str) -> Option<bool> {
+    let word = |words: [&str; 3]| words.iter().any(|word| value.eq_ignore_ascii_case(word));
+    if word(["false", "no", "off"]) {
+        Some(false)
+    } else if value.is_empty() || word(["true", "yes", "on"]) {
+        Some(true)
+    } else if value.bytes().all(|digit| digit.is_ascii_digit()) {
+        Some(value.bytes().any(|digit| digit != b'0'))
+    } else {
+        None
+    }
 }
 
 /// What the counting and reading routes of every worker share.

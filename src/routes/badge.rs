@@ -43,7 +43,7 @@ pub async fn badge(
     let name = parse_name(name)?;
     let badge = Badge::from_query(query).map_err(ApiError::BadRequest)?;
     let handover = request.extensions().get::<Handover>().cloned();
-    let client = Client::of(&request, &state.counters.trusted_proxies);
+    let client = Client::of(&request, &state.counters.trusted_proxies)?;
     if !client.counts {
         let reading = read(&state, &name, 1).await?;
         let number = match badge.show {

@@ -3,9 +3,11 @@
 //! asked not to be counted.
 //!
 //! Not counting yourself: a browser that visited `/ignore-me` carries the cookie
-//! `stackdemo_nocount=1`, and any counting request with `?count=0` (or `false`, `no`) is
-//! answered without counting. Either way the answer shows the count as it stands. `HEAD`
-//! never counts: it is answered as the `GET` with `?count=0` would be, without a body.
+//! `stackdemo_nocount=1`, and any counting request with `?count=0` (or `false`, `no`,
+//! `off`) is answered without counting. Either way the answer shows the count as it
+//! stands. A `count=` that says neither yes nor no is refused with 400. `HEAD` never
+//! counts: it is answered as the `GET` with `?count=0` would be, without a body. The
+//! tutorial's `/` reads neither: it counts every visit, as it always has.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
@@ -14,6 +16,7 @@ use axum::{
     http::{HeaderMap, HeaderValue, Method, header},
 };
 
+use super::error::ApiError;
 use crate::counters::visitor::{self, TrustedProxies};
 
 /// The cookie that makes a browser's visits not counted.
@@ -29,7 +32,19 @@ pub struct Client {
 }
 
 impl Client {
-    pub fn of(request: &Request, trusted: &TrustedProxies) -> Self {
+    /// The client of a request to a named counter or badge; refused when its `count=` is
+    /// neither yes nor no.
+    pub fn of(request: &Request, trusted: &TrustedProxies) -> Result<Self, ApiError> {
+        let asks_not_to_count = asks_not_to_count(request.uri().query(), request.headers())?;
+        Ok(Self {
+            counts: request.method() != Method::HEAD && !asks_not_to_count,
+            ..Self::of_tutorial_visit(request, trusted)
+        })
+    }
+
+    /// The client of a visit to the tutorial's `/`, which counts every visit, as it always
+    /// has: neither the flag nor the cookie is read.
+    pub fn of_tutorial_visit(request: &Request, trusted: &TrustedProxies) -> Self {
         // The server puts the peer's address on every request; a router driven without a
         // socket (unit tests) has none.
         let peer = request
@@ -49,24 +64,35 @@ impl Client {
         Self {
             address,
             visitor: visitor::raw(address, user_agent),
-            counts: request.method() != Method::HEAD
-                && !asks_not_to_count(request.uri().query(), headers),
+            counts: true,
         }
     }
 }
 
-fn asks_not_to_count(query: Option<&str>, headers: &HeaderMap) -> bool {
-    let by_query = query.is_some()
-        && super::counters::query_pairs(query)
-            .iter()
-            .any(|(key, value)| crate::counters::declines_counting(key, value));
-    by_query
+fn asks_not_to_count(query: Option<&str>, headers: &HeaderMap) -> Result<bool, ApiError> {
+    let mut by_query = false;
+    for (_, value) in super::counters::query_pairs(query)
+        .iter()
+        .filter(|(key, _)| key == "count")
+    {
+        match crate::counters::count_flag(value) {
+            Some(counts) => by_query |= !counts,
+            None => {
+                return Err(ApiError::BadRequest(
+                    "count= takes 0, false, no or off not to count the visit; \
+                     1, true, yes or on to count it"
+                        .into(),
+                ));
+            }
+        }
+    }
+    Ok(by_query
         || headers
             .get_all(header::COOKIE)
             .iter()
             .filter_map(|value| value.to_str().ok())
             .flat_map(|value| value.split(';'))
-            .any(|cookie| cookie.trim() == format!("{NOCOUNT_COOKIE}=1"))
+            .any(|cookie| cookie.trim() == format!("{NOCOUNT_COOKIE}=1")))
 }
 
 #[cfg(test)]
@@ -88,22 +114,52 @@ mod tests {
             header::COOKIE,
             HeaderValue::from_static("stackdemo_nocount=0"),
         );
+        let declines = |query: Option<&str>, headers: &HeaderMap| {
+            asks_not_to_count(query, headers).expect("a flag that says yes or no")
+        };
 
-        assert!(asks_not_to_count(Some("count=0"), &none));
-        assert!(asks_not_to_count(Some("style=flat&count=false"), &none));
+        assert!(declines(Some("count=0"), &none));
+        assert!(declines(Some("style=flat&count=false"), &none));
         assert!(
-            asks_not_to_count(Some("count=%30"), &none),
+            declines(Some("count=%30"), &none),
             "percent-encoded, as a form may send it"
         );
         for written in ["count=FALSE", "count=Off", "count=No", "count=00"] {
-            assert!(asks_not_to_count(Some(written), &none), "{written}");
+            assert!(declines(Some(written), &none), "{written}");
         }
-        assert!(asks_not_to_count(None, &cookie));
-        assert!(!asks_not_to_count(None, &none));
-        assert!(!asks_not_to_count(Some("count=1"), &none));
-        assert!(!asks_not_to_count(Some("count="), &none));
-        assert!(!asks_not_to_count(Some("count=10"), &none));
-        assert!(!asks_not_to_count(Some("discount=0"), &none));
-        assert!(!asks_not_to_count(None, &other_cookie));
+        assert!(declines(Some("count=1&count=0"), &none), "a no anywhere");
+        assert!(declines(None, &cookie));
+        assert!(declines(Some("count=1"), &cookie), "the cookie wins");
+        assert!(!declines(None, &none));
+        for written in [
+            "count=1",
+            "count=",
+            "count",
+            "count=10",
+            "count=TRUE",
+            "count=on",
+        ] {
+            assert!(!declines(Some(written), &none), "{written}");
+        }
+        assert!(!declines(Some("discount=0"), &none));
+        assert!(!declines(None, &other_cookie));
+    }
+
+    #[test]
+    fn a_flag_that_says_neither_yes_nor_no_is_refused_not_guessed() {
+        let none = HeaderMap::new();
+        for written in [
+            "count=flase",
+            "count=maybe",
+            "count=-1",
+            "count=0x0",
+            "count=1&count=nope",
+        ] {
+            let refused = asks_not_to_count(Some(written), &none);
+            assert!(
+                matches!(refused, Err(ApiError::BadRequest(_))),
+                "{written}: {refused:?}"
+            );
+        }
     }
 }

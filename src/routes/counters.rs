@@ -59,7 +59,7 @@ pub async fn visit(
         1
     };
     let handover = request.extensions().get::<Handover>().cloned();
-    let client = Client::of(&request, &state.counters.trusted_proxies);
+    let client = Client::of(&request, &state.counters.trusted_proxies)?;
     if !client.counts {
         let reading = read(&state, &name, days).await?;
         let text = if html {
@@ -196,7 +196,7 @@ pub async fn count_visit(
     }
     let name = parse_name(&path)?;
     let handover = request.extensions().get::<Handover>().cloned();
-    let client = Client::of(&request, &state.counters.trusted_proxies);
+    let client = Client::of(&request, &state.counters.trusted_proxies)?;
     if !client.counts {
         let reading = read(&state, &name, 1).await?;
         return Ok(json_body(&name, reading.total, None));

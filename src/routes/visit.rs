@@ -28,7 +28,7 @@ use crate::{
 pub async fn visit(State(state): State<AppState>, request: Request) -> Result<Response, ApiError> {
     let html = page::prefers_html(request.headers().get(header::ACCEPT));
     let handover = request.extensions().get::<Handover>().cloned();
-    let client = Client::of(&request, &state.counters.trusted_proxies);
+    let client = Client::of_tutorial_visit(&request, &state.counters.trusted_proxies);
     let rules = &state.counters;
     let counted = count(
         &state,

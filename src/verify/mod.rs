@@ -62,10 +62,15 @@ fn http_url(text: &str) -> Result<reqwest::Url, String> {
     // Each answer must carry its visit's number, whole: a badge may show another number
     // (today's, the visitors'), or an abbreviated one, and `count=0` counts nothing.
     for (key, value) in url.query_pairs() {
+        if key == "count" && crate::counters::count_flag(&value).is_none() {
+            return Err(format!(
+                "asks for count={value}, which the service refuses (count=1 or count=0)"
+            ));
+        }
         let shows_the_number = match &*key {
             "abbreviated" => value == "false",
             "show" => value == "total",
-            "count" => !crate::counters::declines_counting(&key, &value),
+            "count" => crate::counters::count_flag(&value) == Some(true),
             _ => true,
         };
         if !shows_the_number {
@@ -305,6 +310,8 @@ mod tests {
             let refused = http_url(url).unwrap_err();
             assert!(refused.contains("own number"), "{url}: {refused}");
         }
+        let refused = http_url("http://h/c/a?count=maybe").unwrap_err();
+        assert!(refused.contains("service refuses"), "{refused}");
         for url in [
             "http://h/badge/a.svg?abbreviated=false&show=total&label=x",
             "http://h/c/a?count=1",

@@ -1050,6 +1050,26 @@ async fn a_browser_that_asked_not_to_be_counted_is_not(backend: Backend) {
         .unwrap();
     let (_, flagged) = text(client, "/c/home?count=0").await;
     let (_, badge) = text(client, "/badge/home.svg?count=0").await;
+    // A misspelt flag is refused, not taken for a visit to count.
+    let mut misspelt = Vec::new();
+    for path in [
+        "/c/home?count=flase",
+        "/badge/home.svg?count=flase",
+        "/api/counters/home?count=flase",
+    ] {
+        let method = if path.starts_with("/api") {
+            Method::POST
+        } else {
+            Method::GET
+        };
+        let answer = client.request(method, path).await;
+        misspelt.push((path, answer.status(), answer.text().await.unwrap()));
+    }
+    // The tutorial's `/` counts every visit, as it always has.
+    let tutorial = [
+        text(client, "/?count=0").await.1,
+        text(client, "/?count=flase").await.1,
+    ];
 
     assert_eq!(pair, "stackdemo_nocount=1");
     assert_eq!(
@@ -1058,6 +1078,14 @@ async fn a_browser_that_asked_not_to_be_counted_is_not(backend: Backend) {
     );
     assert_eq!(flagged, "Hello World! I have been seen 1 times.\n");
     assert!(badge.contains(">1</text>"), "{badge}");
+    for (path, status, body) in &misspelt {
+        assert_eq!(*status, StatusCode::BAD_REQUEST, "{path}: {body}");
+        assert!(body.contains("count= takes 0, false"), "{path}: {body}");
+    }
+    assert_eq!(
+        tutorial,
+        [1, 2].map(|n| format!("Hello World! I have been seen {n} times.\n"))
+    );
     assert_eq!(total(client, "home").await, 1);
     let undo = client.get("/ignore-me?undo=1").await;
     assert!(
