@@ -409,7 +409,7 @@ async fn import_line(
                     StatusCode::INSUFFICIENT_STORAGE,
                     "there are as many counters as allowed (STACKDEMO_MAX_COUNTERS)".to_owned(),
                 ),
-                ApiError::Unavailable(reason) => {
+                ApiError::Unavailable(reason) | ApiError::AwaitsOperator(reason) => {
                     (StatusCode::SERVICE_UNAVAILABLE, reason.to_owned())
                 }
                 ApiError::InDoubt { reason, .. } => (

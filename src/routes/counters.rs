@@ -180,7 +180,7 @@ pub(super) fn list_failed(error: ListError) -> ApiError {
                 cause = error.detail(),
                 "counter list failed"
             );
-            ApiError::Unavailable(error.reason())
+            ApiError::store_failed(&error)
         }
     }
 }
@@ -312,7 +312,7 @@ pub(super) async fn read(
                 cause = error.detail(),
                 "counter read failed"
             );
-            Err(ApiError::Unavailable(error.reason()))
+            Err(ApiError::store_failed(&error))
         }
     }
 }

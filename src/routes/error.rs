@@ -18,6 +18,9 @@ pub const VISIT_IN_DOUBT: &str = "the visit may have been counted";
 pub enum ApiError {
     /// The store cannot serve right now; the reason is one of a fixed set of phrases.
     Unavailable(&'static str),
+    /// As `Unavailable`, for a failure that lasts until an operator acts: no
+    /// `Retry-After`, as trying again in a moment cannot help.
+    AwaitsOperator(&'static str),
     /// As `Unavailable`, for a change whose write may have been applied anyway (its
     /// answer did not come back in time): the answer says that `outcome` may have
     /// happened, so that a client can tell it from a change certainly not made.
@@ -52,6 +55,15 @@ pub enum ApiError {
 }
 
 impl ApiError {
+    /// A store's failure to read, or to make a change that certainly was not made.
+    pub fn store_failed(error: &StoreError) -> Self {
+        if error.awaits_an_operator() {
+            ApiError::AwaitsOperator(error.reason())
+        } else {
+            ApiError::Unavailable(error.reason())
+        }
+    }
+
     /// A store's failure to make a change: in doubt when its write may have been applied.
     pub fn change_failed(error: &StoreError, outcome: &'static str) -> Self {
         if error.in_doubt() {
@@ -60,7 +72,7 @@ impl ApiError {
                 outcome,
             }
         } else {
-            ApiError::Unavailable(error.reason())
+            ApiError::store_failed(error)
         }
     }
 }
@@ -82,6 +94,11 @@ impl IntoResponse for ApiError {
             ApiError::Unavailable(reason) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 [(header::RETRY_AFTER, "1")],
+                format!("Service Unavailable: {reason}\n"),
+            )
+                .into_response(),
+            ApiError::AwaitsOperator(reason) => (
+                StatusCode::SERVICE_UNAVAILABLE,
                 format!("Service Unavailable: {reason}\n"),
             )
                 .into_response(),

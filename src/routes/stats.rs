@@ -28,7 +28,7 @@ pub async fn stats(State(state): State<AppState>) -> Result<Json<Stats>, ApiErro
                 cause = error.detail(),
                 "stats read failed"
             );
-            ApiError::Unavailable(error.reason())
+            ApiError::store_failed(&error)
         })?;
     Ok(Json(Stats {
         total: reading.snapshot.total,

@@ -143,6 +143,18 @@ impl StoreError {
         self.kind.reason()
     }
 
+    /// Whether the failure lasts until an operator acts (mends a key, a setting, the data),
+    /// so that a client is not told to try again in a moment.
+    pub fn awaits_an_operator(&self) -> bool {
+        use StoreErrorKind::*;
+        match self.kind {
+            Auth | Permission | Eviction | WrongType | Limit | ShareLimit | Unsupported
+            | UnknownPrimary | NoDatabase | DataLost | TotalGone | Damaged | FileGone => true,
+            Unreachable | Timeout | Loading | ReadOnly | OutOfMemory | Busy | Replication
+            | Failover | DiskFull | Failed => false,
+        }
+    }
+
     /// The stable code, for metric labels.
     pub fn code(&self) -> &'static str {
         self.kind.code()

@@ -39,6 +39,11 @@ async fn assert_fast_503s(client: &TestClient, n: usize) {
             "{answer:?}"
         );
         assert_eq!(answer.count, None);
+        assert_eq!(
+            answer.retry_after.as_deref(),
+            Some("1"),
+            "a refusal that passes says when to try again"
+        );
         let took = started.elapsed();
         assert!(took < limit, "a 503 took {took:?}");
     }
@@ -138,6 +143,10 @@ async fn at_the_limit_of_a_64_bit_total_visits_get_503_and_nothing_is_counted() 
     assert_eq!(
         refused.body,
         "Service Unavailable: the counter is at its limit\n"
+    );
+    assert_eq!(
+        refused.retry_after, None,
+        "trying again in a moment cannot help"
     );
     assert_eq!(redis.get_i64("hits").await, i64::MAX);
     assert_eq!(in_doubt(&app.client).await, 0);
@@ -277,6 +286,7 @@ async fn a_key_of_the_wrong_type_refuses_the_visit_and_nothing_is_counted() {
             "internal text leaked: {}",
             refused.body
         );
+        assert_eq!(refused.retry_after, None, "{key}: lasts until mended");
         assert_eq!(
             redis.query(&["DUMP", "hits"]).await.unwrap(),
             before,
@@ -1309,6 +1319,13 @@ async fn refuses_every_visit(client: &TestClient, reason: &str, what: &str) {
         readiness.starts_with("503 ") && readiness.contains(reason),
         "{what}: /readyz answered {readiness}"
     );
+    // A refusal that lasts until an operator acts does not ask to be tried again in a
+    // moment; one that may pass (memory, replicas) does.
+    let passes = [
+        "counter store is out of memory",
+        "counter store could not replicate the visit in time",
+    ]
+    .contains(&reason);
     for _ in 0..3 {
         let refused = client.try_visit().await;
         assert_eq!(
@@ -1316,6 +1333,7 @@ async fn refuses_every_visit(client: &TestClient, reason: &str, what: &str) {
             format!("Service Unavailable: {reason}\n"),
             "{what}: {refused:?}"
         );
+        assert_eq!(refused.retry_after.is_some(), passes, "{what}: {refused:?}");
     }
 }
 

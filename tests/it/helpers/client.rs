@@ -23,6 +23,8 @@ pub struct Answer {
     pub body: String,
     /// The replica that answered (`X-Served-By`).
     pub served_by: Option<String>,
+    /// When to try again (`Retry-After`), for a refusal that passes.
+    pub retry_after: Option<String>,
 }
 
 impl Answer {
@@ -121,20 +123,26 @@ impl TestClient {
                 count: None,
                 body: String::new(),
                 served_by: None,
+                retry_after: None,
             },
             Ok(response) => {
                 let status = response.status();
-                let served_by = response
-                    .headers()
-                    .get("x-served-by")
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_owned);
+                let header = |name: reqwest::header::HeaderName| {
+                    response
+                        .headers()
+                        .get(name)
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_owned)
+                };
+                let served_by = header(reqwest::header::HeaderName::from_static("x-served-by"));
+                let retry_after = header(reqwest::header::RETRY_AFTER);
                 let body = response.text().await.unwrap_or_default();
                 Answer {
                     status: Some(status),
                     count: parse_count(&body),
                     body,
                     served_by,
+                    retry_after,
                 }
             }
         }
