@@ -89,6 +89,8 @@ impl Deadlines {
     pub const RECONNECT_BACKOFF_MAX: Duration = Duration::from_millis(500);
     /// How long one sentinel may take to answer a lookup before it is left out of it.
     pub const SENTINEL_ANSWER: Duration = Duration::from_millis(500);
+    /// How often the sentinels are asked for the primary again, announcements or not.
+    pub const SENTINEL_REFRESH: Duration = Duration::from_secs(1);
     /// A replica the primary has not heard from for this long (its `INFO replication`
     /// `lag`, in whole seconds; a replica answers every second) is taken as unable to
     /// confirm writes: one the sentinels do not count is then not waited for

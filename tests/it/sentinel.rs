@@ -348,6 +348,50 @@ async fn a_master_name_no_sentinel_monitors_is_the_reason_given_and_logged() {
     assert_eq!(group.total().await, 0);
 }
 
+/// Sentinels told to forget the primary after the service found it (`SENTINEL REMOVE`,
+/// or restarted without their configuration): no failover can move it now, so visits are
+/// counted on at the last primary they named, and the log says so, naming it, rather
+/// than blaming the master name that was set.
+#[tokio::test(flavor = "multi_thread")]
+async fn sentinels_that_forget_the_primary_leave_counting_where_it_was_and_say_so() {
+    let group = RedisGroup::start(Flavor::Redis).await;
+    let sentinels = group.sentinel_list();
+    let args = ["--redis-sentinels", sentinels.as_str(), "--workers", "1"];
+    let service = ServiceProcess::start(&args).await;
+    let client = &service.client;
+    let first = client.visit().await;
+    let primary = group.nodes[group.primary().await.expect("a primary")].port;
+
+    for sentinel in &group.sentinels {
+        sentinel
+            .query(&["SENTINEL", "REMOVE", MASTER_NAME])
+            .await
+            .unwrap();
+    }
+    // The sentinels are asked again every second.
+    wait_or_explain(
+        "the log to say that the sentinels forgot the primary",
+        allowed(Deadlines::SENTINEL_REFRESH + Deadlines::SENTINEL_ANSWER),
+        || async { service.log().contains("any more") },
+        || async { service.log() },
+    )
+    .await;
+
+    let log = service.log();
+    assert!(
+        log.contains(&format!("the last primary they named, 127.0.0.1:{primary}")),
+        "{log}"
+    );
+    assert!(!log.contains("check REDIS_MASTER_NAME"), "{log}");
+    assert_eq!(client.visit().await, first + 1);
+    let node = group
+        .nodes
+        .iter()
+        .find(|node| node.port == primary)
+        .unwrap();
+    assert_eq!(node.get_i64("hits").await, first + 1);
+}
+
 /// A stale sentinel, first in the list, that monitors another server under the same name
 /// (left over from an old setup, or cut off with an old primary): the three that agree
 /// outvote it, and every visit is counted in their primary.

@@ -55,7 +55,7 @@ const SENTINEL_TIMEOUT: Duration = Deadlines::SENTINEL_ANSWER;
 /// Pause before subscribing again to a sentinel whose subscription ended.
 const RESUBSCRIBE_DELAY: Duration = Duration::from_millis(500);
 /// How often the sentinels are asked again, events or not.
-const REFRESH_INTERVAL: Duration = Duration::from_secs(1);
+const REFRESH_INTERVAL: Duration = Deadlines::SENTINEL_REFRESH;
 
 /// The outcome of a lookup, once it has one.
 type LookupOutcome = Option<Result<(), StoreError>>;
@@ -248,17 +248,26 @@ impl Locator {
                 self.ask_primary(target, &primary).await;
             }
             // Sentinels answered, and none knows the name: most likely a wrong name (or
-            // sentinels not yet told to monitor it). Said once, until a primary is found.
+            // sentinels not yet told to monitor it); after a primary was found, sentinels
+            // told to forget it (`SENTINEL REMOVE`) or restarted without their
+            // configuration. Said once, until a primary is found.
             None if unknown > 0 => {
-                let error = StoreError::new(
-                    StoreErrorKind::UnknownPrimary,
-                    format!(
-                        "{unknown} of {} sentinels answered and monitor no primary named \
-                         {:?}: check REDIS_MASTER_NAME (--redis-master-name)",
-                        sentinels.len(),
-                        target.master_name
-                    ),
+                let answered = format!(
+                    "{unknown} of {} sentinels answered and monitor no primary named {:?}",
+                    sentinels.len(),
+                    target.master_name
                 );
+                let detail = match self.known() {
+                    Some((last, _)) => format!(
+                        "{answered} any more (removed with SENTINEL REMOVE, or sentinels \
+                         restarted without their configuration): visits are counted on at \
+                         the last primary they named, {}, and a failover is not followed \
+                         until they monitor it again under that name",
+                        last.addr()
+                    ),
+                    None => format!("{answered}: check REDIS_MASTER_NAME (--redis-master-name)"),
+                };
+                let error = StoreError::new(StoreErrorKind::UnknownPrimary, detail);
                 if !self.unknown_said.swap(true, Ordering::AcqRel) {
                     tracing::warn!(cause = error.detail(), "no primary found");
                 }
