@@ -32,6 +32,8 @@ pub enum ApiError {
     PayloadTooLarge,
     /// The request body could not be read: broken chunked encoding, or the client left.
     BadBody,
+    /// The request body is in a transfer coding other than `chunked`.
+    UnknownCoding,
     /// The request body did not end by the time it had to for an answer in time.
     BodyTimedOut,
     /// The request cannot be served as sent; the reason says what to change.
@@ -120,6 +122,12 @@ impl IntoResponse for ApiError {
                 StatusCode::BAD_REQUEST,
                 [(header::CONNECTION, "close")],
                 "Bad Request: unreadable body\n",
+            )
+                .into_response(),
+            ApiError::UnknownCoding => (
+                StatusCode::NOT_IMPLEMENTED,
+                [(header::CONNECTION, "close")],
+                "Not Implemented: a body's only transfer coding may be chunked\n",
             )
                 .into_response(),
             ApiError::BodyTimedOut => (

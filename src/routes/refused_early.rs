@@ -1,6 +1,9 @@
 //! Requests refused before any handler runs, by what their head says:
 //! - an HTTP/1.1 request without a `Host`, or with more than one: 400, as HTTP/1.1 asks
 //!   of a server (RFC 9112, 3.2; HTTP/1.0 has no such rule);
+//! - a body in a transfer coding other than `chunked` (`gzip, chunked`): 501, as a server
+//!   that does not understand a coding should answer (RFC 9112, 6.1), rather than take
+//!   the coded bytes for the body;
 //! - an announced body over the limit: 413 (but imports, read a line at a time); a body
 //!   without an announced length is refused by the visit as it reads it
 //!   (`visit::read_body`).
@@ -54,6 +57,14 @@ where
             let refused =
                 ApiError::BadRequest("an HTTP/1.1 request needs one Host header".to_owned());
             return Either::Left(ready(Ok(refused.into_response())));
+        }
+        let codings = request.headers().get_all(header::TRANSFER_ENCODING);
+        if codings
+            .iter()
+            .flat_map(|value| value.as_bytes().split(|&byte| byte == b','))
+            .any(|coding| !coding.trim_ascii().eq_ignore_ascii_case(b"chunked"))
+        {
+            return Either::Left(ready(Ok(ApiError::UnknownCoding.into_response())));
         }
         let announced = request
             .headers()

@@ -30,6 +30,7 @@ for_each_backend!(
     concurrent_visits_get_distinct_contiguous_numbers,
     oversized_bodies_get_413_and_do_not_count,
     broken_chunked_bodies_get_400_and_do_not_count,
+    a_body_in_a_coding_other_than_chunked_gets_501_and_does_not_count,
     a_body_that_does_not_end_in_time_gets_408_and_does_not_count,
     oversized_headers_get_431_with_the_service_headers_and_do_not_count,
     header_lines_are_taken_up_to_the_documented_limit,
@@ -149,6 +150,52 @@ async fn broken_chunked_bodies_get_400_and_do_not_count(backend: Backend) {
     assert_eq!(answer.status, 400);
     assert_eq!(answer.body, "Bad Request: unreadable body\n");
     assert_eq!(app.client.visit().await, 1);
+}
+
+/// A transfer coding the service does not understand (`gzip` before `chunked`) is refused
+/// with 501, as HTTP asks, not read as if the coded bytes were the body; on any route.
+async fn a_body_in_a_coding_other_than_chunked_gets_501_and_does_not_count(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let mut answers = Vec::new();
+    for (method, path) in [
+        ("GET", "/"),
+        ("GET", "/c/page"),
+        ("POST", "/api/counters/page"),
+    ] {
+        for coding in ["gzip, chunked", "identity, chunked", "deflate,chunked"] {
+            let request = format!(
+                "{method} {path} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: {coding}\r\n\
+                 \r\n5\r\nhello\r\n0\r\n\r\n"
+            );
+            let answer = raw_exchange(app.address, request.as_bytes()).await;
+            answers.push((method, path, coding, answer));
+        }
+    }
+    let plain = b"GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\
+                  Connection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
+    let chunked = raw_exchange(app.address, plain).await;
+    // Not ended by chunked: the body's length cannot be known, 400 (RFC 9112, 6.3).
+    let unframed = raw_exchange(
+        app.address,
+        b"GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, gzip\r\n\r\nhello",
+    )
+    .await;
+
+    for (method, path, coding, answer) in answers {
+        assert_eq!(
+            answer.status, 501,
+            "{method} {path} in {coding}: {answer:?}"
+        );
+        assert_eq!(
+            answer.body,
+            "Not Implemented: a body's only transfer coding may be chunked\n"
+        );
+        assert_eq!(answer.header("connection"), Some("close"));
+    }
+    assert_eq!(unframed.status, 400, "{unframed:?}");
+    assert_eq!(chunked.status, 200, "{chunked:?}");
+    assert_eq!(chunked.body, "Hello World! I have been seen 1 times.\n");
+    assert_eq!(app.client.visit().await, 2);
 }
 
 /// The client's fault, not the store's: 408, not 503, and the connection closed, as the
