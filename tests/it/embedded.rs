@@ -131,6 +131,44 @@ async fn a_second_process_is_refused_while_the_data_folder_is_moved_away() {
     assert_eq!(first.client.visit().await, 2, "the first counts on");
 }
 
+/// As above, with a folder above the data folder moved away: the place is still named by
+/// the folder above the one moved. The second service used to find no lock there, make
+/// the folders again and count from 1 (an outside probe: 661 numbers answered twice).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_process_is_refused_while_a_folder_above_the_data_folder_is_moved_away() {
+    let dir = tempfile::tempdir().unwrap();
+    let above = dir.path().join("srv");
+    let data = above.join("stackdemo").join("data");
+    let data_str = data.to_str().unwrap();
+    let first = ServiceProcess::start(&["--data-dir", data_str]).await;
+    first.client.visit().await;
+
+    let mut refusals = Vec::new();
+    for moved in [above.clone(), above.join("stackdemo")] {
+        first.signal(Signal::SIGSTOP);
+        let away = dir.path().join("moved");
+        std::fs::rename(&moved, &away).unwrap();
+        let second = process::run(&["--listen", "127.0.0.1:0", "--data-dir", data_str], &[]).await;
+        // Put back as it was: the second service may have made the folders again.
+        if moved.exists() {
+            std::fs::remove_dir_all(&moved).unwrap();
+        }
+        std::fs::rename(&away, &moved).unwrap();
+        first.signal(Signal::SIGCONT);
+        refusals.push(second);
+    }
+
+    for second in &refusals {
+        assert_refused_naming_the_data_dir(second);
+        assert!(String::from_utf8_lossy(&second.stderr).contains("in use by another process"));
+    }
+    first
+        .client
+        .wait_ready(allowed(FILE_CHECK + REOPEN_DELAY))
+        .await;
+    assert_eq!(first.client.visit().await, 2, "the first counts on");
+}
+
 /// A bind mount, undone on drop.
 struct BindMount(std::path::PathBuf);
 

@@ -100,7 +100,7 @@ struct Inner {
     /// This process's locks on the data folder and on its path, held while it runs
     /// (`lock_folder`, `lock_path`).
     _folder: std::fs::File,
-    _path: std::os::unix::net::UnixListener,
+    _path: Vec<std::os::unix::net::UnixListener>,
 }
 
 impl EmbeddedStore {
@@ -486,14 +486,15 @@ fn lock_folder(dir: &Path) -> Result<std::fs::File, StoreError> {
     }
 }
 
-/// Locks the data folder's place for this process: an abstract Unix socket named for
-/// the folder it is in (its device and inode, whatever path or bind mount names it) and
-/// its name there. The folder's own lock goes with the folder, so while the folder is
-/// moved away (until the service has made it again in its place) a second service started
-/// on it would find no lock, make a new folder and count from 1 again. Abstract sockets
-/// belong to a network namespace: services in different ones (containers sharing a
-/// volume) do not see each other's.
-fn lock_path(dir: &Path) -> Result<std::os::unix::net::UnixListener, StoreError> {
+/// Locks the data folder's place for this process: an abstract Unix socket for each
+/// folder above it, named for that folder (its device and inode, whatever path or bind
+/// mount names it) and the path from there down to the data folder. The folder's own lock
+/// goes with the folder, so while the folder, or any folder above it, is moved away
+/// (until the service has made it again in its place) a second service started on the
+/// path would find no lock, make a new folder and count from 1 again: the folder above
+/// the one moved still names the place. Abstract sockets belong to a network namespace:
+/// services in different ones (containers sharing a volume) do not see each other's.
+fn lock_path(dir: &Path) -> Result<Vec<std::os::unix::net::UnixListener>, StoreError> {
     use std::{
         hash::Hasher,
         os::{linux::net::SocketAddrExt, unix::fs::MetadataExt, unix::net},
@@ -506,23 +507,29 @@ fn lock_path(dir: &Path) -> Result<std::os::unix::net::UnixListener, StoreError>
         )
     };
     let path = std::fs::canonicalize(dir).map_err(cannot)?;
-    let parent = std::fs::metadata(path.parent().unwrap_or(Path::new("/"))).map_err(cannot)?;
-    let mut hasher = siphasher::sip::SipHasher13::new();
-    hasher.write_u64(parent.dev());
-    hasher.write_u64(parent.ino());
-    hasher.write(path.file_name().unwrap_or_default().as_encoded_bytes());
-    let name = format!("stackdemo-data-dir-{:016x}", hasher.finish());
-    let address = net::SocketAddr::from_abstract_name(name.as_bytes()).map_err(failed)?;
-    net::UnixListener::bind_addr(&address).map_err(|error| {
-        if error.kind() == io::ErrorKind::AddrInUse {
-            StoreError::new(
-                StoreErrorKind::Failed,
-                format!("{} is in use by another process", dir.display()),
-            )
-        } else {
-            failed(error)
-        }
-    })
+    let mut locks = Vec::new();
+    for above in path.ancestors().skip(1) {
+        let folder = std::fs::metadata(above).map_err(cannot)?;
+        let below = path.strip_prefix(above).unwrap_or(&path);
+        let mut hasher = siphasher::sip::SipHasher13::new();
+        hasher.write_u64(folder.dev());
+        hasher.write_u64(folder.ino());
+        hasher.write(below.as_os_str().as_encoded_bytes());
+        let name = format!("stackdemo-data-dir-{:016x}", hasher.finish());
+        let address = net::SocketAddr::from_abstract_name(name.as_bytes()).map_err(failed)?;
+        let lock = net::UnixListener::bind_addr(&address).map_err(|error| {
+            if error.kind() == io::ErrorKind::AddrInUse {
+                StoreError::new(
+                    StoreErrorKind::Failed,
+                    format!("{} is in use by another process", dir.display()),
+                )
+            } else {
+                failed(error)
+            }
+        })?;
+        locks.push(lock);
+    }
+    Ok(locks)
 }
 
 /// A handle on the file at `path`, read and write, as a database needs; none if it cannot
