@@ -16,17 +16,25 @@ pub enum LogFormat {
     Text,
 }
 
+/// The longest duration any setting takes: far beyond any sensible timeout, and far
+/// from where adding it to a point in time could overflow.
+const LONGEST: Duration = Duration::from_secs(7 * 86_400);
+
 /// Parses durations such as `10s`, `500ms`, `2m` or `1m 30s` (humantime's syntax), and a
-/// bare number as seconds.
+/// bare number as seconds; at most 7 days.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
-        return text
-            .parse()
+    let parsed = if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        text.parse()
             .map(Duration::from_secs)
-            .map_err(|_| format!("'{text}' is out of range"));
+            .map_err(|_| format!("'{text}' is out of range"))
+    } else {
+        humantime::parse_duration(text).map_err(|e| format!("{e} (examples: 10s, 500ms, 2m)"))
+    }?;
+    if parsed > LONGEST {
+        return Err("is more than 7 days, the longest taken".to_owned());
     }
-    humantime::parse_duration(text).map_err(|e| format!("{e} (examples: 10s, 500ms, 2m)"))
+    Ok(parsed)
 }
 
 /// How many visits one client may count per window (`--rate-limit`).
@@ -67,7 +75,8 @@ pub fn parse_rate_limit(text: &str) -> Result<RateLimitSetting, String> {
         .ok()
         .filter(|&v| (1..=1_000_000).contains(&v))
         .ok_or_else(|| format!("'{visits}' is not a number of visits from 1 to 1000000"))?;
-    let per = parse_duration(per)?;
+    let per = parse_duration(per)
+        .map_err(|_| format!("has no window after / that is a duration {example}"))?;
     if per < Duration::from_millis(1) || per > Duration::from_secs(86_400) {
         return Err(format!("the window must be from 1ms to 1 day {example}"));
     }
@@ -285,6 +294,15 @@ mod tests {
         assert!(parse_duration("ten").is_err());
         assert!(parse_duration("").is_err());
         assert!(parse_duration("99999999999999999999").is_err());
+        assert_eq!(
+            parse_duration("7d").unwrap(),
+            Duration::from_secs(7 * 86_400)
+        );
+        // Far longer, a deadline past it would overflow a point in time.
+        for long in ["8d", "604801", "18446744073709551615", "300000000000y"] {
+            let refused = parse_duration(long).unwrap_err();
+            assert!(refused.contains("7 days"), "{long}: {refused}");
+        }
     }
 
     #[test]

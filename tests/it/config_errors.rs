@@ -36,6 +36,12 @@ async fn a_bad_value_from_the_environment_names_the_variable() {
         ("STACKDEMO_HEADER_READ_TIMEOUT", "-1s"),
         ("STACKDEMO_REQUEST_TIMEOUT", "5 parsecs"),
         ("STACKDEMO_STORE_TIMEOUT", "x"),
+        // Long enough for a deadline past it to overflow a point in time.
+        ("STACKDEMO_STORE_TIMEOUT", "18446744073709551615"),
+        ("STACKDEMO_REQUEST_TIMEOUT", "9223372036854775807"),
+        ("STACKDEMO_HEADER_READ_TIMEOUT", "300000000000y"),
+        ("STACKDEMO_SEND_TIMEOUT", "18446744073709551615"),
+        ("STACKDEMO_RATE_LIMIT", "60/1m/2"),
         ("STACKDEMO_LOG_FORMAT", "xml"),
         ("STACKDEMO_REPLICA", ""),
         ("STACKDEMO_COUNTER_KEY", "has space"),
