@@ -52,7 +52,7 @@ async fn run(command: Command) -> ExitCode {
                 Ok(signals) => signals,
                 Err(error) => {
                     eprintln!(
-                        "error: cannot install the handlers of SIGTERM, SIGINT and SIGHUP: {error}"
+                        "error: cannot install the handlers of SIGTERM, SIGINT, SIGHUP and SIGXFSZ: {error}"
                     );
                     return ExitCode::FAILURE;
                 }

@@ -5,6 +5,11 @@
 //! The handlers are installed before the service starts, and a failure to install them
 //! stops it from starting: a service that cannot hear SIGTERM would be killed by its
 //! orchestrator in the middle of requests instead of shutting down.
+//!
+//! SIGXFSZ, sent for a write past the process's file size limit (`ulimit -f`), gets a
+//! handler too, which does nothing: its default action ends the process, mid-write and
+//! without a word. Handled, the write fails with `EFBIG`, which the store takes as a full
+//! disk (refused, logged, and counted on once the limit allows).
 
 use std::io;
 
@@ -15,6 +20,8 @@ pub struct Signals {
     terminate: Signal,
     interrupt: Signal,
     hangup: Signal,
+    /// Never read: installed so that SIGXFSZ does not end the process.
+    _file_size: Signal,
 }
 
 impl Signals {
@@ -24,6 +31,7 @@ impl Signals {
             terminate: signal(SignalKind::terminate())?,
             interrupt: signal(SignalKind::interrupt())?,
             hangup: signal(SignalKind::hangup())?,
+            _file_size: signal(SignalKind::from_raw(libc::SIGXFSZ))?,
         })
     }
 

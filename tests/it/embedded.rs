@@ -416,6 +416,70 @@ async fn a_full_disk_makes_the_store_not_ready_until_space_is_freed() {
     );
 }
 
+/// Sets the file size limit (RLIMIT_FSIZE, `ulimit -f`) of the process `pid`, in bytes,
+/// or lifts it (`None`), with util-linux's `prlimit`. Only the soft limit: lifting it
+/// again up to the hard one needs no privilege.
+fn set_file_size_limit(pid: i32, bytes: Option<u64>) {
+    let soft = bytes.map_or("unlimited".to_owned(), |bytes| bytes.to_string());
+    let limit = format!("{soft}:unlimited");
+    let status = std::process::Command::new("prlimit")
+        .args(["--pid", &pid.to_string(), &format!("--fsize={limit}")])
+        .status()
+        .expect("prlimit runs (util-linux: apt-get install util-linux)");
+    assert!(status.success(), "prlimit --fsize={limit}: {status}");
+}
+
+/// The process's file size limit reached by the data file: a full disk, refused and
+/// counted on once the limit is lifted. The signal a write past the limit brings
+/// (SIGXFSZ) ended the process mid-write, with no log line (an outside probe).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_file_size_limit_is_a_full_disk_not_the_end_of_the_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let mut service =
+        ServiceProcess::start(&["--data-dir", data, "--workers", "1", "--rate-limit", "off"]).await;
+    assert_eq!(service.client.visit().await, 1);
+    let file = dir.path().join("stackdemo.redb");
+    let size = std::fs::metadata(&file).unwrap().len();
+    set_file_size_limit(service.pid(), Some(size));
+
+    // New counters until the file must grow.
+    let mut refused = None;
+    for n in 0..20_000 {
+        let answer = service.client.try_visit_at(&format!("/c/grow/{n}")).await;
+        match answer.status {
+            Some(StatusCode::OK) => assert_eq!(answer.count, Some(1), "{answer:?}"),
+            _ => {
+                refused = Some(answer);
+                break;
+            }
+        }
+    }
+    let refused = refused.expect("the file never grew past the limit");
+    assert!(service.running(), "the process ended: {}", service.log());
+    assert_eq!(refused.status, Some(StatusCode::SERVICE_UNAVAILABLE));
+    assert!(
+        refused.body.contains("counter store's disk is full"),
+        "{refused:?}"
+    );
+    assert_eq!(
+        service.client.ready_status().await,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+
+    set_file_size_limit(service.pid(), None);
+    let deadlines = limits::deadlines(&[]);
+    service
+        .client
+        .wait_ready(allowed(REOPEN_DELAY + deadlines.store))
+        .await;
+    assert_eq!(
+        service.client.visit().await,
+        2,
+        "counting resumed where it was"
+    );
+}
+
 /// A data file deleted while a full disk has made a commit fail (the database then refuses
 /// to be read until it is opened again): once space is freed, the service writes the
 /// counts back at the path from the file it still holds open, and counts on.

@@ -622,7 +622,15 @@ fn classify(error: impl Into<redb::Error>) -> StoreError {
     let error: redb::Error = error.into();
     let kind = match &error {
         redb::Error::Corrupted(_) => StoreErrorKind::Damaged,
-        redb::Error::Io(io) if io.kind() == std::io::ErrorKind::StorageFull => {
+        // A quota, or the process's file size limit, is a full disk to the store.
+        redb::Error::Io(io)
+            if matches!(
+                io.kind(),
+                std::io::ErrorKind::StorageFull
+                    | std::io::ErrorKind::QuotaExceeded
+                    | std::io::ErrorKind::FileTooLarge
+            ) =>
+        {
             StoreErrorKind::DiskFull
         }
         redb::Error::Io(io) if io.kind() == std::io::ErrorKind::PermissionDenied => {
