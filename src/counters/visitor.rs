@@ -75,7 +75,9 @@ pub struct TrustedProxies(Vec<IpNet>);
 impl FromStr for TrustedProxies {
     type Err = String;
 
-    /// Comma-separated addresses or networks: `10.0.9.0/24,127.0.0.1`.
+    /// Comma-separated addresses or networks: `10.0.9.0/24,127.0.0.1`. IPv4 written as
+    /// IPv6 (`::ffff:10.0.9.4`, `::ffff:10.0.9.0/120`) is taken as the IPv4 it is, as
+    /// peers are.
     fn from_str(text: &str) -> Result<Self, String> {
         let mut networks = Vec::new();
         for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
@@ -83,7 +85,7 @@ impl FromStr for TrustedProxies {
                 .parse::<IpNet>()
                 .or_else(|_| part.parse::<IpAddr>().map(IpNet::from))
                 .map_err(|_| format!("'{part}' is not an address or a network (10.0.0.0/8)"))?;
-            networks.push(network);
+            networks.push(as_ipv4(network));
         }
         Ok(Self(networks))
     }
@@ -110,6 +112,8 @@ impl TrustedProxies {
             .iter()
             .rev()
             .flat_map(|value| value.rsplit(|&byte| byte == b','))
+            // Nothing between two commas, or after the last: no entry.
+            .filter(|entry| !entry.trim_ascii().is_empty())
         {
             match std::str::from_utf8(entry)
                 .ok()
@@ -125,6 +129,19 @@ impl TrustedProxies {
             }
         }
         client
+    }
+}
+
+/// An IPv6 network within the IPv4-mapped range (`::ffff:0:0/96`) as the IPv4 network it
+/// is; any other as it is.
+fn as_ipv4(network: IpNet) -> IpNet {
+    match network {
+        IpNet::V6(v6) if v6.prefix_len() >= 96 => v6
+            .addr()
+            .to_ipv4_mapped()
+            .and_then(|v4| ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96).ok())
+            .map_or(network, IpNet::V4),
+        other => other,
     }
 }
 
@@ -176,6 +193,42 @@ mod tests {
         );
         assert_eq!(garbage, ip("10.0.9.4"));
         assert!("10.0.0.0/33".parse::<TrustedProxies>().is_err());
+    }
+
+    #[test]
+    fn proxies_written_as_ipv4_in_ipv6_are_the_ipv4_they_are() {
+        for written in [
+            "::ffff:10.0.9.4",
+            "::ffff:10.0.9.0/120",
+            "::ffff:a00:904/128",
+        ] {
+            let trusted: TrustedProxies = written.parse().unwrap();
+            for peer in ["10.0.9.4", "::ffff:10.0.9.4"] {
+                assert_eq!(
+                    client_of(&trusted, ip(peer), &["203.0.113.7"]),
+                    ip("203.0.113.7"),
+                    "{written} trusts {peer}"
+                );
+            }
+            assert_eq!(
+                client_of(&trusted, ip("10.0.8.1"), &["203.0.113.7"]),
+                ip("10.0.8.1"),
+                "{written} trusts no other peer"
+            );
+        }
+    }
+
+    #[test]
+    fn empty_entries_of_x_forwarded_for_are_none() {
+        let trusted: TrustedProxies = "10.0.9.0/24".parse().unwrap();
+        assert_eq!(
+            client_of(&trusted, ip("10.0.9.4"), &["198.51.100.1,"]),
+            ip("198.51.100.1")
+        );
+        assert_eq!(
+            client_of(&trusted, ip("10.0.9.4"), &["198.51.100.1, ,10.0.9.5"]),
+            ip("198.51.100.1")
+        );
     }
 
     #[test]
