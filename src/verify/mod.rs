@@ -48,13 +48,18 @@ pub struct VerifyArgs {
     pub json: bool,
 }
 
-/// An `http` or `https` URL with a host: what `verify` can visit.
+/// An `http` URL with a host: what `verify` can visit. It speaks plain HTTP, as the
+/// service does (TLS ends in front of it, if anywhere).
 fn http_url(text: &str) -> Result<reqwest::Url, String> {
     let url: reqwest::Url = text
         .parse()
         .map_err(|_| "is not a URL (example: http://localhost:8000/)".to_owned())?;
-    if !matches!(url.scheme(), "http" | "https") {
-        return Err("is not an http or https URL".to_owned());
+    match url.scheme() {
+        "http" => {}
+        "https" => {
+            return Err("is an https URL: verify speaks plain HTTP (http://)".to_owned());
+        }
+        _ => return Err("is not an http URL".to_owned()),
     }
     if url.host().is_none() {
         return Err("names no host".to_owned());

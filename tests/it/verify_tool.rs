@@ -73,7 +73,11 @@ async fn verify_refuses_bad_arguments_with_exit_code_2() {
         ),
         (
             &["--url", "ftp://localhost/"],
-            "invalid --url: 'ftp://localhost/' is not an http or https URL",
+            "invalid --url: 'ftp://localhost/' is not an http URL",
+        ),
+        (
+            &["--url", "https://localhost/"],
+            "invalid --url: 'https://localhost/' is an https URL: verify speaks plain HTTP",
         ),
         (
             &["--url", "http://127.0.0.1:1/", "--duration", "0s"],
