@@ -88,7 +88,7 @@ struct Pending {
 
 impl Handover {
     /// Takes a counted visit whose answer's bytes are about to be written.
-    fn take(&self, counted: Counted) {
+    pub(crate) fn take(&self, counted: Counted) {
         let mut counted = counted;
         counted.settled = true;
         self.0.awaiting.fetch_add(1, Ordering::AcqRel);
@@ -111,6 +111,12 @@ impl Handover {
     /// The client closed its side of the connection (a read found its end).
     pub fn peer_closed(&self) {
         self.0.peer_closed.store(true, Ordering::Release);
+    }
+
+    /// Whether the client was found to have closed its side.
+    #[cfg(test)]
+    pub(crate) fn found_peer_closed(&self) -> bool {
+        self.0.peer_closed.load(Ordering::Acquire)
     }
 }
 

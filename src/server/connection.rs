@@ -515,9 +515,10 @@ impl AsyncWrite for ClientStream {
 
     /// hyper flushes once it has written everything it buffered: the answers handed over
     /// before are out, to a client that had not closed its side, as far as a look at the
-    /// socket can tell. The look costs nothing while the runtime has seen nothing to read
-    /// since hyper last read (a client's close is something to read); only then is the
-    /// socket asked (a peek, which reads nothing), to tell a close from a next request.
+    /// socket can tell. The socket itself is asked (a peek, which reads nothing), as the
+    /// runtime may not have seen yet what arrived: a close that came while the process
+    /// was paused, or while its workers were busy, is found by the peek and not by the
+    /// runtime's readiness until its next poll of the sockets.
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
         let Some(stream) = this.stream.as_mut() else {
@@ -526,9 +527,8 @@ impl AsyncWrite for ClientStream {
         let flushed = Pin::new(&mut *stream).poll_flush(cx);
         if matches!(flushed, Poll::Ready(Ok(()))) && this.handover.awaiting() {
             let closed = match stream.poll_read_ready(cx) {
-                Poll::Pending => false,
-                Poll::Ready(Ok(())) => peer_has_closed(stream),
                 Poll::Ready(Err(_)) => true,
+                Poll::Pending | Poll::Ready(Ok(())) => peer_has_closed(stream),
             };
             if closed {
                 self.handover.peer_closed();
@@ -569,6 +569,47 @@ mod tests {
     ) -> tokio::task::JoinHandle<Idle> {
         let activity = activity.clone();
         tokio::spawn(async move { activity.idle_for(limit, send_limit).await })
+    }
+
+    /// A client's close that arrived after its request was read, before the runtime
+    /// polled its sockets again (a paused process, busy workers), is found when the
+    /// answer is flushed: the socket itself is asked, and the answer is in doubt. The
+    /// runtime's readiness alone missed it (an outside probe: after SIGSTOP and SIGCONT
+    /// under load, about one visit in 28 whose client had left was counted and not
+    /// reported in doubt).
+    #[tokio::test]
+    async fn a_close_the_runtime_has_not_seen_yet_is_found_when_the_answer_is_flushed() {
+        use std::io::Write;
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        // The request read to the last byte, as hyper reads it: the runtime's readiness
+        // is cleared by the read that finds nothing more.
+        let mut buf = [0u8; 256];
+        server.readable().await.unwrap();
+        assert!(server.try_read(&mut buf).unwrap() > 0);
+        assert!(server.try_read(&mut buf).is_err());
+        let handover = Handover::default();
+        let mut stream = ClientStream {
+            stream: Some(server),
+            handover: handover.clone(),
+            activity: Activity::new(),
+        };
+        handover.take(crate::delivery::Counted::new(1));
+
+        // The client leaves; the answer is flushed before this task lets the runtime
+        // poll its sockets (one poll, no wait between).
+        client.shutdown(std::net::Shutdown::Both).unwrap();
+        let flushed =
+            std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut stream).poll_flush(cx))).await;
+
+        assert!(matches!(flushed, Poll::Ready(Ok(()))));
+        assert!(handover.found_peer_closed(), "the close was not found");
+        assert!(!handover.awaiting(), "the answer was settled, in doubt");
     }
 
     #[test]
