@@ -35,6 +35,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use self::worker::Worker;
 use self::worker::{Handoff, WorkerHandle};
+use crate::telemetry::Throttle;
 
 /// Request line and headers of one request, at most; a larger head is answered 431 and the
 /// connection closed. The number of header lines is bounded by hyper's default, 100 (as
@@ -95,8 +96,15 @@ pub async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(error) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(%error, "accept failed");
+                    // Out of file descriptors and the like: back off instead of spinning,
+                    // and say so once a second (with how many were left out), not at
+                    // every try.
+                    static FAILED: Throttle<Option<i32>> = Throttle::new();
+                    if let Some(left_out) =
+                        FAILED.allow(error.raw_os_error(), std::time::Instant::now())
+                    {
+                        tracing::warn!(%error, failures_not_logged = left_out, "accept failed");
+                    }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }

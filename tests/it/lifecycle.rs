@@ -990,3 +990,69 @@ async fn in_text_too_the_last_line_says_how_many_lines_were_dropped() {
     let last = text.lines().last().expect("lines");
     assert!(last.contains(DROPPED_MESSAGE), "the last line: {last}");
 }
+
+/// The process's file descriptors run out: every try to accept a connection fails, twenty
+/// times a second. The log says so once a second, with how many failures it left out,
+/// rather than at every try, and the service serves again once connections close.
+#[tokio::test(flavor = "multi_thread")]
+async fn running_out_of_file_descriptors_is_logged_once_a_second() {
+    let service = ServiceProcess::start(&[]).await;
+    let pid = service.pid();
+    let open = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count();
+    let hard = std::fs::read_to_string(format!("/proc/{pid}/limits"))
+        .unwrap()
+        .lines()
+        .find(|line| line.starts_with("Max open files"))
+        .and_then(|line| line.split_whitespace().nth(4).map(str::to_owned))
+        .expect("the limit on open files");
+    // Room for a few more descriptors; the soft limit only, which may be raised again.
+    let limit = format!("--nofile={}:{hard}", open + 4);
+    let status = std::process::Command::new("prlimit")
+        .args(["--pid", &pid.to_string(), &limit])
+        .status()
+        .expect("prlimit runs (util-linux: apt-get install util-linux)");
+    assert!(status.success(), "prlimit {limit}: {status}");
+
+    let mut held = Vec::new();
+    for _ in 0..16 {
+        held.push(
+            TcpStream::connect(("127.0.0.1", service.port))
+                .await
+                .unwrap(),
+        );
+    }
+    let lines = || {
+        service
+            .log()
+            .lines()
+            .filter(|line| line.contains("accept failed"))
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    let started = Instant::now();
+    // A line after the first comes a second later, and says what it left out.
+    let says_what_it_left_out = |line: &String| {
+        line.contains("\"failures_not_logged\":") && !line.contains("\"failures_not_logged\":0")
+    };
+    wait_until(
+        "a line about accepting that says how many failures it left out",
+        allowed(3 * stackdemo::telemetry::THROTTLE_EVERY),
+        || async { lines().iter().any(says_what_it_left_out) },
+    )
+    .await;
+    let seconds = started.elapsed().as_secs();
+    let logged = lines();
+
+    assert!(
+        logged.len() as u64 <= seconds + 2,
+        "{} lines in {seconds} s: {logged:#?}",
+        logged.len()
+    );
+    drop(held);
+    service
+        .client
+        .wait_ready(allowed(Duration::from_secs(1)))
+        .await;
+}
