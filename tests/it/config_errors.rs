@@ -289,6 +289,22 @@ async fn an_unusable_data_dir_is_refused() {
     )
     .await;
     assert!(stderr.contains("is not a folder"), "{stderr}");
+    let dir = tempfile::tempdir().unwrap();
+    let link = dir.path().join("data");
+    std::os::unix::fs::symlink(dir.path().join("gone"), &link).unwrap();
+    let stderr = assert_refused(
+        &[],
+        &[
+            ("STACKDEMO_LISTEN", "127.0.0.1:0"),
+            ("STACKDEMO_DATA_DIR", link.to_str().unwrap()),
+        ],
+        "STACKDEMO_DATA_DIR",
+    )
+    .await;
+    assert!(
+        stderr.contains("is a symbolic link to") && stderr.contains("which does not exist"),
+        "{stderr}"
+    );
 }
 
 /// A client subcommand takes only its own settings: a server setting in the environment

@@ -119,6 +119,16 @@ impl EmbeddedStore {
                 format!("{} is not a folder", dir.display()),
             ));
         }
+        if dir.is_symlink() && !dir.exists() {
+            return Err(StoreError::new(
+                StoreErrorKind::Failed,
+                format!(
+                    "{} is a symbolic link to {}, which does not exist",
+                    dir.display(),
+                    std::fs::read_link(dir).unwrap_or_default().display()
+                ),
+            ));
+        }
         std::fs::create_dir_all(dir).map_err(|e| {
             StoreError::new(
                 StoreErrorKind::Failed,
@@ -645,6 +655,11 @@ fn classify(error: impl Into<redb::Error>) -> StoreError {
 fn describe(path: &Path, error: redb::Error) -> StoreError {
     let what = match &error {
         redb::Error::DatabaseAlreadyOpen => "is in use by another process".to_owned(),
+        redb::Error::Io(io)
+            if io.kind() == std::io::ErrorKind::PermissionDenied && !path.exists() =>
+        {
+            "cannot be made: the folder does not allow this process to write in it".to_owned()
+        }
         redb::Error::Io(io) if io.kind() == std::io::ErrorKind::PermissionDenied => {
             format!("cannot be opened for writing: permission denied ({error})")
         }
