@@ -959,23 +959,26 @@ fn commands_of(script: &str) -> BTreeSet<String> {
         .collect()
 }
 
-/// A counter's total as Redis holds it: the tutorial's key, or a named counter's hash.
-async fn total_of(redis: &RedisServer, key: &str) -> i64 {
+/// A counter's total as Redis holds it, if it holds one: the tutorial's key, or a named
+/// counter's hash.
+async fn total_of(redis: &RedisServer, key: &str) -> Option<i64> {
     let value = if key == "hits" {
         redis.query(&["GET", key]).await
     } else {
         redis.query(&["HGET", key, "total"]).await
     };
     match value.unwrap() {
-        redis::Value::Nil => 0,
-        value => redis::from_redis_value::<i64>(value).unwrap(),
+        redis::Value::Nil => None,
+        value => Some(redis::from_redis_value::<i64>(value).unwrap()),
     }
 }
 
 /// An ACL that denies any one command the write runs, generated from the script itself:
-/// a visit of the tutorial's counter, of a counter that exists and of a new one is either
-/// counted and answered, or refused and not counted at all (Lua does not roll back: a
-/// command that fails after the tally's first write must be undone by the script), and
+/// a visit of the tutorial's counter, of a counter that exists, of one reset to 0 and of
+/// a new one is either counted and answered, or refused and nothing of it is left (Lua
+/// does not roll back: a command that fails after the tally's first write must be undone
+/// by the script; a reset counter's total stays, at 0: an outside probe found it deleted,
+/// and the counter then refused every visit as one whose total was gone), and
 /// the service is ready exactly while visits of the tutorial's counter are counted (not
 /// for a command only a new name's visit, or an undo, runs).
 #[tokio::test(flavor = "multi_thread")]
@@ -993,9 +996,19 @@ async fn a_command_the_write_runs_denied_alone_counts_nothing_it_refuses() {
 
     for command in &commands {
         let new = format!("new-{command}");
+        // Reset to 0, as the administrator's PUT leaves it.
+        redis
+            .query(&["HSET", "hits:c:zeroed", "total", "0"])
+            .await
+            .unwrap();
+        redis
+            .query(&["HSET", "hits:counters", "zeroed", "admin"])
+            .await
+            .unwrap();
         let visits = [
             ("/".to_owned(), "hits".to_owned()),
             ("/c/known".to_owned(), "hits:c:known".to_owned()),
+            ("/c/zeroed".to_owned(), "hits:c:zeroed".to_owned()),
             (format!("/c/{new}"), format!("hits:c:{new}")),
         ];
         redis
@@ -1010,7 +1023,11 @@ async fn a_command_the_write_runs_denied_alone_counts_nothing_it_refuses() {
             let body = answer.text().await.unwrap();
             let after = total_of(&redis, key).await;
             match status {
-                StatusCode::OK => assert_eq!(after, before + 1, "-{command}: {path} {body}"),
+                StatusCode::OK => assert_eq!(
+                    after,
+                    Some(before.unwrap_or(0) + 1),
+                    "-{command}: {path} {body}"
+                ),
                 StatusCode::SERVICE_UNAVAILABLE => {
                     assert_eq!(
                         after, before,

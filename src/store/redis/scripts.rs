@@ -273,7 +273,9 @@ local function apply(i)
     total = redis.pcall('HINCRBY', key, 'total', v)
   end
   if failed(total) then return refusal(total.err, 'L') or total end
-  done[i], made[i] = 1, total == nv and not is_tutorial
+  -- Made by this tally only when there was none: a total set to 0 (a reset) is put
+  -- back to 0 by an undo, not deleted, which would leave its registration without it.
+  done[i], made[i] = 1, there == 0 and not is_tutorial
   -- Every command from here on may fail (a key of the wrong type, a command an ACL
   -- denies), and its failure must undo what the tally wrote: `pcall` throughout.
   -- A name seen for the first time (or again after a reset to 0): registered, if it may be.
