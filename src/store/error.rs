@@ -149,9 +149,10 @@ impl StoreError {
         use StoreErrorKind::*;
         match self.kind {
             Auth | Permission | Eviction | WrongType | Limit | ShareLimit | Unsupported
-            | UnknownPrimary | NoDatabase | DataLost | TotalGone | Damaged | FileGone => true,
+            | UnknownPrimary | NoDatabase | DataLost | TotalGone | Damaged => true,
+            // A data file deleted or moved away is written back within a second.
             Unreachable | Timeout | Loading | ReadOnly | OutOfMemory | Busy | Replication
-            | Failover | DiskFull | Failed => false,
+            | Failover | DiskFull | FileGone | Failed => false,
         }
     }
 
