@@ -1576,6 +1576,58 @@ async fn redis_losing_its_data_refuses_every_visit_until_the_data_is_back() {
     refuses_every_visit(&service.client, reason, "the service that counted before").await;
 }
 
+/// While Redis no longer holds the data counted in (flushed), the administrator's changes
+/// and the export are refused as visits are: an export of what is left looked whole, and
+/// a change was made to data that is to be restored (an outside probe). The listing of
+/// counters is refused too; on a Redis without counters yet, it lists none.
+#[tokio::test(flavor = "multi_thread")]
+async fn while_redis_no_longer_holds_the_counts_the_administrator_neither_changes_nor_exports_them()
+{
+    let token = token_file();
+    let redis = RedisServer::start().await;
+    let token_path = token.path().to_str().unwrap();
+    let service = service_on(&redis, &["--admin-token-file", token_path]).await;
+    let client = &service.client;
+    // No counter yet: a listing of none (it was refused as a store failure).
+    let (status, listed) = admin_change(client, Method::GET, "/api/counters", "").await;
+    assert_eq!(status, StatusCode::OK, "{listed}");
+    client.visit().await;
+    let (status, _) =
+        admin_change(client, Method::PUT, "/api/counters/kept", r#"{"total":5}"#).await;
+    assert_eq!(status, StatusCode::OK);
+    let reason = "counter store no longer holds the counts";
+
+    redis.query(&["FLUSHALL"]).await.unwrap();
+    wait_or_explain(
+        "the service to find the data gone",
+        allowed(defaults().store + Duration::from_secs(1)),
+        || async { client.readiness().await.contains(reason) },
+        || async { client.readiness().await },
+    )
+    .await;
+    let refused = [
+        admin_change(client, Method::PUT, "/api/counters/kept", r#"{"total":9}"#).await,
+        admin_change(client, Method::DELETE, "/api/counters/kept", "").await,
+        admin_change(client, Method::GET, "/api/admin/export", "").await,
+        admin_change(
+            client,
+            Method::POST,
+            "/api/admin/import",
+            "{\"name\":\"other\",\"total\":3}\n",
+        )
+        .await,
+    ];
+
+    for (status, body) in &refused {
+        assert_eq!(*status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert!(body.contains(reason), "{refused:?}");
+    }
+    assert!(
+        redis.keys("hits:c:*").await.is_empty(),
+        "nothing was written"
+    );
+}
+
 /// Redis gone back to an older copy of its data, mark and all: here its snapshot, loaded
 /// after a crash (Redis's default persistence; a restored backup, or a server that fell
 /// behind made primary, are the same). Counting on from it would hand out acknowledged

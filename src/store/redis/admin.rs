@@ -29,6 +29,7 @@ impl RedisSession {
         answer_by: Instant,
     ) -> Result<Previous, AdminError> {
         let store = &self.store;
+        store.dataset.check_held().map_err(AdminError::Store)?;
         let tutorial = *name == store.tutorial;
         let mut pipe = redis::pipe();
         pipe.cmd("EVAL")
@@ -60,6 +61,7 @@ impl RedisSession {
         name: &CounterName,
         answer_by: Instant,
     ) -> Result<Previous, AdminError> {
+        self.store.dataset.check_held().map_err(AdminError::Store)?;
         let keys = &self.store.keys;
         let hash = keys.counter_days(name.as_str());
         let mut pipe = redis::pipe();
@@ -107,6 +109,7 @@ impl RedisSession {
         cursor: u64,
         answer_by: Instant,
     ) -> Result<(Vec<CounterName>, Option<String>), StoreError> {
+        self.store.dataset.check_held()?;
         let mut pipe = redis::pipe();
         pipe.cmd("HSCAN")
             .arg(&self.store.keys.registry)
@@ -128,6 +131,11 @@ impl RedisSession {
         names: &[CounterName],
         answer_by: Instant,
     ) -> Result<Vec<Result<i64, StoreError>>, StoreError> {
+        // A page of none (no counter yet; HSCAN may give an empty page before the end):
+        // nothing to ask, and an empty pipeline is refused.
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
         let store = &self.store;
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
@@ -161,6 +169,7 @@ impl RedisSession {
         name: &CounterName,
         answer_by: Instant,
     ) -> Result<Option<CounterExport>, StoreError> {
+        self.store.dataset.check_held()?;
         let keys = &self.store.keys;
         let days_key = keys.counter_days(name.as_str());
         let (total, fields): (Option<String>, BTreeMap<String, String>) =
@@ -238,6 +247,7 @@ impl RedisSession {
         answer_by: Instant,
     ) -> Result<(), AdminError> {
         let store = &self.store;
+        store.dataset.check_held().map_err(AdminError::Store)?;
         let keys = &store.keys;
         let hash = keys.counter_days(name.as_str());
         // The days the counter has now, whose sketches go with them. Asked before the

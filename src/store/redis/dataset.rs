@@ -211,6 +211,19 @@ impl DatasetMark {
         }
     }
 
+    /// Refuses what reads every count or changes one while Redis is known not to hold
+    /// the data counted in (as visits are): an export would look whole and hold what
+    /// is left, and a change would be made to data that is to be restored or replaced.
+    pub fn check_held(&self) -> Result<(), StoreError> {
+        if self.lost_said.load(Ordering::Acquire) {
+            return Err(StoreError::not_tried(
+                StoreErrorKind::DataLost,
+                "Redis no longer holds the data counted in",
+            ));
+        }
+        Ok(())
+    }
+
     /// A write refused because Redis holds another mark or none, or an older copy of
     /// the data.
     pub fn lost(&self, key: &str, detail: &str) -> StoreError {
