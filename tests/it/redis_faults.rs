@@ -1578,8 +1578,9 @@ async fn redis_losing_its_data_refuses_every_visit_until_the_data_is_back() {
 
 /// While Redis no longer holds the data counted in (flushed), the administrator's changes
 /// and the export are refused as visits are: an export of what is left looked whole, and
-/// a change was made to data that is to be restored (an outside probe). The listing of
-/// counters is refused too; on a Redis without counters yet, it lists none.
+/// a change was made to data that is to be restored. The listing of counters is refused
+/// too; on a Redis without counters yet, it lists none. Once the data is back, changes are
+/// made again.
 #[tokio::test(flavor = "multi_thread")]
 async fn while_redis_no_longer_holds_the_counts_the_administrator_neither_changes_nor_exports_them()
 {
@@ -1588,7 +1589,7 @@ async fn while_redis_no_longer_holds_the_counts_the_administrator_neither_change
     let token_path = token.path().to_str().unwrap();
     let service = service_on(&redis, &["--admin-token-file", token_path]).await;
     let client = &service.client;
-    // No counter yet: a listing of none (it was refused as a store failure).
+    // No counter yet: a listing of none.
     let (status, listed) = admin_change(client, Method::GET, "/api/counters", "").await;
     assert_eq!(status, StatusCode::OK, "{listed}");
     client.visit().await;
@@ -1596,6 +1597,11 @@ async fn while_redis_no_longer_holds_the_counts_the_administrator_neither_change
         admin_change(client, Method::PUT, "/api/counters/kept", r#"{"total":5}"#).await;
     assert_eq!(status, StatusCode::OK);
     let reason = "counter store no longer holds the counts";
+    let mark = redis.query(&["GET", "hits:dataset"]).await.unwrap();
+    let mark: String = redis::from_redis_value(mark).unwrap();
+    let own = redis.keys("hits:written:*").await.remove(0);
+    let writes = redis.get_i64("hits:writes").await;
+    let own_writes = redis.get_i64(&own).await;
 
     redis.query(&["FLUSHALL"]).await.unwrap();
     wait_or_explain(
@@ -1626,6 +1632,16 @@ async fn while_redis_no_longer_holds_the_counts_the_administrator_neither_change
         redis.keys("hits:c:*").await.is_empty(),
         "nothing was written"
     );
+
+    // The data restored in place, on the service's own connections: the number of the
+    // last write and of this process's, the mark. Changes are made again.
+    redis.set("hits:writes", &writes.to_string()).await;
+    redis.set(&own, &own_writes.to_string()).await;
+    redis.set("hits:dataset", &mark).await;
+    client.wait_ready(allowed(defaults().store)).await;
+    let (status, body) =
+        admin_change(client, Method::PUT, "/api/counters/kept", r#"{"total":9}"#).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
 }
 
 /// Redis gone back to an older copy of its data, mark and all: here its snapshot, loaded

@@ -127,9 +127,14 @@ impl DatasetMark {
         self.acknowledged.load(Ordering::Acquire)
     }
 
-    /// A write numbered `number` was acknowledged (its replicas, if any, confirmed it).
+    /// A write numbered `number` was acknowledged (its replicas, if any, confirmed it):
+    /// its script found the mark and the number of the last write in place, so Redis
+    /// holds the data again if it was found not to (restored without a new connection).
     pub fn acknowledge(&self, number: i64) {
         self.acknowledged.fetch_max(number, Ordering::AcqRel);
+        if self.lost_said.swap(false, Ordering::AcqRel) {
+            tracing::info!("Redis holds the counts again: visits are counted");
+        }
     }
 
     /// The number of this process's own last acknowledged write, which Redis must hold
