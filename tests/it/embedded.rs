@@ -169,6 +169,63 @@ async fn a_second_process_is_refused_while_a_folder_above_the_data_folder_is_mov
     assert_eq!(first.client.visit().await, 2, "the first counts on");
 }
 
+/// Two services on one path in different mount namespaces (each its own `/tmp`, as
+/// systemd's `PrivateTmp` gives) count in different folders, though in one network
+/// namespace: the place is locked by the folders on the data folder's mount, not by the
+/// path above it, which names different folders in each.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_same_path_in_another_mount_namespace_is_another_place() {
+    let disk = SmallDisk::mount(4 * 1024 * 1024);
+    let data = disk.path.join("data");
+    let first = ServiceProcess::start(&["--data-dir", data.to_str().unwrap()]).await;
+    assert_eq!(first.client.visit().await, 1);
+
+    let port = crate::helpers::free_port();
+    let script = format!(
+        "mount -t tmpfs other '{}' && exec '{}' --listen 127.0.0.1:{port} --data-dir '{}'",
+        disk.path.display(),
+        std::path::Path::new(&process::binary()).display(),
+        data.display()
+    );
+    let second = tokio::process::Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("unshare runs (util-linux: apt-get install util-linux)");
+    let second = std::sync::Mutex::new(second);
+    let exited = || {
+        second
+            .lock()
+            .unwrap()
+            .try_wait()
+            .is_ok_and(|exit| exit.is_some())
+    };
+    let client = crate::helpers::TestClient::new(format!("127.0.0.1:{port}").parse().unwrap());
+    wait_until(
+        "the service in the other mount namespace to answer",
+        allowed(PROCESS_START),
+        || async { exited() || client.answers_ok("/healthz").await },
+    )
+    .await;
+    if exited() {
+        let output = second
+            .into_inner()
+            .unwrap()
+            .wait_with_output()
+            .await
+            .unwrap();
+        panic!(
+            "the second service exited: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    assert_eq!(client.visit().await, 1, "a folder of its own");
+    assert_eq!(first.client.visit().await, 2);
+}
+
 /// A bind mount, undone on drop.
 struct BindMount(std::path::PathBuf);
 

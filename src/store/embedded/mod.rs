@@ -496,14 +496,17 @@ fn lock_folder(dir: &Path) -> Result<std::fs::File, StoreError> {
     }
 }
 
-/// Locks the data folder's place for this process: an abstract Unix socket for each
-/// folder above it, named for that folder (its device and inode, whatever path or bind
-/// mount names it) and the path from there down to the data folder. The folder's own lock
-/// goes with the folder, so while the folder, or any folder above it, is moved away
-/// (until the service has made it again in its place) a second service started on the
-/// path would find no lock, make a new folder and count from 1 again: the folder above
-/// the one moved still names the place. Abstract sockets belong to a network namespace:
-/// services in different ones (containers sharing a volume) do not see each other's.
+/// Locks the data folder's place for this process: an abstract Unix socket for the
+/// folder it is in and for each folder above that on the same mount, named for that
+/// folder (its device and inode, whatever path or bind mount names it) and the path from
+/// there down to the data folder. The folder's own lock goes with the folder, so while
+/// the folder, or a folder above it, is moved away (until the service has made it again
+/// in its place) a second service started on the path would find no lock, make a new
+/// folder and count from 1 again: the folder above the one moved still names the place.
+/// The walk stops at the mount's root, which cannot be moved: above it, the same path
+/// names different folders in different mount namespaces (a private `/tmp`). Abstract
+/// sockets belong to a network namespace: services in different ones (containers
+/// sharing a volume) do not see each other's.
 fn lock_path(dir: &Path) -> Result<Vec<std::os::unix::net::UnixListener>, StoreError> {
     use std::{
         hash::Hasher,
@@ -517,8 +520,12 @@ fn lock_path(dir: &Path) -> Result<Vec<std::os::unix::net::UnixListener>, StoreE
         )
     };
     let path = std::fs::canonicalize(dir).map_err(cannot)?;
+    let mount = mount_point_of(&path);
     let mut locks = Vec::new();
-    for above in path.ancestors().skip(1) {
+    for (n, above) in path.ancestors().skip(1).enumerate() {
+        if n > 0 && !above.starts_with(&mount) {
+            break;
+        }
         let folder = std::fs::metadata(above).map_err(cannot)?;
         let below = path.strip_prefix(above).unwrap_or(&path);
         let mut hasher = siphasher::sip::SipHasher13::new();
@@ -540,6 +547,49 @@ fn lock_path(dir: &Path) -> Result<Vec<std::os::unix::net::UnixListener>, StoreE
         locks.push(lock);
     }
     Ok(locks)
+}
+
+/// The point where the mount that holds `path` is mounted: the longest mount point of
+/// this process's mount namespace that `path` is under (`/proc/self/mountinfo`), or `/`
+/// when that cannot be read.
+fn mount_point_of(path: &Path) -> PathBuf {
+    let root = PathBuf::from("/");
+    let Ok(mounts) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return root;
+    };
+    mounts
+        .lines()
+        // The fifth field, with space, tab, newline and backslash written in octal.
+        .filter_map(|line| line.split(' ').nth(4))
+        .map(unescape_octal)
+        .filter(|point| path.starts_with(point))
+        .max_by_key(|point| point.components().count())
+        .unwrap_or(root)
+}
+
+/// A mountinfo path, its `\NNN` escapes undone.
+fn unescape_octal(field: &str) -> PathBuf {
+    use std::os::unix::ffi::OsStringExt;
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let code = bytes.get(i + 1..i + 4).and_then(|digits| {
+            let text = std::str::from_utf8(digits).ok()?;
+            u8::from_str_radix(text, 8).ok()
+        });
+        match (bytes[i], code) {
+            (b'\\', Some(byte)) => {
+                out.push(byte);
+                i += 4;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    PathBuf::from(std::ffi::OsString::from_vec(out))
 }
 
 /// A handle on the file at `path`, read and write, as a database needs; none if it cannot
@@ -669,4 +719,23 @@ fn describe(path: &Path, error: redb::Error) -> StoreError {
         other => format!("cannot be opened: {other}"),
     };
     StoreError::new(classify(error).kind(), format!("{} {what}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mount_points_are_read_with_their_escapes_undone() {
+        assert_eq!(
+            unescape_octal(r"/mnt/with\040space\134and\011tab"),
+            PathBuf::from("/mnt/with space\\and\ttab")
+        );
+        assert_eq!(unescape_octal(r"/plain\04"), PathBuf::from(r"/plain\04"));
+        assert_eq!(
+            mount_point_of(Path::new("/proc/self/fd")),
+            PathBuf::from("/proc")
+        );
+        assert_eq!(mount_point_of(Path::new("/")), PathBuf::from("/"));
+    }
 }
