@@ -23,18 +23,23 @@ const LONGEST: Duration = Duration::from_secs(7 * 86_400);
 /// Parses durations such as `10s`, `500ms`, `2m` or `1m 30s` (humantime's syntax), and a
 /// bare number as seconds; at most 7 days.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let parsed = parse_any_duration(text)?;
+    if parsed > LONGEST {
+        return Err("is more than 7 days, the longest taken".to_owned());
+    }
+    Ok(parsed)
+}
+
+/// A duration in `parse_duration`'s forms, of any length.
+fn parse_any_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let parsed = if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
         text.parse()
             .map(Duration::from_secs)
             .map_err(|_| format!("'{text}' is out of range"))
     } else {
         humantime::parse_duration(text).map_err(|e| format!("{e} (examples: 10s, 500ms, 2m)"))
-    }?;
-    if parsed > LONGEST {
-        return Err("is more than 7 days, the longest taken".to_owned());
     }
-    Ok(parsed)
 }
 
 /// How many visits one client may count per window (`--rate-limit`).
@@ -75,7 +80,8 @@ pub fn parse_rate_limit(text: &str) -> Result<RateLimitSetting, String> {
         .ok()
         .filter(|&v| (1..=1_000_000).contains(&v))
         .ok_or_else(|| format!("'{visits}' is not a number of visits from 1 to 1000000"))?;
-    let per = parse_duration(per)
+    // Held to at most a day by the check below.
+    let per = parse_any_duration(per)
         .map_err(|_| format!("has no window after / that is a duration {example}"))?;
     if per < Duration::from_millis(1) || per > Duration::from_secs(86_400) {
         return Err(format!("the window must be from 1ms to 1 day {example}"));
@@ -302,6 +308,21 @@ mod tests {
         for long in ["8d", "604801", "18446744073709551615", "300000000000y"] {
             let refused = parse_duration(long).unwrap_err();
             assert!(refused.contains("7 days"), "{long}: {refused}");
+        }
+    }
+
+    #[test]
+    fn rate_limits_take_visits_over_a_window_of_at_most_a_day() {
+        let limit = parse_rate_limit("60/1m").unwrap().0.unwrap();
+        assert_eq!((limit.visits, limit.per), (60, Duration::from_secs(60)));
+        assert_eq!(parse_rate_limit("off").unwrap().0, None);
+        for (written, says) in [
+            ("60/8d", "from 1ms to 1 day"),
+            ("60/1m/2", "no window after /"),
+            ("0/1m", "from 1 to 1000000"),
+        ] {
+            let refused = parse_rate_limit(written).unwrap_err();
+            assert!(refused.contains(says), "{written}: {refused}");
         }
     }
 
