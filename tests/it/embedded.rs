@@ -132,8 +132,8 @@ async fn a_second_process_is_refused_while_the_data_folder_is_moved_away() {
 }
 
 /// As above, with a folder above the data folder moved away: the place is still named by
-/// the folder above the one moved. The second service used to find no lock there, make
-/// the folders again and count from 1 (an outside probe: 661 numbers answered twice).
+/// the folder above the one moved, so that the second service does not make the folders
+/// again and count from 1.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_second_process_is_refused_while_a_folder_above_the_data_folder_is_moved_away() {
     let dir = tempfile::tempdir().unwrap();
@@ -478,7 +478,8 @@ async fn a_full_disk_makes_the_store_not_ready_until_space_is_freed() {
 /// again up to the hard one needs no privilege.
 fn set_file_size_limit(pid: i32, bytes: Option<u64>) {
     let soft = bytes.map_or("unlimited".to_owned(), |bytes| bytes.to_string());
-    let limit = format!("{soft}:unlimited");
+    // `soft:`: the hard limit stays as it is.
+    let limit = format!("{soft}:");
     let status = std::process::Command::new("prlimit")
         .args(["--pid", &pid.to_string(), &format!("--fsize={limit}")])
         .status()
@@ -488,7 +489,7 @@ fn set_file_size_limit(pid: i32, bytes: Option<u64>) {
 
 /// The process's file size limit reached by the data file: a full disk, refused and
 /// counted on once the limit is lifted. The signal a write past the limit brings
-/// (SIGXFSZ) ended the process mid-write, with no log line (an outside probe).
+/// (SIGXFSZ) is not the end of the process.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_file_size_limit_is_a_full_disk_not_the_end_of_the_process() {
     let dir = tempfile::tempdir().unwrap();

@@ -157,8 +157,12 @@ async fn a_client_that_half_closes_after_its_request_gets_its_answer() {
         let mut stream = TcpStream::connect(("127.0.0.1", service.port))
             .await
             .unwrap();
+        // The request and the close both there before the service reads either, as
+        // when its workers are busy.
+        service.signal(Signal::SIGSTOP);
         stream.write_all(VISIT).await.unwrap();
         stream.shutdown().await.unwrap();
+        service.signal(Signal::SIGCONT);
         let mut answer = Vec::new();
         tokio::time::timeout(answer_by, stream.read_to_end(&mut answer))
             .await

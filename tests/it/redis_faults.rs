@@ -977,8 +977,8 @@ async fn total_of(redis: &RedisServer, key: &str) -> Option<i64> {
 /// a visit of the tutorial's counter, of a counter that exists, of one reset to 0 and of
 /// a new one is either counted and answered, or refused and nothing of it is left (Lua
 /// does not roll back: a command that fails after the tally's first write must be undone
-/// by the script; a reset counter's total stays, at 0: an outside probe found it deleted,
-/// and the counter then refused every visit as one whose total was gone), and
+/// by the script; a reset counter's total stays, at 0: deleted, it would leave the counter
+/// refusing every visit as one whose total was gone), and
 /// the service is ready exactly while visits of the tutorial's counter are counted (not
 /// for a command only a new name's visit, or an undo, runs).
 #[tokio::test(flavor = "multi_thread")]
