@@ -975,7 +975,7 @@ async fn total_of(redis: &RedisServer, key: &str) -> Option<i64> {
 
 /// An ACL that denies any one command the write runs, generated from the script itself:
 /// a visit of the tutorial's counter, of a counter that exists, of one reset to 0 and of
-/// a new one is either counted and answered, or refused and nothing of it is left (Lua
+/// a new one is either counted and answered, or refused with its total as it was (Lua
 /// does not roll back: a command that fails after the tally's first write must be undone
 /// by the script; a reset counter's total stays, at 0: deleted, it would leave the counter
 /// refusing every visit as one whose total was gone), and
