@@ -105,37 +105,13 @@ async fn a_second_process_is_refused_while_the_data_file_is_deleted() {
     assert_eq!(first.client.visit().await, 2, "the first counts on");
 }
 
-/// The data folder moved away while the service runs: until the service has made it again
-/// at its path (it is paused here, so that it cannot), a second service on the path is
-/// refused all the same; it found no lock (the folder's went with the folder), made a
-/// new folder and answered numbers the first had answered.
+/// The data folder, or a folder above it, moved away while the service runs: until the
+/// service has made it again at its path (it is paused here, so that it cannot), a
+/// second service on the path is refused all the same. The folder's own lock went with
+/// the folder; the folder above the one moved still names the place, so that the second
+/// service does not make the folders again and count from 1.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_second_process_is_refused_while_the_data_folder_is_moved_away() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let data_str = data.to_str().unwrap();
-    let first = ServiceProcess::start(&["--data-dir", data_str]).await;
-    first.client.visit().await;
-
-    first.signal(Signal::SIGSTOP);
-    std::fs::rename(&data, dir.path().join("moved")).unwrap();
-    let second = process::run(&["--listen", "127.0.0.1:0", "--data-dir", data_str], &[]).await;
-    first.signal(Signal::SIGCONT);
-
-    assert_refused_naming_the_data_dir(&second);
-    assert!(String::from_utf8_lossy(&second.stderr).contains("in use by another process"));
-    first
-        .client
-        .wait_ready(allowed(FILE_CHECK + REOPEN_DELAY))
-        .await;
-    assert_eq!(first.client.visit().await, 2, "the first counts on");
-}
-
-/// As above, with a folder above the data folder moved away: the place is still named by
-/// the folder above the one moved, so that the second service does not make the folders
-/// again and count from 1.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_second_process_is_refused_while_a_folder_above_the_data_folder_is_moved_away() {
+async fn a_second_process_is_refused_while_the_data_folder_or_one_above_it_is_moved_away() {
     let dir = tempfile::tempdir().unwrap();
     let above = dir.path().join("srv");
     let data = above.join("stackdemo").join("data");
@@ -144,7 +120,7 @@ async fn a_second_process_is_refused_while_a_folder_above_the_data_folder_is_mov
     first.client.visit().await;
 
     let mut refusals = Vec::new();
-    for moved in [above.clone(), above.join("stackdemo")] {
+    for moved in [data.clone(), above.join("stackdemo"), above.clone()] {
         first.signal(Signal::SIGSTOP);
         let away = dir.path().join("moved");
         std::fs::rename(&moved, &away).unwrap();
@@ -155,12 +131,17 @@ async fn a_second_process_is_refused_while_a_folder_above_the_data_folder_is_mov
         }
         std::fs::rename(&away, &moved).unwrap();
         first.signal(Signal::SIGCONT);
-        refusals.push(second);
+        refusals.push((moved, second));
     }
 
-    for second in &refusals {
+    for (moved, second) in &refusals {
+        let stderr = String::from_utf8_lossy(&second.stderr);
+        assert!(
+            stderr.contains("in use by another process"),
+            "{} moved: {stderr}",
+            moved.display()
+        );
         assert_refused_naming_the_data_dir(second);
-        assert!(String::from_utf8_lossy(&second.stderr).contains("in use by another process"));
     }
     first
         .client
@@ -473,20 +454,6 @@ async fn a_full_disk_makes_the_store_not_ready_until_space_is_freed() {
     );
 }
 
-/// Sets the file size limit (RLIMIT_FSIZE, `ulimit -f`) of the process `pid`, in bytes,
-/// or lifts it (`None`), with util-linux's `prlimit`. Only the soft limit: lifting it
-/// again up to the hard one needs no privilege.
-fn set_file_size_limit(pid: i32, bytes: Option<u64>) {
-    let soft = bytes.map_or("unlimited".to_owned(), |bytes| bytes.to_string());
-    // `soft:`: the hard limit stays as it is.
-    let limit = format!("{soft}:");
-    let status = std::process::Command::new("prlimit")
-        .args(["--pid", &pid.to_string(), &format!("--fsize={limit}")])
-        .status()
-        .expect("prlimit runs (util-linux: apt-get install util-linux)");
-    assert!(status.success(), "prlimit --fsize={limit}: {status}");
-}
-
 /// The process's file size limit reached by the data file: a full disk, refused and
 /// counted on once the limit is lifted. The signal a write past the limit brings
 /// (SIGXFSZ) is not the end of the process.
@@ -499,7 +466,7 @@ async fn a_file_size_limit_is_a_full_disk_not_the_end_of_the_process() {
     assert_eq!(service.client.visit().await, 1);
     let file = dir.path().join("stackdemo.redb");
     let size = std::fs::metadata(&file).unwrap().len();
-    set_file_size_limit(service.pid(), Some(size));
+    service.set_soft_limit("fsize", &size.to_string());
 
     // New counters until the file must grow.
     let mut refused = None;
@@ -525,7 +492,7 @@ async fn a_file_size_limit_is_a_full_disk_not_the_end_of_the_process() {
         StatusCode::SERVICE_UNAVAILABLE
     );
 
-    set_file_size_limit(service.pid(), None);
+    service.set_soft_limit("fsize", "unlimited");
     let deadlines = limits::deadlines(&[]);
     service
         .client

@@ -1001,19 +1001,8 @@ async fn running_out_of_file_descriptors_is_logged_once_a_second() {
     let open = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .unwrap()
         .count();
-    let hard = std::fs::read_to_string(format!("/proc/{pid}/limits"))
-        .unwrap()
-        .lines()
-        .find(|line| line.starts_with("Max open files"))
-        .and_then(|line| line.split_whitespace().nth(4).map(str::to_owned))
-        .expect("the limit on open files");
-    // Room for a few more descriptors; the soft limit only, which may be raised again.
-    let limit = format!("--nofile={}:{hard}", open + 4);
-    let status = std::process::Command::new("prlimit")
-        .args(["--pid", &pid.to_string(), &limit])
-        .status()
-        .expect("prlimit runs (util-linux: apt-get install util-linux)");
-    assert!(status.success(), "prlimit {limit}: {status}");
+    // Room for a few more descriptors.
+    service.set_soft_limit("nofile", &(open + 4).to_string());
 
     let mut held = Vec::new();
     for _ in 0..16 {

@@ -1606,7 +1606,7 @@ async fn while_redis_no_longer_holds_the_counts_the_administrator_neither_change
     redis.query(&["FLUSHALL"]).await.unwrap();
     wait_or_explain(
         "the service to find the data gone",
-        allowed(defaults().store + Duration::from_secs(1)),
+        allowed(defaults().store),
         || async { client.readiness().await.contains(reason) },
         || async { client.readiness().await },
     )

@@ -151,6 +151,18 @@ impl ServiceProcess {
         nix::sys::signal::kill(Pid::from_raw(self.pid()), signal).expect("the signal is sent");
     }
 
+    /// Sets the soft limit of `resource` (a `prlimit` option: `fsize`, `nofile`) of the
+    /// running service, `unlimited` lifting it again: the hard limit stays as it is, so
+    /// that no privilege is needed, to lower it or to raise it back.
+    pub fn set_soft_limit(&self, resource: &str, soft: &str) {
+        let option = format!("--{resource}={soft}:");
+        let status = std::process::Command::new("prlimit")
+            .args(["--pid", &self.pid().to_string(), &option])
+            .status()
+            .expect("prlimit runs (util-linux: apt-get install util-linux)");
+        assert!(status.success(), "prlimit {option}: {status}");
+    }
+
     /// What the service logged so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.log.path()).unwrap_or_default()
