@@ -150,6 +150,36 @@ async fn a_second_process_is_refused_while_the_data_folder_or_one_above_it_is_mo
     assert_eq!(first.client.visit().await, 2, "the first counts on");
 }
 
+/// As above, with the data folder a mount of its own (a disk, a volume) and the folder
+/// it is in moved away: that folder's mount still names the place.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_process_is_refused_while_the_folder_holding_a_mounted_data_folder_is_moved() {
+    let dir = tempfile::tempdir().unwrap();
+    let volume = tempfile::tempdir().unwrap();
+    let holder = dir.path().join("holder");
+    let data = holder.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let _mounted = BindMount::new(volume.path(), &data);
+    let data_str = data.to_str().unwrap();
+    let first = ServiceProcess::start(&["--data-dir", data_str]).await;
+    first.client.visit().await;
+
+    first.signal(Signal::SIGSTOP);
+    let away = dir.path().join("moved");
+    std::fs::rename(&holder, &away).unwrap();
+    let second = process::run(&["--listen", "127.0.0.1:0", "--data-dir", data_str], &[]).await;
+    if holder.exists() {
+        std::fs::remove_dir_all(&holder).unwrap();
+    }
+    std::fs::rename(&away, &holder).unwrap();
+    first.signal(Signal::SIGCONT);
+
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(stderr.contains("in use by another process"), "{stderr}");
+    assert_refused_naming_the_data_dir(&second);
+    assert_eq!(first.client.visit().await, 2, "the first counts on");
+}
+
 /// Two services on one path in different mount namespaces (each its own `/tmp`, as
 /// systemd's `PrivateTmp` gives) count in different folders, though in one network
 /// namespace: the place is locked by the folders on the data folder's mount, not by the

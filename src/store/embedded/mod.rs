@@ -497,14 +497,15 @@ fn lock_folder(dir: &Path) -> Result<std::fs::File, StoreError> {
 }
 
 /// Locks the data folder's place for this process: an abstract Unix socket for the
-/// folder it is in and for each folder above that on the same mount, named for that
+/// folder it is in and for each folder above that on that folder's mount, named for that
 /// folder (its device and inode, whatever path or bind mount names it) and the path from
 /// there down to the data folder. The folder's own lock goes with the folder, so while
 /// the folder, or a folder above it, is moved away (until the service has made it again
 /// in its place) a second service started on the path would find no lock, make a new
 /// folder and count from 1 again: the folder above the one moved still names the place.
-/// The walk stops at the mount's root, which cannot be moved: above it, the same path
-/// names different folders in different mount namespaces (a private `/tmp`). Abstract
+/// The walk stops at that mount's root: above it, the same path names different
+/// folders in different mount namespaces (a private `/tmp`), and so a folder moved
+/// above it is not caught (a mount's root itself cannot be moved). Abstract
 /// sockets belong to a network namespace: services in different ones (containers
 /// sharing a volume) do not see each other's.
 fn lock_path(dir: &Path) -> Result<Vec<std::os::unix::net::UnixListener>, StoreError> {
@@ -520,10 +521,13 @@ fn lock_path(dir: &Path) -> Result<Vec<std::os::unix::net::UnixListener>, StoreE
         )
     };
     let path = std::fs::canonicalize(dir).map_err(cannot)?;
-    let mount = mount_point_of(&path);
+    let parent = path.parent().unwrap_or(Path::new("/"));
+    // The mount of the folder the data folder is in: the data folder may be a mount of
+    // its own (a disk, a volume), and the folders above it can still be moved.
+    let mount = mount_point_of(parent);
     let mut locks = Vec::new();
-    for (n, above) in path.ancestors().skip(1).enumerate() {
-        if n > 0 && !above.starts_with(&mount) {
+    for above in path.ancestors().skip(1) {
+        if !above.starts_with(&mount) {
             break;
         }
         let folder = std::fs::metadata(above).map_err(cannot)?;
