@@ -12,7 +12,7 @@ use tokio::{
 use nix::sys::signal::Signal;
 
 use crate::helpers::{
-    RedisServer, ServiceProcess, allowed,
+    POLL, RedisServer, ServiceProcess, allowed,
     client::parse_raw,
     hang_up::{Left, hang_up},
     limits, wait_until,
@@ -260,19 +260,29 @@ async fn answers_written_before_the_service_ends_a_connection_reach_a_client_tha
     let deadlines = limits::deadlines(&args);
     let counted_before = service.client.visit().await;
     let doubt_before = in_doubt(&service).await;
+    let visits = || service.client.metric("stackdemo_visits_total");
 
     let (stream, sent) = pipelined_page_visits(service.port);
-    wait_until(
-        "the service to end the connection, its answer not taken for the send timeout",
-        allowed(deadlines.send * 4 + deadlines.visit()),
-        || async {
-            service
-                .log()
-                .contains("closed a connection whose client took nothing")
-        },
-    )
-    .await;
-
+    // The service counts the visits one after another until its answers fill the socket
+    // buffers (some 300 page answers on loopback), each a store write, however long a
+    // loaded disk takes for them; then it waits out the send timeout. So the wait is for
+    // the service to stop counting and then end the connection.
+    let ended_it = "closed a connection whose client took nothing";
+    let stalled_for = allowed(deadlines.send * 4 + deadlines.visit());
+    let (mut counted_so_far, mut since) = (visits().await, Instant::now());
+    while !service.log().contains(ended_it) {
+        let counted_now = visits().await;
+        if counted_now > counted_so_far {
+            (counted_so_far, since) = (counted_now, Instant::now());
+        }
+        assert!(
+            since.elapsed() < stalled_for,
+            "{stalled_for:?} after its last visit counted, the service has not ended the \
+             connection whose client takes nothing\n{}",
+            service.log()
+        );
+        tokio::time::sleep(POLL).await;
+    }
     let (numbers, ended) = read_page_answers(stream, allowed(deadlines.header_read * 4)).await;
     sent.join().unwrap();
     let counted = service.client.visit().await - 1 - counted_before;

@@ -28,7 +28,7 @@ pub use self::{
 };
 
 /// How often a wait checks its condition.
-const POLL: Duration = Duration::from_millis(20);
+pub const POLL: Duration = Duration::from_millis(20);
 
 /// Waits until `condition` holds, checking every 20 ms; panics with `what` after `limit`.
 pub async fn wait_until<F, Fut>(what: &str, limit: Duration, condition: F)
