@@ -14,7 +14,8 @@
 //! ends first reports what it still held in doubt. A client that closed its side before
 //! the answer was written (a FIN) may still read it, if it only half-closed, or may be
 //! gone; the service cannot tell which, so such answers are written and also reported in
-//! doubt.
+//! doubt. A close found after they were written (the client read its answer and left, as
+//! one-shot clients do at once) leaves them delivered.
 
 use std::{
     convert::Infallible,
@@ -72,7 +73,7 @@ impl Drop for Counted {
 /// One connection's answers between the body handing them over and the connection
 /// writing them out. Cloned into each request's extensions; its I/O holds one too.
 ///
-/// After a flush wrote answers out, the connection looks (without reading) whether the
+/// Before it writes answers' bytes, the connection looks (without reading) whether the
 /// client has closed its side: a client that left before its answer was written sent its
 /// close first, and its answers are in doubt.
 #[derive(Clone, Default)]
@@ -84,6 +85,8 @@ struct Pending {
     awaiting: AtomicU64,
     /// The client closed its side of the connection.
     peer_closed: AtomicBool,
+    /// Bytes of the answers awaiting were written after the client had closed its side.
+    written_after_close: AtomicBool,
 }
 
 impl Handover {
@@ -99,11 +102,21 @@ impl Handover {
         self.0.awaiting.load(Ordering::Acquire) > 0
     }
 
+    /// Bytes of the answers handed over are being written, the client's side looked at
+    /// just before.
+    pub fn writing(&self) {
+        if self.0.peer_closed.load(Ordering::Acquire) {
+            self.0.written_after_close.store(true, Ordering::Release);
+        }
+    }
+
     /// Everything written so far has been written out: the answers handed over are
-    /// delivered, unless the client had closed its side (then they are in doubt).
+    /// delivered, unless the client had closed its side before they were all written
+    /// (then they are in doubt).
     pub fn flushed(&self) {
         let answers = self.0.awaiting.swap(0, Ordering::AcqRel);
-        if answers > 0 && self.0.peer_closed.load(Ordering::Acquire) {
+        let after_close = self.0.written_after_close.swap(false, Ordering::AcqRel);
+        if answers > 0 && after_close {
             in_doubt(answers);
         }
     }
@@ -178,24 +191,23 @@ impl HttpBody for AnsweredBody {
     }
 }
 
+/// Visits reported in doubt while `work` runs in this thread, on a recorder of its own
+/// (the global one is shared by every test of the process).
+#[cfg(test)]
+pub(crate) fn in_doubt_during(work: impl FnOnce()) -> u64 {
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    metrics::with_local_recorder(&recorder, work);
+    handle
+        .render()
+        .lines()
+        .find_map(|line| line.strip_prefix("stackdemo_visits_in_doubt_total "))
+        .map_or(0, |value| value.trim().parse().unwrap())
+}
+
 #[cfg(test)]
 mod tests {
-    use metrics_exporter_prometheus::PrometheusBuilder;
-
     use super::*;
-
-    /// Visits reported in doubt while `work` runs, on a recorder of its own (the global
-    /// one is shared by every test of the process).
-    fn in_doubt_during(work: impl FnOnce()) -> u64 {
-        let recorder = PrometheusBuilder::new().build_recorder();
-        let handle = recorder.handle();
-        metrics::with_local_recorder(&recorder, work);
-        handle
-            .render()
-            .lines()
-            .find_map(|line| line.strip_prefix("stackdemo_visits_in_doubt_total "))
-            .map_or(0, |value| value.trim().parse().unwrap())
-    }
 
     /// Takes the body's bytes, as hyper does to write them.
     fn take_bytes(body: &mut AnsweredBody) -> Bytes {
@@ -256,8 +268,23 @@ mod tests {
                 take_bytes(&mut body);
             }
             handover.peer_closed();
+            handover.writing();
             handover.flushed();
         });
         assert_eq!(reported, 3);
+    }
+
+    #[test]
+    fn answers_written_before_the_client_closed_its_side_are_delivered() {
+        let reported = in_doubt_during(|| {
+            let handover = Handover::default();
+            let mut body = AnsweredBody::new("n", Counted::new(1), Some(handover.clone()));
+            take_bytes(&mut body);
+            handover.writing();
+            // The client read its answer and left before the flush was confirmed.
+            handover.peer_closed();
+            handover.flushed();
+        });
+        assert_eq!(reported, 0);
     }
 }

@@ -501,38 +501,39 @@ impl AsyncWrite for ClientStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let written = match self.stream() {
-            Ok(stream) => Pin::new(stream).poll_write(cx, buf),
-            Err(error) => return Poll::Ready(Err(error)),
+        let this = &mut *self;
+        let Some(stream) = this.stream.as_mut() else {
+            return Poll::Ready(Err(io::ErrorKind::NotConnected.into()));
         };
+        if this.handover.awaiting() {
+            if peer_has_closed(stream) {
+                this.handover.peer_closed();
+            }
+            this.handover.writing();
+        }
+        let written = Pin::new(stream).poll_write(cx, buf);
         match written {
-            Poll::Ready(Ok(1..)) => self.activity.bytes_written(),
-            Poll::Pending => self.activity.write_waits(),
+            Poll::Ready(Ok(1..)) => this.activity.bytes_written(),
+            Poll::Pending => this.activity.write_waits(),
             _ => {}
         }
         written
     }
 
     /// hyper flushes once it has written everything it buffered: the answers handed over
-    /// before are out, to a client that had not closed its side, as far as a look at the
-    /// socket can tell. The socket itself is asked (a peek, which reads nothing), as the
-    /// runtime may not have seen yet what arrived: a close that came while the process
-    /// was paused, or while its workers were busy, is found by the peek and not by the
-    /// runtime's readiness until its next poll of the sockets.
+    /// before are out, to a client that had not closed its side when they were written,
+    /// as far as a look at the socket before each write can tell. The socket itself is
+    /// asked (a peek, which reads nothing), as the runtime may not have seen yet what
+    /// arrived: a close that came while the process was paused, or while its workers
+    /// were busy, is found by the peek and not by the runtime's readiness until its next
+    /// poll of the sockets. A close that comes after the answers were written, however
+    /// soon (a one-shot client reads its answer and leaves), does not put them in doubt.
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = &mut *self;
-        let Some(stream) = this.stream.as_mut() else {
-            return Poll::Ready(Err(io::ErrorKind::NotConnected.into()));
+        let flushed = match self.stream() {
+            Ok(stream) => Pin::new(stream).poll_flush(cx),
+            Err(error) => return Poll::Ready(Err(error)),
         };
-        let flushed = Pin::new(&mut *stream).poll_flush(cx);
-        if matches!(flushed, Poll::Ready(Ok(()))) && this.handover.awaiting() {
-            let closed = match stream.poll_read_ready(cx) {
-                Poll::Ready(Err(_)) => true,
-                Poll::Pending | Poll::Ready(Ok(())) => peer_has_closed(stream),
-            };
-            if closed {
-                self.handover.peer_closed();
-            }
+        if matches!(flushed, Poll::Ready(Ok(()))) {
             self.handover.flushed();
         }
         flushed
@@ -571,12 +572,10 @@ mod tests {
         tokio::spawn(async move { activity.idle_for(limit, send_limit).await })
     }
 
-    /// A client's close that arrived after its request was read, before the runtime
-    /// polled its sockets again (a paused process, busy workers), is found when the
-    /// answer is flushed: the socket itself is asked, and the answer is in doubt. The
-    /// runtime's readiness alone does not show it yet.
-    #[tokio::test]
-    async fn a_close_the_runtime_has_not_seen_yet_is_found_when_the_answer_is_flushed() {
+    /// A connection whose request was read to the last byte, as hyper reads it (the
+    /// runtime's readiness is cleared by the read that finds nothing more), with a
+    /// counted visit's answer handed over; and its client.
+    async fn a_visit_to_answer() -> (ClientStream, Handover, std::net::TcpStream) {
         use std::io::Write;
 
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -585,24 +584,23 @@ mod tests {
         client
             .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
             .unwrap();
-        // The request read to the last byte, as hyper reads it: the runtime's readiness
-        // is cleared by the read that finds nothing more.
         let mut buf = [0u8; 256];
         server.readable().await.unwrap();
         assert!(server.try_read(&mut buf).unwrap() > 0);
         assert!(server.try_read(&mut buf).is_err());
         let handover = Handover::default();
-        let mut stream = ClientStream {
+        let stream = ClientStream {
             stream: Some(server),
             handover: handover.clone(),
             activity: Activity::new(),
         };
         handover.take(crate::delivery::Counted::new(1));
+        (stream, handover, client)
+    }
 
-        // The client leaves, and its close is in the kernel (as for a process paused
-        // while it came); the answer is flushed before this task lets the runtime poll
-        // its sockets (one poll, no wait between), so the runtime has not seen it.
-        client.shutdown(std::net::Shutdown::Both).unwrap();
+    /// Waits (in this thread, without letting the runtime poll its sockets) until the
+    /// client's close has reached `stream`'s socket.
+    fn close_arrives(stream: &ClientStream) {
         let socket = stream.stream.as_ref().unwrap();
         let arrived = (0..2000).any(|_| {
             peer_has_closed(socket) || {
@@ -611,12 +609,65 @@ mod tests {
             }
         });
         assert!(arrived, "the close did not reach the socket");
-        let flushed =
-            std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut stream).poll_flush(cx))).await;
+    }
 
-        assert!(matches!(flushed, Poll::Ready(Ok(()))));
+    /// Polls once, as hyper's connection task does, with a waker that is never woken.
+    fn poll_once<T>(poll: impl FnOnce(&mut Context<'_>) -> Poll<T>) -> Poll<T> {
+        poll(&mut Context::from_waker(std::task::Waker::noop()))
+    }
+
+    /// A client's close that arrived after its request was read, before the runtime
+    /// polled its sockets again (a paused process, busy workers), is found when the
+    /// answer is written: the socket itself is asked, and the answer is in doubt. The
+    /// runtime's readiness alone does not show it yet.
+    #[tokio::test]
+    async fn a_close_the_runtime_has_not_seen_yet_is_found_when_the_answer_is_written() {
+        let (mut stream, handover, client) = a_visit_to_answer().await;
+        client.shutdown(std::net::Shutdown::Both).unwrap();
+        close_arrives(&stream);
+
+        let in_doubt = crate::delivery::in_doubt_during(|| {
+            let written = poll_once(|cx| Pin::new(&mut stream).poll_write(cx, b"answer"));
+            assert!(matches!(written, Poll::Ready(Ok(6))), "{written:?}");
+            let flushed = poll_once(|cx| Pin::new(&mut stream).poll_flush(cx));
+            assert!(matches!(flushed, Poll::Ready(Ok(()))));
+        });
+
         assert!(handover.found_peer_closed(), "the close was not found");
-        assert!(!handover.awaiting(), "the answer was settled, in doubt");
+        assert!(!handover.awaiting(), "the answer was settled");
+        assert_eq!(in_doubt, 1);
+    }
+
+    /// A one-shot client reads its answer and closes at once, before the connection's
+    /// flush is done (it reads the client's end first): the answer was written before the
+    /// close, and is delivered.
+    #[tokio::test]
+    async fn a_client_that_closes_once_its_answer_was_written_got_it() {
+        use std::io::Read;
+
+        let (mut stream, handover, mut client) = a_visit_to_answer().await;
+
+        let in_doubt = crate::delivery::in_doubt_during(|| {
+            let written = poll_once(|cx| Pin::new(&mut stream).poll_write(cx, b"answer"));
+            assert!(matches!(written, Poll::Ready(Ok(6))), "{written:?}");
+            let mut answer = [0u8; 6];
+            client.read_exact(&mut answer).unwrap();
+            client.shutdown(std::net::Shutdown::Both).unwrap();
+            close_arrives(&stream);
+            let mut buf = [0u8; 64];
+            let mut buf = ReadBuf::new(&mut buf);
+            // The runtime may not show the socket readable yet: the read finds the close
+            // or waits, as it happens.
+            let _ = poll_once(|cx| Pin::new(&mut stream).poll_read(cx, &mut buf));
+            let flushed = poll_once(|cx| Pin::new(&mut stream).poll_flush(cx));
+            assert!(matches!(flushed, Poll::Ready(Ok(()))));
+        });
+
+        assert!(!handover.awaiting(), "the answer was settled");
+        assert_eq!(
+            in_doubt, 0,
+            "an answer its client read was reported in doubt"
+        );
     }
 
     #[test]

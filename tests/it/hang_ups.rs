@@ -13,7 +13,7 @@ use nix::sys::signal::Signal;
 
 use crate::helpers::{
     POLL, RedisServer, ServiceProcess, allowed,
-    client::parse_raw,
+    client::{RawAnswer, parse_raw},
     hang_up::{Left, hang_up},
     limits, wait_until,
 };
@@ -25,6 +25,86 @@ async fn in_doubt(service: &ServiceProcess) -> i64 {
         .client
         .metric("stackdemo_visits_in_doubt_total")
         .await as i64
+}
+
+/// Clients that close as soon as they have their whole answer, as one-shot clients do
+/// (curl, health checkers, scripts): HTTP/1.0, `Connection: close`, and a keep-alive
+/// request whose client leaves anyway. Their close often arrives before the service is
+/// done with the connection; none of these visits is reported in doubt, as every answer
+/// was written to a client still there.
+#[tokio::test(flavor = "multi_thread")]
+async fn clients_that_close_once_they_have_their_answer_are_not_reported_in_doubt() {
+    const EACH: i64 = 40;
+    const REQUESTS: [&[u8]; 3] = [
+        b"GET / HTTP/1.0\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+    ];
+    let args = [];
+    let service = ServiceProcess::start(&args).await;
+    let deadlines = limits::deadlines(&args);
+    let counted_before = service.client.visit().await;
+    let doubt_before = in_doubt(&service).await;
+
+    for request in REQUESTS {
+        for _ in 0..EACH {
+            let mut stream = TcpStream::connect(("127.0.0.1", service.port))
+                .await
+                .unwrap();
+            stream.write_all(request).await.unwrap();
+            let answer = read_one_answer(&mut stream).await;
+            assert_eq!(answer.status, 200, "{answer:?}");
+            drop(stream);
+        }
+    }
+    // Each connection is settled within the visit bound of its answer: wait until the
+    // in-doubt metric has not moved for that long.
+    let last = std::sync::Mutex::new((i64::MIN, Instant::now()));
+    wait_until(
+        "the in-doubt metric to settle",
+        allowed(deadlines.visit() * 4),
+        || async {
+            let now = in_doubt(&service).await;
+            let mut last = last.lock().unwrap();
+            if now != last.0 {
+                *last = (now, Instant::now());
+            }
+            last.1.elapsed() > deadlines.visit()
+        },
+    )
+    .await;
+
+    let counted = service.client.visit().await - 1 - counted_before;
+    assert_eq!(counted, EACH * REQUESTS.len() as i64);
+    assert_eq!(
+        in_doubt(&service).await - doubt_before,
+        0,
+        "visits whose clients read their answers were reported in doubt"
+    );
+}
+
+/// Reads one whole answer (its head and as many body bytes as its length says), and no
+/// more, as a client that closes once it has it does.
+async fn read_one_answer(stream: &mut TcpStream) -> RawAnswer {
+    let mut received = Vec::new();
+    let mut buffer = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&received);
+        if let Some(answer) = parse_raw(&text)
+            && let Some(length) = answer.header("content-length")
+            && answer.body.len() >= length.parse::<usize>().unwrap()
+        {
+            return answer;
+        }
+        let read = tokio::time::timeout(allowed(limits::deadlines(&[]).request), async {
+            stream.read(&mut buffer).await
+        })
+        .await
+        .expect("an answer in time")
+        .unwrap();
+        assert!(read > 0, "the answer ended early: {text:?}");
+        received.extend_from_slice(&buffer[..read]);
+    }
 }
 
 /// 200 visits, 8 at a time, each closed (reset or FIN) right after its request, as the
