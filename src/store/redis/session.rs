@@ -341,7 +341,9 @@ impl RedisSession {
     }
 
     /// Connects to the primary, loads the scripts, checks the server's role (when
-    /// following sentinels), reads its clock, its eviction policy and the data's mark.
+    /// following sentinels), reads its clock, its eviction policy and the data's mark,
+    /// and registers the tutorial's counter if only its total is there
+    /// (`scripts::ADOPT_TUTORIAL`).
     async fn open(&self) -> Result<(MultiplexedConnection, Arc<AtomicBool>, u64), StoreError> {
         let store = &self.store;
         let (info, generation) = store.locator.primary().await?;
@@ -376,6 +378,15 @@ impl RedisSession {
         }
         pipe.cmd("ROLE").cmd("TIME").cmd("INFO").arg("memory");
         let mark = store.dataset.add_check(&store.keys.dataset, &mut pipe);
+        // A replica refuses it, and a registry of another type is found by the listing
+        // that needs it: its answer is not needed.
+        pipe.cmd("EVAL")
+            .arg(super::scripts::ADOPT_TUTORIAL)
+            .arg(2)
+            .arg(&store.keys.registry)
+            .arg(&store.keys.total)
+            .arg(store.tutorial.as_str())
+            .ignore();
         let sent = Instant::now();
         let replies: Vec<Value> = pipe.query_async(&mut connection).await.map_err(classify)?;
         let received = Instant::now();
