@@ -81,6 +81,32 @@ async fn a_second_process_on_the_same_data_dir_is_refused() {
     assert!(String::from_utf8_lossy(&second.stderr).contains("in use by another process"));
 }
 
+/// A second service on another folder that holds a hard link to the running service's
+/// data file (as `cp -al` and rsnapshot make) is refused before it opens the file, and
+/// the first counts on: opening the file for writing would count, for the first, as
+/// another process writing to its file, and stop it for good.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_process_on_a_hard_link_to_the_data_file_is_refused_and_the_first_counts_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let first = ServiceProcess::start(&["--data-dir", data]).await;
+    first.client.visit().await;
+    let linked = tempfile::tempdir().unwrap();
+    std::fs::hard_link(dir.path().join(DATA_FILE), linked.path().join(DATA_FILE)).unwrap();
+    let other = linked.path().to_str().unwrap();
+
+    let second = process::run(&["--listen", "127.0.0.1:0", "--data-dir", other], &[]).await;
+
+    assert_refused_naming_the_data_dir(&second);
+    assert!(String::from_utf8_lossy(&second.stderr).contains("in use by another process"));
+    for expected in 2..=4 {
+        let answer = first.client.try_visit().await;
+        assert_eq!(answer.count, Some(expected), "{answer:?}\n{}", first.log());
+    }
+    let ready = first.client.get("/readyz").await;
+    assert_eq!(ready.status(), StatusCode::OK, "{}", first.log());
+}
+
 /// The data file deleted while the service runs: until the service has put it back (it is
 /// paused here, so that it cannot), a second service on the folder is refused all the
 /// same; it would have made a new file and answered numbers the first had answered.

@@ -56,6 +56,11 @@ pub struct FileId {
 }
 
 impl FileId {
+    /// The name of this process's lock on the file (`lock_file`).
+    pub fn lock_name(&self) -> String {
+        format!("stackdemo-data-file-{:x}-{:x}", self.device, self.inode)
+    }
+
     /// The file at `path`; `None` when there is none (its folder may be gone too).
     pub fn at(path: &Path) -> io::Result<Option<Self>> {
         match std::fs::metadata(path) {

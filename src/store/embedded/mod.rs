@@ -101,6 +101,8 @@ struct Inner {
     /// (`lock_folder`, `lock_path`).
     _folder: std::fs::File,
     _path: Vec<std::os::unix::net::UnixListener>,
+    /// This process's lock on the file the database has open (`lock_file`).
+    file_lock: Mutex<Option<std::os::unix::net::UnixListener>>,
 }
 
 impl EmbeddedStore {
@@ -138,9 +140,20 @@ impl EmbeddedStore {
         let folder = lock_folder(dir)?;
         let path_lock = lock_path(dir)?;
         let path = dir.join(FILE_NAME);
+        // Before the file is opened for writing, which the service that has it open
+        // would take for another process writing to it.
+        let mut file_lock = match FileId::at(&path).map_err(failed)? {
+            Some(file) => Some(lock_file(dir, file)?),
+            None => None,
+        };
         let writers = file::Writers::new();
         let db = open_database(&path, true, writers.length())?;
         let file = FileId::at(&path).map_err(failed)?;
+        if file_lock.is_none()
+            && let Some(file) = file
+        {
+            file_lock = Some(lock_file(dir, file)?);
+        }
         let held = hold(&path);
         let inner = Arc::new(Inner {
             path,
@@ -157,6 +170,7 @@ impl EmbeddedStore {
             gave_up: CancellationToken::new(),
             _folder: folder,
             _path: path_lock,
+            file_lock: Mutex::new(file_lock),
         });
         let (writer, requests) = mpsc::channel();
         inner.writers.watch(&inner.path);
@@ -437,7 +451,14 @@ impl Inner {
         self.writers.reopen_with(&self.path, || {
             self.close()?;
             let db = open_database(&self.path, false, self.writers.length())?;
-            *lock(&self.file) = FileId::at(&self.path).map_err(failed)?;
+            let file = FileId::at(&self.path).map_err(failed)?;
+            if file != *lock(&self.file) {
+                // Another file (the service's own counts written again, a copy put back):
+                // locked as this one was, if no other process has it open.
+                let dir = self.path.parent().unwrap_or(Path::new("."));
+                *lock(&self.file_lock) = file.and_then(|file| lock_file(dir, file).ok());
+            }
+            *lock(&self.file) = file;
             *lock(&self.held) = hold(&self.path);
             *self.db.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(db));
             Ok(())
@@ -509,10 +530,7 @@ fn lock_folder(dir: &Path) -> Result<std::fs::File, StoreError> {
 /// sockets belong to a network namespace: services in different ones (containers
 /// sharing a volume) do not see each other's.
 fn lock_path(dir: &Path) -> Result<Vec<std::os::unix::net::UnixListener>, StoreError> {
-    use std::{
-        hash::Hasher,
-        os::{linux::net::SocketAddrExt, unix::fs::MetadataExt, unix::net},
-    };
+    use std::{hash::Hasher, os::unix::fs::MetadataExt};
 
     let cannot = |error: io::Error| {
         StoreError::new(
@@ -537,20 +555,36 @@ fn lock_path(dir: &Path) -> Result<Vec<std::os::unix::net::UnixListener>, StoreE
         hasher.write_u64(folder.ino());
         hasher.write(below.as_os_str().as_encoded_bytes());
         let name = format!("stackdemo-data-dir-{:016x}", hasher.finish());
-        let address = net::SocketAddr::from_abstract_name(name.as_bytes()).map_err(failed)?;
-        let lock = net::UnixListener::bind_addr(&address).map_err(|error| {
-            if error.kind() == io::ErrorKind::AddrInUse {
-                StoreError::new(
-                    StoreErrorKind::Failed,
-                    format!("{} is in use by another process", dir.display()),
-                )
-            } else {
-                failed(error)
-            }
-        })?;
-        locks.push(lock);
+        locks.push(bind_abstract(&name, dir)?);
     }
     Ok(locks)
+}
+
+/// Locks the data file itself for this process: an abstract Unix socket named for the
+/// file (its device and inode). A second service on another path to the same file (a
+/// hard link, as `cp -al` and rsnapshot make) is refused before it opens the file:
+/// opening it for writing counts, for the service that has it open, as another process
+/// writing to it (`file::Writers`), and that service would stop counting for good.
+fn lock_file(dir: &Path, file: FileId) -> Result<std::os::unix::net::UnixListener, StoreError> {
+    bind_abstract(&file.lock_name(), dir)
+}
+
+/// Binds the abstract Unix socket `name` as a lock on `dir`: an error saying that `dir`
+/// is in use by another process if another holds it.
+fn bind_abstract(name: &str, dir: &Path) -> Result<std::os::unix::net::UnixListener, StoreError> {
+    use std::os::{linux::net::SocketAddrExt, unix::net};
+
+    let address = net::SocketAddr::from_abstract_name(name.as_bytes()).map_err(failed)?;
+    net::UnixListener::bind_addr(&address).map_err(|error| {
+        if error.kind() == io::ErrorKind::AddrInUse {
+            StoreError::new(
+                StoreErrorKind::Failed,
+                format!("{} is in use by another process", dir.display()),
+            )
+        } else {
+            failed(error)
+        }
+    })
 }
 
 /// The point where the mount that holds `path` is mounted: the longest mount point of
