@@ -821,8 +821,10 @@ async fn a_service_stopped_at_once_after_its_data_file_was_deleted_writes_it_bac
 
 /// A service stopped (SIGTERM) while an older copy of its data file is in the way (it
 /// refuses to count from it, and looks again every second): it exits in time, leaves the
-/// older copy alone, and saves the counts it holds beside it, saying where; put in place,
-/// that file counts on from them.
+/// older copy alone, and saves the counts it holds beside it, saying where. A start is
+/// refused while that file is there (it would count from the older copy and answer
+/// numbers again), saying what to do; put in place, the saved file counts on; moved out
+/// of the folder, the older copy is counted from, as the operator chose.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_service_stopped_while_an_older_copy_is_in_the_way_exits_and_saves_its_counts() {
     let dir = tempfile::tempdir().unwrap();
@@ -864,12 +866,25 @@ async fn a_service_stopped_while_an_older_copy_is_in_the_way_exits_and_saves_its
         .nth(1)
         .and_then(|rest| rest.split('"').next())
         .unwrap_or_else(|| panic!("the log says where the counts are: {log}"));
+    let refused = process::run(&["--listen", "127.0.0.1:0", "--data-dir", data], &[]).await;
+    assert_refused_naming_the_data_dir(&refused);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains(saved)
+            && stderr.contains("hits total: 20 > 10")
+            && stderr.contains("Put it in place"),
+        "{stderr}"
+    );
+
+    let aside = tempfile::tempdir().unwrap();
+    let kept = aside.path().join("saved.redb");
+    tokio::fs::rename(saved, &kept).await.unwrap();
     assert_eq!(
         total_after_restart(data).await,
         10,
-        "the older copy is left alone"
+        "moved out of the folder, the older copy is counted from"
     );
-    tokio::fs::rename(saved, &file).await.unwrap();
+    tokio::fs::rename(&kept, &file).await.unwrap();
     assert_eq!(
         total_after_restart(data).await,
         20,

@@ -422,6 +422,64 @@ impl Inner {
     }
 }
 
+/// Refuses to start on the data file at `path`, open as `db`, while a file of counts a
+/// service saved beside it as it stopped (`save_beside`: another file was in the data
+/// file's place) holds more of a count than it: counting from the data file would answer
+/// numbers already answered. The operator puts the saved file in place, or moves it out
+/// of the folder to count from the data file as it is. A saved file that holds no more
+/// (put back since, or older) is left alone, and one that cannot be read is named in the
+/// log.
+pub(super) fn refuse_while_saved_counts_are_beside(
+    path: &Path,
+    db: &Database,
+) -> Result<(), StoreError> {
+    let folder = path.parent().unwrap_or(Path::new("."));
+    let prefix = format!("{}.saved-", super::FILE_NAME);
+    let Ok(entries) = std::fs::read_dir(folder) else {
+        return Ok(());
+    };
+    let mut saved: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .filter(|entry| entry.file_name().to_string_lossy().starts_with(&prefix))
+        .map(|entry| entry.path())
+        .collect();
+    if saved.is_empty() {
+        return Ok(());
+    }
+    saved.sort();
+    let ours = counts(db)?;
+    for saved in saved {
+        let theirs = match open_database(&saved, true, Length::default()).and_then(|db| counts(&db))
+        {
+            Ok(theirs) => theirs,
+            Err(error) => {
+                tracing::warn!(
+                    saved = %saved.display(),
+                    cause = error.detail(),
+                    "a file of saved counts beside the data file cannot be read; it is left alone"
+                );
+                continue;
+            }
+        };
+        if let Some(((key, field), in_file, in_saved)) = first_short(&theirs, &ours) {
+            let what = if field.is_empty() { "total" } else { field };
+            return Err(StoreError::new(
+                StoreErrorKind::Failed,
+                format!(
+                    "{saved} holds counts that {path} lacks ({key} {what}: {in_saved} > {in_file}), \
+                     saved by a service that stopped while another file was in the data \
+                     file's place; counting from {path} would answer numbers already \
+                     answered. Put it in place (mv {saved} {path}) to count on from it, or \
+                     move it out of the folder to count from {path} as it is",
+                    saved = saved.display(),
+                    path = path.display(),
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn sync_folder(folder: &Path) -> io::Result<()> {
     std::fs::File::open(folder).and_then(|folder| folder.sync_all())
 }

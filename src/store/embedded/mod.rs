@@ -148,6 +148,7 @@ impl EmbeddedStore {
         };
         let writers = file::Writers::new();
         let db = open_database(&path, true, writers.length())?;
+        file::refuse_while_saved_counts_are_beside(&path, &db)?;
         let file = FileId::at(&path).map_err(failed)?;
         if file_lock.is_none()
             && let Some(file) = file
