@@ -34,6 +34,9 @@ pub enum ApiError {
     BadBody,
     /// The request body is in a transfer coding other than `chunked`.
     UnknownCoding,
+    /// The request body is chunked more than once, which no sender may do: where it ends
+    /// is not certain (another server on the way may unchunk it twice).
+    ChunkedTwice,
     /// The request body did not end by the time it had to for an answer in time.
     BodyTimedOut,
     /// The request cannot be served as sent; the reason says what to change.
@@ -122,6 +125,12 @@ impl IntoResponse for ApiError {
                 StatusCode::BAD_REQUEST,
                 [(header::CONNECTION, "close")],
                 "Bad Request: unreadable body\n",
+            )
+                .into_response(),
+            ApiError::ChunkedTwice => (
+                StatusCode::BAD_REQUEST,
+                [(header::CONNECTION, "close")],
+                "Bad Request: a body may be chunked only once\n",
             )
                 .into_response(),
             ApiError::UnknownCoding => (

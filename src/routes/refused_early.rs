@@ -4,6 +4,10 @@
 //! - a body in a transfer coding other than `chunked` (`gzip, chunked`): 501, as a server
 //!   that does not understand a coding should answer (RFC 9112, 6.1), rather than take
 //!   the coded bytes for the body;
+//! - a body chunked more than once (`chunked, chunked`, or the header twice), which no
+//!   sender may send (RFC 9112, 6.1): 400, the connection closed, rather than read it as
+//!   chunked once where a server on the way may have unchunked it twice and taken the
+//!   rest for another request;
 //! - an announced body over the limit: 413 (but imports, read a line at a time); a body
 //!   without an announced length is refused by the visit as it reads it
 //!   (`visit::read_body`).
@@ -59,12 +63,18 @@ where
             return Either::Left(ready(Ok(refused.into_response())));
         }
         let codings = request.headers().get_all(header::TRANSFER_ENCODING);
-        if codings
+        let mut chunked = 0;
+        for coding in codings
             .iter()
             .flat_map(|value| value.as_bytes().split(|&byte| byte == b','))
-            .any(|coding| !coding.trim_ascii().eq_ignore_ascii_case(b"chunked"))
         {
-            return Either::Left(ready(Ok(ApiError::UnknownCoding.into_response())));
+            if !coding.trim_ascii().eq_ignore_ascii_case(b"chunked") {
+                return Either::Left(ready(Ok(ApiError::UnknownCoding.into_response())));
+            }
+            chunked += 1;
+        }
+        if chunked > 1 {
+            return Either::Left(ready(Ok(ApiError::ChunkedTwice.into_response())));
         }
         let announced = request
             .headers()

@@ -31,6 +31,7 @@ for_each_backend!(
     oversized_bodies_get_413_and_do_not_count,
     broken_chunked_bodies_get_400_and_do_not_count,
     a_body_in_a_coding_other_than_chunked_gets_501_and_does_not_count,
+    a_body_chunked_twice_gets_400_and_ends_the_connection,
     a_body_that_does_not_end_in_time_gets_408_and_does_not_count,
     oversized_headers_get_431_with_the_service_headers_and_do_not_count,
     header_lines_are_taken_up_to_the_documented_limit,
@@ -199,6 +200,40 @@ async fn a_body_in_a_coding_other_than_chunked_gets_501_and_does_not_count(backe
     assert_eq!(chunked.status, 200, "{chunked:?}");
     assert_eq!(chunked.body, "Hello World! I have been seen 1 times.\n");
     assert_eq!(app.client.visit().await, 2);
+}
+
+/// Chunked twice (in one header, or in two), which no sender may send: 400, and the
+/// connection ends there, so that nothing after it is taken for another request (a
+/// server on the way that unchunked the body twice would disagree about where it ends).
+async fn a_body_chunked_twice_gets_400_and_ends_the_connection(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let after = "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    for codings in [
+        "Transfer-Encoding: chunked, chunked\r\n",
+        "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n",
+    ] {
+        for head in ["GET / HTTP/1.1", "POST /api/counters/page HTTP/1.1"] {
+            let request = format!("{head}\r\nHost: x\r\n{codings}\r\n0\r\n\r\n{after}");
+            let answer = raw_bytes(
+                app.address,
+                request.as_bytes(),
+                allowed(limits::deadlines(&[]).request),
+            )
+            .await
+            .expect("an answer, then the end of the connection");
+
+            let first = parse_raw(&answer).unwrap_or_else(|| panic!("no answer: {answer:?}"));
+            assert_eq!(first.status, 400, "{head} with {codings:?}: {answer:?}");
+            assert_eq!(first.body, "Bad Request: a body may be chunked only once\n");
+            assert_eq!(first.header("connection"), Some("close"));
+            assert_eq!(
+                answer.matches("HTTP/1.1 ").count(),
+                1,
+                "the request after it was served: {answer:?}"
+            );
+        }
+    }
+    assert_eq!(app.client.visit().await, 1, "nothing was counted");
 }
 
 /// The client's fault, not the store's: 408, not 503, and the connection closed, as the
