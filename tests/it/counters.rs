@@ -1589,6 +1589,49 @@ async fn a_day_whose_visits_are_not_a_count_cuts_the_export_short() {
     }
 }
 
+/// An export cut short by a counter whose key holds another type: the log names the
+/// counter and says why in Redis's own words (`WRONGTYPE …`), not wrapped in the text of
+/// the client library's pipeline.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_export_cut_short_by_a_key_of_another_type_logs_why_in_redis_words() {
+    let redis = RedisServer::start().await;
+    let token = token_file();
+    let url = redis.url();
+    let token_path = token.path().to_str().unwrap();
+    let args = [
+        "--redis-url",
+        url.as_str(),
+        "--admin-token-file",
+        token_path,
+    ];
+    let service = ServiceProcess::start(&args).await;
+    text(&service.client, "/c/typed").await;
+    redis.query(&["DEL", "hits:c:typed"]).await.unwrap();
+    redis
+        .query(&["SET", "hits:c:typed", "hello"])
+        .await
+        .unwrap();
+
+    let response = as_admin(&service.client, Method::GET, "/api/admin/export")
+        .send()
+        .await
+        .unwrap();
+    assert!(response.text().await.is_err(), "an export that looks whole");
+    let failed = "export failed; the transfer is cut short";
+    wait_until(
+        "the log to say why",
+        allowed(limits::PROCESS_START),
+        || async { service.log().contains(failed) },
+    )
+    .await;
+
+    let log = service.log();
+    let line = log.lines().find(|line| line.contains(failed)).unwrap();
+    assert!(line.contains("\"counter\":\"typed\""), "{line}");
+    assert!(line.contains("\"cause\":\"WRONGTYPE "), "{line}");
+    assert!(!line.contains("Pipeline"), "{line}");
+}
+
 /// A total that is not a number is not listed as 0, which an export would carry and an
 /// import make true; a cursor that no listing gave is 400.
 #[tokio::test(flavor = "multi_thread")]

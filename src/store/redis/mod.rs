@@ -294,6 +294,12 @@ fn classify(error: RedisError) -> StoreError {
         }
         _ => StoreErrorKind::Failed,
     };
+    // The failed command's own error, without the pipeline's wrapping around it.
+    let text = match &first {
+        Some(server) if detail.is_empty() => server.code().to_owned(),
+        Some(server) => format!("{} {detail}", server.code()),
+        None => error.to_string(),
+    };
     // A script that could not undo what it began: the change may have been made.
-    StoreError::new(kind, error.to_string()).doubt_if(code == Some("PARTIAL"))
+    StoreError::new(kind, text).doubt_if(code == Some("PARTIAL"))
 }
