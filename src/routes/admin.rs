@@ -269,12 +269,30 @@ fn set_export_headers(headers: &mut HeaderMap) {
     );
 }
 
-/// How far an import got.
+/// How far an import got. Dropped before the end (its connection closed: the client
+/// left while a line was being imported, or the service stopped), it says so in the log
+/// with how far it got: no answer will.
 #[derive(Debug, Default)]
 struct Imported {
     counters: u64,
     /// Days before the history's first, left out.
     days_left_out: u64,
+    /// The import was answered: done, or stopped with a reason.
+    answered: bool,
+}
+
+impl Drop for Imported {
+    fn drop(&mut self) {
+        if !self.answered {
+            tracing::warn!(
+                action = "import",
+                counters = self.counters,
+                days_left_out = self.days_left_out,
+                "the import stopped before its end: the connection closed; the counters \
+                 before stay imported"
+            );
+        }
+    }
 }
 
 /// `POST /api/admin/import`: lines as export writes them, read as they arrive (each at
@@ -283,13 +301,35 @@ struct Imported {
 /// than the history keeps are left out, and counted in the answer.
 pub async fn import(State(state): State<AppState>, request: Request) -> Result<Response, ApiError> {
     authorize(&state, request.headers())?;
+    let mut imported = Imported::default();
+    let read = import_lines(&state, request, &mut imported).await;
+    imported.answered = true;
+    read?;
+    tracing::info!(
+        action = "import",
+        counters = imported.counters,
+        days_left_out = imported.days_left_out,
+        "the administrator imported counters"
+    );
+    Ok(Json(json!({
+        "imported": imported.counters,
+        "days_left_out": imported.days_left_out,
+    }))
+    .into_response())
+}
+
+/// Imports the body's lines, as they arrive, adding each to `imported`.
+async fn import_lines(
+    state: &AppState,
+    request: Request,
+    imported: &mut Imported,
+) -> Result<(), ApiError> {
     let wait = state.deadlines.request;
     let mut body = request.into_body().into_data_stream();
     let mut pending: Vec<u8> = Vec::new();
     // How much of `pending` is known to hold no newline: each byte is looked at once,
     // however small the chunks the body comes in.
     let mut searched = 0;
-    let mut imported = Imported::default();
     let mut line_number = 0u64;
     let too_long = |imported: &Imported, number: u64| {
         stopped(
@@ -325,37 +365,26 @@ pub async fn import(State(state): State<AppState>, request: Request) -> Result<R
             let end = searched + at;
             line_number += 1;
             if end - start > MAX_LINE_BYTES {
-                return Err(too_long(&imported, line_number));
+                return Err(too_long(imported, line_number));
             }
-            import_line(&state, &pending[start..=end], line_number, &mut imported).await?;
+            import_line(state, &pending[start..=end], line_number, imported).await?;
             start = end + 1;
             searched = start;
         }
         pending.drain(..start);
         searched = pending.len();
         if pending.len() > MAX_LINE_BYTES {
-            return Err(too_long(&imported, line_number + 1));
+            return Err(too_long(imported, line_number + 1));
         }
         if ended {
             if !pending.is_empty() {
                 line_number += 1;
                 let line = std::mem::take(&mut pending);
-                import_line(&state, &line, line_number, &mut imported).await?;
+                import_line(state, &line, line_number, imported).await?;
             }
-            break;
+            return Ok(());
         }
     }
-    tracing::info!(
-        action = "import",
-        counters = imported.counters,
-        days_left_out = imported.days_left_out,
-        "the administrator imported counters"
-    );
-    Ok(Json(json!({
-        "imported": imported.counters,
-        "days_left_out": imported.days_left_out,
-    }))
-    .into_response())
 }
 
 /// Imports one line (blank lines are skipped) and adds what it held to `imported`.
