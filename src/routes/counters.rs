@@ -148,7 +148,7 @@ pub async fn read_or_history(
 /// total cannot be read (a key of another type put in its place) is listed with `total`
 /// null and the reason, and the others as usual.
 pub async fn list(State(state): State<AppState>, uri: Uri) -> Result<Response, ApiError> {
-    let cursor = query_value(uri.query(), "cursor");
+    let cursor = query_value(uri.query(), "cursor")?;
     let (page, next) = state
         .store
         .list(cursor, state.deadlines.stats_read())
@@ -234,7 +234,7 @@ async fn history(
     query: Option<&str>,
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
-    let days = match query_value(query, "days") {
+    let days = match query_value(query, "days")? {
         None => DEFAULT_DAYS.min(state.counters.policy.retention_days),
         Some(days) => days
             .parse::<u32>()
@@ -247,7 +247,7 @@ async fn history(
                 ))
             })?,
     };
-    let csv = match query_value(query, "format").as_deref() {
+    let csv = match query_value(query, "format")?.as_deref() {
         None => crate::accept::prefers(
             headers.get(header::ACCEPT),
             &["text/csv"],
@@ -324,7 +324,7 @@ pub(super) fn parse_name(text: &str) -> Result<CounterName, ApiError> {
 
 /// The days a counter's page draws: 30, or 90 with `?days=90`.
 fn chart_days(query: Option<&str>) -> Result<u32, ApiError> {
-    match query_value(query, "days").as_deref() {
+    match query_value(query, "days")?.as_deref() {
         None | Some("30") => Ok(30),
         Some("90") => Ok(90),
         Some(_) => Err(ApiError::BadRequest(
@@ -345,10 +345,18 @@ pub(super) fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
         .unwrap_or_default()
 }
 
-/// The first value of `key` in a query string (see `query_pairs`).
-pub(super) fn query_value(query: Option<&str>, key: &str) -> Option<String> {
-    query_pairs(query)
+/// The value of `key` in a query string (see `query_pairs`), if given; 400 when it is
+/// given more than once, as which one was meant cannot be known.
+pub(super) fn query_value(query: Option<&str>, key: &str) -> Result<Option<String>, ApiError> {
+    let mut values = query_pairs(query)
         .into_iter()
-        .find(|(k, _)| k == key)
-        .map(|(_, v)| v)
+        .filter(|(k, _)| k == key)
+        .map(|(_, v)| v);
+    let value = values.next();
+    if values.next().is_some() {
+        return Err(ApiError::BadRequest(format!(
+            "{key}= is given more than once"
+        )));
+    }
+    Ok(value)
 }

@@ -127,11 +127,13 @@ fn read_only(route: MethodRouter<AppState>, cors: &CorsLayer) -> MethodRouter<Ap
 /// `GET /ignore-me`: this browser's visits are no longer counted (a cookie); with
 /// `?undo=1`, they are again.
 async fn ignore_me(request: Request) -> impl IntoResponse {
-    let undo = counters::query_value(request.uri().query(), "undo").is_some();
+    let undo = counters::query_pairs(request.uri().query())
+        .iter()
+        .any(|(key, _)| key == "undo");
     let (cookie, text) = if undo {
         (
             format!(
-                "{}=; Path=/; Max-Age=0; SameSite=Lax",
+                "{}=; Path=/; Max-Age=0; SameSite=Lax; HttpOnly",
                 client::NOCOUNT_COOKIE
             ),
             "This browser's visits are counted again.\n",

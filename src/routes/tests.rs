@@ -231,6 +231,58 @@ async fn a_counters_page_refuses_days_it_does_not_draw_and_counts_nothing() {
     assert_eq!(body, "Hello World! I have been seen 1 times.\n");
 }
 
+/// A query key a route reads given twice is 400, whichever values (which one was meant
+/// cannot be known), and counts nothing; a query that is not UTF-8 once percent-decoded
+/// is 400 too, rather than its bytes replaced. The tutorial's `/` reads no query, and
+/// counts whatever it holds, as the tutorial's app does.
+#[tokio::test]
+async fn a_query_key_given_twice_or_bytes_that_are_not_utf8_get_400_and_count_nothing() {
+    let app = TestRouter::new();
+    let page = crate::counters::CounterName::parse("page").unwrap();
+    let twice = [
+        (Method::GET, "/c/page", "count", ["0", "1"]),
+        (Method::GET, "/c/page", "count", ["1", "0"]),
+        (Method::GET, "/c/page", "days", ["30", "90"]),
+        (Method::GET, "/badge/page.svg", "count", ["1", "1"]),
+        (Method::POST, "/api/counters/page", "count", ["0", "0"]),
+        (
+            Method::GET,
+            "/api/counters/page/history",
+            "days",
+            ["1", "2"],
+        ),
+        (
+            Method::GET,
+            "/api/counters/page/history",
+            "format",
+            ["csv", "json"],
+        ),
+        (Method::GET, "/api/counters", "cursor", ["0", "0"]),
+    ];
+    for (method, path, key, [first, second]) in twice {
+        let uri = format!("{path}?{key}={first}&{key}={second}");
+        let (status, _, body) = app.call(method.clone(), &uri).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{method} {uri}: {body}");
+        assert!(
+            body.contains(&format!("{key}= is given more than once")),
+            "{body}"
+        );
+    }
+    for query in ["label=%FF", "label=%ED%A0%80", "count=%FE", "x=%C3"] {
+        for path in ["/badge/page.svg", "/c/page", "/api/counters/page/history"] {
+            let uri = format!("{path}?{query}");
+            let (status, _, body) = app.call(Method::GET, &uri).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}: {body}");
+            assert!(body.contains("not UTF-8"), "{body}");
+        }
+    }
+    assert!(app.store.counter(&page, 1).is_none(), "nothing counted");
+
+    let (status, _, body) = app.call(Method::GET, "/?x=%FF&x=1").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, "Hello World! I have been seen 1 times.\n");
+}
+
 /// A counter's page draws no more days than the history keeps, and links its history
 /// as the history takes it (`days` at most the days kept).
 #[tokio::test]
