@@ -116,6 +116,19 @@ impl CounterExport {
     pub fn check(&self, today: Day) -> Result<(), String> {
         let latest = today.plus(1);
         let date = |field: &str, day: &str| match Day::parse(day) {
+            // Shaped as a date, and before the first day a day's count is kept for.
+            None if day
+                .get(..4)
+                .and_then(|year| year.parse::<u32>().ok())
+                .is_some_and(|year| year < 1970)
+                && day
+                    .get(4..)
+                    .is_some_and(|rest| Day::parse(&format!("1970{rest}")).is_some()) =>
+            {
+                Err(format!(
+                    "{field}: {day} is before 1970-01-01, the first day a history holds"
+                ))
+            }
             None => Err(format!("{field}: {day:?} is not a date (YYYY-MM-DD)")),
             Some(parsed) if parsed > latest => Err(format!(
                 "{field}: {day} is after {latest}, the day after today (UTC)"
@@ -270,6 +283,37 @@ mod tests {
             for rust in ["i64", "u64", "struct", "line 1", "floating point", "e+19"] {
                 assert!(!error.contains(rust), "{line}: {error}");
             }
+        }
+    }
+
+    #[test]
+    fn a_day_before_1970_is_refused_for_that_and_not_as_no_date() {
+        let today = Day::parse("2026-11-30").unwrap();
+        for day in ["1969-12-31", "0001-01-01", "1900-02-28"] {
+            let mut counter = CounterExport {
+                name: "a".into(),
+                total: 1,
+                ..CounterExport::default()
+            };
+            counter.days.insert(day.into(), 1);
+            let error = counter.check(today).unwrap_err();
+            assert!(error.contains("before 1970-01-01"), "{day}: {error}");
+        }
+        for day in [
+            "1969-13-01",
+            "1969-02-30",
+            "19é9-01-01",
+            "é969-01-01",
+            "2026-1-1",
+        ] {
+            let mut counter = CounterExport {
+                name: "a".into(),
+                total: 1,
+                ..CounterExport::default()
+            };
+            counter.days.insert(day.into(), 1);
+            let error = counter.check(today).unwrap_err();
+            assert!(error.contains("is not a date"), "{day}: {error}");
         }
     }
 

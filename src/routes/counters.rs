@@ -120,7 +120,7 @@ pub struct CounterJson {
 
 /// The methods a counter's history takes (it shares its route with the counter, which
 /// takes more): its `Allow`.
-pub const HISTORY_METHODS: &str = "GET, HEAD";
+pub const HISTORY_METHODS: &str = "GET,HEAD";
 
 /// `GET /api/counters/{name}` (and `HEAD`): the counter, not counting a visit; or, for
 /// `{name}/history`, its counts per day.
