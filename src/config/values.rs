@@ -151,6 +151,17 @@ pub fn parse_redis_url(text: &str) -> Result<RedisUrl, String> {
     if !percent_encoding_is_valid(text) {
         return Err("a % must be followed by two hexadecimal digits (percent-encoding)".into());
     }
+    // redis:// takes the database from the path alone: a `?db=` would be ignored.
+    let query = text.split_once('?').map(|(_, query)| query);
+    if scheme == "redis"
+        && form_urlencoded::parse(query.unwrap_or_default().as_bytes()).any(|(key, _)| key == "db")
+    {
+        return Err(
+            "the database goes in the path (redis://host:port/db); ?db= is for \
+                    unix:///path sockets"
+                .into(),
+        );
+    }
     let info = redis::IntoConnectionInfo::into_connection_info(text)
         .map_err(|_| REDIS_URL_FORMS.to_owned())?;
     if let redis::ConnectionAddr::Tcp(_, 0) = info.addr() {
@@ -348,6 +359,8 @@ mod tests {
             "redis://:s3cret@h:6379/-1",
             "redis://:s3cret%ZZ@h:6379/0",
             "redis://:s3cret@h:6379/0%",
+            "redis://:s3cret@h:6379/1?db=3",
+            "redis://:s3cret@h:6379?db=3",
         ] {
             let error = parse_redis_url(bad).expect_err(bad);
             assert!(!error.contains("s3cret"), "{error}");
