@@ -277,6 +277,9 @@ struct Imported {
     counters: u64,
     /// Days before the history's first, left out.
     days_left_out: u64,
+    /// The line whose counter is being written to the store, and its name: cut off
+    /// meanwhile, that counter may have been imported.
+    importing: Option<(u64, String)>,
     /// The import was answered: done, or stopped with a reason.
     answered: bool,
 }
@@ -284,10 +287,13 @@ struct Imported {
 impl Drop for Imported {
     fn drop(&mut self) {
         if !self.answered {
+            let (line, counter) = self.importing.take().unzip();
             tracing::warn!(
                 action = "import",
                 counters = self.counters,
                 days_left_out = self.days_left_out,
+                may_have_imported_line = line,
+                may_have_imported_counter = counter,
                 "the import stopped before its end: the connection closed; the counters \
                  before stay imported"
             );
@@ -304,6 +310,22 @@ pub async fn import(State(state): State<AppState>, request: Request) -> Result<R
     let mut imported = Imported::default();
     let read = import_lines(&state, request, &mut imported).await;
     imported.answered = true;
+    if let Err(error) = &read {
+        let reason = match error {
+            ApiError::BadRequest(reason) | ApiError::ImportStopped(_, reason) => reason.clone(),
+            ApiError::BadBody => "the body could not be read (the client left, or its \
+                                  chunked encoding is broken)"
+                .to_owned(),
+            other => format!("{other:?}"),
+        };
+        tracing::warn!(
+            action = "import",
+            counters = imported.counters,
+            days_left_out = imported.days_left_out,
+            %reason,
+            "the import stopped before its end"
+        );
+    }
     read?;
     tracing::info!(
         action = "import",
@@ -428,6 +450,7 @@ async fn import_line(
     let days_left_out = counter.keep_days_from(first_kept);
     let total = counter.total;
     let done = imported.counters;
+    imported.importing = Some((number, name.to_string()));
     state
         .store
         .import(&name, counter, state.deadlines.store)
@@ -456,6 +479,7 @@ async fn import_line(
                 ),
             )
         })?;
+    imported.importing = None;
     tracing::info!(
         action = "import",
         counter = %name,

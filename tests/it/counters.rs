@@ -1589,54 +1589,66 @@ async fn a_day_whose_visits_are_not_a_count_cuts_the_export_short() {
     }
 }
 
-/// The service stopped while an import's body is still arriving: at the shutdown
-/// deadline its connection is cut, and the log says how far the import got, where no
-/// answer can (the counters before stay imported).
+/// An import cut short while its body is still arriving, by the service stopping (at
+/// the shutdown deadline its connection is cut) or by its client leaving: the log says
+/// how far it got, where no answer can (the counters before stay imported).
 #[tokio::test(flavor = "multi_thread")]
-async fn an_import_cut_short_by_a_stop_says_in_the_log_how_far_it_got() {
+async fn an_import_cut_short_by_a_stop_or_its_client_leaving_says_in_the_log_how_far_it_got() {
     use tokio::io::AsyncWriteExt;
 
-    let token = token_file();
-    let token_path = token.path().to_str().unwrap();
-    let args = ["--admin-token-file", token_path, "--shutdown-timeout", "1s"];
-    let deadlines = limits::deadlines(&args);
-    let mut service = ServiceProcess::start(&args).await;
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", service.port))
-        .await
-        .unwrap();
-    let head = format!(
-        "POST /api/admin/import HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\
-         Transfer-Encoding: chunked\r\n\r\n"
-    );
-    stream.write_all(head.as_bytes()).await.unwrap();
-    // Three lines, then nothing more for now (the import waits up to the request timeout).
-    for n in 1..=3 {
-        let line = format!("{{\"name\":\"moved/{n}\",\"total\":{n}}}\n");
-        let chunk = format!("{:x}\r\n{line}\r\n", line.len());
-        stream.write_all(chunk.as_bytes()).await.unwrap();
-    }
-    wait_until(
-        "three lines imported",
-        allowed(deadlines.store * 3),
-        || async {
-            let (_, read) = json(&service.client, Method::GET, "/api/counters/moved/3").await;
-            read["total"] == 3
-        },
-    )
-    .await;
-
-    service.signal(nix::sys::signal::Signal::SIGTERM);
-    service
-        .wait(allowed(deadlines.exit() + limits::PROCESS_START))
+    for service_stops in [true, false] {
+        let token = token_file();
+        let token_path = token.path().to_str().unwrap();
+        let args = ["--admin-token-file", token_path, "--shutdown-timeout", "1s"];
+        let deadlines = limits::deadlines(&args);
+        let mut service = ServiceProcess::start(&args).await;
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", service.port))
+            .await
+            .unwrap();
+        let head = format!(
+            "POST /api/admin/import HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\
+             Transfer-Encoding: chunked\r\n\r\n"
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        // Three lines, then nothing more for now (the import waits up to the request
+        // timeout).
+        for n in 1..=3 {
+            let line = format!("{{\"name\":\"moved/{n}\",\"total\":{n}}}\n");
+            let chunk = format!("{:x}\r\n{line}\r\n", line.len());
+            stream.write_all(chunk.as_bytes()).await.unwrap();
+        }
+        wait_until(
+            "three lines imported",
+            allowed(deadlines.store * 3),
+            || async {
+                let (_, read) = json(&service.client, Method::GET, "/api/counters/moved/3").await;
+                read["total"] == 3
+            },
+        )
         .await;
 
-    let log = service.log();
-    let line = log
-        .lines()
-        .find(|line| line.contains("the import stopped before its end"))
-        .unwrap_or_else(|| panic!("the log does not say how far the import got:\n{log}"));
-    assert!(line.contains("\"counters\":3"), "{line}");
-    drop(stream);
+        let stopped = "the import stopped before its end";
+        if service_stops {
+            service.signal(nix::sys::signal::Signal::SIGTERM);
+            service
+                .wait(allowed(deadlines.exit() + limits::PROCESS_START))
+                .await;
+            drop(stream);
+        } else {
+            drop(stream);
+            wait_until("the log to say so", allowed(deadlines.request), || async {
+                service.log().contains(stopped)
+            })
+            .await;
+        }
+
+        let log = service.log();
+        let line = log
+            .lines()
+            .find(|line| line.contains(stopped))
+            .unwrap_or_else(|| panic!("the log does not say how far the import got:\n{log}"));
+        assert!(line.contains("\"counters\":3"), "{line}");
+    }
 }
 
 /// An export cut short by a counter whose key holds another type: the log names the
