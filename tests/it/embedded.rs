@@ -892,6 +892,40 @@ async fn a_service_stopped_while_an_older_copy_is_in_the_way_exits_and_saves_its
     );
 }
 
+/// A file named as the counts a service saves beside the data file that cannot be read
+/// (a copy cut short, garbage, a folder) refuses a start as one holding more does: it may
+/// hold counts the data file lacks. Moved out of the folder, the start counts on.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_saved_file_that_cannot_be_read_refuses_a_start_until_it_is_moved_away() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    data_with_visits(dir.path(), 3).await;
+    let saved = dir.path().join(format!("{DATA_FILE}.saved-1796300000"));
+    let aside = tempfile::tempdir().unwrap();
+    for unreadable in ["garbage", "empty", "folder"] {
+        match unreadable {
+            "garbage" => std::fs::write(&saved, b"not a database").unwrap(),
+            "empty" => std::fs::write(&saved, b"").unwrap(),
+            _ => std::fs::create_dir(&saved).unwrap(),
+        }
+
+        let refused = process::run(&["--listen", "127.0.0.1:0", "--data-dir", data], &[]).await;
+
+        assert_refused_naming_the_data_dir(&refused);
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(
+            stderr.contains("cannot be read") && stderr.contains(saved.to_str().unwrap()),
+            "{unreadable}: {stderr}"
+        );
+        std::fs::rename(&saved, aside.path().join(unreadable)).unwrap();
+    }
+    assert_eq!(
+        total_after_restart(data).await,
+        3,
+        "moved away, counting goes on"
+    );
+}
+
 /// A disk that stalls (frozen) under a commit: readiness answers, not ready, and the
 /// visits waiting on it are answered within the request timeout, 503, and the one whose
 /// commit was under way as in doubt, rather than held until the disk comes back (after

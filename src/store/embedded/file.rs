@@ -427,8 +427,8 @@ impl Inner {
 /// file's place) holds more of a count than it: counting from the data file would answer
 /// numbers already answered. The operator puts the saved file in place, or moves it out
 /// of the folder to count from the data file as it is. A saved file that holds no more
-/// (put back since, or older) is left alone, and one that cannot be read is named in the
-/// log.
+/// (put back since, or older) is left alone; one that cannot be read refuses the start
+/// too, as it may hold more.
 pub(super) fn refuse_while_saved_counts_are_beside(
     path: &Path,
     db: &Database,
@@ -452,13 +452,19 @@ pub(super) fn refuse_while_saved_counts_are_beside(
         let theirs = match open_database(&saved, true, Length::default()).and_then(|db| counts(&db))
         {
             Ok(theirs) => theirs,
+            // Nobody can tell that it holds no more: a copy cut short, a file put there.
             Err(error) => {
-                tracing::warn!(
-                    saved = %saved.display(),
-                    cause = error.detail(),
-                    "a file of saved counts beside the data file cannot be read; it is left alone"
-                );
-                continue;
+                return Err(StoreError::new(
+                    StoreErrorKind::Failed,
+                    format!(
+                        "{saved} is named as the counts a service saves beside the data file, \
+                         and cannot be read ({}); it may hold counts that {path} lacks. Move \
+                         it out of the folder to count from {path} as it is",
+                        error.detail(),
+                        saved = saved.display(),
+                        path = path.display(),
+                    ),
+                ));
             }
         };
         if let Some(((key, field), in_file, in_saved)) = first_short(&theirs, &ours) {
