@@ -1237,29 +1237,50 @@ async fn an_imported_redis_sketch_is_counted_from_its_registers_not_its_cached_c
 
 /// A Redis the tutorial's own app counted in holds `hits` alone, registered nowhere: the
 /// service started on it lists and exports the tutorial's counter before any visit
-/// here, so that moving such a Redis elsewhere keeps its count.
+/// here, so that moving such a Redis elsewhere keeps its count; also as a user that may
+/// not run scripts (it cannot count, but the administrator exports what is there).
 #[tokio::test(flavor = "multi_thread")]
 async fn the_tutorials_count_is_listed_and_exported_before_its_first_visit_here() {
     let redis = RedisServer::start().await;
-    redis.query(&["SET", "hits", "41"]).await.unwrap();
+    redis
+        .query(&[
+            "ACL",
+            "SETUSER",
+            "noscripts",
+            "on",
+            ">pw",
+            "~*",
+            "&*",
+            "+@all",
+            "-eval",
+            "-evalsha",
+        ])
+        .await
+        .unwrap();
     let token = token_file();
     let path = token.path().to_str().unwrap().to_owned();
     let args = ["--rate-limit", "off", "--admin-token-file", path.as_str()];
+    let without_scripts = format!("redis://noscripts:pw@127.0.0.1:{}", redis.port);
+    for url in [without_scripts, redis.url()] {
+        redis.query(&["FLUSHALL"]).await.unwrap();
+        redis.query(&["SET", "hits", "41"]).await.unwrap();
+        let app = TestApp::spawn_on_redis(&url, &args).await;
+
+        let lines = export(&app.client).await;
+        let (status, listed) = json(&app.client, Method::GET, "/api/counters").await;
+
+        let exported: Vec<Value> = lines
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect();
+        assert_eq!(exported.len(), 1, "{lines}");
+        assert_eq!(exported[0]["name"], "hits", "{lines}");
+        assert_eq!(exported[0]["total"], 41, "{lines}");
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(listed["counters"][0]["name"], "hits", "{listed}");
+        assert_eq!(listed["counters"][0]["total"], 41, "{listed}");
+    }
     let app = TestApp::spawn_on_redis(&redis.url(), &args).await;
-
-    let lines = export(&app.client).await;
-    let (status, listed) = json(&app.client, Method::GET, "/api/counters").await;
-
-    let exported: Vec<Value> = lines
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap())
-        .collect();
-    assert_eq!(exported.len(), 1, "{lines}");
-    assert_eq!(exported[0]["name"], "hits", "{lines}");
-    assert_eq!(exported[0]["total"], 41, "{lines}");
-    assert_eq!(status, StatusCode::OK);
-    assert_eq!(listed["counters"][0]["name"], "hits", "{listed}");
-    assert_eq!(listed["counters"][0]["total"], 41, "{listed}");
     assert_eq!(
         app.client.visit().await,
         42,

@@ -384,21 +384,6 @@ end
 return {now, 0, encoded, number}
 ";
 
-/// Registers the tutorial's counter when it has counted visits and the registry lacks
-/// it: a Redis that the tutorial's own app counted in (its `INCR hits`) holds the total
-/// alone, and the counter is then listed and exported before its first visit here. A
-/// total of 0 (which the service's own start writes) is left unlisted, as on the
-/// embedded store. Returns 1 when it registered the counter.
-///
-/// KEYS: 1 the registry, 2 the tutorial's total. ARGV: 1 the tutorial's name.
-pub const ADOPT_TUTORIAL: &str = r"
-local total = redis.call('GET', KEYS[2])
-if total and total ~= '0' then
-  return redis.call('HSETNX', KEYS[1], ARGV[1], 'visit')
-end
-return 0
-";
-
 /// Records this replica as alive at the server's clock, so replicas on hosts with skewed
 /// clocks agree, and forgets replicas silent for a day. Returns `{now_ms, total}`, the
 /// total as its exact string (or false when there is none).

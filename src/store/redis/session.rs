@@ -342,8 +342,7 @@ impl RedisSession {
 
     /// Connects to the primary, loads the scripts, checks the server's role (when
     /// following sentinels), reads its clock, its eviction policy and the data's mark,
-    /// and registers the tutorial's counter if only its total is there
-    /// (`scripts::ADOPT_TUTORIAL`).
+    /// and registers the tutorial's counter if only its total is there (`adopt_tutorial`).
     async fn open(&self) -> Result<(MultiplexedConnection, Arc<AtomicBool>, u64), StoreError> {
         let store = &self.store;
         let (info, generation) = store.locator.primary().await?;
@@ -378,22 +377,21 @@ impl RedisSession {
         }
         pipe.cmd("ROLE").cmd("TIME").cmd("INFO").arg("memory");
         let mark = store.dataset.add_check(&store.keys.dataset, &mut pipe);
-        // A replica refuses it, and a registry of another type is found by the listing
-        // that needs it: its answer is not needed.
-        pipe.cmd("EVAL")
-            .arg(super::scripts::ADOPT_TUTORIAL)
-            .arg(2)
-            .arg(&store.keys.registry)
-            .arg(&store.keys.total)
-            .arg(store.tutorial.as_str())
-            .ignore();
+        pipe.cmd("GET").arg(&store.keys.total);
         let sent = Instant::now();
         let replies: Vec<Value> = pipe.query_async(&mut connection).await.map_err(classify)?;
         let received = Instant::now();
-        let [load_visits, load_heartbeat, role, time, info, held]: [Value; 6] =
-            replies.try_into().map_err(|_| {
-                StoreError::new(StoreErrorKind::Failed, "unexpected reply to the setup")
-            })?;
+        let [
+            load_visits,
+            load_heartbeat,
+            role,
+            time,
+            info,
+            held,
+            tutorial,
+        ]: [Value; 7] = replies.try_into().map_err(|_| {
+            StoreError::new(StoreErrorKind::Failed, "unexpected reply to the setup")
+        })?;
         reply::<String>(load_visits)?;
         reply::<String>(load_heartbeat)?;
         let (secs, micros): (i64, i64) = reply(time)?;
@@ -417,7 +415,33 @@ impl RedisSession {
             Err(error) if error.kind() == StoreErrorKind::ReadOnly => {}
             Err(error) => return Err(error),
         }
+        self.adopt_tutorial(&mut connection, tutorial).await;
         Ok((connection, closed, generation))
+    }
+
+    /// Registers the tutorial's counter when its total (`tutorial`, as read) holds
+    /// anything but 0 and the registry may lack it: a Redis that the tutorial's own app
+    /// counted in (its `INCR hits`) holds the total alone, and the counter is then listed
+    /// and exported before its first visit here (a total that is not a count is listed
+    /// with its error, and cuts an export short). A total of 0, which the service's own
+    /// start writes, stays unlisted, as on the embedded store. Plain commands, which any
+    /// user that may count may run; a refusal (a replica) is left to the listing to find.
+    async fn adopt_tutorial(&self, connection: &mut MultiplexedConnection, tutorial: Value) {
+        let counted = match tutorial {
+            Value::Nil => false,
+            Value::BulkString(total) => total != b"0",
+            // A key of another type: WRONGTYPE.
+            _ => true,
+        };
+        if counted {
+            let store = &self.store;
+            let _: redis::RedisResult<Value> = redis::cmd("HSETNX")
+                .arg(&store.keys.registry)
+                .arg(store.tutorial.as_str())
+                .arg("visit")
+                .query_async(connection)
+                .await;
+        }
     }
 
     /// Refuses a server that cannot honour the settings: one without `WAITAOF` (before
