@@ -77,11 +77,14 @@ where
         }
         let codings = request.headers().get_all(header::TRANSFER_ENCODING);
         let mut chunked = 0;
+        // Empty list elements (`chunked,,chunked`) are no codings (RFC 9110, 5.6.1).
         for coding in codings
             .iter()
             .flat_map(|value| value.as_bytes().split(|&byte| byte == b','))
+            .map(<[u8]>::trim_ascii)
+            .filter(|coding| !coding.is_empty())
         {
-            if !coding.trim_ascii().eq_ignore_ascii_case(b"chunked") {
+            if !coding.eq_ignore_ascii_case(b"chunked") {
                 return Either::Left(ready(Ok(ApiError::UnknownCoding.into_response())));
             }
             chunked += 1;

@@ -210,6 +210,8 @@ async fn a_body_chunked_twice_gets_400_and_ends_the_connection(backend: Backend)
     let after = "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
     for codings in [
         "Transfer-Encoding: chunked, chunked\r\n",
+        "Transfer-Encoding: chunked,,chunked\r\n",
+        "Transfer-Encoding: chunked, , chunked\r\n",
         "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n",
     ] {
         for head in ["GET / HTTP/1.1", "POST /api/counters/page HTTP/1.1"] {
